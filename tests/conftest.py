@@ -1,0 +1,111 @@
+"""Shared fixtures: a tiny synthetic Tiny ImageNet in the exact official layout."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+WNIDS = ["n01443537", "n01629819", "n01641577", "n02124075"]
+WORDS = {
+    "n01443537": "goldfish, Carassius auratus",
+    "n01629819": "European fire salamander, Salamandra salamandra",
+    "n01641577": "bullfrog, Rana catesbeiana",
+    "n02124075": "Egyptian cat",
+}
+TRAIN_PER_CLASS = 6
+VAL_PER_CLASS = 3
+TEST_IMAGES = 5
+
+
+def class_colour(label: int) -> np.ndarray:
+    """Each class gets its own colour and brightness, so a test can tell labels from
+    pixels even for the images saved as grayscale."""
+    return np.array([30 + 50 * label, 60 + 45 * label, 90 + 30 * label], dtype=np.uint8)
+
+
+def jpeg_bytes(label: int, grey: bool = False, size: int = 64) -> bytes:
+    pixels = np.broadcast_to(class_colour(label), (size, size, 3)).copy()
+    pixels[:8, :8] = 255  # a corner mark, so flips are visible
+    image = Image.fromarray(pixels)
+    if grey:
+        image = image.convert("L")
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()
+
+
+def write_dataset(root: Path, with_test: bool = True) -> Path:
+    """Write the official layout under ``root/tiny-imagenet-200``; returns that folder."""
+    base = root / "tiny-imagenet-200"
+    base.mkdir(parents=True)
+    (base / "wnids.txt").write_text("\n".join(reversed(WNIDS)) + "\n")  # unsorted on purpose
+    lines = ["n00001740\tentity"] + [f"{w}\t{WORDS[w]}" for w in WNIDS] + ["n09999999\tother"]
+    (base / "words.txt").write_text("\n".join(lines) + "\n")
+    for label, wnid in enumerate(WNIDS):
+        images = base / "train" / wnid / "images"
+        images.mkdir(parents=True)
+        boxes = []
+        for i in range(TRAIN_PER_CLASS):
+            name = f"{wnid}_{i}.JPEG"
+            (images / name).write_bytes(jpeg_bytes(label, grey=(i == 0)))
+            boxes.append(f"{name}\t{i}\t{i + 1}\t{60 - i}\t{61 - i}")
+        (base / "train" / wnid / f"{wnid}_boxes.txt").write_text("\n".join(boxes) + "\n")
+    val = base / "val" / "images"
+    val.mkdir(parents=True)
+    rows = []
+    for i in range(VAL_PER_CLASS * len(WNIDS)):
+        label = (i * 3) % len(WNIDS)  # val labels interleaved, unlike folders
+        (val / f"val_{i}.JPEG").write_bytes(jpeg_bytes(label, grey=(i == 1)))
+        rows.append(f"val_{i}.JPEG\t{WNIDS[label]}\t1\t2\t50\t60")
+    (base / "val" / "val_annotations.txt").write_text("\n".join(rows) + "\n")
+    if with_test:
+        test = base / "test" / "images"
+        test.mkdir(parents=True)
+        for i in range(TEST_IMAGES):
+            (test / f"test_{i}.JPEG").write_bytes(jpeg_bytes(i % len(WNIDS)))
+    return base
+
+
+def zip_folder(folder: Path, zip_path: Path) -> Path:
+    """Zip a dataset folder the way the official zip is laid out (top folder inside)."""
+    with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(folder.rglob("*")):
+            archive.write(path, path.relative_to(folder.parent).as_posix())
+    return zip_path
+
+
+@pytest.fixture(scope="session")
+def synthetic_master(tmp_path_factory) -> Path:
+    return write_dataset(tmp_path_factory.mktemp("master"))
+
+
+@pytest.fixture
+def synthetic(tmp_path, synthetic_master) -> Path:
+    """A private copy of the synthetic dataset folder that a test may damage."""
+    target = tmp_path / "src" / "tiny-imagenet-200"
+    shutil.copytree(synthetic_master, target)
+    return target
+
+
+@pytest.fixture
+def tiny_env(tmp_path, monkeypatch):
+    """An empty cache and no data setting: each test states its own source."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("TINYLIB_HOME", str(home))
+    monkeypatch.delenv("TINYLIB_DATA", raising=False)
+    return home
+
+
+@pytest.fixture(scope="session")
+def real_data_path() -> Path:
+    path = os.environ.get("TINYLIB_DATA")
+    if not path:
+        pytest.skip("TINYLIB_DATA is not set: the real-data tests need the real Tiny ImageNet")
+    return Path(path)

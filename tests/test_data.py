@@ -1,0 +1,354 @@
+"""tinylib.data on a synthetic dataset in the official layout: sources, cache, subsets, errors."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import threading
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import TEST_IMAGES, TRAIN_PER_CLASS, VAL_PER_CLASS, WNIDS, class_colour, jpeg_bytes, zip_folder
+from tinylib import data
+
+
+def assert_nothing_written(home: Path) -> None:
+    """No cache, no temporary folder: a failed preparation leaves nothing behind."""
+    leftovers = [p for p in home.rglob("*")] if home.exists() else []
+    assert not any(p.name.startswith((data.CACHE_DIR_NAME, f".{data.CACHE_DIR_NAME}")) for p in leftovers), leftovers
+    assert not (home / data.CACHE_DIR_NAME / "manifest.json").exists()
+
+
+def brightness(pixels: np.ndarray) -> float:
+    return float((np.asarray(pixels, dtype=float).reshape(-1, 3) @ np.array([0.299, 0.587, 0.114])).mean())
+
+
+def label_from_pixels(image: np.ndarray) -> int:
+    """The class whose colour has this image's brightness (works for grayscale too)."""
+    distances = [abs(brightness(image[16:, 16:]) - brightness(class_colour(c))) for c in range(len(WNIDS))]
+    return int(np.argmin(distances))
+
+
+# --- sources --------------------------------------------------------------------------------
+
+
+def test_folder_source_decodes_every_image_once(tiny_env, synthetic, monkeypatch):
+    monkeypatch.setenv("TINYLIB_DATA", str(synthetic))
+    ds = data.load()
+    assert ds.wnids == tuple(sorted(WNIDS))
+    assert ds.class_names[0] == "goldfish"
+    assert len(ds.train) == TRAIN_PER_CLASS * len(WNIDS)
+    assert len(ds.val) == VAL_PER_CLASS * len(WNIDS)
+    assert len(ds.test) == TEST_IMAGES
+    for split in (ds.train, ds.val, ds.test):
+        assert split.images.shape[1:] == (64, 64, 3) and split.images.dtype == np.uint8
+    assert np.bincount(ds.train.labels).tolist() == [TRAIN_PER_CLASS] * len(WNIDS)
+    assert np.bincount(ds.val.labels).tolist() == [VAL_PER_CLASS] * len(WNIDS)
+    assert set(ds.test.labels.tolist()) == {-1}
+    # labels agree with what the pixels show, in train and in the flat val folder
+    for split in (ds.train, ds.val):
+        assert [label_from_pixels(im) for im in split.images] == split.labels.tolist()
+    # boxes parsed from <wnid>_boxes.txt and val_annotations.txt
+    assert ds.train.boxes[1].tolist() == [1, 2, 59, 60]
+    assert ds.val.boxes[0].tolist() == [1, 2, 50, 60]
+
+
+def test_grayscale_images_become_rgb(tiny_env, synthetic, monkeypatch):
+    monkeypatch.setenv("TINYLIB_DATA", str(synthetic))
+    ds = data.load()
+    grey = ds.train.images[ds.train.files.index(f"{WNIDS[0]}_0.JPEG")]
+    assert grey.shape == (64, 64, 3)
+    assert np.array_equal(grey[..., 0], grey[..., 1]) and np.array_equal(grey[..., 1], grey[..., 2])
+
+
+def test_parent_folder_and_zip_give_the_same_arrays(tiny_env, synthetic, tmp_path, monkeypatch):
+    monkeypatch.setenv("TINYLIB_DATA", str(synthetic.parent))
+    from_folder = data.load()
+    folder_images = np.array(from_folder.train.images)
+    monkeypatch.setenv("TINYLIB_DATA", str(zip_folder(synthetic, tmp_path / "tin.zip")))
+    from_zip = data.load()  # a different source than the cache's: rebuilt
+    assert data.read_manifest()["source"].endswith("tin.zip")
+    assert np.array_equal(folder_images, from_zip.train.images)
+    assert np.array_equal(from_folder.val.labels, from_zip.val.labels)
+    assert from_folder.train.files == from_zip.train.files
+
+
+def test_previous_extraction_in_the_cache_is_used(tiny_env, synthetic):
+    import shutil
+
+    shutil.copytree(synthetic, tiny_env / "tiny-imagenet-200")
+    ds = data.load()
+    assert data.read_manifest()["source"] == str((tiny_env / "tiny-imagenet-200").resolve())
+    assert ds.num_classes == len(WNIDS)
+
+
+def test_test_folder_is_optional(tiny_env, synthetic, monkeypatch):
+    import shutil
+
+    shutil.rmtree(synthetic / "test")
+    monkeypatch.setenv("TINYLIB_DATA", str(synthetic))
+    ds = data.load()
+    assert ds.test is None
+    assert "no test images" in ds.summary()
+
+
+# --- download -------------------------------------------------------------------------------
+
+
+class _ZipServer:
+    """A localhost HTTP server for one file, honouring Range, optionally cutting off."""
+
+    def __init__(self, payload: bytes, cut_first_at: int | None = None):
+        self.payload, self.cut_first_at, self.ranges = payload, cut_first_at, []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                start = 0
+                header = self.headers.get("Range")
+                server.ranges.append(header)
+                if header:
+                    start = int(header.split("=")[1].split("-")[0])
+                    self.send_response(206)
+                else:
+                    self.send_response(200)
+                body = server.payload[start:]
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if server.cut_first_at is not None:
+                    cut, server.cut_first_at = server.cut_first_at, None
+                    self.wfile.write(body[:cut])
+                    self.wfile.flush()
+                    self.connection.close()
+                    return
+                self.wfile.write(body)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/tiny-imagenet-200.zip"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def served_zip(synthetic, tmp_path):
+    payload = zip_folder(synthetic, tmp_path / "served.zip").read_bytes()
+    return payload, hashlib.md5(payload).hexdigest()
+
+
+def test_download_resumes_after_interruption_and_is_checked(tiny_env, served_zip, monkeypatch):
+    payload, md5 = served_zip
+    server = _ZipServer(payload, cut_first_at=len(payload) // 3)
+    try:
+        with pytest.raises(data.DataError, match="resume"):
+            data.download(server.url, md5=md5, size=len(payload))
+        part = tiny_env / "downloads" / "tiny-imagenet-200.zip.part"
+        assert 0 < part.stat().st_size < len(payload)
+        monkeypatch.setattr(data, "OFFICIAL_URL", server.url)
+        monkeypatch.setattr(data.download, "__defaults__", (server.url, md5, len(payload)))
+        ds = data.load()  # no TINYLIB_DATA, no extraction: downloads, resuming the .part
+    finally:
+        server.close()
+    assert server.ranges[-1] == f"bytes={len(payload) // 3}-"  # resumed, not restarted
+    assert not part.exists()
+    assert (tiny_env / "tiny-imagenet-200" / "wnids.txt").is_file()
+    assert ds.num_classes == len(WNIDS)
+
+
+def test_download_with_wrong_checksum_is_refused(tiny_env, served_zip):
+    payload, _ = served_zip
+    server = _ZipServer(payload)
+    try:
+        with pytest.raises(data.DataError, match="checksum mismatch"):
+            data.download(server.url, md5="0" * 32, size=len(payload))
+    finally:
+        server.close()
+    assert not (tiny_env / "downloads" / "tiny-imagenet-200.zip.part").exists()
+    assert not (tiny_env / "tiny-imagenet-200").exists()
+
+
+def test_offline_without_any_source_says_what_to_do(tiny_env, monkeypatch):
+    monkeypatch.setattr(data.download, "__defaults__", ("http://127.0.0.1:9/nothing.zip", None, None))
+    with pytest.raises(data.DataError, match="TINYLIB_DATA"):
+        data.load()
+    assert_nothing_written(tiny_env)
+
+
+# --- the cache ------------------------------------------------------------------------------
+
+
+def test_second_load_is_a_memory_map_without_decoding(tiny_env, synthetic, monkeypatch):
+    monkeypatch.setenv("TINYLIB_DATA", str(synthetic))
+    data.load()
+    manifest = data.read_manifest()
+    assert manifest["counts"] == {"train": 24, "val": 12, "test": 5}
+    assert all(len(info["sha256"]) == 64 for info in manifest["files"].values())
+    data.verify_cache()
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded again")
+
+    monkeypatch.setattr(data, "decode_image", no_decoding)
+    again = data.load()
+    assert isinstance(again.train.images, np.memmap)
+
+
+def test_interrupted_preparation_leaves_no_cache_that_looks_complete(tiny_env, synthetic, monkeypatch):
+    monkeypatch.setenv("TINYLIB_DATA", str(synthetic))
+    real_decode, calls = data.decode_image, []
+
+    def interrupted(raw, name):
+        calls.append(name)
+        if len(calls) == 10:
+            raise KeyboardInterrupt
+        return real_decode(raw, name)
+
+    monkeypatch.setattr(data, "decode_image", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        data.prepare()
+    assert_nothing_written(tiny_env)
+    monkeypatch.setattr(data, "decode_image", real_decode)
+    assert len(data.load().train) == 24
+
+
+def test_a_killed_preparation_and_a_damaged_cache_are_rebuilt(tiny_env, synthetic, monkeypatch):
+    monkeypatch.setenv("TINYLIB_DATA", str(synthetic))
+    folder = data.prepare()
+    # a kill -9 during a later preparation leaves a temporary folder: ignored and removed
+    stale = folder.parent / f".{data.CACHE_DIR_NAME}.tmp-99999"
+    stale.mkdir()
+    (stale / "train_images.npy").write_bytes(b"partial")
+    # a cache file cut short no longer matches its manifest: the cache counts as missing
+    images = folder / "train_images.npy"
+    images.write_bytes(images.read_bytes()[:1000])
+    assert data.read_manifest() is None
+    ds = data.load()
+    assert len(ds.train) == 24 and not stale.exists()
+    # corrupt bytes of the right size are caught by verify_cache
+    raw = bytearray(images.read_bytes())
+    raw[-1] ^= 0xFF
+    images.write_bytes(bytes(raw))
+    with pytest.raises(data.DataError, match="corrupt"):
+        data.verify_cache()
+
+
+# --- subsets --------------------------------------------------------------------------------
+
+
+def test_subsets_are_deterministic_and_renumbered(tiny_env, synthetic, monkeypatch):
+    monkeypatch.setenv("TINYLIB_DATA", str(synthetic))
+    ds = data.load()
+    a = ds.subset(classes=2, per_class=4, val_per_class=2, seed=0)
+    b = ds.subset(classes=2, per_class=4, val_per_class=2, seed=0)
+    assert a.wnids == b.wnids and a.train.files == b.train.files and a.val.files == b.val.files
+    assert a.num_classes == 2 and np.bincount(a.train.labels).tolist() == [4, 4]
+    assert np.bincount(a.val.labels).tolist() == [2, 2]
+    assert [label_from_pixels(im) for im in a.train.images] == [
+        ds.wnids.index(a.wnids[label]) for label in a.train.labels
+    ]
+    # the same selection on every machine: it depends on hashes of names, not on a RNG
+    assert a.wnids == ("n01641577", "n02124075")
+    assert a.train.files[:4] == ("n01641577_1.JPEG", "n01641577_2.JPEG", "n01641577_3.JPEG", "n01641577_4.JPEG")
+    others = {ds.subset(classes=2, per_class=4, seed=s).train.files for s in range(1, 6)}
+    assert any(files != a.train.files for files in others)
+    assert ds.subset() is ds
+    with pytest.raises(ValueError, match="only 6"):
+        ds.subset(classes=2, per_class=7)
+    with pytest.raises(ValueError, match="classes"):
+        ds.subset(classes=99)
+
+
+def test_load_subset_follows_the_profile(tiny_env, synthetic, monkeypatch):
+    from tinylib import profiles
+
+    monkeypatch.setenv("TINYLIB_DATA", str(synthetic))
+    tiny = profiles.Profile("tiny", classes=3, train_per_class=2, val_per_class=1, epochs=1, batch_size=2)
+    ds = data.load_subset(tiny)
+    assert ds.num_classes == 3 and len(ds.train) == 6 and len(ds.val) == 3
+
+
+# --- bad input: a clear error that names the file, and nothing half-written -------------------
+
+
+def _expect_error(tiny_env, monkeypatch, source, *phrases):
+    monkeypatch.setenv("TINYLIB_DATA", str(source))
+    with pytest.raises(data.DataError) as raised:
+        data.load()
+    for phrase in phrases:
+        assert phrase in str(raised.value), str(raised.value)
+    assert_nothing_written(tiny_env)
+
+
+def test_missing_folder(tiny_env, tmp_path, monkeypatch):
+    _expect_error(tiny_env, monkeypatch, tmp_path / "nowhere", "nowhere", "does not exist", "TINYLIB_DATA")
+
+
+def test_missing_wnids(tiny_env, synthetic, monkeypatch):
+    (synthetic / "wnids.txt").unlink()
+    _expect_error(tiny_env, monkeypatch, synthetic, "wnids.txt", "official layout")
+
+
+def test_missing_words(tiny_env, synthetic, monkeypatch):
+    (synthetic / "words.txt").unlink()
+    _expect_error(tiny_env, monkeypatch, synthetic, "words.txt")
+
+
+def test_missing_class_folder(tiny_env, synthetic, monkeypatch):
+    import shutil
+
+    shutil.rmtree(synthetic / "train" / WNIDS[2])
+    _expect_error(tiny_env, monkeypatch, synthetic, f"train/{WNIDS[2]}")
+
+
+def test_undecodable_jpeg(tiny_env, synthetic, monkeypatch):
+    (synthetic / "train" / WNIDS[1] / "images" / f"{WNIDS[1]}_3.JPEG").write_bytes(b"not a jpeg at all")
+    _expect_error(tiny_env, monkeypatch, synthetic, f"{WNIDS[1]}_3.JPEG", "not a decodable JPEG")
+
+
+def test_wrong_size_jpeg(tiny_env, synthetic, monkeypatch):
+    (synthetic / "val" / "images" / "val_5.JPEG").write_bytes(jpeg_bytes(0, size=32))
+    _expect_error(tiny_env, monkeypatch, synthetic, "val_5.JPEG", "expected a 64x64 image, got 32x32")
+
+
+def test_truncated_zip(tiny_env, synthetic, tmp_path, monkeypatch):
+    whole = zip_folder(synthetic, tmp_path / "whole.zip").read_bytes()
+    cut = tmp_path / "cut.zip"
+    cut.write_bytes(whole[: len(whole) // 2])
+    _expect_error(tiny_env, monkeypatch, cut, "cut.zip", "not a complete zip")
+
+
+def test_zip_escaping_its_folder_is_refused_before_anything_is_written(tiny_env, synthetic, tmp_path, monkeypatch):
+    evil = zip_folder(synthetic, tmp_path / "evil.zip")
+    with zipfile.ZipFile(evil, "a") as archive:
+        archive.writestr("tiny-imagenet-200/../../escaped.txt", "gotcha")
+    _expect_error(tiny_env, monkeypatch, evil, "escaped.txt", "outside the target folder")
+    with pytest.raises(data.DataError, match="outside"):
+        data.extract_zip(evil, tmp_path / "unpacked")
+    assert not (tmp_path / "unpacked").exists()
+    assert not list(tmp_path.rglob("escaped.txt"))
+
+
+def test_val_laid_out_as_class_folders(tiny_env, synthetic, monkeypatch):
+    import shutil
+
+    shutil.rmtree(synthetic / "val")
+    for wnid in WNIDS:
+        (synthetic / "val" / wnid / "images").mkdir(parents=True)
+        (synthetic / "val" / wnid / "images" / "val_0.JPEG").write_bytes(jpeg_bytes(0))
+    _expect_error(tiny_env, monkeypatch, synthetic, "class folders", "val_annotations.txt")
+
+
+def test_val_annotation_with_unknown_wnid(tiny_env, synthetic, monkeypatch):
+    annotations = synthetic / "val" / "val_annotations.txt"
+    lines = annotations.read_text().splitlines()
+    lines[4] = lines[4].replace(lines[4].split("\t")[1], "n99999999")
+    annotations.write_text("\n".join(lines) + "\n")
+    _expect_error(tiny_env, monkeypatch, synthetic, "line 5", "n99999999", "not in wnids.txt")

@@ -1,0 +1,40 @@
+"""tinylib.profiles: one place for smoke / quick / full."""
+
+import pytest
+
+from tinylib import profiles
+
+
+def test_environment_variable_chooses_the_profile(monkeypatch):
+    monkeypatch.setenv("TINYLIB_PROFILE", "smoke")
+    assert profiles.get_profile().name == "smoke"
+    assert profiles.get_profile("full").name == "full"  # an explicit name wins
+
+
+def test_default_is_quick_on_a_cpu_and_full_on_a_gpu(monkeypatch):
+    monkeypatch.delenv("TINYLIB_PROFILE", raising=False)
+    monkeypatch.setattr(profiles, "gpu_available", lambda: False)
+    assert profiles.get_profile().name == "quick"
+    monkeypatch.setattr(profiles, "gpu_available", lambda: True)
+    assert profiles.get_profile().name == "full"
+
+
+def test_unknown_profile_names_the_choices():
+    with pytest.raises(ValueError, match="smoke, quick, full"):
+        profiles.get_profile("huge")
+
+
+def test_profiles_grow_from_smoke_to_full():
+    smoke, quick, full = (profiles.PROFILES[n] for n in ("smoke", "quick", "full"))
+    assert smoke.classes < quick.classes and full.classes is None
+    assert smoke.train_per_class < quick.train_per_class <= 500
+    assert full.subset_kwargs() == {"classes": None, "per_class": None, "val_per_class": None, "seed": 0}
+    assert "100,000 train" in full.describe()
+
+
+def test_per_model_epochs_override():
+    quick = profiles.PROFILES["quick"]
+    assert quick.epochs_for("no-such-model") == quick.epochs
+    custom = profiles.Profile("x", 2, 2, 1, epochs=5, batch_size=2,
+                              model_epochs=profiles.MappingProxyType({"model3": 2}))
+    assert custom.epochs_for("model3") == 2 and custom.epochs_for("model1") == 5

@@ -1,0 +1,135 @@
+"""Run profiles: the one place that says what 'smoke', 'quick' and 'full' mean.
+
+A profile fixes how much data and how many epochs a run uses, so the same
+notebook cell can take seconds in CI, minutes on a laptop CPU, or reproduce
+the seed's full-scale study on a GPU.  Choose one with the environment
+variable ``TINYLIB_PROFILE``; without it, 'full' is used where a GPU is
+visible and 'quick' everywhere else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from types import MappingProxyType
+
+PROFILE_ENV = "TINYLIB_PROFILE"
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    """How big a run is: the data subset, the epochs and the batch size.
+
+    ``classes`` / ``train_per_class`` / ``val_per_class`` of ``None`` mean
+    "all of them" (200 classes, 500 train and 50 val images per class).
+    ``model_epochs`` lets a heavy model train for fewer epochs than the
+    default, so a CPU build stays within its time budget.
+    """
+
+    name: str
+    classes: int | None
+    train_per_class: int | None
+    val_per_class: int | None
+    epochs: int
+    batch_size: int
+    seed: int = 0
+    model_epochs: MappingProxyType = dataclasses.field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    description: str = ""
+
+    def epochs_for(self, model_name: str) -> int:
+        """Epochs for one model in this profile."""
+        return int(self.model_epochs.get(model_name, self.epochs))
+
+    def subset_kwargs(self) -> dict:
+        """The arguments of ``TinyImageNet.subset`` this profile asks for."""
+        return {
+            "classes": self.classes,
+            "per_class": self.train_per_class,
+            "val_per_class": self.val_per_class,
+            "seed": self.seed,
+        }
+
+    def describe(self) -> str:
+        """One line a student can read: what this profile trains on."""
+        classes = self.classes or 200
+        train = self.train_per_class or 500
+        val = self.val_per_class or 50
+        return (
+            f"profile '{self.name}': {classes} classes, {classes * train:,} train / "
+            f"{classes * val:,} val images, {self.epochs} epochs, batch {self.batch_size}"
+        )
+
+
+PROFILES: MappingProxyType = MappingProxyType(
+    {
+        "smoke": Profile(
+            name="smoke",
+            classes=5,
+            train_per_class=8,
+            val_per_class=4,
+            epochs=2,
+            batch_size=8,
+            description="seconds: for tests and nbval; numbers mean nothing",
+        ),
+        "quick": Profile(
+            name="quick",
+            classes=10,
+            train_per_class=200,
+            val_per_class=50,
+            epochs=6,
+            batch_size=32,
+            description="minutes on a laptop CPU: every model visibly learns on a 10-class subset",
+        ),
+        "full": Profile(
+            name="full",
+            classes=None,
+            train_per_class=None,
+            val_per_class=None,
+            epochs=30,
+            batch_size=128,
+            description="the seed's scale: all 100,000 train and 10,000 val images (needs a GPU)",
+        ),
+    }
+)
+
+
+def gpu_available() -> bool:
+    """True when the active Keras backend sees a GPU."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return bool(tf.config.list_physical_devices("GPU"))
+    if backend == "jax":
+        import jax
+
+        return any(d.platform == "gpu" for d in jax.devices())
+    if backend == "torch":
+        import torch
+
+        return bool(torch.cuda.is_available())
+    return False
+
+
+def get_profile(name: str | Profile | None = None) -> Profile:
+    """Return a profile by name, from ``TINYLIB_PROFILE``, or by the hardware.
+
+    An explicit ``name`` wins, then the environment variable, then 'full' on a
+    GPU and 'quick' on a CPU.
+    """
+    if isinstance(name, Profile):
+        return name
+    chosen = name or os.environ.get(PROFILE_ENV)
+    if not chosen:
+        chosen = "full" if gpu_available() else "quick"
+    try:
+        return PROFILES[chosen.strip().lower()]
+    except KeyError:
+        raise ValueError(
+            f"unknown profile {chosen!r}: choose one of {', '.join(PROFILES)} "
+            f"(set {PROFILE_ENV}=quick, for example)"
+        ) from None
