@@ -1,0 +1,83 @@
+"""Training end to end in the smoke profile: records, checkpoints, resume after a kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SEED_MODELS = ["model1", "model2", "model3", "model4", "model5"]
+BACKENDS = ["tensorflow", "jax"]
+
+# Trains one model in a fresh process; with KILL set, SIGKILLs itself in the middle of epoch 2.
+DRIVER = textwrap.dedent("""
+    import os, signal, sys
+    import keras
+    from tinylib import augment, data, models, train
+    from tinylib.profiles import Profile
+
+    model_name, runs = sys.argv[1], sys.argv[2]
+    keras.utils.set_random_seed(0)
+    profile = Profile("smoke", classes=None, train_per_class=None, val_per_class=None, epochs=2, batch_size=8)
+    ds = data.load()
+
+    class KillMidEpoch(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+        def on_train_batch_end(self, batch, logs=None):
+            if self.epoch == 1 and batch == 1:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    weights = {"weights": None} if model_name == "model5" else {}
+    model = models.build_model(model_name, num_classes=ds.num_classes,
+                               augmentation=augment.augmentation(seed=0), **weights)
+    extra = [KillMidEpoch()] if os.environ.get("KILL") else []
+    run = train.fit(model, ds, profile, runs=runs, extra_callbacks=extra, verbose=0)
+    print("RUN", run.path)
+""")
+
+
+def _train(tmp_path: Path, model: str, backend: str, kill: bool) -> subprocess.CompletedProcess:
+    env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env.pop("KILL", None)
+    if kill:
+        env["KILL"] = "1"
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER)
+    return subprocess.run([sys.executable, str(driver), model, str(tmp_path / "runs")], env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("model", SEED_MODELS)
+def test_smoke_training_resumes_after_a_kill_mid_epoch(tmp_path, tiny_env, synthetic, monkeypatch, model, backend):
+    pytest.importorskip(backend)
+    monkeypatch.setenv("TINYLIB_DATA", str(synthetic))
+    killed = _train(tmp_path, model, backend, kill=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    run_dir = tmp_path / "runs" / f"{model}-smoke-{backend}"
+    state = json.loads((run_dir / "state.json").read_text())
+    assert state["epochs_done"] == 1  # epoch 2 was cut off half way
+
+    resumed = _train(tmp_path, model, backend, kill=False)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Resuming" in resumed.stdout
+    record = json.loads((run_dir / "record.json").read_text())
+    assert record["resumed_at_epoch"] == 1
+    assert record["epochs_run"] == record["epochs"] == 2 and record["finished"]
+    assert len(record["history"]["val_accuracy"]) == 2  # same history: no epoch lost or repeated
+    assert record["model"] == model and record["backend"] == backend and record["profile"] == "smoke"
+    assert record["weights"] == "random"
+    for key in ("best_val_top1", "best_val_top5", "final_train_top1", "train_images_per_second",
+                "wall_seconds", "device", "versions", "date", "optimizer", "learning_rate"):
+        assert key in record, key
+    assert record["learning_rate"] == pytest.approx(1e-4)
+    assert 0 <= record["best_val_top1"] <= record["best_val_top5"] <= 1

@@ -1,0 +1,5 @@
+import sys
+
+from tinylib.cli import main
+
+sys.exit(main())

@@ -1,0 +1,158 @@
+"""``python -m tinylib``: a thin command line over the same calls the book makes.
+
+    python -m tinylib prepare              decode the dataset once into the cache
+    python -m tinylib models               list the models
+    python -m tinylib profiles             list the run profiles
+    python -m tinylib train model4         train (resumes an interrupted run)
+    python -m tinylib evaluate RUN_DIR     top-1/top-5, per-class accuracy, confusions
+
+Heavy imports (Keras, TensorFlow) happen inside the subcommands, so ``--help``
+answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _prepare(args) -> int:
+    from tinylib import data
+
+    folder = data.prepare(args.source, force=args.force, workers=args.workers)
+    if args.verify:
+        data.verify_cache(folder)
+        print("checksums verified")
+    manifest = data.read_manifest(folder)
+    print(f"cache: {folder}")
+    print(f"source: {manifest['source']}")
+    print("images: " + ", ".join(f"{n:,} {s}" for s, n in manifest["counts"].items()))
+    return 0
+
+
+def _models(args) -> int:
+    from tinylib import models
+
+    for name, description in models.list_models().items():
+        print(f"{name:10s} {description}")
+    return 0
+
+
+def _profiles(args) -> int:
+    from tinylib.profiles import PROFILES
+
+    for profile in PROFILES.values():
+        print(f"{profile.describe()}\n    {profile.description}")
+    return 0
+
+
+def _weights(value: str):
+    return None if value.lower() in ("none", "random") else value
+
+
+def _train(args) -> int:
+    from tinylib import augment, data, models, train
+    from tinylib.profiles import get_profile
+
+    profile = get_profile(args.profile)
+    print(profile.describe(), flush=True)
+    train.configure_precision(args.precision)
+    dataset = data.load().subset(**profile.subset_kwargs())
+    augmentation = None if args.no_augment else augment.augmentation()
+    weights = {} if args.weights is None else {"weights": _weights(args.weights)}
+    model = models.build_model(args.model, num_classes=dataset.num_classes, augmentation=augmentation,
+                               optimizer=args.optimizer, learning_rate=args.learning_rate, **weights)
+    run = train.fit(model, dataset, profile, name=args.name, epochs=args.epochs, batch_size=args.batch_size,
+                    resume=not args.fresh, runs=args.runs)
+    record = run.record
+    print(f"\nrun folder: {run.path}")
+    print(f"best val top-1 {record.get('best_val_top1', float('nan')):.2%}, "
+          f"top-5 {record.get('best_val_top5', float('nan')):.2%}; "
+          f"{record.get('train_images_per_second', 0):,.0f} train images/s; weights: {record['weights']}")
+    return 0
+
+
+def _evaluate(args) -> int:
+    from tinylib import data, evaluate, train
+    from tinylib.profiles import get_profile
+
+    record = train.load_run(args.run)
+    dataset = data.load().subset(**get_profile(record["profile"]).subset_kwargs())
+    if list(dataset.wnids) != record["dataset"]["wnids"]:
+        raise SystemExit("the dataset subset differs from the one this run trained on")
+    model = evaluate.load_trained_model(args.run)
+    result = evaluate.evaluate(model, getattr(dataset, args.split), dataset.class_names)
+    print(result.summary())
+    out = Path(args.run) / f"evaluation-{args.split}.json"
+    out.write_text(json.dumps(result.to_dict(), indent=1))
+    print(f"written: {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m tinylib",
+        description="Tiny ImageNet course library: prepare the data, train and evaluate the book's models.",
+        epilog="Settings: TINYLIB_DATA (dataset folder or zip), TINYLIB_HOME (cache), TINYLIB_PROFILE "
+               "(smoke | quick | full), TINYLIB_RUNS (run folders), KERAS_BACKEND (tensorflow | jax).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("prepare", help="decode the dataset once into the cache",
+                            description="Find Tiny ImageNet (TINYLIB_DATA, the cache, or a download) "
+                                        "and decode every image once into the cache.")
+    p.add_argument("source", nargs="?", help="dataset folder or zip (default: TINYLIB_DATA, cache, download)")
+    p.add_argument("--force", action="store_true", help="decode again even if the cache is complete")
+    p.add_argument("--verify", action="store_true", help="recompute the cache checksums afterwards")
+    p.add_argument("--workers", type=int, help="decoding processes (default: all cores)")
+    p.set_defaults(func=_prepare)
+
+    p = commands.add_parser("models", help="list the models")
+    p.set_defaults(func=_models)
+    p = commands.add_parser("profiles", help="list the run profiles")
+    p.set_defaults(func=_profiles)
+
+    p = commands.add_parser("train", help="train a model (resumes an interrupted run)",
+                            description="Train one model in a profile. Run it again after an interruption "
+                                        "and it continues from the last finished epoch.")
+    p.add_argument("model", help="model1 ... model5 (see `python -m tinylib models`)")
+    p.add_argument("--profile", help="smoke | quick | full (default: TINYLIB_PROFILE, else full on a GPU, quick on a CPU)")
+    p.add_argument("--epochs", type=int, help="override the profile's epochs")
+    p.add_argument("--batch-size", type=int, help="override the profile's batch size")
+    p.add_argument("--optimizer", default="adam", help="adam | rmsprop | sgd | nadam (default adam)")
+    p.add_argument("--learning-rate", type=float, default=1e-4, help="default 1e-4, as the seed")
+    p.add_argument("--weights", help="model5 only: imagenet (default) | PATH to a weights file | none")
+    p.add_argument("--no-augment", action="store_true", help="train without augmentation")
+    p.add_argument("--precision", default="auto", help="auto | float32 | mixed_bfloat16 | mixed_float16")
+    p.add_argument("--name", help="run folder name (default MODEL-PROFILE-BACKEND)")
+    p.add_argument("--runs", help="parent folder of run folders (default TINYLIB_RUNS or TINYLIB_HOME/runs)")
+    p.add_argument("--fresh", action="store_true", help="start over instead of resuming")
+    p.set_defaults(func=_train)
+
+    p = commands.add_parser("evaluate", help="evaluate a trained run",
+                            description="Load a run's last checkpoint and report top-1/top-5 accuracy, "
+                                        "per-class accuracy and the most confused classes.")
+    p.add_argument("run", help="the run folder printed by `train`")
+    p.add_argument("--split", default="val", choices=["val", "train"], help="default val")
+    p.set_defaults(func=_evaluate)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from tinylib.data import DataError
+
+    try:
+        return args.func(args)
+    except (DataError, ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

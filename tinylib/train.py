@@ -1,0 +1,363 @@
+"""Training: one ``fit`` for every chapter, with checkpoints, resume and a run record.
+
+Every run lives in its own folder (``runs_dir()/<run name>``)::
+
+    checkpoint-epoch-NNN.weights.h5   model + optimizer state after epoch NNN
+    state.json                        which checkpoint is current, and the history so far
+    record.json                       the run record, rewritten after every epoch
+
+``state.json`` is written atomically after the checkpoint it names, so a run
+killed at any moment (even in the middle of an epoch) resumes from the last
+finished epoch with the same epoch count and the same history.  This is the only
+module that writes run records.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from tinylib import models as models_lib
+from tinylib.profiles import Profile, get_profile, gpu_available
+
+RUNS_ENV = "TINYLIB_RUNS"
+STATE_FILE = "state.json"
+RECORD_FILE = "record.json"
+KEEP_CHECKPOINTS = 2
+
+
+def runs_dir() -> Path:
+    """Where runs go: ``TINYLIB_RUNS``, else ``<TINYLIB_HOME>/runs``."""
+    if os.environ.get(RUNS_ENV):
+        return Path(os.environ[RUNS_ENV]).expanduser()
+    from tinylib.data import home
+
+    return home() / "runs"
+
+
+# --------------------------------------------------------------------------------------
+# Environment: backend, device, precision, versions.
+# --------------------------------------------------------------------------------------
+
+
+def device_name() -> str:
+    """A readable name of the device the backend computes on."""
+    backend = keras.backend.backend()
+    try:
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            gpus = tf.config.list_physical_devices("GPU")
+            if gpus:
+                details = tf.config.experimental.get_device_details(gpus[0])
+                return f"GPU: {details.get('device_name', gpus[0].name)}"
+        elif backend == "jax":
+            import jax
+
+            device = jax.devices()[0]
+            if device.platform != "cpu":
+                return f"GPU: {device.device_kind}"
+    except Exception:  # a name is nice to have, never worth a crash
+        pass
+    return f"CPU: {platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
+
+
+def configure_precision(policy: str = "auto") -> str:
+    """Set Keras' global dtype policy; call it before building a model.
+
+    'auto' picks mixed precision (bfloat16 compute, float32 weights) where a GPU
+    is visible and plain float32 on a CPU, where mixed precision is slower.
+    """
+    if policy == "auto":
+        policy = "mixed_bfloat16" if gpu_available() else "float32"
+    keras.config.set_dtype_policy(policy)
+    return policy
+
+
+def library_versions() -> dict:
+    versions = {"python": platform.python_version(), "keras": keras.__version__, "numpy": np.__version__}
+    backend = keras.backend.backend()
+    try:
+        module = __import__({"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}[backend])
+        versions[backend] = module.__version__
+    except (KeyError, ImportError):
+        pass
+    from tinylib import __version__
+
+    versions["tinylib"] = __version__
+    return versions
+
+
+def git_commit() -> str | None:
+    """The commit of the tinylib checkout, when it is one; '+dirty' with uncommitted changes."""
+    try:
+        def git(*args):
+            return subprocess.run(["git", *args], cwd=Path(__file__).parent, capture_output=True,
+                                  text=True, timeout=10).stdout.strip()
+
+        commit = git("rev-parse", "HEAD")
+        if commit and git("status", "--porcelain", "--untracked-files=no"):
+            commit += "+dirty"
+        return commit or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+# --------------------------------------------------------------------------------------
+# Callbacks.
+# --------------------------------------------------------------------------------------
+
+
+def make_callbacks(names) -> list:
+    """Keras callbacks by name: 'early_stopping' and 'reduce_lr_on_plateau', as the seed used."""
+    made = []
+    for name in names:
+        if name == "early_stopping":
+            made.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=5,
+                                                      restore_best_weights=True, verbose=1))
+        elif name == "reduce_lr_on_plateau":
+            made.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.2, patience=3,
+                                                          min_lr=1e-6, verbose=1))
+        else:
+            raise ValueError(f"unknown callback {name!r}: use 'early_stopping' or 'reduce_lr_on_plateau'")
+    return made
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    """Write JSON atomically: a reader sees the old file or the new one, never half."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=1, default=_jsonable))
+    os.replace(tmp, path)
+
+
+def _jsonable(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    raise TypeError(f"not JSON serializable: {type(value)}")
+
+
+class _Checkpointer(keras.callbacks.Callback):
+    """After each epoch: save weights and optimizer, then point state.json at them."""
+
+    def __init__(self, run: "Run"):
+        super().__init__()
+        self.run = run
+        self.epoch_start = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch_start = time.perf_counter()
+        self.train_end = None
+
+    def on_test_begin(self, logs=None):
+        self.train_end = self.train_end or time.perf_counter()  # validation is not training
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        now = time.perf_counter()
+        logs["seconds"] = now - self.epoch_start
+        logs["train_seconds"] = (self.train_end or now) - self.epoch_start
+        lr = getattr(self.model.optimizer, "learning_rate", None)
+        if lr is not None:
+            logs["learning_rate"] = float(keras.ops.convert_to_numpy(lr))
+        for key, value in logs.items():
+            self.run.history.setdefault(key, []).append(float(value))
+        checkpoint = self.run.path / f"checkpoint-epoch-{epoch + 1:03d}.weights.h5"
+        self.model.save_weights(checkpoint, overwrite=True)
+        self.run.epochs_done = epoch + 1
+        _write_json(self.run.path / STATE_FILE, {
+            "epochs_done": self.run.epochs_done, "checkpoint": checkpoint.name,
+            "history": self.run.history,
+        })
+        for old in sorted(self.run.path.glob("checkpoint-epoch-*.weights.h5"))[:-KEEP_CHECKPOINTS]:
+            old.unlink()
+        self.run.write_record()
+
+
+# --------------------------------------------------------------------------------------
+# Runs.
+# --------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Run:
+    """A training run: its folder, its model, its history and its record."""
+
+    path: Path
+    model: keras.Model
+    record: dict
+    history: dict = dataclasses.field(default_factory=dict)
+    epochs_done: int = 0
+    wall_seconds: float = 0.0
+
+    @property
+    def checkpoint(self) -> Path | None:
+        state = _read_state(self.path)
+        return self.path / state["checkpoint"] if state else None
+
+    def write_record(self) -> dict:
+        record = self.record
+        record["history"] = self.history
+        record["epochs_run"] = self.epochs_done
+        record["wall_seconds"] = round(self.wall_seconds, 1)
+        seconds = self.history.get("train_seconds", [])[1:] or self.history.get("train_seconds", [])
+        if seconds:  # the first epoch also compiles: left out when there are others
+            record["train_images_per_second"] = round(
+                record["dataset"]["train_images"] / float(np.median(seconds)), 1)
+        for key, name in (("val_accuracy", "val_top1"), ("val_top5", "val_top5")):
+            values = self.history.get(key)
+            if values:
+                record[f"best_{name}"] = max(values)
+                record[f"final_{name}"] = values[-1]
+        if self.history.get("accuracy"):
+            record["final_train_top1"] = self.history["accuracy"][-1]
+        record["finished"] = self.epochs_done >= record["epochs"] or record.get("stopped_early", False)
+        _write_json(self.path / RECORD_FILE, record)
+        return record
+
+
+def _read_state(path: Path) -> dict | None:
+    try:
+        return json.loads((path / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def run_name(model: keras.Model, profile: Profile, suffix: str = "") -> str:
+    return f"{model.name}-{profile.name}-{keras.backend.backend()}{suffix}"
+
+
+def _one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    return keras.utils.to_categorical(labels, num_classes).astype("float32")
+
+
+def fit(model: keras.Model, data, profile: Profile | str | None = None, *, name: str | None = None,
+        epochs: int | None = None, batch_size: int | None = None, callbacks="seed",
+        extra_callbacks=(), resume: bool = True, runs: Path | None = None,
+        verbose="auto") -> Run:
+    """Train ``model`` on ``data`` (a ``TinyImageNet`` subset) as ``profile`` says.
+
+    ``callbacks`` is 'seed' (what the seed used for this model), or a list of
+    names for ``make_callbacks``.  With ``resume`` (the default), a run folder
+    that holds a checkpoint continues from its last finished epoch; a finished
+    run is returned as it is.  Returns the ``Run``; its record is in
+    ``run.record`` and in ``record.json`` in the run folder.
+    """
+    profile = get_profile(profile)
+    epochs = epochs or profile.epochs_for(model.name)
+    batch_size = batch_size or profile.batch_size
+    path = Path(runs or runs_dir()) / (name or run_name(model, profile))
+    path.mkdir(parents=True, exist_ok=True)
+    if callbacks == "seed":
+        callbacks = models_lib.seed_callbacks(model.name) if model.name in models_lib.MODELS else ()
+    callbacks = tuple(callbacks)
+
+    run = Run(path=path, model=model, record=_new_record(model, data, profile, epochs, batch_size, callbacks))
+    state = _read_state(path) if resume else None
+    if state:
+        if not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+        model.load_weights(path / state["checkpoint"])
+        run.history, run.epochs_done = state["history"], state["epochs_done"]
+        previous = _read_record(path)
+        run.wall_seconds = previous.get("wall_seconds", 0.0)
+        run.record["resumed_at_epoch"] = state["epochs_done"]
+        print(f"Resuming {path.name} after epoch {state['epochs_done']} of {epochs}", flush=True)
+    if run.epochs_done >= epochs or (state and _read_record(path).get("finished")):
+        run.record.update({k: v for k, v in _read_record(path).items() if k not in run.record})
+        run.write_record()
+        return run
+
+    y_train = _one_hot(data.train.labels, data.num_classes)
+    y_val = _one_hot(data.val.labels, data.num_classes)
+    print(f"Training {model.name} ({model.count_params():,} parameters) on {data.summary()}, "
+          f"{epochs} epochs, batch {batch_size}, {keras.backend.backend()} on {run.record['device']}",
+          flush=True)
+    start = time.perf_counter()
+    try:
+        history = model.fit(
+            np.asarray(data.train.images), y_train, validation_data=(np.asarray(data.val.images), y_val),
+            epochs=epochs, initial_epoch=run.epochs_done, batch_size=batch_size, shuffle=True,
+            callbacks=[*make_callbacks(callbacks), _Checkpointer(run), *extra_callbacks],
+            verbose=_verbosity(verbose),
+        )
+    finally:
+        run.wall_seconds += time.perf_counter() - start
+    run.record["stopped_early"] = bool(model.stop_training and run.epochs_done < epochs)
+    del history
+    run.write_record()
+    return run
+
+
+def _read_record(path: Path) -> dict:
+    try:
+        return json.loads((path / RECORD_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _verbosity(verbose):
+    """Progress bars in a terminal, one line per epoch in a log or a built book."""
+    if verbose != "auto":
+        return verbose
+    return 1 if sys.stdout.isatty() else 2
+
+
+def _new_record(model, data, profile, epochs, batch_size, callbacks) -> dict:
+    optimizer = model.optimizer
+    return {
+        "model": model.name,
+        "parameters": int(model.count_params()),
+        "profile": profile.name,
+        "backend": keras.backend.backend(),
+        "device": device_name(),
+        "dtype_policy": keras.config.dtype_policy().name,
+        "weights": getattr(model, "tinylib_weights", "random"),
+        "dataset": {
+            "classes": data.num_classes,
+            "train_images": len(data.train),
+            "val_images": len(data.val),
+            "seed": profile.seed,
+            "wnids": list(data.wnids),
+        },
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "optimizer": type(optimizer).__name__ if optimizer else None,
+        "learning_rate": float(f"{float(keras.ops.convert_to_numpy(optimizer.learning_rate)):.6g}")
+        if optimizer else None,
+        "callbacks": list(callbacks),
+        "versions": library_versions(),
+        "git_commit": git_commit(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def load_run(path: Path | str) -> dict:
+    """The record of a run folder (or a record file), for tables and plots."""
+    path = Path(path)
+    record = _read_record(path) if path.is_dir() else json.loads(path.read_text())
+    if not record:
+        raise FileNotFoundError(f"no {RECORD_FILE} in {path}: is it a run folder?")
+    return record
+
+
+def compare_optimizers(model_name: str, data, profile=None, optimizers=("adam", "rmsprop", "sgd", "nadam"),
+                       learning_rate: float = 1e-4, augmentation=None, **fit_kwargs) -> dict[str, Run]:
+    """Train the same model once per optimizer (the seed's comparison), one call for the book."""
+    profile = get_profile(profile)
+    runs = {}
+    for optimizer in optimizers:
+        keras.utils.set_random_seed(profile.seed)
+        model = models_lib.build_model(model_name, num_classes=data.num_classes, augmentation=augmentation,
+                                       optimizer=optimizer, learning_rate=learning_rate)
+        runs[optimizer] = fit(model, data, profile, name=run_name(model, profile, f"-{optimizer}"), **fit_kwargs)
+    return runs
