@@ -53,17 +53,16 @@ def _weights(value: str):
 
 
 def _train(args) -> int:
-    from tinylib import augment, data, models, train
+    from tinylib import data, train
     from tinylib.profiles import get_profile
 
     profile = get_profile(args.profile)
     print(profile.describe(), flush=True)
     train.configure_precision(args.precision)
     dataset = data.load().subset(**profile.subset_kwargs())
-    augmentation = None if args.no_augment else augment.augmentation()
     weights = {} if args.weights is None else {"weights": _weights(args.weights)}
-    model = models.build_model(args.model, num_classes=dataset.num_classes, augmentation=augmentation,
-                               optimizer=args.optimizer, learning_rate=args.learning_rate, **weights)
+    model = train.build(args.model, dataset, profile, augment=not args.no_augment,
+                        optimizer=args.optimizer, learning_rate=args.learning_rate, **weights)
     run = train.fit(model, dataset, profile, name=args.name, epochs=args.epochs, batch_size=args.batch_size,
                     resume=not args.fresh, runs=args.runs)
     record = run.record
@@ -146,7 +145,13 @@ def main(argv=None) -> int:
 
     try:
         return args.func(args)
-    except (DataError, ValueError, FileNotFoundError) as err:
+    except Exception as err:
+        models = sys.modules.get("tinylib.models")
+        expected = (DataError, ValueError, FileNotFoundError)
+        if models is not None:
+            expected += (models.PretrainedWeightsUnavailable,)
+        if not isinstance(err, expected):
+            raise
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -36,11 +36,22 @@ class Profile:
     model_epochs: MappingProxyType = dataclasses.field(
         default_factory=lambda: MappingProxyType({})
     )
+    model_options: MappingProxyType = dataclasses.field(
+        default_factory=lambda: MappingProxyType({})
+    )
     description: str = ""
 
     def epochs_for(self, model_name: str) -> int:
         """Epochs for one model in this profile."""
         return int(self.model_epochs.get(model_name, self.epochs))
+
+    def options_for(self, model_name: str) -> dict:
+        """Architecture options this profile needs for one model (none at full scale).
+
+        Short runs take few optimizer steps, too few for BatchNorm's moving
+        statistics (momentum 0.99) to settle, so the quick profile lets them adapt faster.
+        """
+        return dict(self.model_options.get(model_name, {}))
 
     def subset_kwargs(self) -> dict:
         """The arguments of ``TinyImageNet.subset`` this profile asks for."""

@@ -3,6 +3,7 @@
 Every run lives in its own folder (``runs_dir()/<run name>``)::
 
     checkpoint-epoch-NNN.weights.h5   model + optimizer state after epoch NNN
+    final.weights.h5                  what the model ends with (early stopping may restore the best epoch)
     state.json                        which checkpoint is current, and the history so far
     record.json                       the run record, rewritten after every epoch
 
@@ -34,6 +35,7 @@ RUNS_ENV = "TINYLIB_RUNS"
 STATE_FILE = "state.json"
 RECORD_FILE = "record.json"
 KEEP_CHECKPOINTS = 2
+FINAL_CHECKPOINT = "final.weights.h5"
 
 
 def runs_dir() -> Path:
@@ -294,6 +296,10 @@ def fit(model: keras.Model, data, profile: Profile | str | None = None, *, name:
         run.wall_seconds += time.perf_counter() - start
     run.record["stopped_early"] = bool(model.stop_training and run.epochs_done < epochs)
     del history
+    # Early stopping may have put the best epoch's weights back: the final checkpoint
+    # holds what the model ends with, so a reloaded run predicts as this one does.
+    model.save_weights(path / FINAL_CHECKPOINT, overwrite=True)
+    _write_json(path / STATE_FILE, {**_read_state(path), "checkpoint": FINAL_CHECKPOINT})
     run.write_record()
     return run
 
@@ -322,6 +328,7 @@ def _new_record(model, data, profile, epochs, batch_size, callbacks) -> dict:
         "device": device_name(),
         "dtype_policy": keras.config.dtype_policy().name,
         "weights": getattr(model, "tinylib_weights", "random"),
+        "augmentation": _augmentation_config(model),
         "dataset": {
             "classes": data.num_classes,
             "train_images": len(data.train),
@@ -341,6 +348,17 @@ def _new_record(model, data, profile, epochs, batch_size, callbacks) -> dict:
     }
 
 
+def _augmentation_config(model) -> dict | None:
+    """The settings of the augmentation layer at the model's head, if it has one."""
+    from tinylib.augment import RandomAffineAugment
+
+    for layer in model.layers:
+        if isinstance(layer, RandomAffineAugment):
+            config = layer.get_config()
+            return {k: v for k, v in config.items() if k not in ("name", "trainable", "dtype")}
+    return None
+
+
 def load_run(path: Path | str) -> dict:
     """The record of a run folder (or a record file), for tables and plots."""
     path = Path(path)
@@ -350,14 +368,33 @@ def load_run(path: Path | str) -> dict:
     return record
 
 
+def build(model_name: str, data, profile=None, augment: bool = True, **options) -> keras.Model:
+    """Build a model for ``data`` with the seed's augmentation and the profile's options."""
+    from tinylib.augment import augmentation
+
+    profile = get_profile(profile)
+    options = {**profile.options_for(models_lib.normalize_name(model_name)), **options}
+    return models_lib.build_model(model_name, num_classes=data.num_classes,
+                                  augmentation=augmentation() if augment else None, **options)
+
+
+def train_model(model_name: str, data, profile=None, *, augment: bool = True, build_options=None,
+                **fit_kwargs) -> Run:
+    """Build and train one model in a profile: the one call each model chapter makes."""
+    profile = get_profile(profile)
+    keras.utils.set_random_seed(profile.seed)
+    model = build(model_name, data, profile, augment=augment, **(build_options or {}))
+    return fit(model, data, profile, **fit_kwargs)
+
+
 def compare_optimizers(model_name: str, data, profile=None, optimizers=("adam", "rmsprop", "sgd", "nadam"),
-                       learning_rate: float = 1e-4, augmentation=None, **fit_kwargs) -> dict[str, Run]:
+                       learning_rate: float = 1e-4, augmentation: bool = True, **fit_kwargs) -> dict[str, Run]:
     """Train the same model once per optimizer (the seed's comparison), one call for the book."""
     profile = get_profile(profile)
     runs = {}
     for optimizer in optimizers:
         keras.utils.set_random_seed(profile.seed)
-        model = models_lib.build_model(model_name, num_classes=data.num_classes, augmentation=augmentation,
-                                       optimizer=optimizer, learning_rate=learning_rate)
+        model = build(model_name, data, profile, augment=augmentation,
+                      optimizer=optimizer, learning_rate=learning_rate)
         runs[optimizer] = fit(model, data, profile, name=run_name(model, profile, f"-{optimizer}"), **fit_kwargs)
     return runs

@@ -1,0 +1,176 @@
+"""Fast checks of the repository's shape: book config, table of contents,
+notebooks committed without outputs, and the declared dependencies."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BOOK = ROOT / "book"
+SKIP_DIRS = {"_build", ".ipynb_checkpoints", "results"}
+SOURCE_SUFFIXES = (".ipynb", ".md", ".myst", ".rst")
+
+
+def book_files(suffix: str) -> list[Path]:
+    """Files under book/ with this suffix, outside build output and checkpoints."""
+    return sorted(
+        p for p in BOOK.rglob(f"*{suffix}")
+        if not SKIP_DIRS.intersection(p.relative_to(BOOK).parts)
+    )
+
+
+def load_toc() -> dict:
+    yaml = pytest.importorskip("yaml", reason="PyYAML comes with the 'book' extra")
+    return yaml.safe_load((ROOT / "_toc.yml").read_text(encoding="utf-8"))
+
+
+def toc_entries(node) -> list[str]:
+    """Every 'root' / 'file' value in a jb-book table of contents."""
+    found = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("root", "file") and isinstance(value, str):
+                found.append(value)
+            else:
+                found.extend(toc_entries(value))
+    elif isinstance(node, list):
+        for item in node:
+            found.extend(toc_entries(item))
+    return found
+
+
+def resolve_toc_entry(entry: str) -> Path | None:
+    """The file in book/ a toc entry names (entries may omit the extension)."""
+    candidate = BOOK / entry
+    if candidate.suffix in SOURCE_SUFFIXES and candidate.is_file():
+        return candidate
+    for suffix in SOURCE_SUFFIXES:
+        path = candidate.with_name(candidate.name + suffix)
+        if path.is_file():
+            return path
+    return None
+
+
+# --- Jupyter Book configuration ------------------------------------------------
+
+@pytest.mark.parametrize("name", ["_config.yml", "_toc.yml"])
+def test_book_config_is_a_relative_symlink_to_the_top_level_file(name):
+    link = BOOK / name
+    top = ROOT / name
+    assert top.is_file() and not top.is_symlink(), f"{name} must be a real file at the top level"
+    assert link.is_symlink(), f"book/{name} must be a symlink to ../{name} (one source of truth)"
+    target = os.readlink(link)
+    assert not os.path.isabs(target), f"book/{name} -> {target}: use a relative link so clones work"
+    assert link.resolve() == top.resolve()
+    assert link.read_bytes() == top.read_bytes()
+
+
+def test_config_fails_the_build_on_errors_and_caches_execution():
+    yaml = pytest.importorskip("yaml", reason="PyYAML comes with the 'book' extra")
+    config = yaml.safe_load((ROOT / "_config.yml").read_text(encoding="utf-8"))
+    execute = config["execute"]
+    assert execute["execute_notebooks"] == "cache"
+    assert execute["allow_errors"] is False
+    assert config["sphinx"]["config"]["nb_execution_raise_on_error"] is True
+    for pattern in ("_build", "results", "**.ipynb_checkpoints"):
+        assert pattern in config["exclude_patterns"]
+
+
+def test_toc_names_existing_files():
+    toc = load_toc()
+    assert toc.get("format") == "jb-book"
+    entries = toc_entries(toc)
+    assert entries and entries[0] == toc["root"]
+    missing = [e for e in entries if resolve_toc_entry(e) is None]
+    assert not missing, f"_toc.yml names files that are not in book/: {missing}"
+    assert len(entries) == len(set(entries)), "_toc.yml names a file twice"
+
+
+def test_every_notebook_is_in_the_toc():
+    listed = {resolve_toc_entry(e) for e in toc_entries(load_toc())}
+    orphans = [str(p.relative_to(ROOT)) for p in book_files(".ipynb") if p not in listed]
+    assert not orphans, f"notebooks missing from _toc.yml (the build skips them): {orphans}"
+
+
+# --- notebooks -----------------------------------------------------------------
+
+def test_notebooks_are_committed_without_outputs():
+    dirty = []
+    for path in book_files(".ipynb"):
+        nb = json.loads(path.read_text(encoding="utf-8"))
+        for i, cell in enumerate(nb.get("cells", [])):
+            if cell.get("cell_type") != "code":
+                continue
+            if cell.get("outputs") or cell.get("execution_count") is not None:
+                dirty.append(f"{path.relative_to(ROOT)} cell {i}")
+    assert not dirty, (
+        "notebooks must be committed without outputs or execution counts "
+        f"(clear them before committing): {dirty}"
+    )
+
+
+# --- the introduction states the profiles as tinylib defines them ---------------
+
+def test_intro_profile_table_matches_tinylib_profiles():
+    from tinylib.profiles import PROFILES
+
+    intro = (BOOK / "intro.md").read_text(encoding="utf-8")
+    for name, p in PROFILES.items():
+        rows = [line for line in intro.splitlines() if line.startswith(f"| `{name}` |")]
+        assert len(rows) == 1, f"intro.md needs one table row for profile {name!r}"
+        cells = [c.strip() for c in rows[0].strip("|").split("|")]
+        classes = p.classes or 200
+        train = classes * (p.train_per_class or 500)
+        val = classes * (p.val_per_class or 50)
+        assert cells[1:5] == [
+            str(classes), f"{train:,} / {val:,}", str(p.epochs), str(p.batch_size)
+        ], f"intro.md's row for {name!r} disagrees with tinylib/profiles.py"
+
+
+# --- dependencies ----------------------------------------------------------------
+
+def load_pyproject() -> dict:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        tomllib = pytest.importorskip("tomli")
+    return tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+
+
+def requirements(specs: list[str]) -> dict:
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    reqs = [Requirement(s) for s in specs]
+    return {canonicalize_name(r.name): r for r in reqs}
+
+
+REQUIRED = {
+    "dependencies": ["tensorflow", "keras", "numpy", "matplotlib", "seaborn", "pillow"],
+    "book": ["jupyter-book", "jupyterlab"],
+    "test": ["pytest", "nbval"],
+}
+
+
+def dependency_groups() -> dict[str, list[str]]:
+    project = load_pyproject()["project"]
+    return {"dependencies": project["dependencies"], **project.get("optional-dependencies", {})}
+
+
+@pytest.mark.parametrize("group", list(REQUIRED))
+def test_pyproject_declares_the_dependencies_the_design_names(group):
+    declared = requirements(dependency_groups().get(group, []))
+    missing = [name for name in REQUIRED[group] if name not in declared]
+    assert not missing, f"pyproject.toml [{group}] lacks {missing}"
+
+
+def test_every_dependency_is_a_range_not_a_pin():
+    for group, specs in dependency_groups().items():
+        for name, req in requirements(specs).items():
+            operators = {s.operator for s in req.specifier}
+            assert operators, f"[{group}] {req}: give a version range (e.g. '{name}>=X')"
+            assert not operators & {"==", "==="}, f"[{group}] {req}: use a range, not a pin"
