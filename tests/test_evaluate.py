@@ -1,0 +1,241 @@
+"""Evaluation: hand-made probabilities with known answers, then real (tiny) models end to end."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import keras
+import numpy as np
+import pytest
+
+from tinylib import evaluate as ev
+from tinylib.data import Split
+
+NAMES = ("cat", "dog", "fox", "owl", "yak")  # "yak" has no images
+LABELS = [0, 0, 0, 0, 1, 1, 1, 2, 2, 3]
+PREDICTED = [0, 0, 1, 1, 1, 0, 1, 1, 2, 3]
+CONFIDENCE = [0.9, 0.8, 0.7, 0.95, 0.6, 0.85, 0.5, 0.65, 0.9, 0.99]
+
+
+def probabilities_for(predicted, confidence, num_classes):
+    """Rows whose argmax is ``predicted`` with probability ``confidence``, the rest shared."""
+    rows = np.array([(1 - c) / (num_classes - 1) for c in confidence])[:, None].repeat(num_classes, 1)
+    rows[np.arange(len(predicted)), predicted] = confidence
+    return rows
+
+
+@pytest.fixture
+def known():
+    return ev.evaluation_from_probabilities(
+        probabilities_for(PREDICTED, CONFIDENCE, len(NAMES)), LABELS, NAMES,
+        files=[f"val_{i}.JPEG" for i in range(len(LABELS))])
+
+
+def test_top1_and_confusion_matrix_match_hand_counts(known):
+    assert known.top1 == pytest.approx(0.6)
+    expected = np.array([
+        [2, 2, 0, 0, 0],
+        [1, 2, 0, 0, 0],
+        [0, 1, 1, 0, 0],
+        [0, 0, 0, 1, 0],
+        [0, 0, 0, 0, 0],
+    ])
+    np.testing.assert_array_equal(known.confusion_matrix, expected)
+
+
+def test_per_class_accuracy_names_classes_and_marks_empty_ones(known):
+    np.testing.assert_allclose(known.per_class_accuracy, [0.5, 2 / 3, 0.5, 1.0, np.nan])
+    assert list(known.per_class) == list(NAMES)
+    assert known.per_class["dog"] == pytest.approx(2 / 3)
+
+
+def test_most_confused_pairs_are_sorted_by_count(known):
+    pairs = known.most_confused()
+    assert pairs[0] == ("cat", "dog", 2)
+    assert set(pairs[1:]) == {("dog", "cat", 1), ("fox", "dog", 1)}  # only real mistakes
+    assert known.most_confused(1) == [("cat", "dog", 2)]
+
+
+def test_misclassified_lists_the_most_confident_mistakes_first(known):
+    np.testing.assert_array_equal(known.misclassified(), [3, 5, 2, 7])
+    np.testing.assert_array_equal(known.misclassified(2), [3, 5])
+
+
+def test_top_k_counts_the_true_class_among_the_k_most_probable():
+    probabilities = np.array([
+        [0.10, 0.30, 0.20, 0.15, 0.10, 0.10, 0.05],  # true class 0 is 4th: top-5 only
+        [0.30, 0.20, 0.15, 0.12, 0.11, 0.02, 0.10],  # true class 6 is 6th: neither
+        [0.05, 0.10, 0.60, 0.10, 0.05, 0.05, 0.05],  # true class 2 is 1st: both
+    ])
+    result = ev.evaluation_from_probabilities(probabilities, [0, 6, 2], list("abcdefg"))
+    assert result.top1 == pytest.approx(1 / 3)
+    assert result.top5 == pytest.approx(2 / 3)
+    assert result.top_k_accuracy(1) == pytest.approx(1 / 3)
+    assert result.top_k_accuracy(7) == result.top_k_accuracy(100) == 1.0  # k clamped
+
+
+def test_top_k_and_confusion_agree_with_keras_and_a_plain_loop():
+    rng = np.random.default_rng(0)
+    probabilities = rng.dirichlet(np.ones(12), size=300).astype("float32")
+    labels = rng.integers(0, 12, size=300)
+    result = ev.evaluation_from_probabilities(probabilities, labels, [f"c{i}" for i in range(12)])
+    one_hot = keras.utils.to_categorical(labels, 12)
+    for k in (1, 5):
+        keras_hits = keras.ops.convert_to_numpy(
+            keras.metrics.top_k_categorical_accuracy(one_hot, probabilities, k=k))
+        assert result.top_k_accuracy(k) == pytest.approx(float(np.mean(keras_hits)))
+    looped = np.zeros((12, 12), dtype=int)
+    for true, predicted in zip(labels, probabilities.argmax(1)):
+        looped[true, predicted] += 1
+    np.testing.assert_array_equal(result.confusion_matrix, looped)
+
+
+def test_summary_and_to_dict(known):
+    text = known.summary()
+    assert "top-1 60.0%" in text and "cat -> dog (2)" in text
+    record = json.loads(json.dumps(known.to_dict(), allow_nan=False))  # strict JSON
+    assert record["top1"] == pytest.approx(0.6) and record["top5"] == 1.0
+    assert record["per_class"]["yak"] is None and record["per_class"]["owl"] == 1.0
+    assert record["most_confused"][0] == {"true": "cat", "predicted": "dog", "count": 2}
+
+
+def test_bad_inputs_are_refused_with_a_reason():
+    with pytest.raises(ValueError, match="predict_test"):
+        ev.evaluation_from_probabilities(np.full((2, 3), 1 / 3), [0, -1], "abc")
+    with pytest.raises(ValueError, match="3 classes"):
+        ev.evaluation_from_probabilities(np.full((2, 4), 0.25), [0, 1], "abc")
+    with pytest.raises(ValueError, match="labels"):
+        ev.evaluation_from_probabilities(np.full((2, 3), 1 / 3), [0, 1, 2], "abc")
+
+
+# --------------------------------------------------------------------------------------
+# Real models
+# --------------------------------------------------------------------------------------
+
+
+def tiny_model(num_classes=4):
+    """A few hundred parameters: enough to check shapes end to end in a blink."""
+    inputs = keras.Input((64, 64, 3))
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(num_classes, activation="softmax")(x))
+
+
+def fake_split(n, labels=None):
+    rng = np.random.default_rng(n)
+    images = rng.integers(0, 256, size=(n, 64, 64, 3), dtype=np.uint8)
+    labels = np.full(n, -1, np.int32) if labels is None else np.asarray(labels, np.int32)
+    return Split(images, labels, tuple(f"img_{i}.JPEG" for i in range(n)), np.zeros((n, 4), np.int16))
+
+
+def test_evaluate_a_model_end_to_end():
+    split = fake_split(10, labels=[0, 1, 2, 3, 0, 1, 2, 3, 0, 1])
+    result = ev.evaluate(tiny_model(), split, list("abcd"), batch_size=4)
+    assert result.probabilities.shape == (10, 4) and result.probabilities.dtype == np.float32
+    np.testing.assert_allclose(result.probabilities.sum(1), 1.0, rtol=1e-5)
+    assert result.confusion_matrix.shape == (4, 4) and result.confusion_matrix.sum() == 10
+    assert result.files == split.files
+    assert 0.0 <= result.top1 <= result.top5 == 1.0  # 4 classes: top-5 is every class
+
+
+def test_predict_test_names_the_most_probable_classes():
+    model = tiny_model(6)
+    split = fake_split(5)
+    predictions = ev.predict_test(model, split, list("abcdef"), top=3)
+    probabilities = ev.predict_probabilities(model, split.images)
+    assert [file for file, _ in predictions] == list(split.files)
+    for (_, names), row in zip(predictions, probabilities):
+        assert len(names) == 3 and names[0] == "abcdef"[row.argmax()]
+        assert names == ["abcdef"[i] for i in np.argsort(-row)[:3]]
+    assert len(ev.predict_test(model, split, list("abcdef"))[0][1]) == 5
+
+
+def test_predict_test_without_test_images_says_so():
+    with pytest.raises(ValueError, match="no test images"):
+        ev.predict_test(tiny_model(), None, list("abcd"))
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, synthetic_master):
+    """model2, with augmentation as the CLI trains it, one epoch on the synthetic dataset."""
+    from tinylib import augment, data, models, train
+    from tinylib.profiles import Profile
+
+    tmp = tmp_path_factory.mktemp("evaluate")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TINYLIB_HOME", str(tmp / "home"))
+        patch.setenv("TINYLIB_DATA", str(synthetic_master))
+        dataset = data.load()
+    keras.utils.set_random_seed(0)
+    model = models.build_model("model2", num_classes=dataset.num_classes, weights=None,
+                               augmentation=augment.augmentation(seed=0))  # not rebuilt: training only
+    profile = Profile("t", classes=None, train_per_class=None, val_per_class=None, epochs=1, batch_size=4)
+    # No callbacks: EarlyStopping would swap in its best weights after the last checkpoint.
+    run = train.fit(model, dataset, profile, runs=tmp / "runs", epochs=1, batch_size=4,
+                    callbacks=(), verbose=0)
+    return run, dataset
+
+
+def load_quietly(run_dir):
+    """Load, and fail on Keras' warning that it skipped (optimizer) variables."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = ev.load_trained_model(run_dir)
+    skipped = [str(w.message) for w in caught if "Skipping variable loading" in str(w.message)]
+    assert not skipped, skipped
+    return model
+
+
+@pytest.mark.slow
+def test_load_trained_model_predicts_like_the_trained_model(trained_run):
+    run, dataset = trained_run
+    loaded = load_quietly(run.path)
+    images = np.concatenate([dataset.val.images, dataset.test.images])
+    np.testing.assert_allclose(ev.predict_probabilities(loaded, images),
+                               ev.predict_probabilities(run.model, images), rtol=1e-5, atol=1e-6)
+    steps = len(dataset.train) // 4
+    assert int(keras.ops.convert_to_numpy(loaded.optimizer.iterations)) == steps  # optimizer restored
+
+
+@pytest.mark.slow
+def test_evaluate_and_predict_test_on_the_trained_model(trained_run):
+    run, dataset = trained_run
+    result = ev.evaluate(run.model, dataset.val, dataset.class_names)
+    assert result.probabilities.shape == (len(dataset.val), 4)
+    assert sum(result.confusion_matrix.sum(1)) == len(dataset.val)
+    assert set(result.per_class) == set(dataset.class_names)
+    predictions = ev.predict_test(run.model, dataset.test, dataset.class_names)
+    assert len(predictions) == len(dataset.test)
+    assert all(sorted(names) == sorted(dataset.class_names) for _, names in predictions)  # top 5 of 4
+
+
+def test_load_trained_model_uses_the_recorded_optimizer(tmp_path):
+    """A run of compare_optimizers: an RMSprop checkpoint needs an RMSprop model to load into."""
+    from tinylib import models
+
+    keras.utils.set_random_seed(1)
+    saved = models.build_model("model2", num_classes=3, weights=None, optimizer="rmsprop",
+                               learning_rate=1e-3)
+    saved.optimizer.build(saved.trainable_variables)
+    saved.save_weights(tmp_path / "checkpoint-epoch-001.weights.h5")
+    (tmp_path / "state.json").write_text(json.dumps({"checkpoint": "checkpoint-epoch-001.weights.h5"}))
+    (tmp_path / "record.json").write_text(json.dumps({
+        "model": "model2", "dataset": {"classes": 3}, "optimizer": "RMSprop", "learning_rate": 1e-3}))
+    keras.utils.set_random_seed(2)  # the rebuilt model starts from other weights
+    loaded = load_quietly(tmp_path)
+    assert type(loaded.optimizer).__name__ == "RMSprop"
+    images = fake_split(3).images
+    np.testing.assert_allclose(ev.predict_probabilities(loaded, images),
+                               ev.predict_probabilities(saved, images), rtol=1e-5, atol=1e-6)
+
+
+def test_load_trained_model_without_a_checkpoint_says_so(tmp_path):
+    with pytest.raises(FileNotFoundError, match="record.json"):
+        ev.load_trained_model(tmp_path)  # not a run folder at all
+    (tmp_path / "record.json").write_text(json.dumps({"model": "model2", "dataset": {"classes": 3}}))
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        ev.load_trained_model(tmp_path)
+    (tmp_path / "state.json").write_text(json.dumps({"checkpoint": "checkpoint-epoch-002.weights.h5"}))
+    with pytest.raises(FileNotFoundError, match="checkpoint-epoch-002"):
+        ev.load_trained_model(tmp_path)

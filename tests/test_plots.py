@@ -1,0 +1,161 @@
+"""Figures: each returns a Figure with the expected axes, images, lines and bars, and names classes."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")  # before pyplot: no window, ever
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from tinylib import evaluate, plots  # noqa: E402
+from tinylib.data import Split  # noqa: E402
+
+NAMES = ("goldfish", "bullfrog", "Egyptian cat", "school bus")
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plt.close("all")
+
+
+def image_count(fig):
+    return sum(len(ax.images) for ax in fig.axes)
+
+
+def titles(fig):
+    return [ax.get_title() for ax in fig.axes]
+
+
+@pytest.fixture
+def split():
+    """20 images, labels 0..3 with 8, 6, 4 and 2 images: deliberately unbalanced."""
+    labels = np.repeat(np.arange(4), [8, 6, 4, 2]).astype(np.int32)
+    images = np.zeros((len(labels), 64, 64, 3), np.uint8)
+    images[..., 0] = (labels * 60)[:, None, None]  # the label is readable from the pixels
+    return Split(images, labels, tuple(f"img_{i}.JPEG" for i in range(len(labels))),
+                 np.zeros((len(labels), 4), np.int16))
+
+
+@pytest.fixture
+def evaluation(split):
+    """Every goldfish is right; two bullfrogs and one cat are called school bus."""
+    predicted = split.labels.copy()
+    predicted[[8, 9]] = 3
+    predicted[14] = 3
+    probabilities = np.full((len(split), 4), 0.1)
+    probabilities[np.arange(len(split)), predicted] = 0.7
+    probabilities[14, 3] = 0.64  # a less confident mistake
+    return evaluate.evaluation_from_probabilities(probabilities, split.labels, NAMES)
+
+
+def test_sample_grid_shows_n_images_titled_with_their_class(split):
+    fig = plots.sample_grid(split, NAMES, n=10, cols=4, seed=1)
+    assert isinstance(fig, matplotlib.figure.Figure)
+    assert len(fig.axes) == 10 and image_count(fig) == 10  # no empty frames in the last row
+    for ax in fig.axes:
+        label = int(ax.images[0].get_array()[0, 0, 0]) // 60
+        assert ax.get_title() == NAMES[label]
+    assert plots.sample_grid(split, NAMES, n=100).axes.__len__() == len(split)  # at most all
+
+
+def test_images_per_class_draws_one_bar_per_class_with_its_count(split):
+    fig = plots.images_per_class(split, NAMES)
+    (ax,) = fig.axes
+    assert [p.get_height() for p in ax.patches] == [8, 6, 4, 2]
+    assert [t.get_text() for t in ax.get_xticklabels()] == list(NAMES)
+    assert "20 images in 4 classes" in ax.get_title()
+
+
+def test_augmentation_grid_has_a_row_per_image_and_a_column_per_transform(split):
+    from tinylib import augment
+
+    layers = augment.single_transform_layers(seed=0)  # two of them: Keras' and tinylib's own
+    transforms = {"flip (numpy)": lambda images: images[:, :, ::-1],
+                  "flip": layers["flip"], "brightness": layers["brightness"]}
+    fig = plots.augmentation_grid(split.images[:3], transforms)
+    columns = 1 + len(transforms)
+    assert len(fig.axes) == image_count(fig) == 3 * columns
+    assert titles(fig)[:columns] == ["original", *transforms]
+    flipped = fig.axes[1].images[0].get_array()
+    np.testing.assert_array_equal(flipped, split.images[0][:, ::-1])
+    shown = np.asarray(fig.axes[columns - 1].images[0].get_array())  # a Keras layer's output
+    assert shown.dtype != np.uint8 and 0.0 <= shown.min() and shown.max() <= 1.0
+
+
+def test_augmentation_grid_takes_a_single_transform(split):
+    fig = plots.augmentation_grid(split.images[0], lambda images: 255 - images)
+    assert titles(fig) == ["original", "augmented"]
+
+
+HISTORY = {"loss": [2.0, 1.5, 1.2], "val_loss": [2.1, 1.8, 1.7], "accuracy": [0.2, 0.4, 0.5],
+           "val_accuracy": [0.2, 0.3, 0.35], "seconds": [3.0, 2.0, 2.0]}
+
+
+def test_training_curves_train_solid_val_dashed_from_epoch_1():
+    record = {"model": "model2", "history": {"loss": [1.0, 0.9], "val_loss": [1.1, 1.0]}}
+    fig = plots.training_curves({"model1": HISTORY, "model2": record}, metrics=("loss", "accuracy"))
+    loss, accuracy = fig.axes
+    assert [ax.get_title() for ax in fig.axes] == ["loss", "accuracy"]
+    assert [(line.get_label(), line.get_linestyle()) for line in loss.lines] == [
+        ("model1 train", "-"), ("model1 val", "--"), ("model2 train", "-"), ("model2 val", "--")]
+    assert len(accuracy.lines) == 2  # model2 has no accuracy: nothing drawn, nothing faked
+    np.testing.assert_array_equal(loss.lines[0].get_xdata(), [1, 2, 3])
+    np.testing.assert_array_equal(loss.lines[1].get_ydata(), HISTORY["val_loss"])
+    assert loss.lines[0].get_color() != loss.lines[2].get_color()
+
+
+def test_training_curves_takes_a_single_run_or_history():
+    class FakeRun:  # anything with .history, like tinylib.train.Run
+        history = HISTORY
+
+    assert len(plots.training_curves(FakeRun(), metrics="loss").axes[0].lines) == 2
+    assert len(plots.training_curves(HISTORY).axes) == 2
+    fig = plots.training_curves(HISTORY, metrics=("top5",))
+    assert not fig.axes[0].lines and "no 'top5'" in fig.axes[0].texts[0].get_text()
+
+
+def test_confusion_heatmap_keeps_the_most_confused_classes(evaluation):
+    fig = plots.confusion_heatmap(evaluation, top=3)
+    (ax,) = fig.axes
+    names = [t.get_text() for t in ax.get_yticklabels()]
+    assert names == ["school bus", "bullfrog", "Egyptian cat"]  # 3, 2 and 1 errors; goldfish none
+    assert [t.get_text() for t in ax.get_xticklabels()] == names
+    cells = [t.get_text() for t in ax.texts]
+    assert cells == ["2", "", "", "2", "4", "", "1", "", "3"]  # the sub-matrix by rows, zeros blank
+    assert len(plots.confusion_heatmap(evaluation, top=15).axes[0].texts) == 16  # only 4 classes
+
+
+def test_misclassified_examples_titles_true_predicted_and_confidence(evaluation, split):
+    fig = plots.misclassified_examples(evaluation, split.images, n=12)
+    assert len(fig.axes) == image_count(fig) == 3  # only three mistakes exist
+    first, *_, last = titles(fig)
+    assert "bullfrog ->" in first and "school bus (p=0.70)" in first
+    assert "Egyptian cat ->" in last and "school bus (p=0.64)" in last
+    assert len(plots.misclassified_examples(evaluation, split.images, n=1).axes) == 1
+
+
+def test_misclassified_examples_without_mistakes():
+    perfect = evaluate.evaluation_from_probabilities(np.eye(3), [0, 1, 2], "abc")
+    fig = plots.misclassified_examples(perfect, np.zeros((3, 64, 64, 3), np.uint8))
+    assert image_count(fig) == 0 and "no misclassified" in fig.axes[0].texts[0].get_text()
+
+
+def test_results_table_plot_draws_missing_results_as_notes_not_bars():
+    rows = [
+        {"model": "model1", "source": "seed", "train": 0.62, "val": 0.21},
+        {"model": "model1", "source": "this book", "train": None, "val": None},
+        {"model": "model2", "source": "this book", "train": 0.40, "val": None},
+    ]
+    fig = plots.results_table_plot(rows)
+    (ax,) = fig.axes
+    heights = sorted(round(p.get_height(), 2) for p in ax.patches)
+    assert heights == [0.21, 0.40, 0.62]  # three real results, three bars
+    notes = [t for t in ax.texts if t.get_text() == "not yet run"]
+    assert len(notes) == 3
+    ticks = [t.get_text() for t in ax.get_xticklabels()]
+    assert ticks == ["model1\n(seed)", "model1\n(this book)", "model2\n(this book)"]
+    assert {t.get_text() for t in ax.texts} >= {"62%", "21%", "40%"}

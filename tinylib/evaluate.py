@@ -1,0 +1,230 @@
+"""Evaluation: what a trained model gets right and wrong, as numbers and lists.
+
+The flow is::
+
+    model + split  ->  probabilities (N, C)  ->  Evaluation
+      ->  top-1 / top-5, per-class accuracy, confusion matrix,
+          most confused pairs, misclassified images  ->  summary() / to_dict()
+
+Everything after the probabilities is NumPy, so an ``Evaluation`` can also be
+built from probabilities saved earlier (``evaluation_from_probabilities``) and
+the plots in ``tinylib.plots`` never need a model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "Evaluation",
+    "evaluate",
+    "evaluation_from_probabilities",
+    "load_trained_model",
+    "predict_probabilities",
+    "predict_test",
+]
+
+
+def predict_probabilities(model, images, batch_size: int = 256) -> np.ndarray:
+    """Class probabilities (N, C) for uint8 images, as float32 NumPy.
+
+    float32 even under mixed precision, so sums and comparisons are exact enough.
+    """
+    probabilities = model.predict(np.asarray(images), batch_size=batch_size, verbose=0)
+    return np.asarray(probabilities, dtype=np.float32)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)  # arrays have no single truth value to compare
+class Evaluation:
+    """A model's probabilities on labelled images, and what follows from them.
+
+    ``probabilities`` is (N, C), ``labels`` the N true labels, ``class_names``
+    the C readable names, ``files`` the N file names when known.
+    """
+
+    probabilities: np.ndarray
+    labels: np.ndarray
+    class_names: tuple[str, ...]
+    files: tuple[str, ...] | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def predictions(self) -> np.ndarray:
+        """The predicted class of each image (the most probable one)."""
+        return self.probabilities.argmax(axis=1)
+
+    @property
+    def confidences(self) -> np.ndarray:
+        """The probability the model gave its own prediction."""
+        return self.probabilities.max(axis=1)
+
+    def top_k_accuracy(self, k: int) -> float:
+        """Share of images whose true class is among the k most probable.
+
+        ``k`` is clamped to the number of classes.  Ties at the boundary count
+        as hits, as in Keras' ``TopKCategoricalAccuracy``.
+        """
+        k = min(k, self.num_classes)
+        true_probability = np.take_along_axis(self.probabilities, self.labels[:, None], axis=1)
+        better_classes = (self.probabilities > true_probability).sum(axis=1)
+        return float(np.mean(better_classes < k))
+
+    @property
+    def top1(self) -> float:
+        """Accuracy of the single prediction (consistent with the confusion matrix)."""
+        return float(np.mean(self.predictions == self.labels))
+
+    @property
+    def top5(self) -> float:
+        return self.top_k_accuracy(5)
+
+    @functools.cached_property
+    def confusion_matrix(self) -> np.ndarray:
+        """Counts (C, C): rows are true classes, columns predicted classes."""
+        c = self.num_classes
+        return np.bincount(self.labels * c + self.predictions, minlength=c * c).reshape(c, c)
+
+    @property
+    def per_class_accuracy(self) -> np.ndarray:
+        """Accuracy of each class (C,); NaN for a class with no images here."""
+        matrix = self.confusion_matrix
+        support = matrix.sum(axis=1)
+        correct = np.diag(matrix).astype(float)
+        return np.divide(correct, support, out=np.full(len(support), np.nan), where=support > 0)
+
+    @property
+    def per_class(self) -> dict[str, float]:
+        """Per-class accuracy keyed by class name."""
+        return dict(zip(self.class_names, self.per_class_accuracy.tolist()))
+
+    def most_confused(self, n: int = 10) -> list[tuple[str, str, int]]:
+        """The n most frequent mistakes: (true name, predicted name, count), largest first."""
+        errors = self.confusion_matrix.copy()
+        np.fill_diagonal(errors, 0)
+        order = np.argsort(-errors, axis=None, kind="stable")[:n]
+        pairs = zip(*np.unravel_index(order, errors.shape))
+        return [(self.class_names[t], self.class_names[p], int(errors[t, p]))
+                for t, p in pairs if errors[t, p] > 0]
+
+    def misclassified(self, n: int | None = None) -> np.ndarray:
+        """Indices of wrong predictions, the most confident mistakes first."""
+        wrong = np.flatnonzero(self.predictions != self.labels)
+        order = np.argsort(-self.confidences[wrong], kind="stable")
+        return wrong[order][:n]
+
+    def summary(self, classes: int = 3) -> str:
+        """A few printable lines: accuracy, best and worst classes, top confusions."""
+        accuracy = self.per_class_accuracy
+        ranked = [int(i) for i in np.argsort(-accuracy, kind="stable") if not np.isnan(accuracy[i])]
+
+        def named(indices):
+            return ", ".join(f"{self.class_names[i]} {accuracy[i]:.0%}" for i in indices)
+
+        lines = [
+            f"{len(self.labels):,} images, {self.num_classes} classes: "
+            f"top-1 {self.top1:.1%}, top-5 {self.top5:.1%}",
+            f"best classes:  {named(ranked[:classes])}",
+            f"worst classes: {named(ranked[::-1][:classes])}",
+        ]
+        confused = self.most_confused(classes)
+        if confused:
+            lines.append("most confused: " + ", ".join(f"{t} -> {p} ({c})" for t, p, c in confused))
+        return "\n".join(lines)
+
+    def to_dict(self, most_confused: int = 20) -> dict:
+        """Plain types for JSON; a class without images has accuracy None."""
+        return {
+            "images": int(len(self.labels)),
+            "classes": self.num_classes,
+            "top1": self.top1,
+            "top5": self.top5,
+            "per_class": {name: (None if np.isnan(acc) else acc) for name, acc in self.per_class.items()},
+            "most_confused": [{"true": t, "predicted": p, "count": c}
+                              for t, p, c in self.most_confused(most_confused)],
+        }
+
+
+def evaluation_from_probabilities(probabilities, labels, class_names, files=None) -> Evaluation:
+    """An ``Evaluation`` from probabilities computed earlier (checked for shape)."""
+    probabilities = np.asarray(probabilities, dtype=np.float32)
+    labels = np.asarray(labels).astype(np.int64)
+    class_names = tuple(class_names)
+    if probabilities.ndim != 2 or probabilities.shape[1] != len(class_names):
+        raise ValueError(f"probabilities must be (images, {len(class_names)} classes), "
+                         f"got shape {probabilities.shape}")
+    if labels.shape != (len(probabilities),):
+        raise ValueError(f"{len(probabilities)} probability rows but labels of shape {labels.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() >= len(class_names)):
+        raise ValueError(
+            f"labels must be 0..{len(class_names) - 1}; got {labels.min()}..{labels.max()} "
+            "(test images have no labels (-1): use predict_test for them)"
+        )
+    files = None if files is None else tuple(files)
+    return Evaluation(probabilities, labels, class_names, files)
+
+
+def evaluate(model, split, class_names, batch_size: int = 256) -> Evaluation:
+    """Run ``model`` on a labelled split (``tinylib.data.Split``) and evaluate it."""
+    probabilities = predict_probabilities(model, split.images, batch_size)
+    return evaluation_from_probabilities(probabilities, split.labels, class_names, split.files)
+
+
+def predict_test(model, test_split, class_names, top: int = 5,
+                 batch_size: int = 256) -> list[tuple[str, list[str]]]:
+    """(file, [the ``top`` most probable class names]) for each unlabelled test image."""
+    if test_split is None:
+        raise ValueError(
+            "this copy of Tiny ImageNet has no test images (no test/images folder), so there "
+            "is nothing to predict; evaluate on the val split instead"
+        )
+    probabilities = predict_probabilities(model, test_split.images, batch_size)
+    best = np.argsort(-probabilities, axis=1, kind="stable")[:, :top]
+    return [(file, [class_names[i] for i in row]) for file, row in zip(test_split.files, best)]
+
+
+def load_trained_model(run_dir):
+    """The model of a run folder, rebuilt and loaded from its current checkpoint.
+
+    Rebuilt with the architecture, class count and optimizer in ``record.json``
+    and without augmentation, which only acts in training.  The optimizer is
+    built first because the checkpoint holds its variables too (as keras'
+    ``BackupAndRestore`` does).
+    """
+    from tinylib import models, train
+
+    run_dir = Path(run_dir)
+    record = train.load_run(run_dir)
+    checkpoint = _current_checkpoint(run_dir)
+    optimizer = {"optimizer": record["optimizer"].lower()} if record.get("optimizer") else {}
+    if record.get("learning_rate") is not None:
+        optimizer["learning_rate"] = record["learning_rate"]
+    model = models.build_model(record["model"], num_classes=record["dataset"]["classes"],
+                               weights=None, **optimizer)
+    model.optimizer.build(model.trainable_variables)
+    model.load_weights(checkpoint)
+    return model
+
+
+def _current_checkpoint(run_dir: Path) -> Path:
+    """The checkpoint ``state.json`` names; FileNotFoundError when there is none."""
+    from tinylib import train
+
+    try:
+        state = json.loads((run_dir / train.STATE_FILE).read_text())
+        checkpoint = run_dir / state["checkpoint"]
+    except (OSError, ValueError, KeyError):
+        raise FileNotFoundError(
+            f"no checkpoint in {run_dir}: {train.STATE_FILE} is missing or unreadable "
+            "(the run has not finished an epoch yet)"
+        ) from None
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"{run_dir / train.STATE_FILE} names {checkpoint.name}, which is missing")
+    return checkpoint

@@ -1,0 +1,287 @@
+"""The book's figures: data, augmentation, training curves and evaluation.
+
+Every function draws from arrays, histories or an ``Evaluation`` that already
+exist (plots never train or predict), returns the matplotlib ``Figure`` and
+never calls ``plt.show()``.  In a notebook, end the cell with the call (or
+``fig``) to show the figure once; assigning it and ending with something else
+also shows it, since pyplot draws open figures at the end of a cell.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Callable, Mapping
+
+import matplotlib.pyplot as plt
+import numpy as np
+import seaborn as sns
+from matplotlib.ticker import PercentFormatter
+
+__all__ = [
+    "augmentation_grid",
+    "confusion_heatmap",
+    "images_per_class",
+    "misclassified_examples",
+    "most_confused_classes",
+    "results_table_plot",
+    "sample_grid",
+    "training_curves",
+]
+
+TRAIN_STYLE = dict(linestyle="-")
+VAL_STYLE = dict(linestyle="--")
+MAX_NAMED_BARS = 60  # beyond this, class names on an axis overlap
+
+
+# ----------------------------------------------------------------------------
+# Helpers
+# ----------------------------------------------------------------------------
+
+
+def _image_grid(count: int, cols: int, cell: float = 1.6, title_lines: int = 1, figsize=None):
+    """A figure with exactly ``count`` image axes, ``cols`` per row, no ticks."""
+    cols = max(1, min(cols, count))
+    rows = max(1, math.ceil(count / cols))
+    row_height = cell + 0.2 * title_lines
+    fig, axes = plt.subplots(rows, cols, figsize=figsize or (cell * cols, row_height * rows),
+                             squeeze=False)
+    axes = axes.ravel()
+    for ax in axes[count:]:
+        fig.delaxes(ax)  # no empty frames after the last image
+    for ax in axes[:count]:
+        ax.set_axis_off()
+    return fig, list(axes[:count])
+
+
+def _show_image(ax, image, title: str | None = None, fontsize: float = 8) -> None:
+    """uint8 images as they are; float images are taken as [0, 1] (augment's convention)."""
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        image = np.clip(image, 0.0, 1.0)
+    ax.imshow(image)
+    if title is not None:
+        ax.set_title(title, fontsize=fontsize)
+
+
+def _label_name(label: int, class_names) -> str:
+    return class_names[label] if label >= 0 else "(no label)"
+
+
+# ----------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------
+
+
+def sample_grid(split, class_names, n: int = 16, seed: int = 0, cols: int = 8, figsize=None):
+    """``n`` random images of a split with their class names, to see what the data is."""
+    rng = np.random.default_rng(seed)
+    picked = rng.choice(len(split), size=min(n, len(split)), replace=False)
+    fig, axes = _image_grid(len(picked), cols, figsize=figsize)
+    for ax, i in zip(axes, picked):
+        _show_image(ax, split.images[i], _label_name(int(split.labels[i]), class_names))
+    fig.tight_layout()
+    return fig
+
+
+def images_per_class(split, class_names, ax=None, figsize=None):
+    """One bar per class: is the split balanced?  Names on the axis while they fit."""
+    labels = np.asarray(split.labels)
+    counts = np.bincount(labels[labels >= 0], minlength=len(class_names))
+    if ax is None:
+        named = len(counts) <= MAX_NAMED_BARS
+        _, ax = plt.subplots(figsize=figsize or (max(6.0, 0.25 * len(counts)) if named else 10.0, 3.5))
+    positions = np.arange(len(counts))
+    ax.bar(positions, counts, color="C0")
+    if len(counts) <= MAX_NAMED_BARS:
+        ax.set_xticks(positions, class_names, rotation=90, fontsize=7)
+    else:
+        ax.set_xlabel(f"class (0..{len(counts) - 1})")
+    ax.set_ylabel("images")
+    ax.set_title(f"{counts.sum():,} images in {len(counts)} classes "
+                 f"({counts.min()}-{counts.max()} per class)")
+    ax.figure.tight_layout()
+    return ax.figure
+
+
+# ----------------------------------------------------------------------------
+# Augmentation
+# ----------------------------------------------------------------------------
+
+
+def _as_transform(transform, seed: int | None) -> Callable:
+    """A callable uint8 images -> images; a Keras layer is run in training mode on [0, 1]."""
+    keras = sys.modules.get("keras")  # a layer means Keras is loaded; never start it for a plot
+    if keras is not None and isinstance(transform, keras.layers.Layer):
+        from tinylib import augment
+
+        return lambda images: augment.apply(transform, np.asarray(images, "float32") / 255.0, seed=seed)
+    return transform
+
+
+def augmentation_grid(images, transforms, seed: int | None = 0, figsize=None):
+    """Rows are images; columns the original, then each transform applied to it.
+
+    ``transforms`` maps a name to a callable (uint8 images (N, H, W, 3) ->
+    images, uint8 or float in [0, 1]) or to a Keras layer, such as the values
+    of ``tinylib.augment.single_transform_layers()``; a single callable or
+    layer is shown as 'augmented'.  ``seed`` makes layers repeatable.
+    """
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[None]
+    if not isinstance(transforms, Mapping):
+        transforms = {"augmented": transforms}
+    columns = {"original": images}
+    for name, transform in transforms.items():
+        columns[name] = np.asarray(_as_transform(transform, seed)(images))
+    fig, axes = _image_grid(len(images) * len(columns), len(columns), figsize=figsize)
+    for col, (name, shown) in enumerate(columns.items()):
+        for row in range(len(images)):
+            _show_image(axes[row * len(columns) + col], shown[row], name if row == 0 else None, 9)
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------
+
+
+def _history_of(source) -> dict:
+    """A per-epoch history dict from a ``Run``, a run record or a history dict."""
+    if hasattr(source, "history"):
+        return dict(source.history)
+    if isinstance(source, Mapping) and isinstance(source.get("history"), Mapping):
+        return dict(source["history"])
+    return dict(source)
+
+
+def _labelled_histories(histories) -> dict:
+    """{label: history}; a single Run, record or history gets one label."""
+    single = hasattr(histories, "history") or (
+        isinstance(histories, Mapping)
+        and ("history" in histories or any(isinstance(v, (list, tuple)) for v in histories.values()))
+    )
+    if single:
+        label = histories.get("model", "run") if isinstance(histories, Mapping) else "run"
+        return {label: _history_of(histories)}
+    return {label: _history_of(h) for label, h in histories.items()}
+
+
+def training_curves(histories, metrics=("loss", "accuracy"), figsize=None):
+    """One panel per metric; train solid, validation dashed; one colour per run.
+
+    ``histories`` maps a label to a history dict, a ``tinylib.train.Run`` or
+    a run record (``train.load_run``); a single one of those works too.
+    Epochs count from 1, as Keras prints them.
+    """
+    labelled = _labelled_histories(histories)
+    metrics = [metrics] if isinstance(metrics, str) else list(metrics)
+    fig, axes = plt.subplots(1, len(metrics), figsize=figsize or (4.5 * len(metrics), 3.5),
+                             squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for colour, (label, history) in enumerate(labelled.items()):
+            for key, style, part in ((metric, TRAIN_STYLE, "train"), (f"val_{metric}", VAL_STYLE, "val")):
+                values = history.get(key)
+                if values:
+                    epochs = np.arange(1, len(values) + 1)
+                    ax.plot(epochs, values, color=f"C{colour}", label=f"{label} {part}", **style)
+        ax.set_title(metric)
+        ax.set_xlabel("epoch")
+        if ax.lines:
+            ax.xaxis.get_major_locator().set_params(integer=True)
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, f"no '{metric}' in these histories", ha="center", va="center",
+                    transform=ax.transAxes, color="grey")
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------
+# Evaluation
+# ----------------------------------------------------------------------------
+
+
+def most_confused_classes(evaluation, top: int = 15) -> np.ndarray:
+    """The ``top`` classes with the most off-diagonal errors (as true or as predicted)."""
+    matrix = evaluation.confusion_matrix
+    errors = matrix.sum(axis=0) + matrix.sum(axis=1) - 2 * np.diag(matrix)
+    return np.argsort(-errors, kind="stable")[:top]
+
+
+def confusion_heatmap(evaluation, top: int = 15, ax=None, figsize=None):
+    """The confusion matrix restricted to the classes most often confused.
+
+    200 x 200 cells cannot be read; the ``top`` classes with the most errors
+    can.  Colours are scaled to the largest mistake, so the (saturated)
+    diagonal does not wash the confusions out; cells are annotated with
+    their counts, zeros left blank so the mistakes stand out.
+    """
+    classes = most_confused_classes(evaluation, top)
+    matrix = evaluation.confusion_matrix[np.ix_(classes, classes)]
+    names = [evaluation.class_names[i] for i in classes]
+    mistakes = matrix - np.diag(np.diag(matrix))
+    if ax is None:
+        side = 2.0 + 0.5 * len(classes)
+        _, ax = plt.subplots(figsize=figsize or (side + 1.0, side))
+    counts = np.where(matrix > 0, matrix.astype(str), "")
+    sns.heatmap(matrix, annot=counts, fmt="", cmap="Blues", vmin=0, vmax=max(int(mistakes.max()), 1),
+                cbar=False, square=True, xticklabels=names, yticklabels=names, ax=ax,
+                annot_kws={"fontsize": 7})
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(f"Confusions among the {len(classes)} most confused classes")
+    ax.figure.tight_layout()
+    return ax.figure
+
+
+def misclassified_examples(evaluation, images, n: int = 12, cols: int = 6, figsize=None):
+    """The model's most confident mistakes, titled 'true -> predicted (p=0.83)'.
+
+    ``images`` are those the evaluation was computed on, in the same order.
+    """
+    wrong = evaluation.misclassified(n)
+    if len(wrong) == 0:
+        fig, ax = plt.subplots(figsize=figsize or (4, 1))
+        ax.set_axis_off()
+        ax.text(0.5, 0.5, "no misclassified images", ha="center", va="center")
+        return fig
+    names, predictions, confidences = evaluation.class_names, evaluation.predictions, evaluation.confidences
+    fig, axes = _image_grid(len(wrong), cols, cell=2.0, title_lines=2, figsize=figsize)
+    for ax, i in zip(axes, wrong):
+        title = f"{names[evaluation.labels[i]]} ->\n{names[predictions[i]]} (p={confidences[i]:.2f})"
+        _show_image(ax, images[i], title, 8)
+    fig.tight_layout()
+    return fig
+
+
+def results_table_plot(rows, ax=None, figsize=None):
+    """Train and val accuracy per model, side by side, for the results chapter.
+
+    ``rows`` are dicts with 'model', 'source' ('seed' or 'this book'),
+    'train' and 'val' (accuracies in [0, 1], or None).  A None is drawn as no
+    bar with a 'not yet run' note: a missing result never looks like a zero.
+    """
+    rows = list(rows)
+    if ax is None:
+        _, ax = plt.subplots(figsize=figsize or (max(5.0, 1.1 * len(rows) + 1.5), 4))
+    positions = np.arange(len(rows))
+    width = 0.38
+    for offset, key, colour in ((-width / 2, "train", "C0"), (width / 2, "val", "C1")):
+        present = [i for i, row in enumerate(rows) if row.get(key) is not None]
+        bars = ax.bar(positions[present] + offset, [rows[i][key] for i in present], width,
+                      color=colour, label=key)
+        ax.bar_label(bars, labels=[f"{rows[i][key]:.0%}" for i in present], fontsize=7)
+        for i in sorted(set(range(len(rows))) - set(present)):
+            ax.text(positions[i] + offset, 0.02, "not yet run", rotation=90, ha="center",
+                    va="bottom", fontsize=7, color="grey")
+    ax.set_xticks(positions, [f"{row['model']}\n({row.get('source', '?')})" for row in rows], fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    ax.set_ylabel("top-1 accuracy")
+    ax.legend(fontsize=8)
+    ax.set_title("Accuracy per model: the seed's numbers and this book's runs")
+    ax.figure.tight_layout()
+    return ax.figure
