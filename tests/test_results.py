@@ -1,0 +1,29 @@
+"""tinylib.results: the seed's table beside full-scale records, never an invented number."""
+
+import json
+
+from tinylib import results
+
+
+def _record(tmp_path, name, **fields):
+    record = {"model": "model4", "profile": "full", "best_val_top1": 0.4, "final_train_top1": 0.5,
+              "epochs_run": 30, "backend": "jax", "device": "GPU: H100", "weights": "random", **fields}
+    (tmp_path / name).write_text(json.dumps(record))
+
+
+def test_models_without_a_full_record_say_not_yet_run(tmp_path):
+    rows = results.comparison_rows(tmp_path)
+    ours = [r for r in rows if r["source"] == "this book"]
+    assert len(ours) == 5 and all(r["val"] is None and r["note"] == "not yet run" for r in ours)
+    seed = {r["model"]: r["val"] for r in rows if r["source"] == "seed"}
+    assert seed["model5"] == 0.4314
+    assert "not yet run" in results.comparison_table(tmp_path)
+
+
+def test_best_full_record_per_model_is_used_and_other_profiles_ignored(tmp_path):
+    _record(tmp_path, "a.json", best_val_top1=0.41)
+    _record(tmp_path, "b.json", best_val_top1=0.45)
+    _record(tmp_path, "c.json", best_val_top1=0.99, profile="quick")
+    row = next(r for r in results.comparison_rows(tmp_path) if r["model"] == "model4" and r["source"] == "this book")
+    assert row["val"] == 0.45 and "b.json" in row["note"] and row["train"] == 0.5
+    assert "45.00%" in results.comparison_table(tmp_path)
