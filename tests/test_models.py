@@ -1,0 +1,318 @@
+"""tinylib.models against the seed study's Keras summaries.
+
+Run once per backend: KERAS_BACKEND=tensorflow and KERAS_BACKEND=jax.
+"""
+
+import functools
+
+import keras
+import numpy as np
+import pytest
+
+from tinylib import models
+from tinylib.augment import RandomAffineAugment, augmentation
+
+C, B, A, P, F, D, DO, G = (
+    "Conv2D",
+    "BatchNormalization",
+    "Activation",
+    "MaxPooling2D",
+    "Flatten",
+    "Dense",
+    "Dropout",
+    "GlobalAveragePooling2D",
+)
+
+# (layer class, output shape without batch, parameters), num_classes=200.
+SEED_TABLES = {
+    "model1": [
+        (C, (62, 62, 32), 896), (P, (31, 31, 32), 0),
+        (C, (29, 29, 64), 18_496), (P, (14, 14, 64), 0),
+        (F, (12_544,), 0),
+        (D, (1024,), 12_846_080), (D, (200,), 205_000),
+    ],
+    "model2": [
+        (C, (62, 62, 32), 896), (P, (31, 31, 32), 0),
+        (C, (29, 29, 64), 18_496), (P, (14, 14, 64), 0),
+        (C, (12, 12, 128), 73_856), (P, (6, 6, 128), 0),
+        (F, (4_608,), 0),
+        (D, (512,), 2_359_808), (DO, (512,), 0), (D, (200,), 102_600),
+    ],
+    "model3": [
+        (C, (64, 64, 64), 1_792), (B, (64, 64, 64), 256), (A, (64, 64, 64), 0),
+        (C, (64, 64, 64), 36_928), (B, (64, 64, 64), 256), (A, (64, 64, 64), 0),
+        (P, (32, 32, 64), 0),
+        (C, (32, 32, 128), 73_856), (B, (32, 32, 128), 512), (A, (32, 32, 128), 0),
+        (C, (32, 32, 128), 147_584), (B, (32, 32, 128), 512), (A, (32, 32, 128), 0),
+        (P, (16, 16, 128), 0),
+        (C, (16, 16, 256), 295_168), (B, (16, 16, 256), 1_024), (A, (16, 16, 256), 0),
+        (C, (16, 16, 512), 1_180_160), (B, (16, 16, 512), 2_048), (A, (16, 16, 512), 0),
+        (P, (8, 8, 512), 0),
+        (F, (32_768,), 0),
+        (D, (4096,), 134_221_824), (B, (4096,), 16_384), (A, (4096,), 0),
+        (D, (1024,), 4_195_328), (B, (1024,), 4_096), (A, (1024,), 0),
+        (D, (200,), 205_000),
+    ],
+    "model4": [
+        (C, (64, 64, 64), 1_792), (B, (64, 64, 64), 256), (A, (64, 64, 64), 0),
+        (P, (32, 32, 64), 0),
+        (C, (32, 32, 128), 73_856), (B, (32, 32, 128), 512), (A, (32, 32, 128), 0),
+        (P, (16, 16, 128), 0),
+        (C, (16, 16, 256), 295_168), (B, (16, 16, 256), 1_024), (A, (16, 16, 256), 0),
+        (P, (8, 8, 256), 0),
+        (F, (16_384,), 0),
+        (D, (512,), 8_389_120), (B, (512,), 2_048), (A, (512,), 0), (DO, (512,), 0),
+        (D, (200,), 102_600),
+    ],
+}
+SEED_TOTALS = {
+    "model1": 13_070_472,
+    "model2": 2_555_656,
+    "model3": 140_382_728,
+    "model4": 8_866_376,
+}
+RESNET50_NOTOP_PARAMS = 23_587_712
+MODEL5_HEAD = [
+    (G, (2048,), 0),
+    (D, (1024,), 2_098_176),
+    (DO, (1024,), 0),
+    (D, (200,), 205_000),
+]
+
+HEAD_LAYERS = (keras.layers.InputLayer, keras.layers.Rescaling, RandomAffineAugment)
+
+
+def architecture(model):
+    """(class, output shape, params) of every layer after the 0-param head."""
+    return [
+        (type(layer).__name__, tuple(layer.output.shape[1:]), layer.count_params())
+        for layer in model.layers
+        if not isinstance(layer, HEAD_LAYERS)
+    ]
+
+
+@functools.lru_cache(maxsize=None)
+def seed_model(name):
+    """Each seed-sized model built once per test session (model3 is 140M)."""
+    weights = None if name == "model5" else models.DEFAULT_WEIGHTS
+    return models.build_model(name, weights=weights, compile=False)
+
+
+def predict(model, x):
+    """Inference on a tiny batch, without compiling a predict function."""
+    return keras.ops.convert_to_numpy(model(x, training=False))
+
+
+def uint8_batch(n=2, size=64, seed=0):
+    rng = np.random.RandomState(seed)
+    return rng.randint(0, 256, (n, size, size, 3)).astype("float32")
+
+
+@pytest.fixture(scope="module")
+def saved_backbone():
+    """A randomly initialised ResNet50 notop whose weights the tests save."""
+    return keras.applications.ResNet50(
+        include_top=False, input_shape=(64, 64, 3), weights=None
+    )
+
+
+# --- architectures -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["model1", "model2", "model3", "model4"])
+def test_layers_match_the_seed_summary(name):
+    model = seed_model(name)
+    assert architecture(model) == SEED_TABLES[name]
+    assert model.count_params() == SEED_TOTALS[name]
+
+
+def test_model5_is_resnet50_notop_plus_the_seed_head():
+    model = seed_model("model5")
+    (backbone, *head) = architecture(model)
+    assert backbone == ("Functional", (2, 2, 2048), RESNET50_NOTOP_PARAMS)
+    assert head == MODEL5_HEAD
+    assert model.count_params() == RESNET50_NOTOP_PARAMS + 2_098_176 + 205_000
+    assert model.tinylib_weights == "random"
+
+
+@pytest.mark.parametrize("name", list(models.MODELS))
+def test_forward_pass_gives_class_probabilities(name):
+    probabilities = predict(seed_model(name), uint8_batch())
+    assert probabilities.shape == (2, 200)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-4)
+
+
+def test_head_rescales_uint8_to_unit_range():
+    model = models.build_model("model2", num_classes=7, compile=False)
+    rescale = model.layers[1]
+    assert isinstance(rescale, keras.layers.Rescaling)
+    assert rescale.scale == pytest.approx(1 / 255)
+    assert model.input_shape == (None, 64, 64, 3)
+    assert model.output_shape == (None, 7)
+
+
+def test_model1_has_l2_on_every_kernel():
+    small = dict(num_classes=7, input_shape=(16, 16, 3), compile=False)
+    model = models.build_model("model1", l2=1e-3, **small)
+    assert len(model.losses) == 4
+    unregularized = models.build_model("model1", l2=0, **small)
+    assert len(unregularized.losses) == 0
+
+
+# --- augmentation in the head ------------------------------------------------
+
+
+def test_augmentation_sits_after_rescaling_and_only_acts_in_training():
+    small = dict(num_classes=7, input_shape=(32, 32, 3), compile=False)
+    augmented = models.build_model("model1", augmentation=augmentation(seed=0), **small)
+    assert isinstance(augmented.layers[1], keras.layers.Rescaling)
+    assert isinstance(augmented.layers[2], RandomAffineAugment)
+
+    plain = models.build_model("model1", **small)
+    for layer in plain.layers:
+        if layer.weights:
+            layer.set_weights(augmented.get_layer(layer.name).get_weights())
+    x = uint8_batch(n=4, size=32)
+    inference = predict(augmented, x)
+    np.testing.assert_allclose(inference, predict(plain, x), atol=1e-5)
+    training = keras.ops.convert_to_numpy(augmented(x, training=True))
+    assert np.abs(training - inference).max() > 1e-4
+
+
+# --- names, compile, optimizers ------------------------------------------------
+
+
+@pytest.mark.parametrize("alias", ["model1", "model_1", "Model 1", "MODEL-1"])
+def test_names_are_normalized(alias):
+    assert models.normalize_name(alias) == "model1"
+
+
+def test_unknown_name_lists_the_valid_ones():
+    with pytest.raises(ValueError, match="model1.*model5"):
+        models.build_model("model9")
+
+
+def test_list_models_describes_each_model():
+    described = models.list_models()
+    assert list(described) == ["model1", "model2", "model3", "model4", "model5"]
+    assert all(isinstance(text, str) and text for text in described.values())
+
+
+def test_seed_callbacks_are_exposed_as_data():
+    expected = ("early_stopping", "reduce_lr_on_plateau")
+    assert models.seed_callbacks("Model 2") == expected
+    assert models.seed_callbacks("model1") == ()
+
+
+@pytest.mark.parametrize(
+    "name, cls",
+    [
+        ("adam", keras.optimizers.Adam),
+        ("rmsprop", keras.optimizers.RMSprop),
+        ("sgd", keras.optimizers.SGD),
+        ("nadam", keras.optimizers.Nadam),
+    ],
+)
+def test_make_optimizer(name, cls):
+    optimizer = models.make_optimizer(name, learning_rate=3e-3)
+    assert type(optimizer) is cls
+    learning_rate = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+    assert learning_rate == pytest.approx(3e-3)
+
+
+def test_unknown_optimizer_is_rejected():
+    with pytest.raises(ValueError, match="adam"):
+        models.make_optimizer("adagrad")
+
+
+def test_default_compile_is_adam_1e4_crossentropy_top1_top5():
+    model = models.build_model("model2", num_classes=7, input_shape=(32, 32, 3))
+    assert type(model.optimizer) is keras.optimizers.Adam
+    lr = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+    assert lr == pytest.approx(1e-4)
+    y = np.eye(7, dtype="float32")[[0, 3, 5, 6]]
+    result = model.evaluate(uint8_batch(n=4, size=32), y, return_dict=True, verbose=0)
+    assert set(result) == {"loss", "accuracy", "top5"}
+    # Categorical cross-entropy of a near-uniform start is about log(7).
+    assert result["loss"] == pytest.approx(np.log(7), rel=0.3)
+
+
+def test_compiled_model_with_augmentation_trains_one_step():
+    model = models.build_model(
+        "model2",
+        num_classes=5,
+        input_shape=(32, 32, 3),
+        augmentation=augmentation(seed=0),
+        optimizer="sgd",
+    )
+    y = np.eye(5, dtype="float32")[[0, 1, 2, 3]]
+    history = model.fit(uint8_batch(n=4, size=32), y, batch_size=4, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+
+
+# --- weights -----------------------------------------------------------------------
+
+
+def test_models_1_to_4_record_random_weights_and_refuse_pretrained():
+    assert seed_model("model4").tinylib_weights == "random"
+    with pytest.raises(ValueError, match="no pretrained"):
+        models.build_model("model1", weights="imagenet")
+
+
+def test_model5_loads_a_local_backbone_weights_file(tmp_path, saved_backbone):
+    saved = saved_backbone
+    path = tmp_path / "w.weights.h5"
+    saved.save_weights(path)
+    model = models.build_model("model5", num_classes=3, weights=path, compile=False)
+    assert model.tinylib_weights == str(path)
+    loaded = model.get_layer("resnet50").get_weights()
+    expected = saved.get_weights()
+    assert len(loaded) == len(expected)
+    for got, want in zip(loaded, expected):
+        np.testing.assert_array_equal(got, want)
+    # The comparison can fail: another random backbone differs.
+    fresh = seed_model("model5").get_layer("resnet50").get_weights()
+    assert not all(np.array_equal(a, b) for a, b in zip(fresh, expected))
+
+
+def test_model5_loads_a_legacy_h5_file_like_the_official_one(tmp_path, saved_backbone):
+    """The official notop file is in Keras 2's .h5 weights format."""
+    h5py = pytest.importorskip("h5py")
+    legacy = pytest.importorskip("keras.src.legacy.saving.legacy_h5_format")
+    saved = saved_backbone
+    path = tmp_path / models.RESNET50_NOTOP_FILE
+    with h5py.File(path, "w") as f:
+        legacy.save_weights_to_hdf5_group(f, saved)
+    model = models.build_model("model5", num_classes=3, weights=path, compile=False)
+    backbone = model.get_layer("resnet50")
+    for name in ("conv1_conv", "conv5_block3_3_conv"):
+        np.testing.assert_array_equal(
+            backbone.get_layer(name).get_weights()[0],
+            saved.get_layer(name).get_weights()[0],
+        )
+
+
+def test_model5_missing_weights_file_names_it(tmp_path):
+    missing = tmp_path / "nope.h5"
+    with pytest.raises(FileNotFoundError, match="nope.h5"):
+        models.build_model("model5", weights=missing)
+
+
+def test_model5_imagenet_download_failure_raises_a_clear_error(monkeypatch):
+    calls = []
+
+    def offline_get_file(*args, **kwargs):
+        calls.append(args)
+        raise Exception("URL fetch failure: [Errno -3] name resolution")
+
+    monkeypatch.setattr("keras.src.utils.file_utils.get_file", offline_get_file)
+    # No weights argument: ImageNet is model5's default.
+    with pytest.raises(models.PretrainedWeightsUnavailable) as caught:
+        models.build_model("model5", num_classes=3, compile=False)
+    assert calls, "the ImageNet download path was not taken"
+    message = str(caught.value)
+    assert models.RESNET50_NOTOP_FILE in message
+    assert "weights=None" in message
+    assert "internet" in message
+    assert isinstance(caught.value, RuntimeError)
+    assert "URL fetch failure" in str(caught.value.__cause__)
