@@ -72,39 +72,43 @@ def model2(x, num_classes, dropout=0.5):
     return layers.Dense(num_classes, activation="softmax", name="predictions")(x)
 
 
-def _conv_bn_relu(x, filters, name):
+def _conv_bn_relu(x, filters, name, bn_momentum=0.99):
     """Conv (same padding) -> BatchNorm -> ReLU, as the seed wrote it."""
     x = layers.Conv2D(filters, 3, padding="same", name=f"{name}_conv")(x)
-    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    x = layers.BatchNormalization(momentum=bn_momentum, name=f"{name}_bn")(x)
     return layers.Activation("relu", name=f"{name}_relu")(x)
 
 
-def _dense_bn_relu(x, units, name):
+def _dense_bn_relu(x, units, name, bn_momentum=0.99):
     x = layers.Dense(units, name=f"{name}_dense")(x)
-    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    x = layers.BatchNormalization(momentum=bn_momentum, name=f"{name}_bn")(x)
     return layers.Activation("relu", name=f"{name}_relu")(x)
 
 
-def model3(x, num_classes):
-    """VGG-like: six conv+BN blocks, dense 4096 and 1024 with BN (~140M params)."""
+def model3(x, num_classes, bn_momentum=0.99):
+    """VGG-like: six conv+BN blocks, dense 4096 and 1024 with BN (~140M params).
+
+    ``bn_momentum`` (Keras' default 0.99) only sets how fast BatchNorm's moving
+    statistics follow the data: short runs need a lower value (see tinylib.profiles).
+    """
     blocks = [(64, 64), (128, 128), (256, 512)]
     for b, filters_pair in enumerate(blocks, start=1):
         for c, filters in enumerate(filters_pair, start=1):
-            x = _conv_bn_relu(x, filters, f"block{b}_{c}")
+            x = _conv_bn_relu(x, filters, f"block{b}_{c}", bn_momentum)
         x = layers.MaxPooling2D(name=f"pool{b}")(x)
     x = layers.Flatten(name="flatten")(x)
-    x = _dense_bn_relu(x, 4096, "fc1")
-    x = _dense_bn_relu(x, 1024, "fc2")
+    x = _dense_bn_relu(x, 4096, "fc1", bn_momentum)
+    x = _dense_bn_relu(x, 1024, "fc2", bn_momentum)
     return layers.Dense(num_classes, activation="softmax", name="predictions")(x)
 
 
-def model4(x, num_classes, dropout=0.5):
+def model4(x, num_classes, dropout=0.5, bn_momentum=0.99):
     """Three conv+BN blocks, dense 512 with BN and dropout."""
     for b, filters in enumerate((64, 128, 256), start=1):
-        x = _conv_bn_relu(x, filters, f"block{b}")
+        x = _conv_bn_relu(x, filters, f"block{b}", bn_momentum)
         x = layers.MaxPooling2D(name=f"pool{b}")(x)
     x = layers.Flatten(name="flatten")(x)
-    x = _dense_bn_relu(x, 512, "fc1")
+    x = _dense_bn_relu(x, 512, "fc1", bn_momentum)
     x = layers.Dropout(dropout, name="dropout")(x)
     return layers.Dense(num_classes, activation="softmax", name="predictions")(x)
 
