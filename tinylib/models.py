@@ -113,9 +113,16 @@ def model4(x, num_classes, dropout=0.5, bn_momentum=0.99):
     return layers.Dense(num_classes, activation="softmax", name="predictions")(x)
 
 
-def model5(x, num_classes, weights="imagenet", dropout=0.5):
-    """ResNet50 backbone (ImageNet weights by default), GAP, dense 1024, dropout."""
+def model5(x, num_classes, weights="imagenet", dropout=0.5, bn_momentum=None):
+    """ResNet50 backbone (ImageNet weights by default), GAP, dense 1024, dropout.
+
+    ``bn_momentum`` overrides the backbone's BatchNorm momentum (0.99) for short runs.
+    """
     backbone = _resnet50_backbone(tuple(x.shape[1:]), weights)
+    if bn_momentum is not None:
+        for layer in backbone.layers:
+            if isinstance(layer, layers.BatchNormalization):
+                layer.momentum = bn_momentum
     x = backbone(x)
     x = layers.GlobalAveragePooling2D(name="gap")(x)
     x = layers.Dense(1024, activation="relu", name="fc1")(x)

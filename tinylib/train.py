@@ -396,5 +396,6 @@ def compare_optimizers(model_name: str, data, profile=None, optimizers=("adam", 
         keras.utils.set_random_seed(profile.seed)
         model = build(model_name, data, profile, augment=augmentation,
                       optimizer=optimizer, learning_rate=learning_rate)
+        fit_kwargs.setdefault("epochs", profile.epochs_for("optimizers"))
         runs[optimizer] = fit(model, data, profile, name=run_name(model, profile, f"-{optimizer}"), **fit_kwargs)
     return runs
