@@ -397,5 +397,6 @@ def compare_optimizers(model_name: str, data, profile=None, optimizers=("adam", 
         model = build(model_name, data, profile, augment=augmentation,
                       optimizer=optimizer, learning_rate=learning_rate)
         fit_kwargs.setdefault("epochs", profile.epochs_for("optimizers"))
-        runs[optimizer] = fit(model, data, profile, name=run_name(model, profile, f"-{optimizer}"), **fit_kwargs)
+        suffix = f"-{optimizer}" + ("" if learning_rate == 1e-4 else f"-lr{learning_rate:g}")
+        runs[optimizer] = fit(model, data, profile, name=run_name(model, profile, suffix), **fit_kwargs)
     return runs
