@@ -81,3 +81,23 @@ def test_smoke_training_resumes_after_a_kill_mid_epoch(tmp_path, tiny_env, synth
         assert key in record, key
     assert record["learning_rate"] == pytest.approx(1e-4)
     assert 0 <= record["best_val_top1"] <= record["best_val_top5"] <= 1
+
+
+def test_a_run_folder_is_not_resumed_by_a_different_run(tmp_path, tiny_env, synthetic, monkeypatch):
+    import keras
+
+    from tinylib import data, train
+    from tinylib.profiles import Profile
+
+    monkeypatch.setenv("TINYLIB_DATA", str(synthetic))
+    ds = data.load()
+    profile = Profile("smoke", classes=None, train_per_class=None, val_per_class=None, epochs=1, batch_size=8)
+    run = train.train_model("model2", ds, profile, runs=tmp_path, verbose=0)
+    assert run.record["finished"] and (run.path / "final.weights.h5").exists()
+    assert not list(run.path.glob("checkpoint-epoch-*"))  # finished: only the final weights stay
+    keras.utils.set_random_seed(0)
+    other = train.build("model2", ds, profile, optimizer="sgd")
+    with pytest.raises(ValueError, match="different run"):
+        train.fit(other, ds, profile, runs=tmp_path, verbose=0)
+    again = train.train_model("model2", ds, profile, runs=tmp_path, verbose=0)  # same run: returned as is
+    assert again.record["best_val_top1"] == run.record["best_val_top1"]

@@ -34,7 +34,7 @@ from tinylib.profiles import Profile, get_profile, gpu_available
 RUNS_ENV = "TINYLIB_RUNS"
 STATE_FILE = "state.json"
 RECORD_FILE = "record.json"
-KEEP_CHECKPOINTS = 2
+KEEP_CHECKPOINTS = 1  # Model 3's weights and Adam state are 1.7 GB: keep one
 FINAL_CHECKPOINT = "final.weights.h5"
 
 
@@ -266,6 +266,7 @@ def fit(model: keras.Model, data, profile: Profile | str | None = None, *, name:
     run = Run(path=path, model=model, record=_new_record(model, data, profile, epochs, batch_size, callbacks))
     state = _read_state(path) if resume else None
     if state:
+        _check_same_run(path, run.record)
         if not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
         model.load_weights(path / state["checkpoint"])
@@ -300,8 +301,26 @@ def fit(model: keras.Model, data, profile: Profile | str | None = None, *, name:
     # holds what the model ends with, so a reloaded run predicts as this one does.
     model.save_weights(path / FINAL_CHECKPOINT, overwrite=True)
     _write_json(path / STATE_FILE, {**_read_state(path), "checkpoint": FINAL_CHECKPOINT})
+    for finished in path.glob("checkpoint-epoch-*.weights.h5"):  # a finished run needs no resume point
+        finished.unlink()
     run.write_record()
     return run
+
+
+IDENTITY = ("model", "parameters", "weights", "augmentation", "optimizer", "learning_rate")
+
+
+def _check_same_run(path: Path, record: dict) -> None:
+    """Refuse to resume a run folder that holds a different run (say, other weights)."""
+    previous = _read_record(path)
+    changed = [key for key in IDENTITY if key in previous and previous[key] != record[key]]
+    if previous and previous["dataset"]["wnids"] != record["dataset"]["wnids"]:
+        changed.append("dataset")
+    if changed:
+        details = ", ".join(f"{k}: {previous.get(k, 'dataset')!r} -> {record.get(k, 'dataset')!r}"
+                            if k != "dataset" else "dataset classes" for k in changed)
+        raise ValueError(f"{path} holds a different run ({details}): give this run another name "
+                         "(name=...) or start over with resume=False (--fresh)")
 
 
 def _read_record(path: Path) -> dict:
