@@ -15,6 +15,16 @@ STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 JB_FLAGS ?= -W -n --keep-going
 PYTEST_ARGS ?=
 
+BUILD         := book/_build
+# The execution cache is keyed by each notebook's code alone, so outputs cached under
+# one profile would be shown by a build under another (a smoke run's numbers in a
+# quick build). The build remembers the profile and Keras backend its cache was made
+# with, and clears the cache when they change.
+PROFILE_STAMP := $(BUILD)/.profile
+# ipykernel's own matplotlib backend: an inherited MPLBACKEND=Agg would leave the
+# pages without their figures (plt.show() draws nothing under Agg).
+INLINE_BACKEND := module://matplotlib_inline.backend_inline
+
 .PHONY: help venv book test clean distclean
 
 help:
@@ -33,15 +43,28 @@ $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
+# Builds in the profile in force: TINYLIB_PROFILE, or tinylib's default for this
+# machine (full with a GPU, quick without).
 book: $(STAMP)
-	$(BIN)/jupyter-book build book/ $(JB_FLAGS)
+	@mkdir -p $(BUILD)
+	@now=$$(TF_CPP_MIN_LOG_LEVEL=3 $(BIN)/python -c 'import keras; from tinylib.profiles import get_profile; print(get_profile().name, keras.backend.backend())') || exit 1; \
+	before=$$(cat $(PROFILE_STAMP) 2>/dev/null || true); \
+	echo "Profile and backend: $$now"; \
+	if [ -n "$$before" ] && [ "$$now" != "$$before" ]; then \
+	  echo "The execution cache was made with '$$before': clearing it, every notebook runs again."; \
+	fi; \
+	if [ "$$now" != "$$before" ]; then \
+	  rm -rf $(BUILD)/.jupyter_cache $(BUILD)/jupyter_execute $(BUILD)/.doctrees $(BUILD)/html; \
+	  echo "$$now" > $(PROFILE_STAMP); \
+	fi
+	MPLBACKEND=$(INLINE_BACKEND) $(BIN)/jupyter-book build book/ $(JB_FLAGS)
 	@echo "The site is in book/_build/html (open book/_build/html/index.html)."
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:
-	rm -rf book/_build/html book/_build/doctrees
+	rm -rf $(BUILD)/html $(BUILD)/.doctrees $(BUILD)/jupyter_execute $(BUILD)/screenshots
 
 distclean:
 	rm -rf book/_build $(VENV)

@@ -1,0 +1,57 @@
+"""pytest settings for the chapter notebooks, which `python -m pytest` runs with nbval.
+
+Not part of the book: with `only_build_toc_files: true`, Jupyter Book builds only
+the files _toc.yml names. These hooks apply to the items under book/ only, so the
+library's tests in tests/ see the environment unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+import pytest
+
+# The kernel's backend for matplotlib. ipykernel picks this one itself unless
+# MPLBACKEND is set; CI exports MPLBACKEND=Agg for the library's tests, and with
+# Agg `plt.show()` draws nothing, so a figure that fails to render would go unnoticed.
+INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
+RUNS = pytest.StashKey[str]()
+
+
+def notebook_environment(config) -> dict[str, str]:
+    if RUNS not in config.stash:
+        config.stash[RUNS] = tempfile.mkdtemp(prefix="tinylib-nbval-runs-")
+    return {
+        # The profile in force (CI sets smoke); without one, smoke: seconds per
+        # notebook, rather than the hardware default (quick on a CPU, full on a GPU).
+        "TINYLIB_PROFILE": os.environ.get("TINYLIB_PROFILE") or "smoke",
+        "MPLBACKEND": INLINE_BACKEND,
+        # Training runs in a folder of this session's own: a chapter that trains must
+        # train, not resume a finished run left in TINYLIB_HOME by an earlier build.
+        # (Chapter 11 still finds the runs chapters 6 to 10 made in this session.)
+        "TINYLIB_RUNS": config.stash[RUNS],
+    }
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item):
+    """nbval starts a notebook's kernel while setting up its first cell, and the
+    kernel copies os.environ then: set the notebooks' environment around setup."""
+    wanted = notebook_environment(item.config)
+    saved = {name: os.environ.get(name) for name in wanted}
+    os.environ.update(wanted)
+    try:
+        return (yield)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def pytest_unconfigure(config):
+    if RUNS in config.stash:
+        shutil.rmtree(config.stash[RUNS], ignore_errors=True)
