@@ -258,36 +258,16 @@ class RandomAffineAugment(keras.layers.Layer):
         return config
 
 
-def augmentation(
-    rotation=20.0,
-    shift=0.2,
-    shear=0.2,
-    zoom=0.2,
-    brightness=(0.8, 1.2),
-    flip=True,
-    flip_probability=0.5,
-    fill_mode="nearest",
-    seed=None,
-    name="augmentation",
-):
+def augmentation(name="augmentation", **ranges):
     """The seed's augmentation as one layer for the model head.
 
     Put it after ``Rescaling(1/255)``: it expects floats in ``[0, 1]``.
-    Defaults are the ranges this course chose for the seed (which named the
-    transforms but gave no ranges).
+    ``ranges`` are :class:`RandomAffineAugment`'s arguments (rotation=20,
+    shift=0.2, shear=0.2, zoom=0.2, brightness=(0.8, 1.2), flip=True,
+    flip_probability=0.5, fill_mode="nearest", seed=None): the ranges this
+    course chose for the seed, which named the transforms but gave no ranges.
     """
-    return RandomAffineAugment(
-        rotation=rotation,
-        shift=shift,
-        shear=shear,
-        zoom=zoom,
-        brightness=brightness,
-        flip=flip,
-        flip_probability=flip_probability,
-        fill_mode=fill_mode,
-        seed=seed,
-        name=name,
-    )
+    return RandomAffineAugment(name=name, **ranges)
 
 
 def single_transform_layers(

@@ -222,8 +222,9 @@ def _print_progress(label: str, done: int, total: int | None, start: float) -> N
     print(f"\r{text} {done / elapsed / 2**20:5.1f} MiB/s", end="", file=sys.stderr, flush=True)
 
 
-def file_md5(path: Path) -> str:
-    digest = hashlib.md5()
+def file_digest(path: Path, algorithm: str = "sha256") -> str:
+    """Hex digest of a file, read in blocks (checks downloads and cache files)."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
             digest.update(block)
@@ -268,7 +269,7 @@ def download_file(url: str, dest: Path, md5: str | None = None, size: int | None
             f"download of {url} stopped at {got:,} of {size:,} bytes; run again to resume."
         )
     if md5 is not None:
-        got_md5 = file_md5(part)
+        got_md5 = file_digest(part, "md5")
         if got_md5 != md5:
             part.unlink()
             raise DataError(
@@ -497,14 +498,6 @@ def cache_dir() -> Path:
     return home() / CACHE_DIR_NAME
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def read_manifest(folder: Path | None = None) -> dict | None:
     """The manifest of a complete cache, or None if the cache is missing or incomplete."""
     folder = Path(folder or cache_dir())
@@ -528,7 +521,7 @@ def verify_cache(folder: Path | None = None) -> None:
     if manifest is None:
         raise DataError(f"no complete cache in {folder}; run `python -m tinylib prepare`")
     for name, info in manifest["files"].items():
-        if _sha256(folder / name) != info["sha256"]:
+        if file_digest(folder / name) != info["sha256"]:
             raise DataError(f"cache file {folder / name} is corrupt; run `python -m tinylib prepare --force`")
 
 
@@ -572,7 +565,7 @@ def prepare(source=None, force: bool = False, workers: int | None = None) -> Pat
             "files": {s: [PurePosixPath(n).name for n in layout.files[s]] for s in counts},
         }
         (tmp / "meta.json").write_text(json.dumps(meta))
-        files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir())}
+        files = {p.name: {"bytes": p.stat().st_size, "sha256": file_digest(p)} for p in sorted(tmp.iterdir())}
         manifest = {
             "version": CACHE_VERSION,
             "source": source.describe(),
