@@ -18,11 +18,17 @@ import pytest
 # Agg `plt.show()` draws nothing, so a figure that fails to render would go unnoticed.
 INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
 RUNS = pytest.StashKey[str]()
+# tests/test_site.py builds the site with the same runs folder, so a chapter's
+# training runs once per test session, not once for nbval and once for the site.
+SESSION_RUNS_ENV = "TINYLIB_TEST_SESSION_RUNS"
+
+
+def pytest_configure(config):
+    config.stash[RUNS] = tempfile.mkdtemp(prefix="tinylib-test-runs-")
+    os.environ[SESSION_RUNS_ENV] = config.stash[RUNS]
 
 
 def notebook_environment(config) -> dict[str, str]:
-    if RUNS not in config.stash:
-        config.stash[RUNS] = tempfile.mkdtemp(prefix="tinylib-nbval-runs-")
     return {
         # The profile in force (CI sets smoke); without one, smoke: seconds per
         # notebook, rather than the hardware default (quick on a CPU, full on a GPU).
@@ -55,3 +61,4 @@ def pytest_runtest_setup(item):
 def pytest_unconfigure(config):
     if RUNS in config.stash:
         shutil.rmtree(config.stash[RUNS], ignore_errors=True)
+        os.environ.pop(SESSION_RUNS_ENV, None)

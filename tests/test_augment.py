@@ -226,3 +226,47 @@ def test_single_transform_layers_run_in_training_mode():
         out = augment.apply(layer, images, seed=1)
         assert out.shape == images.shape, name
         assert out.min() >= 0.0 and out.max() <= 1.0 + 1e-6, name
+
+
+# --- random-resized crop (the modern recipe's augmentation) ------------------------
+
+
+def column_ramp(n=4, size=16):
+    """Each pixel holds its column index: a crop's horizontal scale is readable."""
+    ramp = np.broadcast_to(np.arange(size, dtype="float32")[None, :, None], (size, size, 3))
+    return np.repeat(ramp[None], n, axis=0).copy()
+
+
+def test_crop_of_the_whole_image_without_flip_is_the_identity():
+    layer = augment.RandomResizedCrop(scale=(1, 1), ratio=(1, 1), flip=False, seed=0)
+    images = random_images()
+    np.testing.assert_allclose(numpy(layer(images, training=True)), images, atol=1e-5)
+    np.testing.assert_array_equal(numpy(layer(images)), images)  # inference: unchanged
+
+
+def test_crop_of_a_quarter_of_the_area_zooms_in_twice():
+    layer = augment.RandomResizedCrop(scale=(0.25, 0.25), ratio=(1, 1), flip=False, seed=1)
+    out = numpy(layer(column_ramp(), training=True))
+    steps = np.diff(out[..., 0], axis=2)
+    np.testing.assert_allclose(steps, 0.5, atol=1e-4)  # half a column per output pixel
+    assert out.min() >= 0 and out.max() <= 15  # read from inside the image only
+    assert len({float(o[0, 0, 0]) for o in out}) > 1  # a different place per image
+
+
+def test_crop_flip_mirrors_some_images():
+    layer = augment.RandomResizedCrop(scale=(1, 1), ratio=(1, 1), flip=True, seed=3)
+    images = column_ramp(n=16)
+    out = numpy(layer(images, training=True))
+    flipped = [np.allclose(o, i[:, ::-1], atol=1e-4) for o, i in zip(out, images)]
+    kept = [np.allclose(o, i, atol=1e-4) for o, i in zip(out, images)]
+    assert all(f or k for f, k in zip(flipped, kept)) and any(flipped) and any(kept)
+
+
+def test_crop_rejects_bad_ranges_and_round_trips_its_config():
+    with pytest.raises(ValueError, match="scale"):
+        augment.RandomResizedCrop(scale=(0.0, 1.0))
+    with pytest.raises(ValueError, match="ratio"):
+        augment.RandomResizedCrop(ratio=(2.0, 1.0))
+    layer = augment.RandomResizedCrop(scale=(0.5, 1.0), seed=2)
+    again = augment.RandomResizedCrop.from_config(layer.get_config())
+    assert again.scale == (0.5, 1.0) and again.seed == 2

@@ -194,7 +194,7 @@ def test_unknown_name_lists_the_valid_ones():
 
 def test_list_models_describes_each_model():
     described = models.list_models()
-    assert list(described) == ["model1", "model2", "model3", "model4", "model5"]
+    assert list(described) == ["model1", "model2", "model3", "model4", "model5", "resnet18", "resnet34", "resnet50"]
     assert all(isinstance(text, str) and text for text in described.values())
 
 
@@ -316,3 +316,100 @@ def test_model5_imagenet_download_failure_raises_a_clear_error(monkeypatch):
     assert "internet" in message
     assert isinstance(caught.value, RuntimeError)
     assert "URL fetch failure" in str(caught.value.__cause__)
+
+
+# --- beyond the seed: ResNets for 64x64 and Model 5's options --------------------
+
+# Trainable parameters of torchvision's ImageNet ResNets (its published totals, for
+# 1000 classes and the 7x7 stem), moved to this book's network: the 3x3 stem has
+# 64*3*9 weights instead of 64*3*49, and the classifier 200 outputs instead of 1000.
+TORCHVISION_TOTALS = {"resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032}
+FINAL_CHANNELS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}
+
+
+def trainable_count(model):
+    return int(sum(np.prod(v.shape) for v in model.trainable_weights))
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet34", "resnet50"])
+def test_resnet_parameter_counts_match_torchvision_moved_to_64x64_and_200_classes(name):
+    model = models.build_model(name, compile=False)
+    stem_change = 64 * 3 * 9 - 64 * 3 * 49
+    channels = FINAL_CHANNELS[name]
+    head_change = (channels * 200 + 200) - (channels * 1000 + 1000)
+    assert trainable_count(model) == TORCHVISION_TOTALS[name] + stem_change + head_change
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_resnet_stem_keeps_64x64_and_the_last_stage_sees_8x8(name):
+    model = models.build_model(name, compile=False)
+    assert model.get_layer("stem_conv").output.shape[1:3] == (64, 64)
+    assert model.get_layer("stem_conv").kernel.shape[:2] == (3, 3)
+    assert not any(isinstance(layer, keras.layers.MaxPooling2D) for layer in model.layers)
+    last_block = [layer for layer in model.layers if layer.name.endswith("_out")][-1]
+    assert last_block.name.startswith("stage4") and last_block.output.shape[1:] == (8, 8, FINAL_CHANNELS[name])
+
+
+def test_resnet_width_scales_channels_and_blocks_start_as_identity():
+    narrow = models.build_model("resnet18", num_classes=5, width=8, compile=False)
+    assert narrow.get_layer("stage4_block2_out").output.shape[-1] == 64
+    # Zero-initialized last BatchNorm of each block: the residual branch adds 0 at first.
+    gamma = narrow.get_layer("stage2_block1_bn2").gamma
+    assert np.all(keras.ops.convert_to_numpy(gamma) == 0)
+    assert np.all(keras.ops.convert_to_numpy(narrow.get_layer("stage2_block1_bn1").gamma) == 1)
+    with pytest.raises(ValueError, match="depth"):
+        models.resnet(keras.Input((64, 64, 3)), 5, depth=101)
+
+
+def test_resnets_are_registered_beside_the_seed_models():
+    assert set(models.SEED_MODELS) | set(models.BEYOND_SEED) == set(models.MODELS)
+    assert models.normalize_name("ResNet-18") == "resnet18"
+    assert "64x64" in models.list_models()["resnet50"]
+    assert models.build_model("resnet18", num_classes=5, width=4, compile=False).tinylib_weights == "random"
+
+
+def test_resnet_softmax_stays_float32_under_mixed_precision():
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        model = models.build_model("resnet18", num_classes=5, width=4, compile=False)
+        assert model.get_layer("stem_conv").compute_dtype == "bfloat16"
+        out = model(uint8_batch(n=2), training=False)
+        assert keras.backend.standardize_dtype(out.dtype) == "float32"
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def test_imagenet_preprocess_matches_keras_preprocess_input():
+    images = uint8_batch(n=2, size=8)
+    layer = models.ImageNetPreprocess()
+    got = keras.ops.convert_to_numpy(layer(images / 255.0))
+    want = keras.applications.resnet50.preprocess_input(images.copy())
+    np.testing.assert_allclose(got, want, atol=1e-3)
+
+
+def test_model5_upsamples_inside_the_model_and_keeps_its_parameters():
+    model = models.build_model("model5", num_classes=5, weights=None, compile=False,
+                               preprocess="imagenet", image_size=96)
+    assert model.input_shape == (None, 64, 64, 3)
+    assert model.get_layer("upsample").output.shape[1:] == (96, 96, 3)
+    assert model.get_layer("resnet50").output.shape[1:] == (3, 3, 2048)
+    assert isinstance(model.get_layer("imagenet_preprocess"), models.ImageNetPreprocess)
+    assert model.count_params() == RESNET50_NOTOP_PARAMS + 2_098_176 + 5 * 1024 + 5
+    with pytest.raises(ValueError, match="preprocess"):
+        models.build_model("model5", num_classes=5, weights=None, preprocess="torch")
+
+
+def test_resolve_pretrained_falls_back_to_random_loudly_when_offline(monkeypatch, capsys, tmp_path):
+    def offline_get_file(*args, **kwargs):
+        raise Exception("URL fetch failure")
+
+    monkeypatch.setattr(keras.utils, "get_file", offline_get_file)
+    assert models.resolve_pretrained("imagenet") is None
+    out = capsys.readouterr().out
+    assert "WITHOUT PRETRAINED WEIGHTS" in out and models.RESNET50_WEIGHTS_URL in out
+    assert models.resolve_pretrained(tmp_path / "missing.h5") is None
+    present = tmp_path / "present.weights.h5"
+    present.write_bytes(b"")
+    assert models.resolve_pretrained(present) == present
+    assert models.resolve_pretrained(None) is None

@@ -27,3 +27,14 @@ def test_best_full_record_per_model_is_used_and_other_profiles_ignored(tmp_path)
     row = next(r for r in results.comparison_rows(tmp_path) if r["model"] == "model4" and r["source"] == "this book")
     assert row["val"] == 0.45 and "b.json" in row["note"] and row["train"] == 0.5
     assert "45.00%" in results.comparison_table(tmp_path)
+
+
+def test_beyond_the_seed_runs_never_stand_in_for_the_seed_reproduction(tmp_path):
+    _record(tmp_path, "seedway.json", model="model5", best_val_top1=0.40, recipe=None)
+    _record(tmp_path, "staged.json", model="model5", best_val_top1=0.60, stage="all", image_size=128)
+    _record(tmp_path, "resnet.json", model="resnet18", best_val_top1=0.55,
+            recipe={"name": "modern", "optimizer": "sgd"})
+    records = results.full_scale_records(tmp_path)
+    assert set(records) == {"model5", "model5-finetune-128px-all", "resnet18-modern"}
+    row = next(r for r in results.comparison_rows(tmp_path) if r["model"] == "model5" and r["source"] == "this book")
+    assert row["val"] == 0.40 and "seedway.json" in row["note"]

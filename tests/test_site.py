@@ -46,6 +46,7 @@ IN_CI = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 # library's tests) would make plt.show() draw nothing, and the pages would lose their figures.
 INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
 PAGE_TIMEOUT_S = 60
+SESSION_RUNS_ENV = "TINYLIB_TEST_SESSION_RUNS"  # set by book/conftest.py
 SCREENSHOT_MAX_HEIGHT = 16000  # px; a longer page is cut there
 
 
@@ -133,8 +134,11 @@ def site(browser_tools, tmp_path_factory) -> Build:
     env = os.environ.copy()
     env["TINYLIB_PROFILE"] = env.get("TINYLIB_PROFILE") or "smoke"
     env["MPLBACKEND"] = INLINE_BACKEND
-    # Runs of its own: the chapters train rather than resume runs left in TINYLIB_HOME.
-    env["TINYLIB_RUNS"] = str(output / "runs")
+    # Runs of this test session only, never runs left in TINYLIB_HOME. When the whole
+    # suite runs, nbval (book/conftest.py) shares them: each chapter's training runs
+    # once for real, in whichever of the two executes it first, and the other reads
+    # the finished run back, as a reader's second visit would.
+    env["TINYLIB_RUNS"] = os.environ.get(SESSION_RUNS_ENV) or str(output / "runs")
     command = [
         sys.executable, "-c", "import sys; from jupyter_book.cli.main import main; sys.exit(main())",
         "build", str(BOOK), "--path-output", str(output), "-W", "-n", "--keep-going",

@@ -14,6 +14,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SEED_MODELS = ["model1", "model2", "model3", "model4", "model5"]
+NEW_MODELS = ["resnet18"]  # trained with the modern recipe: MixUp/CutMix batches, cosine schedule
 BACKENDS = ["tensorflow", "jax"]
 
 # Trains one model in a fresh process; with KILL set, SIGKILLs itself in the middle of epoch 2.
@@ -35,9 +36,12 @@ DRIVER = textwrap.dedent("""
             if self.epoch == 1 and batch == 1:
                 os.kill(os.getpid(), signal.SIGKILL)
 
-    weights = {"weights": None} if model_name == "model5" else {}
-    model = models.build_model(model_name, num_classes=ds.num_classes,
-                               augmentation=augment.augmentation(seed=0), **weights)
+    if model_name.startswith("resnet"):  # beyond the seed: the modern recipe, narrow
+        model = train.build(model_name, ds, profile, recipe="modern", width=8)
+    else:
+        weights = {"weights": None} if model_name == "model5" else {}
+        model = models.build_model(model_name, num_classes=ds.num_classes,
+                                   augmentation=augment.augmentation(seed=0), **weights)
     extra = [KillMidEpoch()] if os.environ.get("KILL") else []
     run = train.fit(model, ds, profile, runs=runs, extra_callbacks=extra, verbose=0)
     print("RUN", run.path)
@@ -57,13 +61,14 @@ def _train(tmp_path: Path, model: str, backend: str, kill: bool) -> subprocess.C
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("model", SEED_MODELS)
+@pytest.mark.parametrize("model", SEED_MODELS + NEW_MODELS)
 def test_smoke_training_resumes_after_a_kill_mid_epoch(tmp_path, tiny_env, synthetic, monkeypatch, model, backend):
     pytest.importorskip(backend)
     monkeypatch.setenv("TINYLIB_DATA", str(synthetic))
     killed = _train(tmp_path, model, backend, kill=True)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-    run_dir = tmp_path / "runs" / f"{model}-smoke-{backend}"
+    recipe = "-modern" if model in NEW_MODELS else ""
+    run_dir = tmp_path / "runs" / f"{model}-smoke-{backend}{recipe}"
     state = json.loads((run_dir / "state.json").read_text())
     assert state["epochs_done"] == 1  # epoch 2 was cut off half way
 
@@ -79,8 +84,15 @@ def test_smoke_training_resumes_after_a_kill_mid_epoch(tmp_path, tiny_env, synth
     for key in ("best_val_top1", "best_val_top5", "final_train_top1", "train_images_per_second",
                 "wall_seconds", "device", "versions", "date", "optimizer", "learning_rate"):
         assert key in record, key
-    assert record["learning_rate"] == pytest.approx(1e-4)
     assert 0 <= record["best_val_top1"] <= record["best_val_top5"] <= 1
+    if model in NEW_MODELS:
+        # The cosine schedule resumed at the step it had reached: after the last epoch
+        # the rate is zero (a schedule restarted at step 0 would be half way down).
+        assert record["recipe"]["name"] == "modern" and record["learning_rate"] == pytest.approx(0.05)
+        rates = record["history"]["learning_rate"]
+        assert rates[0] > 0.0 and rates[1] == pytest.approx(0.0, abs=1e-6)
+    else:
+        assert record["learning_rate"] == pytest.approx(1e-4)
 
 
 def test_a_run_folder_is_not_resumed_by_a_different_run(tmp_path, tiny_env, synthetic, monkeypatch):

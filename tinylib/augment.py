@@ -39,6 +39,7 @@ from keras import ops
 
 __all__ = [
     "RandomAffineAugment",
+    "RandomResizedCrop",
     "affine_matrix",
     "apply_affine",
     "augmentation",
@@ -255,6 +256,79 @@ class RandomAffineAugment(keras.layers.Layer):
             interpolation=self.interpolation,
             seed=self.seed,
         )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="tinylib")
+class RandomResizedCrop(keras.layers.Layer):
+    """Random crop of random area and aspect ratio, resized back to full size, plus flip.
+
+    The "Inception-style" crop that modern ImageNet recipes use instead of the
+    seed's small rotations and shifts: each training image shows a different part of
+    the object at a different scale, so the network cannot rely on where things are.
+    The crop covers a fraction of the area drawn from ``scale`` and has a width/height
+    ratio drawn log-uniformly from ``ratio``; it always lies inside the image, so no
+    pixels are invented (no fill mode).  One resample, like ``RandomAffineAugment``;
+    active only with ``training=True``.  Keras has ``RandomCrop`` (fixed size, no
+    resize) but no random-resized crop, hence this layer.
+    """
+
+    def __init__(self, scale=(0.35, 1.0), ratio=(3 / 4, 4 / 3), flip=True,
+                 interpolation="bilinear", seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.scale = tuple(float(v) for v in scale)
+        self.ratio = tuple(float(v) for v in ratio)
+        if not 0.0 < self.scale[0] <= self.scale[1] <= 1.0:
+            raise ValueError(f"scale must be (low, high) with 0 < low <= high <= 1, got {scale}")
+        if not 0.0 < self.ratio[0] <= self.ratio[1]:
+            raise ValueError(f"ratio must be (low, high) with 0 < low <= high, got {ratio}")
+        self.flip = bool(flip)
+        self.interpolation = interpolation
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def _uniform(self, batch, low, high):
+        return keras.random.uniform((batch,), minval=low, maxval=high, seed=self.seed_generator)
+
+    def call(self, inputs, training=False):
+        if not training:
+            return inputs
+        images = ops.cast(inputs, self.compute_dtype)
+        batch = ops.shape(images)[0]
+        height, width = images.shape[1], images.shape[2]
+        area = self._uniform(batch, *self.scale)
+        log_ratio = self._uniform(batch, math.log(self.ratio[0]), math.log(self.ratio[1]))
+        aspect = ops.exp(log_ratio)
+        # Crop size as fractions of the image; clipped so the crop fits inside it.
+        crop_w = ops.minimum(ops.sqrt(area * aspect), 1.0)
+        crop_h = ops.minimum(ops.sqrt(area / aspect), 1.0)
+        # Output pixel 0 reads input `left`, pixel W-1 reads `left + crop_w (W-1)`:
+        # both inside the image, so no pixel is read from outside it.
+        left = self._uniform(batch, 0.0, 1.0) * (1.0 - crop_w) * (width - 1)
+        top = self._uniform(batch, 0.0, 1.0) * (1.0 - crop_h) * (height - 1)
+        sx, sy = crop_w, crop_h  # input pixels per output pixel
+        if self.flip:
+            mirror = ops.cast(self._uniform(batch, 0.0, 1.0) < 0.5, "float32")
+        else:
+            mirror = ops.zeros_like(sx)
+        # Output pixel (u, v) reads input (a0 u + a2, b1 v + b2); a flip reads u from the right.
+        a0 = sx * (1.0 - 2.0 * mirror)
+        a2 = left + mirror * sx * (width - 1)
+        b1 = sy
+        b2 = top
+        zeros = ops.zeros_like(a0)
+        transform = ops.stack([a0, zeros, a2, zeros, b1, b2, zeros, zeros], axis=1)
+        return ops.image.affine_transform(
+            images, ops.cast(transform, images.dtype), interpolation=self.interpolation,
+            fill_mode="nearest", data_format="channels_last")
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(scale=list(self.scale), ratio=list(self.ratio), flip=self.flip,
+                      interpolation=self.interpolation, seed=self.seed)
         return config
 
 

@@ -4,6 +4,7 @@
     python -m tinylib models               list the models
     python -m tinylib profiles             list the run profiles
     python -m tinylib train model4         train (resumes an interrupted run)
+    python -m tinylib train resnet18 --recipe modern --profile full
     python -m tinylib evaluate RUN_DIR     top-1/top-5, per-class accuracy, confusions
 
 Heavy imports (Keras, TensorFlow) happen inside the subcommands, so ``--help``
@@ -61,8 +62,19 @@ def _train(args) -> int:
     train.configure_precision(args.precision)
     dataset = data.load().subset(**profile.subset_kwargs())
     weights = {} if args.weights is None else {"weights": _weights(args.weights)}
-    model = train.build(args.model, dataset, profile, augment=not args.no_augment,
-                        optimizer=args.optimizer, learning_rate=args.learning_rate, **weights)
+    if args.recipe:  # the recipe sets the optimizer, its schedule, the loss and the augmentation
+        if args.optimizer != "adam" or args.learning_rate != 1e-4:
+            print("--recipe sets the optimizer and learning rate: --optimizer/--learning-rate are ignored")
+        from tinylib.recipes import get_recipe
+
+        recipe = get_recipe(args.recipe)
+        if args.precision != recipe.precision:
+            recipe = recipe.replace(precision=args.precision)
+        model = train.build(args.model, dataset, profile, augment=not args.no_augment, recipe=recipe,
+                            epochs=args.epochs, batch_size=args.batch_size, **weights)
+    else:
+        model = train.build(args.model, dataset, profile, augment=not args.no_augment,
+                            optimizer=args.optimizer, learning_rate=args.learning_rate, **weights)
     run = train.fit(model, dataset, profile, name=args.name, epochs=args.epochs, batch_size=args.batch_size,
                     resume=not args.fresh, runs=args.runs)
     record = run.record
@@ -116,7 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("train", help="train a model (resumes an interrupted run)",
                             description="Train one model in a profile. Run it again after an interruption "
                                         "and it continues from the last finished epoch.")
-    p.add_argument("model", help="model1 ... model5 (see `python -m tinylib models`)")
+    p.add_argument("model", help="model1 ... model5, resnet18, resnet34, resnet50 (see `python -m tinylib models`)")
+    p.add_argument("--recipe", help="seed | modern: train with a recipe from tinylib.recipes (default: the seed's "
+                   "Adam, as set by --optimizer and --learning-rate)")
     p.add_argument("--profile", help="smoke | quick | full (default: TINYLIB_PROFILE, else full on a GPU, quick on a CPU)")
     p.add_argument("--epochs", type=int, help="override the profile's epochs")
     p.add_argument("--batch-size", type=int, help="override the profile's batch size")

@@ -1,4 +1,4 @@
-"""The seed study's five CNNs, layer for layer.
+"""The seed study's five CNNs, layer for layer, and the ResNets that go beyond them.
 
 Every model takes uint8-range images (0..255) of shape ``input_shape`` and
 starts with the same head: ``Rescaling(1/255)`` (the seed trained on [0, 1]
@@ -18,12 +18,16 @@ import re
 from types import MappingProxyType
 
 import keras
-from keras import layers
+from keras import layers, ops
 
 __all__ = [
+    "BEYOND_SEED",
     "MODELS",
+    "SEED_MODELS",
+    "ImageNetPreprocess",
     "SEED_CALLBACKS",
     "PretrainedWeightsUnavailable",
+    "resolve_pretrained",
     "build_model",
     "list_models",
     "make_optimizer",
@@ -113,11 +117,23 @@ def model4(x, num_classes, dropout=0.5, bn_momentum=0.99):
     return layers.Dense(num_classes, activation="softmax", name="predictions")(x)
 
 
-def model5(x, num_classes, weights="imagenet", dropout=0.5, bn_momentum=None):
+def model5(x, num_classes, weights="imagenet", dropout=0.5, bn_momentum=None,
+           preprocess="unit", image_size=None):
     """ResNet50 backbone (ImageNet weights by default), GAP, dense 1024, dropout.
 
     ``bn_momentum`` overrides the backbone's BatchNorm momentum (0.99) for short runs.
+    The defaults are the seed's: [0, 1] inputs at 64x64.  ``preprocess="imagenet"``
+    feeds the backbone what its ImageNet weights were trained on, and ``image_size``
+    (e.g. 128) upsamples inside the model, so the pretrained filters see objects
+    nearer the size they learned them at (see ``tinylib.transfer``).
     """
+    if preprocess == "imagenet":
+        x = ImageNetPreprocess(name="imagenet_preprocess")(x)
+    elif preprocess != "unit":
+        raise ValueError(f"preprocess must be 'unit' (the seed's) or 'imagenet', got {preprocess!r}")
+    if image_size:
+        x = layers.Resizing(int(image_size), int(image_size), interpolation="bilinear",
+                            name="upsample")(x)
     backbone = _resnet50_backbone(tuple(x.shape[1:]), weights)
     if bn_momentum is not None:
         for layer in backbone.layers:
@@ -128,6 +144,112 @@ def model5(x, num_classes, weights="imagenet", dropout=0.5, bn_momentum=None):
     x = layers.Dense(1024, activation="relu", name="fc1")(x)
     x = layers.Dropout(dropout, name="dropout")(x)
     return layers.Dense(num_classes, activation="softmax", name="predictions")(x)
+
+
+@keras.saving.register_keras_serializable(package="tinylib")
+class ImageNetPreprocess(layers.Layer):
+    """[0, 1] RGB -> the input Keras' ResNet50 ImageNet weights expect ("caffe" mode).
+
+    The same as ``keras.applications.resnet50.preprocess_input(255 * x)``: channels
+    in BGR order, 0..255, the ImageNet mean of each channel subtracted.  A layer,
+    so it travels with the model and runs on the model's device.
+    """
+
+    MEAN_BGR = (103.939, 116.779, 123.68)
+
+    def call(self, inputs):
+        bgr = ops.flip(ops.cast(inputs, self.compute_dtype), axis=-1) * 255.0
+        return bgr - ops.convert_to_tensor(self.MEAN_BGR, dtype=self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+# --- beyond the seed: ResNets for 64x64 images ---------------------------------
+# The ImageNet ResNet stem (7x7 stride-2 convolution, then a stride-2 max pooling)
+# divides a 64x64 image by 4 before the first block, and the last stage sees 2x2
+# maps. For 64x64 inputs the stem here is one 3x3 stride-1 convolution and no
+# pooling, so the four stages work at 64, 32, 16 and 8 pixels.
+
+RESNET_LAYOUTS = MappingProxyType({
+    18: ("basic", (2, 2, 2, 2)),
+    34: ("basic", (3, 4, 6, 3)),
+    50: ("bottleneck", (3, 4, 6, 3)),
+})
+
+
+def _conv(x, filters, kernel, strides, name):
+    return layers.Conv2D(filters, kernel, strides=strides, padding="same", use_bias=False,
+                         kernel_initializer="he_normal", name=name)(x)
+
+
+def _bn(x, name, momentum, zero=False):
+    # zero=True starts the block's last BatchNorm at gamma 0, so each residual block
+    # begins as the identity: deep networks then train like shallow ones at first.
+    return layers.BatchNormalization(momentum=momentum, epsilon=1e-5, name=name,
+                                     gamma_initializer="zeros" if zero else "ones")(x)
+
+
+def _residual_block(x, filters, strides, kind, name, bn_momentum, zero_init_residual):
+    """One basic (two 3x3) or bottleneck (1x1, 3x3, 1x1 x4) block with its shortcut."""
+    out_channels = filters * (4 if kind == "bottleneck" else 1)
+    shortcut = x
+    if strides != 1 or x.shape[-1] != out_channels:
+        shortcut = _conv(x, out_channels, 1, strides, f"{name}_proj_conv")
+        shortcut = _bn(shortcut, f"{name}_proj_bn", bn_momentum)
+    if kind == "basic":
+        convs = [(filters, 3, strides), (filters, 3, 1)]
+    else:
+        convs = [(filters, 1, 1), (filters, 3, strides), (out_channels, 1, 1)]
+    for i, (f, k, s) in enumerate(convs, start=1):
+        x = _conv(x, f, k, s, f"{name}_conv{i}")
+        x = _bn(x, f"{name}_bn{i}", bn_momentum, zero=zero_init_residual and i == len(convs))
+        if i < len(convs):
+            x = layers.Activation("relu", name=f"{name}_relu{i}")(x)
+    x = layers.Add(name=f"{name}_add")([shortcut, x])
+    return layers.Activation("relu", name=f"{name}_out")(x)
+
+
+def resnet(x, num_classes, depth=18, width=64, dropout=0.0, bn_momentum=0.9,
+           zero_init_residual=True):
+    """A ResNet with a 3x3 stride-1 stem and no max pooling, for 64x64 images.
+
+    ``depth`` is 18, 34 or 50 (He et al. 2016's layouts); ``width`` the first
+    stage's channels (64 as in the paper; a smaller width makes a faster, weaker
+    network for CPU profiles).  ``bn_momentum`` 0.9 is PyTorch's usual 0.1.
+    The classifier's softmax runs in float32 under mixed precision.
+    """
+    if depth not in RESNET_LAYOUTS:
+        raise ValueError(f"depth must be one of {sorted(RESNET_LAYOUTS)}, got {depth}")
+    kind, blocks = RESNET_LAYOUTS[depth]
+    x = _conv(x, width, 3, 1, "stem_conv")
+    x = _bn(x, "stem_bn", bn_momentum)
+    x = layers.Activation("relu", name="stem_relu")(x)
+    for stage, count in enumerate(blocks, start=1):
+        filters = width * 2 ** (stage - 1)
+        for block in range(1, count + 1):
+            strides = 2 if stage > 1 and block == 1 else 1
+            x = _residual_block(x, filters, strides, kind, f"stage{stage}_block{block}",
+                                bn_momentum, zero_init_residual)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    if dropout:
+        x = layers.Dropout(dropout, name="dropout")(x)
+    return layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions")(x)
+
+
+def resnet18(x, num_classes, **options):
+    """ResNet-18 for 64x64 inputs: 3x3 stem, no max pooling, 8x8 maps at the end (~11.3M params)."""
+    return resnet(x, num_classes, depth=18, **options)
+
+
+def resnet34(x, num_classes, **options):
+    """ResNet-34 for 64x64 inputs: ResNet-18's basic blocks, 3-4-6-3 per stage (~21.4M params)."""
+    return resnet(x, num_classes, depth=34, **options)
+
+
+def resnet50(x, num_classes, **options):
+    """ResNet-50 for 64x64 inputs: bottleneck blocks, 3-4-6-3 per stage, random init (~23.9M params)."""
+    return resnet(x, num_classes, depth=50, **options)
 
 
 def _resnet50_backbone(input_shape, weights):
@@ -159,6 +281,32 @@ def _resnet50_backbone(input_shape, weights):
         ) from error
 
 
+def resolve_pretrained(weights="imagenet"):
+    """``weights`` if they can be had, else None with a loud message: for chapters.
+
+    For 'imagenet' it asks Keras for the backbone file (from its cache, or a
+    download); a path must exist. Where neither works (no internet), it prints
+    why and returns None, so the caller trains from random weights and every run
+    record says ``"weights": "random"``.
+    """
+    if weights is None:
+        return None
+    try:
+        if weights == "imagenet":
+            keras.utils.get_file(RESNET50_NOTOP_FILE, RESNET50_WEIGHTS_URL, cache_subdir="models",
+                                 file_hash="4d473c1dd8becc155b73f8504c6f6626")
+        elif not os.path.isfile(os.fspath(weights)):
+            raise FileNotFoundError(f"no such weights file: {weights}")
+        return weights
+    except Exception as error:  # no internet, a firewall, a missing file
+        print(f"The pretrained weights are not available ({type(error).__name__}: {error}).")
+        print("THIS RUN IS WITHOUT PRETRAINED WEIGHTS: the ResNet50 backbone starts from random")
+        print("weights, so these results say nothing about pretraining. To get the weights, run once")
+        print(f"with internet access (Keras caches them), or download {RESNET50_WEIGHTS_URL}")
+        print("and pass its path as `weights`.")
+        return None
+
+
 MODELS = MappingProxyType(
     {
         "model1": model1,
@@ -166,8 +314,13 @@ MODELS = MappingProxyType(
         "model3": model3,
         "model4": model4,
         "model5": model5,
+        "resnet18": resnet18,
+        "resnet34": resnet34,
+        "resnet50": resnet50,
     }
 )
+SEED_MODELS = ("model1", "model2", "model3", "model4", "model5")
+BEYOND_SEED = ("resnet18", "resnet34", "resnet50")
 
 # Models that can start from pretrained weights (and default to them).
 PRETRAINED = frozenset({"model5"})
@@ -220,14 +373,17 @@ def make_optimizer(name="adam", learning_rate=1e-4):
     return OPTIMIZERS[key](learning_rate=learning_rate)
 
 
-def compile_model(model, optimizer="adam", learning_rate=1e-4):
-    """Categorical cross-entropy (one-hot labels) with top-1 and top-5 accuracy."""
+def compile_model(model, optimizer="adam", learning_rate=1e-4, loss="categorical_crossentropy"):
+    """Categorical cross-entropy (one-hot labels) with top-1 and top-5 accuracy.
+
+    ``loss`` may be a Keras loss object instead (label smoothing: see ``tinylib.recipes``).
+    """
     if isinstance(optimizer, str):
         optimizer = make_optimizer(optimizer, learning_rate)
     num_classes = model.output_shape[-1]
     model.compile(
         optimizer=optimizer,
-        loss="categorical_crossentropy",
+        loss=loss,
         metrics=[
             keras.metrics.CategoricalAccuracy(name="accuracy"),
             keras.metrics.TopKCategoricalAccuracy(k=min(5, num_classes), name="top5"),
@@ -258,7 +414,9 @@ def build_model(
     applied after rescaling, only in training.  ``weights`` matters only for
     model5: ``"imagenet"`` (its default), a path to a backbone weights file,
     or ``None`` for random initialisation.  ``options`` go to the
-    architecture (``l2`` for model1, ``dropout`` for models 2, 4 and 5).
+    architecture (``l2`` for model1, ``dropout`` for models 2, 4 and 5,
+    ``preprocess`` and ``image_size`` for model5, ``width``, ``dropout`` and
+    ``bn_momentum`` for the ResNets).
     """
     key = normalize_name(name)
     if key in PRETRAINED:

@@ -1,7 +1,8 @@
 """The book's figures: data, augmentation, training curves and evaluation.
 
 Every function draws from arrays, histories or an ``Evaluation`` that already
-exist (plots never train or predict), returns the matplotlib ``Figure`` and
+exist (plots never train or predict; the Grad-CAM figures at the end are the
+exception: they run the model they explain), returns the matplotlib ``Figure`` and
 never calls ``plt.show()``.  In a notebook, end the cell with the call (or
 ``fig``) to show the figure once; assigning it and ending with something else
 also shows it, since pyplot draws open figures at the end of a cell.
@@ -20,8 +21,13 @@ from matplotlib.ticker import PercentFormatter
 
 __all__ = [
     "augmentation_grid",
+    "confused_pairs",
     "confusion_heatmap",
+    "explain_prediction",
+    "gradcam_grid",
     "images_per_class",
+    "learning_rate_schedules",
+    "mixed_batch",
     "misclassified_examples",
     "most_confused_classes",
     "results_table_plot",
@@ -143,6 +149,41 @@ def augmentation_grid(images, transforms, seed: int | None = 0, figsize=None):
     return fig
 
 
+def mixed_batch(batch, class_names, n: int = 8, cols: int = 8, figsize=None):
+    """Images of a MixUp/CutMix batch, each titled with the labels it carries now.
+
+    ``batch`` is ``(images, labels)`` as ``tinylib.mixing.MixedBatches`` serves it:
+    float images in 0..255 and soft labels; the title lists the classes with a
+    weight above 1%, largest first.
+    """
+    images, labels = (np.asarray(a) for a in batch)
+    count = min(n, len(images))
+    fig, axes = _image_grid(count, cols, cell=1.8, title_lines=2, figsize=figsize)
+    for ax, image, label in zip(axes, images[:count], labels[:count]):
+        parts = [f"{label[c]:.0%} {class_names[c].split(',')[0]}" for c in np.argsort(-label) if label[c] > 0.01]
+        _show_image(ax, np.clip(image, 0, 255).astype("uint8"), "\n".join(parts[:2]), 7)
+    fig.tight_layout()
+    return fig
+
+
+def learning_rate_schedules(recipes, steps_per_epoch: int, epochs: int, ax=None, figsize=None):
+    """The learning rate of each recipe over a run, step by step (log scale)."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=figsize or (7, 3))
+    total = steps_per_epoch * epochs
+    steps = np.unique(np.linspace(0, total - 1, min(total, 400)).astype(int))  # enough points for a curve
+    for label, recipe in recipes.items():
+        schedule = recipe.learning_rate_schedule(steps_per_epoch, epochs)
+        rates = [float(schedule(int(s))) if callable(schedule) else float(schedule) for s in steps]
+        ax.plot(steps / steps_per_epoch, rates, label=f"{label} ({recipe.optimizer})")
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("learning rate")
+    ax.legend(fontsize=8)
+    ax.grid(True, alpha=0.3)
+    return ax.figure
+
+
 # ----------------------------------------------------------------------------
 # Training
 # ----------------------------------------------------------------------------
@@ -237,6 +278,39 @@ def confusion_heatmap(evaluation, top: int = 15, ax=None, figsize=None):
     return ax.figure
 
 
+def confused_pairs(evaluation, images, pairs: int = 3, per_class: int = 4, figsize=None):
+    """The most confused pairs of classes, with images of both: what the mistakes look like.
+
+    One row per pair (true class, the class it was taken for, and how often):
+    ``per_class`` images of each class side by side. ``images`` are those the
+    evaluation was computed on, in the same order.
+    """
+    confused = evaluation.most_confused(pairs)
+    if not confused:
+        fig, ax = plt.subplots(figsize=figsize or (4, 1))
+        ax.set_axis_off()
+        ax.text(0.5, 0.5, "no confused pairs: every image was classified correctly", ha="center", va="center")
+        return fig
+    index = {name: i for i, name in enumerate(evaluation.class_names)}
+    cols = 2 * per_class
+    fig, axes = plt.subplots(len(confused), cols, figsize=figsize or (1.3 * cols, 1.75 * len(confused)),
+                             squeeze=False)
+    for row, (true, predicted, count) in enumerate(confused):
+        for half, name in enumerate((true, predicted)):
+            members = np.flatnonzero(evaluation.labels == index[name])[:per_class]
+            for j in range(per_class):
+                ax = axes[row, half * per_class + j]
+                ax.set_axis_off()
+                if j < len(members):
+                    _show_image(ax, images[members[j]])
+            axes[row, half * per_class].set_title(
+                ("true: " if half == 0 else "taken for: ") + name.split(",")[0], fontsize=8, loc="left")
+        axes[row, cols - 1].text(1.05, 0.5, f"{count}x", transform=axes[row, cols - 1].transAxes,
+                                 va="center", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def misclassified_examples(evaluation, images, n: int = 12, cols: int = 6, figsize=None):
     """The model's most confident mistakes, titled 'true -> predicted (p=0.83)'.
 
@@ -285,3 +359,100 @@ def results_table_plot(rows, ax=None, figsize=None):
     ax.set_title("Accuracy per model: the seed's numbers and this book's runs")
     ax.figure.tight_layout()
     return ax.figure
+
+
+# ----------------------------------------------------------------------------
+# Explanations (Grad-CAM): these run the model, see tinylib.gradcam
+# ----------------------------------------------------------------------------
+
+HEATMAP_CMAP = "jet"
+HEATMAP_ALPHA = 0.45
+
+
+def _short_name(name: str) -> str:
+    """'goldfish, Carassius auratus' -> 'goldfish': long synonyms overflow titles."""
+    return str(name).split(",")[0].strip()
+
+
+def _as_uint8(image) -> np.ndarray:
+    """Model inputs are 0..255 (uint8 or float); show them as uint8."""
+    image = np.asarray(image)
+    return image if image.dtype == np.uint8 else np.clip(image, 0, 255).astype(np.uint8)
+
+
+def _show_heatmap(ax, image, heatmap, title: str | None = None, fontsize: float = 8, **title_style) -> None:
+    """The image with a Grad-CAM map in [0, 1] over it, half transparent."""
+    ax.imshow(_as_uint8(image))
+    ax.imshow(heatmap, cmap=HEATMAP_CMAP, alpha=HEATMAP_ALPHA, vmin=0.0, vmax=1.0)
+    ax.set_axis_off()
+    if title is not None:
+        ax.set_title(title, fontsize=fontsize, **title_style)
+
+
+def explain_prediction(model, image, class_names, label: int | None = None, k: int = 5,
+                       layer: str | None = None, figsize=None):
+    """The image, Grad-CAM of the top-1 class over it, and the top-``k`` probabilities.
+
+    ``image`` is one image, 0..255 as the model takes it; ``label`` its true
+    class index, if known (its bar is highlighted).  ``layer`` defaults to the
+    model's last feature map (``tinylib.gradcam.find_target_layer``).
+    """
+    from tinylib import gradcam  # starts Keras: only figures that run a model do
+
+    probabilities = gradcam.class_probabilities(model, image)[0]
+    top = np.argsort(-probabilities, kind="stable")[:k]
+    heatmap = gradcam.gradcam(model, image, class_index=int(top[0]), layer=layer)[0]
+    fig, (ax_image, ax_cam, ax_bars) = plt.subplots(1, 3, figsize=figsize or (11, 3.4),
+                                                    gridspec_kw={"width_ratios": [1, 1, 1.4]})
+    image = np.asarray(image)
+    true_title = "image" if label is None else _short_name(_label_name(label, class_names))
+    _show_image(ax_image, _as_uint8(image), true_title, 9)
+    ax_image.set_axis_off()
+    predicted = _short_name(class_names[top[0]])
+    _show_heatmap(ax_cam, image, heatmap, f"Grad-CAM: {predicted} (p={probabilities[top[0]]:.2f})", 9)
+
+    positions = np.arange(len(top))
+    colours = ["C1" if label is not None and i == label else "C0" for i in top]
+    ax_bars.barh(positions, probabilities[top], color=colours)
+    ax_bars.set_yticks(positions, [_short_name(class_names[i]) for i in top], fontsize=8)
+    ax_bars.invert_yaxis()  # most probable on top
+    ax_bars.set_xlim(0, 1)
+    ax_bars.xaxis.set_major_formatter(PercentFormatter(1.0))
+    missing = label is not None and label >= 0 and label not in top
+    ax_bars.set_title(f"top-{len(top)}" + (" (true class not among them)" if missing else ""),
+                      fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def gradcam_grid(models, images, class_names, labels=None, figsize=None):
+    """Rows are images; columns the image, then each model's Grad-CAM of its top-1 class.
+
+    ``models`` maps a display name to a model; ``images`` are 0..255 as the
+    models take them.  With ``labels`` each title is green when that model
+    is right and red when it is wrong.
+    """
+    from tinylib import gradcam  # starts Keras: only figures that run a model do
+
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[None]
+    columns = 1 + len(models)
+    fig, axes = _image_grid(len(images) * columns, columns, cell=1.9, title_lines=2, figsize=figsize)
+    for row, image in enumerate(images):
+        title = None if labels is None else _short_name(_label_name(int(labels[row]), class_names))
+        _show_image(axes[row * columns], _as_uint8(image), title, 8)
+    for col, (name, model) in enumerate(models.items(), start=1):
+        probabilities = gradcam.class_probabilities(model, images)
+        predicted = probabilities.argmax(axis=1)
+        heatmaps = gradcam.gradcam(model, images, class_index=predicted)
+        for row, image in enumerate(images):
+            guess = predicted[row]
+            style = {}
+            if labels is not None:
+                style["color"] = "green" if guess == labels[row] else "red"
+            title = f"pred: {_short_name(class_names[guess])} {probabilities[row, guess]:.2f}"
+            _show_heatmap(axes[row * columns + col], image, heatmaps[row],
+                          f"{name}\n{title}" if row == 0 else title, 8, **style)
+    fig.tight_layout()
+    return fig

@@ -24,7 +24,9 @@ class Profile:
     "all of them" (200 classes, 500 train and 50 val images per class).
     ``model_epochs`` lets a heavy model train for fewer epochs than the
     default, so a CPU build stays within its time budget ('optimizers' is the
-    optimizer comparison's entry); ``model_options`` are architecture options.
+    optimizer comparison's entry, 'recipes' the recipe ablation's, 'transfer_head' and
+    'transfer_all' the fine-tuning stages'); ``model_options`` are architecture
+    options ('transfer' holds the upsampled size for fine-tuning).
     """
 
     name: str
@@ -83,6 +85,13 @@ PROFILES: MappingProxyType = MappingProxyType(
             val_per_class=4,
             epochs=2,
             batch_size=8,
+            model_epochs=MappingProxyType(
+                {"recipes": 1, "transfer_head": 1, "transfer_all": 1}
+            ),
+            model_options=MappingProxyType(
+                {m: {"width": 8} for m in ("resnet18", "resnet34", "resnet50")}
+                | {"transfer": {"image_size": 96}}
+            ),
             description="seconds: for tests and nbval; numbers mean nothing",
         ),
         "quick": Profile(
@@ -93,13 +102,18 @@ PROFILES: MappingProxyType = MappingProxyType(
             epochs=6,
             batch_size=32,
             model_epochs=MappingProxyType(
-                {"model3": 2, "model4": 4, "model5": 2, "optimizers": 4}
+                {"model3": 2, "model4": 4, "model5": 2, "optimizers": 4,
+                 "recipes": 8, "transfer_head": 2, "transfer_all": 1}
             ),
             model_options=MappingProxyType(
                 {m: {"bn_momentum": 0.9} for m in ("model3", "model4", "model5")}
+                # A quarter of ResNet-18's width: 16 times fewer operations, so the
+                # ablation's runs take minutes on a CPU (the full profile uses width 64).
+                | {m: {"width": 16} for m in ("resnet18", "resnet34", "resnet50")}
+                | {"transfer": {"image_size": 96}}
             ),
             description="minutes on a laptop CPU: each model learns on a 10-class subset; "
-            "the heavy models train fewer epochs so the whole book builds in about 20 minutes",
+            "the heavy models train fewer epochs, and the ResNets are narrower",
         ),
         "full": Profile(
             name="full",
@@ -108,6 +122,11 @@ PROFILES: MappingProxyType = MappingProxyType(
             val_per_class=None,
             epochs=30,
             batch_size=128,
+            model_epochs=MappingProxyType(
+                {"resnet18": 60, "resnet34": 60, "resnet50": 60,
+                 "transfer_head": 3, "transfer_all": 15}
+            ),
+            model_options=MappingProxyType({"transfer": {"image_size": 128}}),
             description="the seed's scale: all 100,000 train and 10,000 val images (needs a GPU)",
         ),
     }

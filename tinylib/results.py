@@ -26,17 +26,31 @@ def default_results_dir() -> Path:
     return Path(__file__).resolve().parents[1] / "book" / "results"
 
 
+def record_key(record: dict) -> str:
+    """What a record is a result *of*: the model, and how it was trained if not as the seed did.
+
+    'model5' is the seed's way; 'model5-finetune-128px-all' a fine-tuning stage
+    (``tinylib.transfer``); 'resnet18-modern' a run with a named recipe. So a
+    beyond-the-seed run never stands in for a reproduction of the seed's table.
+    """
+    model = record["model"]
+    if record.get("stage"):
+        return f"{model}-finetune-{record.get('image_size', 64)}px-{record['stage']}"
+    recipe = (record.get("recipe") or {}).get("name")
+    return f"{model}-{recipe}" if recipe else model
+
+
 def full_scale_records(folder: Path | str | None = None) -> dict[str, dict]:
-    """The best full-profile record per model found in ``folder``."""
+    """The best full-profile record per ``record_key`` found in ``folder``."""
     best: dict[str, dict] = {}
     for path in sorted(Path(folder or default_results_dir()).glob("*.json")):
         record = json.loads(path.read_text())
         if record.get("profile") != "full" or "best_val_top1" not in record:
             continue
         record["record_file"] = path.name
-        model = record["model"]
-        if model not in best or record["best_val_top1"] > best[model]["best_val_top1"]:
-            best[model] = record
+        key = record_key(record)
+        if key not in best or record["best_val_top1"] > best[key]["best_val_top1"]:
+            best[key] = record
     return best
 
 

@@ -30,6 +30,7 @@ import numpy as np
 
 from tinylib import models as models_lib
 from tinylib.profiles import Profile, get_profile, gpu_available
+from tinylib.recipes import Recipe, ablation_recipes, get_recipe, steps_per_epoch
 
 RUNS_ENV = "TINYLIB_RUNS"
 STATE_FILE = "state.json"
@@ -245,25 +246,33 @@ def _one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
 def fit(model: keras.Model, data, profile: Profile | str | None = None, *, name: str | None = None,
         epochs: int | None = None, batch_size: int | None = None, callbacks="seed",
         extra_callbacks=(), resume: bool = True, runs: Path | None = None,
-        verbose="auto") -> Run:
+        verbose="auto", notes: dict | None = None) -> Run:
     """Train ``model`` on ``data`` (a ``TinyImageNet`` subset) as ``profile`` says.
 
     ``callbacks`` is 'seed' (what the seed used for this model), or a list of
     names for ``make_callbacks``.  With ``resume`` (the default), a run folder
     that holds a checkpoint continues from its last finished epoch; a finished
-    run is returned as it is.  Returns the ``Run``; its record is in
-    ``run.record`` and in ``record.json`` in the run folder.
+    run is returned as it is.  A model built with a recipe (``build(...,
+    recipe=...)``) is fed MixUp/CutMix batches when its recipe asks for them.
+    ``notes`` are extra fields for the record (say, a fine-tuning stage).
+    Returns the ``Run``; its record is in ``run.record`` and in ``record.json``
+    in the run folder.
     """
     profile = get_profile(profile)
-    epochs = epochs or profile.epochs_for(model.name)
+    epochs = epochs or getattr(model, "tinylib_epochs", None) or profile.epochs_for(model.name)
     batch_size = batch_size or profile.batch_size
-    path = Path(runs or runs_dir()) / (name or run_name(model, profile))
+    recipe = getattr(model, "tinylib_recipe", None)
+    suffix = f"-{recipe.name}" if recipe is not None else ""  # a recipe's runs have their own folders
+    path = Path(runs or runs_dir()) / (name or run_name(model, profile, suffix))
     path.mkdir(parents=True, exist_ok=True)
     if callbacks == "seed":
-        callbacks = models_lib.seed_callbacks(model.name) if model.name in models_lib.MODELS else ()
+        seed_model = model.name in models_lib.MODELS and recipe in (None, get_recipe("seed"))
+        callbacks = models_lib.seed_callbacks(model.name) if seed_model else ()
     callbacks = tuple(callbacks)
 
-    run = Run(path=path, model=model, record=_new_record(model, data, profile, epochs, batch_size, callbacks))
+    record = _new_record(model, data, profile, epochs, batch_size, callbacks)
+    record.update(notes or {})
+    run = Run(path=path, model=model, record=record)
     state = _read_state(path) if resume else None
     if state:
         _check_same_run(path, run.record)
@@ -285,11 +294,22 @@ def fit(model: keras.Model, data, profile: Profile | str | None = None, *, name:
     print(f"Training {model.name} ({model.count_params():,} parameters) on {data.summary()}, "
           f"{epochs} epochs, batch {batch_size}, {keras.backend.backend()} on {run.record['device']}",
           flush=True)
+    if recipe is not None and recipe.mixes_batches:
+        from tinylib.mixing import MixedBatches
+
+        train_data = {"x": MixedBatches(data.train.images, y_train, batch_size, mixup=recipe.mixup,
+                                        cutmix=recipe.cutmix, seed=profile.seed)}
+        train_data["x"].set_epoch(run.epochs_done)
+        print(f"MixUp (alpha {recipe.mixup}) / CutMix (alpha {recipe.cutmix}) on the training batches",
+              flush=True)
+    else:
+        train_data = {"x": np.asarray(data.train.images), "y": y_train, "batch_size": batch_size,
+                      "shuffle": True}
     start = time.perf_counter()
     try:
         history = model.fit(
-            np.asarray(data.train.images), y_train, validation_data=(np.asarray(data.val.images), y_val),
-            epochs=epochs, initial_epoch=run.epochs_done, batch_size=batch_size, shuffle=True,
+            **train_data, validation_data=(np.asarray(data.val.images), y_val), validation_batch_size=batch_size,
+            epochs=epochs, initial_epoch=run.epochs_done,
             callbacks=[*make_callbacks(callbacks), _Checkpointer(run), *extra_callbacks],
             verbose=_verbosity(verbose),
         )
@@ -307,7 +327,7 @@ def fit(model: keras.Model, data, profile: Profile | str | None = None, *, name:
     return run
 
 
-IDENTITY = ("model", "parameters", "weights", "augmentation", "optimizer", "learning_rate")
+IDENTITY = ("model", "parameters", "weights", "augmentation", "optimizer", "learning_rate", "recipe")
 
 
 def _check_same_run(path: Path, record: dict) -> None:
@@ -339,6 +359,14 @@ def _verbosity(verbose):
 
 def _new_record(model, data, profile, epochs, batch_size, callbacks) -> dict:
     optimizer = model.optimizer
+    optimizer = getattr(optimizer, "inner_optimizer", optimizer)  # under mixed float16's loss scaling
+    recipe = getattr(model, "tinylib_recipe", None)
+    if recipe is not None:
+        learning_rate = recipe.learning_rate  # the peak: a schedule starts its warmup at 0
+    elif optimizer is not None:
+        learning_rate = float(f"{float(keras.ops.convert_to_numpy(optimizer.learning_rate)):.6g}")
+    else:
+        learning_rate = None
     return {
         "model": model.name,
         "parameters": int(model.count_params()),
@@ -358,8 +386,8 @@ def _new_record(model, data, profile, epochs, batch_size, callbacks) -> dict:
         "epochs": epochs,
         "batch_size": batch_size,
         "optimizer": type(optimizer).__name__ if optimizer else None,
-        "learning_rate": float(f"{float(keras.ops.convert_to_numpy(optimizer.learning_rate)):.6g}")
-        if optimizer else None,
+        "learning_rate": learning_rate,
+        "recipe": recipe.to_dict() if recipe is not None else None,
         "callbacks": list(callbacks),
         "versions": library_versions(),
         "git_commit": git_commit(),
@@ -369,12 +397,13 @@ def _new_record(model, data, profile, epochs, batch_size, callbacks) -> dict:
 
 def _augmentation_config(model) -> dict | None:
     """The settings of the augmentation layer at the model's head, if it has one."""
-    from tinylib.augment import RandomAffineAugment
+    from tinylib.augment import RandomAffineAugment, RandomResizedCrop
 
     for layer in model.layers:
-        if isinstance(layer, RandomAffineAugment):
+        if isinstance(layer, (RandomAffineAugment, RandomResizedCrop)):
             config = layer.get_config()
-            return {k: v for k, v in config.items() if k not in ("name", "trainable", "dtype")}
+            config = {k: v for k, v in config.items() if k not in ("name", "trainable", "dtype")}
+            return {"layer": type(layer).__name__, **config}
     return None
 
 
@@ -387,23 +416,67 @@ def load_run(path: Path | str) -> dict:
     return record
 
 
-def build(model_name: str, data, profile=None, augment: bool = True, **options) -> keras.Model:
-    """Build a model for ``data`` with the seed's augmentation and the profile's options."""
+def build(model_name: str, data, profile=None, augment: bool = True, recipe: Recipe | str | None = None,
+          epochs: int | None = None, batch_size: int | None = None, **options) -> keras.Model:
+    """Build a model for ``data`` with the seed's augmentation and the profile's options.
+
+    With a ``recipe`` (a ``Recipe`` or a name: 'seed', 'modern'), the recipe decides
+    the precision, the augmentation layer, the optimizer with its schedule (which
+    needs the run's length: ``epochs`` and ``batch_size``, the profile's by default)
+    and the loss; ``fit`` then reads the recipe from the model.
+    """
     from tinylib.augment import augmentation
 
     profile = get_profile(profile)
-    options = {**profile.options_for(models_lib.normalize_name(model_name)), **options}
-    return models_lib.build_model(model_name, num_classes=data.num_classes,
-                                  augmentation=augmentation() if augment else None, **options)
+    key = models_lib.normalize_name(model_name)
+    options = {**profile.options_for(key), **options}
+    if recipe is None:
+        return models_lib.build_model(model_name, num_classes=data.num_classes,
+                                      augmentation=augmentation() if augment else None, **options)
+    recipe = get_recipe(recipe)
+    configure_precision(recipe.precision)
+    epochs = epochs or profile.epochs_for(key)
+    steps = steps_per_epoch(len(data.train), batch_size or profile.batch_size)
+    model = models_lib.build_model(model_name, num_classes=data.num_classes, compile=False,
+                                   augmentation=recipe.augmentation_layer() if augment else None, **options)
+    models_lib.compile_model(model, recipe.make_optimizer(steps, epochs), loss=recipe.make_loss())
+    model.tinylib_recipe = recipe
+    model.tinylib_epochs = epochs  # the schedule's length: fit trains this many epochs
+    return model
 
 
 def train_model(model_name: str, data, profile=None, *, augment: bool = True, build_options=None,
-                **fit_kwargs) -> Run:
+                recipe: Recipe | str | None = None, **fit_kwargs) -> Run:
     """Build and train one model in a profile: the one call each model chapter makes."""
     profile = get_profile(profile)
     keras.utils.set_random_seed(profile.seed)
-    model = build(model_name, data, profile, augment=augment, **(build_options or {}))
+    build_options = dict(build_options or {})
+    if recipe is not None:
+        build_options.update(recipe=recipe, epochs=fit_kwargs.get("epochs"),
+                             batch_size=fit_kwargs.get("batch_size"))
+    model = build(model_name, data, profile, augment=augment, **build_options)
     return fit(model, data, profile, **fit_kwargs)
+
+
+def compare_recipes(model_name: str, data, profile=None, recipes: dict | None = None,
+                    **fit_kwargs) -> dict[str, Run]:
+    """Train one model once per recipe, on the same subset from the same seed: an ablation.
+
+    ``recipes`` maps a label to a ``Recipe`` (default: ``ablation_recipes()``, the
+    seed's recipe and then the modern one's ingredients added one at a time).
+    Each run gets its own folder, named after the recipe, so it resumes on its own.
+    """
+    profile = get_profile(profile)
+    recipes = recipes if recipes is not None else ablation_recipes()
+    key = models_lib.normalize_name(model_name)
+    fit_kwargs.setdefault("epochs", profile.epochs_for("recipes") if "recipes" in profile.model_epochs
+                          else profile.epochs_for(key))
+    runs = {}
+    for label, recipe in recipes.items():
+        recipe = get_recipe(recipe)
+        print(f"--- {label}: {recipe.describe()}", flush=True)
+        runs[label] = train_model(key, data, profile, recipe=recipe, **fit_kwargs)
+    return runs
 
 
 def compare_optimizers(model_name: str, data, profile=None, optimizers=("adam", "rmsprop", "sgd", "nadam"),

@@ -1,0 +1,104 @@
+"""Training throughput of every model: images per second at the full profile's batch size.
+
+For each model it times training steps on in-memory images, with the in-model
+augmentation and without it, and prints the device. It also times the input side
+alone (slicing batches from memory and copying them to the device): when that is
+many times faster than a training step, training is not input-bound, and the
+difference between the two training figures is what augmentation costs on the device.
+
+    python benchmarks/model_throughput.py [--models model1,resnet18] [--batch 128] [--steps 20]
+    KERAS_BACKEND=jax python benchmarks/model_throughput.py        # on a GPU: mixed bfloat16
+
+Images are random uint8 (speed does not depend on the pixels). Model 5 is built
+with random weights (speed does not depend on them either); the ResNets at full width.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from tinylib import models  # noqa: E402
+from tinylib.augment import augmentation  # noqa: E402
+from tinylib.profiles import PROFILES  # noqa: E402
+from tinylib.train import configure_precision, device_name  # noqa: E402
+
+NUM_CLASSES = 200
+
+
+def build(name, augment):
+    extra = {"weights": None} if name == "model5" else {}
+    return models.build_model(name, num_classes=NUM_CLASSES, augmentation=augmentation(seed=0) if augment else None,
+                              **extra)
+
+
+def time_training(model, images, labels, batch, steps, warmup):
+    """Seconds per step over ``steps`` steps, after ``warmup`` steps (compilation)."""
+    n = batch * (steps + warmup)
+    model.fit(images[:batch * warmup], labels[:batch * warmup], batch_size=batch, epochs=1, verbose=0,
+              shuffle=False)
+    start = time.perf_counter()
+    model.fit(images[:n - batch * warmup], labels[:n - batch * warmup], batch_size=batch, epochs=1,
+              verbose=0, shuffle=False)
+    return (time.perf_counter() - start) / steps
+
+
+def time_input(images, labels, batch, steps):
+    """Seconds per batch to gather a shuffled batch from memory and put it on the device."""
+    rng = np.random.default_rng(0)
+    start = time.perf_counter()
+    for _ in range(steps):
+        rows = np.sort(rng.choice(len(images), batch, replace=False))
+        x = keras.ops.convert_to_tensor(images[rows].astype("float32"))
+        y = keras.ops.convert_to_tensor(labels[rows])
+        keras.ops.convert_to_numpy(keras.ops.sum(x)) + keras.ops.convert_to_numpy(keras.ops.sum(y))
+    return (time.perf_counter() - start) / steps
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(models.MODELS), help="comma-separated (default: all)")
+    parser.add_argument("--batch", type=int, default=PROFILES["full"].batch_size,
+                        help="batch size (default: the full profile's)")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation)")
+    parser.add_argument("--precision", default="auto", help="auto (mixed bfloat16 on a GPU) | float32 | ...")
+    args = parser.parse_args(argv)
+
+    policy = configure_precision(args.precision)
+    batch, steps = args.batch, args.steps
+    rng = np.random.default_rng(0)
+    n = batch * (steps + args.warmup)
+    images = rng.integers(0, 256, (n, 64, 64, 3), dtype=np.uint8)
+    labels = np.eye(NUM_CLASSES, dtype="float32")[rng.integers(0, NUM_CLASSES, n)]
+    print(f"device: {device_name()}; backend {keras.backend.backend()}; dtype policy {policy}; "
+          f"batch {batch}; {steps} timed steps after {args.warmup} warm-up steps", flush=True)
+    feed = time_input(images, labels, batch, steps)
+    print(f"input alone (gather a batch, copy it to the device): {feed * 1e3:.1f} ms/batch, "
+          f"{batch / feed:,.0f} images/s", flush=True)
+    print(f"{'model':10s} {'params':>12s} {'ms/step aug':>12s} {'ms/step no aug':>15s} "
+          f"{'images/s aug':>13s} {'images/s no aug':>16s} {'step/input':>11s}", flush=True)
+    for name in args.models.split(","):
+        name = models.normalize_name(name)
+        results = {}
+        for augment in (True, False):
+            keras.utils.clear_session()
+            keras.utils.set_random_seed(0)
+            model = build(name, augment)
+            results[augment] = time_training(model, images, labels, batch, steps, args.warmup)
+            params = model.count_params()
+            del model
+        aug, plain = results[True], results[False]
+        print(f"{name:10s} {params:12,d} {aug * 1e3:12.1f} {plain * 1e3:15.1f} {batch / aug:13,.0f} "
+              f"{batch / plain:16,.0f} {aug / feed:10.0f}x", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,207 @@
+"""tinylib.recipes and tinylib.mixing: each ingredient of the modern recipe does what it says."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+import numpy as np
+import pytest
+
+from tinylib import augment, data, recipes, train
+from tinylib.mixing import MixedBatches
+from tinylib.profiles import Profile
+from tinylib.recipes import RECIPES, Recipe
+
+
+@pytest.fixture
+def restore_policy():
+    previous = keras.config.dtype_policy()
+    yield
+    keras.config.set_dtype_policy(previous)
+
+
+def test_unknown_settings_are_refused_with_the_valid_ones():
+    with pytest.raises(ValueError, match="adamw"):
+        Recipe(optimizer="lamb")
+    with pytest.raises(ValueError, match="warmup"):
+        Recipe(warmup=1.5)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        Recipe(label_smoothing=-0.1)
+    with pytest.raises(ValueError, match="modern"):
+        recipes.get_recipe("fancy")
+
+
+def test_the_seed_recipe_is_the_seed_training():
+    seed = recipes.get_recipe(None)
+    optimizer = seed.make_optimizer(10, 3)
+    assert type(optimizer) is keras.optimizers.Adam
+    assert float(keras.ops.convert_to_numpy(optimizer.learning_rate)) == pytest.approx(1e-4)
+    assert seed.make_loss().get_config()["label_smoothing"] == 0
+    assert isinstance(seed.augmentation_layer(), augment.RandomAffineAugment)
+    assert seed.describe() == "recipe 'seed': the seed's"
+
+
+def test_ablation_adds_one_ingredient_per_step_and_ends_at_modern():
+    steps = list(recipes.ablation_recipes().items())
+    assert steps[0][1] == RECIPES["seed"] and steps[-1][1] == RECIPES["modern"]
+    names = [recipe.name for _, recipe in steps]
+    assert len(set(names)) == len(names)  # each step has its own run folder
+    fields = [f.name for f in dataclasses.fields(Recipe) if f.name != "name"]
+    for (_, before), (label, after) in zip(steps, steps[1:]):
+        changed = {f for f in fields if getattr(before, f) != getattr(after, f)}
+        assert changed, label
+        for field in changed:  # nothing changed so far is changed back
+            assert getattr(after, field) == getattr(RECIPES["modern"], field)
+
+
+def test_cosine_schedule_warms_up_linearly_then_decays_to_zero():
+    recipe = Recipe(optimizer="sgd", learning_rate=0.1, schedule="cosine", warmup=0.1)
+    schedule = recipe.learning_rate_schedule(steps_per_epoch=10, epochs=10)  # 100 steps, 10 warmup
+    rate = [float(keras.ops.convert_to_numpy(schedule(step))) for step in range(101)]
+    assert rate[0] == pytest.approx(0.0)
+    assert rate[5] == pytest.approx(0.05)
+    assert rate[10] == pytest.approx(0.1)
+    assert all(a >= b for a, b in zip(rate[10:], rate[11:]))
+    assert rate[55] == pytest.approx(0.05, rel=1e-3)  # half way down the cosine
+    assert rate[100] == pytest.approx(0.0, abs=1e-7)
+
+
+def test_constant_schedule_with_warmup_ramps_then_holds():
+    schedule = Recipe(learning_rate=0.01, warmup=0.5).learning_rate_schedule(steps_per_epoch=4, epochs=2)
+    rate = [float(keras.ops.convert_to_numpy(schedule(step))) for step in range(8)]
+    assert rate[0] == pytest.approx(0.0025) and rate[3:] == pytest.approx([0.01] * 5)
+
+
+def test_sgd_has_nesterov_momentum_and_adamw_keeps_its_stated_decay():
+    sgd = RECIPES["modern"].make_optimizer(5, 2)
+    assert type(sgd) is keras.optimizers.SGD and sgd.momentum == 0.9 and sgd.nesterov
+    adamw = Recipe(optimizer="adamw", learning_rate=1e-3, weight_decay=0.05).make_optimizer()
+    assert type(adamw) is keras.optimizers.AdamW and adamw.weight_decay == 0.05
+    assert Recipe(optimizer="adamw").make_optimizer().weight_decay == 0.0
+
+
+def test_weight_decay_shrinks_kernels_but_not_batchnorm_or_biases():
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="dense"),
+                              keras.layers.BatchNormalization(name="bn")])
+    optimizer = Recipe(optimizer="sgd", momentum=0.0, learning_rate=0.1, weight_decay=0.5).make_optimizer()
+    for layer in model.layers:  # non-zero everywhere, so a shrink would show
+        layer.set_weights([np.full(w.shape, 2.0, "float32") for w in layer.get_weights()])
+    before = {v.path: keras.ops.convert_to_numpy(v).copy() for v in model.trainable_variables}
+    zeros = [keras.ops.zeros(v.shape) for v in model.trainable_variables]
+    optimizer.apply_gradients(zip(zeros, model.trainable_variables))
+    after = {v.path: keras.ops.convert_to_numpy(v) for v in model.trainable_variables}
+    for path in before:
+        if path.endswith("kernel"):
+            np.testing.assert_allclose(after[path], before[path] * (1 - 0.1 * 0.5))
+        else:  # bias, gamma, beta
+            np.testing.assert_array_equal(after[path], before[path])
+
+
+def test_label_smoothing_puts_a_floor_under_a_confident_loss():
+    y = np.eye(4, dtype="float32")[[0, 1]]
+    p = np.clip(y, 1e-7, 1.0)
+    plain = float(Recipe().make_loss()(y, p))
+    smoothed = float(Recipe(label_smoothing=0.1).make_loss()(y, p))
+    assert plain < 1e-5 and smoothed > 0.5
+
+
+def test_crop_recipe_uses_random_resized_crop_and_none_uses_nothing():
+    assert isinstance(Recipe(augmentation="crop").augmentation_layer(), augment.RandomResizedCrop)
+    assert Recipe(augmentation="none").augmentation_layer() is None
+
+
+# --- MixUp / CutMix batches ---------------------------------------------------------
+
+
+def coloured_batch(n=16, classes=4):
+    """Class c's images are all 40*c: a mixed image's mean is its label-weighted colour."""
+    labels = np.arange(n) % classes
+    images = np.broadcast_to((40.0 * labels)[:, None, None, None], (n, 64, 64, 3)).astype("uint8").copy()
+    return images, np.eye(classes, dtype="float32")[labels]
+
+
+@pytest.mark.parametrize("mix", [dict(mixup=0.4), dict(cutmix=1.0), dict(mixup=0.2, cutmix=1.0)])
+def test_mixed_labels_match_the_mixed_pixels(mix):
+    images, onehot = coloured_batch()
+    batches = MixedBatches(images, onehot, batch_size=8, seed=0, **mix)
+    assert len(batches) == 2
+    mixed_somewhere = False
+    for i in range(len(batches)):
+        x, y = batches[i]
+        assert x.shape == (8, 64, 64, 3) and y.shape == (8, 4)
+        np.testing.assert_allclose(y.sum(axis=1), 1.0, atol=1e-5)
+        colours = y @ (40.0 * np.arange(4))
+        np.testing.assert_allclose(x.mean(axis=(1, 2, 3)), colours, atol=0.01)
+        mixed_somewhere |= bool((y.max(axis=1) < 0.999).any())
+    assert mixed_somewhere
+
+
+def test_mixed_batches_cover_every_image_once_and_resume_in_order():
+    images, onehot = coloured_batch(n=10)
+    first = MixedBatches(images, onehot, batch_size=4, mixup=0.2, seed=3)
+    order_epoch0 = first.order.copy()
+    first.on_epoch_end()
+    resumed = MixedBatches(images, onehot, batch_size=4, mixup=0.2, seed=3)
+    resumed.set_epoch(1)
+    assert sorted(order_epoch0) == list(range(10))
+    np.testing.assert_array_equal(first.order, resumed.order)
+    assert not np.array_equal(order_epoch0, first.order)
+    with pytest.raises(ValueError, match="mixup"):
+        MixedBatches(images, onehot, batch_size=4)
+
+
+# --- recipes through build and fit -------------------------------------------------
+
+
+def smoke_profile(epochs=2):
+    return Profile("smoke", classes=None, train_per_class=None, val_per_class=None,
+                   epochs=epochs, batch_size=8)
+
+
+@pytest.mark.slow
+def test_modern_recipe_trains_a_resnet_and_records_every_ingredient(tmp_path, tiny_env, synthetic,
+                                                                    monkeypatch, restore_policy):
+    monkeypatch.setenv("TINYLIB_DATA", str(synthetic))
+    ds = data.load()
+    run = train.train_model("resnet18", ds, smoke_profile(), recipe="modern", build_options={"width": 4},
+                            runs=tmp_path, verbose=0)
+    record = run.record
+    assert record["finished"] and run.path.name == "resnet18-smoke-tensorflow-modern"
+    assert record["recipe"] == RECIPES["modern"].to_dict()
+    assert record["optimizer"] == "SGD" and record["learning_rate"] == 0.05
+    assert record["augmentation"]["layer"] == "RandomResizedCrop"
+    assert record["callbacks"] == []  # the seed's callbacks belong to the seed's recipe
+    rates = record["history"]["learning_rate"]  # cosine: falls to zero by the last step
+    assert rates[0] > rates[1] and rates[1] == pytest.approx(0.0, abs=1e-6)
+    # The same folder with another recipe is another run: refused, not resumed.
+    other = train.build("resnet18", ds, smoke_profile(), recipe=RECIPES["modern"].replace(label_smoothing=0.2),
+                        width=4)
+    with pytest.raises(ValueError, match="recipe"):
+        train.fit(other, ds, smoke_profile(), runs=tmp_path, verbose=0)
+
+
+@pytest.mark.slow
+def test_compare_recipes_trains_each_recipe_in_its_own_folder(tmp_path, tiny_env, synthetic, monkeypatch):
+    monkeypatch.setenv("TINYLIB_DATA", str(synthetic))
+    ds = data.load()
+    chosen = {"seed": "seed", "no augmentation": Recipe(name="plain", augmentation="none")}
+    runs = train.compare_recipes("resnet18", ds, smoke_profile(epochs=1), recipes=chosen,
+                                 build_options={"width": 4}, runs=tmp_path, verbose=0)
+    assert list(runs) == ["seed", "no augmentation"]
+    assert {r.path.name for r in runs.values()} == {"resnet18-smoke-tensorflow-seed",
+                                                    "resnet18-smoke-tensorflow-plain"}
+    assert runs["no augmentation"].record["augmentation"] is None
+    assert all(r.record["epochs_run"] == 1 for r in runs.values())
+
+
+def test_mixed_float16_wraps_the_optimizer_in_loss_scaling(tiny_env, synthetic, monkeypatch, restore_policy):
+    monkeypatch.setenv("TINYLIB_DATA", str(synthetic))
+    ds = data.load()
+    model = train.build("resnet18", ds, smoke_profile(), recipe=Recipe(name="fp16", precision="mixed_float16"),
+                        width=4)
+    assert keras.config.dtype_policy().name == "mixed_float16"
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert model.get_layer("stem_conv").compute_dtype == "float16"
+    record = train._new_record(model, ds, smoke_profile(), 2, 8, ())
+    assert record["optimizer"] == "Adam" and record["dtype_policy"] == "mixed_float16"

@@ -1,0 +1,84 @@
+"""MixUp and CutMix batches for ``fit``: Keras' own layers, applied as batches are served.
+
+Both mix the *labels* as well as the images (MixUp blends two images and their
+one-hot labels with one weight; CutMix pastes a box of one image into another and
+weighs the labels by the box's area), so they cannot live inside the model the way
+the geometric augmentation does: they act on the batches the model is fed. The
+model's own augmentation (crop, flip) then runs on the mixed images, on the device.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+
+__all__ = ["MixedBatches"]
+
+
+class MixedBatches(keras.utils.PyDataset):
+    """Shuffled training batches with MixUp and/or CutMix (one of the two per batch).
+
+    ``images`` are uint8 (N, H, W, 3) as loaded, ``labels`` one-hot float32 (N, C).
+    With both ``mixup`` and ``cutmix`` on, each batch gets CutMix with probability
+    ``cutmix_probability``, else MixUp, as in timm's recipe. The order is reshuffled
+    every epoch from ``seed`` and the epoch number, so a resumed run sees the same
+    sequence of batches it would have seen without the interruption.
+    """
+
+    def __init__(self, images, labels, batch_size, mixup=0.0, cutmix=0.0, cutmix_probability=0.5,
+                 seed=0, **kwargs):
+        super().__init__(**kwargs)
+        if not (mixup or cutmix):
+            raise ValueError("MixedBatches needs mixup > 0 or cutmix > 0 (else pass the arrays to fit)")
+        self.images, self.labels = images, np.asarray(labels, dtype="float32")
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.epoch = 0
+        self.cutmix_probability = float(cutmix_probability) if mixup and cutmix else float(bool(cutmix))
+        self.mixup = keras.layers.MixUp(alpha=mixup, seed=seed) if mixup else None
+        self.cutmix = keras.layers.CutMix(factor=cutmix, seed=seed) if cutmix else None
+        self._shuffle()
+
+    def _shuffle(self):
+        rng = np.random.default_rng([self.seed, self.epoch])
+        self.order = rng.permutation(len(self.images))
+        self.choice = rng.random(len(self))  # which mix each batch gets
+
+    def set_epoch(self, epoch: int):
+        """Start at ``epoch`` (used when a run resumes)."""
+        self.epoch = int(epoch)
+        self._shuffle()
+
+    def __len__(self):
+        return math.ceil(len(self.images) / self.batch_size)
+
+    def __getitem__(self, index):
+        rows = np.sort(self.order[index * self.batch_size:(index + 1) * self.batch_size])
+        batch = {"images": np.asarray(self.images[rows], dtype="float32"), "labels": self.labels[rows]}
+        if self.choice[index] < self.cutmix_probability:
+            return self._cut_mix(batch)
+        mixed = self.mixup(batch, training=True)
+        return (keras.ops.convert_to_numpy(mixed["images"]),
+                keras.ops.convert_to_numpy(mixed["labels"]).astype("float32"))
+
+    def _cut_mix(self, batch):
+        """Keras' CutMix boxes, with each label weighed by the pixels its box really covers.
+
+        Keras weighs the labels by the box's real-valued area, while the pasted box
+        covers whole pixels: on 64x64 images that is off by up to a few percent. The
+        exact share is the mean of the pixel mask, which its transformation exposes.
+        """
+        layer = self.cutmix
+        transformation = layer.get_random_transformation(batch, training=True)
+        images = layer.transform_images(batch["images"], transformation, training=True)
+        mask = keras.ops.convert_to_numpy(transformation["batch_masks"]).astype("float32")
+        pasted = mask.mean(axis=(1, 2, 3))[:, None]
+        order = keras.ops.convert_to_numpy(transformation["permutation_order"])
+        labels = (1.0 - pasted) * batch["labels"] + pasted * batch["labels"][order]
+        return keras.ops.convert_to_numpy(images), labels.astype("float32")
+
+    def on_epoch_end(self):
+        self.epoch += 1
+        self._shuffle()

@@ -1,0 +1,239 @@
+"""Training recipes: every ingredient of a modern recipe as one named, tested setting.
+
+The seed trained every model the same way: Adam at a constant 1e-4, plain
+cross-entropy, small random rotations, shifts, shears and zooms. A ``Recipe``
+says all of that in one value, and each field can be changed on its own, which is
+what an ablation needs (``ablation_recipes``)::
+
+    seed = RECIPES["seed"]
+    sgd = seed.replace(optimizer="sgd", learning_rate=0.05, schedule="cosine")
+
+``RECIPES["modern"]`` combines them: SGD with Nesterov momentum, decoupled weight
+decay, label smoothing, cosine decay after a linear warmup, random-resized crops
+and MixUp/CutMix (He et al. 2019, "Bag of tricks"; Yun et al. 2019, CutMix).
+
+Where each ingredient acts:
+
+* ``optimizer``, ``learning_rate``, ``momentum``, ``weight_decay``, ``schedule``
+  and ``warmup``: the optimizer (``make_optimizer``);
+* ``label_smoothing``: the loss (``make_loss``);
+* ``augmentation``: a layer in the model, active only in training (``augmentation_layer``);
+* ``mixup`` and ``cutmix``: the batches fed to ``fit``, because they mix the labels
+  too (``tinylib.mixing``);
+* ``precision``: Keras' dtype policy (``tinylib.train.configure_precision``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from types import MappingProxyType
+
+import keras
+
+__all__ = ["RECIPES", "Recipe", "ablation_recipes", "get_recipe"]
+
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "nadam")
+SCHEDULES = ("constant", "cosine")
+AUGMENTATIONS = ("seed", "crop", "none")
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+# Decoupled weight decay is not applied to BatchNorm's scale and shift or to biases:
+# shrinking them towards zero regularizes nothing and only fights the normalization.
+NO_DECAY_PATTERN = ("gamma", "beta", "bias")
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """How a model is trained, apart from the model and the data.
+
+    * ``optimizer``: 'adam', 'adamw', 'sgd' (with ``momentum``, Nesterov), 'rmsprop' or 'nadam'.
+    * ``learning_rate``: the peak rate (after warmup, before decay).
+    * ``weight_decay``: decoupled, as Keras applies it: each step multiplies the
+      weights by ``1 - learning_rate * weight_decay``. PyTorch's SGD adds its weight
+      decay to the gradient instead, where momentum 0.9 multiplies it by ten: its
+      usual 5e-4 corresponds to about 5e-3 here.
+    * ``label_smoothing``: the target puts ``1 - label_smoothing`` on the true class
+      and spreads the rest over all classes, so the network is not pushed to be certain.
+    * ``schedule``: 'constant' or 'cosine' (decays to zero over the run);
+      ``warmup``: the fraction of all steps over which the rate rises linearly from 0.
+    * ``augmentation``: 'seed' (the seed's affine transforms and brightness), 'crop'
+      (random-resized crop and flip) or 'none'.
+    * ``mixup`` / ``cutmix``: the Beta parameter of MixUp / CutMix, 0 for off; with
+      both on, each batch gets one or the other.
+    * ``precision``: 'auto' (mixed bfloat16 on a GPU, float32 on a CPU) or a Keras policy.
+    """
+
+    name: str = "seed"
+    optimizer: str = "adam"
+    learning_rate: float = 1e-4
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    label_smoothing: float = 0.0
+    schedule: str = "constant"
+    warmup: float = 0.0
+    augmentation: str = "seed"
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    precision: str = "auto"
+
+    def __post_init__(self):
+        for field, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES),
+                               ("augmentation", AUGMENTATIONS), ("precision", PRECISIONS)):
+            if getattr(self, field) not in allowed:
+                raise ValueError(f"recipe {self.name!r}: {field} must be one of "
+                                 f"{', '.join(allowed)}; got {getattr(self, field)!r}")
+        for field in ("learning_rate", "weight_decay", "label_smoothing", "mixup", "cutmix"):
+            if getattr(self, field) < 0:
+                raise ValueError(f"recipe {self.name!r}: {field} must be >= 0")
+        if not 0.0 <= self.warmup < 1.0:
+            raise ValueError(f"recipe {self.name!r}: warmup is a fraction of the run, in [0, 1)")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"recipe {self.name!r}: label_smoothing must be in [0, 1)")
+
+    def replace(self, **changes) -> "Recipe":
+        """A copy with some fields changed (give it a new ``name`` to tell the runs apart)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @property
+    def mixes_batches(self) -> bool:
+        return bool(self.mixup or self.cutmix)
+
+    # --- the pieces ---------------------------------------------------------------
+
+    def learning_rate_schedule(self, steps_per_epoch: int, epochs: int):
+        """A float for 'constant', else a Keras schedule over ``epochs`` epochs."""
+        if self.schedule == "constant" and not self.warmup:
+            return self.learning_rate
+        total = max(1, int(steps_per_epoch) * int(epochs))
+        warmup_steps = int(round(self.warmup * total))
+        if self.schedule == "constant":
+            return _WarmupConstant(self.learning_rate, warmup_steps)
+        return keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=0.0 if warmup_steps else self.learning_rate,
+            decay_steps=max(1, total - warmup_steps),
+            warmup_target=self.learning_rate if warmup_steps else None,
+            warmup_steps=warmup_steps,
+        )
+
+    def make_optimizer(self, steps_per_epoch: int = 1, epochs: int = 1):
+        """The optimizer, with its schedule and weight decay."""
+        rate = self.learning_rate_schedule(steps_per_epoch, epochs)
+        kwargs = {"learning_rate": rate}
+        if self.weight_decay:
+            kwargs["weight_decay"] = self.weight_decay
+        if self.optimizer == "sgd":
+            optimizer = keras.optimizers.SGD(momentum=self.momentum, nesterov=bool(self.momentum), **kwargs)
+        elif self.optimizer == "adamw":
+            kwargs.setdefault("weight_decay", 0.0)  # AdamW's own default (0.004) would hide in the record
+            optimizer = keras.optimizers.AdamW(**kwargs)
+        else:
+            optimizer = {"adam": keras.optimizers.Adam, "rmsprop": keras.optimizers.RMSprop,
+                         "nadam": keras.optimizers.Nadam}[self.optimizer](**kwargs)
+        if self.weight_decay:
+            optimizer.exclude_from_weight_decay(var_names=list(NO_DECAY_PATTERN))
+        return optimizer
+
+    def make_loss(self):
+        return keras.losses.CategoricalCrossentropy(label_smoothing=self.label_smoothing)
+
+    def augmentation_layer(self, seed=None):
+        """The in-model augmentation layer, or None for 'none'."""
+        from tinylib import augment
+
+        if self.augmentation == "seed":
+            return augment.augmentation(seed=seed)
+        if self.augmentation == "crop":
+            return augment.RandomResizedCrop(seed=seed, name="augmentation")
+        return None
+
+    def describe(self) -> str:
+        """One line: what differs from the seed's recipe."""
+        base = Recipe()
+        changes = [f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self)
+                   if f.name != "name" and getattr(self, f.name) != getattr(base, f.name)]
+        return f"recipe '{self.name}': " + (", ".join(changes) if changes else "the seed's")
+
+
+@keras.saving.register_keras_serializable(package="tinylib")
+class _WarmupConstant(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warmup to a constant rate (the cosine schedule has its own warmup)."""
+
+    def __init__(self, learning_rate, warmup_steps):
+        self.learning_rate = float(learning_rate)
+        self.warmup_steps = int(warmup_steps)
+
+    def __call__(self, step):
+        step = keras.ops.cast(step, "float32")
+        fraction = keras.ops.minimum(1.0, (step + 1.0) / max(1, self.warmup_steps))
+        return self.learning_rate * fraction
+
+    def get_config(self):
+        return {"learning_rate": self.learning_rate, "warmup_steps": self.warmup_steps}
+
+
+RECIPES = MappingProxyType({
+    "seed": Recipe(),
+    "modern": Recipe(
+        name="modern",
+        optimizer="sgd",
+        learning_rate=0.05,
+        momentum=0.9,
+        weight_decay=5e-3,
+        label_smoothing=0.1,
+        schedule="cosine",
+        warmup=0.05,
+        augmentation="crop",
+        mixup=0.2,
+        cutmix=1.0,
+    ),
+})
+
+
+def get_recipe(recipe: "Recipe | str | None" = None) -> Recipe:
+    """A recipe by name ('seed', 'modern'), or the one given; None is the seed's."""
+    if recipe is None:
+        return RECIPES["seed"]
+    if isinstance(recipe, Recipe):
+        return recipe
+    try:
+        return RECIPES[str(recipe).lower()]
+    except KeyError:
+        raise ValueError(f"unknown recipe {recipe!r}: choose one of {', '.join(RECIPES)}, "
+                         "or make one with tinylib.recipes.Recipe(...)") from None
+
+
+def ablation_recipes() -> dict[str, Recipe]:
+    """The seed's recipe, then the modern one's ingredients added one at a time.
+
+    Each step keeps everything before it, so the table reads as a path from the
+    seed's recipe to the modern one, and each row's change is that ingredient's effect.
+    """
+    modern = RECIPES["modern"]
+    steps = {"seed": RECIPES["seed"]}
+    current = RECIPES["seed"]
+    for name, changes in (
+        ("+ SGD, cosine, warmup", dict(optimizer="sgd", momentum=modern.momentum,
+                                        learning_rate=modern.learning_rate,
+                                        schedule="cosine", warmup=modern.warmup)),
+        ("+ weight decay", dict(weight_decay=modern.weight_decay)),
+        ("+ label smoothing", dict(label_smoothing=modern.label_smoothing)),
+        ("+ random-resized crop", dict(augmentation="crop")),
+        ("+ MixUp/CutMix (modern)", dict(mixup=modern.mixup, cutmix=modern.cutmix)),
+    ):
+        current = current.replace(name=_slug(name), **changes)
+        steps[name] = current
+    # The last step is the modern recipe itself: it shares its name, and so its run folder.
+    steps["+ MixUp/CutMix (modern)"] = current.replace(name="modern")
+    return steps
+
+
+def _slug(label: str) -> str:
+    words = "".join(c if c.isalnum() else " " for c in label.lower()).split()
+    return "-".join(words)
+
+
+def steps_per_epoch(train_images: int, batch_size: int) -> int:
+    return max(1, math.ceil(train_images / batch_size))

@@ -1,0 +1,104 @@
+"""Transfer learning with Model 5: fine-tune the pretrained backbone in stages.
+
+The seed trained all of Model 5 from the first step: the randomly initialized head
+sends large, noisy gradients into the pretrained backbone and spoils some of what
+it knew. The usual remedy (Keras' transfer-learning guide; Kornblith et al. 2019)
+runs in two stages:
+
+1. **head**: the backbone is frozen (``trainable = False``, which in Keras also
+   runs its BatchNorm layers in inference mode) and only the new head learns, at
+   a normal learning rate;
+2. **all**: every layer is unfrozen and the whole network trains on from stage 1's
+   weights at a learning rate ten times lower, so the backbone moves only a little.
+   Its BatchNorm layers stay frozen by default: their ImageNet statistics are
+   better estimates than small batches of Tiny ImageNet give.
+
+Optionally the images are upsampled inside the model (``image_size=128``), so the
+filters, learned on ImageNet's 224x224 crops, see objects nearer the size they
+learned them at. Inputs get the preprocessing the ImageNet weights expect.
+Each stage is an ordinary run (``tinylib.train.fit``) with its own folder and
+record; a run without ImageNet weights says ``"weights": "random"`` and
+``"pretrained": false`` in its record.
+"""
+
+from __future__ import annotations
+
+import keras
+
+from tinylib import models
+from tinylib.profiles import get_profile
+from tinylib.train import Run, build, fit, run_name
+
+__all__ = ["STAGES", "backbone_of", "fine_tune", "set_backbone_trainable"]
+
+STAGES = ("head", "all")
+
+
+def backbone_of(model: keras.Model) -> keras.Model:
+    """Model 5's ResNet50 backbone (one nested layer of the model)."""
+    return model.get_layer("resnet50")
+
+
+def set_backbone_trainable(model: keras.Model, trainable: bool, freeze_batchnorm: bool = True) -> None:
+    """Freeze or unfreeze the backbone; unfrozen, its BatchNorm layers may stay frozen."""
+    backbone = backbone_of(model)
+    backbone.trainable = trainable
+    if trainable and freeze_batchnorm:
+        for layer in backbone.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.trainable = False
+
+
+def fine_tune(data, profile=None, *, weights="imagenet", image_size: int | None = None,
+              head_epochs: int | None = None, all_epochs: int | None = None,
+              head_learning_rate: float = 1e-3, all_learning_rate: float = 1e-4,
+              freeze_batchnorm: bool = True, augment: bool = True, name: str | None = None,
+              stages=STAGES, **fit_kwargs) -> dict[str, Run]:
+    """Train Model 5 in stages: the head on a frozen backbone, then all layers.
+
+    ``weights`` is 'imagenet' (Keras' download), a weights file, or None (random:
+    the stages then say nothing about pretraining, and the records say so).
+    ``image_size`` upsamples inside the model (None keeps 64x64; 'profile' takes
+    the profile's choice: 96 on a CPU, 128 at full scale). The epochs
+    default to the profile's 'transfer_head' and 'transfer_all' entries.
+    Returns ``{"head": run, "all": run}`` (the stages asked for); each stage
+    resumes on its own, and stage 'all' starts from stage 'head''s final weights.
+    """
+    profile = get_profile(profile)
+    if image_size == "profile":
+        image_size = profile.options_for("transfer").get("image_size")
+    unknown = set(stages) - set(STAGES)
+    if unknown or not stages:
+        raise ValueError(f"stages must be taken from {STAGES}, got {stages}")
+    keras.utils.set_random_seed(profile.seed)
+    model = build("model5", data, profile, augment=augment, weights=weights, preprocess="imagenet",
+                  image_size=image_size, compile=False)
+    origin = model.tinylib_weights
+    pretrained = weights is not None
+    base = name or run_name(model, profile, f"-finetune-{image_size or 64}px" + ("" if pretrained else "-random"))
+    notes = {"pretrained": pretrained, "image_size": image_size or 64, "preprocess": "imagenet"}
+    epochs = {"head": head_epochs or profile.epochs_for("transfer_head"),
+              "all": all_epochs or profile.epochs_for("transfer_all")}
+    rates = {"head": head_learning_rate, "all": all_learning_rate}
+    runs = {}
+    for stage in STAGES:
+        if stage == "head":
+            set_backbone_trainable(model, False)
+        else:
+            set_backbone_trainable(model, True, freeze_batchnorm=freeze_batchnorm)
+        if stage not in stages:
+            continue
+        # Recompiling after changing `trainable` is what makes the change take effect.
+        models.compile_model(model, "adam", rates[stage])
+        model.tinylib_weights = origin
+        if not pretrained:
+            print(f"Stage '{stage}' WITHOUT pretrained weights: the backbone starts from random weights.")
+        runs[stage] = fit(model, data, profile, name=f"{base}-{stage}", epochs=epochs[stage],
+                          callbacks=(), notes={**notes, "stage": stage,
+                                               "trainable_parameters": _trainable_count(model)},
+                          **fit_kwargs)
+    return runs
+
+
+def _trainable_count(model: keras.Model) -> int:
+    return int(sum(keras.ops.size(v) for v in model.trainable_variables))
