@@ -137,8 +137,33 @@ def _pair(value, name):
     return float(value), float(value)
 
 
+class _TrainingOnlyAugmentation(keras.layers.Layer):
+    """What this module's layers share: they augment only with ``training=True``,
+    draw their parameters from one seeded generator, and keep the image shape."""
+
+    def __init__(self, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def _uniform(self, batch, low, high):
+        return keras.random.uniform((batch,), minval=low, maxval=high, seed=self.seed_generator)
+
+    def call(self, inputs, training=False):
+        if not training:
+            return inputs
+        images = ops.cast(inputs, self.compute_dtype)
+        return self.augment(images, ops.shape(images)[0], images.shape[1], images.shape[2])
+
+    def augment(self, images, batch, height, width):
+        raise NotImplementedError
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
 @keras.saving.register_keras_serializable(package="tinylib")
-class RandomAffineAugment(keras.layers.Layer):
+class RandomAffineAugment(_TrainingOnlyAugmentation):
     """Random rotation/shift/shear/zoom/flip in one resample, then brightness.
 
     Active only when called with ``training=True`` (``model.fit`` does
@@ -162,7 +187,7 @@ class RandomAffineAugment(keras.layers.Layer):
         seed=None,
         **kwargs,
     ):
-        super().__init__(**kwargs)
+        super().__init__(seed=seed, **kwargs)
         self.rotation = float(rotation)
         self.shift = _pair(shift, "shift")
         self.shear = float(shear)
@@ -174,8 +199,6 @@ class RandomAffineAugment(keras.layers.Layer):
         self.flip_probability = float(flip_probability)
         self.fill_mode = fill_mode
         self.interpolation = interpolation
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
         if not 0.0 <= self.zoom < 1.0:
             raise ValueError(f"zoom must be in [0, 1), got {zoom}")
         if self.brightness is not None and len(self.brightness) != 2:
@@ -195,17 +218,7 @@ class RandomAffineAugment(keras.layers.Layer):
     def _has_brightness(self):
         return self.brightness is not None and self.brightness != (1.0, 1.0)
 
-    def _uniform(self, batch, low, high):
-        return keras.random.uniform(
-            (batch,), minval=low, maxval=high, seed=self.seed_generator
-        )
-
-    def call(self, inputs, training=False):
-        if not training:
-            return inputs
-        images = ops.cast(inputs, self.compute_dtype)
-        batch = ops.shape(images)[0]
-        height, width = images.shape[1], images.shape[2]
+    def augment(self, images, batch, height, width):
         if self._has_geometry:
             rot = math.radians(self.rotation)
             shift_h, shift_w = self.shift
@@ -239,9 +252,6 @@ class RandomAffineAugment(keras.layers.Layer):
             images = ops.clip(images * factor[:, None, None, None], 0.0, 1.0)
         return images
 
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
     def get_config(self):
         config = super().get_config()
         config.update(
@@ -260,7 +270,7 @@ class RandomAffineAugment(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="tinylib")
-class RandomResizedCrop(keras.layers.Layer):
+class RandomResizedCrop(_TrainingOnlyAugmentation):
     """Random crop of random area and aspect ratio, resized back to full size, plus flip.
 
     The "Inception-style" crop that modern ImageNet recipes use instead of the
@@ -275,7 +285,7 @@ class RandomResizedCrop(keras.layers.Layer):
 
     def __init__(self, scale=(0.35, 1.0), ratio=(3 / 4, 4 / 3), flip=True,
                  interpolation="bilinear", seed=None, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(seed=seed, **kwargs)
         self.scale = tuple(float(v) for v in scale)
         self.ratio = tuple(float(v) for v in ratio)
         if not 0.0 < self.scale[0] <= self.scale[1] <= 1.0:
@@ -284,18 +294,8 @@ class RandomResizedCrop(keras.layers.Layer):
             raise ValueError(f"ratio must be (low, high) with 0 < low <= high, got {ratio}")
         self.flip = bool(flip)
         self.interpolation = interpolation
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
 
-    def _uniform(self, batch, low, high):
-        return keras.random.uniform((batch,), minval=low, maxval=high, seed=self.seed_generator)
-
-    def call(self, inputs, training=False):
-        if not training:
-            return inputs
-        images = ops.cast(inputs, self.compute_dtype)
-        batch = ops.shape(images)[0]
-        height, width = images.shape[1], images.shape[2]
+    def augment(self, images, batch, height, width):
         area = self._uniform(batch, *self.scale)
         log_ratio = self._uniform(batch, math.log(self.ratio[0]), math.log(self.ratio[1]))
         aspect = ops.exp(log_ratio)
@@ -321,9 +321,6 @@ class RandomResizedCrop(keras.layers.Layer):
         return ops.image.affine_transform(
             images, ops.cast(transform, images.dtype), interpolation=self.interpolation,
             fill_mode="nearest", data_format="channels_last")
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
 
     def get_config(self):
         config = super().get_config()

@@ -403,6 +403,8 @@ def _augmentation_config(model) -> dict | None:
         if isinstance(layer, (RandomAffineAugment, RandomResizedCrop)):
             config = layer.get_config()
             config = {k: v for k, v in config.items() if k not in ("name", "trainable", "dtype")}
+            if isinstance(layer, RandomAffineAugment):
+                return config  # the seed's augmentation, recorded as records before the crop had it
             return {"layer": type(layer).__name__, **config}
     return None
 
