@@ -186,11 +186,9 @@ def test_compare_recipes_trains_each_recipe_in_its_own_folder(tmp_path, tiny_env
     monkeypatch.setenv("TINYLIB_DATA", str(synthetic))
     ds = data.load()
     chosen = {"seed": "seed", "no augmentation": Recipe(name="plain", augmentation="none")}
-    runs = train.compare_recipes("resnet18", ds, smoke_profile(epochs=1), recipes=chosen,
-                                 build_options={"width": 4}, runs=tmp_path, verbose=0)
+    runs = train.compare_recipes("model2", ds, smoke_profile(epochs=1), recipes=chosen, runs=tmp_path, verbose=0)
     assert list(runs) == ["seed", "no augmentation"]
-    assert {r.path.name for r in runs.values()} == {"resnet18-smoke-tensorflow-seed",
-                                                    "resnet18-smoke-tensorflow-plain"}
+    assert {r.path.name for r in runs.values()} == {"model2-smoke-tensorflow-seed", "model2-smoke-tensorflow-plain"}
     assert runs["no augmentation"].record["augmentation"] is None
     assert all(r.record["epochs_run"] == 1 for r in runs.values())
 
