@@ -113,6 +113,19 @@ def test_notebooks_are_committed_without_outputs():
     )
 
 
+def test_notebooks_that_display_markdown_tables_render_them_as_tables():
+    """MyST-NB renders display(Markdown(...)) as CommonMark unless the notebook asks for
+    GitHub-flavoured Markdown: a table would come out as one paragraph of pipes."""
+    missing = []
+    for path in book_files(".ipynb"):
+        nb = json.loads(path.read_text(encoding="utf-8"))
+        code = "".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
+        if "Markdown(" in code and "|---" in code:
+            if nb["metadata"].get("mystnb", {}).get("render_markdown_format") != "gfm":
+                missing.append(str(path.relative_to(ROOT)))
+    assert not missing, f"set metadata mystnb.render_markdown_format = 'gfm' in {missing}"
+
+
 # --- the introduction states the profiles as tinylib defines them ---------------
 
 def test_readme_profile_table_matches_tinylib_profiles():
