@@ -39,15 +39,25 @@ def build(name, augment):
                               **extra)
 
 
+class _StepClock(keras.callbacks.Callback):
+    """The time at the end of every training step, inside one ``fit``."""
+
+    def __init__(self):
+        super().__init__()
+        self.ends = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.ends.append(time.perf_counter())
+
+
 def time_training(model, images, labels, batch, steps, warmup):
-    """Seconds per step over ``steps`` steps, after ``warmup`` steps (compilation)."""
+    """Seconds per step over ``steps`` steps that follow ``warmup`` steps, in one ``fit``
+    (a second ``fit`` call could retrace the step function and time the tracing)."""
     n = batch * (steps + warmup)
-    model.fit(images[:batch * warmup], labels[:batch * warmup], batch_size=batch, epochs=1, verbose=0,
-              shuffle=False)
-    start = time.perf_counter()
-    model.fit(images[:n - batch * warmup], labels[:n - batch * warmup], batch_size=batch, epochs=1,
-              verbose=0, shuffle=False)
-    return (time.perf_counter() - start) / steps
+    clock = _StepClock()
+    model.fit(images[:n], labels[:n], batch_size=batch, epochs=1, verbose=0, shuffle=False,
+              callbacks=[clock])
+    return (clock.ends[-1] - clock.ends[warmup - 1]) / steps
 
 
 def time_input(images, labels, batch, steps):
@@ -68,9 +78,11 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=PROFILES["full"].batch_size,
                         help="batch size (default: the full profile's)")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation), at least 1")
     parser.add_argument("--precision", default="auto", help="auto (mixed bfloat16 on a GPU) | float32 | ...")
     args = parser.parse_args(argv)
+    if args.warmup < 1 or args.steps < 1:
+        parser.error("--steps and --warmup must be at least 1 (the first step compiles)")
 
     policy = configure_precision(args.precision)
     batch, steps = args.batch, args.steps
