@@ -1,26 +1,32 @@
-"""Augmentation throughput: tinylib's one-pass layer vs the seed's ImageDataGenerator.
+"""Augmentation throughput: tinylib's IDG layer vs the study's ImageDataGenerator pipelines.
 
-Both pipelines read the same uint8 images (N, 64, 64, 3) from NumPy, rescale
-them to [0, 1] and apply rotation 20 deg, shift 0.2, shear, zoom 0.2,
-brightness x[0.8, 1.2] and horizontal flips with nearest fill, and both hand
-back NumPy batches (so the tinylib timing includes the device sync).
+The same augmentation three ways, with the study's values
+(``tinylib.augment.STUDY_AUGMENTATION``: rotation 20, shifts 0.2, shear 0.2
+degrees, zoom 0.2, flips, brightness 0.8-1.2, nearest fill) and ``rescale=1/255``:
 
-Shear: tinylib's ``shear=0.2`` is a shear *factor* (tan of the angle);
-ImageDataGenerator's ``shear_range`` is in degrees, so it gets
-``degrees(atan(0.2))`` = 11.3 degrees, the same maximum shear.
+* ``ImageDataGenerator.flow_from_directory``: the study's real pipeline, which
+  reads and decodes the JPEGs every epoch (here N training JPEGs, linked into a
+  temporary folder with one subfolder per class);
+* ``ImageDataGenerator.flow``: the same generator over the decoded uint8 images
+  in memory (augmentation alone);
+* tinylib's ``ImageDataGeneratorAugment`` after ``Rescaling`` (the model head),
+  eager and compiled, over the same in-memory images; it hands back NumPy
+  batches, so its timing includes the device sync.
+
+It prints images/s of each and, for tinylib, both ratios.
 
     python benchmarks/augment_throughput.py [--images 2048] [--batch 128]
 
-Images: the first N training images of Tiny ImageNet when ``TINYLIB_DATA``
-is set and ``tinylib.data`` can load them; random uint8 images otherwise.
+Images: the first N training JPEGs of ``$TINYLIB_DATA/train`` (round-robin over
+classes); without ``TINYLIB_DATA``, N random images written as JPEGs.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,28 +35,46 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from tinylib.augment import augmentation  # noqa: E402
-
-ROTATION, SHIFT, SHEAR, ZOOM, BRIGHTNESS = 20, 0.2, 0.2, 0.2, (0.8, 1.2)
+from tinylib.augment import STUDY_AUGMENTATION, augmentation  # noqa: E402
 
 
-def load_images(n):
-    """(images, description): real Tiny ImageNet if available, else random."""
-    if os.environ.get("TINYLIB_DATA"):
-        try:
-            from tinylib import data
+def training_jpegs(n):
+    """(paths, description): N real training JPEGs, round-robin over classes, or None."""
+    root = os.environ.get("TINYLIB_DATA")
+    if not root:
+        return None, "TINYLIB_DATA is not set"
+    classes = sorted(p for p in (Path(root) / "train").glob("*/images") if p.is_dir())
+    per_class = [sorted(c.glob("*.JPEG")) for c in classes]
+    paths = [files[i] for i in range(max(map(len, per_class), default=0))
+             for files in per_class if i < len(files)][:n]
+    if len(paths) < n:
+        return None, f"only {len(paths)} JPEGs under {root}/train"
+    return paths, f"{n} Tiny ImageNet train JPEGs ($TINYLIB_DATA)"
 
-            train = data.load().train
-            images = np.asarray(train.images[:n])
-            if len(images) == n:
-                return images, f"{n} Tiny ImageNet train images (TINYLIB_DATA)"
-            reason = f"only {len(images)} images available"
-        except Exception as error:  # any failure: fall back, but say why
-            reason = f"{type(error).__name__}: {error}"
-        print(f"note: could not use real images ({reason}); using random ones")
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (n, 64, 64, 3), dtype=np.uint8)
-    return images, f"{n} random uint8 images (set TINYLIB_DATA for real ones)"
+
+def image_folder(n, folder):
+    """Fill ``folder`` with N JPEGs in class subfolders; return (uint8 images, description)."""
+    from PIL import Image
+
+    from tinylib.data import decode_image
+
+    paths, source = training_jpegs(n)
+    if paths is None:
+        print(f"note: {source}; using random images written as JPEGs")
+        rng = np.random.default_rng(0)
+        images = rng.integers(0, 256, (n, 64, 64, 3), dtype=np.uint8)
+        for i, image in enumerate(images):
+            (folder / f"c{i % 10}").mkdir(exist_ok=True)
+            Image.fromarray(image).save(folder / f"c{i % 10}" / f"{i}.JPEG", quality=90)
+        paths = sorted(folder.glob("*/*.JPEG"))
+        source = f"{n} random images as JPEGs (set TINYLIB_DATA for real ones)"
+    else:
+        for path in paths:
+            wnid = path.parent.parent.name
+            (folder / wnid).mkdir(exist_ok=True)
+            (folder / wnid / path.name).symlink_to(path.resolve())
+    images = np.stack([decode_image(Path(p).read_bytes(), Path(p).name) for p in paths])
+    return images, source
 
 
 def image_data_generator_class():
@@ -62,32 +86,28 @@ def image_data_generator_class():
     return ImageDataGenerator
 
 
-def seed_pipeline(images, batch):
-    """The seed's ImageDataGenerator(...).flow(x, y, batch_size)."""
-    generator = image_data_generator_class()(
-        rescale=1 / 255,
-        rotation_range=ROTATION,
-        width_shift_range=SHIFT,
-        height_shift_range=SHIFT,
-        shear_range=math.degrees(math.atan(SHEAR)),
-        zoom_range=ZOOM,
-        brightness_range=BRIGHTNESS,
-        horizontal_flip=True,
-        fill_mode="nearest",
-    )
+def idg():
+    return image_data_generator_class()(rescale=1 / 255, **STUDY_AUGMENTATION)
+
+
+def flow_pipeline(images, batch):
+    """The study's generator over decoded images in memory: ``flow(x, y, batch_size)``."""
     labels = np.zeros(len(images), dtype="int32")
-    flow = generator.flow(images, labels, batch_size=batch, shuffle=False, seed=0)
+    flow = idg().flow(images, labels, batch_size=batch, shuffle=False, seed=0)
+    return lambda _: next(flow)[0]
+
+
+def directory_pipeline(folder, batch):
+    """The study's real pipeline: ``flow_from_directory`` (reads and decodes the JPEGs)."""
+    flow = idg().flow_from_directory(str(folder), target_size=(64, 64), batch_size=batch,
+                                     class_mode="sparse", shuffle=False, seed=0)
     return lambda _: next(flow)[0]
 
 
 def tinylib_layer():
-    """Rescaling + augmentation, exactly the model head used in training."""
+    """Rescaling + the study's augmentation, exactly the model head used in training."""
     rescale = keras.layers.Rescaling(1 / 255)
-    augment = augmentation(
-        rotation=ROTATION, shift=SHIFT, shear=SHEAR, zoom=ZOOM,
-        brightness=BRIGHTNESS, flip=True, fill_mode="nearest", seed=0,
-    )
-    head = keras.Sequential([keras.Input((64, 64, 3)), rescale, augment])
+    head = keras.Sequential([keras.Input((64, 64, 3)), rescale, augmentation(seed=0)])
     return head
 
 
@@ -171,21 +191,25 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
 
-    images, source = load_images(args.images)
-    print(describe_device())
-    print(f"images: {source}; batch {args.batch}; best of {args.rounds} rounds")
-
-    head = tinylib_layer()
-    pipelines = {
-        "seed ImageDataGenerator.flow": seed_pipeline(images, args.batch),
-        "tinylib layer, eager": tinylib_eager(head),
-        "tinylib layer, compiled": tinylib_compiled(head),
-    }
-    results = best_of(pipelines, images, args.batch, args.rounds)
-    baseline = results["seed ImageDataGenerator.flow"]
+    with tempfile.TemporaryDirectory() as tmp:
+        images, source = image_folder(args.images, Path(tmp))
+        print(describe_device())
+        print(f"images: {source}; batch {args.batch}; best of {args.rounds} rounds")
+        print(f"augmentation: {STUDY_AUGMENTATION}")
+        head = tinylib_layer()
+        pipelines = {
+            "IDG.flow_from_directory (study)": directory_pipeline(Path(tmp), args.batch),
+            "IDG.flow (in memory)": flow_pipeline(images, args.batch),
+            "tinylib layer, eager": tinylib_eager(head),
+            "tinylib layer, compiled": tinylib_compiled(head),
+        }
+        results = best_of(pipelines, images, args.batch, args.rounds)
+    directory, flow = results["IDG.flow_from_directory (study)"], results["IDG.flow (in memory)"]
     for name, rate in results.items():
-        print(f"{name:32s} {rate:10,.0f} images/s   {rate / baseline:6.1f}x seed")
-
+        ratios = (f"   {rate / directory:6.1f}x flow_from_directory   {rate / flow:6.1f}x flow"
+                  if name.startswith("tinylib") else "")
+        print(f"{name:32s} {rate:10,.0f} images/s{ratios}")
+    return results
 
 if __name__ == "__main__":
     main()

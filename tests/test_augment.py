@@ -14,6 +14,8 @@ from tinylib import augment
 from tinylib.augment import RandomAffineAugment, apply_affine
 
 NO_CHANGE = dict(rotation=0, shift=0, shear=0, zoom=0, brightness=(1, 1), flip=False)
+IDG_NO_CHANGE = dict(rotation_range=0, width_shift_range=0, height_shift_range=0, shear_range=0,
+                     zoom_range=0, horizontal_flip=False, brightness_range=None)
 
 
 def random_images(n=2, size=16, seed=0):
@@ -156,12 +158,38 @@ def test_augment_batch_returns_uint8_images_of_the_same_shape():
     images = (random_images(n=2, size=16) * 255).astype("uint8")
     out = augment.augment_batch(images, seed=0)
     assert out.dtype == np.uint8 and out.shape == images.shape
-    single = augment.augment_batch(images[0], seed=0, **NO_CHANGE)
+    single = augment.augment_batch(images[0], seed=0, **IDG_NO_CHANGE)
     np.testing.assert_array_equal(single, images[0])
 
 
-def test_config_round_trip_and_saved_model_reload(tmp_path):
-    layer = augment.augmentation(rotation=10, shift=(0.1, 0.3), zoom=0.1, seed=4)
+def test_augmentation_is_the_study_idg_layer():
+    layer = augment.augmentation(seed=3)
+    assert isinstance(layer, augment.ImageDataGeneratorAugment) and layer.name == "augmentation"
+    config = layer.get_config()
+    for key, value in augment.STUDY_AUGMENTATION.items():
+        expected = [1 - value, 1 + value] if key == "zoom_range" else value
+        assert config[key] == (list(expected) if isinstance(expected, tuple) else expected), key
+    assert augment.augmentation(rotation_range=5).rotation_range == 5  # overrides
+
+
+@pytest.mark.parametrize("layer_factory", [
+    lambda: RandomAffineAugment(rotation=10, shift=(0.1, 0.3), zoom=0.1, seed=4),
+    lambda: augment.augmentation(rotation_range=10, width_shift_range=4, height_shift_range=[0.1, 0.2],
+                                 zoom_range=(0.9, 1.3), fill_mode="wrap", cval=0.5, seed=4),
+])
+def test_config_round_trip_and_saved_model_reload(tmp_path, layer_factory):
+    layer = layer_factory()
+    if isinstance(layer, augment.ImageDataGeneratorAugment):
+        clone = augment.ImageDataGeneratorAugment.from_config(layer.get_config())
+        assert clone.get_config() == layer.get_config()
+        assert clone.width_shift_range == 4 and clone.zoom_range == (0.9, 1.3)
+        model = keras.Sequential([keras.Input((8, 8, 3)), layer, keras.layers.Flatten(), keras.layers.Dense(2)])
+        path = tmp_path / "idg.keras"
+        model.save(path)
+        reloaded = keras.models.load_model(path).layers[0]
+        assert isinstance(reloaded, augment.ImageDataGeneratorAugment)
+        assert reloaded.get_config() == layer.get_config()
+        return
     clone = RandomAffineAugment.from_config(layer.get_config())
     assert clone.get_config() == layer.get_config()
     assert clone.shift == (0.1, 0.3)
@@ -270,3 +298,191 @@ def test_crop_rejects_bad_ranges_and_round_trips_its_config():
     layer = augment.RandomResizedCrop(scale=(0.5, 1.0), seed=2)
     again = augment.RandomResizedCrop.from_config(layer.get_config())
     assert again.scale == (0.5, 1.0) and again.seed == 2
+
+
+# --- the study's augmentation: ImageDataGenerator, with IDG itself as the oracle -----
+
+try:
+    from keras.preprocessing.image import ImageDataGenerator
+except ImportError:  # Keras 3 keeps it only under keras.src
+    from keras.src.legacy.preprocessing.image import ImageDataGenerator
+
+IDG_MODES = ("nearest", "constant", "reflect", "wrap")
+# Pixels (values) allowed to differ by more than one grey level: those whose source
+# point lies within float32 noise (~1e-5 px) of a place where IDG's float64 result
+# jumps (the image border in 'constant', wrap's seam) or of a whole grey level that
+# IDG truncates before brightness.  In practice about 2 values in 100,000.
+STRAY_FRACTION = 5e-4
+
+
+def idg_parameters(rng, trial):
+    """A random parameter set, wider than the study's; zx != zy, flips and brightness on/off."""
+    return dict(
+        theta=rng.uniform(-45, 45), tx=rng.uniform(-16, 16), ty=rng.uniform(-16, 16),
+        shear=rng.uniform(-30, 30), zx=rng.uniform(0.6, 1.4), zy=rng.uniform(0.6, 1.4),
+        flip_horizontal=bool(trial % 2), brightness=rng.uniform(0.6, 1.4) if trial % 3 else None,
+    )
+
+
+def compare_with_idg(images_uint8, trials, seed=0, modes=IDG_MODES):
+    """Largest difference (grey levels) and the fraction of values off by more than one."""
+    rng = np.random.RandomState(seed)
+    worst, stray, total = 0.0, 0, 0
+    for mode in modes:
+        generator = ImageDataGenerator(fill_mode=mode, cval=40.0)
+        for trial in range(trials):
+            image = images_uint8[trial % len(images_uint8)].astype("float32")
+            params = idg_parameters(rng, trial)
+            expected = generator.apply_transform(image.copy(), params)
+            ours = numpy(augment.apply_idg_transform(image / 255.0, params, fill_mode=mode, cval=40 / 255))
+            diff = np.abs(ours * 255.0 - expected)
+            worst, stray, total = max(worst, diff.max()), stray + (diff > 1.0 + 1e-3).sum(), total + diff.size
+    return worst, stray / total
+
+
+def synthetic_uint8(n=3, size=64, seed=0):
+    smooth = smooth_images(n=1, size=size)[0]
+    noisy = random_images(n=n - 1, size=size, seed=seed)
+    return np.round(np.concatenate([smooth[None], noisy]) * 255).astype("uint8")
+
+
+def test_idg_parameters_give_idg_images_on_synthetic_images():
+    worst, stray = compare_with_idg(synthetic_uint8(), trials=12)
+    assert stray <= STRAY_FRACTION, (worst, stray)
+
+
+def test_idg_match_holds_for_non_square_images_and_with_pixel_shifts():
+    """Non-square: IDG centres its first (column) axis with the height; we follow it."""
+    images = np.round(random_images(n=2, size=64)[:, :40, :56] * 255).astype("uint8")
+    worst, stray = compare_with_idg(images, trials=6, seed=1)
+    assert stray <= STRAY_FRACTION, (worst, stray)
+    # Whole-pixel shifts alone (what an int shift range draws): no interpolation, exact.
+    image = synthetic_uint8(n=2)[1]
+    for params in ({"tx": 3, "ty": -5}, {"tx": -7, "flip_horizontal": 1}, {"flip_horizontal": 1}):
+        expected = ImageDataGenerator(fill_mode="constant").apply_transform(image.astype("float32"), params)
+        ours = numpy(augment.apply_idg_transform(image / 255.0, params, fill_mode="constant"))
+        np.testing.assert_allclose(ours * 255.0, expected, atol=1e-3)
+
+
+def test_the_check_has_teeth():
+    """Keras' own resample (other boundary rules) or a swapped tx/ty would fail it."""
+    image = synthetic_uint8(n=2)[1].astype("float32")
+    params = {"theta": 10.0, "tx": 6.0, "ty": -2.0, "zx": 0.8, "zy": 1.1}
+    expected = ImageDataGenerator(fill_mode="constant").apply_transform(image.copy(), params)
+    swapped = numpy(augment.apply_idg_transform(image / 255, {**params, "tx": -2.0, "ty": 6.0},
+                                                fill_mode="constant"))
+    assert np.abs(swapped * 255 - expected).max() > 50
+    matrix = augment.idg_transform_matrix(64, 64, **params)
+    keras_own = numpy(ops.image.affine_transform(image[None] / 255, matrix, fill_mode="constant"))[0]
+    assert np.abs(keras_own * 255 - expected).max() > 20  # it blends the border with cval
+
+
+@pytest.mark.realdata
+def test_idg_parameters_give_idg_images_on_real_images(real_data_path):
+    from tinylib.data import decode_image
+
+    files = sorted((real_data_path / "train").glob("*/images/*.JPEG"))[::5000][:6]
+    assert files, f"no training JPEGs under {real_data_path}"
+    images = np.stack([decode_image(f.read_bytes(), f.name) for f in files])
+    worst, stray = compare_with_idg(images, trials=12, seed=2)
+    assert stray <= STRAY_FRACTION, (worst, stray)
+
+
+def test_random_layer_applies_the_parameters_it_draws():
+    """The layer = draw_parameters + apply_idg_transform, with one generator state."""
+    images = random_images(n=4, size=16)
+    layer = augment.augmentation(seed=5)
+    out = augment.apply(layer, images, seed=11)
+    layer.seed_generator.state.assign(ops.convert_to_tensor([11, 0], layer.seed_generator.state.dtype))
+    params = layer.draw_parameters(4, 16, 16)  # the same draws as the call above
+    expected = numpy(augment.apply_idg_transform(images, params, fill_mode="nearest"))
+    np.testing.assert_allclose(out, expected, atol=1e-6)
+
+
+def draws_from_both(kwargs, n=4000):
+    layer = augment.ImageDataGeneratorAugment(seed=0, **kwargs)
+    ours = {k: None if v is None else numpy(v) for k, v in layer.draw_parameters(n, 64, 64).items()}
+    generator = ImageDataGenerator(**kwargs)
+    np.random.seed(0)
+    theirs = [generator.get_random_transform((64, 64, 3)) for _ in range(n)]
+    theirs = {k: None if ours[k] is None else np.array([t[k] for t in theirs], dtype="float64")
+              for k in ours}
+    return ours, theirs
+
+
+def test_drawn_parameters_have_idg_distributions():
+    from scipy import stats
+
+    kwargs = dict(rotation_range=20, width_shift_range=0.2, height_shift_range=0.1, shear_range=15,
+                  zoom_range=0.2, horizontal_flip=True, brightness_range=(0.8, 1.2))
+    ours, theirs = draws_from_both(kwargs)
+    for key in ("theta", "tx", "ty", "shear", "zx", "zy", "brightness"):
+        assert stats.ks_2samp(ours[key], theirs[key]).pvalue > 1e-3, key
+        lo, hi = theirs[key].min(), theirs[key].max()
+        span = hi - lo
+        assert lo - 0.01 * span <= ours[key].min() < lo + 0.01 * span, key
+        assert hi - 0.01 * span < ours[key].max() <= hi + 0.01 * span, key
+    assert abs(ours["tx"].max() - 6.4) < 0.1 and abs(ours["ty"].max() - 12.8) < 0.1  # 0.1*64, 0.2*64
+    assert abs(ours["flip_horizontal"].mean() - theirs["flip_horizontal"].mean()) < 0.05
+    # zx and zy independent (IDG draws two), not one shared zoom.
+    assert abs(np.corrcoef(ours["zx"], ours["zy"])[0, 1]) < 0.06
+    assert np.abs(ours["zx"] - ours["zy"]).mean() > 0.1
+
+
+def test_int_and_list_shift_ranges_draw_like_idg():
+    ours, theirs = draws_from_both(dict(width_shift_range=4, height_shift_range=[0.1, 0.25]), n=2000)
+    assert set(np.unique(ours["ty"])) == set(np.unique(theirs["ty"])) == {-3, -2, -1, 0, 1, 2, 3}
+    np.testing.assert_allclose(np.unique(ours["tx"]), [-16.0, -6.4, 6.4, 16.0], rtol=1e-6)
+    for key in ("tx", "ty"):
+        counts = [np.unique(d[key], return_counts=True)[1] / len(d[key]) for d in (ours, theirs)]
+        np.testing.assert_allclose(*counts, atol=0.05)
+    assert (ours["zx"] == 1).all() and ours["brightness"] is None and not ours["flip_horizontal"].any()
+
+
+def test_idg_layer_inference_is_identity_and_rejects_bad_arguments():
+    images = random_images(n=2)
+    np.testing.assert_array_equal(numpy(augment.augmentation(seed=0)(images)), images)
+    np.testing.assert_array_equal(
+        numpy(augment.ImageDataGeneratorAugment(**IDG_NO_CHANGE)(images, training=True)), images)
+    with pytest.raises(ValueError, match="fill_mode"):
+        augment.ImageDataGeneratorAugment(fill_mode="mirror")
+    with pytest.raises(ValueError, match="zoom_range"):
+        augment.ImageDataGeneratorAugment(zoom_range=(0.8, 0.9, 1.0))
+    with pytest.raises(ValueError, match="bilinear"):
+        augment.ImageDataGeneratorAugment(interpolation="nearest")
+
+
+JAX_SCRIPT = '''
+import numpy as np, keras
+assert keras.backend.backend() == "jax"
+import test_augment as t
+worst, stray = t.compare_with_idg(t.synthetic_uint8(), trials=4, modes=("nearest", "wrap"))
+assert stray <= t.STRAY_FRACTION, (worst, stray)
+model = keras.Sequential([keras.Input((16, 16, 3)), t.augment.augmentation(seed=0),
+                          keras.layers.Flatten(), keras.layers.Dense(2, activation="softmax")])
+model.compile(optimizer="sgd", loss="categorical_crossentropy")  # fit jit-compiles the layer
+x = t.random_images(n=8, size=16)
+history = model.fit(x, np.eye(2, dtype="float32")[np.arange(8) % 2], batch_size=4, verbose=0)
+assert np.isfinite(history.history["loss"][0])
+print("JAX OK", worst, stray)
+'''
+
+
+def test_idg_layer_on_the_jax_backend(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("jax")
+    if keras.backend.backend() == "jax":
+        pytest.skip("this run is JAX already: the tests above cover it")
+    tests = Path(__file__).resolve().parent
+    env = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3",
+           "PYTHONPATH": os.pathsep.join([str(tests.parent), str(tests)])}
+    script = tmp_path / "jax_idg.py"
+    script.write_text(JAX_SCRIPT)
+    result = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "JAX OK" in result.stdout

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tinylib import models
-from tinylib.augment import RandomAffineAugment, augmentation
+from tinylib.augment import ImageDataGeneratorAugment, RandomAffineAugment, augmentation
 
 C, B, A, P, F, D, DO, G = (
     "Conv2D",
@@ -79,7 +79,7 @@ MODEL5_HEAD = [
     (D, (200,), 205_000),
 ]
 
-HEAD_LAYERS = (keras.layers.InputLayer, keras.layers.Rescaling, RandomAffineAugment)
+HEAD_LAYERS = (keras.layers.InputLayer, keras.layers.Rescaling, RandomAffineAugment, ImageDataGeneratorAugment)
 
 
 def architecture(model):
@@ -166,7 +166,7 @@ def test_augmentation_sits_after_rescaling_and_only_acts_in_training():
     small = dict(num_classes=7, input_shape=(32, 32, 3), compile=False)
     augmented = models.build_model("model1", augmentation=augmentation(seed=0), **small)
     assert isinstance(augmented.layers[1], keras.layers.Rescaling)
-    assert isinstance(augmented.layers[2], RandomAffineAugment)
+    assert isinstance(augmented.layers[2], ImageDataGeneratorAugment)
 
     plain = models.build_model("model1", **small)
     for layer in plain.layers:

@@ -38,7 +38,7 @@ def test_the_seed_recipe_is_the_seed_training():
     assert type(optimizer) is keras.optimizers.Adam
     assert float(keras.ops.convert_to_numpy(optimizer.learning_rate)) == pytest.approx(1e-4)
     assert seed.make_loss().get_config()["label_smoothing"] == 0
-    assert isinstance(seed.augmentation_layer(), augment.RandomAffineAugment)
+    assert isinstance(seed.augmentation_layer(), augment.ImageDataGeneratorAugment)
     assert seed.describe() == "recipe 'seed': the seed's"
 
 

@@ -1,29 +1,35 @@
-"""The seed's data augmentation, rebuilt as an in-graph Keras layer.
+"""Data augmentation as in-graph Keras layers.
 
-The seed used ``ImageDataGenerator``, which transforms one image at a time
-in NumPy/SciPy on the CPU, once per transform.  Here the geometric
-transforms (rotation, shift, shear, zoom, horizontal flip) are composed into
-one affine matrix per image and applied with a single resample
-(``keras.ops.image.affine_transform``), batched, inside the model.  That is
-faster, runs on whatever device the model runs on, and works with both the
-TensorFlow and the JAX backend.
+The study used Keras' ``ImageDataGenerator`` (IDG), which transforms one image
+at a time in NumPy/SciPy on the CPU.  :class:`ImageDataGeneratorAugment` is
+that augmentation, exactly: IDG's argument names and units, its parameters
+drawn per image with the distributions of ``get_random_transform``, composed
+as ``apply_transform`` composes them (``rotation @ shift @ shear @ zoom`` about
+the centre, then the horizontal flip, then brightness), and resampled with
+scipy's bilinear boundary rules.  It differs in how, not what: all geometry
+(flip included) is one batched resample inside the model, on whatever device
+the model runs on, with either the TensorFlow or the JAX backend.
+:func:`augmentation` returns it with the study's values,
+:data:`STUDY_AUGMENTATION` (the one place they are written down), and
+:func:`apply_idg_transform` applies given IDG parameters (tests, the book).
 
-Conventions (all ranges are symmetric around "no change"):
+:class:`RandomAffineAugment` is tinylib's own, simpler parametrisation of the
+same kinds of transforms (used to show each transform alone in chapter 4).
+It is *not* IDG's; its conventions (all ranges symmetric around "no change"):
 
 * ``rotation``: degrees, angle drawn from ``[-rotation, rotation]``.
 * ``shift``: fraction of the image size, drawn from ``[-shift, shift]``; a
   float for both axes or a ``(height, width)`` pair.
 * ``shear``: horizontal shear *factor* (tan of the shear angle), drawn from
   ``[-shear, shear]``, the meaning of ``keras.layers.RandomShear``'s
-  ``x_factor``.  ``ImageDataGenerator``'s ``shear_range`` is in degrees
-  instead: ``shear=0.2`` corresponds to ``shear_range=degrees(atan(0.2))``,
-  about 11.3 degrees.
-* ``zoom``: one factor per image (aspect ratio kept) drawn from
-  ``[1 - zoom, 1 + zoom]``; like ``ImageDataGenerator``, a factor above 1
-  shows more of the image (zooms out).
-* ``brightness``: a ``(low, high)`` range of per-image *multipliers*, as in
-  ``ImageDataGenerator(brightness_range=...)``.  (``keras.layers.
-  RandomBrightness`` adds an offset instead, so it is not used here.)
+  ``x_factor``.  IDG's ``shear_range`` is an angle in degrees with a
+  different matrix (it also scales one axis by the angle's cosine).
+* ``zoom``: ONE factor per image (aspect ratio kept) drawn from
+  ``[1 - zoom, 1 + zoom]``; above 1 shows more of the image (zooms out).
+  IDG instead draws two independent factors (height and width).
+* ``brightness``: a ``(low, high)`` range of per-image *multipliers*, like
+  IDG's ``brightness_range`` (but on floats, without IDG's uint8 rounding).
+  (``keras.layers.RandomBrightness`` adds an offset instead.)
 
 Inputs are float images in ``[0, 1]`` (the model head rescales uint8 first);
 outputs are clipped to ``[0, 1]``.
@@ -38,6 +44,10 @@ import numpy as np
 from keras import ops
 
 __all__ = [
+    "STUDY_AUGMENTATION",
+    "ImageDataGeneratorAugment",
+    "apply_idg_transform",
+    "idg_transform_matrix",
     "RandomAffineAugment",
     "RandomResizedCrop",
     "affine_matrix",
@@ -69,7 +79,7 @@ def affine_matrix(
       counter-clockwise as displayed, like ``np.rot90``),
     * ``shift_x`` / ``shift_y``: pixels the content moves right / down,
     * ``shear``: horizontal shear factor,
-    * ``zoom``: sampling scale; above 1 zooms out, as in ImageDataGenerator,
+    * ``zoom``: sampling scale, the same for both axes; above 1 zooms out,
     * ``flip``: 1 mirrors the image left-right, 0 leaves it.
 
     Keras wants the inverse map (output pixel -> input pixel), so that is
@@ -165,6 +175,10 @@ class _TrainingOnlyAugmentation(keras.layers.Layer):
 @keras.saving.register_keras_serializable(package="tinylib")
 class RandomAffineAugment(_TrainingOnlyAugmentation):
     """Random rotation/shift/shear/zoom/flip in one resample, then brightness.
+
+    tinylib's own parametrisation (see the module docstring), not
+    ``ImageDataGenerator``'s: for the study's augmentation use
+    :class:`ImageDataGeneratorAugment` (:func:`augmentation`).
 
     Active only when called with ``training=True`` (``model.fit`` does
     that); otherwise it returns its input unchanged.  Unlike Keras' own
@@ -329,16 +343,339 @@ class RandomResizedCrop(_TrainingOnlyAugmentation):
         return config
 
 
-def augmentation(name="augmentation", **ranges):
-    """The seed's augmentation as one layer for the model head.
+# --- the study's augmentation: exactly Keras' ImageDataGenerator ---------------------
 
-    Put it after ``Rescaling(1/255)``: it expects floats in ``[0, 1]``.
-    ``ranges`` are :class:`RandomAffineAugment`'s arguments (rotation=20,
-    shift=0.2, shear=0.2, zoom=0.2, brightness=(0.8, 1.2), flip=True,
-    flip_probability=0.5, fill_mode="nearest", seed=None): the ranges this
-    course chose for the seed, which named the transforms but gave no ranges.
+# The study's augmentation settings, in ImageDataGenerator's own names and units.
+# The slides name the transforms (rescale, shear, zoom, horizontal flip, rotation,
+# shift, brightness, fill_mode='nearest') but give no ranges.  These are the common
+# ImageDataGenerator recipe of the Keras documentation and tutorials (rotation 20,
+# shifts 0.2, zoom 0.2, flips, nearest fill; brightness 0.8-1.2), not values from
+# the slides.  shear_range=0.2 is what those tutorials write: ImageDataGenerator
+# reads it in DEGREES, so it is a shear of at most 0.2 degrees, i.e. practically
+# none.  We keep it because it is what the study's code most likely said; a
+# visible shear would be e.g. shear_range=11.3 (= atan(0.2) in degrees, the
+# largest shear of RandomAffineAugment's shear=0.2).
+STUDY_AUGMENTATION = dict(
+    rotation_range=20,
+    width_shift_range=0.2,
+    height_shift_range=0.2,
+    shear_range=0.2,
+    zoom_range=0.2,
+    horizontal_flip=True,
+    brightness_range=(0.8, 1.2),
+    fill_mode="nearest",
+)
+
+IDG_FILL_MODES = ("nearest", "constant", "reflect", "wrap")
+IDG_PARAMETER_NAMES = ("theta", "tx", "ty", "shear", "zx", "zy", "flip_horizontal", "brightness")
+_SNAP = 1e-4  # coordinates this close to a whole pixel are read as that pixel (float32 noise)
+
+
+def idg_transform_matrix(height, width, theta=0.0, tx=0.0, ty=0.0, shear=0.0, zx=1.0, zy=1.0,
+                         flip_horizontal=0.0):
+    """ImageDataGenerator's transform as rows for ``keras.ops.image.affine_transform``.
+
+    The parameters are those of ``ImageDataGenerator.get_random_transform`` (scalars
+    or ``(batch,)`` tensors): ``theta`` and ``shear`` in degrees, ``tx``/``ty`` in
+    pixels, ``zx``/``zy`` zoom factors, ``flip_horizontal`` 0 or 1.  The matrix is
+    IDG's ``rotation @ shift @ shear @ zoom`` about the centre (IDG's
+    ``transform_matrix_offset_center``, centre ``size / 2 - 0.5``), in IDG's own
+    coordinate order, followed by the left-right flip IDG applies after the
+    resample, folded into the same matrix.  Result: ``(batch, 8)``, the inverse map
+    (output pixel -> input pixel) Keras expects.
+
+    Two IDG details reproduced as they are: after IDG's axis swap, its first
+    coordinate (the one ``tx``, drawn from ``height_shift_range``, moves) is the
+    image's column axis, and that axis is centred with the *height*
+    (``transform_matrix_offset_center(m, h, w)``); both only matter for
+    non-square images or different height and width shift ranges.
     """
-    return RandomAffineAugment(name=name, **ranges)
+    params = [theta, tx, ty, shear, zx, zy, flip_horizontal]
+    params = [ops.reshape(ops.cast(p, "float32"), (-1,)) for p in params]
+    batch = ops.shape(sum(params))
+    theta, tx, ty, shear, zx, zy, flip = [ops.broadcast_to(p, batch) for p in params]
+    theta = theta * (math.pi / 180.0)
+    shear = shear * (math.pi / 180.0)
+    cos, sin = ops.cos(theta), ops.sin(theta)
+    # L = rotation @ shear @ zoom, t = rotation @ (tx, ty): IDG's matrix product.
+    l00 = cos * zx
+    l01 = -zy * (cos * ops.sin(shear) + sin * ops.cos(shear))
+    l10 = sin * zx
+    l11 = zy * (cos * ops.cos(shear) - sin * ops.sin(shear))
+    t0 = cos * tx - sin * ty
+    t1 = sin * tx + cos * ty
+    # transform_matrix_offset_center(matrix, h, w): offset first coordinate by h.
+    o0, o1 = height / 2.0 - 0.5, width / 2.0 - 0.5
+    t0 = t0 + o0 - (l00 * o0 + l01 * o1)
+    t1 = t1 + o1 - (l10 * o0 + l11 * o1)
+    # Flip after the resample: output column c reads the resample at width-1-c.
+    mirror = 1.0 - 2.0 * flip
+    t0 = t0 + flip * l00 * (width - 1)
+    t1 = t1 + flip * l10 * (width - 1)
+    zeros = ops.zeros_like(l00)
+    return ops.stack([l00 * mirror, l01, t0, l10 * mirror, l11, t1, zeros, zeros], axis=1)
+
+
+def _scipy_coordinate(coordinate, size, fill_mode):
+    """Map a (float) input coordinate as ``scipy.ndimage`` (order 1) does.
+
+    Returns the coordinate to interpolate at and whether it is inside the image
+    (only 'constant' reads ``cval`` outside).  scipy's boundary rules, not Keras':
+    'constant' gives ``cval`` for any point beyond the first or last pixel centre
+    (no blending with ``cval``), and 'wrap' repeats with period ``size - 1`` (the
+    first and last pixel overlap), as ``scipy.ndimage`` documents.
+    """
+    n = float(size)
+    rounded = ops.round(coordinate)
+    c = ops.where(ops.abs(coordinate - rounded) < _SNAP, rounded, coordinate)
+    inside = ops.logical_and(c >= 0.0, c <= n - 1.0)
+    if fill_mode in ("nearest", "constant"):
+        c = ops.clip(c, 0.0, n - 1.0)
+    elif fill_mode == "reflect":  # half-sample symmetric: d c b a | a b c d | d c b a
+        c = c - 2.0 * n * ops.floor(c / (2.0 * n))
+        c = ops.where(c >= n, 2.0 * n - 1.0 - c, c)
+    elif fill_mode == "wrap":
+        period = max(n - 1.0, 1.0)
+        below = c + period * (ops.floor(-c / period) + 1.0)
+        above = c - period * ops.floor(c / period)
+        c = ops.where(c < 0.0, below, ops.where(c > n - 1.0, above, c))
+    else:
+        raise ValueError(f"fill_mode must be one of {IDG_FILL_MODES}, got {fill_mode!r}")
+    return c, inside
+
+
+def _resample_like_scipy(images, transform, fill_mode="nearest", cval=0.0):
+    """Bilinear resample of a batch, with ``scipy.ndimage.affine_transform(order=1)``'s
+    boundary rules (which ``keras.ops.image.affine_transform`` does not share for
+    'constant' and 'wrap').  ``transform``: ``(batch, 8)`` rows as in Keras."""
+    batch = ops.shape(images)[0]
+    height, width, channels = images.shape[1], images.shape[2], images.shape[3]
+    rows, cols = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
+    rows = ops.convert_to_tensor(rows.reshape(1, -1).astype("float32"))
+    cols = ops.convert_to_tensor(cols.reshape(1, -1).astype("float32"))
+    t = ops.cast(transform, "float32")
+    x = t[:, 0:1] * cols + t[:, 1:2] * rows + t[:, 2:3]  # input column, (batch, H*W)
+    y = t[:, 3:4] * cols + t[:, 4:5] * rows + t[:, 5:6]  # input row
+    x, inside_x = _scipy_coordinate(x, width, fill_mode)
+    y, inside_y = _scipy_coordinate(y, height, fill_mode)
+    x0, y0 = ops.floor(x), ops.floor(y)
+    fx, fy = (x - x0)[..., None], (y - y0)[..., None]
+
+    def index(i, size):
+        return ops.cast(ops.clip(i, 0, size - 1), "int32")
+
+    x0, x1 = index(x0, width), index(x0 + 1, width)
+    y0, y1 = index(y0, height), index(y0 + 1, height)
+    # One row gather per corner from (batch * H * W, channels): cheaper than a
+    # per-channel take_along_axis.
+    flat = ops.reshape(images, (-1, channels))
+    base = ops.reshape(ops.arange(batch, dtype="int32") * (height * width), (-1, 1))
+
+    def gather(yi, xi):
+        return ops.take(flat, base + yi * width + xi, axis=0)
+
+    top = gather(y0, x0) * (1.0 - fx) + gather(y0, x1) * fx
+    bottom = gather(y1, x0) * (1.0 - fx) + gather(y1, x1) * fx
+    out = top * (1.0 - fy) + bottom * fy
+    if fill_mode == "constant":
+        inside = ops.logical_and(inside_x, inside_y)[..., None]
+        out = ops.where(inside, out, ops.cast(cval, out.dtype))
+    return ops.reshape(out, (batch, height, width, channels))
+
+
+def _idg_brightness(images, brightness):
+    """IDG's ``apply_brightness_shift``: PIL's Brightness on the image cast to uint8.
+
+    IDG truncates the (interpolated) pixel values to uint8, PIL multiplies by the
+    factor (a blend with black, in float32) and truncates again, clipped to
+    [0, 255]; reproduced here on the 0-255 scale of the [0, 1] input.
+    """
+    factor = ops.cast(ops.reshape(brightness, (-1, 1, 1, 1)), "float32")
+    grey = ops.floor(ops.clip(images, 0.0, 1.0) * 255.0 + _SNAP)
+    return ops.floor(ops.clip(grey * factor, 0.0, 255.0)) / 255.0
+
+
+def apply_idg_transform(images, params, fill_mode="nearest", cval=0.0, interpolation="bilinear"):
+    """Apply given ImageDataGenerator parameters to a batch of float ``[0, 1]`` images.
+
+    ``params`` is a dict with ``get_random_transform``'s keys (``theta``, ``tx``,
+    ``ty``, ``shear``, ``zx``, ``zy``, ``flip_horizontal``, ``brightness``), each a
+    scalar or one value per image; missing keys (or ``brightness=None``) mean "no
+    change".  One bilinear resample (flip included), then brightness, clipped to
+    ``[0, 1]``: what ``ImageDataGenerator.apply_transform`` gives, up to one grey
+    level.  ``cval`` is in the units of ``images`` (IDG's ``cval / 255``).  This is
+    what :class:`ImageDataGeneratorAugment` runs on the parameters it draws.
+    """
+    if interpolation != "bilinear":
+        raise ValueError(f"only 'bilinear' (IDG's order=1) is supported, got {interpolation!r}")
+    images = ops.convert_to_tensor(images)
+    single = len(images.shape) == 3
+    if single:
+        images = images[None]
+    images = ops.cast(images, "float32")
+    height, width = images.shape[1], images.shape[2]
+    batch = ops.shape(images)[0]
+    geometry = {k: params[k] for k in IDG_PARAMETER_NAMES[:-1] if params.get(k) is not None}
+    transform = idg_transform_matrix(height, width, **geometry)
+    transform = ops.broadcast_to(transform, (batch, 8))
+    out = _resample_like_scipy(images, transform, fill_mode=fill_mode, cval=cval)
+    if params.get("brightness") is not None:
+        brightness = ops.broadcast_to(ops.reshape(ops.cast(params["brightness"], "float32"), (-1,)),
+                                      (batch,))
+        out = _idg_brightness(out, brightness)
+    out = ops.clip(out, 0.0, 1.0)
+    return out[0] if single else out
+
+
+def _shift_range(value, name):
+    """IDG's ``width_shift_range``/``height_shift_range``: a float, an int or a list."""
+    if isinstance(value, (tuple, list, np.ndarray)):
+        return [float(v) for v in np.ravel(value)]
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return int(value)
+    return float(value)
+
+
+@keras.saving.register_keras_serializable(package="tinylib")
+class ImageDataGeneratorAugment(_TrainingOnlyAugmentation):
+    """Keras' ``ImageDataGenerator`` augmentation, as one batched in-graph layer.
+
+    Takes IDG's argument names and units and draws, per image, the parameters
+    ``ImageDataGenerator.get_random_transform`` draws, with the same
+    distributions:
+
+    * ``rotation_range``: degrees, ``theta ~ U(-r, r)``.
+    * ``height_shift_range`` -> ``tx``, ``width_shift_range`` -> ``ty``: a float
+      ``< 1`` is a fraction of the image size, ``>= 1`` pixels, ``U(-s, s)``; an
+      int ``n`` picks from ``0 .. n-1`` pixels with a random sign, a list picks
+      one of its values with a random sign (fractions if all ``< 1``), as IDG.
+    * ``shear_range``: DEGREES, ``shear ~ U(-s, s)``; IDG's shear matrix
+      ``[[1, -sin s], [0, cos s]]`` (it also scales one axis by ``cos s``).
+    * ``zoom_range``: ``z`` means ``[1 - z, 1 + z]`` (or give the pair); ``zx`` and
+      ``zy`` are drawn independently (the aspect ratio changes); above 1 zooms out.
+    * ``horizontal_flip``: flips half the images.
+    * ``brightness_range``: ``(low, high)`` multipliers, applied as IDG does, on
+      values truncated to uint8 (see :func:`apply_idg_transform`).
+    * ``fill_mode``: 'nearest', 'constant', 'reflect' or 'wrap' with scipy's
+      meaning; ``cval`` in the input's units (``[0, 1]``: IDG's ``cval / 255``).
+
+    All geometry, flip included, is one bilinear resample (IDG: scipy ``order=1``),
+    composed as IDG composes it (``rotation @ shift @ shear @ zoom`` about the
+    centre, flip after).  Inputs are floats in ``[0, 1]`` (after
+    ``Rescaling(1/255)``; IDG rescales after augmenting, which commutes with
+    everything here up to IDG's uint8 truncation in brightness); outputs are
+    clipped to ``[0, 1]``.  Active only with ``training=True``.  Defaults are
+    IDG's (no augmentation); :data:`STUDY_AUGMENTATION` holds the study's values.
+    """
+
+    def __init__(self, rotation_range=0.0, width_shift_range=0.0, height_shift_range=0.0,
+                 shear_range=0.0, zoom_range=0.0, horizontal_flip=False, brightness_range=None,
+                 fill_mode="nearest", cval=0.0, interpolation="bilinear", seed=None, **kwargs):
+        super().__init__(seed=seed, **kwargs)
+        self.rotation_range = float(rotation_range)
+        self.width_shift_range = _shift_range(width_shift_range, "width_shift_range")
+        self.height_shift_range = _shift_range(height_shift_range, "height_shift_range")
+        self.shear_range = float(shear_range)
+        if isinstance(zoom_range, (int, float)) and not isinstance(zoom_range, bool):
+            self.zoom_range = (1.0 - float(zoom_range), 1.0 + float(zoom_range))
+        elif isinstance(zoom_range, (tuple, list)) and len(zoom_range) == 2:
+            self.zoom_range = (float(zoom_range[0]), float(zoom_range[1]))
+        else:
+            raise ValueError(f"zoom_range must be a float or a pair, got {zoom_range!r}")
+        self.horizontal_flip = bool(horizontal_flip)
+        if brightness_range is not None:
+            if len(brightness_range) != 2:
+                raise ValueError(f"brightness_range must be (low, high), got {brightness_range!r}")
+            brightness_range = (float(brightness_range[0]), float(brightness_range[1]))
+        self.brightness_range = brightness_range
+        if fill_mode not in IDG_FILL_MODES:
+            raise ValueError(f"fill_mode must be one of {IDG_FILL_MODES}, got {fill_mode!r}")
+        if interpolation != "bilinear":
+            raise ValueError(f"only 'bilinear' (IDG's order=1) is supported, got {interpolation!r}")
+        self.fill_mode = fill_mode
+        self.cval = float(cval)
+        self.interpolation = interpolation
+
+    def _shift(self, spec, batch, size):
+        """One shift per image, in pixels, drawn as IDG's get_random_transform does."""
+        if not spec:
+            return ops.zeros((batch,), "float32")
+        if isinstance(spec, float):
+            shift = self._uniform(batch, -spec, spec)
+        else:
+            values = np.arange(spec) if isinstance(spec, int) else np.asarray(spec)
+            index = keras.random.randint((batch,), 0, len(values), seed=self.seed_generator)
+            shift = ops.take(ops.convert_to_tensor(values.astype("float32")), index)
+            sign = ops.where(self._uniform(batch, 0.0, 1.0) < 0.5, -1.0, 1.0)
+            shift = shift * sign
+        if np.max(spec) < 1:
+            shift = shift * float(size)
+        return shift
+
+    def draw_parameters(self, batch, height=64, width=64):
+        """Per-image parameters with IDG's keys, each a ``(batch,)`` float tensor.
+
+        ``brightness`` is ``None`` without a ``brightness_range``, as in IDG.
+        """
+        zeros = ops.zeros((batch,), "float32")
+        r, s = self.rotation_range, self.shear_range
+        low, high = self.zoom_range
+        params = {
+            "theta": self._uniform(batch, -r, r) if r else zeros,
+            "tx": self._shift(self.height_shift_range, batch, height),
+            "ty": self._shift(self.width_shift_range, batch, width),
+            "shear": self._uniform(batch, -s, s) if s else zeros,
+        }
+        if low == 1 and high == 1:
+            params["zx"] = params["zy"] = zeros + 1.0
+        else:
+            params["zx"] = self._uniform(batch, low, high)
+            params["zy"] = self._uniform(batch, low, high)
+        if self.horizontal_flip:
+            params["flip_horizontal"] = ops.cast(self._uniform(batch, 0.0, 1.0) < 0.5, "float32")
+        else:
+            params["flip_horizontal"] = zeros
+        params["brightness"] = (None if self.brightness_range is None
+                                else self._uniform(batch, *self.brightness_range))
+        return params
+
+    def augment(self, images, batch, height, width):
+        params = self.draw_parameters(batch, height, width)
+        out = apply_idg_transform(images, params, fill_mode=self.fill_mode, cval=self.cval,
+                                  interpolation=self.interpolation)
+        return ops.cast(out, images.dtype)
+
+    def get_config(self):
+        config = super().get_config()
+
+        def plain(value):
+            return list(value) if isinstance(value, (tuple, list)) else value
+
+        config.update(
+            rotation_range=self.rotation_range,
+            width_shift_range=plain(self.width_shift_range),
+            height_shift_range=plain(self.height_shift_range),
+            shear_range=self.shear_range,
+            zoom_range=list(self.zoom_range),
+            horizontal_flip=self.horizontal_flip,
+            brightness_range=plain(self.brightness_range),
+            fill_mode=self.fill_mode,
+            cval=self.cval,
+            interpolation=self.interpolation,
+            seed=self.seed,
+        )
+        return config
+
+
+def augmentation(name="augmentation", **ranges):
+    """The study's augmentation (``ImageDataGenerator``'s) as one layer for the model head.
+
+    Put it after ``Rescaling(1/255)``: it expects floats in ``[0, 1]``.  An
+    :class:`ImageDataGeneratorAugment` with :data:`STUDY_AUGMENTATION`'s values;
+    ``ranges`` (IDG's argument names, e.g. ``rotation_range=10``, ``seed=0``)
+    override them.
+    """
+    return ImageDataGeneratorAugment(name=name, **{**STUDY_AUGMENTATION, **ranges})
 
 
 def single_transform_layers(
@@ -350,8 +687,10 @@ def single_transform_layers(
     fill_mode="nearest",
     seed=None,
 ):
-    """One layer per transform, with the same ranges, to show each alone.
+    """One layer per transform, to show each alone (tinylib's parametrisation).
 
+    The ranges are :class:`RandomAffineAugment`'s (``shear`` a factor, one
+    zoom for both axes), not :data:`STUDY_AUGMENTATION`'s IDG ones.
     Keras' own layers where their meaning matches ours.  Two caveats: Keras'
     ``RandomShear`` shears about the top-left corner rather than the centre
     (same shear, plus a shift), and ``RandomBrightness`` adds rather than
@@ -397,9 +736,10 @@ def _seed_generators(layer):
 
 
 def augment_batch(images_uint8, seed=None, **ranges):
-    """Augment uint8 images (as loaded) and return uint8 images to plot.
+    """Augment uint8 images (as loaded) with the study's augmentation; uint8 out, to plot.
 
-    ``ranges`` are those of :func:`augmentation`.
+    ``ranges`` are :func:`augmentation`'s (IDG's names: ``rotation_range=...``),
+    overriding :data:`STUDY_AUGMENTATION`.
     """
     images = np.asarray(images_uint8, dtype="float32") / 255.0
     single = images.ndim == 3

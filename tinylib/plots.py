@@ -25,6 +25,7 @@ __all__ = [
     "confusion_heatmap",
     "explain_prediction",
     "gradcam_grid",
+    "idg_side_by_side",
     "images_per_class",
     "learning_rate_schedules",
     "mixed_batch",
@@ -145,6 +146,43 @@ def augmentation_grid(images, transforms, seed: int | None = 0, figsize=None):
     for col, (name, shown) in enumerate(columns.items()):
         for row in range(len(images)):
             _show_image(axes[row * len(columns) + col], shown[row], name if row == 0 else None, 9)
+    fig.tight_layout()
+    return fig
+
+
+def idg_side_by_side(images, params, fill_mode: str = "nearest", figsize=None):
+    """The same parameters through Keras' ImageDataGenerator and through tinylib.
+
+    Rows are uint8 images; columns the original, IDG's ``apply_transform``,
+    ``tinylib.augment.apply_idg_transform`` and their difference in grey levels
+    (0-255 scale, shown on a 0-2 scale: anything above one level stands out).
+    ``params`` is one dict of IDG parameters (``theta``, ``tx``, ``ty``, ``shear``,
+    ``zx``, ``zy``, ``flip_horizontal``, ``brightness``) for every image, or a list
+    with one per image.  Needs Keras (it runs both).
+    """
+    from tinylib import augment
+
+    try:
+        from keras.preprocessing.image import ImageDataGenerator
+    except ImportError:  # Keras 3 keeps it only under keras.src
+        from keras.src.legacy.preprocessing.image import ImageDataGenerator
+
+    images = np.asarray(images)
+    images = images[None] if images.ndim == 3 else images
+    params = [params] * len(images) if isinstance(params, Mapping) else list(params)
+    generator = ImageDataGenerator(fill_mode=fill_mode)
+    fig, axes = _image_grid(4 * len(images), 4, cell=2.0, title_lines=2, figsize=figsize)
+    for row, (image, p) in enumerate(zip(images, params)):
+        idg = generator.apply_transform(image.astype("float32"), dict(p)) / 255.0
+        ours = np.asarray(augment.apply_idg_transform(image / 255.0, p, fill_mode=fill_mode))
+        diff = np.abs(ours - idg).max(axis=-1) * 255.0
+        cells = axes[4 * row: 4 * row + 4]
+        _show_image(cells[0], image, "original" if row == 0 else None, 9)
+        _show_image(cells[1], idg, "ImageDataGenerator" if row == 0 else None, 9)
+        _show_image(cells[2], ours, "tinylib (one resample)" if row == 0 else None, 9)
+        cells[3].imshow(diff, cmap="magma", vmin=0, vmax=2)
+        cells[3].set_title(f"|difference| max {diff.max():.1f}\ngrey levels (scale 0-2)", fontsize=9)
+    fig.suptitle("Same parameters, IDG vs tinylib", fontsize=10)
     fig.tight_layout()
     return fig
 
