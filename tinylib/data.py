@@ -18,13 +18,16 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
+import errno
 import hashlib
 import io
 import json
 import multiprocessing
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -32,6 +35,8 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 import numpy as np
+
+from tinylib.files import write_json
 
 DATA_ENV = "TINYLIB_DATA"
 HOME_ENV = "TINYLIB_HOME"
@@ -42,7 +47,13 @@ OFFICIAL_MD5 = "90528d7ca1a48142e341f4ef8d21d0de"
 IMAGE_SHAPE = (64, 64, 3)
 CACHE_VERSION = 1
 CACHE_DIR_NAME = f"arrays-v{CACHE_VERSION}"
+LOCK_NAME = f".{CACHE_DIR_NAME}.lock"  # in TINYLIB_HOME: one preparation at a time
+STAMP_NAME = "verified.json"  # in the cache: (size, mtime_ns) of each file when last checksummed
 SPLITS = ("train", "val", "test")
+IMAGE_BYTES = IMAGE_SHAPE[0] * IMAGE_SHAPE[1] * IMAGE_SHAPE[2]
+POOL_MIN_IMAGES = 4000  # below this, starting worker processes costs more than it saves
+START_METHOD: str | None = None  # None: fork on Linux unless a threaded framework is loaded
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 HOW_TO_GET_DATA = (
     f"Point {DATA_ENV} at a folder in the official '{FOLDER_NAME}' layout or at the "
@@ -92,13 +103,19 @@ class FolderSource:
         path = self.root / rel
         if not path.is_dir():
             raise DataError(f"missing folder {path}: expected the official '{FOLDER_NAME}' layout")
-        return sorted(os.listdir(path))
+        try:
+            return sorted(os.listdir(path))
+        except OSError as err:
+            raise DataError(f"cannot read folder {path} ({err.strerror or err})") from None
 
     def read(self, rel: str) -> bytes:
+        """A file's bytes; errors are DataError, so an OSError later means the cache side."""
         try:
             return (self.root / rel).read_bytes()
         except FileNotFoundError:
             raise DataError(f"missing file {self.root / rel}") from None
+        except OSError as err:
+            raise DataError(f"cannot read {self.root / rel} ({err.strerror or err})") from None
 
 
 def check_zip_members(names: list[str], zip_path: Path) -> None:
@@ -212,14 +229,29 @@ def find_source(download_if_missing: bool = True) -> FolderSource | ZipSource:
 # ----------------------------------------------------------------------------
 
 
-def _print_progress(label: str, done: int, total: int | None, start: float) -> None:
+def _report_progress(text: str, final: bool, due: bool) -> None:
+    """One progress report: redrawn in place on a terminal, a plain line in a log.
+
+    Carriage returns make a log unreadable, so without a terminal only the
+    reports marked ``due`` (and the final one) are printed, each on its own line.
+    """
+    if sys.stderr.isatty():
+        print(f"\r{text}", end="\n" if final else "", file=sys.stderr, flush=True)
+    elif due or final:
+        print(text, file=sys.stderr, flush=True)
+
+
+def _print_progress(label: str, done: int, total: int | None, start: float, step: int = 0) -> None:
+    """Download progress; in a log, a line every 10% (every 25 MiB if the size is unknown)."""
     elapsed = max(time.time() - start, 1e-9)
     if total:
         bar = "#" * int(30 * done / total)
         text = f"{label} [{bar:<30}] {done / 2**20:7.1f}/{total / 2**20:.1f} MiB"
+        due = done * 10 // total != (done - step) * 10 // total
     else:
         text = f"{label} {done / 2**20:7.1f} MiB"
-    print(f"\r{text} {done / elapsed / 2**20:5.1f} MiB/s", end="", file=sys.stderr, flush=True)
+        due = done // (25 << 20) != (done - step) // (25 << 20)
+    _report_progress(f"{text} {done / elapsed / 2**20:5.1f} MiB/s", False, due)
 
 
 def file_digest(path: Path, algorithm: str = "sha256") -> str:
@@ -252,15 +284,15 @@ def download_file(url: str, dest: Path, md5: str | None = None, size: int | None
                     out.write(block)
                     done += len(block)
                     if progress:
-                        _print_progress(f"downloading {dest.name}", done, total, start)
+                        _print_progress(f"downloading {dest.name}", done, total, start, len(block))
     except (urllib.error.URLError, OSError) as err:
         raise DataError(
             f"could not download {url} ({err}). What was fetched is kept in {part} and the "
             f"next try resumes from it. {HOW_TO_GET_DATA}"
         ) from None
     finally:
-        if progress:
-            print(file=sys.stderr)
+        if progress and sys.stderr.isatty():
+            print(file=sys.stderr)  # end the line redrawn in place
     if size is not None and part.stat().st_size != size:
         got = part.stat().st_size
         if got > size:
@@ -431,62 +463,149 @@ def decode_image(data: bytes, name: str) -> np.ndarray:
         raise DataError(f"{name}: not a decodable JPEG ({err})") from None
 
 
+def _write_at(fd: int, data, offset: int) -> None:
+    """Write all of ``data`` at byte ``offset``: ordinary writes, so a full disk is an
+    OSError (ENOSPC) we can report, where a memory map dies of SIGBUS."""
+    view = memoryview(data).cast("B")
+    while view:
+        if hasattr(os, "pwrite"):
+            written = os.pwrite(fd, view, offset)
+        else:  # pragma: no cover - Windows
+            os.lseek(fd, offset, os.SEEK_SET)
+            written = os.write(fd, view)
+        view, offset = view[written:], offset + written
+
+
+def _reserve(fd: int, size: int) -> None:
+    """Give the file its full size now, blocks allocated where the system can, so
+    that a disk too full fails here, before any decoding."""
+    if hasattr(os, "posix_fallocate"):
+        try:
+            os.posix_fallocate(fd, 0, size)
+            return
+        except OSError as err:
+            if err.errno not in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
+    os.ftruncate(fd, size)
+
+
+def _create_npy(path: Path, rows: int) -> int:
+    """Create ``path`` as a uint8 .npy of ``rows`` images; returns where the pixels start."""
+    header = {"descr": "|u1", "fortran_order": False, "shape": (rows, *IMAGE_SHAPE)}
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        f.flush()
+        start = f.tell()
+        _reserve(f.fileno(), start + rows * IMAGE_BYTES)
+    return start
+
+
 def _decode_chunk(kind: str, root: str, names: list[str], out_path: str, offset: int) -> int:
+    """Decode ``names`` and write them at byte ``offset`` of ``out_path`` (runs in a worker)."""
     source = _source_in_worker(kind, root)
-    out = np.load(out_path, mmap_mode="r+")
+    rows = np.empty((len(names), *IMAGE_SHAPE), dtype=np.uint8)
     for i, name in enumerate(names):
-        out[offset + i] = decode_image(source.read(name), f"{source.describe()}/{name}")
-    out.flush()
-    del out
+        rows[i] = decode_image(source.read(name), f"{source.describe()}/{name}")
+    fd = os.open(out_path, os.O_WRONLY | getattr(os, "O_BINARY", 0))
+    try:
+        _write_at(fd, rows, offset)
+    finally:
+        os.close(fd)
     return len(names)
 
 
-def _decode_all(source, names: list[str], out_path: Path, pool, label: str) -> None:
+def _chunk_size(images: int, workers: int) -> int:
+    """Images per job: a few jobs per worker so all are busy, at most 2000 (24 MiB)."""
+    return max(1, min(2000, -(-images // (max(workers, 1) * 4))))
+
+
+def _decode_all(source, names: list[str], out_path: Path, pool, label: str, workers: int = 1) -> None:
     """Decode ``names`` into the .npy at ``out_path``, in ``pool`` if given."""
-    out = np.lib.format.open_memmap(out_path, mode="w+", dtype=np.uint8,
-                                    shape=(len(names), *IMAGE_SHAPE))
-    del out
-    chunk = 2000
+    start_of_pixels = _create_npy(out_path, len(names))
+    chunk = _chunk_size(len(names), workers if pool is not None else 1)
     root = str(source.path if source.kind == "zip" else source.root)
-    jobs = [(source.kind, root, names[i:i + chunk], str(out_path), i)
+    jobs = [(source.kind, root, names[i:i + chunk], str(out_path), start_of_pixels + i * IMAGE_BYTES)
             for i in range(0, len(names), chunk)]
     start, done = time.time(), 0
     if pool is None:
         for job in jobs:
-            done += _decode_chunk(*job)
-            _print_progress_count(label, done, len(names), start)
-    else:
-        futures = [pool.submit(_decode_chunk, *job) for job in jobs]
-        try:
-            for future in concurrent.futures.as_completed(futures):
-                done += future.result()
-                _print_progress_count(label, done, len(names), start)
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
-    print(file=sys.stderr)
+            step = _decode_chunk(*job)
+            done += step
+            _print_progress_count(label, done, len(names), start, step)
+        return
+    futures = [pool.submit(_decode_chunk, *job) for job in jobs]
+    try:
+        for future in concurrent.futures.as_completed(futures):
+            step = future.result()
+            done += step
+            _print_progress_count(label, done, len(names), start, step)
+    except BaseException:
+        for future in futures:
+            future.cancel()
+        raise
+
+
+def _start_method() -> str:
+    """Forking is fastest and works from any script, but a process that already
+    runs TensorFlow or JAX threads must not fork: it spawns instead."""
+    if START_METHOD:
+        return START_METHOD
+    threaded = any(m in sys.modules for m in ("tensorflow", "jax", "torch"))
+    return "spawn" if threaded or sys.platform != "linux" else "fork"
 
 
 def _decoding_pool(workers: int, images: int):
     """A process pool for large jobs; None (decode in this process) for small ones.
 
-    Forking is fastest and works from any script, but a process that already
-    runs TensorFlow or JAX threads must not fork: it spawns instead.
+    Its workers die with this process, even of ``kill -9`` (see ``_die_with_parent``).
     """
-    if workers <= 1 or images <= 4000:
+    if workers <= 1 or images <= POOL_MIN_IMAGES:
         return contextlib.nullcontext(None)
-    threaded = any(m in sys.modules for m in ("tensorflow", "jax", "torch"))
-    context = multiprocessing.get_context("spawn" if threaded or sys.platform != "linux" else "fork")
-    return concurrent.futures.ProcessPoolExecutor(workers, mp_context=context)
+    method = _start_method()
+    parent = None if method == "forkserver" else os.getpid()  # a forkserver is their parent
+    return concurrent.futures.ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context(method),
+        initializer=_die_with_parent, initargs=(parent,))
 
 
-def _print_progress_count(label: str, done: int, total: int, start: float) -> None:
-    if done < total and not sys.stderr.isatty() and done % 20000 >= 2000:
-        return  # in a log or a notebook, a line every 20,000 images is enough
+def _die_with_parent(parent_pid: int | None) -> None:
+    """Pool initializer: a worker must not outlive the process that started it.
+
+    A killed parent runs no cleanup, so each worker sees to it itself: Linux sends
+    it SIGKILL when the parent dies (prctl), and a thread polling the parent's pid
+    covers other systems and a parent that died before prctl took effect.
+    """
+    if sys.platform.startswith("linux"):
+        _set_parent_death_signal(signal.SIGKILL)
+    watched = os.getppid()
+    if parent_pid is not None and watched != parent_pid:
+        os._exit(1)  # the parent is already gone: we were handed to another process
+    threading.Thread(target=_exit_when_orphaned, args=(watched,), daemon=True,
+                     name="tinylib-parent-watch").start()
+
+
+def _set_parent_death_signal(sig: int) -> None:
+    """Linux: have the kernel send ``sig`` to this process when its parent dies."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # the polling thread still covers it
+
+
+def _exit_when_orphaned(parent: int, interval: float = 0.2) -> None:
+    """Exit at once when the parent changes (it died and we were re-parented)."""
+    while os.getppid() == parent:
+        time.sleep(interval)
+    os._exit(1)
+
+
+def _print_progress_count(label: str, done: int, total: int, start: float, step: int = 0) -> None:
+    """Decoding progress; in a log or a notebook, a line every 20,000 images is enough."""
     rate = done / max(time.time() - start, 1e-9)
-    print(f"\rdecoding {label}: {done:,}/{total:,} images ({rate:,.0f}/s)",
-          end="", file=sys.stderr, flush=True)
+    due = done // 20000 != (done - step) // 20000
+    _report_progress(f"decoding {label}: {done:,}/{total:,} images ({rate:,.0f}/s)", done >= total, due)
 
 
 # ----------------------------------------------------------------------------
@@ -515,7 +634,10 @@ def read_manifest(folder: Path | None = None) -> dict | None:
 
 
 def verify_cache(folder: Path | None = None) -> None:
-    """Recompute every checksum; raises DataError naming the first bad file."""
+    """Recompute every checksum; raises DataError naming the first bad file.
+
+    The only check that catches a change that kept a file's size and mtime.
+    """
     folder = Path(folder or cache_dir())
     manifest = read_manifest(folder)
     if manifest is None:
@@ -523,89 +645,364 @@ def verify_cache(folder: Path | None = None) -> None:
     for name, info in manifest["files"].items():
         if file_digest(folder / name) != info["sha256"]:
             raise DataError(f"cache file {folder / name} is corrupt; run `python -m tinylib prepare --force`")
+    _write_stamp(folder, manifest)
+
+
+class CacheDamaged(DataError):
+    """A cache file does not hold what its manifest says (flipped bytes, a bad header)."""
+
+    def __init__(self, path: Path, why: str):
+        super().__init__(f"cache file {path} is damaged ({why}); rebuild the cache with "
+                         f"`python -m tinylib prepare --force` ({DATA_ENV} naming the dataset)")
+        self.path, self.why = Path(path), why
+
+
+# --- checking the cache cheaply: checksums again only for files that changed ---------------
+
+
+def _file_stamp(path: Path) -> list[int]:
+    info = path.stat()
+    return [info.st_size, info.st_mtime_ns]
+
+
+def _write_stamp(folder: Path, manifest: dict) -> None:
+    """Record each file's (size, mtime_ns) as verified; best effort (the cache may be read-only)."""
+    with contextlib.suppress(OSError):
+        write_json(folder / STAMP_NAME,
+                           {name: _file_stamp(folder / name) for name in manifest["files"]})
+
+
+def _damaged_file(folder: Path, manifest: dict) -> CacheDamaged | None:
+    """The first file whose checksum no longer matches, among those whose size or
+    mtime changed since they were last verified; None if all are good.
+
+    Checking only changed files keeps ``load`` instant; a change that kept both
+    size and mtime is caught only by ``verify_cache``.
+    """
+    try:
+        stamp = json.loads((folder / STAMP_NAME).read_text())
+    except (OSError, ValueError):
+        stamp = {}  # never verified (an older cache): check everything once
+    changed = []
+    for name in manifest["files"]:
+        try:
+            if stamp.get(name) != _file_stamp(folder / name):
+                changed.append(name)
+        except OSError as err:
+            return CacheDamaged(folder / name, f"cannot read it: {err.strerror or err}")
+    for name in changed:
+        if file_digest(folder / name) != manifest["files"][name]["sha256"]:
+            return CacheDamaged(folder / name, "its SHA-256 does not match the manifest")
+    if changed:
+        _write_stamp(folder, manifest)
+    return None
+
+
+# --- one preparation at a time ---------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _preparation_lock(parent: Path):
+    """Hold ``TINYLIB_HOME/.arrays-vN.lock`` (flock) while preparing.
+
+    A second preparation waits here, then finds the finished cache.  The holder
+    deletes the file when done; a waiter that then holds a lock on the deleted
+    file starts again on the path's new file.  No lock where fcntl is missing
+    (Windows) or the folder is read-only (nothing can be prepared there anyway).
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    path = parent / LOCK_NAME
+    fd = _acquire_lock(path, fcntl)
+    if fd is None:
+        yield
+        return
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        os.close(fd)
+
+
+def _acquire_lock(path: Path, fcntl) -> int | None:
+    """Open and lock ``path``, saying once that we wait; None if it cannot be created."""
+    announced = False
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+                return None
+            raise
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not announced:
+                    print(f"waiting for another preparation (pid {_lock_holder(fd)}) to finish "
+                          f"with {path.parent} ...", file=sys.stderr, flush=True)
+                    announced = True
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            if _is_same_file(fd, path):
+                return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)  # the holder deleted it as we waited: lock the new one
+
+
+def _lock_holder(fd: int) -> str:
+    with contextlib.suppress(OSError, ValueError):
+        return str(int(os.pread(fd, 32, 0).decode().strip()))
+    return "unknown"
+
+
+def _is_same_file(fd: int, path: Path) -> bool:
+    try:
+        on_disk, held = os.stat(path), os.fstat(fd)
+    except FileNotFoundError:
+        return False
+    return (on_disk.st_dev, on_disk.st_ino) == (held.st_dev, held.st_ino)
+
+
+# --- writing the cache: enough room, and a failure said in words ----------------------------
+
+
+def _size_text(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
+
+
+def _space_needed(counts: dict[str, int]) -> int:
+    """Bytes the cache will take: the pixels, labels and boxes, plus a margin."""
+    images = sum(counts.values())
+    exact = images * (IMAGE_BYTES + 4 + 8) + 4096 * len(counts) * 3
+    return exact + exact // 20 + (16 << 20)
+
+
+def _free_bytes(folder: Path) -> int | None:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+def _check_free_space(folder: Path, need: int) -> None:
+    """Refuse up front, rather than fill the disk and fail half-way."""
+    free = _free_bytes(folder)
+    if free is not None and free < need:
+        raise DataError(
+            f"not enough free space for the Tiny ImageNet cache in {folder}: it needs about "
+            f"{_size_text(need)}, {_size_text(free)} is free. Free some space, or set "
+            f"{HOME_ENV} to a folder on a disk with more room.")
+
+
+def _write_error(err: OSError, where: Path, need: int | None = None) -> DataError:
+    """A failed write into the cache as a DataError: which path, why, what to do."""
+    path = err.filename or where
+    elsewhere = f"set {HOME_ENV} to a writable folder elsewhere (now {home()})"
+    if err.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        free = _free_bytes(where if where.exists() else where.parent)
+        return DataError(
+            f"the disk is full: writing {path} failed ({err.strerror or err}). The cache needs "
+            f"about {_size_text(need) if need else 'more'}, "
+            f"{_size_text(free) if free is not None else 'an unknown amount'} is free. "
+            f"Free some space, or {elsewhere}. Nothing was kept.")
+    if isinstance(err, (NotADirectoryError, FileExistsError)):
+        return DataError(
+            f"cannot create the cache folder: {_in_the_way(Path(path))} is in the way (a file "
+            f"where a folder should be). Move that file away, or {elsewhere}.")
+    if isinstance(err, PermissionError) or err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return DataError(
+            f"cannot write to {path} ({err.strerror or err}): the cache folder is read-only or "
+            f"not yours. Make it writable, or {elsewhere}. Nothing was kept.")
+    return DataError(f"cannot write the cache at {path} ({err}); {elsewhere}. Nothing was kept.")
+
+
+def _in_the_way(path: Path) -> Path:
+    """The file that stops ``path`` from being a folder: itself or an ancestor."""
+    for candidate in (path, *path.parents):
+        if candidate.exists() and not candidate.is_dir():
+            return candidate
+    return path
+
+
+def _make_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise _write_error(err, folder) from None
+
+
+def _remove(path: Path) -> None:
+    """Delete a folder or a file, whichever is there."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink()
 
 
 def _remove_stale_temporaries(parent: Path) -> None:
+    """Folders left by a killed preparation; only call it holding the lock."""
     for tmp in parent.glob(f".{CACHE_DIR_NAME}.tmp-*"):
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove(tmp)
+
+
+# --- preparing ---------------------------------------------------------------------------------
 
 
 def prepare(source=None, force: bool = False, workers: int | None = None) -> Path:
     """Decode the dataset once into the cache; returns the cache folder.
 
     Safe to interrupt: everything is written into a temporary folder that only
-    becomes the cache, with its manifest, when complete.
+    becomes the cache, with its manifest, when complete.  Safe to run twice at
+    once: the second waits for the first, then uses its cache.
     """
     target = cache_dir()
-    if source is None:
-        source = _source_for_cache(target) if not force else find_source()
-    elif not isinstance(source, (FolderSource, ZipSource)):
+    _make_folder(target.parent)
+    with _preparation_lock(target.parent):
+        source = _source_to_build(target, source, force)
+        if source is None:
+            return target
+        _remove_stale_temporaries(target.parent)
+        return _build(source, target, workers or os.cpu_count() or 1)
+
+
+def _source_to_build(target: Path, source, force: bool):
+    """The source to (re)build from, or None when the cache is good as it is."""
+    if source is not None and not isinstance(source, (FolderSource, ZipSource)):
         source = open_source(source)
-    if not force and _cache_matches(read_manifest(target), source):
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(target.parent)
-    tmp = target.parent / f".{CACHE_DIR_NAME}.tmp-{os.getpid()}"
-    workers = workers or os.cpu_count() or 1
+    if force:
+        return source or find_source()
+    if source is None:
+        return _source_for_cache(target)
+    manifest = read_manifest(target)
+    if not _cache_matches(manifest, source):
+        return source
+    damage = _damaged_file(target, manifest)
+    if damage is None:
+        return None
+    print(f"{damage.path} is damaged ({damage.why}): rebuilding the cache", file=sys.stderr)
+    return source
+
+
+def _build(source, target: Path, workers: int) -> Path:
+    """Decode into a temporary folder, then move it into place; nothing half-written stays."""
     start = time.time()
     print(f"Preparing Tiny ImageNet from {source.describe()} into {target}", file=sys.stderr)
+    layout = parse_layout(source)
+    counts = {s: len(layout.files[s]) for s in SPLITS if s != "test" or layout.files[s]}
+    need = _space_needed(counts)
+    _check_free_space(target.parent, need)
+    tmp = target.parent / f".{CACHE_DIR_NAME}.tmp-{os.getpid()}"
     try:
         tmp.mkdir()
-        layout = parse_layout(source)
-        counts = {s: len(layout.files[s]) for s in SPLITS if s != "test" or layout.files[s]}
-        with _decoding_pool(workers, sum(counts.values())) as pool:
-            for split in counts:
-                _decode_all(source, layout.files[split], tmp / f"{split}_images.npy", pool, split)
-                np.save(tmp / f"{split}_labels.npy", np.asarray(layout.labels[split], dtype=np.int32))
-                np.save(tmp / f"{split}_boxes.npy",
-                        np.asarray(layout.boxes[split], dtype=np.int16).reshape(-1, 4))
-        meta = {
-            "wnids": layout.wnids,
-            "words": [layout.words.get(w, w) for w in layout.wnids],
-            "files": {s: [PurePosixPath(n).name for n in layout.files[s]] for s in counts},
-        }
-        (tmp / "meta.json").write_text(json.dumps(meta))
-        files = {p.name: {"bytes": p.stat().st_size, "sha256": file_digest(p)} for p in sorted(tmp.iterdir())}
-        manifest = {
-            "version": CACHE_VERSION,
-            "source": source.describe(),
-            "counts": counts,
-            "classes": len(layout.wnids),
-            "files": files,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "seconds": round(time.time() - start, 1),
-        }
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-        if target.exists():
-            old = target.parent / f".{CACHE_DIR_NAME}.tmp-old-{os.getpid()}"
-            os.replace(target, old)
-            shutil.rmtree(old, ignore_errors=True)
-        os.replace(tmp, target)
+        _write_arrays(source, layout, counts, tmp, workers)
+        _write_manifest(source, layout, counts, tmp, start)
+        _install(tmp, target)
+    except OSError as err:
+        raise _write_error(err, tmp, need) from None
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove(tmp)
     print(f"Prepared {', '.join(f'{n:,} {s}' for s, n in counts.items())} images "
           f"in {time.time() - start:.1f} s", file=sys.stderr)
     return target
+
+
+def _write_arrays(source, layout: Layout, counts: dict[str, int], tmp: Path, workers: int) -> None:
+    with _decoding_pool(workers, sum(counts.values())) as pool:
+        for split in counts:
+            _decode_all(source, layout.files[split], tmp / f"{split}_images.npy", pool, split, workers)
+            np.save(tmp / f"{split}_labels.npy", np.asarray(layout.labels[split], dtype=np.int32))
+            np.save(tmp / f"{split}_boxes.npy",
+                    np.asarray(layout.boxes[split], dtype=np.int16).reshape(-1, 4))
+
+
+def _write_manifest(source, layout: Layout, counts: dict[str, int], tmp: Path, start: float) -> None:
+    """meta.json, then the manifest with each file's checksum read back from disk, and
+    the stamp saying those files, as they are now, were verified."""
+    meta = {
+        "wnids": layout.wnids,
+        "words": [layout.words.get(w, w) for w in layout.wnids],
+        "files": {s: [PurePosixPath(n).name for n in layout.files[s]] for s in counts},
+    }
+    (tmp / "meta.json").write_text(json.dumps(meta))
+    files = {p.name: {"bytes": p.stat().st_size, "sha256": file_digest(p)} for p in sorted(tmp.iterdir())}
+    manifest = {
+        "version": CACHE_VERSION,
+        "source": source.describe(),
+        "counts": counts,
+        "classes": len(layout.wnids),
+        "files": files,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "seconds": round(time.time() - start, 1),
+    }
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    write_json(tmp / STAMP_NAME, {name: _file_stamp(tmp / name) for name in files})
+
+
+def _install(tmp: Path, target: Path) -> None:
+    """Put the finished folder in place of the old cache (or of whatever is there)."""
+    if target.exists() or target.is_symlink():
+        old = target.parent / f".{CACHE_DIR_NAME}.tmp-old-{os.getpid()}"
+        os.replace(target, old)
+        _remove(old)
+    os.replace(tmp, target)
 
 
 def _cache_matches(manifest: dict | None, source) -> bool:
     return manifest is not None and (source is None or manifest["source"] == source.describe())
 
 
+def _other_source(manifest: dict) -> str | None:
+    """``TINYLIB_DATA`` when it names another dataset than the cache was built from."""
+    env = os.environ.get(DATA_ENV)
+    return env if env and manifest["source"] != str(locate(env)[1]) else None
+
+
 def _source_for_cache(target: Path):
     """The source to (re)build from, or None when the existing cache is good.
 
-    A complete cache is reused unless ``TINYLIB_DATA`` names a different source.
+    A complete cache is reused unless ``TINYLIB_DATA`` names a different source
+    or one of its files is damaged.
     """
     manifest = read_manifest(target)
-    env = os.environ.get(DATA_ENV)
     if manifest is None:
         return find_source()
-    if env and manifest["source"] != str(locate(env)[1]):
+    env = _other_source(manifest)
+    if env:
         print(f"{DATA_ENV} names a different dataset than the cache was built from: rebuilding",
               file=sys.stderr)
         return open_source(env)
+    damage = _damaged_file(target, manifest)
+    return None if damage is None else _source_for_repair(manifest, damage)
+
+
+def _available_source(manifest: dict):
+    """A source to rebuild from without downloading: ``TINYLIB_DATA``, the one the
+    cache was built from, or an extraction in the cache; None if there is none."""
+    if os.environ.get(DATA_ENV):
+        return open_source(os.environ[DATA_ENV])
+    for candidate in (Path(manifest["source"]), home() / FOLDER_NAME):
+        with contextlib.suppress(DataError):
+            return open_source(candidate)
     return None
+
+
+def _source_for_repair(manifest: dict, damage: CacheDamaged):
+    """Where to rebuild a damaged cache from (said on stderr), or raise naming the file."""
+    source = _available_source(manifest)
+    if source is None:
+        raise CacheDamaged(damage.path, f"{damage.why}; no dataset found to rebuild it from")
+    print(f"cache file {damage.path} is damaged ({damage.why}): rebuilding the cache from "
+          f"{source.describe()}", file=sys.stderr)
+    return source
 
 
 # ----------------------------------------------------------------------------
@@ -701,29 +1098,74 @@ def _pick(split: Split, chosen, per_class: int | None, seed: int, name: str) -> 
 
 
 def load(prepare_if_needed: bool = True) -> TinyImageNet:
-    """The whole dataset as memory-mapped arrays, preparing the cache if needed."""
+    """The whole dataset as memory-mapped arrays, preparing the cache if needed.
+
+    A damaged cache file is found when its size or mtime changed (its checksum is
+    then recomputed) or when NumPy cannot read it, and the cache is rebuilt when
+    a source is at hand; otherwise a DataError names the file.
+    """
     folder = cache_dir()
     manifest = read_manifest(folder)
-    if prepare_if_needed and (manifest is None or _source_for_cache(folder) is not None):
+    if prepare_if_needed and _needs_preparing(folder, manifest):
         prepare()
         manifest = read_manifest(folder)
     if manifest is None:
         raise DataError(f"no prepared dataset in {folder}; run `python -m tinylib prepare`. "
                         f"{HOW_TO_GET_DATA}")
-    meta = json.loads((folder / "meta.json").read_text())
+    if not prepare_if_needed:
+        damage = _damaged_file(folder, manifest)
+        if damage is not None:
+            raise damage
+    try:
+        return _open_cache(folder, manifest)
+    except CacheDamaged as damage:
+        if not prepare_if_needed:
+            raise
+        prepare(_source_for_repair(manifest, damage), force=True)
+        return _open_cache(folder, read_manifest(folder))
+
+
+def _needs_preparing(folder: Path, manifest: dict | None) -> bool:
+    """Missing, built from another source than ``TINYLIB_DATA``, or damaged (quietly)."""
+    return manifest is None or _other_source(manifest) is not None or (
+        _damaged_file(folder, manifest) is not None)
+
+
+def _open_cache(folder: Path, manifest: dict | None) -> TinyImageNet:
+    """The cache's arrays, each checked against the manifest's counts."""
+    if manifest is None:
+        raise DataError(f"no complete cache in {folder}; run `python -m tinylib prepare`")
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+    except ValueError as err:
+        raise CacheDamaged(folder / "meta.json", f"not valid JSON: {err}") from None
 
     def split(name: str) -> Split | None:
         if name not in manifest["counts"]:
             return None
+        rows = manifest["counts"][name]
         return Split(
-            images=np.load(folder / f"{name}_images.npy", mmap_mode="r"),
-            labels=np.load(folder / f"{name}_labels.npy"),
+            images=_load_npy(folder / f"{name}_images.npy", (rows, *IMAGE_SHAPE), np.uint8, "r"),
+            labels=_load_npy(folder / f"{name}_labels.npy", (rows,), np.int32),
             files=tuple(meta["files"][name]),
-            boxes=np.load(folder / f"{name}_boxes.npy"),
+            boxes=_load_npy(folder / f"{name}_boxes.npy", (rows, 4), np.int16),
         )
 
     return TinyImageNet(split("train"), split("val"), split("test"),
                         tuple(meta["wnids"]), tuple(meta["words"]))
+
+
+def _load_npy(path: Path, shape: tuple, dtype, mmap_mode: str | None = None) -> np.ndarray:
+    """np.load, never unpickling; a header NumPy cannot read, or one describing
+    other data than the manifest says, is a damaged file."""
+    try:
+        array = np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except (ValueError, EOFError):  # NumPy's own text may suggest unpickling: not shown
+        raise CacheDamaged(path, "NumPy cannot read its .npy header") from None
+    if array.shape != tuple(shape) or array.dtype != np.dtype(dtype):
+        raise CacheDamaged(path, f"its header says {array.dtype} {array.shape}, "
+                                 f"expected {np.dtype(dtype)} {tuple(shape)}")
+    return array
 
 
 def load_subset(profile=None) -> TinyImageNet:
