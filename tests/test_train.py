@@ -36,7 +36,7 @@ DRIVER = textwrap.dedent("""
                 os.kill(os.getpid(), signal.SIGKILL)
 
     if model_name.startswith("resnet"):  # beyond the seed: the modern recipe, narrow
-        model = train.build(model_name, ds, profile, recipe="modern", width=8)
+        model = train.build(model_name, ds, profile, recipe="modern", width=16)
     else:
         weights = {"weights": None} if model_name == "model5" else {}
         model = models.build_model(model_name, num_classes=ds.num_classes,

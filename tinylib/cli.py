@@ -14,9 +14,10 @@ answers at once.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
+
+from tinylib import files
 
 
 def _prepare(args) -> int:
@@ -59,6 +60,8 @@ def _train(args) -> int:
 
     profile = get_profile(args.profile)
     print(profile.describe(), flush=True)
+    # Fail before minutes of loading and building when the runs folder cannot be made.
+    Path(args.runs or train.runs_dir()).mkdir(parents=True, exist_ok=True)
     train.configure_precision(args.precision)
     dataset = data.load().subset(**profile.subset_kwargs())
     weights = {} if args.weights is None else {"weights": _weights(args.weights)}
@@ -90,14 +93,13 @@ def _evaluate(args) -> int:
     from tinylib.profiles import get_profile
 
     record = train.load_run(args.run)
+    model = evaluate.load_trained_model(args.run)  # before the data: a damaged checkpoint fails fast
     dataset = data.load().subset(**get_profile(record["profile"]).subset_kwargs())
     if list(dataset.wnids) != record["dataset"]["wnids"]:
         raise SystemExit("the dataset subset differs from the one this run trained on")
-    model = evaluate.load_trained_model(args.run)
     result = evaluate.evaluate(model, getattr(dataset, args.split), dataset.class_names)
     print(result.summary())
-    out = Path(args.run) / f"evaluation-{args.split}.json"
-    out.write_text(json.dumps(result.to_dict(), indent=1))
+    out = files.write_json(Path(args.run) / f"evaluation-{args.split}.json", result.to_dict())
     print(f"written: {out}")
     return 0
 
@@ -155,22 +157,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from tinylib.data import DataError
-
     try:
         return args.func(args)
-    except Exception as err:
-        models = sys.modules.get("tinylib.models")
-        expected = (DataError, ValueError, FileNotFoundError)
-        if models is not None:
-            expected += (models.PretrainedWeightsUnavailable,)
-        if not isinstance(err, expected):
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("\ninterrupted: run the same command again to resume", file=sys.stderr)
         return 130
+    except Exception as err:
+        message = explain_error(err)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+
+
+def explain_error(err: BaseException) -> str | None:
+    """What to tell the user about an error they can act on; None for a bug (a traceback helps)."""
+    from tinylib.data import DataError
+
+    expected = (DataError, ValueError, OSError, files.LockedError)
+    models, train = sys.modules.get("tinylib.models"), sys.modules.get("tinylib.train")
+    if models is not None:
+        expected += (models.PretrainedWeightsUnavailable,)
+    if train is not None:
+        expected += (train.RunInUse,)
+    if not isinstance(err, expected):
+        return None
+    if isinstance(err, OSError) and err.errno is not None:
+        return files.describe_os_error(err)
+    return str(err) or type(err).__name__
 
 
 if __name__ == "__main__":

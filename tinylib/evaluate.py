@@ -207,9 +207,9 @@ def load_trained_model(run_dir):
     if record.get("learning_rate") is not None:
         optimizer["learning_rate"] = record["learning_rate"]
     model = models.build_model(record["model"], num_classes=record["dataset"]["classes"],
-                               weights=None, **optimizer)
+                               weights=None, **optimizer, **record.get("build_options", {}))
     model.optimizer.build(model.trainable_variables)
-    model.load_weights(checkpoint)
+    train.load_checkpoint(model, checkpoint)
     return model
 
 

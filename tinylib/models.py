@@ -440,6 +440,7 @@ def build_model(
     model = keras.Model(inputs, outputs, name=key)
     # A plain attribute: Keras allows it; it is not saved with the model.
     model.tinylib_weights = origin
+    model.tinylib_build_options = {k: v for k, v in options.items() if k != "weights"}
     if compile:
         compile_model(model, optimizer, learning_rate)
     return model

@@ -15,19 +15,23 @@ module that writes run records.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import keras
 import numpy as np
 
+from tinylib import files
 from tinylib import models as models_lib
 from tinylib.profiles import Profile, get_profile, gpu_available
 from tinylib.recipes import Recipe, ablation_recipes, get_recipe, steps_per_epoch
@@ -138,9 +142,29 @@ def make_callbacks(names) -> list:
 
 def _write_json(path: Path, payload: dict) -> None:
     """Write JSON atomically: a reader sees the old file or the new one, never half."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=1, default=_jsonable))
-    os.replace(tmp, path)
+    files.write_json(path, payload, default=_jsonable)
+
+
+def save_weights(model: keras.Model, path: Path) -> Path:
+    """Save weights (and optimizer state) atomically: a kill mid-save leaves the old file."""
+    with files.atomic_path(path) as tmp:
+        model.save_weights(tmp, overwrite=True)
+    return path
+
+
+class CheckpointError(OSError):
+    """A checkpoint that cannot be read: damaged, or saved by another model."""
+
+
+def load_checkpoint(model: keras.Model, path: Path) -> None:
+    """Load a checkpoint, turning a damaged or mismatched file into a clear error."""
+    try:
+        model.load_weights(path)
+    except (OSError, ValueError, KeyError) as err:
+        raise CheckpointError(
+            f"cannot load the checkpoint {path} ({type(err).__name__}: {err}). It is damaged or "
+            f"belongs to another model: start the run afresh with `--fresh` (resume=False)"
+        ) from None
 
 
 def _jsonable(value):
@@ -175,7 +199,7 @@ class _Checkpointer(keras.callbacks.Callback):
         for key, value in logs.items():
             self.run.history.setdefault(key, []).append(float(value))
         checkpoint = self.run.path / f"checkpoint-epoch-{epoch + 1:03d}.weights.h5"
-        self.model.save_weights(checkpoint, overwrite=True)
+        save_weights(self.model, checkpoint)
         self.run.epochs_done = epoch + 1
         _write_json(self.run.path / STATE_FILE, {
             "epochs_done": self.run.epochs_done, "checkpoint": checkpoint.name,
@@ -200,7 +224,14 @@ class Run:
     record: dict
     history: dict = dataclasses.field(default_factory=dict)
     epochs_done: int = 0
-    wall_seconds: float = 0.0
+    wall_before: float = 0.0  # seconds spent by earlier invocations, interrupted ones included
+    started: float | None = None  # perf_counter() when this invocation began training
+
+    @property
+    def wall_seconds(self) -> float:
+        """Training time of the run so far, over every invocation that trained it."""
+        running = time.perf_counter() - self.started if self.started is not None else 0.0
+        return self.wall_before + running
 
     @property
     def checkpoint(self) -> Path | None:
@@ -243,6 +274,14 @@ def _one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
     return keras.utils.to_categorical(labels, num_classes).astype("float32")
 
 
+class RunConflict(ValueError):
+    """A run folder holds a run that this call cannot continue (other settings, fewer epochs)."""
+
+
+class RunInUse(RuntimeError):
+    """Another process is training the same run folder right now."""
+
+
 def fit(model: keras.Model, data, profile: Profile | str | None = None, *, name: str | None = None,
         epochs: int | None = None, batch_size: int | None = None, callbacks="seed",
         extra_callbacks=(), resume: bool = True, runs: Path | None = None,
@@ -252,16 +291,23 @@ def fit(model: keras.Model, data, profile: Profile | str | None = None, *, name:
     ``callbacks`` is 'seed' (what the seed used for this model), or a list of
     names for ``make_callbacks``.  With ``resume`` (the default), a run folder
     that holds a checkpoint continues from its last finished epoch; a finished
-    run is returned as it is.  A model built with a recipe (``build(...,
-    recipe=...)``) is fed MixUp/CutMix batches when its recipe asks for them.
-    ``notes`` are extra fields for the record (say, a fine-tuning stage).
-    Returns the ``Run``; its record is in ``run.record`` and in ``record.json``
-    in the run folder.
+    run is returned as it is.  Asking a run (finished or not) for more epochs
+    than it planned continues it, with a learning-rate schedule re-planned over
+    the new length, and the record says so (``epochs_changed``); any other
+    change (batch size, data, model, build options, optimizer) is refused with
+    what differs.  ``resume=False`` starts the folder afresh.  One process at a
+    time trains a run folder: a second is refused (``RunInUse``).
+
+    A model built with a recipe (``build(..., recipe=...)``) is fed MixUp/CutMix
+    batches when its recipe asks for them.  ``notes`` are extra fields for the
+    record (say, a fine-tuning stage).  Returns the ``Run``; its record is in
+    ``run.record`` and in ``record.json`` in the run folder.
     """
     profile = get_profile(profile)
     epochs = epochs or getattr(model, "tinylib_epochs", None) or profile.epochs_for(model.name)
     batch_size = batch_size or profile.batch_size
     recipe = getattr(model, "tinylib_recipe", None)
+    _check_schedule_length(model, recipe, epochs)
     suffix = f"-{recipe.name}" if recipe is not None else ""  # a recipe's runs have their own folders
     path = Path(runs or runs_dir()) / (name or run_name(model, profile, suffix))
     path.mkdir(parents=True, exist_ok=True)
@@ -273,22 +319,98 @@ def fit(model: keras.Model, data, profile: Profile | str | None = None, *, name:
     record = _new_record(model, data, profile, epochs, batch_size, callbacks)
     record.update(notes or {})
     run = Run(path=path, model=model, record=record)
-    state = _read_state(path) if resume else None
-    if state:
-        _check_same_run(path, run.record)
-        if not model.optimizer.built:
-            model.optimizer.build(model.trainable_variables)
-        model.load_weights(path / state["checkpoint"])
-        run.history, run.epochs_done = state["history"], state["epochs_done"]
-        previous = _read_record(path)
-        run.wall_seconds = previous.get("wall_seconds", 0.0)
-        run.record["resumed_at_epoch"] = state["epochs_done"]
-        print(f"Resuming {path.name} after epoch {state['epochs_done']} of {epochs}", flush=True)
-    if run.epochs_done >= epochs or (state and _read_record(path).get("finished")):
-        run.record.update({k: v for k, v in _read_record(path).items() if k not in run.record})
-        run.write_record()
+    lock = _lock_run(path)
+    try:
+        files.remove_stale_temporaries(path)  # left by a writer that was killed
+        if not resume:
+            _clear_run(path)
+        if _resume(run, epochs):
+            return run  # finished, and nothing more asked of it
+        _train(run, model, data, profile, epochs, batch_size, callbacks, extra_callbacks, verbose)
         return run
+    finally:
+        lock.release()
 
+
+def _lock_run(path: Path) -> files.FolderLock:
+    """Hold the run folder for this process; refuse if another one trains it now."""
+    lock = files.FolderLock(path)
+    try:
+        return lock.acquire()
+    except files.LockedError:
+        raise RunInUse(
+            f"{path} is being trained by another process (pid {lock.holder()}); a run folder takes "
+            "one training at a time. Wait for it to finish, or train under another name "
+            "(name=..., --name)."
+        ) from None
+
+
+def _clear_run(path: Path) -> None:
+    """Start a run folder afresh: forget its state, record and checkpoints."""
+    for stale in [path / STATE_FILE, path / RECORD_FILE, path / FINAL_CHECKPOINT,
+                  *path.glob("checkpoint-epoch-*.weights.h5")]:
+        stale.unlink(missing_ok=True)
+
+
+def _check_schedule_length(model, recipe, epochs: int) -> None:
+    """A recipe's schedule is planned in ``build``: training longer or shorter would bend it."""
+    planned = getattr(model, "tinylib_epochs", None)
+    if recipe is not None and recipe.schedule != "constant" and planned and planned != epochs:
+        raise ValueError(f"{model.name} was built with a {recipe.schedule} schedule over {planned} epochs, "
+                         f"but fit was asked for {epochs}: build it with epochs={epochs}")
+
+
+def _resume(run: Run, epochs: int) -> bool:
+    """Load the folder's last checkpoint into ``run``; True when the run is finished as asked."""
+    path, model = run.path, run.model
+    state = _read_state(path)
+    if not state:
+        return False
+    previous = _read_record(path)
+    _check_same_run(path, previous, run.record)
+    change = _epochs_change(path, previous, state["epochs_done"], epochs)
+    if not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)
+    load_checkpoint(model, path / state["checkpoint"])
+    run.history, run.epochs_done = state["history"], state["epochs_done"]
+    run.wall_before = previous.get("wall_seconds", 0.0)
+    if previous.get("finished") and change is None:
+        if state["checkpoint"] != FINAL_CHECKPOINT:  # killed while finishing: finish now
+            run.record = previous
+            _finish(run)
+        run.record = _read_record(path)
+        print(f"{path.name} is finished ({run.epochs_done} epochs): returning its record", flush=True)
+        return True
+    run.record["resumed_at_epoch"] = state["epochs_done"]
+    changes = list(previous.get("epochs_changed", []))
+    if change is not None:
+        changes.append(change)
+        print(f"{path.name}: planned epochs {change['from']} -> {change['to']}, continuing after epoch "
+              f"{change['at_epoch']} (a learning-rate schedule is re-planned over {change['to']} epochs)",
+              flush=True)
+    if changes:
+        run.record["epochs_changed"] = changes
+    print(f"Resuming {path.name} after epoch {state['epochs_done']} of {epochs}", flush=True)
+    return False
+
+
+def _epochs_change(path: Path, previous: dict, done: int, epochs: int) -> dict | None:
+    """The change of planned epochs a resume asks for, or None; raises when it cannot be honoured."""
+    planned = previous.get("epochs", epochs)
+    if epochs == planned:
+        return None
+    fresh = "To train it with other settings, start afresh (resume=False, --fresh) or use another name (name=..., --name)."
+    if epochs < done:
+        raise RunConflict(f"{path} has already trained {done} epochs; asked for {epochs}. {fresh}")
+    if previous.get("stopped_early"):
+        raise RunConflict(f"{path} stopped early after epoch {done} (early stopping found no more "
+                          f"progress); asking for {epochs} epochs does not undo that. {fresh}")
+    return {"at_epoch": done, "from": planned, "to": epochs}
+
+
+def _train(run: Run, model, data, profile, epochs, batch_size, callbacks, extra_callbacks, verbose) -> None:
+    """Fit from ``run.epochs_done`` to ``epochs``, checkpointing each epoch, then save the end state."""
+    path, recipe = run.path, getattr(model, "tinylib_recipe", None)
     y_train = _one_hot(data.train.labels, data.num_classes)
     y_val = _one_hot(data.val.labels, data.num_classes)
     print(f"Training {model.name} ({model.count_params():,} parameters) on {data.summary()}, "
@@ -305,42 +427,86 @@ def fit(model: keras.Model, data, profile: Profile | str | None = None, *, name:
     else:
         train_data = {"x": np.asarray(data.train.images), "y": y_train, "batch_size": batch_size,
                       "shuffle": True}
-    start = time.perf_counter()
+    run.started = time.perf_counter()
     try:
-        history = model.fit(
-            **train_data, validation_data=(np.asarray(data.val.images), y_val), validation_batch_size=batch_size,
-            epochs=epochs, initial_epoch=run.epochs_done,
-            callbacks=[*make_callbacks(callbacks), _Checkpointer(run), *extra_callbacks],
-            verbose=_verbosity(verbose),
-        )
+        with _sigterm_as_exit():
+            model.fit(
+                **train_data, validation_data=(np.asarray(data.val.images), y_val),
+                validation_batch_size=batch_size, epochs=epochs, initial_epoch=run.epochs_done,
+                callbacks=[*make_callbacks(callbacks), _Checkpointer(run), *extra_callbacks],
+                verbose=_verbosity(verbose),
+            )
+    except BaseException:
+        if run.epochs_done:  # keep the time this invocation spent, for the record's wall time
+            run.write_record()
+        raise
     finally:
-        run.wall_seconds += time.perf_counter() - start
+        run.wall_before, run.started = run.wall_seconds, None
     run.record["stopped_early"] = bool(model.stop_training and run.epochs_done < epochs)
-    del history
-    # Early stopping may have put the best epoch's weights back: the final checkpoint
-    # holds what the model ends with, so a reloaded run predicts as this one does.
-    model.save_weights(path / FINAL_CHECKPOINT, overwrite=True)
-    _write_json(path / STATE_FILE, {**_read_state(path), "checkpoint": FINAL_CHECKPOINT})
-    for finished in path.glob("checkpoint-epoch-*.weights.h5"):  # a finished run needs no resume point
+    _finish(run)
+
+
+def _finish(run: Run) -> None:
+    """Save what the model ends with as the final checkpoint; drop the resume points.
+
+    Early stopping may have put the best epoch's weights back: the final checkpoint
+    holds what the model ends with, so a reloaded run predicts as this one does.
+    Each step is atomic and the state names the final weights only once they are
+    whole, so a kill anywhere in here is finished by the next call.
+    """
+    save_weights(run.model, run.path / FINAL_CHECKPOINT)
+    _write_json(run.path / STATE_FILE, {**_read_state(run.path), "checkpoint": FINAL_CHECKPOINT})
+    for finished in run.path.glob("checkpoint-epoch-*.weights.h5"):  # a finished run needs no resume point
         finished.unlink()
     run.write_record()
-    return run
 
 
-IDENTITY = ("model", "parameters", "weights", "augmentation", "optimizer", "learning_rate", "recipe")
+@contextlib.contextmanager
+def _sigterm_as_exit():
+    """Let a polite kill (SIGTERM: a job limit, ``timeout``) unwind like Ctrl-C does.
+
+    Python's default dies at once and skips ``finally`` blocks; raising SystemExit
+    instead saves the record and releases the run folder.  Only the main thread can
+    set handlers: elsewhere this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
-def _check_same_run(path: Path, record: dict) -> None:
+# What must be equal for a folder's run to be continued: anything else is another run.
+IDENTITY = ("model", "parameters", "weights", "augmentation", "optimizer", "learning_rate", "recipe",
+            "batch_size", "build_options", "dataset")
+
+
+def _check_same_run(path: Path, previous: dict, record: dict) -> None:
     """Refuse to resume a run folder that holds a different run (say, other weights)."""
-    previous = _read_record(path)
-    changed = [key for key in IDENTITY if key in previous and previous[key] != record[key]]
-    if previous and previous["dataset"]["wnids"] != record["dataset"]["wnids"]:
-        changed.append("dataset")
+    changed = [key for key in IDENTITY if key in previous and key in record and previous[key] != record[key]]
     if changed:
-        details = ", ".join(f"{k}: {previous.get(k, 'dataset')!r} -> {record.get(k, 'dataset')!r}"
-                            if k != "dataset" else "dataset classes" for k in changed)
-        raise ValueError(f"{path} holds a different run ({details}): give this run another name "
-                         "(name=...) or start over with resume=False (--fresh)")
+        details = ", ".join(_difference(key, previous[key], record[key]) for key in changed)
+        raise RunConflict(
+            f"{path} holds a different run ({details}): give this run another name (name=..., --name) "
+            "or start it afresh, replacing the old one (resume=False, --fresh)")
+
+
+def _difference(key: str, old, new) -> str:
+    """One changed setting in words; dicts show only the entries that differ."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = [k for k in {**old, **new} if old.get(k) != new.get(k)]
+        if key == "dataset" and "wnids" in keys:
+            keys = [k for k in keys if k != "wnids"] + ["classes chosen"]
+            old, new = {**old, "classes chosen": "..."}, {**new, "classes chosen": "other"}
+        return ", ".join(f"{key}.{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys)
+    return f"{key}: {old!r} -> {new!r}"
 
 
 def _read_record(path: Path) -> dict:
@@ -376,6 +542,7 @@ def _new_record(model, data, profile, epochs, batch_size, callbacks) -> dict:
         "dtype_policy": keras.config.dtype_policy().name,
         "weights": getattr(model, "tinylib_weights", "random"),
         "augmentation": _augmentation_config(model),
+        "build_options": _build_options(model),
         "dataset": {
             "classes": data.num_classes,
             "train_images": len(data.train),
@@ -395,12 +562,17 @@ def _new_record(model, data, profile, epochs, batch_size, callbacks) -> dict:
     }
 
 
+def _build_options(model) -> dict:
+    """The architecture options the model was built with (width, dropout, ...), as JSON has them."""
+    return json.loads(json.dumps(getattr(model, "tinylib_build_options", {}), default=str))
+
+
 def _augmentation_config(model) -> dict | None:
     """The settings of the augmentation layer at the model's head, if it has one."""
-    from tinylib.augment import RandomAffineAugment, RandomResizedCrop
+    from tinylib.augment import RandomAffineAugment, _TrainingOnlyAugmentation
 
     for layer in model.layers:
-        if isinstance(layer, (RandomAffineAugment, RandomResizedCrop)):
+        if isinstance(layer, _TrainingOnlyAugmentation):
             config = layer.get_config()
             config = {k: v for k, v in config.items() if k not in ("name", "trainable", "dtype")}
             if isinstance(layer, RandomAffineAugment):

@@ -1,0 +1,171 @@
+"""Files that survive accidents: atomic writes, folder locks, and readable OS errors.
+
+A kill (Ctrl-C, a job limit, ``kill -9``) can land in the middle of any write, and a
+user can start the same command in two terminals.  Everything tinylib writes goes
+through :func:`atomic_path`, so a reader sees the old file or the new one, never half
+of one; a folder that one process must own (a run folder) is held with
+:class:`FolderLock`; and an ``OSError`` becomes a sentence that names the path and
+says what to do (:func:`describe_os_error`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+from pathlib import Path
+
+TEMPORARY_PREFIX = ".tmp-"
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yield a temporary path beside ``path``; when the block succeeds it replaces ``path``.
+
+    The temporary name keeps ``path``'s own name as its ending (Keras insists that
+    weights files end in ``.weights.h5``).  On any exception, including
+    KeyboardInterrupt, the temporary file is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    tmp = path.with_name(f"{TEMPORARY_PREFIX}{os.getpid()}-{path.name}")
+    try:
+        yield tmp
+        _fsync(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def _fsync(path: Path) -> None:
+    """Flush a finished file to disk, so a crash after the rename finds it whole."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write text atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def write_json(path: str | os.PathLike, payload, **dumps_kwargs) -> Path:
+    """Write JSON atomically (indent 1 unless told otherwise)."""
+    dumps_kwargs.setdefault("indent", 1)
+    return write_text(path, json.dumps(payload, **dumps_kwargs))
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete temporaries that a killed writer left in ``folder``; returns what was removed.
+
+    Call it only while holding the folder's lock: another live writer's temporary
+    looks the same.
+    """
+    removed = []
+    for tmp in Path(folder).glob(f"{TEMPORARY_PREFIX}*"):
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+            removed.append(tmp)
+    return removed
+
+
+class LockedError(RuntimeError):
+    """Another process holds the lock."""
+
+
+class FolderLock:
+    """An exclusive lock on a folder, held through a lock file inside it.
+
+    The operating system releases it when the holder exits, however it exits (a
+    ``kill -9`` included), so a lock is never left stale.  The holder's pid is
+    written into the file so that the refusal can name it.  Where ``fcntl`` is
+    missing (Windows) the lock is a no-op.
+    """
+
+    def __init__(self, folder: str | os.PathLike, name: str = ".lock"):
+        self.path = Path(folder) / name
+        self._file = None
+
+    def holder(self) -> str:
+        """The pid written by the current holder, or '?' when unreadable."""
+        try:
+            return self.path.read_text().strip() or "?"
+        except OSError:
+            return "?"
+
+    def acquire(self, wait: bool = False, message: str | None = None) -> "FolderLock":
+        """Take the lock; if it is held: wait (printing ``message`` once) or raise LockedError."""
+        try:
+            import fcntl
+        except ImportError:  # Windows: no advisory locks here
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+")
+        try:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not wait:
+                    raise LockedError(f"{self.path.parent} is in use by process {self.holder()}") from None
+                if message:
+                    print(message.format(pid=self.holder()), flush=True)
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            handle.seek(0)
+            handle.truncate()
+            handle.write(str(os.getpid()))
+            handle.flush()
+        except BaseException:
+            handle.close()
+            raise
+        self._file = handle
+        return self
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()  # closing the file releases the lock
+            self._file = None
+
+    def __enter__(self) -> "FolderLock":
+        return self.acquire() if self._file is None else self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+_WHAT_TO_DO = {
+    errno.ENOSPC: "the disk is full: free some space, or point TINYLIB_HOME / TINYLIB_RUNS "
+                  "(--runs) at a folder on another disk",
+    errno.EDQUOT: "the disk quota is used up: free some space, or point TINYLIB_HOME / "
+                  "TINYLIB_RUNS (--runs) at another folder",
+    errno.EACCES: "no permission to use it: choose a folder you may write to with TINYLIB_HOME / "
+                  "TINYLIB_RUNS (--runs)",
+    errno.EPERM: "no permission to use it: choose a folder you may write to with TINYLIB_HOME / "
+                 "TINYLIB_RUNS (--runs)",
+    errno.EROFS: "the file system is read-only: point TINYLIB_HOME / TINYLIB_RUNS (--runs) at a "
+                 "writable folder",
+    errno.ENOTDIR: "a file stands where a folder should be: move that file away, or choose another "
+                   "folder",
+    errno.EEXIST: "something already stands there: move it away, or choose another folder",
+    errno.ENOENT: "it does not exist: check the path",
+    errno.EISDIR: "it is a folder where a file was expected: check the path",
+}
+
+
+def describe_os_error(err: OSError, doing: str | None = None) -> str:
+    """One readable sentence for an OSError: what failed, on which path, and what to do."""
+    paths = [p for p in (err.filename, err.filename2) if p]
+    where = " -> ".join(str(p) for p in paths) if paths else "a file"
+    reason = err.strerror or str(err) or type(err).__name__
+    number = err.errno
+    if number == errno.EEXIST and paths and Path(paths[0]).is_file():
+        number = errno.ENOTDIR  # mkdir over a file: say which
+    advice = _WHAT_TO_DO.get(number, "check that the path is right and writable")
+    lead = f"{doing}: " if doing else ""
+    return f"{lead}{where}: {reason} ({advice})"
