@@ -141,12 +141,19 @@ def test_mixed_batches_cover_every_image_once_and_resume_in_order():
     images, onehot = coloured_batch(n=10)
     first = MixedBatches(images, onehot, batch_size=4, mixup=0.2, seed=3)
     order_epoch0 = first.order.copy()
-    first.on_epoch_end()
-    resumed = MixedBatches(images, onehot, batch_size=4, mixup=0.2, seed=3)
-    resumed.set_epoch(1)
+    first.set_epoch(1)
+    served = [first[i] for i in range(len(first))]
+    resumed = MixedBatches(images, onehot, batch_size=4, mixup=0.2, seed=3, epoch=1)
     assert sorted(order_epoch0) == list(range(10))
     np.testing.assert_array_equal(first.order, resumed.order)
     assert not np.array_equal(order_epoch0, first.order)
+    # The same batches, mixing draws included, whatever was served before...
+    for (x, y), (rx, ry) in zip(served, [resumed[i] for i in range(len(resumed))]):
+        np.testing.assert_array_equal(x, rx) and np.testing.assert_array_equal(y, ry)
+    # ...and a dataset resumed at batch 1 serves the rest of the epoch.
+    later = MixedBatches(images, onehot, batch_size=4, mixup=0.2, seed=3, epoch=1, start=1)
+    assert len(later) == len(resumed) - 1
+    np.testing.assert_array_equal(later[0][1], served[1][1])
     with pytest.raises(ValueError, match="mixup"):
         MixedBatches(images, onehot, batch_size=4)
 
@@ -164,7 +171,7 @@ def test_modern_recipe_trains_a_resnet_and_records_every_ingredient(tmp_path, ti
                                                                     monkeypatch, restore_policy):
     monkeypatch.setenv("TINYLIB_DATA", str(synthetic))
     ds = data.load()
-    run = train.train_model("resnet18", ds, smoke_profile(), recipe="modern", build_options={"width": 4},
+    run = train.train_model("resnet18", ds, smoke_profile(), recipe="modern", build_options={"width": 16},
                             runs=tmp_path, verbose=0)
     record = run.record
     assert record["finished"] and run.path.name == "resnet18-smoke-tensorflow-modern"
@@ -176,7 +183,7 @@ def test_modern_recipe_trains_a_resnet_and_records_every_ingredient(tmp_path, ti
     assert rates[0] > rates[1] and rates[1] == pytest.approx(0.0, abs=1e-6)
     # The same folder with another recipe is another run: refused, not resumed.
     other = train.build("resnet18", ds, smoke_profile(), recipe=RECIPES["modern"].replace(label_smoothing=0.2),
-                        width=4)
+                        width=16)
     with pytest.raises(ValueError, match="recipe"):
         train.fit(other, ds, smoke_profile(), runs=tmp_path, verbose=0)
 
@@ -197,7 +204,7 @@ def test_mixed_float16_wraps_the_optimizer_in_loss_scaling(tiny_env, synthetic, 
     monkeypatch.setenv("TINYLIB_DATA", str(synthetic))
     ds = data.load()
     model = train.build("resnet18", ds, smoke_profile(), recipe=Recipe(name="fp16", precision="mixed_float16"),
-                        width=4)
+                        width=16)
     assert keras.config.dtype_policy().name == "mixed_float16"
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
     assert model.get_layer("stem_conv").compute_dtype == "float16"

@@ -28,17 +28,19 @@ REPO = Path(__file__).resolve().parents[1]
 DRIVER = textwrap.dedent("""
     import os, signal, sys, time
     import keras
-    from tinylib import data, train
+    import numpy as np
+    from tinylib import augment, data, train
     from tinylib.profiles import Profile
 
     runs, epochs = sys.argv[1], int(sys.argv[2])
     keras.utils.set_random_seed(0)
     profile = Profile("smoke", classes=None, train_per_class=None, val_per_class=None, epochs=epochs,
-                      batch_size=8)
+                      batch_size=int(os.environ.get("BATCH", 8)))
     ds = data.load()
     inputs = keras.Input((64, 64, 3))
     x = keras.layers.Rescaling(1 / 255)(inputs)
-    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = augment.augmentation(seed=0)(x)  # random draws, whose state a resume must restore
+    x = keras.layers.Dropout(0.2)(keras.layers.GlobalAveragePooling2D()(x))
     model = keras.Model(inputs, keras.layers.Dense(ds.num_classes, activation="softmax")(x), name="tiny")
     model.compile("adam", "categorical_crossentropy", metrics=["accuracy"])
     sleep, die_in = float(os.environ.get("SLEEP", 0)), int(os.environ.get("DIE_IN", 0))
@@ -49,7 +51,7 @@ DRIVER = textwrap.dedent("""
             self.epoch = epoch + 1
         def on_train_batch_end(self, batch, logs=None):
             time.sleep(sleep)
-            if self.epoch == die_in and batch == 1:
+            if self.epoch == die_in and batch == int(os.environ.get("DIE_AT_BATCH", 1)):
                 os.kill(os.getpid(), sig)
 
     if os.environ.get("DIE_SAVING"):
@@ -63,7 +65,10 @@ DRIVER = textwrap.dedent("""
                 os.kill(os.getpid(), signal.SIGKILL)
         keras.Model.save_weights = save_then_die
 
-    run = train.fit(model, ds, profile, runs=runs, callbacks=[], extra_callbacks=[Faults()], verbose=0)
+    every = float(os.environ["EVERY"]) if os.environ.get("EVERY") else None
+    run = train.fit(model, ds, profile, runs=runs, callbacks=[], extra_callbacks=[Faults()], verbose=0,
+                    checkpoint_every=every, name=os.environ.get("NAME"))
+    np.save(os.path.join(run.path, "weights-at-end.npy"), np.concatenate([w.ravel() for w in model.get_weights()]))
     print("RUN", run.path, run.record["epochs_run"], run.record["wall_seconds"])
 """)
 
@@ -71,7 +76,7 @@ DRIVER = textwrap.dedent("""
 def _drive(tmp_path: Path, epochs: int = 2, **flags) -> subprocess.CompletedProcess:
     env = {**os.environ, "KERAS_BACKEND": os.environ.get("KERAS_BACKEND", "tensorflow"),
            "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    for key in ("SLEEP", "DIE_IN", "SIGNAL", "DIE_SAVING"):
+    for key in ("SLEEP", "DIE_IN", "SIGNAL", "DIE_SAVING", "EVERY", "NAME", "BATCH", "DIE_AT_BATCH"):
         env.pop(key, None)
     env.update({k: str(v) for k, v in flags.items()})
     driver = tmp_path / "driver.py"
@@ -332,3 +337,83 @@ def test_stale_temporaries_of_a_killed_writer_are_cleared_when_the_run_resumes(t
     time.sleep(0.01)
     train.fit(_tiny(ds.num_classes), ds, profile, epochs=1, runs=tmp_path, callbacks=[], verbose=0)
     assert not stale.exists()
+
+
+# --- checkpoints inside an epoch ---------------------------------------------------------------
+
+
+def test_a_kill_mid_epoch_resumes_at_that_batch_with_the_result_of_an_uninterrupted_run(tmp_path, run_dir):
+    import numpy as np
+
+    # 24 images in batches of 4: 6 batches an epoch; a checkpoint after every batch.
+    straight = _drive(tmp_path, epochs=2, BATCH=4, EVERY=0, NAME="straight")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    died = _drive(tmp_path, epochs=2, BATCH=4, EVERY=0, NAME="killed", DIE_IN=2, DIE_AT_BATCH=3)
+    assert died.returncode == -signal.SIGKILL, died.stderr[-3000:]
+    killed = tmp_path / "runs" / "killed"
+    state = json.loads((killed / "state.json").read_text())
+    assert state["epochs_done"] == 1 and state["partial"]["epoch"] == 1 and state["partial"]["batches"] == 4
+    assert state["checkpoint"] == "partial.weights.h5" and (killed / "partial.weights.h5").is_file()
+
+    resumed = _drive(tmp_path, epochs=2, BATCH=4, EVERY=0, NAME="killed")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "after epoch 1 of 2 and batch 4 of epoch 2" in resumed.stdout
+    # The same weights and the same epoch metrics as the run that was never interrupted:
+    # same batches in the same order, same random augmentation and dropout, same sums.
+    a = np.load(tmp_path / "runs" / "straight" / "weights-at-end.npy")
+    b = np.load(killed / "weights-at-end.npy")
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+    one, two = _record(tmp_path / "runs" / "straight"), _record(killed)
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        np.testing.assert_allclose(two["history"][key], one["history"][key], rtol=1e-5, atol=1e-6)
+    assert not (killed / "partial.weights.h5").exists()  # a finished run keeps only its final weights
+    assert two["resumed_at_epoch"] == 1 and two["epochs_run"] == 2
+
+
+def test_early_stopping_keeps_its_patience_and_best_weights_across_a_resume(tmp_path, smoke, monkeypatch):
+    import numpy as np
+
+    from tinylib import train
+
+    made = []
+    original = train.make_callbacks
+    monkeypatch.setattr(train, "make_callbacks", lambda names: made.extend(original(names)) or made[-len(names):])
+    ds, profile = smoke
+    names = ["early_stopping", "reduce_lr_on_plateau"]
+    train.fit(_tiny(ds.num_classes), ds, profile, epochs=2, runs=tmp_path, callbacks=names, verbose=0)
+    first_stop, first_lr = made[0], made[1]
+    state = json.loads((tmp_path / "tiny-smoke-" f"{_backend()}" / "state.json").read_text())
+    assert state["callbacks"]["0"]["best"] == pytest.approx(first_stop.best)
+    assert state["callbacks"]["0"]["wait"] == first_stop.wait
+    assert state["callbacks"]["1"]["best"] == pytest.approx(first_lr.best)
+
+    class Probe(__import__("keras").callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.seen = (made[2].best, made[2].wait, made[2].best_weights is not None, made[3].best)
+
+    probe = Probe()
+    train.fit(_tiny(ds.num_classes), ds, profile, epochs=3, runs=tmp_path, callbacks=names, verbose=0,
+              extra_callbacks=[probe])
+    val_losses = state["history"]["val_loss"]
+    assert probe.seen[0] == pytest.approx(min(val_losses))  # not reset to inf by the new fit
+    assert probe.seen[1] == first_stop.wait and probe.seen[2]
+    assert probe.seen[3] == pytest.approx(first_lr.best)
+    assert np.isfinite(probe.seen[0])
+
+
+def test_progress_lines_read_well_in_a_log(tmp_path, smoke, capsys):
+    from tinylib import progress, train
+
+    ds, profile = smoke
+    line = progress.ProgressLog(epochs=2, batch_size=4, every=0.0)
+    train.fit(_tiny(ds.num_classes), ds, profile, epochs=2, batch_size=4, runs=tmp_path, callbacks=[],
+              verbose=0, extra_callbacks=[line])
+    out = capsys.readouterr().out
+    assert "\r" not in out
+    steps = [l for l in out.splitlines() if " step " in l]
+    assert steps and all("images/s" in l and "epoch left" in l for l in steps)
+    assert "epoch 2/2 step 6/6" in out or "epoch 2/2 step 5/6" in out
+    ends = [l for l in out.splitlines() if " done in " in l]
+    assert len(ends) == 2 and "val_accuracy" in ends[0] and "run left about" in ends[0]
+    assert progress.duration(42) == "42s" and progress.duration(785) == "13m05s"
+    assert progress.duration(5 * 3600 + 12 * 60) == "5h12m"

@@ -9,55 +9,46 @@ model's own augmentation (crop, flip) then runs on the mixed images, on the devi
 
 from __future__ import annotations
 
-import math
-
 import keras
 import numpy as np
+
+from tinylib.batches import ShuffledBatches
 
 __all__ = ["MixedBatches"]
 
 
-class MixedBatches(keras.utils.PyDataset):
+class MixedBatches(ShuffledBatches):
     """Shuffled training batches with MixUp and/or CutMix (one of the two per batch).
 
     ``images`` are uint8 (N, H, W, 3) as loaded, ``labels`` one-hot float32 (N, C).
     With both ``mixup`` and ``cutmix`` on, each batch gets CutMix with probability
-    ``cutmix_probability``, else MixUp, as in timm's recipe. The order is reshuffled
-    every epoch from ``seed`` and the epoch number, so a resumed run sees the same
-    sequence of batches it would have seen without the interruption.
+    ``cutmix_probability``, else MixUp, as in timm's recipe. The order, and which
+    batch gets which mix, is drawn from ``seed`` and the epoch number (see
+    ``tinylib.batches``), so a resumed run sees the batches it would have seen.
     """
 
     def __init__(self, images, labels, batch_size, mixup=0.0, cutmix=0.0, cutmix_probability=0.5,
-                 seed=0, **kwargs):
-        super().__init__(**kwargs)
+                 seed=0, epoch=0, start=0, **kwargs):
         if not (mixup or cutmix):
-            raise ValueError("MixedBatches needs mixup > 0 or cutmix > 0 (else pass the arrays to fit)")
-        self.images, self.labels = images, np.asarray(labels, dtype="float32")
-        self.batch_size = int(batch_size)
-        self.seed = int(seed)
-        self.epoch = 0
+            raise ValueError("MixedBatches needs mixup > 0 or cutmix > 0 (else use ShuffledBatches)")
         self.cutmix_probability = float(cutmix_probability) if mixup and cutmix else float(bool(cutmix))
         self.mixup = keras.layers.MixUp(alpha=mixup, seed=seed) if mixup else None
         self.cutmix = keras.layers.CutMix(factor=cutmix, seed=seed) if cutmix else None
-        self._shuffle()
+        super().__init__(images, labels, batch_size, seed=seed, epoch=epoch, start=start, **kwargs)
 
-    def _shuffle(self):
-        rng = np.random.default_rng([self.seed, self.epoch])
-        self.order = rng.permutation(len(self.images))
-        self.choice = rng.random(len(self))  # which mix each batch gets
-
-    def set_epoch(self, epoch: int):
-        """Start at ``epoch`` (used when a run resumes)."""
-        self.epoch = int(epoch)
-        self._shuffle()
-
-    def __len__(self):
-        return math.ceil(len(self.images) / self.batch_size)
+    def shuffled(self, epoch: int) -> None:
+        # Which mix each batch gets: from its own stream, so the order matches ShuffledBatches'.
+        self.choice = np.random.default_rng([self.seed, epoch, 1]).random(self.batches_per_epoch)
 
     def __getitem__(self, index):
-        rows = np.sort(self.order[index * self.batch_size:(index + 1) * self.batch_size])
+        batch_number = self.start + index
+        for layer in (self.mixup, self.cutmix):  # each batch's draws depend on (seed, epoch, batch) alone
+            if layer is not None:
+                layer.generator.state.assign(np.asarray([self.seed, self.epoch * 1_000_003 + batch_number],
+                                                        dtype=layer.generator.state.dtype))
+        rows = self.rows(index)
         batch = {"images": np.asarray(self.images[rows], dtype="float32"), "labels": self.labels[rows]}
-        if self.choice[index] < self.cutmix_probability:
+        if self.choice[batch_number] < self.cutmix_probability:
             return self._cut_mix(batch)
         mixed = self.mixup(batch, training=True)
         return (keras.ops.convert_to_numpy(mixed["images"]),
@@ -78,7 +69,3 @@ class MixedBatches(keras.utils.PyDataset):
         order = keras.ops.convert_to_numpy(transformation["permutation_order"])
         labels = (1.0 - pasted) * batch["labels"] + pasted * batch["labels"][order]
         return keras.ops.convert_to_numpy(images), labels.astype("float32")
-
-    def on_epoch_end(self):
-        self.epoch += 1
-        self._shuffle()

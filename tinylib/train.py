@@ -33,6 +33,8 @@ import numpy as np
 
 from tinylib import files
 from tinylib import models as models_lib
+from tinylib.batches import ShuffledBatches
+from tinylib.progress import ProgressLog
 from tinylib.profiles import Profile, get_profile, gpu_available
 from tinylib.recipes import Recipe, ablation_recipes, get_recipe, steps_per_epoch
 
@@ -173,17 +175,84 @@ def _jsonable(value):
     raise TypeError(f"not JSON serializable: {type(value)}")
 
 
-class _Checkpointer(keras.callbacks.Callback):
-    """After each epoch: save weights and optimizer, then point state.json at them."""
+# The state of the study's callbacks that a resumed run must carry on with (Keras resets
+# them when ``fit`` starts): without it, early stopping would forget its patience.
+CALLBACK_STATE = {
+    keras.callbacks.EarlyStopping: ("wait", "best", "best_epoch", "stopped_epoch"),
+    keras.callbacks.ReduceLROnPlateau: ("wait", "best", "cooldown_counter"),
+}
+PARTIAL_CHECKPOINT = "partial.weights.h5"
+BEST_WEIGHTS = "best-weights.npz"
+CHECKPOINT_EVERY = 300.0  # seconds between checkpoints inside an epoch
 
-    def __init__(self, run: "Run"):
+
+class _Checkpointer(keras.callbacks.Callback):
+    """Save the run as it goes: after each epoch, and every few minutes inside one.
+
+    After each epoch: the weights with the optimizer state, then ``state.json``
+    pointing at them.  Inside an epoch, every ``every`` seconds: the same into
+    ``partial.weights.h5``, with the batches done and the metrics' running totals,
+    so a run killed mid-epoch resumes at that batch with the same result as an
+    uninterrupted one (its batches come in an order fixed by seed and epoch).  It
+    also keeps the study's callbacks' state (early stopping's patience, its best
+    weights) across resumes.
+    """
+
+    def __init__(self, run: "Run", every: float | None = CHECKPOINT_EVERY, keras_callbacks=()):
         super().__init__()
         self.run = run
+        self.every = every
+        self.keras_callbacks = [c for c in keras_callbacks if type(c) in CALLBACK_STATE]
         self.epoch_start = 0.0
+        self.offset = 0  # batches of the first epoch done before this fit call (a mid-epoch resume)
+
+    # --- resume -------------------------------------------------------------------------
+
+    def on_train_begin(self, logs=None):
+        """Give the study's callbacks back the state Keras just reset."""
+        saved = self.run.callback_state
+        for index, callback in enumerate(self.keras_callbacks):
+            for name, value in saved.get(str(index), {}).items():
+                setattr(callback, name, value)
+            best = self.run.path / BEST_WEIGHTS
+            if getattr(callback, "restore_best_weights", False) and best.is_file():
+                with np.load(best, allow_pickle=False) as arrays:
+                    callback.best_weights = [arrays[f"arr_{i}"] for i in range(len(arrays.files))]
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.epoch_start = time.perf_counter()
+        self.epoch = epoch
+        self.epoch_start = self.last_save = time.perf_counter()
         self.train_end = None
+        self.carried_metrics = None
+        partial = self.run.partial
+        if self.offset and partial and partial["epoch"] == epoch:  # resumed mid-epoch: carry on
+            self.carried_metrics = partial["metrics"]
+            self.epoch_start -= partial["train_seconds"]
+
+    # --- inside an epoch ------------------------------------------------------------------
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.carried_metrics:
+            # The metrics' running sums (totals and counts) of the batches before the
+            # interruption.  Added after the first step, because Keras builds its compiled
+            # metrics only when it first traces the step.
+            for variable in self.model.metrics_variables:
+                if variable.path in self.carried_metrics:
+                    saved = np.asarray(self.carried_metrics[variable.path])
+                    variable.assign(keras.ops.convert_to_numpy(variable) + saved.astype(variable.dtype))
+            self.carried_metrics = None
+        if self.every is None or time.perf_counter() - self.last_save < self.every:
+            return
+        save_weights(self.model, self.run.path / PARTIAL_CHECKPOINT)
+        self.run.partial = {
+            "epoch": self.epoch, "batches": self.offset + batch + 1, "checkpoint": PARTIAL_CHECKPOINT,
+            "train_seconds": time.perf_counter() - self.epoch_start,
+            "metrics": {v.path: keras.ops.convert_to_numpy(v).tolist() for v in self.model.metrics_variables},
+        }
+        self._write_state(PARTIAL_CHECKPOINT)
+        self.last_save = time.perf_counter()
+
+    # --- at the end of an epoch ----------------------------------------------------------
 
     def on_test_begin(self, logs=None):
         self.train_end = self.train_end or time.perf_counter()  # validation is not training
@@ -201,13 +270,62 @@ class _Checkpointer(keras.callbacks.Callback):
         checkpoint = self.run.path / f"checkpoint-epoch-{epoch + 1:03d}.weights.h5"
         save_weights(self.model, checkpoint)
         self.run.epochs_done = epoch + 1
-        _write_json(self.run.path / STATE_FILE, {
-            "epochs_done": self.run.epochs_done, "checkpoint": checkpoint.name,
-            "history": self.run.history,
-        })
+        self.run.partial, self.offset = None, 0
+        self._save_best_weights(epoch)
+        self._write_state(checkpoint.name)
         for old in sorted(self.run.path.glob("checkpoint-epoch-*.weights.h5"))[:-KEEP_CHECKPOINTS]:
             old.unlink()
+        (self.run.path / PARTIAL_CHECKPOINT).unlink(missing_ok=True)
         self.run.write_record()
+
+    def _save_best_weights(self, epoch: int) -> None:
+        """Early stopping's best weights live in memory: keep them on disk for a resume."""
+        for callback in self.keras_callbacks:
+            if getattr(callback, "restore_best_weights", False) and callback.best_epoch == epoch \
+                    and callback.best_weights is not None:
+                with files.atomic_path(self.run.path / BEST_WEIGHTS) as tmp:
+                    with open(tmp, "wb") as f:
+                        np.savez(f, *callback.best_weights)
+
+    def _write_state(self, checkpoint: str) -> None:
+        self.run.callback_state = {
+            str(index): {name: _plain(getattr(callback, name, None)) for name in CALLBACK_STATE[type(callback)]}
+            for index, callback in enumerate(self.keras_callbacks)
+        }
+        _write_json(self.run.path / STATE_FILE, {
+            "epochs_done": self.run.epochs_done, "checkpoint": checkpoint, "history": self.run.history,
+            "partial": self.run.partial, "callbacks": self.run.callback_state,
+            "random_state": random_state(self.model),
+        })
+
+
+def _seed_states(model) -> list:
+    """The states of the model's random generators (augmentation, dropout), in model order."""
+    return [v for v in model.non_trainable_variables if v.path.endswith("seed_generator_state")]
+
+
+def random_state(model) -> list:
+    """Where the model's random generators stand: Keras' weights files leave them out."""
+    return [keras.ops.convert_to_numpy(v).tolist() for v in _seed_states(model)]
+
+
+def restore_random_state(model, saved) -> None:
+    """Put the generators back where ``random_state`` found them, so a resumed run draws
+    the augmentations and dropout masks an uninterrupted one would have drawn."""
+    states = _seed_states(model)
+    if saved and len(saved) == len(states):
+        for variable, value in zip(states, saved):
+            variable.assign(np.asarray(value, dtype=keras.backend.standardize_dtype(variable.dtype)))
+
+
+def _plain(value):
+    """A callback's attribute as JSON can hold it (NumPy and Keras scalars become floats)."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    try:
+        return float(keras.ops.convert_to_numpy(value))
+    except (TypeError, ValueError):
+        return None
 
 
 # --------------------------------------------------------------------------------------
@@ -225,6 +343,8 @@ class Run:
     history: dict = dataclasses.field(default_factory=dict)
     epochs_done: int = 0
     wall_before: float = 0.0  # seconds spent by earlier invocations, interrupted ones included
+    partial: dict | None = None  # where inside an epoch the last mid-epoch checkpoint was taken
+    callback_state: dict = dataclasses.field(default_factory=dict)  # early stopping's patience, ...
     started: float | None = None  # perf_counter() when this invocation began training
 
     @property
@@ -285,7 +405,8 @@ class RunInUse(RuntimeError):
 def fit(model: keras.Model, data, profile: Profile | str | None = None, *, name: str | None = None,
         epochs: int | None = None, batch_size: int | None = None, callbacks="seed",
         extra_callbacks=(), resume: bool = True, runs: Path | None = None,
-        verbose="auto", notes: dict | None = None) -> Run:
+        verbose="auto", notes: dict | None = None,
+        checkpoint_every: float | None = CHECKPOINT_EVERY) -> Run:
     """Train ``model`` on ``data`` (a ``TinyImageNet`` subset) as ``profile`` says.
 
     ``callbacks`` is 'seed' (what the seed used for this model), or a list of
@@ -300,7 +421,10 @@ def fit(model: keras.Model, data, profile: Profile | str | None = None, *, name:
 
     A model built with a recipe (``build(..., recipe=...)``) is fed MixUp/CutMix
     batches when its recipe asks for them.  ``notes`` are extra fields for the
-    record (say, a fine-tuning stage).  Returns the ``Run``; its record is in
+    record (say, a fine-tuning stage).  Besides the checkpoint after every epoch,
+    one is taken every ``checkpoint_every`` seconds inside an epoch (None: never),
+    so a kill costs minutes, not an epoch; ``verbose='auto'`` prints Keras' bar in
+    a terminal and plain progress lines (``tinylib.progress``) elsewhere.  Returns the ``Run``; its record is in
     ``run.record`` and in ``record.json`` in the run folder.
     """
     profile = get_profile(profile)
@@ -326,7 +450,8 @@ def fit(model: keras.Model, data, profile: Profile | str | None = None, *, name:
             _clear_run(path)
         if _resume(run, epochs):
             return run  # finished, and nothing more asked of it
-        _train(run, model, data, profile, epochs, batch_size, callbacks, extra_callbacks, verbose)
+        _train(run, model, data, profile, epochs, batch_size, callbacks, extra_callbacks, verbose,
+               checkpoint_every)
         return run
     finally:
         lock.release()
@@ -347,8 +472,8 @@ def _lock_run(path: Path) -> files.FolderLock:
 
 def _clear_run(path: Path) -> None:
     """Start a run folder afresh: forget its state, record and checkpoints."""
-    for stale in [path / STATE_FILE, path / RECORD_FILE, path / FINAL_CHECKPOINT,
-                  *path.glob("checkpoint-epoch-*.weights.h5")]:
+    for stale in [path / STATE_FILE, path / RECORD_FILE, path / FINAL_CHECKPOINT, path / PARTIAL_CHECKPOINT,
+                  path / BEST_WEIGHTS, *path.glob("checkpoint-epoch-*.weights.h5")]:
         stale.unlink(missing_ok=True)
 
 
@@ -372,6 +497,7 @@ def _resume(run: Run, epochs: int) -> bool:
     if not model.optimizer.built:
         model.optimizer.build(model.trainable_variables)
     load_checkpoint(model, path / state["checkpoint"])
+    restore_random_state(model, state.get("random_state"))
     run.history, run.epochs_done = state["history"], state["epochs_done"]
     run.wall_before = previous.get("wall_seconds", 0.0)
     if previous.get("finished") and change is None:
@@ -382,6 +508,7 @@ def _resume(run: Run, epochs: int) -> bool:
         print(f"{path.name} is finished ({run.epochs_done} epochs): returning its record", flush=True)
         return True
     run.record["resumed_at_epoch"] = state["epochs_done"]
+    run.partial, run.callback_state = state.get("partial"), state.get("callbacks") or {}
     changes = list(previous.get("epochs_changed", []))
     if change is not None:
         changes.append(change)
@@ -390,7 +517,8 @@ def _resume(run: Run, epochs: int) -> bool:
               flush=True)
     if changes:
         run.record["epochs_changed"] = changes
-    print(f"Resuming {path.name} after epoch {state['epochs_done']} of {epochs}", flush=True)
+    inside = f" and batch {run.partial['batches']} of epoch {run.partial['epoch'] + 1}" if run.partial else ""
+    print(f"Resuming {path.name} after epoch {state['epochs_done']} of {epochs}{inside}", flush=True)
     return False
 
 
@@ -408,34 +536,55 @@ def _epochs_change(path: Path, previous: dict, done: int, epochs: int) -> dict |
     return {"at_epoch": done, "from": planned, "to": epochs}
 
 
-def _train(run: Run, model, data, profile, epochs, batch_size, callbacks, extra_callbacks, verbose) -> None:
-    """Fit from ``run.epochs_done`` to ``epochs``, checkpointing each epoch, then save the end state."""
-    path, recipe = run.path, getattr(model, "tinylib_recipe", None)
+def _train(run: Run, model, data, profile, epochs, batch_size, callbacks, extra_callbacks, verbose,
+           checkpoint_every) -> None:
+    """Fit from where the run stands to ``epochs``, checkpointing as it goes, then save the end state."""
+    recipe = getattr(model, "tinylib_recipe", None)
     y_train = _one_hot(data.train.labels, data.num_classes)
     y_val = _one_hot(data.val.labels, data.num_classes)
     print(f"Training {model.name} ({model.count_params():,} parameters) on {data.summary()}, "
           f"{epochs} epochs, batch {batch_size}, {keras.backend.backend()} on {run.record['device']}",
           flush=True)
-    if recipe is not None and recipe.mixes_batches:
-        from tinylib.mixing import MixedBatches
-
-        train_data = {"x": MixedBatches(data.train.images, y_train, batch_size, mixup=recipe.mixup,
-                                        cutmix=recipe.cutmix, seed=profile.seed)}
-        train_data["x"].set_epoch(run.epochs_done)
+    mixing = recipe is not None and recipe.mixes_batches
+    if mixing:
         print(f"MixUp (alpha {recipe.mixup}) / CutMix (alpha {recipe.cutmix}) on the training batches",
               flush=True)
-    else:
-        train_data = {"x": np.asarray(data.train.images), "y": y_train, "batch_size": batch_size,
-                      "shuffle": True}
+
+    def batches(epoch: int, start: int):
+        if mixing:
+            from tinylib.mixing import MixedBatches
+
+            return MixedBatches(data.train.images, y_train, batch_size, mixup=recipe.mixup,
+                                cutmix=recipe.cutmix, seed=profile.seed, epoch=epoch, start=start)
+        return ShuffledBatches(data.train.images, y_train, batch_size, seed=profile.seed, epoch=epoch,
+                               start=start)
+
+    study_callbacks = make_callbacks(callbacks)
+    checkpointer = _Checkpointer(run, checkpoint_every, study_callbacks)
+    verbosity = _verbosity(verbose)
+    progress = [ProgressLog(epochs, batch_size)] if verbosity == "log" else []
+    first = run.partial["epoch"] if run.partial else run.epochs_done
     run.started = time.perf_counter()
     try:
         with _sigterm_as_exit():
-            model.fit(
-                **train_data, validation_data=(np.asarray(data.val.images), y_val),
-                validation_batch_size=batch_size, epochs=epochs, initial_epoch=run.epochs_done,
-                callbacks=[*make_callbacks(callbacks), _Checkpointer(run), *extra_callbacks],
-                verbose=_verbosity(verbose),
-            )
+            # One fit per epoch: each epoch's batches are a dataset of their own, built from
+            # (seed, epoch), and a resumed epoch starts at the batch where it stopped.
+            for epoch in range(first, epochs):
+                start = run.partial["batches"] if run.partial and run.partial["epoch"] == epoch else 0
+                checkpointer.offset = start
+                for line in progress:
+                    line.offset = start
+                model.fit(
+                    # shuffle=False: the batches come in their own (seed, epoch) order; Keras would
+                    # shuffle them again with Python's global random state, which no resume recreates.
+                    batches(epoch, start), shuffle=False,
+                    validation_data=(np.asarray(data.val.images), y_val), validation_batch_size=batch_size,
+                    epochs=epoch + 1, initial_epoch=epoch,
+                    callbacks=[*study_callbacks, checkpointer, *progress, *extra_callbacks],
+                    verbose=0 if verbosity == "log" else verbosity,
+                )
+                if model.stop_training:
+                    break
     except BaseException:
         if run.epochs_done:  # keep the time this invocation spent, for the record's wall time
             run.write_record()
@@ -456,8 +605,10 @@ def _finish(run: Run) -> None:
     """
     save_weights(run.model, run.path / FINAL_CHECKPOINT)
     _write_json(run.path / STATE_FILE, {**_read_state(run.path), "checkpoint": FINAL_CHECKPOINT})
-    for finished in run.path.glob("checkpoint-epoch-*.weights.h5"):  # a finished run needs no resume point
-        finished.unlink()
+    # A finished run needs no resume point; early stopping's best weights stay, for a run
+    # asked later for more epochs.
+    for finished in [*run.path.glob("checkpoint-epoch-*.weights.h5"), run.path / PARTIAL_CHECKPOINT]:
+        finished.unlink(missing_ok=True)
     run.write_record()
 
 
@@ -517,10 +668,10 @@ def _read_record(path: Path) -> dict:
 
 
 def _verbosity(verbose):
-    """Progress bars in a terminal, one line per epoch in a log or a built book."""
+    """Keras' progress bar in a terminal; tinylib's plain lines ('log') in a log file or a book."""
     if verbose != "auto":
         return verbose
-    return 1 if sys.stdout.isatty() else 2
+    return 1 if sys.stdout.isatty() else "log"
 
 
 def _new_record(model, data, profile, epochs, batch_size, callbacks) -> dict:

@@ -1,0 +1,97 @@
+"""Progress of a long training, as plain lines that read well in a log file or a notebook.
+
+Keras' progress bar redraws one line with carriage returns (unreadable in a log),
+and its one-line-per-epoch mode says nothing for the many minutes a full-scale CPU
+epoch takes.  :class:`ProgressLog` prints a line every ``every`` seconds (steps
+done, images/s, time left in the epoch and in the run) and one line per epoch.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import keras
+
+__all__ = ["ProgressLog", "duration"]
+
+
+def duration(seconds: float) -> str:
+    """'42s', '13m05s', '5h12m': short and unambiguous."""
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def _metrics(logs: dict, keys) -> str:
+    shown = []
+    for key in keys:
+        if key in logs:
+            value = float(logs[key])  # a float() waits for the device: only finished work is timed
+            shown.append(f"{key} {value:.2%}" if "accuracy" in key or "top5" in key else f"{key} {value:.4f}")
+    return ", ".join(shown)
+
+
+class ProgressLog(keras.callbacks.Callback):
+    """A line every ``every`` seconds within an epoch, and one line when it ends.
+
+    ``epochs`` is the run's planned length (for the time left); ``batch_size`` turns
+    steps into images/s; ``offset`` is the number of batches of the first epoch done
+    before this call (a run resumed in the middle of an epoch).
+    """
+
+    def __init__(self, epochs: int, batch_size: int, every: float = 30.0, offset: int = 0, stream=None):
+        super().__init__()
+        self.epochs, self.batch_size, self.every = int(epochs), int(batch_size), float(every)
+        self.offset = int(offset)
+        self.stream = stream
+        self.epoch_times: list[float] = []
+
+    def _print(self, text: str) -> None:
+        print(text, file=self.stream or sys.stdout, flush=True)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+        self.start = self.last = time.perf_counter()
+        self.steps = int(self.params.get("steps") or 0)
+        self.first_step = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        now = time.perf_counter()
+        if self.first_step is None:
+            self.first_step = (batch, now)  # the first step also compiles: rates start after it
+            return
+        if now - self.last < self.every:
+            return
+        text = _metrics(logs or {}, ("loss", "accuracy"))  # waits for the step to finish
+        now = time.perf_counter()
+        self.last = now
+        done_batches = batch - self.first_step[0]
+        rate = done_batches / max(now - self.first_step[1], 1e-9)  # steps/s since the first step
+        left = (self.steps - batch - 1) / rate if rate > 0 else float("nan")
+        total = self.steps + self.offset
+        self._print(f"epoch {self.epoch + 1}/{self.epochs} step {batch + 1 + self.offset}/{total}: "
+                    f"{text}; {rate * self.batch_size:,.0f} images/s; epoch left {duration(left)}"
+                    f"{self._run_left(left)}")
+
+    def _run_left(self, epoch_left: float) -> str:
+        if not self.epoch_times or self.epoch + 1 >= self.epochs:
+            return ""
+        per_epoch = sorted(self.epoch_times)[len(self.epoch_times) // 2]
+        return f", run left {duration(epoch_left + per_epoch * (self.epochs - self.epoch - 1))}"
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        text = _metrics(logs, ("loss", "accuracy", "val_loss", "val_accuracy", "val_top5"))
+        seconds = time.perf_counter() - self.start
+        if self.offset == 0:  # a partial epoch would make the estimate too short
+            self.epoch_times.append(seconds)
+        self.offset = 0
+        left = ""
+        if self.epoch_times and epoch + 1 < self.epochs:
+            per_epoch = sorted(self.epoch_times)[len(self.epoch_times) // 2]
+            left = f"; run left about {duration(per_epoch * (self.epochs - epoch - 1))}"
+        self._print(f"epoch {epoch + 1}/{self.epochs} done in {duration(seconds)}: {text}{left}")
