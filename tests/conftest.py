@@ -109,3 +109,26 @@ def real_data_path() -> Path:
     if not path:
         pytest.skip("TINYLIB_DATA is not set: the real-data tests need the real Tiny ImageNet")
     return Path(path)
+
+
+@pytest.fixture
+def run_on_jax(tmp_path):
+    """Run a script in a fresh process on the JAX backend; returns the finished process.
+
+    For the tests that check a backend other than the one the suite runs on.
+    """
+    import subprocess
+    import sys
+
+    pytest.importorskip("jax")
+    tests = Path(__file__).resolve().parent
+
+    def run(script_text: str, name: str = "jax_script.py", timeout: int = 300):
+        env = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3", "MPLBACKEND": "Agg",
+               "PYTHONPATH": os.pathsep.join([str(tests.parent), str(tests)])}
+        script = tmp_path / name
+        script.write_text(script_text)
+        return subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
+                              timeout=timeout)
+
+    return run

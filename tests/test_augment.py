@@ -468,21 +468,9 @@ print("JAX OK", worst, stray)
 '''
 
 
-def test_idg_layer_on_the_jax_backend(tmp_path):
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    pytest.importorskip("jax")
+def test_idg_layer_on_the_jax_backend(run_on_jax):
     if keras.backend.backend() == "jax":
         pytest.skip("this run is JAX already: the tests above cover it")
-    tests = Path(__file__).resolve().parent
-    env = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3",
-           "PYTHONPATH": os.pathsep.join([str(tests.parent), str(tests)])}
-    script = tmp_path / "jax_idg.py"
-    script.write_text(JAX_SCRIPT)
-    result = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
-                            timeout=300)
+    result = run_on_jax(JAX_SCRIPT, "jax_idg.py")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "JAX OK" in result.stdout

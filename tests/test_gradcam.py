@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import matplotlib
 
@@ -19,7 +15,6 @@ import pytest  # noqa: E402
 
 from tinylib import augment, gradcam, models, plots  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 NAMES = ["goldfish, Carassius auratus", "European fire salamander, Salamandra salamandra",
          "bullfrog, Rana catesbeiana", "Egyptian cat"]
 BLOCK = (slice(5, 7), slice(1, 3))  # rows 5-6, columns 1-2 of an 8x8 image
@@ -156,14 +151,8 @@ JAX_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_gradcam_on_the_jax_backend(tmp_path):
-    pytest.importorskip("jax")
-    env = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3",
-           "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]), "MPLBACKEND": "Agg"}
-    script = tmp_path / "jax_gradcam.py"
-    script.write_text(JAX_SCRIPT)
-    result = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
-                            timeout=300)
+def test_gradcam_on_the_jax_backend(run_on_jax):
+    result = run_on_jax(JAX_SCRIPT, "jax_gradcam.py")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "JAX OK" in result.stdout
 

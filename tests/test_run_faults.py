@@ -332,7 +332,7 @@ def test_stale_temporaries_of_a_killed_writer_are_cleared_when_the_run_resumes(t
 
     ds, profile = smoke
     run = train.fit(_tiny(ds.num_classes), ds, profile, epochs=1, runs=tmp_path, callbacks=[], verbose=0)
-    stale = run.path / f".tmp-99999-checkpoint-epoch-002.weights.h5"
+    stale = run.path / ".tmp-99999-checkpoint-epoch-002.weights.h5"
     stale.write_bytes(b"half")
     time.sleep(0.01)
     train.fit(_tiny(ds.num_classes), ds, profile, epochs=1, runs=tmp_path, callbacks=[], verbose=0)
