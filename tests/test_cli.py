@@ -28,3 +28,12 @@ def test_train_with_the_modern_recipe_writes_its_run(real_data_path, tmp_path, c
     assert record["recipe"]["name"] == "modern" and record["epochs_run"] == 1 and record["finished"]
     assert record["augmentation"]["layer"] == "RandomResizedCrop"
     assert "best val top-1" in capsys.readouterr().out
+
+
+def test_an_unknown_model_is_refused_before_any_data_is_touched(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TINYLIB_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("TINYLIB_DATA", raising=False)
+    assert cli.main(["train", "nosuch", "--profile", "smoke"]) == 2
+    err = capsys.readouterr().err
+    assert "Unknown model 'nosuch'" in err and "model1" in err
+    assert not (tmp_path / "home").exists()  # no download tried, no cache made

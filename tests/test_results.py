@@ -38,3 +38,18 @@ def test_beyond_the_seed_runs_never_stand_in_for_the_seed_reproduction(tmp_path)
     assert set(records) == {"model5", "model5-finetune-128px-all", "resnet18-modern"}
     row = next(r for r in results.comparison_rows(tmp_path) if r["model"] == "model5" and r["source"] == "this book")
     assert row["val"] == 0.40 and "seedway.json" in row["note"]
+
+
+def test_full_scale_report_says_how_far_a_run_got(tmp_path):
+    assert "not yet run (python -m tinylib train model4 --profile full)" in results.full_scale_report(
+        "model4", tmp_path)
+    _record(tmp_path, "m4.json", best_val_top5=0.7, epochs=30, epochs_run=12, finished=False,
+            wall_seconds=2520.0, train_images_per_second=480.4)
+    report = results.full_scale_report("model4", tmp_path)
+    assert "train 38.61%, val 38.61%" not in report  # the study's line and ours are apart
+    assert "the study (slides):    train 37.52%, val 38.61%" in report
+    assert "val 40.00%, top-5 70.00%" in report
+    assert "12 of 30 epochs (unfinished" in report and "42 minutes" in report and "480 train images/s" in report
+    assert "12 of 30 epochs (unfinished" in results.comparison_table(tmp_path)
+    _record(tmp_path, "m4.json", best_val_top5=0.7, epochs=30, epochs_run=17, finished=True, stopped_early=True)
+    assert "stopped early after 17 of 30 epochs" in results.full_scale_report("model4", tmp_path)

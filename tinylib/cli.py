@@ -58,6 +58,9 @@ def _train(args) -> int:
     from tinylib import data, train
     from tinylib.profiles import get_profile
 
+    from tinylib.models import normalize_name
+
+    normalize_name(args.model)  # an unknown model fails now, not after the data has loaded
     profile = get_profile(args.profile)
     print(profile.describe(), flush=True)
     # Fail before minutes of loading and building when the runs folder cannot be made.

@@ -74,8 +74,42 @@ def comparison_rows(folder: Path | str | None = None) -> list[dict]:
 
 
 def _describe(record: dict) -> str:
-    return (f"{record['epochs_run']} epochs, {record['backend']} on {record['device']}, "
+    return (f"{_epochs(record)}, {record['backend']} on {record['device']}, "
             f"weights: {record['weights']} ({record['record_file']})")
+
+
+def _epochs(record: dict) -> str:
+    """'30 epochs', 'stopped early after 17 of 30 epochs', or '12 of 30 epochs (unfinished)'."""
+    run, planned = record["epochs_run"], record.get("epochs", record["epochs_run"])
+    if record.get("stopped_early"):
+        return f"stopped early after {run} of {planned} epochs"
+    if record.get("finished", True) or run >= planned:
+        return f"{run} epochs"
+    return f"{run} of {planned} epochs (unfinished: the run was stopped and can resume)"
+
+
+def full_scale_report(model: str, folder: Path | str | None = None) -> str:
+    """The lines a model chapter prints 'at full scale': the study's figures, then this book's.
+
+    This book's line comes from the record in ``book/results`` (its epochs, whether it
+    finished, training time, images/s and device), or says "not yet run" and how to run it.
+    """
+    lines = []
+    study = SEED_RESULTS.get(model)
+    if study:
+        lines.append(f"the study (slides):    train {study['train']:.2%}, val {study['val']:.2%}")
+    record = full_scale_records(folder).get(model)
+    if record is None:
+        lines.append(f"this book, full scale: {NOT_YET_RUN} (python -m tinylib train {model} --profile full)")
+        return "\n".join(lines)
+    minutes = record.get("wall_seconds", 0.0) / 60
+    lines.append(f"this book, full scale: train {record['final_train_top1']:.2%}, "
+                 f"val {record['best_val_top1']:.2%}, top-5 {record['best_val_top5']:.2%}")
+    lines.append(f"    {_epochs(record)} in {minutes:,.0f} minutes, "
+                 f"{record.get('train_images_per_second', float('nan')):,.0f} train images/s, "
+                 f"{record['backend']} on {record['device']}, weights: {record['weights']} "
+                 f"({record['record_file']})")
+    return "\n".join(lines)
 
 
 def comparison_table(folder: Path | str | None = None):
