@@ -50,6 +50,7 @@ def test_full_scale_report_says_how_far_a_run_got(tmp_path):
     assert "the study (slides):    train 37.52%, val 38.61%" in report
     assert "val 40.00%, top-5 70.00%" in report
     assert "12 of 30 epochs (unfinished" in report and "42 minutes" in report and "480 train images/s" in report
-    assert "12 of 30 epochs (unfinished" in results.comparison_table(tmp_path)
+    assert "12 of 30 epochs (unfinished: the run was stopped and can resume) in 42 min" in \
+        results.comparison_table(tmp_path)
     _record(tmp_path, "m4.json", best_val_top5=0.7, epochs=30, epochs_run=17, finished=True, stopped_early=True)
     assert "stopped early after 17 of 30 epochs" in results.full_scale_report("model4", tmp_path)

@@ -74,7 +74,8 @@ def comparison_rows(folder: Path | str | None = None) -> list[dict]:
 
 
 def _describe(record: dict) -> str:
-    return (f"{_epochs(record)}, {record['backend']} on {record['device']}, "
+    minutes = f" in {record['wall_seconds'] / 60:,.0f} min" if record.get("wall_seconds") else ""
+    return (f"{_epochs(record)}{minutes}, {record['backend']} on {record['device']}, "
             f"weights: {record['weights']} ({record['record_file']})")
 
 
