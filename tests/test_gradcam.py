@@ -197,3 +197,18 @@ def test_gradcam_grid_one_row_per_image_one_column_per_model(build, images):
         assert NAMES[predicted["second"][row]].split(",")[0] in title.get_text()
     plain = plots.gradcam_grid({"only": build("model1")}, images[0], NAMES)
     assert len(plain.axes) == 2 and "," not in plain.axes[1].get_title()
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_gradcam_under_mixed_precision(images, policy):
+    """What a GPU run uses: the maps and gradients come in half precision."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        keras.utils.set_random_seed(0)
+        model = models.build_model("model2", num_classes=len(NAMES), compile=False)
+        maps = gradcam.gradcam(model, images)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    assert maps.dtype == np.float32 and maps.shape == (len(images), 64, 64)
+    assert np.isfinite(maps).all() and 0.0 <= maps.min() and maps.max() <= 1.0

@@ -199,9 +199,12 @@ def gradcam(model, images, class_index=None, layer: str | None = None) -> np.nda
     probabilities = ops.convert_to_numpy(head(feature_maps, training=False))
     classes = _class_indices(class_index, probabilities)
     mask = np.eye(probabilities.shape[1], dtype="float32")[classes]
-    gradients = ops.convert_to_numpy(_score_gradients(head, feature_maps, mask))
+    # float32 on the host: under mixed precision both come as bfloat16 (or float16),
+    # which NumPy's einsum does not take.
+    gradients = ops.convert_to_numpy(_score_gradients(head, feature_maps, mask)).astype("float32")
     weights = gradients.mean(axis=(1, 2))  # one weight per image and channel
-    maps = np.maximum(np.einsum("nhwk,nk->nhw", ops.convert_to_numpy(feature_maps), weights), 0.0)
+    maps = np.maximum(np.einsum("nhwk,nk->nhw", ops.convert_to_numpy(feature_maps).astype("float32"),
+                                weights), 0.0)
     resized = ops.image.resize(maps[..., None].astype("float32"), batch.shape[1:3],
                                interpolation="bilinear")
     return _normalize(ops.convert_to_numpy(resized)[..., 0]).astype("float32")
