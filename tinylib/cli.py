@@ -6,6 +6,7 @@
     python -m tinylib train model4         train (resumes an interrupted run)
     python -m tinylib train resnet18 --recipe modern --profile full
     python -m tinylib evaluate RUN_DIR     top-1/top-5, per-class accuracy, confusions
+    python -m tinylib reproduce --budget 9 --results book/results   the whole study, resumably
 
 Heavy imports (Keras, TensorFlow) happen inside the subcommands, so ``--help``
 answers at once.
@@ -107,6 +108,28 @@ def _evaluate(args) -> int:
     return 0
 
 
+def _reproduce(args) -> int:
+    from tinylib import data, reproduce, train
+    from tinylib.profiles import get_profile
+
+    plan = reproduce.select(args.only)
+    profile = get_profile(args.profile)
+    results = Path(args.results) if args.results else None
+    print(profile.describe(), flush=True)
+    print("plan: " + ", ".join(p.name for p in plan)
+          + (f"; budget {args.budget:g} minutes" if args.budget is not None else ""), flush=True)
+    Path(args.runs or train.runs_dir()).mkdir(parents=True, exist_ok=True)
+    outcome = reproduce.run_plan(plan, lambda: data.load().subset(**profile.subset_kwargs()), profile, budget_minutes=args.budget, results=results,
+                                 runs_folder=args.runs)
+    print(f"\ndone: {', '.join(outcome['done']) or 'nothing'}")
+    if results is not None:
+        print(f"records and summary: {results}")
+    if outcome["left"]:
+        print(f"left: {', '.join(outcome['left'])} (run the same command again to continue)")
+        return reproduce.WORK_REMAINS
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m tinylib",
@@ -148,6 +171,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", help="parent folder of run folders (default TINYLIB_RUNS or TINYLIB_HOME/runs)")
     p.add_argument("--fresh", action="store_true", help="start over instead of resuming")
     p.set_defaults(func=_train)
+
+    p = commands.add_parser("reproduce", help="train every full-scale run of the book, resumably, in a budget",
+                            description="Train the runs the book reads at full scale, in order of value "
+                                        "(the study's Models 1, 2, 4, 3, 5; ResNet-18 modern; Model 5 "
+                                        "fine-tuned; the optimizer comparison). Exit status 3 when "
+                                        "the budget ran out with work left: run it again to continue.")
+    p.add_argument("--only", help="comma-separated runs from the plan (default: all): "
+                   + ", ".join(("model1", "model2", "model4", "model3", "model5", "resnet18-modern",
+                                "model5-finetune", "optimizers")))
+    p.add_argument("--profile", help="smoke | quick | full (default: TINYLIB_PROFILE, else full on a GPU)")
+    p.add_argument("--budget", type=float, help="minutes: stop at an epoch boundary before they are spent")
+    p.add_argument("--results", help="copy finished records here and write summary.md/json "
+                   "(book/results is the natural target); runs finished there are skipped")
+    p.add_argument("--runs", help="parent folder of run folders (default TINYLIB_RUNS or TINYLIB_HOME/runs)")
+    p.set_defaults(func=_reproduce)
 
     p = commands.add_parser("evaluate", help="evaluate a trained run",
                             description="Load a run's last checkpoint and report top-1/top-5 accuracy, "

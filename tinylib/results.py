@@ -34,6 +34,8 @@ def record_key(record: dict) -> str:
     beyond-the-seed run never stands in for a reproduction of the seed's table.
     """
     model = record["model"]
+    if record.get("comparison") == "optimizers":  # chapter 5's runs, never the study's row
+        return f"{model}-optimizer-{str(record.get('optimizer')).lower()}"
     if record.get("stage"):
         return f"{model}-finetune-{record.get('image_size', 64)}px-{record['stage']}"
     recipe = (record.get("recipe") or {}).get("name")
@@ -45,8 +47,8 @@ def full_scale_records(folder: Path | str | None = None) -> dict[str, dict]:
     best: dict[str, dict] = {}
     for path in sorted(Path(folder or default_results_dir()).glob("*.json")):
         record = json.loads(path.read_text())
-        if record.get("profile") != "full" or "best_val_top1" not in record:
-            continue
+        if not isinstance(record, dict) or record.get("profile") != "full" or "best_val_top1" not in record:
+            continue  # a summary, or a record of another profile
         record["record_file"] = path.name
         key = record_key(record)
         if key not in best or record["best_val_top1"] > best[key]["best_val_top1"]:

@@ -345,6 +345,7 @@ class Run:
     wall_before: float = 0.0  # seconds spent by earlier invocations, interrupted ones included
     partial: dict | None = None  # where inside an epoch the last mid-epoch checkpoint was taken
     callback_state: dict = dataclasses.field(default_factory=dict)  # early stopping's patience, ...
+    out_of_time: bool = False  # stopped at an epoch boundary by a deadline: resumable, not finished
     started: float | None = None  # perf_counter() when this invocation began training
 
     @property
@@ -406,7 +407,7 @@ def fit(model: keras.Model, data, profile: Profile | str | None = None, *, name:
         epochs: int | None = None, batch_size: int | None = None, callbacks="seed",
         extra_callbacks=(), resume: bool = True, runs: Path | None = None,
         verbose="auto", notes: dict | None = None,
-        checkpoint_every: float | None = CHECKPOINT_EVERY) -> Run:
+        checkpoint_every: float | None = CHECKPOINT_EVERY, deadline: float | None = None) -> Run:
     """Train ``model`` on ``data`` (a ``TinyImageNet`` subset) as ``profile`` says.
 
     ``callbacks`` is 'seed' (what the seed used for this model), or a list of
@@ -424,7 +425,10 @@ def fit(model: keras.Model, data, profile: Profile | str | None = None, *, name:
     record (say, a fine-tuning stage).  Besides the checkpoint after every epoch,
     one is taken every ``checkpoint_every`` seconds inside an epoch (None: never),
     so a kill costs minutes, not an epoch; ``verbose='auto'`` prints Keras' bar in
-    a terminal and plain progress lines (``tinylib.progress``) elsewhere.  Returns the ``Run``; its record is in
+    a terminal and plain progress lines (``tinylib.progress``) elsewhere.
+    ``deadline`` (a ``time.monotonic()`` value) stops the run at the last epoch
+    boundary that the next epoch, timed like the last one, would overrun: the run
+    is then resumable and ``run.out_of_time`` is True.  Returns the ``Run``; its record is in
     ``run.record`` and in ``record.json`` in the run folder.
     """
     profile = get_profile(profile)
@@ -451,7 +455,7 @@ def fit(model: keras.Model, data, profile: Profile | str | None = None, *, name:
         if _resume(run, epochs):
             return run  # finished, and nothing more asked of it
         _train(run, model, data, profile, epochs, batch_size, callbacks, extra_callbacks, verbose,
-               checkpoint_every)
+               checkpoint_every, deadline)
         return run
     finally:
         lock.release()
@@ -537,7 +541,7 @@ def _epochs_change(path: Path, previous: dict, done: int, epochs: int) -> dict |
 
 
 def _train(run: Run, model, data, profile, epochs, batch_size, callbacks, extra_callbacks, verbose,
-           checkpoint_every) -> None:
+           checkpoint_every, deadline=None) -> None:
     """Fit from where the run stands to ``epochs``, checkpointing as it goes, then save the end state."""
     recipe = getattr(model, "tinylib_recipe", None)
     y_train = _one_hot(data.train.labels, data.num_classes)
@@ -570,6 +574,9 @@ def _train(run: Run, model, data, profile, epochs, batch_size, callbacks, extra_
             # One fit per epoch: each epoch's batches are a dataset of their own, built from
             # (seed, epoch), and a resumed epoch starts at the batch where it stopped.
             for epoch in range(first, epochs):
+                if _would_overrun(run, deadline):
+                    run.out_of_time = True
+                    break
                 start = run.partial["batches"] if run.partial and run.partial["epoch"] == epoch else 0
                 checkpointer.offset = start
                 for line in progress:
@@ -591,8 +598,24 @@ def _train(run: Run, model, data, profile, epochs, batch_size, callbacks, extra_
         raise
     finally:
         run.wall_before, run.started = run.wall_seconds, None
+    if run.out_of_time:
+        print(f"{run.path.name}: stopped after epoch {run.epochs_done} of {epochs} to keep within the "
+              "time budget; run the same command again to continue", flush=True)
+        run.write_record()
+        return
     run.record["stopped_early"] = bool(model.stop_training and run.epochs_done < epochs)
     _finish(run)
+
+
+def _would_overrun(run: Run, deadline: float | None) -> bool:
+    """Whether another epoch, as long as the last one, would end after ``deadline``."""
+    if deadline is None:
+        return False
+    seconds = run.history.get("seconds") or []
+    estimate = seconds[-1] if seconds else 0.0  # a run's first epoch: no estimate, go
+    if run.partial:
+        estimate = max(estimate - run.partial["train_seconds"], 0.0)
+    return time.monotonic() + estimate > deadline
 
 
 def _finish(run: Run) -> None:
@@ -815,5 +838,6 @@ def compare_optimizers(model_name: str, data, profile=None, optimizers=("adam", 
                       optimizer=optimizer, learning_rate=learning_rate)
         fit_kwargs.setdefault("epochs", profile.epochs_for("optimizers"))
         suffix = f"-{optimizer}" + ("" if learning_rate == 1e-4 else f"-lr{learning_rate:g}")
-        runs[optimizer] = fit(model, data, profile, name=run_name(model, profile, suffix), **fit_kwargs)
+        runs[optimizer] = fit(model, data, profile, name=run_name(model, profile, suffix),
+                              notes={"comparison": "optimizers"}, **fit_kwargs)
     return runs

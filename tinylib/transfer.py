@@ -97,6 +97,8 @@ def fine_tune(data, profile=None, *, weights="imagenet", image_size: int | None 
                           callbacks=(), notes={**notes, "stage": stage,
                                                "trainable_parameters": _trainable_count(model)},
                           **fit_kwargs)
+        if not runs[stage].record.get("finished"):  # out of time: stage 'all' needs 'head' whole
+            break
     return runs
 
 

@@ -1,0 +1,114 @@
+"""`python -m tinylib reproduce`: the plan, the budget, the results folder and its summary."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import pytest
+
+from tinylib import reproduce
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _profile(epochs=2):
+    from tinylib.profiles import Profile
+
+    return Profile("full", classes=None, train_per_class=None, val_per_class=None, epochs=epochs,
+                   batch_size=8)
+
+
+@pytest.fixture
+def ds(tiny_env, synthetic, monkeypatch):
+    from tinylib import data
+
+    monkeypatch.setenv("TINYLIB_DATA", str(synthetic))
+    return data.load()
+
+
+def test_the_plan_is_in_order_of_value_and_only_picks_from_it():
+    assert reproduce.PLAN_NAMES[:5] == ("model1", "model2", "model4", "model3", "model5")
+    assert reproduce.PLAN_NAMES[5:] == ("resnet18-modern", "model5-finetune", "optimizers")
+    picked = reproduce.select("optimizers, model3")
+    assert [p.name for p in picked] == ["model3", "optimizers"]  # the plan's order, not the asked one
+    with pytest.raises(ValueError, match="unknown run.*model9.*choose from"):
+        reproduce.select("model9")
+
+
+def test_a_deadline_stops_at_an_epoch_boundary_and_the_run_resumes(tmp_path, ds):
+    from tinylib import train
+
+    profile = _profile(epochs=3)
+    keras.utils.set_random_seed(0)
+    model = train.build("model2", ds, profile)
+    run = train.fit(model, ds, profile, runs=tmp_path, verbose=0, deadline=time.monotonic() + 0.5)
+    # The first epoch has no estimate and runs; after it, another would overrun the deadline.
+    assert run.out_of_time and run.epochs_done == 1
+    record = json.loads((run.path / "record.json").read_text())
+    assert record["epochs_run"] == 1 and not record["finished"] and not record.get("stopped_early")
+    assert not (run.path / "final.weights.h5").exists()
+    again = train.fit(train.build("model2", ds, profile), ds, profile, runs=tmp_path, verbose=0)
+    assert again.record["finished"] and again.record["epochs_run"] == 3 and again.record["resumed_at_epoch"] == 1
+
+
+def test_results_get_the_finished_records_and_a_summary_and_finished_runs_are_skipped(tmp_path, ds, capsys):
+    results = tmp_path / "results"
+    plan = reproduce.select("model2")
+    outcome = reproduce.run_plan(plan, ds, _profile(epochs=1), results=results, runs_folder=tmp_path / "runs")
+    assert outcome == {"done": ["model2"], "left": [], "records": outcome["records"]}
+    folder = f"model2-full-{keras.backend.backend()}"
+    record = json.loads((results / f"{folder}.json").read_text())
+    assert record["finished"] and record["model"] == "model2"
+    rows = json.loads((results / "summary.json").read_text())
+    assert [row["run"] for row in rows] == ["model2"] and rows[0]["study_val_top1"] == 0.2272
+    table = (results / "summary.md").read_text()
+    assert "| model2 | 1 |" in table and "22.72% / 20.17%" in table
+    # The book reads the results folder: the summary never passes for a record.
+    from tinylib import results as book_results
+
+    assert set(book_results.full_scale_records(results)) == {"model2"}
+
+    # A bare machine (no run folders) with the results folder: nothing is trained again.
+    capsys.readouterr()
+    again = reproduce.run_plan(plan, ds, _profile(epochs=1), results=results, runs_folder=tmp_path / "bare")
+    assert again["done"] == ["model2"] and "skipped" in capsys.readouterr().out
+    assert not (tmp_path / "bare").exists()
+
+
+def test_optimizer_comparison_runs_never_stand_in_for_the_study_row(tmp_path, ds):
+    from tinylib import results as book_results
+    from tinylib import train
+
+    runs = train.compare_optimizers("model2", ds, _profile(epochs=1), optimizers=("sgd",), runs=tmp_path,
+                                    verbose=0)
+    reproduce.copy_record(runs["sgd"].path, tmp_path / "results")
+    assert set(book_results.full_scale_records(tmp_path / "results")) == {"model2-optimizer-sgd"}
+
+
+def test_the_command_exits_3_when_the_budget_leaves_work(tmp_path, tiny_env, synthetic):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3", "TINYLIB_DATA": str(synthetic),
+           "TINYLIB_HOME": str(tiny_env)}
+    result = subprocess.run([sys.executable, "-m", "tinylib", "reproduce", "--only", "model2,model4",
+                             "--profile", "smoke", "--budget", "0", "--runs", str(tmp_path / "runs")],
+                            env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert result.returncode == reproduce.WORK_REMAINS, result.stderr[-3000:]
+    assert "left: model2, model4" in result.stdout and "run the same command again" in result.stdout
+
+
+@pytest.mark.slow
+def test_the_beyond_the_study_runs_of_the_plan_train_and_summarize(tmp_path, ds):
+    results = tmp_path / "results"
+    plan = reproduce.select("resnet18-modern,model5-finetune,optimizers")
+    outcome = reproduce.run_plan(plan, ds, _profile(epochs=1), results=results, runs_folder=tmp_path / "runs")
+    assert outcome["done"] == ["resnet18-modern", "model5-finetune", "optimizers"] and not outcome["left"]
+    runs = {row["run"]: row for row in json.loads((results / "summary.json").read_text())}
+    assert set(runs) == {"resnet18-modern", "model5-finetune-64px-head", "model5-finetune-64px-all",
+                         *(f"model2-optimizer-{o}" for o in ("adam", "rmsprop", "sgd", "nadam"))}
+    # No ImageNet weights here: the fine-tuning records say so.
+    assert runs["model5-finetune-64px-all"]["weights"] == "random"

@@ -1,0 +1,208 @@
+"""The whole study at full scale in one resumable command: ``python -m tinylib reproduce``.
+
+GPU time comes in short, cut-off pieces (a Colab session, a job limit, a lent
+machine that starts bare), so the runs the book reads at full scale are trained in
+a fixed order of value, each an ordinary resumable run, within a time budget:
+
+    the study's Models 1, 2, 4, 3, 5; ResNet-18 with the modern recipe; Model 5
+    fine-tuned in stages; the optimizer comparison (Model 2 with each optimizer)
+
+A run stops at an epoch boundary before the budget is spent; the command then
+says what is done and what is left and exits with status 3 (0 when all is done).
+With ``results``, each finished run's record is copied there and a summary is
+written beside the study's numbers; a run whose finished record is already there
+is skipped, so a later machine, with no checkpoints, picks up with the next run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from pathlib import Path
+
+from tinylib import files
+
+WORK_REMAINS = 3  # the exit status when the budget ran out before the plan did
+SUMMARY_NAME = "summary"
+
+
+@dataclasses.dataclass(frozen=True)
+class PlannedRun:
+    """One entry of the plan: a name for ``--only`` and what it trains."""
+
+    name: str
+    description: str
+
+
+PLAN = (
+    PlannedRun("model1", "the study's Model 1"),
+    PlannedRun("model2", "the study's Model 2 (early stopping, learning-rate reduction)"),
+    PlannedRun("model4", "the study's Model 4 (BatchNorm)"),
+    PlannedRun("model3", "the study's Model 3 (VGG-like)"),
+    PlannedRun("model5", "the study's Model 5 (ResNet50, ImageNet weights when they can be had)"),
+    PlannedRun("resnet18-modern", "ResNet-18 for 64x64 with the modern recipe"),
+    PlannedRun("model5-finetune", "Model 5 fine-tuned in stages (head, then all), upsampled"),
+    PlannedRun("optimizers", "the study's optimizer comparison on Model 2"),
+)
+PLAN_NAMES = tuple(planned.name for planned in PLAN)
+
+
+def select(only: str | None) -> list[PlannedRun]:
+    """The plan, or the runs named in ``only`` ('model1,model3'), in the plan's order."""
+    if not only:
+        return list(PLAN)
+    names = [n.strip() for n in only.split(",") if n.strip()]
+    unknown = [n for n in names if n not in PLAN_NAMES]
+    if unknown:
+        raise ValueError(f"unknown run(s) {', '.join(unknown)}: choose from {', '.join(PLAN_NAMES)}")
+    return [planned for planned in PLAN if planned.name in names]
+
+
+def _train(planned: PlannedRun, data, profile, deadline: float | None, runs_folder) -> list:
+    """Train one planned run (or resume it); returns its Run objects."""
+    from tinylib import models, train, transfer
+
+    common = dict(deadline=deadline, runs=runs_folder)
+    if planned.name.startswith("model") and planned.name in models.MODELS:
+        options = {}
+        if planned.name in models.PRETRAINED:
+            options["weights"] = models.resolve_pretrained("imagenet")
+        return [train.train_model(planned.name, data, profile, build_options=options, **common)]
+    if planned.name == "resnet18-modern":
+        return [train.train_model("resnet18", data, profile, recipe="modern", **common)]
+    if planned.name == "model5-finetune":
+        weights = models.resolve_pretrained("imagenet")
+        return list(transfer.fine_tune(data, profile, weights=weights, image_size="profile", **common).values())
+    if planned.name == "optimizers":
+        return list(train.compare_optimizers("model2", data, profile, **common).values())
+    raise ValueError(f"no way to train {planned.name!r}")  # a PLAN entry without a branch here
+
+
+def _finished_in(results: Path | None, run_folder_name: str) -> bool:
+    """Whether ``results`` already holds the finished record of this run folder."""
+    if results is None:
+        return False
+    try:
+        return bool(json.loads((results / f"{run_folder_name}.json").read_text()).get("finished"))
+    except (OSError, ValueError):
+        return False
+
+
+def expected_folders(planned: PlannedRun, profile, backend: str) -> list[str] | None:
+    """The run folders a planned run writes, when they can be named before building anything."""
+    from tinylib import models
+
+    if planned.name in models.MODELS:
+        return [f"{planned.name}-{profile.name}-{backend}"]
+    if planned.name == "resnet18-modern":
+        return [f"resnet18-{profile.name}-{backend}-modern"]
+    return None  # the others depend on what is found (weights) or are several runs
+
+
+def run_plan(plan, data, profile, *, budget_minutes: float | None = None, results: Path | None = None,
+             runs_folder=None) -> dict:
+    """Train the plan within the budget; returns {'done': [...], 'left': [...], 'records': [...]}.
+
+    ``data`` is the dataset, or a function that loads it: then it is loaded only when a
+    run needs training (not when every run is already in ``results``).
+    """
+    import keras
+
+    loaded = []
+
+    def dataset():
+        if not loaded:
+            loaded.append(data() if callable(data) else data)
+        return loaded[0]
+
+    deadline = time.monotonic() + budget_minutes * 60 if budget_minutes is not None else None
+    backend = keras.backend.backend()
+    done, left, records = [], [], []
+    for index, planned in enumerate(plan):
+        folders = expected_folders(planned, profile, backend)
+        if folders and all(_finished_in(results, f) for f in folders):
+            print(f"=== {planned.name}: finished record already in {results}: skipped", flush=True)
+            done.append(planned.name)
+            records.extend(json.loads((results / f"{f}.json").read_text()) for f in folders)
+            continue
+        if deadline is not None and time.monotonic() >= deadline:
+            left.extend(p.name for p in plan[index:])
+            break
+        print(f"=== {planned.name}: {planned.description}", flush=True)
+        runs = _train(planned, dataset(), profile, deadline, runs_folder)
+        finished = bool(runs) and all(run.record.get("finished") for run in runs)
+        if planned.name == "model5-finetune":  # stage 'all' is not started while 'head' is unfinished
+            finished = finished and len(runs) == 2
+        for run in runs:
+            if run.record.get("finished") and results is not None:
+                copy_record(run.path, results)
+            records.append(run.record)
+        (done if finished else left).append(planned.name)
+        if not finished:
+            left.extend(p.name for p in plan[index + 1:])
+            break
+    if results is not None:
+        write_summary(results)
+    return {"done": done, "left": left, "records": records}
+
+
+def copy_record(run_path: Path, results: Path) -> Path:
+    """Copy a run's record into ``results`` as ``<run folder>.json`` (atomically)."""
+    results.mkdir(parents=True, exist_ok=True)
+    target = results / f"{Path(run_path).name}.json"
+    with files.atomic_path(target) as tmp:
+        shutil.copyfile(Path(run_path) / "record.json", tmp)
+    return target
+
+
+def summary_rows(results: Path) -> list[dict]:
+    """One row per full-profile record in ``results``, with the study's numbers beside them."""
+    from tinylib.results import SEED_RESULTS, record_key
+
+    rows = []
+    for path in sorted(Path(results).glob("*.json")):
+        if path.stem == SUMMARY_NAME:
+            continue
+        try:
+            record = json.loads(path.read_text())
+        except ValueError:
+            continue
+        if record.get("profile") != "full" or "best_val_top1" not in record:
+            continue
+        key = record_key(record)
+        study = SEED_RESULTS.get(key, {})
+        rows.append({
+            "run": key, "record": path.name, "epochs": record.get("epochs_run"),
+            "finished": bool(record.get("finished")),
+            "best_val_top1": record.get("best_val_top1"), "best_val_top5": record.get("best_val_top5"),
+            "final_train_top1": record.get("final_train_top1"),
+            "images_per_second": record.get("train_images_per_second"),
+            "minutes": round(record.get("wall_seconds", 0.0) / 60, 1),
+            "device": record.get("device"), "weights": record.get("weights"),
+            "study_val_top1": study.get("val"), "study_train_top1": study.get("train"),
+        })
+    return rows
+
+
+def write_summary(results: Path) -> tuple[Path, Path]:
+    """``summary.md`` and ``summary.json`` in ``results``: every full-scale record in one table."""
+    rows = summary_rows(results)
+
+    def pct(value):
+        return "" if value is None else f"{value:.2%}"
+
+    lines = ["| run | epochs | best val top-1 | best val top-5 | final train top-1 | the study's val / train "
+             "| images/s | minutes | device | weights |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        study = f"{pct(row['study_val_top1'])} / {pct(row['study_train_top1'])}" if row["study_val_top1"] else ""
+        epochs = f"{row['epochs']}" + ("" if row["finished"] else " (unfinished)")
+        speed = f"{row['images_per_second']:,.0f}" if row["images_per_second"] else ""
+        lines.append(f"| {row['run']} | {epochs} | {pct(row['best_val_top1'])} | {pct(row['best_val_top5'])} | "
+                     f"{pct(row['final_train_top1'])} | {study} | {speed} | {row['minutes']} | "
+                     f"{row['device']} | {row['weights']} |")
+    markdown = files.write_text(results / f"{SUMMARY_NAME}.md", "\n".join(lines) + "\n")
+    table = files.write_json(results / f"{SUMMARY_NAME}.json", rows)
+    return markdown, table
