@@ -68,7 +68,7 @@ def test_results_get_the_finished_records_and_a_summary_and_finished_runs_are_sk
     rows = json.loads((results / "summary.json").read_text())
     assert [row["run"] for row in rows] == ["model2"] and rows[0]["study_val_top1"] == 0.2272
     table = (results / "summary.md").read_text()
-    assert "| model2 | 1 |" in table and "22.72% / 20.17%" in table
+    assert "| model2 | full | 1 |" in table and "22.72% / 20.17%" in table
     # The book reads the results folder: the summary never passes for a record.
     from tinylib import results as book_results
 
@@ -112,3 +112,37 @@ def test_the_beyond_the_study_runs_of_the_plan_train_and_summarize(tmp_path, ds)
                          *(f"model2-optimizer-{o}" for o in ("adam", "rmsprop", "sgd", "nadam"))}
     # No ImageNet weights here: the fine-tuning records say so.
     assert runs["model5-finetune-64px-all"]["weights"] == "random"
+
+
+BLOCKER = '''import os
+with open(os.environ["TF_IMPORT_MARKER"], "a") as marker:
+    import traceback
+    marker.write("".join(traceback.format_stack()) + "\\n---\\n")
+raise ImportError("TensorFlow is blocked: this test proves the path runs without it")
+'''
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_every_planned_run_trains_on_jax_where_tensorflow_is_absent(real_data_path, tmp_path):
+    pytest.importorskip("jax")
+    blocked = tmp_path / "blocked" / "tensorflow"
+    blocked.mkdir(parents=True)
+    (blocked / "__init__.py").write_text(BLOCKER)
+    marker = tmp_path / "tensorflow-imports.txt"
+    env = {**os.environ, "KERAS_BACKEND": "jax", "TF_IMPORT_MARKER": str(marker), "MPLBACKEND": "Agg",
+           "PYTHONPATH": os.pathsep.join([str(tmp_path / "blocked"), str(REPO)])}
+    result = subprocess.run([sys.executable, "-m", "tinylib", "reproduce", "--profile", "smoke",
+                             "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results")],
+                            env=env, capture_output=True, text=True, timeout=1500, cwd=tmp_path)
+    assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-3000:])
+    rows = json.loads((tmp_path / "results" / "summary.json").read_text())
+    names = {row["run"] for row in rows}
+    assert {"model1", "model2", "model3", "model4", "model5", "resnet18-modern"} <= names
+    assert {"model5-finetune-96px-head", "model5-finetune-96px-all", "model2-optimizer-nadam"} <= names
+    assert all(json.loads(p.read_text())["backend"] == "jax" for p in (tmp_path / "results").glob("model*-smoke-*.json"))
+    # No import of TensorFlow was tried on the way, guarded or not, except Keras' own probe
+    # (its LazyModule asks whether TensorFlow is available when it serializes a config).
+    attempts = marker.read_text().split("\n---\n") if marker.exists() else []
+    ours = [trace for trace in attempts if trace.strip() and "keras/src/utils/module_utils.py" not in trace]
+    assert not ours, ours[0][-3000:]

@@ -158,7 +158,7 @@ def copy_record(run_path: Path, results: Path) -> Path:
 
 
 def summary_rows(results: Path) -> list[dict]:
-    """One row per full-profile record in ``results``, with the study's numbers beside them."""
+    """One row per run record in ``results``, with the study's numbers beside them."""
     from tinylib.results import SEED_RESULTS, record_key
 
     rows = []
@@ -169,12 +169,12 @@ def summary_rows(results: Path) -> list[dict]:
             record = json.loads(path.read_text())
         except ValueError:
             continue
-        if record.get("profile") != "full" or "best_val_top1" not in record:
+        if not isinstance(record, dict) or "best_val_top1" not in record:
             continue
         key = record_key(record)
         study = SEED_RESULTS.get(key, {})
         rows.append({
-            "run": key, "record": path.name, "epochs": record.get("epochs_run"),
+            "run": key, "record": path.name, "profile": record.get("profile"), "epochs": record.get("epochs_run"),
             "finished": bool(record.get("finished")),
             "best_val_top1": record.get("best_val_top1"), "best_val_top5": record.get("best_val_top5"),
             "final_train_top1": record.get("final_train_top1"),
@@ -187,20 +187,23 @@ def summary_rows(results: Path) -> list[dict]:
 
 
 def write_summary(results: Path) -> tuple[Path, Path]:
-    """``summary.md`` and ``summary.json`` in ``results``: every full-scale record in one table."""
+    """``summary.md`` and ``summary.json`` in ``results``: every record there in one table.
+
+    The study's numbers stand beside its rows; they are comparable only at full scale.
+    """
     rows = summary_rows(results)
 
     def pct(value):
         return "" if value is None else f"{value:.2%}"
 
-    lines = ["| run | epochs | best val top-1 | best val top-5 | final train top-1 | the study's val / train "
+    lines = ["| run | profile | epochs | best val top-1 | best val top-5 | final train top-1 | the study's val / train "
              "| images/s | minutes | device | weights |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         study = f"{pct(row['study_val_top1'])} / {pct(row['study_train_top1'])}" if row["study_val_top1"] else ""
         epochs = f"{row['epochs']}" + ("" if row["finished"] else " (unfinished)")
         speed = f"{row['images_per_second']:,.0f}" if row["images_per_second"] else ""
-        lines.append(f"| {row['run']} | {epochs} | {pct(row['best_val_top1'])} | {pct(row['best_val_top5'])} | "
+        lines.append(f"| {row['run']} | {row['profile']} | {epochs} | {pct(row['best_val_top1'])} | {pct(row['best_val_top5'])} | "
                      f"{pct(row['final_train_top1'])} | {study} | {speed} | {row['minutes']} | "
                      f"{row['device']} | {row['weights']} |")
     markdown = files.write_text(results / f"{SUMMARY_NAME}.md", "\n".join(lines) + "\n")
