@@ -5,7 +5,7 @@
 
 PYTHON ?= python3
 VENV   ?= .venv
-EXTRAS ?= book,test,jax
+EXTRAS ?= tensorflow,book,test,jax
 BIN    := $(VENV)/bin
 comma  := ,
 STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))

@@ -163,7 +163,9 @@ def requirements(specs: list[str]) -> dict:
 
 
 REQUIRED = {
-    "dependencies": ["tensorflow", "keras", "numpy", "matplotlib", "seaborn", "pillow"],
+    "dependencies": ["keras", "numpy", "matplotlib", "seaborn", "pillow"],
+    "tensorflow": ["tensorflow"],
+    "jax": ["jax"],
     "book": ["jupyter-book", "jupyterlab"],
     "test": ["pytest", "nbval"],
 }
@@ -187,3 +189,18 @@ def test_every_dependency_is_a_range_not_a_pin():
             operators = {s.operator for s in req.specifier}
             assert operators, f"[{group}] {req}: give a version range (e.g. '{name}>=X')"
             assert not operators & {"==", "==="}, f"[{group}] {req}: use a range, not a pin"
+
+
+def test_a_jax_only_install_does_not_pull_tensorflow():
+    """TensorFlow is an extra: `pip install -e .[jax]` on a JAX machine must not download it."""
+    groups = dependency_groups()
+    for group in ("dependencies", "jax"):
+        assert "tensorflow" not in requirements(groups[group]), f"[{group}] pulls TensorFlow"
+
+
+def test_the_default_commands_install_tensorflow():
+    """The Makefile and the README's install line keep TensorFlow, the book's default backend."""
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    extras = next(line for line in makefile.splitlines() if line.startswith("EXTRAS"))
+    assert "tensorflow" in [e.strip() for e in extras.split("=", 1)[1].split(",")], extras
+    assert 'pip install -e ".[tensorflow,book,test]"' in (ROOT / "README.md").read_text(encoding="utf-8")

@@ -5,10 +5,10 @@ start TensorFlow): ``data``, ``profiles``, ``augment``, ``models``, ``train``,
 ``evaluate``, ``plots``, ``cli``.
 """
 
-import os as _os
+from tinylib import startup as _startup
 
-# TensorFlow's C++ start-up chatter (CUDA probing, CPU flags) is noise on every page of
-# the book and in every test log; real errors still surface as Python exceptions.
-_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Picks JAX when TensorFlow is missing, and keeps TensorFlow's C++ start-up lines
+# (CUDA probing, CPU flags) off the book's pages; real warnings still show.
+_startup.install()
 
 __version__ = "0.1.0"

@@ -1,0 +1,99 @@
+"""Starting Keras: an installed backend is picked, and TensorFlow's start-up lines stay off the pages."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tinylib import startup
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Makes `tensorflow` unfindable, as on a machine where it is not installed.
+NO_TENSORFLOW = '''
+import sys
+class _NoTensorFlow:
+    def find_spec(self, name, path=None, target=None):
+        if name == "tensorflow" or name.startswith("tensorflow."):
+            raise ModuleNotFoundError("No module named 'tensorflow'", name=name)
+        return None
+sys.meta_path.insert(0, _NoTensorFlow())
+'''
+
+
+def _python(code: str, tmp_path: Path, **env_changes) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("KERAS_BACKEND", "TF_CPP_MIN_LOG_LEVEL")}
+    env.update({"KERAS_HOME": str(tmp_path / "keras-home"), "PYTHONPATH": str(REPO), **env_changes})
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)
+
+
+def test_noise_is_dropped_and_every_other_line_is_written_back(capfd):
+    with startup.quiet_native_output():
+        os.write(2, b"I0000 00:00:1.0 1 cudart_stub.cc:31] Could not find cuda drivers on your machine, "
+                    b"GPU will not be used.\n")
+        os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n")
+        os.write(2, b"E0000 something real went wrong\n")
+        os.write(2, b"W0000 a real warning\n")
+    err = capfd.readouterr().err
+    assert err == "E0000 something real went wrong\nW0000 a real warning\n"
+
+
+def test_the_capture_gives_descriptor_2_back_when_the_block_raises(capfd):
+    with pytest.raises(RuntimeError):
+        with startup.quiet_native_output():
+            os.write(2, b"written before the error\n")
+            raise RuntimeError("boom")
+    os.write(2, b"after\n")
+    assert capfd.readouterr().err == "written before the error\nafter\n"
+
+
+def test_importing_tensorflow_through_tinylib_prints_no_start_up_lines(tmp_path):
+    pytest.importorskip("tensorflow")
+    probe = "import tensorflow as tf; tf.config.list_physical_devices(); tf.constant(1.0) + 1"
+    bare = _python(probe, tmp_path)
+    quiet = _python("import tinylib, keras; " + probe + "; print(keras.backend.backend())", tmp_path)
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stdout.strip() == "tensorflow"
+    assert [line for line in quiet.stderr.splitlines() if startup.is_noise(line)] == []
+    # Where TensorFlow is noisy at all (it is on a machine without a GPU), the bare import
+    # shows it, so the assertion above is not vacuous.
+    if not any(startup.is_noise(line) for line in bare.stderr.splitlines()):
+        pytest.skip("this TensorFlow prints none of the known start-up lines")
+
+
+def test_without_tensorflow_jax_is_chosen_and_said(tmp_path):
+    pytest.importorskip("jax")
+    result = _python(NO_TENSORFLOW + "import tinylib, keras, os\n"
+                     "print(keras.backend.backend(), os.environ['KERAS_BACKEND'])", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["jax", "jax"]
+    assert "TensorFlow is not installed; using Keras' jax backend" in result.stderr
+
+
+def test_the_command_line_starts_without_tensorflow(tmp_path):
+    pytest.importorskip("jax")
+    code = NO_TENSORFLOW + "import sys; from tinylib import cli; sys.exit(cli.main(['models']))"
+    result = _python(code, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "model1" in result.stdout and "jax backend" in result.stderr
+
+
+def test_a_chosen_backend_is_never_overridden(tmp_path):
+    result = _python(NO_TENSORFLOW + "import tinylib, os; print(os.environ['KERAS_BACKEND'])", tmp_path,
+                     KERAS_BACKEND="torch")
+    assert result.stdout.strip() == "torch" and "using Keras'" not in result.stderr
+    (tmp_path / "keras-home").mkdir()
+    (tmp_path / "keras-home" / "keras.json").write_text('{"backend": "jax"}')
+    result = _python(NO_TENSORFLOW + "import tinylib, os; print(os.environ.get('KERAS_BACKEND'))", tmp_path)
+    assert result.stdout.strip() == "None" and "using Keras'" not in result.stderr
+
+
+def test_with_tensorflow_installed_nothing_is_changed(tmp_path):
+    pytest.importorskip("tensorflow")
+    result = _python("import tinylib, os; print(os.environ.get('KERAS_BACKEND'))", tmp_path)
+    assert result.stdout.strip() == "None" and "using Keras'" not in result.stderr
