@@ -413,3 +413,16 @@ def test_resolve_pretrained_falls_back_to_random_loudly_when_offline(monkeypatch
     present.write_bytes(b"")
     assert models.resolve_pretrained(present) == present
     assert models.resolve_pretrained(None) is None
+
+
+@pytest.mark.parametrize("name", ["model1", "model2", "model4", "resnet18", "model5"])
+def test_the_recorded_build_options_alone_rebuild_the_model(name):
+    """A record keeps every architecture option, defaults included, and they rebuild the same network."""
+    given = {"resnet18": {"width": 16}, "model5": {"image_size": 96, "preprocess": "imagenet"}}.get(name, {})
+    model = models.build_model(name, num_classes=10, weights=None, compile=False, **given)
+    options = model.tinylib_build_options
+    assert given.items() <= options.items()
+    assert set(options) == set(models.architecture_options(name)), "an option without its default"
+    rebuilt = models.build_model(name, num_classes=10, weights=None, compile=False, **options)
+    assert rebuilt.count_params() == model.count_params()
+    assert [layer.output.shape for layer in rebuilt.layers] == [layer.output.shape for layer in model.layers]

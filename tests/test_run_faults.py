@@ -247,11 +247,58 @@ def test_a_changed_build_option_is_refused(tmp_path, smoke):
     ds, profile = smoke
     model = models.build_model("model2", num_classes=ds.num_classes)
     train.fit(model, ds, profile, runs=tmp_path, callbacks=[], verbose=0)
-    assert model.tinylib_build_options == {} and _record(tmp_path / "model2-smoke-" f"{_backend()}")[
-        "build_options"] == {}
+    # Every option is recorded, the defaults included, so the record alone rebuilds the model.
+    assert _record(tmp_path / f"model2-smoke-{_backend()}")["build_options"] == {"dropout": 0.5}
     other = models.build_model("model2", num_classes=ds.num_classes, dropout=0.3)
-    with pytest.raises(train.RunConflict, match=r"build_options.dropout: None -> 0.3"):
+    with pytest.raises(train.RunConflict, match=r"build_options.dropout: 0.5 -> 0.3"):
         train.fit(other, ds, profile, runs=tmp_path, callbacks=[], verbose=0)
+
+
+def test_a_record_from_before_defaults_were_recorded_still_resumes(tmp_path, smoke):
+    from tinylib import files, models, train
+
+    ds, profile = smoke
+    folder = tmp_path / f"model2-smoke-{_backend()}"
+    train.fit(models.build_model("model2", num_classes=ds.num_classes), ds, profile, epochs=1, runs=tmp_path,
+              callbacks=[], verbose=0)
+    files.write_json(folder / "record.json", {**_record(folder), "build_options": {}})  # as older records were
+    longer = train.fit(models.build_model("model2", num_classes=ds.num_classes), ds, profile, epochs=2,
+                       runs=tmp_path, callbacks=[], verbose=0)
+    assert longer.record["epochs_run"] == 2 and longer.record["build_options"] == {"dropout": 0.5}
+
+
+def test_another_seed_is_another_run(tmp_path, smoke):
+    from tinylib import train
+
+    ds, profile = smoke
+    first = train.fit(_tiny(ds.num_classes), ds, profile, runs=tmp_path, callbacks=[], verbose=0)
+    other = train.fit(_tiny(ds.num_classes), ds, profile, runs=tmp_path, callbacks=[], verbose=0, seed=7)
+    assert other.path.name == first.path.name + "-seed7" and "resumed_at_epoch" not in other.record
+    assert (first.record["seed"], other.record["seed"]) == (profile.seed, 7)
+    with pytest.raises(train.RunConflict, match="seed: 0 -> 7"):
+        train.fit(_tiny(ds.num_classes), ds, profile, name=first.path.name, runs=tmp_path, callbacks=[],
+                  verbose=0, seed=7)
+
+
+@pytest.mark.slow
+def test_an_ablation_with_other_epochs_or_seed_trains_new_runs(tmp_path, smoke, monkeypatch):
+    """Chapter 13's exercises: twice the epochs, another seed; neither returns the finished runs."""
+    from tinylib import train
+    from tinylib.recipes import Recipe
+
+    ds, profile = smoke
+    monkeypatch.setenv("TINYLIB_RUNS", str(tmp_path))
+    recipes = {"study": Recipe(), "cosine": Recipe(name="cosine", schedule="cosine", learning_rate=1e-3)}
+    options = dict(callbacks=[], verbose=0, build_options={"width": 16})
+    base = train.compare_recipes("resnet18", ds, profile, recipes, **options)
+    longer = train.compare_recipes("resnet18", ds, profile, recipes, epochs=2 * profile.epochs, **options)
+    reseeded = train.compare_recipes("resnet18", ds, profile, recipes, seed=3, **options)
+    for label in recipes:
+        assert longer[label].path.name == base[label].path.name + "-2ep"
+        assert reseeded[label].path.name == base[label].path.name + "-seed3"
+        assert longer[label].record["epochs_run"] == 2 and "resumed_at_epoch" not in longer[label].record
+        assert reseeded[label].record["seed"] == 3 and "resumed_at_epoch" not in reseeded[label].record
+        assert base[label].record["epochs_run"] == 1
 
 
 def _backend():

@@ -13,6 +13,7 @@ counts match the seed's Keras summaries exactly (the tests check them).
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 from types import MappingProxyType
@@ -394,6 +395,36 @@ def compile_model(model, optimizer="adam", learning_rate=1e-4, loss="categorical
 
 # --- the public builder -----------------------------------------------------
 
+
+def architecture_options(name, options=None) -> dict:
+    """Every option the architecture ``name`` is built with: ``options`` over its defaults.
+
+    A run's record keeps all of them, not only those given, so the model can be rebuilt
+    from the record alone even after a default changes. ``weights`` is not among them:
+    a record keeps where the weights came from apart (``"weights"``).
+    """
+    function = MODELS[normalize_name(name)]
+    resolved = {}
+    for parameter in list(inspect.signature(function).parameters.values())[2:]:  # after x, num_classes
+        if parameter.kind is parameter.VAR_KEYWORD:
+            resolved.update(_defaults_behind(function))
+        elif parameter.default is not parameter.empty:
+            resolved[parameter.name] = parameter.default
+    resolved.update(options or {})
+    resolved.pop("weights", None)
+    return resolved
+
+
+def _defaults_behind(function) -> dict:
+    """The defaults of ``resnet`` for ``resnet18(x, n, **options)`` and its siblings."""
+    if function in (resnet18, resnet34, resnet50):  # each fixes the depth itself
+        parameters = list(inspect.signature(resnet).parameters.values())[2:]
+        return {p.name: p.default for p in parameters if p.default is not p.empty and p.name != "depth"}
+    return {}
+
+
+# --- the public builder -----------------------------------------------------
+
 DEFAULT_WEIGHTS = "default"  # ImageNet for model5, random for the others
 
 
@@ -440,7 +471,7 @@ def build_model(
     model = keras.Model(inputs, outputs, name=key)
     # A plain attribute: Keras allows it; it is not saved with the model.
     model.tinylib_weights = origin
-    model.tinylib_build_options = {k: v for k, v in options.items() if k != "weights"}
+    model.tinylib_build_options = architecture_options(key, options)
     if compile:
         compile_model(model, optimizer, learning_rate)
     return model

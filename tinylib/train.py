@@ -407,7 +407,8 @@ def fit(model: keras.Model, data, profile: Profile | str | None = None, *, name:
         epochs: int | None = None, batch_size: int | None = None, callbacks="seed",
         extra_callbacks=(), resume: bool = True, runs: Path | None = None,
         verbose="auto", notes: dict | None = None,
-        checkpoint_every: float | None = CHECKPOINT_EVERY, deadline: float | None = None) -> Run:
+        checkpoint_every: float | None = CHECKPOINT_EVERY, deadline: float | None = None,
+        seed: int | None = None, suffix: str = "") -> Run:
     """Train ``model`` on ``data`` (a ``TinyImageNet`` subset) as ``profile`` says.
 
     ``callbacks`` is 'seed' (what the seed used for this model), or a list of
@@ -428,7 +429,10 @@ def fit(model: keras.Model, data, profile: Profile | str | None = None, *, name:
     a terminal and plain progress lines (``tinylib.progress``) elsewhere.
     ``deadline`` (a ``time.monotonic()`` value) stops the run at the last epoch
     boundary that the next epoch, timed like the last one, would overrun: the run
-    is then resumable and ``run.out_of_time`` is True.  Returns the ``Run``; its record is in
+    is then resumable and ``run.out_of_time`` is True.  ``seed`` (the profile's by
+    default) orders the batches and draws MixUp/CutMix; a run with another seed is
+    another run, in a folder of its own (``-seed<N>``), as is one given a ``suffix``.
+    Returns the ``Run``; its record is in
     ``run.record`` and in ``record.json`` in the run folder.
     """
     profile = get_profile(profile)
@@ -436,7 +440,10 @@ def fit(model: keras.Model, data, profile: Profile | str | None = None, *, name:
     batch_size = batch_size or profile.batch_size
     recipe = getattr(model, "tinylib_recipe", None)
     _check_schedule_length(model, recipe, epochs)
-    suffix = f"-{recipe.name}" if recipe is not None else ""  # a recipe's runs have their own folders
+    seed = profile.seed if seed is None else int(seed)
+    # A recipe's runs, and runs with another seed, have their own folders.
+    suffix = (f"-{recipe.name}" if recipe is not None else "") + suffix
+    suffix += f"-seed{seed}" if seed != profile.seed else ""
     path = Path(runs or runs_dir()) / (name or run_name(model, profile, suffix))
     path.mkdir(parents=True, exist_ok=True)
     if callbacks == "seed":
@@ -445,6 +452,7 @@ def fit(model: keras.Model, data, profile: Profile | str | None = None, *, name:
     callbacks = tuple(callbacks)
 
     record = _new_record(model, data, profile, epochs, batch_size, callbacks)
+    record["seed"] = seed
     record.update(notes or {})
     run = Run(path=path, model=model, record=record)
     lock = _lock_run(path)
@@ -454,7 +462,7 @@ def fit(model: keras.Model, data, profile: Profile | str | None = None, *, name:
             _clear_run(path)
         if _resume(run, epochs):
             return run  # finished, and nothing more asked of it
-        _train(run, model, data, profile, epochs, batch_size, callbacks, extra_callbacks, verbose,
+        _train(run, model, data, seed, epochs, batch_size, callbacks, extra_callbacks, verbose,
                checkpoint_every, deadline)
         return run
     finally:
@@ -540,7 +548,7 @@ def _epochs_change(path: Path, previous: dict, done: int, epochs: int) -> dict |
     return {"at_epoch": done, "from": planned, "to": epochs}
 
 
-def _train(run: Run, model, data, profile, epochs, batch_size, callbacks, extra_callbacks, verbose,
+def _train(run: Run, model, data, seed, epochs, batch_size, callbacks, extra_callbacks, verbose,
            checkpoint_every, deadline=None) -> None:
     """Fit from where the run stands to ``epochs``, checkpointing as it goes, then save the end state."""
     recipe = getattr(model, "tinylib_recipe", None)
@@ -559,8 +567,8 @@ def _train(run: Run, model, data, profile, epochs, batch_size, callbacks, extra_
             from tinylib.mixing import MixedBatches
 
             return MixedBatches(data.train.images, y_train, batch_size, mixup=recipe.mixup,
-                                cutmix=recipe.cutmix, seed=profile.seed, epoch=epoch, start=start)
-        return ShuffledBatches(data.train.images, y_train, batch_size, seed=profile.seed, epoch=epoch,
+                                cutmix=recipe.cutmix, seed=seed, epoch=epoch, start=start)
+        return ShuffledBatches(data.train.images, y_train, batch_size, seed=seed, epoch=epoch,
                                start=start)
 
     study_callbacks = make_callbacks(callbacks)
@@ -659,17 +667,29 @@ def _sigterm_as_exit():
 
 # What must be equal for a folder's run to be continued: anything else is another run.
 IDENTITY = ("model", "parameters", "weights", "augmentation", "optimizer", "learning_rate", "recipe",
-            "batch_size", "build_options", "dataset")
+            "batch_size", "build_options", "dataset", "seed")
 
 
 def _check_same_run(path: Path, previous: dict, record: dict) -> None:
     """Refuse to resume a run folder that holds a different run (say, other weights)."""
-    changed = [key for key in IDENTITY if key in previous and key in record and previous[key] != record[key]]
+    changed = [key for key in IDENTITY if key in previous and key in record
+               and _comparable(key, previous[key], record[key]) != _comparable(key, record[key], previous[key])]
     if changed:
         details = ", ".join(_difference(key, previous[key], record[key]) for key in changed)
         raise RunConflict(
             f"{path} holds a different run ({details}): give this run another name (name=..., --name) "
             "or start it afresh, replacing the old one (resume=False, --fresh)")
+
+
+def _comparable(key: str, value, other):
+    """``value`` as compared with ``other``: build options only on the keys both records have.
+
+    Records written before every default was recorded hold only the options given; a
+    missing option was its default then, as it is now.
+    """
+    if key == "build_options" and isinstance(value, dict) and isinstance(other, dict):
+        return {k: v for k, v in value.items() if k in other}
+    return value
 
 
 def _difference(key: str, old, new) -> str:
@@ -795,9 +815,13 @@ def build(model_name: str, data, profile=None, augment: bool = True, recipe: Rec
 
 def train_model(model_name: str, data, profile=None, *, augment: bool = True, build_options=None,
                 recipe: Recipe | str | None = None, **fit_kwargs) -> Run:
-    """Build and train one model in a profile: the one call each model chapter makes."""
+    """Build and train one model in a profile: the one call each model chapter makes.
+
+    ``seed`` (in ``fit_kwargs``; the profile's by default) also draws the initial weights.
+    """
     profile = get_profile(profile)
-    keras.utils.set_random_seed(profile.seed)
+    seed = fit_kwargs.get("seed")
+    keras.utils.set_random_seed(profile.seed if seed is None else seed)
     build_options = dict(build_options or {})
     if recipe is not None:
         build_options.update(recipe=recipe, epochs=fit_kwargs.get("epochs"),
@@ -813,12 +837,17 @@ def compare_recipes(model_name: str, data, profile=None, recipes: dict | None = 
     ``recipes`` maps a label to a ``Recipe`` (default: ``ablation_recipes()``, the
     seed's recipe and then the modern one's ingredients added one at a time).
     Each run gets its own folder, named after the recipe, so it resumes on its own.
+    ``epochs`` other than the profile's, and ``seed`` other than the profile's, make
+    new runs (folders ending ``-<N>ep`` and ``-seed<N>``): twice the epochs is a new
+    schedule from scratch, not the finished runs continued.
     """
     profile = get_profile(profile)
     recipes = recipes if recipes is not None else ablation_recipes()
     key = models_lib.normalize_name(model_name)
-    fit_kwargs.setdefault("epochs", profile.epochs_for("recipes") if "recipes" in profile.model_epochs
-                          else profile.epochs_for(key))
+    planned = profile.epochs_for("recipes") if "recipes" in profile.model_epochs else profile.epochs_for(key)
+    fit_kwargs.setdefault("epochs", planned)
+    if fit_kwargs["epochs"] != planned and "name" not in fit_kwargs:
+        fit_kwargs["suffix"] = fit_kwargs.get("suffix", "") + f"-{fit_kwargs['epochs']}ep"
     runs = {}
     for label, recipe in recipes.items():
         recipe = get_recipe(recipe)
