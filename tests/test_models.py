@@ -426,3 +426,16 @@ def test_the_recorded_build_options_alone_rebuild_the_model(name):
     rebuilt = models.build_model(name, num_classes=10, weights=None, compile=False, **options)
     assert rebuilt.count_params() == model.count_params()
     assert [layer.output.shape for layer in rebuilt.layers] == [layer.output.shape for layer in model.layers]
+
+
+def test_one_optimizer_factory_serves_the_study_and_the_recipes():
+    """The same name makes the same optimizer in models and recipes; the study's SGD is plain."""
+    from tinylib import optimizers, recipes
+
+    assert models.make_optimizer is optimizers.make_optimizer is recipes.make_optimizer
+    assert set(recipes.OPTIMIZERS) == set(optimizers.OPTIMIZERS)
+    study_sgd = models.make_optimizer("sgd")
+    assert study_sgd.momentum == 0.0 and not study_sgd.nesterov
+    recipe_sgd = recipes.Recipe(optimizer="sgd", momentum=0.9).make_optimizer()
+    assert recipe_sgd.momentum == 0.9 and recipe_sgd.nesterov
+    assert type(recipes.Recipe(optimizer="adamw").make_optimizer()) is type(models.make_optimizer("adamw"))

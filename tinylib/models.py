@@ -21,6 +21,8 @@ from types import MappingProxyType
 import keras
 from keras import layers, ops
 
+from tinylib import optimizers as optimizers_lib
+
 __all__ = [
     "BEYOND_SEED",
     "MODELS",
@@ -354,24 +356,9 @@ def seed_callbacks(name):
 
 # --- optimizers and compilation ------------------------------------------
 
-OPTIMIZERS = MappingProxyType(
-    {
-        "adam": keras.optimizers.Adam,
-        "rmsprop": keras.optimizers.RMSprop,
-        "sgd": keras.optimizers.SGD,
-        "nadam": keras.optimizers.Nadam,
-    }
-)
-
-
-def make_optimizer(name="adam", learning_rate=1e-4):
-    """One of the optimizers the seed compared, by name."""
-    key = str(name).lower()
-    if key not in OPTIMIZERS:
-        raise ValueError(
-            f"Unknown optimizer {name!r}. Valid names: {', '.join(OPTIMIZERS)}"
-        )
-    return OPTIMIZERS[key](learning_rate=learning_rate)
+# One factory for every optimizer (tinylib.optimizers); kept here under its old names.
+OPTIMIZERS = optimizers_lib.OPTIMIZERS
+make_optimizer = optimizers_lib.make_optimizer
 
 
 def compile_model(model, optimizer="adam", learning_rate=1e-4, loss="categorical_crossentropy"):

@@ -31,15 +31,13 @@ from types import MappingProxyType
 
 import keras
 
+from tinylib.optimizers import NO_DECAY_PATTERN, OPTIMIZERS, make_optimizer  # noqa: F401  (the one factory)
+
 __all__ = ["RECIPES", "Recipe", "ablation_recipes", "get_recipe"]
 
-OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "nadam")
 SCHEDULES = ("constant", "cosine")
 AUGMENTATIONS = ("seed", "crop", "none")
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
-# Decoupled weight decay is not applied to BatchNorm's scale and shift or to biases:
-# shrinking them towards zero regularizes nothing and only fights the normalization.
-NO_DECAY_PATTERN = ("gamma", "beta", "bias")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,20 +119,8 @@ class Recipe:
     def make_optimizer(self, steps_per_epoch: int = 1, epochs: int = 1):
         """The optimizer, with its schedule and weight decay."""
         rate = self.learning_rate_schedule(steps_per_epoch, epochs)
-        kwargs = {"learning_rate": rate}
-        if self.weight_decay:
-            kwargs["weight_decay"] = self.weight_decay
-        if self.optimizer == "sgd":
-            optimizer = keras.optimizers.SGD(momentum=self.momentum, nesterov=bool(self.momentum), **kwargs)
-        elif self.optimizer == "adamw":
-            kwargs.setdefault("weight_decay", 0.0)  # AdamW's own default (0.004) would hide in the record
-            optimizer = keras.optimizers.AdamW(**kwargs)
-        else:
-            optimizer = {"adam": keras.optimizers.Adam, "rmsprop": keras.optimizers.RMSprop,
-                         "nadam": keras.optimizers.Nadam}[self.optimizer](**kwargs)
-        if self.weight_decay:
-            optimizer.exclude_from_weight_decay(var_names=list(NO_DECAY_PATTERN))
-        return optimizer
+        momentum = self.momentum if self.optimizer == "sgd" else 0.0
+        return make_optimizer(self.optimizer, rate, momentum=momentum, weight_decay=self.weight_decay)
 
     def make_loss(self):
         return keras.losses.CategoricalCrossentropy(label_smoothing=self.label_smoothing)
