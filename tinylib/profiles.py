@@ -136,23 +136,10 @@ PROFILES: MappingProxyType = MappingProxyType(
 
 
 def gpu_available() -> bool:
-    """True when the active Keras backend sees a GPU."""
-    import keras
+    """True when the active Keras backend computes on a GPU (``tinylib.environment``)."""
+    from tinylib.environment import gpu_available as on_gpu
 
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        return bool(tf.config.list_physical_devices("GPU"))
-    if backend == "jax":
-        import jax
-
-        return any(d.platform == "gpu" for d in jax.devices())
-    if backend == "torch":
-        import torch
-
-        return bool(torch.cuda.is_available())
-    return False
+    return on_gpu()
 
 
 def get_profile(name: str | Profile | None = None) -> Profile:

@@ -1,0 +1,152 @@
+"""Saving a run as it trains: after every epoch, and every few minutes inside one.
+
+A kill then costs minutes, not an epoch, and a resumed run continues at the batch
+where it stopped, with the metrics' running totals, the random generators and the
+study's callbacks (early stopping's patience, its best weights) as they were.
+"""
+
+from __future__ import annotations
+
+import time
+
+import keras
+import numpy as np
+
+from tinylib import files
+from tinylib.runs import (BEST_WEIGHTS, KEEP_CHECKPOINTS, PARTIAL_CHECKPOINT, STATE_FILE, Run,
+                          _write_json, random_state, save_weights)
+
+
+# The state of the study's callbacks that a resumed run must carry on with (Keras resets
+# them when ``fit`` starts): without it, early stopping would forget its patience.
+CALLBACK_STATE = {
+    keras.callbacks.EarlyStopping: ("wait", "best", "best_epoch", "stopped_epoch"),
+    keras.callbacks.ReduceLROnPlateau: ("wait", "best", "cooldown_counter"),
+}
+
+
+CHECKPOINT_EVERY = 300.0  # seconds between checkpoints inside an epoch
+
+
+class Checkpointer(keras.callbacks.Callback):
+    """Save the run as it goes: after each epoch, and every few minutes inside one.
+
+    After each epoch: the weights with the optimizer state, then ``state.json``
+    pointing at them.  Inside an epoch, every ``every`` seconds: the same into
+    ``partial.weights.h5``, with the batches done and the metrics' running totals,
+    so a run killed mid-epoch resumes at that batch with the same result as an
+    uninterrupted one (its batches come in an order fixed by seed and epoch).  It
+    also keeps the study's callbacks' state (early stopping's patience, its best
+    weights) across resumes.
+    """
+
+    def __init__(self, run: "Run", every: float | None = CHECKPOINT_EVERY, keras_callbacks=()):
+        super().__init__()
+        self.run = run
+        self.every = every
+        self.keras_callbacks = [c for c in keras_callbacks if type(c) in CALLBACK_STATE]
+        self.epoch_start = 0.0
+        self.offset = 0  # batches of the first epoch done before this fit call (a mid-epoch resume)
+
+    # --- resume -------------------------------------------------------------------------
+
+    def on_train_begin(self, logs=None):
+        """Give the study's callbacks back the state Keras just reset."""
+        saved = self.run.callback_state
+        for index, callback in enumerate(self.keras_callbacks):
+            for name, value in saved.get(str(index), {}).items():
+                setattr(callback, name, value)
+            best = self.run.path / BEST_WEIGHTS
+            if getattr(callback, "restore_best_weights", False) and best.is_file():
+                with np.load(best, allow_pickle=False) as arrays:
+                    callback.best_weights = [arrays[f"arr_{i}"] for i in range(len(arrays.files))]
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+        self.epoch_start = self.last_save = time.perf_counter()
+        self.train_end = None
+        self.carried_metrics = None
+        partial = self.run.partial
+        if self.offset and partial and partial["epoch"] == epoch:  # resumed mid-epoch: carry on
+            self.carried_metrics = partial["metrics"]
+            self.epoch_start -= partial["train_seconds"]
+
+    # --- inside an epoch ------------------------------------------------------------------
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.carried_metrics:
+            # The metrics' running sums (totals and counts) of the batches before the
+            # interruption.  Added after the first step, because Keras builds its compiled
+            # metrics only when it first traces the step.
+            for variable in self.model.metrics_variables:
+                if variable.path in self.carried_metrics:
+                    saved = np.asarray(self.carried_metrics[variable.path])
+                    variable.assign(keras.ops.convert_to_numpy(variable) + saved.astype(variable.dtype))
+            self.carried_metrics = None
+        if self.every is None or time.perf_counter() - self.last_save < self.every:
+            return
+        save_weights(self.model, self.run.path / PARTIAL_CHECKPOINT)
+        self.run.partial = {
+            "epoch": self.epoch, "batches": self.offset + batch + 1, "checkpoint": PARTIAL_CHECKPOINT,
+            "train_seconds": time.perf_counter() - self.epoch_start,
+            "metrics": {v.path: keras.ops.convert_to_numpy(v).tolist() for v in self.model.metrics_variables},
+        }
+        self._write_state(PARTIAL_CHECKPOINT)
+        self.last_save = time.perf_counter()
+
+    # --- at the end of an epoch ----------------------------------------------------------
+
+    def on_test_begin(self, logs=None):
+        self.train_end = self.train_end or time.perf_counter()  # validation is not training
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        now = time.perf_counter()
+        logs["seconds"] = now - self.epoch_start
+        logs["train_seconds"] = (self.train_end or now) - self.epoch_start
+        lr = getattr(self.model.optimizer, "learning_rate", None)
+        if lr is not None:
+            logs["learning_rate"] = float(keras.ops.convert_to_numpy(lr))
+        for key, value in logs.items():
+            self.run.history.setdefault(key, []).append(float(value))
+        checkpoint = self.run.path / f"checkpoint-epoch-{epoch + 1:03d}.weights.h5"
+        save_weights(self.model, checkpoint)
+        self.run.epochs_done = epoch + 1
+        self.run.partial, self.offset = None, 0
+        self._save_best_weights(epoch)
+        self._write_state(checkpoint.name)
+        for old in sorted(self.run.path.glob("checkpoint-epoch-*.weights.h5"))[:-KEEP_CHECKPOINTS]:
+            old.unlink()
+        (self.run.path / PARTIAL_CHECKPOINT).unlink(missing_ok=True)
+        self.run.write_record()
+
+    def _save_best_weights(self, epoch: int) -> None:
+        """Early stopping's best weights live in memory: keep them on disk for a resume."""
+        for callback in self.keras_callbacks:
+            if getattr(callback, "restore_best_weights", False) and callback.best_epoch == epoch \
+                    and callback.best_weights is not None:
+                with files.atomic_path(self.run.path / BEST_WEIGHTS) as tmp:
+                    with open(tmp, "wb") as f:
+                        np.savez(f, *callback.best_weights)
+
+    def _write_state(self, checkpoint: str) -> None:
+        self.run.callback_state = {
+            str(index): {name: _plain(getattr(callback, name, None)) for name in CALLBACK_STATE[type(callback)]}
+            for index, callback in enumerate(self.keras_callbacks)
+        }
+        _write_json(self.run.path / STATE_FILE, {
+            "epochs_done": self.run.epochs_done, "checkpoint": checkpoint, "history": self.run.history,
+            "partial": self.run.partial, "callbacks": self.run.callback_state,
+            "random_state": random_state(self.model),
+        })
+
+
+def _plain(value):
+    """A callback's attribute as JSON can hold it (NumPy and Keras scalars become floats)."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    try:
+        return float(keras.ops.convert_to_numpy(value))
+    except (TypeError, ValueError):
+        return None
+

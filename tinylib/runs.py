@@ -1,0 +1,325 @@
+"""Run folders and their records: naming, locking, resuming, checking a run is the same run.
+
+Every run lives in its own folder (``runs_dir()/<run name>``)::
+
+    checkpoint-epoch-NNN.weights.h5   model + optimizer state after epoch NNN
+    partial.weights.h5                the same, inside an epoch (``tinylib.checkpointing``)
+    final.weights.h5                  what the model ends with (early stopping may restore the best epoch)
+    state.json                        which checkpoint is current, and the history so far
+    record.json                       the run record, rewritten after every epoch
+
+``state.json`` is written atomically after the checkpoint it names, so a run killed
+at any moment resumes from its last checkpoint with the same history. This is the
+only module that writes run records; ``tinylib.train`` decides what goes in them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from tinylib import files
+from tinylib.environment import device_name, git_commit, library_versions
+from tinylib.profiles import Profile
+
+
+RUNS_ENV = "TINYLIB_RUNS"
+
+
+STATE_FILE = "state.json"
+
+
+RECORD_FILE = "record.json"
+
+
+KEEP_CHECKPOINTS = 1  # Model 3's weights and Adam state are 1.7 GB: keep one
+
+
+FINAL_CHECKPOINT = "final.weights.h5"
+
+
+PARTIAL_CHECKPOINT = "partial.weights.h5"
+
+
+BEST_WEIGHTS = "best-weights.npz"
+
+
+def runs_dir() -> Path:
+    """Where runs go: ``TINYLIB_RUNS``, else ``<TINYLIB_HOME>/runs``."""
+    if os.environ.get(RUNS_ENV):
+        return Path(os.environ[RUNS_ENV]).expanduser()
+    from tinylib.data import home
+
+    return home() / "runs"
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    """Write JSON atomically: a reader sees the old file or the new one, never half."""
+    files.write_json(path, payload, default=_jsonable)
+
+
+def save_weights(model: keras.Model, path: Path) -> Path:
+    """Save weights (and optimizer state) atomically: a kill mid-save leaves the old file."""
+    with files.atomic_path(path) as tmp:
+        model.save_weights(tmp, overwrite=True)
+    return path
+
+
+class CheckpointError(OSError):
+    """A checkpoint that cannot be read: damaged, or saved by another model."""
+
+
+def load_checkpoint(model: keras.Model, path: Path) -> None:
+    """Load a checkpoint, turning a damaged or mismatched file into a clear error."""
+    try:
+        model.load_weights(path)
+    except (OSError, ValueError, KeyError) as err:
+        raise CheckpointError(
+            f"cannot load the checkpoint {path} ({type(err).__name__}: {err}). It is damaged or "
+            f"belongs to another model: start the run afresh with `--fresh` (resume=False)"
+        ) from None
+
+
+def _jsonable(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    raise TypeError(f"not JSON serializable: {type(value)}")
+
+
+def _seed_states(model) -> list:
+    """The states of the model's random generators (augmentation, dropout), in model order."""
+    return [v for v in model.non_trainable_variables if v.path.endswith("seed_generator_state")]
+
+
+def random_state(model) -> list:
+    """Where the model's random generators stand: Keras' weights files leave them out."""
+    return [keras.ops.convert_to_numpy(v).tolist() for v in _seed_states(model)]
+
+
+def restore_random_state(model, saved) -> None:
+    """Put the generators back where ``random_state`` found them, so a resumed run draws
+    the augmentations and dropout masks an uninterrupted one would have drawn."""
+    states = _seed_states(model)
+    if saved and len(saved) == len(states):
+        for variable, value in zip(states, saved):
+            variable.assign(np.asarray(value, dtype=keras.backend.standardize_dtype(variable.dtype)))
+
+
+@dataclasses.dataclass
+class Run:
+    """A training run: its folder, its model, its history and its record."""
+
+    path: Path
+    model: keras.Model
+    record: dict
+    history: dict = dataclasses.field(default_factory=dict)
+    epochs_done: int = 0
+    wall_before: float = 0.0  # seconds spent by earlier invocations, interrupted ones included
+    partial: dict | None = None  # where inside an epoch the last mid-epoch checkpoint was taken
+    callback_state: dict = dataclasses.field(default_factory=dict)  # early stopping's patience, ...
+    out_of_time: bool = False  # stopped at an epoch boundary by a deadline: resumable, not finished
+    started: float | None = None  # perf_counter() when this invocation began training
+
+    @property
+    def wall_seconds(self) -> float:
+        """Training time of the run so far, over every invocation that trained it."""
+        running = time.perf_counter() - self.started if self.started is not None else 0.0
+        return self.wall_before + running
+
+    @property
+    def checkpoint(self) -> Path | None:
+        state = _read_state(self.path)
+        return self.path / state["checkpoint"] if state else None
+
+    def write_record(self) -> dict:
+        record = self.record
+        record["history"] = self.history
+        record["epochs_run"] = self.epochs_done
+        record["wall_seconds"] = round(self.wall_seconds, 1)
+        seconds = self.history.get("train_seconds", [])[1:] or self.history.get("train_seconds", [])
+        if seconds:  # the first epoch also compiles: left out when there are others
+            record["train_images_per_second"] = round(
+                record["dataset"]["train_images"] / float(np.median(seconds)), 1)
+        for key, name in (("val_accuracy", "val_top1"), ("val_top5", "val_top5")):
+            values = self.history.get(key)
+            if values:
+                record[f"best_{name}"] = max(values)
+                record[f"final_{name}"] = values[-1]
+        if self.history.get("accuracy"):
+            record["final_train_top1"] = self.history["accuracy"][-1]
+        record["finished"] = self.epochs_done >= record["epochs"] or record.get("stopped_early", False)
+        _write_json(self.path / RECORD_FILE, record)
+        return record
+
+
+def _read_state(path: Path) -> dict | None:
+    try:
+        return json.loads((path / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def run_name(model: keras.Model, profile: Profile, suffix: str = "") -> str:
+    return f"{model.name}-{profile.name}-{keras.backend.backend()}{suffix}"
+
+
+class RunConflict(ValueError):
+    """A run folder holds a run that this call cannot continue (other settings, fewer epochs)."""
+
+
+class RunInUse(RuntimeError):
+    """Another process is training the same run folder right now."""
+
+
+def _lock_run(path: Path) -> files.FolderLock:
+    """Hold the run folder for this process; refuse if another one trains it now."""
+    lock = files.FolderLock(path)
+    try:
+        return lock.acquire()
+    except files.LockedError:
+        raise RunInUse(
+            f"{path} is being trained by another process (pid {lock.holder()}); a run folder takes "
+            "one training at a time. Wait for it to finish, or train under another name "
+            "(name=..., --name)."
+        ) from None
+
+
+def _clear_run(path: Path) -> None:
+    """Start a run folder afresh: forget its state, record and checkpoints."""
+    for stale in [path / STATE_FILE, path / RECORD_FILE, path / FINAL_CHECKPOINT, path / PARTIAL_CHECKPOINT,
+                  path / BEST_WEIGHTS, *path.glob("checkpoint-epoch-*.weights.h5")]:
+        stale.unlink(missing_ok=True)
+
+
+def _epochs_change(path: Path, previous: dict, done: int, epochs: int) -> dict | None:
+    """The change of planned epochs a resume asks for, or None; raises when it cannot be honoured."""
+    planned = previous.get("epochs", epochs)
+    if epochs == planned:
+        return None
+    fresh = "To train it with other settings, start afresh (resume=False, --fresh) or use another name (name=..., --name)."
+    if epochs < done:
+        raise RunConflict(f"{path} has already trained {done} epochs; asked for {epochs}. {fresh}")
+    if previous.get("stopped_early"):
+        raise RunConflict(f"{path} stopped early after epoch {done} (early stopping found no more "
+                          f"progress); asking for {epochs} epochs does not undo that. {fresh}")
+    return {"at_epoch": done, "from": planned, "to": epochs}
+
+
+# What must be equal for a folder's run to be continued: anything else is another run.
+IDENTITY = ("model", "parameters", "weights", "augmentation", "optimizer", "learning_rate", "recipe",
+            "batch_size", "build_options", "dataset", "seed")
+
+
+def _check_same_run(path: Path, previous: dict, record: dict) -> None:
+    """Refuse to resume a run folder that holds a different run (say, other weights)."""
+    changed = [key for key in IDENTITY if key in previous and key in record
+               and _comparable(key, previous[key], record[key]) != _comparable(key, record[key], previous[key])]
+    if changed:
+        details = ", ".join(_difference(key, previous[key], record[key]) for key in changed)
+        raise RunConflict(
+            f"{path} holds a different run ({details}): give this run another name (name=..., --name) "
+            "or start it afresh, replacing the old one (resume=False, --fresh)")
+
+
+def _comparable(key: str, value, other):
+    """``value`` as compared with ``other``: build options only on the keys both records have.
+
+    Records written before every default was recorded hold only the options given; a
+    missing option was its default then, as it is now.
+    """
+    if key == "build_options" and isinstance(value, dict) and isinstance(other, dict):
+        return {k: v for k, v in value.items() if k in other}
+    return value
+
+
+def _difference(key: str, old, new) -> str:
+    """One changed setting in words; dicts show only the entries that differ."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = [k for k in {**old, **new} if old.get(k) != new.get(k)]
+        if key == "dataset" and "wnids" in keys:
+            keys = [k for k in keys if k != "wnids"] + ["classes chosen"]
+            old, new = {**old, "classes chosen": "..."}, {**new, "classes chosen": "other"}
+        return ", ".join(f"{key}.{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys)
+    return f"{key}: {old!r} -> {new!r}"
+
+
+def _read_record(path: Path) -> dict:
+    try:
+        return json.loads((path / RECORD_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _new_record(model, data, profile, epochs, batch_size, callbacks) -> dict:
+    optimizer = model.optimizer
+    optimizer = getattr(optimizer, "inner_optimizer", optimizer)  # under mixed float16's loss scaling
+    recipe = getattr(model, "tinylib_recipe", None)
+    if recipe is not None:
+        learning_rate = recipe.learning_rate  # the peak: a schedule starts its warmup at 0
+    elif optimizer is not None:
+        learning_rate = float(f"{float(keras.ops.convert_to_numpy(optimizer.learning_rate)):.6g}")
+    else:
+        learning_rate = None
+    return {
+        "model": model.name,
+        "parameters": int(model.count_params()),
+        "profile": profile.name,
+        "backend": keras.backend.backend(),
+        "device": device_name(),
+        "dtype_policy": keras.config.dtype_policy().name,
+        "weights": getattr(model, "tinylib_weights", "random"),
+        "augmentation": _augmentation_config(model),
+        "build_options": _build_options(model),
+        "dataset": {
+            "classes": data.num_classes,
+            "train_images": len(data.train),
+            "val_images": len(data.val),
+            "seed": profile.seed,
+            "wnids": list(data.wnids),
+        },
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "optimizer": type(optimizer).__name__ if optimizer else None,
+        "learning_rate": learning_rate,
+        "recipe": recipe.to_dict() if recipe is not None else None,
+        "callbacks": list(callbacks),
+        "versions": library_versions(),
+        "git_commit": git_commit(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _build_options(model) -> dict:
+    """The architecture options the model was built with (width, dropout, ...), as JSON has them."""
+    return json.loads(json.dumps(getattr(model, "tinylib_build_options", {}), default=str))
+
+
+def _augmentation_config(model) -> dict | None:
+    """The settings of the augmentation layer at the model's head, if it has one."""
+    from tinylib.augment import RandomAffineAugment, _TrainingOnlyAugmentation
+
+    for layer in model.layers:
+        if isinstance(layer, _TrainingOnlyAugmentation):
+            config = layer.get_config()
+            config = {k: v for k, v in config.items() if k not in ("name", "trainable", "dtype")}
+            if isinstance(layer, RandomAffineAugment):
+                return config  # the seed's augmentation, recorded as records before the crop had it
+            return {"layer": type(layer).__name__, **config}
+    return None
+
+
+def load_run(path: Path | str) -> dict:
+    """The record of a run folder (or a record file), for tables and plots."""
+    path = Path(path)
+    record = _read_record(path) if path.is_dir() else json.loads(path.read_text())
+    if not record:
+        raise FileNotFoundError(f"no {RECORD_FILE} in {path}: is it a run folder?")
+    return record
+
