@@ -54,3 +54,44 @@ def test_full_scale_report_says_how_far_a_run_got(tmp_path):
         results.comparison_table(tmp_path)
     _record(tmp_path, "m4.json", best_val_top5=0.7, epochs=30, epochs_run=17, finished=True, stopped_early=True)
     assert "stopped early after 17 of 30 epochs" in results.full_scale_report("model4", tmp_path)
+
+
+def _run_folder(runs, name, **fields):
+    folder = runs / name
+    folder.mkdir(parents=True)
+    record = {"model": name.split("-")[0], "profile": "smoke", "best_val_top1": 0.30, "best_val_top5": 0.6,
+              "final_train_top1": 0.35, "epochs_run": 2, "epochs": 2, "finished": True, "parameters": 1234,
+              "weights": "random", "wall_seconds": 90.0, "train_images_per_second": 12.5,
+              "dataset": {"val_images": 300}, **fields}
+    (folder / "record.json").write_text(json.dumps(record))
+    return folder
+
+
+def test_profile_runs_finds_this_profiles_runs_of_the_study_models(tmp_path):
+    import keras
+
+    from tinylib.profiles import get_profile
+
+    backend = keras.backend.backend()
+    _run_folder(tmp_path, f"model1-smoke-{backend}")
+    _run_folder(tmp_path, f"model5-smoke-{backend}-random")
+    _run_folder(tmp_path, f"model2-quick-{backend}")  # another profile
+    _run_folder(tmp_path, f"resnet18-smoke-{backend}")  # not one of the study's models
+    found = results.profile_runs(get_profile("smoke"), runs=tmp_path)
+    assert list(found) == [f"model1-smoke-{backend}", f"model5-smoke-{backend}-random"]
+
+
+def test_runs_table_gives_intervals_and_says_when_a_change_is_within_noise(tmp_path):
+    records = {
+        "a": json.loads((_run_folder(tmp_path, "a", best_val_top1=0.30) / "record.json").read_text()),
+        "b": _run_folder(tmp_path, "b", best_val_top1=0.32),  # +2 points on 300 images: noise
+        "c": _run_folder(tmp_path, "c", best_val_top1=0.60, dataset={"val_images": 10000}),
+    }
+    table = results.runs_table(records, changes=True)
+    assert list(table.index) == ["a", "b", "c"]
+    assert table.loc["a", "best val top-1"] == "30.0%"
+    low, high = (float(x.rstrip("%")) for x in table.loc["a", "95% interval"].split(" to "))
+    assert 24.0 < low < 30.0 < high < 36.0  # Wilson, 90 of 300
+    assert table.loc["b", "change"] == "+2.0%" and table.loc["b", "within noise?"] == "yes"
+    assert table.loc["c", "within noise?"] == "no"
+    assert table.loc["a", "epochs"] == "2 epochs" and table.loc["a", "minutes"] == 1.5

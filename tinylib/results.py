@@ -116,9 +116,79 @@ def full_scale_report(model: str, folder: Path | str | None = None) -> str:
 
 
 def comparison_table(folder: Path | str | None = None):
-    """The comparison as a small pandas-free text table (list of dicts -> markdown)."""
+    """The comparison as a Markdown table (the study's and this book's figures)."""
     lines = ["| model | source | train accuracy | val accuracy | note |", "|---|---|---|---|---|"]
     for row in comparison_rows(folder):
         cells = [f"{row[k]:.2%}" if row[k] is not None else NOT_YET_RUN for k in ("train", "val")]
         lines.append(f"| {row['model']} | {row['source']} | {cells[0]} | {cells[1]} | {row.get('note', 'slides')} |")
     return "\n".join(lines)
+
+
+# --- tables of runs, for the chapters ---------------------------------------------------------
+
+
+def profile_runs(profile=None, models=None, runs: Path | str | None = None) -> dict[str, dict]:
+    """The records of the study's models trained in ``profile`` (the one in force by default).
+
+    Keyed by run folder name; a Model 5 run without ImageNet weights is the folder
+    ending ``-random``. Looks in the runs folder (``tinylib.runs.runs_dir``) for this
+    backend's folders, so a chapter finds what the earlier chapters trained.
+    """
+    import keras
+
+    from tinylib.profiles import get_profile
+    from tinylib.runs import RECORD_FILE, load_run, runs_dir
+
+    profile = get_profile(profile)
+    folder = Path(runs or runs_dir())
+    found = {}
+    for model in models or SEED_RESULTS:
+        for suffix in ("", "-random"):
+            name = f"{model}-{profile.name}-{keras.backend.backend()}{suffix}"
+            if (folder / name / RECORD_FILE).is_file():
+                found[name] = load_run(folder / name)
+    return found
+
+
+def runs_table(records, *, changes: bool = False, confidence: float = 0.95):
+    """A pandas DataFrame of runs, one row each, for a chapter to show.
+
+    ``records`` maps a label to a record, a ``Run`` or a run folder. Each best
+    validation top-1 comes with its ``confidence`` interval over the validation images
+    (``tinylib.stats``); with ``changes``, each row also gives its change from the row
+    above and whether that change is within noise (the two intervals' test).
+    """
+    import pandas as pd
+
+    from tinylib import stats
+    from tinylib.runs import load_run
+
+    rows, previous = {}, None
+    for label, item in records.items():
+        record = item if isinstance(item, dict) else getattr(item, "record", None) or load_run(item)
+        n = record["dataset"]["val_images"]
+        best = record["best_val_top1"]
+        low, high = stats.accuracy_interval(round(best * n), n, confidence)
+        row = {
+            "weights": record.get("weights", "random"),
+            "parameters": record["parameters"],
+            "epochs": _epochs(record),
+            "best val top-1": f"{best:.1%}",
+            f"{confidence:.0%} interval": f"{low:.1%} to {high:.1%}",
+            "best val top-5": f"{record['best_val_top5']:.1%}",
+            "final train top-1": f"{record['final_train_top1']:.1%}",
+            "train images/s": record.get("train_images_per_second"),
+            "minutes": round(record.get("wall_seconds", 0.0) / 60, 1),
+        }
+        if changes:
+            if previous is None:
+                row["change"], row["within noise?"] = "", ""
+            else:
+                noise = stats.within_noise(best, n, previous[0], previous[1], confidence)
+                row["change"] = f"{best - previous[0]:+.1%}"
+                row["within noise?"] = "yes" if noise else "no"
+            previous = (best, n)
+        rows[label] = row
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.index.name = "run"
+    return table
