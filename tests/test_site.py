@@ -253,8 +253,8 @@ def broken_images(driver) -> list[str]:
 
 
 # What myst-nb renders: an exception as div.output.traceback, stderr as div.output.stderr.
-# stderr by itself is no error (Keras progress bars, TensorFlow's start-up log, warnings,
-# all shown on purpose: stderr_output: show); a Python traceback or exception line is.
+# stderr by itself is no error (Keras progress bars and warnings, shown on purpose:
+# stderr_output: show); a Python traceback or exception line is.
 ERROR_SCRIPT = r"""
     const found = [];
     const excerpt = e => (e.innerText || e.textContent || '').trim().slice(0, 300);
@@ -273,6 +273,23 @@ ERROR_SCRIPT = r"""
 
 def error_output(driver) -> list[str]:
     return driver.execute_script(ERROR_SCRIPT)
+
+
+def images_without_alt_text(driver) -> list[str]:
+    """The chapter's figures (cell outputs and the page's own images) that carry no alt text."""
+    return driver.execute_script("""
+        return Array.from(document.querySelectorAll('article img'))
+            .filter(i => !(i.getAttribute('alt') || '').trim())
+            .map(i => (i.currentSrc || i.src || '').split('/').pop());
+    """)
+
+
+def start_up_noise(driver) -> list[str]:
+    """TensorFlow's start-up lines on the page (tinylib.startup keeps them off)."""
+    from tinylib import startup
+
+    text = driver.execute_script("return document.body.innerText || '';")
+    return [line for line in text.splitlines() if startup.is_noise(line)]
 
 
 def failed_resources(driver, base_url: str) -> list[str]:
@@ -376,6 +393,10 @@ def test_chapter_page(index, site, server, browser, screenshots):
     assert not broken_images(browser), f"{name}: images that did not load: {broken_images(browser)}"
     errors = error_output(browser)
     assert not errors, f"{name}: error output on the page:\n" + "\n".join(errors)
+    unlabelled = images_without_alt_text(browser)
+    assert not unlabelled, f"{name}: figures without alt text (cell metadata mystnb.image.alt): {unlabelled}"
+    noise = start_up_noise(browser)
+    assert not noise, f"{name}: TensorFlow's start-up lines on the page:\n" + "\n".join(noise)
     failed = failed_resources(browser, server)
     assert not failed, f"{name}: files of the site that failed to load:\n" + "\n".join(failed)
 
