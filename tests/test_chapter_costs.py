@@ -1,0 +1,48 @@
+"""tinylib.chapter_costs: the chapters' cost lines come from measured builds or say they were not measured."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tinylib import chapter_costs
+
+nbformat = pytest.importorskip("nbformat")
+jupyter_cache = pytest.importorskip("jupyter_cache")
+
+
+def _executed(cache_dir, name: str, seconds: float) -> None:
+    """A notebook in an execution cache, as a book build leaves it."""
+    from jupyter_cache.base import CacheBundleIn
+
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(f"print({seconds!r})")])
+    jupyter_cache.get_cache(str(cache_dir)).cache_notebook_bundle(
+        CacheBundleIn(notebook, f"/somewhere/book/{name}.ipynb", data={"execution_seconds": seconds}),
+        check_validity=False, overwrite=True)
+
+
+def test_without_measurements_every_profile_is_not_yet_measured(tmp_path):
+    line = chapter_costs.cost_line("06_model1", folder=tmp_path)
+    assert line == ("Running this chapter: quick profile on a 2-core CPU: not yet measured; "
+                    "full profile on a GPU: not yet measured.")
+
+
+def test_a_recorded_build_gives_each_chapter_its_time(tmp_path):
+    cache = tmp_path / "cache"
+    _executed(cache, "06_model1", 185.0)
+    _executed(cache, "07_model2", 30.0)
+    build = chapter_costs.record_build(cache, "quick", "CPU: x86_64 (2 cores)", "tensorflow", folder=tmp_path)
+    assert build["seconds"] == {"06_model1": 185.0, "07_model2": 30.0} and build["total_minutes"] == 3.6
+    saved = json.loads((tmp_path / chapter_costs.TIMES_FILE).read_text())
+    assert saved["quick"]["device"] == "CPU: x86_64 (2 cores)"
+    line = chapter_costs.cost_line("06_model1", folder=tmp_path)
+    assert "quick profile: 3.1 min on CPU: x86_64 (2 cores) (tensorflow, measured " in line
+    assert "full profile on a GPU: not yet measured" in line
+    # A chapter that build did not run stays unmeasured.
+    assert "quick profile on a 2-core CPU: not yet measured" in chapter_costs.cost_line("13_x", folder=tmp_path)
+
+
+def test_recording_an_empty_cache_says_to_build_first(tmp_path):
+    with pytest.raises(FileNotFoundError, match="make book"):
+        chapter_costs.record_build(tmp_path / "empty", "quick", "CPU", "tensorflow", folder=tmp_path)

@@ -1,0 +1,83 @@
+"""What running each chapter costs, from measured book builds, never from guesses.
+
+A build of the book executes every chapter and the execution cache keeps how long
+each took (jupyter-cache's ``execution_seconds``). ``record_build`` copies those
+times, with the profile and the device, into ``book/results/chapter-times.json``;
+each chapter prints its line with ``cost_line``, and says "not yet measured" for a
+profile nobody has timed.
+
+    make book TINYLIB_PROFILE=quick
+    python tools/record_chapter_times.py      # then commit book/results/chapter-times.json
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from pathlib import Path
+
+from tinylib import files
+from tinylib.results import default_results_dir
+
+TIMES_FILE = "chapter-times.json"
+NOT_YET_MEASURED = "not yet measured"
+# Where each profile is meant to run: the costs a reader wants to know before starting.
+PROFILE_HARDWARE = {"smoke": "a CPU", "quick": "a 2-core CPU", "full": "a GPU"}
+
+
+def times_path(folder: Path | str | None = None) -> Path:
+    return Path(folder or default_results_dir()) / TIMES_FILE
+
+
+def read_times(folder: Path | str | None = None) -> dict:
+    """The measured builds, by profile; {} when none was recorded."""
+    try:
+        data = json.loads(times_path(folder).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def executed_seconds(cache_dir: Path | str) -> dict[str, float]:
+    """Seconds each notebook took in the build whose execution cache is ``cache_dir``."""
+    from jupyter_cache import get_cache
+
+    seconds = {}
+    for record in get_cache(str(cache_dir)).list_cache_records():
+        taken = (record.data or {}).get("execution_seconds")
+        if record.uri and taken is not None:
+            seconds[Path(record.uri).stem] = round(float(taken), 1)
+    return dict(sorted(seconds.items()))
+
+
+def record_build(cache_dir: Path | str, profile: str, device: str, backend: str,
+                 folder: Path | str | None = None) -> dict:
+    """Write one profile's chapter times (from ``cache_dir``) into the times file, atomically."""
+    seconds = executed_seconds(cache_dir)
+    if not seconds:
+        raise FileNotFoundError(f"{cache_dir} holds no executed notebooks: build the book first (make book)")
+    data = read_times(folder)
+    data[profile] = {
+        "device": device, "backend": backend, "seconds": seconds,
+        "total_minutes": round(sum(seconds.values()) / 60, 1),
+        "measured": datetime.date.today().isoformat(),
+    }
+    files.write_json(times_path(folder), data, indent=1)
+    return data[profile]
+
+
+def cost_line(chapter: str, profiles=("quick", "full"), folder: Path | str | None = None) -> str:
+    """One line for the top of ``chapter``: its measured time in each profile, or "not yet measured"."""
+    data = read_times(folder)
+    parts = []
+    for profile in profiles:
+        build = data.get(profile) or {}
+        seconds = (build.get("seconds") or {}).get(chapter)
+        where = PROFILE_HARDWARE.get(profile, "")
+        if seconds is None:
+            parts.append(f"{profile} profile on {where}: {NOT_YET_MEASURED}")
+        else:
+            minutes = max(seconds / 60, 0.1)
+            parts.append(f"{profile} profile: {minutes:.1f} min on {build['device']} "
+                         f"({build['backend']}, measured {build['measured']})")
+    return "Running this chapter: " + "; ".join(parts) + "."
