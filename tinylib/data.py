@@ -36,6 +36,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from tinylib import files
 from tinylib.files import write_json
 
 DATA_ENV = "TINYLIB_DATA"
@@ -703,72 +704,18 @@ def _damaged_file(folder: Path, manifest: dict) -> CacheDamaged | None:
 
 @contextlib.contextmanager
 def _preparation_lock(parent: Path):
-    """Hold ``TINYLIB_HOME/.arrays-vN.lock`` (flock) while preparing.
+    """Hold ``TINYLIB_HOME/.arrays-vN.lock`` while preparing (``files.FolderLock``).
 
     A second preparation waits here, then finds the finished cache.  The holder
-    deletes the file when done; a waiter that then holds a lock on the deleted
-    file starts again on the path's new file.  No lock where fcntl is missing
-    (Windows) or the folder is read-only (nothing can be prepared there anyway).
+    deletes the file when done.  No lock where fcntl is missing (Windows) or the
+    folder is read-only (nothing can be prepared there anyway).
     """
+    lock = files.FolderLock(parent, LOCK_NAME, remove=True, optional=True)
+    lock.acquire(wait=True, message=f"waiting for another preparation (pid {{pid}}) to finish with {parent} ...")
     try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    path = parent / LOCK_NAME
-    fd = _acquire_lock(path, fcntl)
-    if fd is None:
-        yield
-        return
-    try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
-        with contextlib.suppress(OSError):
-            os.unlink(path)
-        os.close(fd)
-
-
-def _acquire_lock(path: Path, fcntl) -> int | None:
-    """Open and lock ``path``, saying once that we wait; None if it cannot be created."""
-    announced = False
-    while True:
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as err:
-            if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-                return None
-            raise
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if not announced:
-                    print(f"waiting for another preparation (pid {_lock_holder(fd)}) to finish "
-                          f"with {path.parent} ...", file=sys.stderr, flush=True)
-                    announced = True
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            if _is_same_file(fd, path):
-                return fd
-        except BaseException:
-            os.close(fd)
-            raise
-        os.close(fd)  # the holder deleted it as we waited: lock the new one
-
-
-def _lock_holder(fd: int) -> str:
-    with contextlib.suppress(OSError, ValueError):
-        return str(int(os.pread(fd, 32, 0).decode().strip()))
-    return "unknown"
-
-
-def _is_same_file(fd: int, path: Path) -> bool:
-    try:
-        on_disk, held = os.stat(path), os.fstat(fd)
-    except FileNotFoundError:
-        return False
-    return (on_disk.st_dev, on_disk.st_ino) == (held.st_dev, held.st_ino)
+        lock.release()
 
 
 # --- writing the cache: enough room, and a failure said in words ----------------------------

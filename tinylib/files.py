@@ -14,6 +14,7 @@ import contextlib
 import errno
 import json
 import os
+import sys
 from pathlib import Path
 
 TEMPORARY_PREFIX = ".tmp-"
@@ -87,10 +88,18 @@ class FolderLock:
     ``kill -9`` included), so a lock is never left stale.  The holder's pid is
     written into the file so that the refusal can name it.  Where ``fcntl`` is
     missing (Windows) the lock is a no-op.
+
+    ``remove=True`` deletes the lock file on release (the data cache's lock, which
+    should not stay behind in ``TINYLIB_HOME``); a waiter that then holds the deleted
+    file locks the path's new one instead.  ``optional=True`` goes on without a lock
+    where the file cannot be created (a read-only folder: nothing is written there).
     """
 
-    def __init__(self, folder: str | os.PathLike, name: str = ".lock"):
+    def __init__(self, folder: str | os.PathLike, name: str = ".lock", *, remove: bool = False,
+                 optional: bool = False):
         self.path = Path(folder) / name
+        self.remove = remove
+        self.optional = optional
         self._file = None
 
     def holder(self) -> str:
@@ -101,34 +110,55 @@ class FolderLock:
             return "?"
 
     def acquire(self, wait: bool = False, message: str | None = None) -> "FolderLock":
-        """Take the lock; if it is held: wait (printing ``message`` once) or raise LockedError."""
+        """Take the lock; if it is held: wait (printing ``message`` once, on stderr) or raise LockedError."""
         try:
             import fcntl
         except ImportError:  # Windows: no advisory locks here
             return self
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path, "a+")
-        try:
+        announced = False
+        while True:
             try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if not wait:
-                    raise LockedError(f"{self.path.parent} is in use by process {self.holder()}") from None
-                if message:
-                    print(message.format(pid=self.holder()), flush=True)
-                fcntl.flock(handle, fcntl.LOCK_EX)
-            handle.seek(0)
-            handle.truncate()
-            handle.write(str(os.getpid()))
-            handle.flush()
-        except BaseException:
-            handle.close()
-            raise
-        self._file = handle
-        return self
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                handle = os.fdopen(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644), "r+")
+            except OSError as err:
+                if self.optional and err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+                    return self
+                raise
+            try:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    if not wait:
+                        raise LockedError(f"{self.path.parent} is in use by process {self.holder()}") from None
+                    if message and not announced:
+                        print(message.format(pid=self.holder()), file=sys.stderr, flush=True)
+                        announced = True
+                    fcntl.flock(handle, fcntl.LOCK_EX)
+                if not self._holds_the_path(handle):
+                    handle.close()  # the holder removed it as we waited: lock the new one
+                    continue
+                handle.seek(0)
+                handle.truncate()
+                handle.write(str(os.getpid()))
+                handle.flush()
+            except BaseException:
+                handle.close()
+                raise
+            self._file = handle
+            return self
+
+    def _holds_the_path(self, handle) -> bool:
+        try:
+            on_disk, held = os.stat(self.path), os.fstat(handle.fileno())
+        except FileNotFoundError:
+            return False
+        return (on_disk.st_dev, on_disk.st_ino) == (held.st_dev, held.st_ino)
 
     def release(self) -> None:
         if self._file is not None:
+            if self.remove:  # before closing: nobody can hold it while it is removed
+                with contextlib.suppress(OSError):
+                    self.path.unlink()
             self._file.close()  # closing the file releases the lock
             self._file = None
 
