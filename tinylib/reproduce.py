@@ -93,11 +93,12 @@ def _finished_in(results: Path | None, run_folder_name: str) -> bool:
 def expected_folders(planned: PlannedRun, profile, backend: str) -> list[str] | None:
     """The run folders a planned run writes, when they can be named before building anything."""
     from tinylib import models
+    from tinylib.runs import run_name
 
     if planned.name in models.MODELS:
-        return [f"{planned.name}-{profile.name}-{backend}"]
+        return [run_name(planned.name, profile, backend=backend)]
     if planned.name == "resnet18-modern":
-        return [f"resnet18-{profile.name}-{backend}-modern"]
+        return [run_name("resnet18", profile, "-modern", backend=backend)]
     return None  # the others depend on what is found (weights) or are several runs
 
 

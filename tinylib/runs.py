@@ -166,8 +166,10 @@ def _read_state(path: Path) -> dict | None:
         return None
 
 
-def run_name(model: keras.Model, profile: Profile, suffix: str = "") -> str:
-    return f"{model.name}-{profile.name}-{keras.backend.backend()}{suffix}"
+def run_name(model: keras.Model | str, profile: Profile, suffix: str = "", backend: str | None = None) -> str:
+    """A run's folder name: ``<model>-<profile>-<backend><suffix>`` (a model or its name)."""
+    name = model if isinstance(model, str) else model.name
+    return f"{name}-{profile.name}-{backend or keras.backend.backend()}{suffix}"
 
 
 class RunConflict(ValueError):
