@@ -494,3 +494,80 @@ def gradcam_grid(models, images, class_names, labels=None, figsize=None):
                           f"{name}\n{title}" if row == 0 else title, 8, **style)
     fig.tight_layout()
     return fig
+
+
+# ----------------------------------------------------------------------------
+# Architecture diagrams
+# ----------------------------------------------------------------------------
+
+RESIDUAL_SHORTCUTS = ("identity", "projection")
+
+
+def residual_block_diagram(shortcuts=RESIDUAL_SHORTCUTS, figsize=None):
+    """A basic residual block (ResNet-18 and -34), drawn as ``tinylib.models._residual_block`` builds it.
+
+    The main path is 3×3 conv, BatchNorm, ReLU, 3×3 conv, BatchNorm (its scale starts
+    at zero, so the block starts as the identity); the shortcut carries the input
+    past it; the two are added and a ReLU follows. One panel per entry of
+    ``shortcuts``: 'identity' (input and output have the same shape) and 'projection'
+    (a 1×1 convolution with BatchNorm, where the block halves the map with stride 2
+    or changes the number of channels). Draws boxes and arrows only; returns the Figure.
+    """
+    shortcuts = (shortcuts,) if isinstance(shortcuts, str) else tuple(shortcuts)
+    unknown = [s for s in shortcuts if s not in RESIDUAL_SHORTCUTS]
+    if unknown or not shortcuts:
+        raise ValueError(f"shortcuts must be taken from {RESIDUAL_SHORTCUTS}, got {shortcuts}")
+    fig, axes = plt.subplots(1, len(shortcuts), figsize=figsize or (3.6 * len(shortcuts), 5.2),
+                             squeeze=False)
+    main_x, side_x = 0.36, 0.82
+    box = dict(boxstyle="round,pad=0.35", linewidth=1.0)
+    arrow = dict(arrowstyle="-|>", color="0.25", linewidth=1.0, shrinkA=9, shrinkB=9)
+    for ax, shortcut in zip(axes[0], shortcuts):
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 10)
+        ax.set_axis_off()
+        stride = ", stride 2" if shortcut == "projection" else ""
+        main = [  # (y, label, face colour) top to bottom
+            (9.3, "x (input)", "white"),
+            (8.1, f"3×3 conv{stride}", "#cfe2f3"),
+            (7.1, "BatchNorm", "#fff2cc"),
+            (6.1, "ReLU", "#d9ead3"),
+            (5.1, "3×3 conv", "#cfe2f3"),
+            (4.1, "BatchNorm (γ starts at 0)", "#fff2cc"),
+        ]
+        for y, label, colour in main:
+            ax.text(main_x, y, label, ha="center", va="center", fontsize=9,
+                    bbox={**box, "facecolor": colour, "edgecolor": "0.3"})
+        for (y0, *_), (y1, *_) in zip(main, main[1:]):
+            ax.annotate("", xy=(main_x, y1), xytext=(main_x, y0), arrowprops=arrow)
+        add_y, relu_y, out_y = 2.7, 1.6, 0.5
+        ax.text(main_x, add_y, "+", ha="center", va="center", fontsize=13, fontweight="bold",
+                bbox=dict(boxstyle="circle,pad=0.25", facecolor="white", edgecolor="0.3"))
+        ax.text(main_x, relu_y, "ReLU", ha="center", va="center", fontsize=9,
+                bbox={**box, "facecolor": "#d9ead3", "edgecolor": "0.3"})
+        ax.text(main_x, out_y, "output", ha="center", va="center", fontsize=9,
+                bbox={**box, "facecolor": "white", "edgecolor": "0.3"})
+        ax.annotate("", xy=(main_x, add_y), xytext=(main_x, main[-1][0]), arrowprops=arrow)
+        ax.annotate("", xy=(main_x, relu_y), xytext=(main_x, add_y), arrowprops=arrow)
+        ax.annotate("", xy=(main_x, out_y), xytext=(main_x, relu_y), arrowprops=arrow)
+        # The shortcut: from the input, down the right-hand side, into the addition.
+        line = dict(color="C3", linewidth=1.6)
+        ax.plot([main_x + 0.16, side_x], [9.3, 9.3], **line)
+        ax.plot([side_x, side_x], [9.3, add_y], **line)
+        ax.annotate("", xy=(main_x, add_y), xytext=(side_x, add_y),
+                    arrowprops={**arrow, "color": "C3", "linewidth": 1.6, "shrinkA": 0})
+        if shortcut == "projection":
+            for y, label, colour in ((6.6, "1×1 conv,\nstride 2", "#cfe2f3"), (5.1, "BatchNorm", "#fff2cc")):
+                ax.text(side_x, y, label, ha="center", va="center", fontsize=8,
+                        bbox={**box, "facecolor": colour, "edgecolor": "C3"})
+            title = "projection shortcut\n(new map size or channels)"
+        else:
+            ax.text(side_x + 0.03, 6.0, "identity", ha="left", va="center", fontsize=8,
+                    color="C3", rotation=90)
+            title = "identity shortcut\n(same shape in and out)"
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+__all__.append("residual_block_diagram")
