@@ -10,7 +10,7 @@ import pytest
 from tinylib import cli
 
 
-def test_models_lists_the_seed_models_and_the_resnets(capsys):
+def test_models_lists_the_study_models_and_the_resnets(capsys):
     assert cli.main(["models"]) == 0
     out = capsys.readouterr().out
     for name in ("model1", "model5", "resnet18", "resnet50"):

@@ -111,7 +111,7 @@ def test_find_target_layer_refuses_a_model_without_feature_maps():
 
 
 @pytest.mark.parametrize("name", ["model1", "model2", "model3", "model4", "model5"])
-def test_gradcam_on_every_seed_model(build, images, name):
+def test_gradcam_on_every_study_model(build, images, name):
     cams = gradcam.gradcam(build(name), images)
     assert cams.shape == (2, 64, 64) and cams.dtype == np.float32
     assert np.isfinite(cams).all() and cams.min() >= 0.0 and cams.max() <= 1.0

@@ -1,4 +1,4 @@
-"""tinylib.models against the seed study's Keras summaries.
+"""tinylib.models against the study's Keras summaries.
 
 Run once per backend: KERAS_BACKEND=tensorflow and KERAS_BACKEND=jax.
 """
@@ -24,7 +24,7 @@ C, B, A, P, F, D, DO, G = (
 )
 
 # (layer class, output shape without batch, parameters), num_classes=200.
-SEED_TABLES = {
+STUDY_TABLES = {
     "model1": [
         (C, (62, 62, 32), 896), (P, (31, 31, 32), 0),
         (C, (29, 29, 64), 18_496), (P, (14, 14, 64), 0),
@@ -65,7 +65,7 @@ SEED_TABLES = {
         (D, (200,), 102_600),
     ],
 }
-SEED_TOTALS = {
+STUDY_TOTALS = {
     "model1": 13_070_472,
     "model2": 2_555_656,
     "model3": 140_382_728,
@@ -92,8 +92,8 @@ def architecture(model):
 
 
 @functools.lru_cache(maxsize=None)
-def seed_model(name):
-    """Each seed-sized model built once per test session (model3 is 140M)."""
+def study_model(name):
+    """Each study-sized model built once per test session (model3 is 140M)."""
     weights = None if name == "model5" else models.DEFAULT_WEIGHTS
     return models.build_model(name, weights=weights, compile=False)
 
@@ -120,14 +120,14 @@ def saved_backbone():
 
 
 @pytest.mark.parametrize("name", ["model1", "model2", "model3", "model4"])
-def test_layers_match_the_seed_summary(name):
-    model = seed_model(name)
-    assert architecture(model) == SEED_TABLES[name]
-    assert model.count_params() == SEED_TOTALS[name]
+def test_layers_match_the_study_summary(name):
+    model = study_model(name)
+    assert architecture(model) == STUDY_TABLES[name]
+    assert model.count_params() == STUDY_TOTALS[name]
 
 
-def test_model5_is_resnet50_notop_plus_the_seed_head():
-    model = seed_model("model5")
+def test_model5_is_resnet50_notop_plus_the_study_head():
+    model = study_model("model5")
     (backbone, *head) = architecture(model)
     assert backbone == ("Functional", (2, 2, 2048), RESNET50_NOTOP_PARAMS)
     assert head == MODEL5_HEAD
@@ -137,7 +137,7 @@ def test_model5_is_resnet50_notop_plus_the_seed_head():
 
 @pytest.mark.parametrize("name", list(models.MODELS))
 def test_forward_pass_gives_class_probabilities(name):
-    probabilities = predict(seed_model(name), uint8_batch())
+    probabilities = predict(study_model(name), uint8_batch())
     assert probabilities.shape == (2, 200)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-4)
 
@@ -198,10 +198,10 @@ def test_list_models_describes_each_model():
     assert all(isinstance(text, str) and text for text in described.values())
 
 
-def test_seed_callbacks_are_exposed_as_data():
+def test_study_callbacks_are_exposed_as_data():
     expected = ("early_stopping", "reduce_lr_on_plateau")
-    assert models.seed_callbacks("Model 2") == expected
-    assert models.seed_callbacks("model1") == ()
+    assert models.study_callbacks("Model 2") == expected
+    assert models.study_callbacks("model1") == ()
 
 
 @pytest.mark.parametrize(
@@ -254,7 +254,7 @@ def test_compiled_model_with_augmentation_trains_one_step():
 
 
 def test_models_1_to_4_record_random_weights_and_refuse_pretrained():
-    assert seed_model("model4").tinylib_weights == "random"
+    assert study_model("model4").tinylib_weights == "random"
     with pytest.raises(ValueError, match="no pretrained"):
         models.build_model("model1", weights="imagenet")
 
@@ -271,7 +271,7 @@ def test_model5_loads_a_local_backbone_weights_file(tmp_path, saved_backbone):
     for got, want in zip(loaded, expected):
         np.testing.assert_array_equal(got, want)
     # The comparison can fail: another random backbone differs.
-    fresh = seed_model("model5").get_layer("resnet50").get_weights()
+    fresh = study_model("model5").get_layer("resnet50").get_weights()
     assert not all(np.array_equal(a, b) for a, b in zip(fresh, expected))
 
 
@@ -318,7 +318,7 @@ def test_model5_imagenet_download_failure_raises_a_clear_error(monkeypatch):
     assert "URL fetch failure" in str(caught.value.__cause__)
 
 
-# --- beyond the seed: ResNets for 64x64 and Model 5's options --------------------
+# --- beyond the study: ResNets for 64x64 and Model 5's options --------------------
 
 # Trainable parameters of torchvision's ImageNet ResNets (its published totals, for
 # 1000 classes and the 7x7 stem), moved to this book's network: the 3x3 stem has
@@ -361,8 +361,8 @@ def test_resnet_width_scales_channels_and_blocks_start_as_identity():
         models.resnet(keras.Input((64, 64, 3)), 5, depth=101)
 
 
-def test_resnets_are_registered_beside_the_seed_models():
-    assert set(models.SEED_MODELS) | set(models.BEYOND_SEED) == set(models.MODELS)
+def test_resnets_are_registered_beside_the_study_models():
+    assert set(models.STUDY_MODELS) | set(models.BEYOND_STUDY) == set(models.MODELS)
     assert models.normalize_name("ResNet-18") == "resnet18"
     assert "64x64" in models.list_models()["resnet50"]
     assert models.build_model("resnet18", num_classes=5, width=4, compile=False).tinylib_weights == "random"

@@ -146,7 +146,7 @@ def test_misclassified_examples_without_mistakes():
 
 def test_results_table_plot_draws_missing_results_as_notes_not_bars():
     rows = [
-        {"model": "model1", "source": "seed", "train": 0.62, "val": 0.21},
+        {"model": "model1", "source": "study", "train": 0.62, "val": 0.21},
         {"model": "model1", "source": "this book", "train": None, "val": None},
         {"model": "model2", "source": "this book", "train": 0.40, "val": None},
     ]
@@ -157,5 +157,5 @@ def test_results_table_plot_draws_missing_results_as_notes_not_bars():
     notes = [t for t in ax.texts if t.get_text() == "not yet run"]
     assert len(notes) == 3
     ticks = [t.get_text() for t in ax.get_xticklabels()]
-    assert ticks == ["model1\n(seed)", "model1\n(this book)", "model2\n(this book)"]
+    assert ticks == ["model1\n(study)", "model1\n(this book)", "model2\n(this book)"]
     assert {t.get_text() for t in ax.texts} >= {"62%", "21%", "40%"}

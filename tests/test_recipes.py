@@ -32,19 +32,19 @@ def test_unknown_settings_are_refused_with_the_valid_ones():
         recipes.get_recipe("fancy")
 
 
-def test_the_seed_recipe_is_the_seed_training():
-    seed = recipes.get_recipe(None)
-    optimizer = seed.make_optimizer(10, 3)
+def test_the_study_recipe_is_the_study_training():
+    study = recipes.get_recipe(None)
+    optimizer = study.make_optimizer(10, 3)
     assert type(optimizer) is keras.optimizers.Adam
     assert float(keras.ops.convert_to_numpy(optimizer.learning_rate)) == pytest.approx(1e-4)
-    assert seed.make_loss().get_config()["label_smoothing"] == 0
-    assert isinstance(seed.augmentation_layer(), augment.ImageDataGeneratorAugment)
-    assert seed.describe() == "recipe 'seed': the seed's"
+    assert study.make_loss().get_config()["label_smoothing"] == 0
+    assert isinstance(study.augmentation_layer(), augment.ImageDataGeneratorAugment)
+    assert study.describe() == "recipe 'study': the study's"
 
 
 def test_ablation_adds_one_ingredient_per_step_and_ends_at_modern():
     steps = list(recipes.ablation_recipes().items())
-    assert steps[0][1] == RECIPES["seed"] and steps[-1][1] == RECIPES["modern"]
+    assert steps[0][1] == RECIPES["study"] and steps[-1][1] == RECIPES["modern"]
     names = [recipe.name for _, recipe in steps]
     assert len(set(names)) == len(names)  # each step has its own run folder
     fields = [f.name for f in dataclasses.fields(Recipe) if f.name != "name"]
@@ -178,7 +178,7 @@ def test_modern_recipe_trains_a_resnet_and_records_every_ingredient(tmp_path, ti
     assert record["recipe"] == RECIPES["modern"].to_dict()
     assert record["optimizer"] == "SGD" and record["learning_rate"] == 0.05
     assert record["augmentation"]["layer"] == "RandomResizedCrop"
-    assert record["callbacks"] == []  # the seed's callbacks belong to the seed's recipe
+    assert record["callbacks"] == []  # the study's callbacks belong to the study's recipe
     rates = record["history"]["learning_rate"]  # cosine: falls to zero by the last step
     assert rates[0] > rates[1] and rates[1] == pytest.approx(0.0, abs=1e-6)
     # The same folder with another recipe is another run: refused, not resumed.
@@ -192,9 +192,9 @@ def test_modern_recipe_trains_a_resnet_and_records_every_ingredient(tmp_path, ti
 def test_compare_recipes_trains_each_recipe_in_its_own_folder(tmp_path, tiny_env, synthetic, monkeypatch):
     monkeypatch.setenv("TINYLIB_DATA", str(synthetic))
     ds = data.load()
-    chosen = {"seed": "seed", "no augmentation": Recipe(name="plain", augmentation="none")}
+    chosen = {"study": "study", "no augmentation": Recipe(name="plain", augmentation="none")}
     runs = train.compare_recipes("model2", ds, smoke_profile(epochs=1), recipes=chosen, runs=tmp_path, verbose=0)
-    assert list(runs) == ["seed", "no augmentation"]
+    assert list(runs) == ["study", "no augmentation"]
     assert {r.path.name for r in runs.values()} == {"model2-smoke-tensorflow-seed", "model2-smoke-tensorflow-plain"}
     assert runs["no augmentation"].record["augmentation"] is None
     assert all(r.record["epochs_run"] == 1 for r in runs.values())

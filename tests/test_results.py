@@ -1,4 +1,4 @@
-"""tinylib.results: the seed's table beside full-scale records, never an invented number."""
+"""tinylib.results: the study's table beside full-scale records, never an invented number."""
 
 import json
 
@@ -15,8 +15,8 @@ def test_models_without_a_full_record_say_not_yet_run(tmp_path):
     rows = results.comparison_rows(tmp_path)
     ours = [r for r in rows if r["source"] == "this book"]
     assert len(ours) == 5 and all(r["val"] is None and r["note"] == "not yet run" for r in ours)
-    seed = {r["model"]: r["val"] for r in rows if r["source"] == "seed"}
-    assert seed["model5"] == 0.4314
+    study = {r["model"]: r["val"] for r in rows if r["source"] == "study"}
+    assert study["model5"] == 0.4314
     assert "not yet run" in results.comparison_table(tmp_path)
 
 
@@ -29,7 +29,7 @@ def test_best_full_record_per_model_is_used_and_other_profiles_ignored(tmp_path)
     assert "45.00%" in results.comparison_table(tmp_path)
 
 
-def test_beyond_the_seed_runs_never_stand_in_for_the_seed_reproduction(tmp_path):
+def test_beyond_the_study_runs_never_stand_in_for_the_study_reproduction(tmp_path):
     _record(tmp_path, "seedway.json", model="model5", best_val_top1=0.40, recipe=None)
     _record(tmp_path, "staged.json", model="model5", best_val_top1=0.60, stage="all", image_size=128)
     _record(tmp_path, "resnet.json", model="resnet18", best_val_top1=0.55,

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SEED_MODELS = ["model1", "model2", "model3", "model4", "model5"]
+STUDY_MODELS = ["model1", "model2", "model3", "model4", "model5"]
 NEW_MODELS = ["resnet18"]  # trained with the modern recipe: MixUp/CutMix batches, cosine schedule
 
 # Trains one model in a fresh process; with KILL set, SIGKILLs itself in the middle of epoch 2.
@@ -35,7 +35,7 @@ DRIVER = textwrap.dedent("""
             if self.epoch == 1 and batch == 1:
                 os.kill(os.getpid(), signal.SIGKILL)
 
-    if model_name.startswith("resnet"):  # beyond the seed: the modern recipe, narrow
+    if model_name.startswith("resnet"):  # beyond the study: the modern recipe, narrow
         model = train.build(model_name, ds, profile, recipe="modern", width=16)
     else:
         weights = {"weights": None} if model_name == "model5" else {}
@@ -61,9 +61,9 @@ def _train(tmp_path: Path, model: str, backend: str, kill: bool) -> subprocess.C
 # Every model on TensorFlow (the default backend). On JAX, two models cover what differs
 # per backend (saving and restoring weights and optimizer state): Model 1 (convolutions,
 # dense layers, Adam) and ResNet-18 with the modern recipe (BatchNorm, SGD's momentum,
-# the schedule's step count, MixUp/CutMix batches). The other seed models are built and
+# the schedule's step count, MixUp/CutMix batches). The other study models are built and
 # run on JAX by tests/test_models.py when that is run with KERAS_BACKEND=jax.
-CASES = [(model, "tensorflow") for model in SEED_MODELS + NEW_MODELS] + [("model1", "jax"), ("resnet18", "jax")]
+CASES = [(model, "tensorflow") for model in STUDY_MODELS + NEW_MODELS] + [("model1", "jax"), ("resnet18", "jax")]
 
 
 @pytest.mark.slow

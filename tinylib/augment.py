@@ -288,7 +288,7 @@ class RandomResizedCrop(_TrainingOnlyAugmentation):
     """Random crop of random area and aspect ratio, resized back to full size, plus flip.
 
     The "Inception-style" crop that modern ImageNet recipes use instead of the
-    seed's small rotations and shifts: each training image shows a different part of
+    study's small rotations and shifts: each training image shows a different part of
     the object at a different scale, so the network cannot rely on where things are.
     The crop covers a fraction of the area drawn from ``scale`` and has a width/height
     ratio drawn log-uniformly from ``ratio``; it always lies inside the image, so no

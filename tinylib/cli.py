@@ -157,13 +157,13 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Train one model in a profile. Run it again after an interruption "
                                         "and it continues from the last finished epoch.")
     p.add_argument("model", help="model1 ... model5, resnet18, resnet34, resnet50 (see `python -m tinylib models`)")
-    p.add_argument("--recipe", help="seed | modern: train with a recipe from tinylib.recipes (default: the seed's "
+    p.add_argument("--recipe", help="study | modern: train with a recipe from tinylib.recipes (default: the study's "
                    "Adam, as set by --optimizer and --learning-rate)")
     p.add_argument("--profile", help="smoke | quick | full (default: TINYLIB_PROFILE, else full on a GPU, quick on a CPU)")
     p.add_argument("--epochs", type=int, help="override the profile's epochs")
     p.add_argument("--batch-size", type=int, help="override the profile's batch size")
     p.add_argument("--optimizer", default="adam", help="adam | rmsprop | sgd | nadam (default adam)")
-    p.add_argument("--learning-rate", type=float, default=1e-4, help="default 1e-4, as the seed")
+    p.add_argument("--learning-rate", type=float, default=1e-4, help="default 1e-4, as the study")
     p.add_argument("--weights", help="model5 only: imagenet (default) | PATH to a weights file | none")
     p.add_argument("--no-augment", action="store_true", help="train without augmentation")
     p.add_argument("--precision", default="auto", help="auto | float32 | mixed_bfloat16 | mixed_float16")

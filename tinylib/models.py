@@ -1,10 +1,10 @@
-"""The seed study's five CNNs, layer for layer, and the ResNets that go beyond them.
+"""The study's five CNNs, layer for layer, and the ResNets that go beyond them.
 
 Every model takes uint8-range images (0..255) of shape ``input_shape`` and
-starts with the same head: ``Rescaling(1/255)`` (the seed trained on [0, 1]
+starts with the same head: ``Rescaling(1/255)`` (the study trained on [0, 1]
 images) and then an optional augmentation layer (see ``tinylib.augment``)
 that is active only in training.  The head has no parameters, so parameter
-counts match the seed's Keras summaries exactly (the tests check them).
+counts match the study's Keras summaries exactly (the tests check them).
 
 ``build_model("model3")`` returns a compiled ``keras.Model``;
 ``model.tinylib_weights`` says where its initial weights came from
@@ -24,18 +24,18 @@ from keras import layers, ops
 from tinylib import optimizers as optimizers_lib
 
 __all__ = [
-    "BEYOND_SEED",
+    "BEYOND_STUDY",
     "MODELS",
-    "SEED_MODELS",
+    "STUDY_MODELS",
     "ImageNetPreprocess",
-    "SEED_CALLBACKS",
+    "STUDY_CALLBACKS",
     "PretrainedWeightsUnavailable",
     "resolve_pretrained",
     "build_model",
     "list_models",
     "make_optimizer",
     "normalize_name",
-    "seed_callbacks",
+    "study_callbacks",
 ]
 
 RESNET50_NOTOP_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
@@ -80,7 +80,7 @@ def model2(x, num_classes, dropout=0.5):
 
 
 def _conv_bn_relu(x, filters, name, bn_momentum=0.99):
-    """Conv (same padding) -> BatchNorm -> ReLU, as the seed wrote it."""
+    """Conv (same padding) -> BatchNorm -> ReLU, as the study wrote it."""
     x = layers.Conv2D(filters, 3, padding="same", name=f"{name}_conv")(x)
     x = layers.BatchNormalization(momentum=bn_momentum, name=f"{name}_bn")(x)
     return layers.Activation("relu", name=f"{name}_relu")(x)
@@ -125,7 +125,7 @@ def model5(x, num_classes, weights="imagenet", dropout=0.5, bn_momentum=None,
     """ResNet50 backbone (ImageNet weights by default), GAP, dense 1024, dropout.
 
     ``bn_momentum`` overrides the backbone's BatchNorm momentum (0.99) for short runs.
-    The defaults are the seed's: [0, 1] inputs at 64x64.  ``preprocess="imagenet"``
+    The defaults are the study's: [0, 1] inputs at 64x64.  ``preprocess="imagenet"``
     feeds the backbone what its ImageNet weights were trained on, and ``image_size``
     (e.g. 128) upsamples inside the model, so the pretrained filters see objects
     nearer the size they learned them at (see ``tinylib.transfer``).
@@ -133,7 +133,7 @@ def model5(x, num_classes, weights="imagenet", dropout=0.5, bn_momentum=None,
     if preprocess == "imagenet":
         x = ImageNetPreprocess(name="imagenet_preprocess")(x)
     elif preprocess != "unit":
-        raise ValueError(f"preprocess must be 'unit' (the seed's) or 'imagenet', got {preprocess!r}")
+        raise ValueError(f"preprocess must be 'unit' (the study's) or 'imagenet', got {preprocess!r}")
     if image_size:
         x = layers.Resizing(int(image_size), int(image_size), interpolation="bilinear",
                             name="upsample")(x)
@@ -168,7 +168,7 @@ class ImageNetPreprocess(layers.Layer):
         return input_shape
 
 
-# --- beyond the seed: ResNets for 64x64 images ---------------------------------
+# --- beyond the study: ResNets for 64x64 images ---------------------------------
 # The ImageNet ResNet stem (7x7 stride-2 convolution, then a stride-2 max pooling)
 # divides a 64x64 image by 4 before the first block, and the last stage sees 2x2
 # maps. For 64x64 inputs the stem here is one 3x3 stride-1 convolution and no
@@ -322,14 +322,14 @@ MODELS = MappingProxyType(
         "resnet50": resnet50,
     }
 )
-SEED_MODELS = ("model1", "model2", "model3", "model4", "model5")
-BEYOND_SEED = ("resnet18", "resnet34", "resnet50")
+STUDY_MODELS = ("model1", "model2", "model3", "model4", "model5")
+BEYOND_STUDY = ("resnet18", "resnet34", "resnet50")
 
 # Models that can start from pretrained weights (and default to them).
 PRETRAINED = frozenset({"model5"})
 
-# Callbacks the seed used per model, by name; the training module builds them.
-SEED_CALLBACKS = MappingProxyType(
+# Callbacks the study used per model, by name; the training module builds them.
+STUDY_CALLBACKS = MappingProxyType(
     {"model2": ("early_stopping", "reduce_lr_on_plateau")}
 )
 
@@ -349,9 +349,9 @@ def list_models():
     return {name: builder.__doc__.splitlines()[0] for name, builder in MODELS.items()}
 
 
-def seed_callbacks(name):
-    """Names of the callbacks the seed trained this model with (maybe none)."""
-    return SEED_CALLBACKS.get(normalize_name(name), ())
+def study_callbacks(name):
+    """Names of the callbacks the study trained this model with (maybe none)."""
+    return STUDY_CALLBACKS.get(normalize_name(name), ())
 
 
 # --- optimizers and compilation ------------------------------------------
@@ -426,7 +426,7 @@ def build_model(
     learning_rate=1e-4,
     **options,
 ):
-    """Build one of the seed's models, with the head, compiled by default.
+    """Build one of the study's models, with the head, compiled by default.
 
     ``augmentation`` is a layer (e.g. ``tinylib.augment.augmentation()``)
     applied after rescaling, only in training.  ``weights`` matters only for

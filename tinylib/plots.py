@@ -372,7 +372,7 @@ def misclassified_examples(evaluation, images, n: int = 12, cols: int = 6, figsi
 def results_table_plot(rows, ax=None, figsize=None):
     """Train and val accuracy per model, side by side, for the results chapter.
 
-    ``rows`` are dicts with 'model', 'source' ('seed' or 'this book'),
+    ``rows`` are dicts with 'model', 'source' ('study' or 'this book'),
     'train' and 'val' (accuracies in [0, 1], or None).  A None is drawn as no
     bar with a 'not yet run' note: a missing result never looks like a zero.
     """
@@ -394,7 +394,7 @@ def results_table_plot(rows, ax=None, figsize=None):
     ax.yaxis.set_major_formatter(PercentFormatter(1.0))
     ax.set_ylabel("top-1 accuracy")
     ax.legend(fontsize=8)
-    ax.set_title("Accuracy per model: the seed's numbers and this book's runs")
+    ax.set_title("Accuracy per model: the study's numbers and this book's runs")
     ax.figure.tight_layout()
     return ax.figure
 

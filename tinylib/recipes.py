@@ -1,12 +1,12 @@
 """Training recipes: every ingredient of a modern recipe as one named, tested setting.
 
-The seed trained every model the same way: Adam at a constant 1e-4, plain
+The study trained every model the same way: Adam at a constant 1e-4, plain
 cross-entropy, small random rotations, shifts, shears and zooms. A ``Recipe``
 says all of that in one value, and each field can be changed on its own, which is
 what an ablation needs (``ablation_recipes``)::
 
-    seed = RECIPES["seed"]
-    sgd = seed.replace(optimizer="sgd", learning_rate=0.05, schedule="cosine")
+    study = RECIPES["study"]
+    sgd = study.replace(optimizer="sgd", learning_rate=0.05, schedule="cosine")
 
 ``RECIPES["modern"]`` combines them: SGD with Nesterov momentum, decoupled weight
 decay, label smoothing, cosine decay after a linear warmup, random-resized crops
@@ -36,7 +36,7 @@ from tinylib.optimizers import NO_DECAY_PATTERN, OPTIMIZERS, make_optimizer  # n
 __all__ = ["RECIPES", "Recipe", "ablation_recipes", "get_recipe"]
 
 SCHEDULES = ("constant", "cosine")
-AUGMENTATIONS = ("seed", "crop", "none")
+AUGMENTATIONS = ("study", "crop", "none")
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 
 
@@ -54,14 +54,14 @@ class Recipe:
       and spreads the rest over all classes, so the network is not pushed to be certain.
     * ``schedule``: 'constant' or 'cosine' (decays to zero over the run);
       ``warmup``: the fraction of all steps over which the rate rises linearly from 0.
-    * ``augmentation``: 'seed' (the seed's affine transforms and brightness), 'crop'
+    * ``augmentation``: 'study' (the study's affine transforms and brightness), 'crop'
       (random-resized crop and flip) or 'none'.
     * ``mixup`` / ``cutmix``: the Beta parameter of MixUp / CutMix, 0 for off; with
       both on, each batch gets one or the other.
     * ``precision``: 'auto' (mixed bfloat16 on a GPU, float32 on a CPU) or a Keras policy.
     """
 
-    name: str = "seed"
+    name: str = "study"
     optimizer: str = "adam"
     learning_rate: float = 1e-4
     momentum: float = 0.9
@@ -69,7 +69,7 @@ class Recipe:
     label_smoothing: float = 0.0
     schedule: str = "constant"
     warmup: float = 0.0
-    augmentation: str = "seed"
+    augmentation: str = "study"
     mixup: float = 0.0
     cutmix: float = 0.0
     precision: str = "auto"
@@ -129,18 +129,18 @@ class Recipe:
         """The in-model augmentation layer, or None for 'none'."""
         from tinylib import augment
 
-        if self.augmentation == "seed":
+        if self.augmentation == "study":
             return augment.augmentation(seed=seed)
         if self.augmentation == "crop":
             return augment.RandomResizedCrop(seed=seed, name="augmentation")
         return None
 
     def describe(self) -> str:
-        """One line: what differs from the seed's recipe."""
+        """One line: what differs from the study's recipe."""
         base = Recipe()
         changes = [f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self)
                    if f.name != "name" and getattr(self, f.name) != getattr(base, f.name)]
-        return f"recipe '{self.name}': " + (", ".join(changes) if changes else "the seed's")
+        return f"recipe '{self.name}': " + (", ".join(changes) if changes else "the study's")
 
 
 @keras.saving.register_keras_serializable(package="tinylib")
@@ -161,7 +161,7 @@ class _WarmupConstant(keras.optimizers.schedules.LearningRateSchedule):
 
 
 RECIPES = MappingProxyType({
-    "seed": Recipe(),
+    "study": Recipe(),
     "modern": Recipe(
         name="modern",
         optimizer="sgd",
@@ -179,9 +179,9 @@ RECIPES = MappingProxyType({
 
 
 def get_recipe(recipe: "Recipe | str | None" = None) -> Recipe:
-    """A recipe by name ('seed', 'modern'), or the one given; None is the seed's."""
+    """A recipe by name ('study', 'modern'), or the one given; None is the study's."""
     if recipe is None:
-        return RECIPES["seed"]
+        return RECIPES["study"]
     if isinstance(recipe, Recipe):
         return recipe
     try:
@@ -192,14 +192,14 @@ def get_recipe(recipe: "Recipe | str | None" = None) -> Recipe:
 
 
 def ablation_recipes() -> dict[str, Recipe]:
-    """The seed's recipe, then the modern one's ingredients added one at a time.
+    """The study's recipe, then the modern one's ingredients added one at a time.
 
     Each step keeps everything before it, so the table reads as a path from the
-    seed's recipe to the modern one, and each row's change is that ingredient's effect.
+    study's recipe to the modern one, and each row's change is that ingredient's effect.
     """
     modern = RECIPES["modern"]
-    steps = {"seed": RECIPES["seed"]}
-    current = RECIPES["seed"]
+    steps = {"study": RECIPES["study"]}
+    current = RECIPES["study"]
     for name, changes in (
         ("+ SGD, cosine, warmup", dict(optimizer="sgd", momentum=modern.momentum,
                                         learning_rate=modern.learning_rate,

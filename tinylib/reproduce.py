@@ -160,7 +160,7 @@ def copy_record(run_path: Path, results: Path) -> Path:
 
 def summary_rows(results: Path) -> list[dict]:
     """One row per run record in ``results``, with the study's numbers beside them."""
-    from tinylib.results import SEED_RESULTS, record_key
+    from tinylib.results import STUDY_RESULTS, record_key
 
     rows = []
     for path in sorted(Path(results).glob("*.json")):
@@ -173,7 +173,7 @@ def summary_rows(results: Path) -> list[dict]:
         if not isinstance(record, dict) or "best_val_top1" not in record:
             continue
         key = record_key(record)
-        study = SEED_RESULTS.get(key, {})
+        study = STUDY_RESULTS.get(key, {})
         rows.append({
             "run": key, "record": path.name, "profile": record.get("profile"), "epochs": record.get("epochs_run"),
             "finished": bool(record.get("finished")),

@@ -1,4 +1,4 @@
-"""The seed's results table and this book's full-scale run records, side by side.
+"""The study's results table and this book's full-scale run records, side by side.
 
 Full-scale records are the ``record.json`` files of runs in the 'full' profile,
 copied into ``book/results/``.  A model without one is "not yet run": no number
@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-# The seed study's results (slides, "RESULTS"): train and validation accuracy.
-SEED_RESULTS = {
+# The study's results (slides, "RESULTS"): train and validation accuracy.
+STUDY_RESULTS = {
     "model1": {"train": 0.2296, "val": 0.1419},
     "model2": {"train": 0.2017, "val": 0.2272},
     "model3": {"train": 0.2950, "val": 0.2488},
@@ -27,11 +27,11 @@ def default_results_dir() -> Path:
 
 
 def record_key(record: dict) -> str:
-    """What a record is a result *of*: the model, and how it was trained if not as the seed did.
+    """What a record is a result *of*: the model, and how it was trained if not as the study did.
 
-    'model5' is the seed's way; 'model5-finetune-128px-all' a fine-tuning stage
+    'model5' is the study's way; 'model5-finetune-128px-all' a fine-tuning stage
     (``tinylib.transfer``); 'resnet18-modern' a run with a named recipe. So a
-    beyond-the-seed run never stands in for a reproduction of the seed's table.
+    beyond-the-study run never stands in for a reproduction of the study's table.
     """
     model = record["model"]
     if record.get("comparison") == "optimizers":  # chapter 5's runs, never the study's row
@@ -57,14 +57,14 @@ def full_scale_records(folder: Path | str | None = None) -> dict[str, dict]:
 
 
 def comparison_rows(folder: Path | str | None = None) -> list[dict]:
-    """Rows for a table or ``plots.results_table_plot``: the seed's and this book's figures.
+    """Rows for a table or ``plots.results_table_plot``: the study's and this book's figures.
 
     This book's row holds None (shown as "not yet run") where no full-scale record exists.
     """
     records = full_scale_records(folder)
     rows = []
-    for model, seed in SEED_RESULTS.items():
-        rows.append({"model": model, "source": "seed", "train": seed["train"], "val": seed["val"]})
+    for model, study in STUDY_RESULTS.items():
+        rows.append({"model": model, "source": "study", "train": study["train"], "val": study["val"]})
         record = records.get(model)
         rows.append({
             "model": model, "source": "this book",
@@ -98,7 +98,7 @@ def full_scale_report(model: str, folder: Path | str | None = None) -> str:
     finished, training time, images/s and device), or says "not yet run" and how to run it.
     """
     lines = []
-    study = SEED_RESULTS.get(model)
+    study = STUDY_RESULTS.get(model)
     if study:
         lines.append(f"the study (slides):    train {study['train']:.2%}, val {study['val']:.2%}")
     record = full_scale_records(folder).get(model)
@@ -142,7 +142,7 @@ def profile_runs(profile=None, models=None, runs: Path | str | None = None) -> d
     profile = get_profile(profile)
     folder = Path(runs or runs_dir())
     found = {}
-    for model in models or SEED_RESULTS:
+    for model in models or STUDY_RESULTS:
         for suffix in ("", "-random"):
             name = f"{model}-{profile.name}-{keras.backend.backend()}{suffix}"
             if (folder / name / RECORD_FILE).is_file():

@@ -312,7 +312,7 @@ def _augmentation_config(model) -> dict | None:
             config = layer.get_config()
             config = {k: v for k, v in config.items() if k not in ("name", "trainable", "dtype")}
             if isinstance(layer, RandomAffineAugment):
-                return config  # the seed's augmentation, recorded as records before the crop had it
+                return config  # the study's augmentation, recorded as records before the crop had it
             return {"layer": type(layer).__name__, **config}
     return None
 

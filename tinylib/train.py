@@ -35,7 +35,7 @@ from tinylib.runs import (  # noqa: F401  (re-exported: the chapters and tests r
 
 
 def make_callbacks(names) -> list:
-    """Keras callbacks by name: 'early_stopping' and 'reduce_lr_on_plateau', as the seed used."""
+    """Keras callbacks by name: 'early_stopping' and 'reduce_lr_on_plateau', as the study used."""
     made = []
     for name in names:
         if name == "early_stopping":
@@ -54,14 +54,14 @@ def _one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
 
 
 def fit(model: keras.Model, data, profile: Profile | str | None = None, *, name: str | None = None,
-        epochs: int | None = None, batch_size: int | None = None, callbacks="seed",
+        epochs: int | None = None, batch_size: int | None = None, callbacks="study",
         extra_callbacks=(), resume: bool = True, runs: Path | None = None,
         verbose="auto", notes: dict | None = None,
         checkpoint_every: float | None = CHECKPOINT_EVERY, deadline: float | None = None,
         seed: int | None = None, suffix: str = "") -> Run:
     """Train ``model`` on ``data`` (a ``TinyImageNet`` subset) as ``profile`` says.
 
-    ``callbacks`` is 'seed' (what the seed used for this model), or a list of
+    ``callbacks`` is 'study' (what the study used for this model), or a list of
     names for ``make_callbacks``.  With ``resume`` (the default), a run folder
     that holds a checkpoint continues from its last finished epoch; a finished
     run is returned as it is.  Asking a run (finished or not) for more epochs
@@ -96,9 +96,9 @@ def fit(model: keras.Model, data, profile: Profile | str | None = None, *, name:
     suffix += f"-seed{seed}" if seed != profile.seed else ""
     path = Path(runs or runs_dir()) / (name or run_name(model, profile, suffix))
     path.mkdir(parents=True, exist_ok=True)
-    if callbacks == "seed":
-        seed_model = model.name in models_lib.MODELS and recipe in (None, get_recipe("seed"))
-        callbacks = models_lib.seed_callbacks(model.name) if seed_model else ()
+    if callbacks == "study":
+        as_the_study = model.name in models_lib.MODELS and recipe in (None, get_recipe("study"))
+        callbacks = models_lib.study_callbacks(model.name) if as_the_study else ()
     callbacks = tuple(callbacks)
 
     record = _new_record(model, data, profile, epochs, batch_size, callbacks)
@@ -290,9 +290,9 @@ def _verbosity(verbose):
 
 def build(model_name: str, data, profile=None, augment: bool = True, recipe: Recipe | str | None = None,
           epochs: int | None = None, batch_size: int | None = None, **options) -> keras.Model:
-    """Build a model for ``data`` with the seed's augmentation and the profile's options.
+    """Build a model for ``data`` with the study's augmentation and the profile's options.
 
-    With a ``recipe`` (a ``Recipe`` or a name: 'seed', 'modern'), the recipe decides
+    With a ``recipe`` (a ``Recipe`` or a name: 'study', 'modern'), the recipe decides
     the precision, the augmentation layer, the optimizer with its schedule (which
     needs the run's length: ``epochs`` and ``batch_size``, the profile's by default)
     and the loss; ``fit`` then reads the recipe from the model.
@@ -339,7 +339,7 @@ def compare_recipes(model_name: str, data, profile=None, recipes: dict | None = 
     """Train one model once per recipe, on the same subset from the same seed: an ablation.
 
     ``recipes`` maps a label to a ``Recipe`` (default: ``ablation_recipes()``, the
-    seed's recipe and then the modern one's ingredients added one at a time).
+    study's recipe and then the modern one's ingredients added one at a time).
     Each run gets its own folder, named after the recipe, so it resumes on its own.
     ``epochs`` other than the profile's, and ``seed`` other than the profile's, make
     new runs (folders ending ``-<N>ep`` and ``-seed<N>``): twice the epochs is a new
@@ -362,7 +362,7 @@ def compare_recipes(model_name: str, data, profile=None, recipes: dict | None = 
 
 def compare_optimizers(model_name: str, data, profile=None, optimizers=("adam", "rmsprop", "sgd", "nadam"),
                        learning_rate: float = 1e-4, augmentation: bool = True, **fit_kwargs) -> dict[str, Run]:
-    """Train the same model once per optimizer (the seed's comparison), one call for the book."""
+    """Train the same model once per optimizer (the study's comparison), one call for the book."""
     profile = get_profile(profile)
     runs = {}
     for optimizer in optimizers:

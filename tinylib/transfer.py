@@ -1,6 +1,6 @@
 """Transfer learning with Model 5: fine-tune the pretrained backbone in stages.
 
-The seed trained all of Model 5 from the first step: the randomly initialized head
+The study trained all of Model 5 from the first step: the randomly initialized head
 sends large, noisy gradients into the pretrained backbone and spoils some of what
 it knew. The usual remedy (Keras' transfer-learning guide; Kornblith et al. 2019)
 runs in two stages:
