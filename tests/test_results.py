@@ -95,3 +95,12 @@ def test_runs_table_gives_intervals_and_says_when_a_change_is_within_noise(tmp_p
     assert table.loc["b", "change"] == "+2.0%" and table.loc["b", "within noise?"] == "yes"
     assert table.loc["c", "within noise?"] == "no"
     assert table.loc["a", "epochs"] == "2 epochs" and table.loc["a", "minutes"] == 1.5
+
+
+def test_the_study_table_marks_each_step_beyond_or_within_noise():
+    table = results.study_table()
+    assert list(table.index) == list(results.STUDY_RESULTS)
+    assert table.loc["model5", "val accuracy"] == "43.1%" and table.loc["model1", "train accuracy"] == "23.0%"
+    assert table.loc["model1", "within noise?"] == ""
+    # 14.19% -> 22.72% on 10,000 images each is far beyond noise.
+    assert table.loc["model2", "change"] == "+8.5%" and table.loc["model2", "within noise?"] == "no"

@@ -150,6 +150,46 @@ def profile_runs(profile=None, models=None, runs: Path | str | None = None) -> d
     return found
 
 
+STUDY_VAL_IMAGES = 10_000  # the study's validation set: 50 images of each of 200 classes
+
+
+def accuracy_table(accuracies: dict, *, changes: bool = True, confidence: float = 0.95,
+                   name: str = "val top-1", columns: dict | None = None):
+    """A pandas DataFrame of accuracies with their intervals, and the change from each row above.
+
+    ``accuracies`` maps a label to ``(accuracy, images)``; ``columns`` optionally maps
+    the label to more columns, shown first. With ``changes``, each row gives its change
+    from the row above and whether it is within noise (``tinylib.stats.within_noise``).
+    """
+    import pandas as pd
+
+    from tinylib import stats
+
+    rows, previous = {}, None
+    for label, (accuracy, n) in accuracies.items():
+        low, high = stats.accuracy_interval(round(accuracy * n), n, confidence)
+        row = {**(columns or {}).get(label, {}), name: f"{accuracy:.1%}",
+               f"{confidence:.0%} interval": f"{low:.1%} to {high:.1%}"}
+        if changes:
+            row["change"], row["within noise?"] = "", ""
+            if previous is not None:
+                row["change"] = f"{accuracy - previous[0]:+.1%}"
+                row["within noise?"] = "yes" if stats.within_noise(accuracy, n, *previous, confidence) else "no"
+            previous = (accuracy, n)
+        rows[label] = row
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.index.name = "run"
+    return table
+
+
+def study_table(confidence: float = 0.95):
+    """The study's validation accuracies on its 10,000 images, with intervals and each step's noise."""
+    return accuracy_table({model: (row["val"], STUDY_VAL_IMAGES) for model, row in STUDY_RESULTS.items()},
+                          confidence=confidence, name="val accuracy",
+                          columns={model: {"train accuracy": f"{row['train']:.1%}"}
+                                   for model, row in STUDY_RESULTS.items()}).rename_axis("model")
+
+
 def runs_table(records, *, changes: bool = False, confidence: float = 0.95):
     """A pandas DataFrame of runs, one row each, for a chapter to show.
 
@@ -158,37 +198,18 @@ def runs_table(records, *, changes: bool = False, confidence: float = 0.95):
     (``tinylib.stats``); with ``changes``, each row also gives its change from the row
     above and whether that change is within noise (the two intervals' test).
     """
-    import pandas as pd
-
-    from tinylib import stats
     from tinylib.runs import load_run
 
-    rows, previous = {}, None
-    for label, item in records.items():
-        record = item if isinstance(item, dict) else getattr(item, "record", None) or load_run(item)
-        n = record["dataset"]["val_images"]
-        best = record["best_val_top1"]
-        low, high = stats.accuracy_interval(round(best * n), n, confidence)
-        row = {
-            "weights": record.get("weights", "random"),
-            "parameters": record["parameters"],
-            "epochs": _epochs(record),
-            "best val top-1": f"{best:.1%}",
-            f"{confidence:.0%} interval": f"{low:.1%} to {high:.1%}",
-            "best val top-5": f"{record['best_val_top5']:.1%}",
-            "final train top-1": f"{record['final_train_top1']:.1%}",
-            "train images/s": record.get("train_images_per_second"),
-            "minutes": round(record.get("wall_seconds", 0.0) / 60, 1),
-        }
-        if changes:
-            if previous is None:
-                row["change"], row["within noise?"] = "", ""
-            else:
-                noise = stats.within_noise(best, n, previous[0], previous[1], confidence)
-                row["change"] = f"{best - previous[0]:+.1%}"
-                row["within noise?"] = "yes" if noise else "no"
-            previous = (best, n)
-        rows[label] = row
-    table = pd.DataFrame.from_dict(rows, orient="index")
-    table.index.name = "run"
+    records = {label: item if isinstance(item, dict) else getattr(item, "record", None) or load_run(item)
+               for label, item in records.items()}
+    accuracies = {label: (r["best_val_top1"], r["dataset"]["val_images"]) for label, r in records.items()}
+    columns = {label: {"weights": r.get("weights", "random"), "parameters": r["parameters"],
+                       "epochs": _epochs(r)} for label, r in records.items()}
+    table = accuracy_table(accuracies, changes=changes, confidence=confidence, name="best val top-1",
+                           columns=columns)
+    for label, r in records.items():
+        table.loc[label, "best val top-5"] = f"{r['best_val_top5']:.1%}"
+        table.loc[label, "final train top-1"] = f"{r['final_train_top1']:.1%}"
+        table.loc[label, "train images/s"] = r.get("train_images_per_second")
+        table.loc[label, "minutes"] = round(r.get("wall_seconds", 0.0) / 60, 1)
     return table
