@@ -46,3 +46,15 @@ def test_a_recorded_build_gives_each_chapter_its_time(tmp_path):
 def test_recording_an_empty_cache_says_to_build_first(tmp_path):
     with pytest.raises(FileNotFoundError, match="make book"):
         chapter_costs.record_build(tmp_path / "empty", "quick", "CPU", "tensorflow", folder=tmp_path)
+
+
+def test_every_chapter_prints_its_own_cost_line():
+    from pathlib import Path
+
+    book = Path(__file__).resolve().parents[1] / "book"
+    chapters = sorted(book.glob("[0-9][0-9]_*.ipynb"))
+    assert chapters
+    for path in chapters:
+        cells = [c for c in nbformat.read(path, as_version=4).cells if "chapter-cost" in c.metadata.get("tags", [])]
+        assert len(cells) == 1, f"{path.name}: one cell tagged chapter-cost"
+        assert f'chapter_costs.cost_line("{path.stem}")' in cells[0].source, f"{path.name} prints another chapter's cost"
