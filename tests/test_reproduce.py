@@ -102,6 +102,48 @@ def test_the_command_exits_3_when_the_budget_leaves_work(tmp_path, tiny_env, syn
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("kill_seed", [1, 2])
+def test_a_kill_at_a_random_moment_loses_no_finished_epoch_and_the_rerun_finishes(tmp_path, tiny_env, synthetic,
+                                                                                    kill_seed):
+    """A job limit's SIGKILL anywhere (preparing, building, mid-epoch, writing a record): the same
+    command again finishes every run with each epoch trained exactly once."""
+    import random
+    import signal
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3", "TINYLIB_DATA": str(synthetic),
+           "TINYLIB_HOME": str(tiny_env)}
+    # The command's own path (reproduce.run_plan), on the synthetic data set with a profile of its size.
+    script = tmp_path / "plan.py"
+    script.write_text(
+        "import sys\nfrom pathlib import Path\n"
+        "from tinylib import data, reproduce\n"
+        "from tinylib.profiles import Profile\n"
+        "profile = Profile('smoke', classes=None, train_per_class=None, val_per_class=None, epochs=3, batch_size=8)\n"
+        f"outcome = reproduce.run_plan(reproduce.select('model2,model4'), data.load, profile, "
+        f"results=Path({str(tmp_path / 'results')!r}), runs_folder=Path({str(tmp_path / 'runs')!r}))\n"
+        "sys.exit(reproduce.WORK_REMAINS if outcome['left'] else 0)\n")
+    command = [sys.executable, str(script)]
+    moment = random.Random(kill_seed).uniform(4.0, 25.0)  # seconds; the whole plan takes about 30 here
+    process = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, start_new_session=True)
+    try:
+        process.wait(timeout=moment)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+    killed_output = process.communicate()[0]
+    rerun = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, (f"killed at {moment:.1f} s:\n{killed_output[-2000:]}", rerun.stdout[-2000:],
+                                   rerun.stderr[-3000:])
+    for name in ("model2", "model4"):
+        record = json.loads((tmp_path / "runs" / f"{name}-smoke-{keras.backend.backend()}" / "record.json").read_text())
+        assert record["finished"], (name, moment)
+        epochs = record["epochs_run"]
+        assert all(len(values) == epochs for values in record["history"].values()), (name, moment)
+    summary = json.loads((tmp_path / "results" / "summary.json").read_text())
+    assert {row["run"] for row in summary} >= {"model2", "model4"}
+
+
+@pytest.mark.slow
 def test_the_beyond_the_study_runs_of_the_plan_train_and_summarize(tmp_path, ds):
     results = tmp_path / "results"
     plan = reproduce.select("resnet18-modern,model5-finetune,optimizers")
