@@ -97,7 +97,13 @@ class Checkpointer(keras.callbacks.Callback):
     # --- at the end of an epoch ----------------------------------------------------------
 
     def on_test_begin(self, logs=None):
-        self.train_end = self.train_end or time.perf_counter()  # validation is not training
+        if self.train_end is None:  # validation is not training
+            # JAX dispatches steps asynchronously: the last ones may still be computing.
+            # Reading the step counter waits for them, so only finished work is timed.
+            optimizer = getattr(self.model, "optimizer", None)
+            if optimizer is not None:
+                keras.ops.convert_to_numpy(optimizer.iterations)
+            self.train_end = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
         logs = dict(logs or {})
