@@ -172,7 +172,9 @@ def test_every_planned_run_trains_on_jax_where_tensorflow_is_absent(real_data_pa
     blocked.mkdir(parents=True)
     (blocked / "__init__.py").write_text(BLOCKER)
     marker = tmp_path / "tensorflow-imports.txt"
+    # With the precision a GPU gets: this is the path a GPU machine without TensorFlow runs.
     env = {**os.environ, "KERAS_BACKEND": "jax", "TF_IMPORT_MARKER": str(marker), "MPLBACKEND": "Agg",
+           "TINYLIB_PRECISION": "mixed_bfloat16",
            "PYTHONPATH": os.pathsep.join([str(tmp_path / "blocked"), str(REPO)])}
     result = subprocess.run([sys.executable, "-m", "tinylib", "reproduce", "--profile", "smoke",
                              "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results")],
@@ -182,7 +184,8 @@ def test_every_planned_run_trains_on_jax_where_tensorflow_is_absent(real_data_pa
     names = {row["run"] for row in rows}
     assert {"model1", "model2", "model3", "model4", "model5", "resnet18-modern"} <= names
     assert {"model5-finetune-96px-head", "model5-finetune-96px-all", "model2-optimizer-nadam"} <= names
-    assert all(json.loads(p.read_text())["backend"] == "jax" for p in (tmp_path / "results").glob("model*-smoke-*.json"))
+    trained = [json.loads(p.read_text()) for p in (tmp_path / "results").glob("*-smoke-*.json")]
+    assert trained and all(r["backend"] == "jax" and r["dtype_policy"] == "mixed_bfloat16" for r in trained)
     # No import of TensorFlow was tried on the way, guarded or not, except Keras' own probe
     # (its LazyModule asks whether TensorFlow is available when it serializes a config).
     attempts = marker.read_text().split("\n---\n") if marker.exists() else []

@@ -116,6 +116,8 @@ def _reproduce(args) -> int:
     profile = get_profile(args.profile)
     results = Path(args.results) if args.results else None
     print(profile.describe(), flush=True)
+    # Mixed bfloat16 on a GPU for every run of the plan, not only the recipes that ask for it.
+    print("precision:", train.configure_precision("auto"), flush=True)
     print("plan: " + ", ".join(p.name for p in plan)
           + (f"; budget {args.budget:g} minutes" if args.budget is not None else ""), flush=True)
     Path(args.runs or train.runs_dir()).mkdir(parents=True, exist_ok=True)

@@ -56,14 +56,19 @@ def device_name() -> str:
     return "GPU"
 
 
+PRECISION_ENV = "TINYLIB_PRECISION"
+
+
 def configure_precision(policy: str = "auto") -> str:
     """Set Keras' global dtype policy; call it before building a model.
 
-    'auto' picks mixed precision (bfloat16 compute, float32 weights) where a GPU
-    is visible and plain float32 on a CPU, where mixed precision is slower.
+    'auto' is ``TINYLIB_PRECISION`` when set (CI uses it to run the chapters on a CPU
+    with the precision a GPU gets), else mixed precision (bfloat16 compute, float32
+    weights) where a GPU is visible and plain float32 on a CPU, where mixed precision
+    is slower.
     """
     if policy == "auto":
-        policy = "mixed_bfloat16" if gpu_available() else "float32"
+        policy = os.environ.get(PRECISION_ENV) or ("mixed_bfloat16" if gpu_available() else "float32")
     keras.config.set_dtype_policy(policy)
     return policy
 

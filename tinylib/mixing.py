@@ -32,8 +32,10 @@ class MixedBatches(ShuffledBatches):
         if not (mixup or cutmix):
             raise ValueError("MixedBatches needs mixup > 0 or cutmix > 0 (else use ShuffledBatches)")
         self.cutmix_probability = float(cutmix_probability) if mixup and cutmix else float(bool(cutmix))
-        self.mixup = keras.layers.MixUp(alpha=mixup, seed=seed) if mixup else None
-        self.cutmix = keras.layers.CutMix(factor=cutmix, seed=seed) if cutmix else None
+        # float32 whatever the global policy: they mix host batches of float32 pixels and
+        # labels, before the model (and its mixed precision) sees them.
+        self.mixup = keras.layers.MixUp(alpha=mixup, seed=seed, dtype="float32") if mixup else None
+        self.cutmix = keras.layers.CutMix(factor=cutmix, seed=seed, dtype="float32") if cutmix else None
         super().__init__(images, labels, batch_size, seed=seed, epoch=epoch, start=start, **kwargs)
 
     def shuffled(self, epoch: int) -> None:

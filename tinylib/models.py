@@ -5,6 +5,8 @@ starts with the same head: ``Rescaling(1/255)`` (the study trained on [0, 1]
 images) and then an optional augmentation layer (see ``tinylib.augment``)
 that is active only in training.  The head has no parameters, so parameter
 counts match the study's Keras summaries exactly (the tests check them).
+Every classifier computes its softmax in float32, so that under mixed precision the
+probabilities, the loss and the top-k metrics get float32 as Keras' guide advises.
 
 ``build_model("model3")`` returns a compiled ``keras.Model``;
 ``model.tinylib_weights`` says where its initial weights came from
@@ -64,7 +66,7 @@ def model1(x, num_classes, l2=1e-4):
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(1024, activation="relu", kernel_regularizer=reg, name="fc1")(x)
     return layers.Dense(
-        num_classes, activation="softmax", kernel_regularizer=reg, name="predictions"
+        num_classes, activation="softmax", kernel_regularizer=reg, dtype="float32", name="predictions"
     )(x)
 
 
@@ -76,7 +78,7 @@ def model2(x, num_classes, dropout=0.5):
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(512, activation="relu", name="fc1")(x)
     x = layers.Dropout(dropout, name="dropout")(x)
-    return layers.Dense(num_classes, activation="softmax", name="predictions")(x)
+    return layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions")(x)
 
 
 def _conv_bn_relu(x, filters, name, bn_momentum=0.99):
@@ -106,7 +108,7 @@ def model3(x, num_classes, bn_momentum=0.99):
     x = layers.Flatten(name="flatten")(x)
     x = _dense_bn_relu(x, 4096, "fc1", bn_momentum)
     x = _dense_bn_relu(x, 1024, "fc2", bn_momentum)
-    return layers.Dense(num_classes, activation="softmax", name="predictions")(x)
+    return layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions")(x)
 
 
 def model4(x, num_classes, dropout=0.5, bn_momentum=0.99):
@@ -117,7 +119,7 @@ def model4(x, num_classes, dropout=0.5, bn_momentum=0.99):
     x = layers.Flatten(name="flatten")(x)
     x = _dense_bn_relu(x, 512, "fc1", bn_momentum)
     x = layers.Dropout(dropout, name="dropout")(x)
-    return layers.Dense(num_classes, activation="softmax", name="predictions")(x)
+    return layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions")(x)
 
 
 def model5(x, num_classes, weights="imagenet", dropout=0.5, bn_momentum=None,
@@ -146,7 +148,7 @@ def model5(x, num_classes, weights="imagenet", dropout=0.5, bn_momentum=None,
     x = layers.GlobalAveragePooling2D(name="gap")(x)
     x = layers.Dense(1024, activation="relu", name="fc1")(x)
     x = layers.Dropout(dropout, name="dropout")(x)
-    return layers.Dense(num_classes, activation="softmax", name="predictions")(x)
+    return layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions")(x)
 
 
 @keras.saving.register_keras_serializable(package="tinylib")

@@ -1,0 +1,47 @@
+"""The precision a GPU gets (mixed bfloat16), on the CPU: the chapters that train or explain still run.
+
+On a GPU, ``configure_precision('auto')`` picks ``mixed_bfloat16``; CI has no GPU, so
+``TINYLIB_PRECISION`` asks for it on the CPU. Run this way, chapter 6 (a study model's
+training, evaluation and top-5 metric), chapter 13 (the recipes, MixUp and CutMix) and
+chapter 15 (Grad-CAM) once failed where a GPU would have failed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tinylib import environment
+
+REPO = Path(__file__).resolve().parents[1]
+CHAPTERS = ["book/06_model1.ipynb", "book/13_beyond_the_study.ipynb", "book/15_inside_the_models.ipynb"]
+
+
+def test_the_environment_variable_sets_the_automatic_precision(monkeypatch):
+    import keras
+
+    previous = keras.config.dtype_policy()
+    try:
+        monkeypatch.setenv(environment.PRECISION_ENV, "mixed_bfloat16")
+        assert environment.configure_precision() == "mixed_bfloat16"
+        assert keras.config.dtype_policy().name == "mixed_bfloat16"
+        assert environment.configure_precision("float32") == "float32"  # an explicit policy wins
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_the_chapters_that_train_or_explain_run_under_mixed_bfloat16(real_data_path, tmp_path):
+    env = {**os.environ, environment.PRECISION_ENV: "mixed_bfloat16", "TINYLIB_PROFILE": "smoke",
+           "TMPDIR": str(tmp_path)}  # the chapters' runs folder (book/conftest.py) lands here
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *CHAPTERS],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
+    assert result.returncode == 0, result.stdout[-6000:]
+    policies = {json.loads(p.read_text())["dtype_policy"] for p in tmp_path.glob("tinylib-test-runs-*/*/record.json")}
+    assert policies == {"mixed_bfloat16"}, policies
