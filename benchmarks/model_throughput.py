@@ -5,6 +5,10 @@ augmentation and without it, and prints the device. It also times the input side
 alone (slicing batches from memory and copying them to the device): when that is
 many times faster than a training step, training is not input-bound, and the
 difference between the two training figures is what augmentation costs on the device.
+The modern recipe's input side (MixUp/CutMix on the host batch, ``tinylib.mixing``) is
+timed beside it. Each model's row gives its FLOPs per training image
+(``tinylib.flops``) and the FLOP/s its step achieved without augmentation, so the distance to what the
+hardware can do shows.
 
     python benchmarks/model_throughput.py [--models model1,resnet18] [--batch 128] [--steps 20]
     KERAS_BACKEND=jax python benchmarks/model_throughput.py        # on a GPU: mixed bfloat16
@@ -25,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from tinylib import models  # noqa: E402
+from tinylib import flops, models  # noqa: E402
 from tinylib.augment import augmentation  # noqa: E402
 from tinylib.profiles import PROFILES  # noqa: E402
 from tinylib.train import configure_precision, device_name  # noqa: E402
@@ -72,6 +76,20 @@ def time_input(images, labels, batch, steps):
     return (time.perf_counter() - start) / steps
 
 
+def time_mixed_input(images, labels, batch, steps):
+    """Seconds per batch of the modern recipe's input: a batch gathered, then MixUp or CutMix on it."""
+    from tinylib.mixing import MixedBatches
+    from tinylib.recipes import RECIPES
+
+    modern = RECIPES["modern"]
+    batches = MixedBatches(images, labels, batch, mixup=modern.mixup, cutmix=modern.cutmix, seed=0)
+    batches[0]  # the first batch builds the layers
+    start = time.perf_counter()
+    for index in range(1, steps + 1):
+        batches[index % len(batches)]
+    return (time.perf_counter() - start) / steps
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(models.MODELS), help="comma-separated (default: all)")
@@ -95,8 +113,12 @@ def main(argv=None):
     feed = time_input(images, labels, batch, steps)
     print(f"input alone (gather a batch, copy it to the device): {feed * 1e3:.1f} ms/batch, "
           f"{batch / feed:,.0f} images/s", flush=True)
+    mixed = time_mixed_input(images, labels, batch, steps)
+    print(f"the modern recipe's input (gather, then MixUp or CutMix on the host): {mixed * 1e3:.1f} ms/batch, "
+          f"{batch / mixed:,.0f} images/s", flush=True)
     print(f"{'model':10s} {'params':>12s} {'ms/step aug':>12s} {'ms/step no aug':>15s} "
-          f"{'images/s aug':>13s} {'images/s no aug':>16s} {'step/input':>11s}", flush=True)
+          f"{'images/s aug':>13s} {'images/s no aug':>16s} {'step/input':>11s} {'GFLOP/image':>12s} "
+          f"{'GFLOP/s':>9s}", flush=True)
     for name in args.models.split(","):
         name = models.normalize_name(name)
         results = {}
@@ -105,11 +127,12 @@ def main(argv=None):
             keras.utils.set_random_seed(0)
             model = build(name, augment)
             results[augment] = time_training(model, images, labels, batch, steps, args.warmup)
-            params = model.count_params()
+            params, work = model.count_params(), flops.training_flops(model)
             del model
         aug, plain = results[True], results[False]
         print(f"{name:10s} {params:12,d} {aug * 1e3:12.1f} {plain * 1e3:15.1f} {batch / aug:13,.0f} "
-              f"{batch / plain:16,.0f} {aug / feed:10.0f}x", flush=True)
+              f"{batch / plain:16,.0f} {aug / feed:10.0f}x {work / 1e9:12.3f} {work * batch / plain / 1e9:9.1f}",
+              flush=True)
 
 
 if __name__ == "__main__":
