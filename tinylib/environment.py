@@ -18,7 +18,7 @@ import numpy as np
 from tinylib import startup
 
 
-def devices() -> list[str]:
+def devices_list() -> list[str]:
     """The backend's devices as Keras names them ('cpu:0', 'gpu:0', ...)."""
     with startup.quiet_native_output():  # TensorFlow's first CUDA probe prints on a CPU machine
         try:
@@ -29,7 +29,31 @@ def devices() -> list[str]:
 
 def gpu_available() -> bool:
     """True when the active Keras backend computes on a GPU."""
-    return any(d.split(":")[0] in ("gpu", "cuda") for d in devices())
+    return any(d.split(":")[0] in ("gpu", "cuda") for d in devices_list())
+
+
+def data_parallel(devices=None):
+    """Keras' data-parallel distribution over ``devices``, or None where one device computes.
+
+    ``devices`` defaults to every GPU the backend sees; a run uses them all when there
+    are several. Keras' distribution API serves the JAX backend (elsewhere: None).
+    Build and train the model inside ``distribution.scope()``.
+    """
+    if keras.backend.backend() != "jax":
+        return None
+    if devices is None:
+        devices = [d for d in devices_list() if d.split(":")[0] in ("gpu", "cuda")]
+    if len(devices) < 2:
+        return None
+    return keras.distribution.DataParallel(devices=list(devices))
+
+
+def device_count() -> int:
+    """How many devices the distribution in force (if any) spreads each batch over."""
+    distribution = keras.distribution.distribution()
+    if distribution is None:
+        return 1
+    return int(distribution.device_mesh.devices.size)
 
 
 def device_name() -> str:

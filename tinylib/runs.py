@@ -26,7 +26,7 @@ import keras
 import numpy as np
 
 from tinylib import files
-from tinylib.environment import device_name, git_commit, library_versions
+from tinylib.environment import device_count, device_name, git_commit, library_versions
 from tinylib.profiles import Profile
 
 
@@ -275,6 +275,7 @@ def _new_record(model, data, profile, epochs, batch_size, callbacks) -> dict:
         "profile": profile.name,
         "backend": keras.backend.backend(),
         "device": device_name(),
+        "devices": device_count(),  # > 1: trained data-parallel, the batch spread over them
         "dtype_policy": keras.config.dtype_policy().name,
         "weights": getattr(model, "tinylib_weights", "random"),
         "augmentation": _augmentation_config(model),

@@ -23,6 +23,7 @@ from tinylib import files
 from tinylib import models as models_lib
 from tinylib.batches import ShuffledBatches
 from tinylib.checkpointing import CHECKPOINT_EVERY, Checkpointer
+from tinylib import environment
 from tinylib.environment import configure_precision, device_name, gpu_available  # noqa: F401
 from tinylib.profiles import Profile, get_profile
 from tinylib.progress import ProgressLog
@@ -87,7 +88,7 @@ def fit(model: keras.Model, data, profile: Profile | str | None = None, *, name:
     """
     profile = get_profile(profile)
     epochs = epochs or getattr(model, "tinylib_epochs", None) or profile.epochs_for(model.name)
-    batch_size = batch_size or profile.batch_size
+    batch_size = batch_size or profile.batch_size * environment.device_count()
     recipe = getattr(model, "tinylib_recipe", None)
     _check_schedule_length(model, recipe, epochs)
     seed = profile.seed if seed is None else int(seed)
@@ -308,7 +309,7 @@ def build(model_name: str, data, profile=None, augment: bool = True, recipe: Rec
     recipe = get_recipe(recipe)
     configure_precision(recipe.precision)
     epochs = epochs or profile.epochs_for(key)
-    steps = steps_per_epoch(len(data.train), batch_size or profile.batch_size)
+    steps = steps_per_epoch(len(data.train), batch_size or profile.batch_size * environment.device_count())
     model = models_lib.build_model(model_name, num_classes=data.num_classes, compile=False,
                                    augmentation=recipe.augmentation_layer() if augment else None, **options)
     models_lib.compile_model(model, recipe.make_optimizer(steps, epochs), loss=recipe.make_loss())
@@ -318,20 +319,25 @@ def build(model_name: str, data, profile=None, augment: bool = True, recipe: Rec
 
 
 def train_model(model_name: str, data, profile=None, *, augment: bool = True, build_options=None,
-                recipe: Recipe | str | None = None, **fit_kwargs) -> Run:
+                recipe: Recipe | str | None = None, devices=None, **fit_kwargs) -> Run:
     """Build and train one model in a profile: the one call each model chapter makes.
 
     ``seed`` (in ``fit_kwargs``; the profile's by default) also draws the initial weights.
+    Where several GPUs are visible (or ``devices`` names several), the model is built and
+    trained data-parallel over all of them (``environment.data_parallel``), each batch
+    the profile's batch times the devices; the record says how many.
     """
     profile = get_profile(profile)
     seed = fit_kwargs.get("seed")
     keras.utils.set_random_seed(profile.seed if seed is None else seed)
-    build_options = dict(build_options or {})
-    if recipe is not None:
-        build_options.update(recipe=recipe, epochs=fit_kwargs.get("epochs"),
-                             batch_size=fit_kwargs.get("batch_size"))
-    model = build(model_name, data, profile, augment=augment, **build_options)
-    return fit(model, data, profile, **fit_kwargs)
+    distribution = environment.data_parallel(devices)
+    with distribution.scope() if distribution is not None else contextlib.nullcontext():
+        build_options = dict(build_options or {})
+        if recipe is not None:
+            build_options.update(recipe=recipe, epochs=fit_kwargs.get("epochs"),
+                                 batch_size=fit_kwargs.get("batch_size"))
+        model = build(model_name, data, profile, augment=augment, **build_options)
+        return fit(model, data, profile, **fit_kwargs)
 
 
 def compare_recipes(model_name: str, data, profile=None, recipes: dict | None = None,
@@ -361,16 +367,21 @@ def compare_recipes(model_name: str, data, profile=None, recipes: dict | None = 
 
 
 def compare_optimizers(model_name: str, data, profile=None, optimizers=("adam", "rmsprop", "sgd", "nadam"),
-                       learning_rate: float = 1e-4, augmentation: bool = True, **fit_kwargs) -> dict[str, Run]:
-    """Train the same model once per optimizer (the study's comparison), one call for the book."""
+                       learning_rate: float = 1e-4, augmentation: bool = True, devices=None,
+                       **fit_kwargs) -> dict[str, Run]:
+    """Train the same model once per optimizer (the study's comparison), one call for the book.
+
+    Data-parallel over several GPUs where there are, as ``train_model``."""
     profile = get_profile(profile)
+    distribution = environment.data_parallel(devices)
     runs = {}
     for optimizer in optimizers:
         keras.utils.set_random_seed(profile.seed)
-        model = build(model_name, data, profile, augment=augmentation,
-                      optimizer=optimizer, learning_rate=learning_rate)
-        fit_kwargs.setdefault("epochs", profile.epochs_for("optimizers"))
-        suffix = f"-{optimizer}" + ("" if learning_rate == 1e-4 else f"-lr{learning_rate:g}")
-        runs[optimizer] = fit(model, data, profile, name=run_name(model, profile, suffix),
-                              notes={"comparison": "optimizers"}, **fit_kwargs)
+        with distribution.scope() if distribution is not None else contextlib.nullcontext():
+            model = build(model_name, data, profile, augment=augmentation,
+                          optimizer=optimizer, learning_rate=learning_rate)
+            fit_kwargs.setdefault("epochs", profile.epochs_for("optimizers"))
+            suffix = f"-{optimizer}" + ("" if learning_rate == 1e-4 else f"-lr{learning_rate:g}")
+            runs[optimizer] = fit(model, data, profile, name=run_name(model, profile, suffix),
+                                  notes={"comparison": "optimizers"}, **fit_kwargs)
     return runs

@@ -1,0 +1,60 @@
+"""Data parallel over several devices (Keras' distribution API, JAX): the same training as on one.
+
+CI has one CPU; XLA splits it into two virtual devices, which is enough to check that
+a run uses every device, spreads the batch over them, records how many, and follows
+the loss trajectory of one device training the same global batch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+SCRIPT = '''
+import json, sys
+import keras
+from tinylib import data, environment, train
+from tinylib.profiles import Profile
+
+profile = Profile("smoke", classes=None, train_per_class=None, val_per_class=None, epochs=2, batch_size=8)
+ds = data.load()
+devices = keras.distribution.list_devices("cpu")
+assert len(devices) == 2, devices
+common = dict(augment=False, build_options={"dropout": 0.0}, callbacks=[], verbose=0, runs=sys.argv[1])
+one = train.train_model("model2", ds, profile, batch_size=16, name="one-device", **common)
+two = train.train_model("model2", ds, profile, devices=devices, name="two-devices", **common)
+print(json.dumps({name: {k: run.record[k] for k in ("history", "devices", "batch_size")}
+                  for name, run in (("one", one), ("two", two))}))
+'''
+
+
+@pytest.mark.slow
+def test_two_devices_train_like_one_device_with_the_same_global_batch(tmp_path, tiny_env, synthetic):
+    pytest.importorskip("jax")
+    env = {**os.environ, "KERAS_BACKEND": "jax", "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+           "TINYLIB_DATA": str(synthetic), "TINYLIB_HOME": str(tiny_env), "PYTHONPATH": str(REPO),
+           "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path / "runs")], env=env, capture_output=True,
+                            text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+    runs = json.loads(result.stdout.strip().splitlines()[-1])
+    assert (runs["one"]["devices"], runs["one"]["batch_size"]) == (1, 16)
+    assert (runs["two"]["devices"], runs["two"]["batch_size"]) == (2, 16)  # the profile's 8 on each device
+    for key in ("loss", "val_loss", "accuracy"):
+        one, two = runs["one"]["history"][key], runs["two"]["history"][key]
+        assert len(one) == len(two) == 2
+        assert two == pytest.approx(one, rel=1e-3, abs=1e-4), key
+
+
+def test_one_device_needs_no_distribution():
+    from tinylib import environment
+
+    assert environment.data_parallel(["cpu:0"]) is None
+    assert environment.device_count() == 1
