@@ -18,13 +18,21 @@ import pytest
 # Agg `plt.show()` draws nothing, so a figure that fails to render would go unnoticed.
 INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
 RUNS = pytest.StashKey[str]()
+KEEP = pytest.StashKey[bool]()
 # tests/test_site.py builds the site with the same runs folder, so a chapter's
 # training runs once per test session, not once for nbval and once for the site.
 SESSION_RUNS_ENV = "TINYLIB_TEST_SESSION_RUNS"
 
 
+# A runs folder given by the caller is used and kept (tests/test_precision.py reads the
+# records the chapters wrote); otherwise each session makes its own and removes it.
+GIVEN_RUNS_ENV = "TINYLIB_NOTEBOOK_RUNS"
+
+
 def pytest_configure(config):
-    config.stash[RUNS] = tempfile.mkdtemp(prefix="tinylib-test-runs-")
+    given = os.environ.get(GIVEN_RUNS_ENV)
+    config.stash[RUNS] = given or tempfile.mkdtemp(prefix="tinylib-test-runs-")
+    config.stash[KEEP] = bool(given)
     os.environ[SESSION_RUNS_ENV] = config.stash[RUNS]
 
 
@@ -60,5 +68,6 @@ def pytest_runtest_setup(item):
 
 def pytest_unconfigure(config):
     if RUNS in config.stash:
-        shutil.rmtree(config.stash[RUNS], ignore_errors=True)
+        if not config.stash.get(KEEP, False):
+            shutil.rmtree(config.stash[RUNS], ignore_errors=True)
         os.environ.pop(SESSION_RUNS_ENV, None)

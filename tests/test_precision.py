@@ -39,9 +39,9 @@ def test_the_environment_variable_sets_the_automatic_precision(monkeypatch):
 @pytest.mark.slow
 def test_the_chapters_that_train_or_explain_run_under_mixed_bfloat16(real_data_path, tmp_path):
     env = {**os.environ, environment.PRECISION_ENV: "mixed_bfloat16", "TINYLIB_PROFILE": "smoke",
-           "TMPDIR": str(tmp_path)}  # the chapters' runs folder (book/conftest.py) lands here
+           "TINYLIB_NOTEBOOK_RUNS": str(tmp_path / "runs")}  # book/conftest.py: the chapters' runs, kept
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *CHAPTERS],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stdout[-6000:]
-    policies = {json.loads(p.read_text())["dtype_policy"] for p in tmp_path.glob("tinylib-test-runs-*/*/record.json")}
+    policies = {json.loads(p.read_text())["dtype_policy"] for p in (tmp_path / "runs").glob("*/record.json")}
     assert policies == {"mixed_bfloat16"}, policies
