@@ -464,3 +464,39 @@ def test_progress_lines_read_well_in_a_log(tmp_path, smoke, capsys):
     assert len(ends) == 2 and "val_accuracy" in ends[0] and "run left about" in ends[0]
     assert progress.duration(42) == "42s" and progress.duration(785) == "13m05s"
     assert progress.duration(5 * 3600 + 12 * 60) == "5h12m"
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_several_steps_per_execution_train_the_same_run(tmp_path, tiny_env, synthetic, backend):
+    """What a GPU run does to save Python round trips (16 steps per call) gives the same training,
+    and its mid-epoch checkpoints still name the batch reached."""
+    pytest.importorskip(backend)
+    script = f'''
+import json, sys
+import keras
+from tinylib import data, train
+from tinylib.profiles import Profile
+
+profile = Profile("smoke", classes=None, train_per_class=None, val_per_class=None, epochs=2, batch_size=4)
+ds = data.load()
+out = {{}}
+for steps in (1, 3):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((64, 64, 3))
+    x = keras.layers.Conv2D(4, 3, activation="relu")(keras.layers.Rescaling(1 / 255)(inputs))
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(ds.num_classes, activation="softmax")(x), name=f"tiny{{steps}}")
+    model.compile("adam", "categorical_crossentropy", metrics=["accuracy"])
+    run = train.fit(model, ds, profile, runs=sys.argv[1], callbacks=[], verbose=0, checkpoint_every=0.0,
+                    steps_per_execution=steps)
+    out[steps] = {{"loss": run.record["history"]["loss"], "recorded": run.record["steps_per_execution"]}}
+print(json.dumps(out))
+'''
+    env = {**os.environ, "KERAS_BACKEND": backend, "TINYLIB_DATA": str(synthetic), "TINYLIB_HOME": str(tiny_env),
+           "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = json.loads(result.stdout.strip().splitlines()[-1])
+    assert runs["1"]["recorded"] == 1 and runs["3"]["recorded"] == 3
+    assert runs["3"]["loss"] == pytest.approx(runs["1"]["loss"], rel=1e-4)

@@ -48,6 +48,15 @@ def data_parallel(devices=None):
     return keras.distribution.DataParallel(devices=list(devices))
 
 
+GPU_STEPS_PER_EXECUTION = 16
+
+
+def steps_per_execution() -> int:
+    """Training steps per compiled call: several on a GPU, where a small model's step is
+    shorter than Python's round trip to launch it; one on a CPU, where it is not."""
+    return GPU_STEPS_PER_EXECUTION if gpu_available() else 1
+
+
 def device_count() -> int:
     """How many devices the distribution in force (if any) spreads each batch over."""
     distribution = keras.distribution.distribution()
