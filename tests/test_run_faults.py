@@ -471,7 +471,7 @@ def test_several_steps_per_execution_train_the_same_run(tmp_path, tiny_env, synt
     """What a GPU run does to save Python round trips (16 steps per call) gives the same training,
     and its mid-epoch checkpoints still name the batch reached."""
     pytest.importorskip(backend)
-    script = f'''
+    script = '''
 import json, sys
 import keras
 from tinylib import data, train
@@ -479,17 +479,17 @@ from tinylib.profiles import Profile
 
 profile = Profile("smoke", classes=None, train_per_class=None, val_per_class=None, epochs=2, batch_size=4)
 ds = data.load()
-out = {{}}
+out = {}
 for steps in (1, 3):
     keras.utils.set_random_seed(0)
     inputs = keras.Input((64, 64, 3))
     x = keras.layers.Conv2D(4, 3, activation="relu")(keras.layers.Rescaling(1 / 255)(inputs))
     x = keras.layers.GlobalAveragePooling2D()(x)
-    model = keras.Model(inputs, keras.layers.Dense(ds.num_classes, activation="softmax")(x), name=f"tiny{{steps}}")
+    model = keras.Model(inputs, keras.layers.Dense(ds.num_classes, activation="softmax")(x), name=f"tiny{steps}")
     model.compile("adam", "categorical_crossentropy", metrics=["accuracy"])
     run = train.fit(model, ds, profile, runs=sys.argv[1], callbacks=[], verbose=0, checkpoint_every=0.0,
                     steps_per_execution=steps)
-    out[steps] = {{"loss": run.record["history"]["loss"], "recorded": run.record["steps_per_execution"]}}
+    out[steps] = {"loss": run.record["history"]["loss"], "recorded": run.record["steps_per_execution"]}
 print(json.dumps(out))
 '''
     env = {**os.environ, "KERAS_BACKEND": backend, "TINYLIB_DATA": str(synthetic), "TINYLIB_HOME": str(tiny_env),
