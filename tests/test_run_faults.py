@@ -500,3 +500,39 @@ print(json.dumps(out))
     runs = json.loads(result.stdout.strip().splitlines()[-1])
     assert runs["1"]["recorded"] == 1 and runs["3"]["recorded"] == 3
     assert runs["3"]["loss"] == pytest.approx(runs["1"]["loss"], rel=1e-4)
+
+
+def test_early_stopping_restores_the_best_weights_only_when_the_run_ends(tmp_path, smoke):
+    """Each epoch starts from where the last one ended, as in one Keras fit; only the run's end
+    puts the best epoch's weights back. (Fitting once per epoch made Keras' early stopping put
+    them back after every epoch: Model 2 then trained from its best epoch again and again.)"""
+    import keras
+    import numpy as np
+
+    from tinylib import train
+
+    ds, profile = smoke
+    keras.utils.set_random_seed(0)
+    model = _tiny(ds.num_classes)
+    # A rate this large makes the validation loss jump about: some epoch is no improvement.
+    model.compile(keras.optimizers.SGD(learning_rate=1e4), "categorical_crossentropy", metrics=["accuracy"])
+    snapshots = {"begin": [], "end": []}
+
+    class Snapshots(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            snapshots["begin"].append([np.array(w) for w in self.model.get_weights()])
+
+        def on_epoch_end(self, epoch, logs=None):
+            snapshots["end"].append([np.array(w) for w in self.model.get_weights()])
+
+    run = train.fit(model, ds, profile, epochs=5, runs=tmp_path, callbacks=["early_stopping"],
+                    extra_callbacks=[Snapshots()], verbose=0)
+    val_loss = run.record["history"]["val_loss"]
+    setbacks = [k for k in range(1, len(val_loss) - 1) if val_loss[k] >= min(val_loss[:k])]
+    assert setbacks, f"the scenario needs an epoch, not the last, that is no improvement: {val_loss}"
+    for epoch in range(1, len(val_loss)):  # each epoch begins with the weights the previous one ended with
+        for began, ended in zip(snapshots["begin"][epoch], snapshots["end"][epoch - 1]):
+            np.testing.assert_array_equal(began, ended)
+    best = int(np.argmin(val_loss))
+    for final, kept in zip(model.get_weights(), snapshots["end"][best]):  # the end restores the best epoch's
+        np.testing.assert_array_equal(final, kept)

@@ -193,6 +193,7 @@ def _train(run: Run, model, data, seed, epochs, batch_size, callbacks, extra_cal
                                start=start)
 
     study_callbacks = make_callbacks(callbacks)
+    run_end = _hold_train_end(study_callbacks)
     checkpointer = Checkpointer(run, checkpoint_every, study_callbacks)
     verbosity = _verbosity(verbose)
     progress = [ProgressLog(epochs, batch_size)] if verbosity == "log" else []
@@ -232,8 +233,25 @@ def _train(run: Run, model, data, seed, epochs, batch_size, callbacks, extra_cal
               "time budget; run the same command again to continue", flush=True)
         run.write_record()
         return
+    for end in run_end:  # the run's end, once: early stopping puts its best epoch's weights back
+        end(None)
     run.record["stopped_early"] = bool(model.stop_training and run.epochs_done < epochs)
     _finish(run)
+
+
+def _hold_train_end(callbacks) -> list:
+    """Hold back each callback's ``on_train_end``; return them, to call once when the run ends.
+
+    Keras calls ``on_train_end`` at the end of every ``fit``, and a run fits once per
+    epoch: early stopping (``restore_best_weights``) would put its best epoch's weights
+    back after every epoch, and the next epoch would train from them, not from where
+    the last one ended as a single ``fit`` does.
+    """
+    held = []
+    for callback in callbacks:
+        held.append(callback.on_train_end)
+        callback.on_train_end = lambda logs=None: None
+    return held
 
 
 def _would_overrun(run: Run, deadline: float | None) -> bool:
