@@ -61,7 +61,7 @@ book: $(STAMP)
 	@echo "The site is in book/_build/html (open book/_build/html/index.html)."
 
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --durations=30 $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(BUILD)/html $(BUILD)/.doctrees $(BUILD)/jupyter_execute $(BUILD)/screenshots

@@ -58,3 +58,31 @@ def test_one_device_needs_no_distribution():
 
     assert environment.data_parallel(["cpu:0"]) is None
     assert environment.device_count() == 1
+
+
+FINE_TUNE_SCRIPT = '''
+import json, sys
+import keras
+from tinylib import data, transfer
+from tinylib.profiles import Profile
+
+profile = Profile("smoke", classes=None, train_per_class=None, val_per_class=None, epochs=1, batch_size=4)
+devices = keras.distribution.list_devices("cpu")
+runs = transfer.fine_tune(data.load(), profile, weights=None, stages=("head",), head_epochs=1, devices=devices,
+                          runs=sys.argv[1], verbose=0)
+print(json.dumps({k: runs["head"].record[k] for k in ("devices", "batch_size", "history", "finished")}))
+'''
+
+
+@pytest.mark.slow
+def test_fine_tuning_uses_every_device(tmp_path, tiny_env, synthetic):
+    pytest.importorskip("jax")
+    env = {**os.environ, "KERAS_BACKEND": "jax", "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+           "TINYLIB_DATA": str(synthetic), "TINYLIB_HOME": str(tiny_env), "PYTHONPATH": str(REPO),
+           "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run([sys.executable, "-c", FINE_TUNE_SCRIPT, str(tmp_path / "runs")], env=env,
+                            capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+    head = json.loads(result.stdout.strip().splitlines()[-1])
+    assert head["finished"] and (head["devices"], head["batch_size"]) == (2, 8)
+    assert all(value == value for value in head["history"]["loss"])  # a number, not NaN

@@ -174,7 +174,7 @@ def test_modern_recipe_trains_a_resnet_and_records_every_ingredient(tmp_path, ti
     run = train.train_model("resnet18", ds, smoke_profile(), recipe="modern", build_options={"width": 16},
                             runs=tmp_path, verbose=0)
     record = run.record
-    assert record["finished"] and run.path.name == "resnet18-smoke-tensorflow-modern"
+    assert record["finished"] and run.path.name == f"resnet18-smoke-{keras.backend.backend()}-modern"
     assert record["recipe"] == RECIPES["modern"].to_dict()
     assert record["optimizer"] == "SGD" and record["learning_rate"] == 0.05
     assert record["augmentation"]["layer"] == "RandomResizedCrop"

@@ -102,7 +102,7 @@ def test_the_command_exits_3_when_the_budget_leaves_work(tmp_path, tiny_env, syn
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kill_seed", [1, 2])
+@pytest.mark.parametrize("kill_seed", [1])  # one moment per CI run: the plan takes 30 s each time
 def test_a_kill_at_a_random_moment_loses_no_finished_epoch_and_the_rerun_finishes(tmp_path, tiny_env, synthetic,
                                                                                     kill_seed):
     """A job limit's SIGKILL anywhere (preparing, building, mid-epoch, writing a record): the same

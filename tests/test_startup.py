@@ -72,7 +72,17 @@ def test_without_tensorflow_jax_is_chosen_and_said(tmp_path):
                      "print(keras.backend.backend(), os.environ['KERAS_BACKEND'])", tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["jax", "jax"]
-    assert "TensorFlow is not installed; using Keras' jax backend" in result.stderr
+    assert "Keras' tensorflow backend is not installed; using its jax backend" in result.stderr
+
+
+def test_a_keras_json_naming_a_missing_tensorflow_does_not_stop_the_choice(tmp_path):
+    """Keras writes ~/.keras/keras.json naming TensorFlow on its first import, installed or not."""
+    pytest.importorskip("jax")
+    (tmp_path / "keras-home").mkdir()
+    (tmp_path / "keras-home" / "keras.json").write_text('{"backend": "tensorflow"}')
+    result = _python(NO_TENSORFLOW + "import tinylib, keras; print(keras.backend.backend())", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "jax" and "using its jax backend" in result.stderr
 
 
 def test_the_command_line_starts_without_tensorflow(tmp_path):

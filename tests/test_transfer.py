@@ -32,7 +32,7 @@ def test_stages_train_the_head_then_everything_from_a_weights_file(tmp_path, tin
     # Both stages: stage 1 is found finished, stage 2 starts from its weights.
     runs = transfer.fine_tune(ds, PROFILE, weights=path, image_size=72, runs=tmp_path / "runs", verbose=0)
     head, everything = runs["head"].record, runs["all"].record
-    assert runs["head"].path.name == "model5-smoke-tensorflow-finetune-72px-head"
+    assert runs["head"].path.name == f"model5-smoke-{keras.backend.backend()}-finetune-72px-head"
     for record in (head, everything):
         assert record["weights"] == str(path) and record["pretrained"] is True
         assert record["image_size"] == 72 and record["preprocess"] == "imagenet" and record["finished"]

@@ -86,6 +86,10 @@ def _configured_backend() -> str | None:
     """The backend the user chose: ``KERAS_BACKEND``, else ``~/.keras/keras.json``."""
     if os.environ.get(BACKEND_ENV):
         return os.environ[BACKEND_ENV]
+    return _keras_json_backend()
+
+
+def _keras_json_backend() -> str | None:
     home = Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras")
     try:
         return json.loads((home / "keras.json").read_text()).get("backend") or None
@@ -101,17 +105,24 @@ def _installed(module: str) -> bool:
 
 
 def choose_backend() -> str | None:
-    """Set ``KERAS_BACKEND`` to an installed backend when none is chosen and TensorFlow is missing.
+    """Set ``KERAS_BACKEND`` to an installed backend when the one Keras would use is missing.
 
-    Returns the backend chosen here, or None when nothing was changed (a backend was
-    chosen by the user, or TensorFlow, Keras' default, is installed).
+    ``KERAS_BACKEND`` set by the user is never changed. Otherwise Keras would use the
+    backend in ``~/.keras/keras.json``, or TensorFlow; Keras writes that file itself,
+    naming TensorFlow, the first time it is imported, even where TensorFlow is not
+    installed, so the file alone is no sign of a choice. When that backend is missing,
+    JAX (then PyTorch) is used and said once. Returns the backend chosen here, or None
+    when nothing was changed.
     """
-    if _configured_backend() or _installed("tensorflow"):
+    if os.environ.get(BACKEND_ENV):
+        return None
+    wanted = _keras_json_backend() or "tensorflow"
+    if _installed(wanted):
         return None
     for backend in FALLBACK_BACKENDS:
         if _installed(backend):
             os.environ[BACKEND_ENV] = backend
-            print(f"tinylib: TensorFlow is not installed; using Keras' {backend} backend "
+            print(f"tinylib: Keras' {wanted} backend is not installed; using its {backend} backend "
                   f"(set {BACKEND_ENV} to choose another)", file=sys.stderr)
             return backend
     return None

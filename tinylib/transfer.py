@@ -23,9 +23,11 @@ record; a run without ImageNet weights says ``"weights": "random"`` and
 
 from __future__ import annotations
 
+import contextlib
+
 import keras
 
-from tinylib import models
+from tinylib import environment, models
 from tinylib.profiles import get_profile
 from tinylib.train import Run, build, fit, run_name
 
@@ -53,7 +55,7 @@ def fine_tune(data, profile=None, *, weights="imagenet", image_size: int | None 
               head_epochs: int | None = None, all_epochs: int | None = None,
               head_learning_rate: float = 1e-3, all_learning_rate: float = 1e-4,
               freeze_batchnorm: bool = True, augment: bool = True, name: str | None = None,
-              stages=STAGES, **fit_kwargs) -> dict[str, Run]:
+              stages=STAGES, devices=None, **fit_kwargs) -> dict[str, Run]:
     """Train Model 5 in stages: the head on a frozen backbone, then all layers.
 
     ``weights`` is 'imagenet' (Keras' download), a weights file, or None (random:
@@ -63,7 +65,19 @@ def fine_tune(data, profile=None, *, weights="imagenet", image_size: int | None 
     default to the profile's 'transfer_head' and 'transfer_all' entries.
     Returns ``{"head": run, "all": run}`` (the stages asked for); each stage
     resumes on its own, and stage 'all' starts from stage 'head''s final weights.
+    Where several GPUs are visible (or ``devices`` names several), both stages train
+    data-parallel over all of them, as ``train.train_model`` does.
     """
+    distribution = environment.data_parallel(devices)
+    with distribution.scope() if distribution is not None else contextlib.nullcontext():
+        return _fine_tune(data, profile, weights=weights, image_size=image_size, head_epochs=head_epochs,
+                          all_epochs=all_epochs, head_learning_rate=head_learning_rate,
+                          all_learning_rate=all_learning_rate, freeze_batchnorm=freeze_batchnorm,
+                          augment=augment, name=name, stages=stages, **fit_kwargs)
+
+
+def _fine_tune(data, profile, *, weights, image_size, head_epochs, all_epochs, head_learning_rate,
+               all_learning_rate, freeze_batchnorm, augment, name, stages, **fit_kwargs) -> dict[str, Run]:
     profile = get_profile(profile)
     if image_size == "profile":
         image_size = profile.options_for("transfer").get("image_size")
