@@ -239,3 +239,25 @@ def test_load_trained_model_without_a_checkpoint_says_so(tmp_path):
     (tmp_path / "state.json").write_text(json.dumps({"checkpoint": "checkpoint-epoch-002.weights.h5"}))
     with pytest.raises(FileNotFoundError, match="checkpoint-epoch-002"):
         ev.load_trained_model(tmp_path)
+
+
+@pytest.mark.slow
+def test_a_modern_recipe_run_with_mixup_and_cutmix_loads_and_predicts_like_the_trained_model(tmp_path,
+                                                                                               synthetic_master):
+    """The recipe's MixUp/CutMix layer holds a variable the checkpoint has: the loaded model has it too."""
+    from tinylib import data, train
+    from tinylib.mixing import MixingClassifier
+    from tinylib.profiles import Profile
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TINYLIB_HOME", str(tmp_path / "home"))
+        patch.setenv("TINYLIB_DATA", str(synthetic_master))
+        dataset = data.load()
+    profile = Profile("t", classes=None, train_per_class=None, val_per_class=None, epochs=1, batch_size=4)
+    run = train.train_model("resnet18", dataset, profile, recipe="modern", runs=tmp_path / "runs", verbose=0,
+                            build_options={"width": 16, "stem_stride": 2})
+    assert isinstance(run.model, MixingClassifier)
+    loaded = load_quietly(run.path)
+    assert isinstance(loaded, MixingClassifier)
+    np.testing.assert_allclose(ev.predict_probabilities(loaded, dataset.val.images),
+                               ev.predict_probabilities(run.model, dataset.val.images), rtol=1e-4, atol=1e-5)

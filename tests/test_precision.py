@@ -51,13 +51,14 @@ def test_the_chapters_that_train_or_explain_run_under_mixed_bfloat16(real_data_p
     assert policies == {"mixed_bfloat16"}, policies
 
 
-def test_mixup_and_cutmix_batches_stay_float32_under_mixed_bfloat16(tiny_env, synthetic, monkeypatch):
-    """Keras' MixUp and CutMix took the global bfloat16 policy and failed on the host's float32 batches."""
+def test_mixup_and_cutmix_compute_in_float32_under_mixed_bfloat16(tiny_env, synthetic, monkeypatch):
+    """Keras' MixUp and CutMix took the global bfloat16 policy and failed on float32 batches;
+    tinylib's layer mixes in float32 whatever the policy, and its model trains under it."""
     import keras
     import numpy as np
 
-    from tinylib import data
-    from tinylib.mixing import MixedBatches
+    from tinylib import data, models
+    from tinylib.mixing import MixUpCutMix, mixed_batch
 
     monkeypatch.setenv("TINYLIB_DATA", str(synthetic))
     ds = data.load()
@@ -66,8 +67,12 @@ def test_mixup_and_cutmix_batches_stay_float32_under_mixed_bfloat16(tiny_env, sy
     keras.config.set_dtype_policy("mixed_bfloat16")
     try:
         for mixup, cutmix in ((0.2, 0.0), (0.0, 1.0)):
-            images, mixed = MixedBatches(ds.train.images, labels, 4, mixup=mixup, cutmix=cutmix, seed=0)[0]
+            layer = MixUpCutMix(mixup=mixup, cutmix=cutmix, seed=0)
+            images, mixed = mixed_batch(ds.train.images[:4], labels[:4], layer)
             assert images.dtype == np.float32 and mixed.dtype == np.float32
             assert np.allclose(mixed.sum(axis=1), 1.0, atol=1e-5)
+        model = models.build_model("model1", num_classes=ds.num_classes, mixing=MixUpCutMix(mixup=0.2, cutmix=1.0))
+        history = model.fit(ds.train.images[:8], labels[:8], batch_size=4, epochs=1, verbose=0)
+        assert np.isfinite(history.history["loss"]).all()
     finally:
         keras.config.set_dtype_policy(previous)

@@ -8,8 +8,8 @@ import keras
 import numpy as np
 import pytest
 
-from tinylib import augment, data, recipes, train
-from tinylib.mixing import MixedBatches
+from tinylib import augment, data, models, recipes, train
+from tinylib.mixing import MixingClassifier, MixUpCutMix, mixed_batch
 from tinylib.profiles import Profile
 from tinylib.recipes import RECIPES, Recipe
 
@@ -111,7 +111,7 @@ def test_crop_recipe_uses_random_resized_crop_and_none_uses_nothing():
     assert Recipe(augmentation="none").augmentation_layer() is None
 
 
-# --- MixUp / CutMix batches ---------------------------------------------------------
+# --- MixUp / CutMix, inside the model ------------------------------------------------
 
 
 def coloured_batch(n=16, classes=4):
@@ -124,46 +124,50 @@ def coloured_batch(n=16, classes=4):
 @pytest.mark.parametrize("mix", [dict(mixup=0.4), dict(cutmix=1.0), dict(mixup=0.2, cutmix=1.0)])
 def test_mixed_labels_match_the_mixed_pixels(mix):
     images, onehot = coloured_batch()
-    batches = MixedBatches(images, onehot, batch_size=8, seed=0, **mix)
-    assert len(batches) == 2
+    layer = MixUpCutMix(seed=0, **mix)
     mixed_somewhere = False
-    for i in range(len(batches)):
-        x, y = batches[i]
-        assert x.shape == (8, 64, 64, 3) and y.shape == (8, 4)
+    for _ in range(6):  # each call draws anew
+        x, y = mixed_batch(images, onehot, layer)
+        assert x.shape == (16, 64, 64, 3) and y.shape == (16, 4)
         np.testing.assert_allclose(y.sum(axis=1), 1.0, atol=1e-5)
         colours = y @ (40.0 * np.arange(4))
         np.testing.assert_allclose(x.mean(axis=(1, 2, 3)), colours, atol=0.01)
         mixed_somewhere |= bool((y.max(axis=1) < 0.999).any())
     assert mixed_somewhere
+    # Outside training the layer does nothing.
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer(images.astype("float32"), training=False)),
+                                  images.astype("float32"))
 
 
-def test_mixed_batches_cover_every_image_once_and_resume_in_order():
-    images, onehot = coloured_batch(n=10)
-    first = MixedBatches(images, onehot, batch_size=4, mixup=0.2, seed=3)
-    order_epoch0 = first.order.copy()
-    first.set_epoch(1)
-    served = [first[i] for i in range(len(first))]
-    resumed = MixedBatches(images, onehot, batch_size=4, mixup=0.2, seed=3, epoch=1)
-    assert sorted(order_epoch0) == list(range(10))
-    np.testing.assert_array_equal(first.order, resumed.order)
-    assert not np.array_equal(order_epoch0, first.order)
-    # The same batches, mixing draws included, whatever was served before...
-    for (x, y), (rx, ry) in zip(served, [resumed[i] for i in range(len(resumed))]):
-        np.testing.assert_array_equal(x, rx) and np.testing.assert_array_equal(y, ry)
-    # ...and a dataset resumed at batch 1 serves the rest of the epoch.
-    later = MixedBatches(images, onehot, batch_size=4, mixup=0.2, seed=3, epoch=1, start=1)
-    assert len(later) == len(resumed) - 1
-    np.testing.assert_array_equal(later[0][1], served[1][1])
+def test_cutmix_pastes_one_box_of_the_mirrored_partner():
+    images = np.zeros((4, 64, 64, 3), dtype="float32")
+    images[2:] = 200.0  # the last two images' partners (the first two) are black
+    layer = MixUpCutMix(cutmix=1.0, seed=1)
+    x, _ = mixed_batch(images, np.eye(4, dtype="float32"), layer)
+    pasted = x[3, :, :, 0] == 0.0  # where image 3 shows its partner, image 0
+    share = float(keras.ops.convert_to_numpy(layer.share))
+    assert 0.0 < pasted.mean() < 1.0 and share == pytest.approx(1.0 - pasted.mean())
+    rows, cols = np.flatnonzero(pasted.any(axis=1)), np.flatnonzero(pasted.any(axis=0))
+    assert pasted[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].all()  # a box, filled
+
+
+def test_the_training_loss_mixes_the_labels_and_evaluation_does_not():
+    images, onehot = coloured_batch(n=8)
+    layer = MixUpCutMix(mixup=0.4, seed=2)
+    model = models.build_model("model1", num_classes=4, mixing=layer, compile=False, l2=0.0)
+    assert isinstance(model, MixingClassifier)
+    models.compile_model(model)
+    predictions = model(images.astype("float32"), training=True)  # mixes, and sets the share
+    share = float(keras.ops.convert_to_numpy(layer.share))
+    assert 0.0 < share < 1.0
+    loss = keras.losses.CategoricalCrossentropy()
+    trained = model.compute_loss(y=onehot, y_pred=predictions, training=True)
+    evaluated = model.compute_loss(y=onehot, y_pred=predictions, training=False)
+    expected = loss(share * onehot + (1 - share) * onehot[::-1], predictions)
+    np.testing.assert_allclose(float(trained), float(expected), rtol=1e-5)
+    np.testing.assert_allclose(float(evaluated), float(loss(onehot, predictions)), rtol=1e-5)
     with pytest.raises(ValueError, match="mixup"):
-        MixedBatches(images, onehot, batch_size=4)
-
-
-# --- recipes through build and fit -------------------------------------------------
-
-
-def smoke_profile(epochs=2):
-    return Profile("smoke", classes=None, train_per_class=None, val_per_class=None,
-                   epochs=epochs, batch_size=8)
+        MixUpCutMix()
 
 
 @pytest.mark.slow

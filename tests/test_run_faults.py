@@ -267,6 +267,22 @@ def test_a_record_from_before_defaults_were_recorded_still_resumes(tmp_path, smo
     assert longer.record["epochs_run"] == 2 and longer.record["build_options"] == {"dropout": 0.5}
 
 
+def test_an_option_a_record_predates_counts_as_its_default_and_another_value_is_refused(tmp_path, smoke):
+    """A run from before the stem's stride was an option trained stride 1: asked for stride 2,
+    its folder is refused, not resumed into another architecture with the same weights' shapes."""
+    from tinylib import files, models, train
+
+    ds, profile = smoke
+    folder = tmp_path / f"resnet18-smoke-{_backend()}"
+    train.fit(models.build_model("resnet18", num_classes=ds.num_classes, width=16), ds, profile, runs=tmp_path,
+              callbacks=[], verbose=0)
+    older = {k: v for k, v in _record(folder)["build_options"].items() if k != "stem_stride"}
+    files.write_json(folder / "record.json", {**_record(folder), "build_options": older})
+    strided = models.build_model("resnet18", num_classes=ds.num_classes, width=16, stem_stride=2)
+    with pytest.raises(train.RunConflict, match=r"build_options.stem_stride: 1 -> 2"):
+        train.fit(strided, ds, profile, epochs=2, runs=tmp_path, callbacks=[], verbose=0)
+
+
 def test_another_seed_is_another_run(tmp_path, smoke):
     from tinylib import train
 

@@ -199,6 +199,7 @@ def load_trained_model(run_dir):
     ``BackupAndRestore`` does).
     """
     from tinylib import models, train
+    from tinylib.recipes import Recipe
 
     run_dir = Path(run_dir)
     record = train.load_run(run_dir)
@@ -206,8 +207,12 @@ def load_trained_model(run_dir):
     optimizer = {"optimizer": record["optimizer"].lower()} if record.get("optimizer") else {}
     if record.get("learning_rate") is not None:
         optimizer["learning_rate"] = record["learning_rate"]
+    # A recipe's MixUp/CutMix layer holds a variable the checkpoint has (not so the augmentation).
+    recipe = record.get("recipe")
+    mixing = (Recipe(mixup=recipe.get("mixup", 0.0), cutmix=recipe.get("cutmix", 0.0)).mixing_layer()
+              if isinstance(recipe, dict) else None)
     model = models.build_model(record["model"], num_classes=record["dataset"]["classes"],
-                               weights=None, **optimizer, **record.get("build_options", {}))
+                               weights=None, mixing=mixing, **optimizer, **record.get("build_options", {}))
     model.optimizer.build(model.trainable_variables)
     train.load_checkpoint(model, checkpoint)
     return model

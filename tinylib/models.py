@@ -428,6 +428,7 @@ def build_model(
     augmentation=None,
     weights=DEFAULT_WEIGHTS,
     compile=True,
+    mixing=None,
     optimizer="adam",
     learning_rate=1e-4,
     **options,
@@ -440,7 +441,9 @@ def build_model(
     or ``None`` for random initialisation.  ``options`` go to the
     architecture (``l2`` for model1, ``dropout`` for models 2, 4 and 5,
     ``preprocess`` and ``image_size`` for model5, ``width``, ``dropout`` and
-    ``bn_momentum`` for the ResNets).
+    ``bn_momentum`` for the ResNets).  ``mixing`` is a ``tinylib.mixing.MixUpCutMix``
+    layer, placed before the augmentation; the model is then a ``MixingClassifier``,
+    whose training loss mixes the labels as the layer mixed the images.
     """
     key = normalize_name(name)
     if key in PRETRAINED:
@@ -458,10 +461,17 @@ def build_model(
 
     inputs = keras.Input(shape=tuple(input_shape), name="images")
     x = layers.Rescaling(1.0 / 255, name="rescale")(inputs)
+    if mixing is not None:
+        x = mixing(x)
     if augmentation is not None:
         x = augmentation(x)
     outputs = MODELS[key](x, num_classes, **options)
-    model = keras.Model(inputs, outputs, name=key)
+    if mixing is not None:
+        from tinylib.mixing import MixingClassifier
+
+        model = MixingClassifier(inputs, outputs, name=key)
+    else:
+        model = keras.Model(inputs, outputs, name=key)
     # A plain attribute: Keras allows it; it is not saved with the model.
     model.tinylib_weights = origin
     model.tinylib_build_options = architecture_options(key, options)

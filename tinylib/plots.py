@@ -190,7 +190,7 @@ def idg_side_by_side(images, params, fill_mode: str = "nearest", figsize=None):
 def mixed_batch(batch, class_names, n: int = 8, cols: int = 8, figsize=None):
     """Images of a MixUp/CutMix batch, each titled with the labels it carries now.
 
-    ``batch`` is ``(images, labels)`` as ``tinylib.mixing.MixedBatches`` serves it:
+    ``batch`` is ``(images, labels)`` as ``tinylib.mixing.mixed_batch`` returns them:
     float images in 0..255 and soft labels; the title lists the classes with a
     weight above 1%, largest first.
     """

@@ -18,8 +18,9 @@ Where each ingredient acts:
   and ``warmup``: the optimizer (``make_optimizer``);
 * ``label_smoothing``: the loss (``make_loss``);
 * ``augmentation``: a layer in the model, active only in training (``augmentation_layer``);
-* ``mixup`` and ``cutmix``: the batches fed to ``fit``, because they mix the labels
-  too (``tinylib.mixing``);
+* ``mixup`` and ``cutmix``: a layer in the model that mixes the images, and the
+  model's training loss, which mixes the labels to match (``mixing_layer``,
+  ``tinylib.mixing``): both inside the compiled training step;
 * ``precision``: Keras' dtype policy (``tinylib.train.configure_precision``).
 """
 
@@ -124,6 +125,14 @@ class Recipe:
 
     def make_loss(self):
         return keras.losses.CategoricalCrossentropy(label_smoothing=self.label_smoothing)
+
+    def mixing_layer(self, seed=None):
+        """The in-model MixUp/CutMix layer (``tinylib.mixing``), or None when the recipe mixes nothing."""
+        if not self.mixes_batches:
+            return None
+        from tinylib.mixing import MixUpCutMix
+
+        return MixUpCutMix(mixup=self.mixup, cutmix=self.cutmix, seed=seed)
 
     def augmentation_layer(self, seed=None):
         """The in-model augmentation layer, or None for 'none'."""

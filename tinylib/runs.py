@@ -26,6 +26,7 @@ import keras
 import numpy as np
 
 from tinylib import files
+from tinylib import models as models_lib
 from tinylib.environment import device_count, device_name, git_commit, library_versions
 from tinylib.profiles import Profile
 
@@ -221,8 +222,8 @@ IDENTITY = ("model", "parameters", "weights", "augmentation", "optimizer", "lear
 
 def _check_same_run(path: Path, previous: dict, record: dict) -> None:
     """Refuse to resume a run folder that holds a different run (say, other weights)."""
-    changed = [key for key in IDENTITY if key in previous and key in record
-               and _comparable(key, previous[key], record[key]) != _comparable(key, record[key], previous[key])]
+    previous, record = _with_default_options(previous), _with_default_options(record)
+    changed = [key for key in IDENTITY if key in previous and key in record and previous[key] != record[key]]
     if changed:
         details = ", ".join(_difference(key, previous[key], record[key]) for key in changed)
         raise RunConflict(
@@ -230,15 +231,17 @@ def _check_same_run(path: Path, previous: dict, record: dict) -> None:
             "or start it afresh, replacing the old one (resume=False, --fresh)")
 
 
-def _comparable(key: str, value, other):
-    """``value`` as compared with ``other``: build options only on the keys both records have.
+def _with_default_options(record: dict) -> dict:
+    """``record`` with every build option its model has, a missing one at its default.
 
-    Records written before every default was recorded hold only the options given; a
-    missing option was its default then, as it is now.
+    Records written before every default was recorded, or before an option existed,
+    hold only the options given: a missing option was its default then, as it is now.
+    Filled in, a run asked for another value of it (say, a stride-2 stem) is refused.
     """
-    if key == "build_options" and isinstance(value, dict) and isinstance(other, dict):
-        return {k: v for k, v in value.items() if k in other}
-    return value
+    options = record.get("build_options")
+    if not isinstance(options, dict) or record.get("model") not in models_lib.MODELS:
+        return record
+    return {**record, "build_options": models_lib.architecture_options(record["model"], options)}
 
 
 def _difference(key: str, old, new) -> str:

@@ -72,8 +72,8 @@ def fit(model: keras.Model, data, profile: Profile | str | None = None, *, name:
     what differs.  ``resume=False`` starts the folder afresh.  One process at a
     time trains a run folder: a second is refused (``RunInUse``).
 
-    A model built with a recipe (``build(..., recipe=...)``) is fed MixUp/CutMix
-    batches when its recipe asks for them.  ``notes`` are extra fields for the
+    A model built with a recipe (``build(..., recipe=...)``) that asks for MixUp/CutMix
+    mixes its batches itself, inside the training step (``tinylib.mixing``).  ``notes`` are extra fields for the
     record (say, a fine-tuning stage).  Besides the checkpoint after every epoch,
     one is taken every ``checkpoint_every`` seconds inside an epoch (None: never),
     so a kill costs minutes, not an epoch; ``verbose='auto'`` prints Keras' bar in
@@ -81,7 +81,7 @@ def fit(model: keras.Model, data, profile: Profile | str | None = None, *, name:
     ``deadline`` (a ``time.monotonic()`` value) stops the run at the last epoch
     boundary that the next epoch, timed like the last one, would overrun: the run
     is then resumable and ``run.out_of_time`` is True.  ``seed`` (the profile's by
-    default) orders the batches and draws MixUp/CutMix; a run with another seed is
+    default) orders the batches; a run with another seed is
     another run, in a folder of its own (``-seed<N>``), as is one given a ``suffix``.
     ``steps_per_execution`` (default: ``environment.steps_per_execution()``, 16 on a
     GPU) runs that many steps per compiled call; the result is the same.
@@ -178,17 +178,11 @@ def _train(run: Run, model, data, seed, epochs, batch_size, callbacks, extra_cal
     print(f"Training {model.name} ({model.count_params():,} parameters) on {data.summary()}, "
           f"{epochs} epochs, batch {batch_size}, {keras.backend.backend()} on {run.record['device']}",
           flush=True)
-    mixing = recipe is not None and recipe.mixes_batches
-    if mixing:
-        print(f"MixUp (alpha {recipe.mixup}) / CutMix (alpha {recipe.cutmix}) on the training batches",
+    if recipe is not None and recipe.mixes_batches:
+        print(f"MixUp (alpha {recipe.mixup}) / CutMix (alpha {recipe.cutmix}) inside the training step",
               flush=True)
 
     def batches(epoch: int, start: int):
-        if mixing:
-            from tinylib.mixing import MixedBatches
-
-            return MixedBatches(data.train.images, y_train, batch_size, mixup=recipe.mixup,
-                                cutmix=recipe.cutmix, seed=seed, epoch=epoch, start=start)
         return ShuffledBatches(data.train.images, y_train, batch_size, seed=seed, epoch=epoch,
                                start=start)
 
@@ -333,7 +327,8 @@ def build(model_name: str, data, profile=None, augment: bool = True, recipe: Rec
     epochs = epochs or profile.epochs_for(key)
     steps = steps_per_epoch(len(data.train), batch_size or profile.batch_size * environment.device_count())
     model = models_lib.build_model(model_name, num_classes=data.num_classes, compile=False,
-                                   augmentation=recipe.augmentation_layer() if augment else None, **options)
+                                   augmentation=recipe.augmentation_layer() if augment else None,
+                                   mixing=recipe.mixing_layer(), **options)
     models_lib.compile_model(model, recipe.make_optimizer(steps, epochs), loss=recipe.make_loss())
     model.tinylib_recipe = recipe
     model.tinylib_epochs = epochs  # the schedule's length: fit trains this many epochs
