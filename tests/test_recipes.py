@@ -170,6 +170,11 @@ def test_the_training_loss_mixes_the_labels_and_evaluation_does_not():
         MixUpCutMix()
 
 
+def smoke_profile(epochs=2):
+    return Profile("smoke", classes=None, train_per_class=None, val_per_class=None,
+                   epochs=epochs, batch_size=8)
+
+
 @pytest.mark.slow
 def test_modern_recipe_trains_a_resnet_and_records_every_ingredient(tmp_path, tiny_env, synthetic,
                                                                     monkeypatch, restore_policy):

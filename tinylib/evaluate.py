@@ -199,7 +199,6 @@ def load_trained_model(run_dir):
     ``BackupAndRestore`` does).
     """
     from tinylib import models, train
-    from tinylib.recipes import Recipe
 
     run_dir = Path(run_dir)
     record = train.load_run(run_dir)
@@ -207,15 +206,32 @@ def load_trained_model(run_dir):
     optimizer = {"optimizer": record["optimizer"].lower()} if record.get("optimizer") else {}
     if record.get("learning_rate") is not None:
         optimizer["learning_rate"] = record["learning_rate"]
-    # A recipe's MixUp/CutMix layer holds a variable the checkpoint has (not so the augmentation).
-    recipe = record.get("recipe")
-    mixing = (Recipe(mixup=recipe.get("mixup", 0.0), cutmix=recipe.get("cutmix", 0.0)).mixing_layer()
-              if isinstance(recipe, dict) else None)
-    model = models.build_model(record["model"], num_classes=record["dataset"]["classes"],
-                               weights=None, mixing=mixing, **optimizer, **record.get("build_options", {}))
+    recipe = _recorded_recipe(record)
+    if recipe is not None:
+        # The recipe's optimizer (SGD's momentum has variables the checkpoint holds) and its
+        # MixUp/CutMix layer (a variable too); the augmentation has none, and is left out.
+        model = models.build_model(record["model"], num_classes=record["dataset"]["classes"], weights=None,
+                                   compile=False, mixing=recipe.mixing_layer(), **record.get("build_options", {}))
+        models.compile_model(model, recipe.make_optimizer(), loss=recipe.make_loss())
+    else:
+        model = models.build_model(record["model"], num_classes=record["dataset"]["classes"],
+                                   weights=None, **optimizer, **record.get("build_options", {}))
     model.optimizer.build(model.trainable_variables)
     train.load_checkpoint(model, checkpoint)
     return model
+
+
+def _recorded_recipe(record: dict):
+    """The ``Recipe`` a run's record names, or None (no recipe, or one this version cannot read)."""
+    from tinylib.recipes import Recipe
+
+    recipe = record.get("recipe")
+    if not isinstance(recipe, dict):
+        return None
+    try:
+        return Recipe(**recipe)
+    except (TypeError, ValueError):
+        return None
 
 
 def _current_checkpoint(run_dir: Path) -> Path:
