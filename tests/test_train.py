@@ -58,12 +58,15 @@ def _train(tmp_path: Path, model: str, backend: str, kill: bool) -> subprocess.C
                           capture_output=True, text=True, timeout=900)
 
 
-# Every model on TensorFlow (the default backend). On JAX, two models cover what differs
-# per backend (saving and restoring weights and optimizer state): Model 1 (convolutions,
-# dense layers, Adam) and ResNet-18 with the modern recipe (BatchNorm, SGD's momentum,
-# the schedule's step count, MixUp/CutMix batches). The other study models are built and
-# run on JAX by tests/test_models.py when that is run with KERAS_BACKEND=jax.
-CASES = [(model, "tensorflow") for model in STUDY_MODELS + NEW_MODELS] + [("model1", "jax"), ("resnet18", "jax")]
+# On TensorFlow (the default backend), every model whose state differs: Model 1 (convolutions,
+# dense layers, L2, Adam), Model 2 (dropout's random state, the study's callbacks), Model 4
+# (BatchNorm's statistics), Model 5 (a nested backbone) and ResNet-18 with the modern recipe
+# (SGD's momentum, the schedule's step count, the MixUp/CutMix layer's draws). Model 3 has
+# nothing the others lack, and 140 million parameters: each of its checkpoints writes 1.7 GB,
+# which CI's 30 minutes cannot spare. On JAX, two models cover what differs per backend. The
+# other models are built and run on JAX by tests/test_models.py run with KERAS_BACKEND=jax.
+TENSORFLOW_CASES = [m for m in STUDY_MODELS + NEW_MODELS if m != "model3"]
+CASES = [(model, "tensorflow") for model in TENSORFLOW_CASES] + [("model1", "jax"), ("resnet18", "jax")]
 
 
 @pytest.mark.slow
