@@ -110,7 +110,7 @@ class MixUpCutMix(keras.layers.Layer):
 
 
 class MixingClassifier(keras.Model):
-    """A functional classifier with a :class:`MixUpCutMix` layer named ``mixing``.
+    """A functional classifier with a :class:`MixUpCutMix` layer.
 
     Its training loss takes the labels mixed as the layer mixed the images in the same
     step; evaluation (``training=False``) takes them as they are.
@@ -118,7 +118,8 @@ class MixingClassifier(keras.Model):
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         if training and y is not None:
-            y = mix_labels(y, self.get_layer("mixing").share)
+            mixing = next(layer for layer in self.layers if isinstance(layer, MixUpCutMix))
+            y = mix_labels(y, mixing.share)
         return super().compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
 
 
