@@ -298,8 +298,10 @@ def test_model5_missing_weights_file_names_it(tmp_path):
         models.build_model("model5", weights=missing)
 
 
-def test_model5_imagenet_download_failure_raises_a_clear_error(monkeypatch):
+def test_model5_imagenet_download_failure_raises_a_clear_error(monkeypatch, tmp_path):
     calls = []
+    monkeypatch.setenv("TINYLIB_HOME", str(tmp_path / "home"))  # no converted weights either
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
 
     def offline_get_file(*args, **kwargs):
         calls.append(args)
@@ -313,7 +315,7 @@ def test_model5_imagenet_download_failure_raises_a_clear_error(monkeypatch):
     message = str(caught.value)
     assert models.RESNET50_NOTOP_FILE in message
     assert "weights=None" in message
-    assert "internet" in message
+    assert "cannot reach" in message and "python -m tinylib weights resnet50" in message
     assert isinstance(caught.value, RuntimeError)
     assert "URL fetch failure" in str(caught.value.__cause__)
 
@@ -404,10 +406,13 @@ def test_resolve_pretrained_falls_back_to_random_loudly_when_offline(monkeypatch
     def offline_get_file(*args, **kwargs):
         raise Exception("URL fetch failure")
 
+    monkeypatch.setenv("TINYLIB_HOME", str(tmp_path / "home"))  # no converted weights either
+
     monkeypatch.setattr(keras.utils, "get_file", offline_get_file)
     assert models.resolve_pretrained("imagenet") is None
     out = capsys.readouterr().out
     assert "WITHOUT PRETRAINED WEIGHTS" in out and models.RESNET50_WEIGHTS_URL in out
+    assert "python -m tinylib weights resnet50" in out
     assert models.resolve_pretrained(tmp_path / "missing.h5") is None
     present = tmp_path / "present.weights.h5"
     present.write_bytes(b"")

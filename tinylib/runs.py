@@ -281,6 +281,7 @@ def _new_record(model, data, profile, epochs, batch_size, callbacks) -> dict:
         "devices": device_count(),  # > 1: trained data-parallel, the batch spread over them
         "dtype_policy": keras.config.dtype_policy().name,
         "weights": getattr(model, "tinylib_weights", "random"),
+        "weights_source": getattr(model, "tinylib_weights_source", getattr(model, "tinylib_weights", "random")),
         "augmentation": _augmentation_config(model),
         "build_options": _build_options(model),
         "dataset": {

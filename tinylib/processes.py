@@ -1,0 +1,49 @@
+"""Child processes that die with tinylib: decoding workers, ``npm pack``.
+
+A killed parent (``kill -9``, a job limit) runs no cleanup, so each child sees to it
+itself: on Linux the kernel sends it SIGKILL when its parent dies (``prctl``), and a
+thread polling the parent's pid covers other systems and a parent that died first.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def set_parent_death_signal(sig: int) -> None:
+    """Linux: have the kernel send ``sig`` to this process when its parent dies."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # the polling thread (where there is one) still covers it
+
+
+def tied_to_this_process() -> None:
+    """``preexec_fn`` for ``subprocess``: the child is killed when the caller dies (Linux)."""
+    if sys.platform.startswith("linux"):
+        set_parent_death_signal(signal.SIGKILL)
+
+
+def die_with_parent(parent_pid: int | None) -> None:
+    """Pool initializer: a worker must not outlive the process that started it."""
+    tied_to_this_process()
+    watched = os.getppid()
+    if parent_pid is not None and watched != parent_pid:
+        os._exit(1)  # the parent is already gone: we were handed to another process
+    threading.Thread(target=exit_when_orphaned, args=(watched,), daemon=True,
+                     name="tinylib-parent-watch").start()
+
+
+def exit_when_orphaned(parent: int, interval: float = 0.2) -> None:
+    """Exit at once when the parent changes (it died and we were re-parented)."""
+    while os.getppid() == parent:
+        time.sleep(interval)
+    os._exit(1)
