@@ -138,6 +138,16 @@ def test_misclassified_examples_titles_true_predicted_and_confidence(evaluation,
     assert len(plots.misclassified_examples(evaluation, split.images, n=1).axes) == 1
 
 
+def test_guesses_colour_right_green_and_wrong_red():
+    probabilities = np.array([[0.9, 0.1, 0.0], [0.2, 0.7, 0.1], [0.6, 0.3, 0.1]])
+    guessed = evaluate.evaluation_from_probabilities(probabilities, [0, 1, 2], ("cat", "dog", "owl"))
+    fig = plots.guesses(guessed, np.zeros((3, 64, 64, 3), np.uint8), n=12)
+    assert image_count(fig) == 3
+    by_title = {ax.get_title(): ax.title.get_color() for ax in fig.axes}
+    assert by_title == {"cat\nguess: cat (0.90)": "tab:green", "dog\nguess: dog (0.70)": "tab:green",
+                        "owl\nguess: cat (0.60)": "tab:red"}
+
+
 def test_misclassified_examples_without_mistakes():
     perfect = evaluate.evaluation_from_probabilities(np.eye(3), [0, 1, 2], "abc")
     fig = plots.misclassified_examples(perfect, np.zeros((3, 64, 64, 3), np.uint8))

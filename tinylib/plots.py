@@ -369,6 +369,21 @@ def misclassified_examples(evaluation, images, n: int = 12, cols: int = 6, figsi
     return fig
 
 
+def guesses(evaluation, images, n: int = 12, cols: int = 6, seed: int = 0, figsize=None):
+    """``n`` random images with the true class and the model's guess: green right, red wrong."""
+    rng = np.random.default_rng(seed)
+    picked = np.sort(rng.choice(len(evaluation.labels), size=min(n, len(evaluation.labels)), replace=False))
+    names, predictions, confidences = evaluation.class_names, evaluation.predictions, evaluation.confidences
+    fig, axes = _image_grid(len(picked), cols, cell=2.0, title_lines=2, figsize=figsize)
+    for ax, i in zip(axes, picked):
+        right = predictions[i] == evaluation.labels[i]
+        _show_image(ax, images[i], f"{names[evaluation.labels[i]]}\nguess: {names[predictions[i]]} "
+                                   f"({confidences[i]:.2f})", 8)
+        ax.title.set_color("tab:green" if right else "tab:red")
+    fig.tight_layout()
+    return fig
+
+
 def results_table_plot(rows, ax=None, figsize=None):
     """Train and val accuracy per model, side by side, for the results chapter.
 

@@ -455,11 +455,17 @@ def imagenet_classifier():
     return keras.Model(inputs, classifier(x), name="resnet50_imagenet")
 
 
-def zero_shot_predictions(classifier, images: np.ndarray, wnids: list[str], batch_size: int = 64) -> np.ndarray:
-    """Tiny ImageNet class scores from the untrained ImageNet classifier.
+def zero_shot_evaluation(split, wnids, class_names, batch_size: int = 64):
+    """How well the untrained ImageNet classifier names a labelled Tiny ImageNet split.
 
-    The classifier's 1,000 probabilities are restricted to the 200 outputs that are
-    Tiny ImageNet's classes (in ``wnids`` order); its choice among them is the guess.
+    Its 1,000 probabilities are restricted to the outputs that are the split's classes
+    (``wnids``, in their order) and renormalized; the most probable is its guess.
+    Returns a ``tinylib.evaluate.Evaluation`` (top-1, top-5, the images' guesses).
     """
-    probabilities = classifier.predict(images, batch_size=batch_size, verbose=0)
-    return probabilities[:, tiny_to_imagenet_indices(wnids)]
+    from tinylib.evaluate import evaluation_from_probabilities
+
+    classifier = imagenet_classifier()
+    probabilities = classifier.predict(split.images, batch_size=batch_size, verbose=0)
+    restricted = probabilities[:, tiny_to_imagenet_indices(list(wnids))]
+    restricted = restricted / np.maximum(restricted.sum(axis=1, keepdims=True), 1e-12)
+    return evaluation_from_probabilities(restricted, split.labels, class_names, split.files)
