@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -27,6 +28,12 @@ SESSION_RUNS_ENV = "TINYLIB_TEST_SESSION_RUNS"
 # A runs folder given by the caller is used and kept (tests/test_precision.py reads the
 # records the chapters wrote); otherwise each session makes its own and removes it.
 GIVEN_RUNS_ENV = "TINYLIB_NOTEBOOK_RUNS"
+# Each chapter nbval ran without a failure is written here with the outputs its cells
+# gave, and tests/test_site.py (which pytest runs after the chapters) builds the site
+# from these copies instead of executing every chapter a second time.
+EXECUTED_ENV = "TINYLIB_TEST_EXECUTED_NOTEBOOKS"
+EXECUTED = pytest.StashKey[str]()
+FAILED = pytest.StashKey[set]()
 
 
 def pytest_configure(config):
@@ -34,6 +41,42 @@ def pytest_configure(config):
     config.stash[RUNS] = given or tempfile.mkdtemp(prefix="tinylib-test-runs-")
     config.stash[KEEP] = bool(given)
     os.environ[SESSION_RUNS_ENV] = config.stash[RUNS]
+    config.stash[EXECUTED] = tempfile.mkdtemp(prefix="tinylib-test-executed-")
+    config.stash[FAILED] = set()
+    os.environ[EXECUTED_ENV] = config.stash[EXECUTED]
+
+
+def _is_notebook_cell(item) -> bool:
+    return hasattr(item, "cell") and hasattr(item, "test_outputs") and hasattr(item.parent, "nb")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Keep each cell's outputs in the notebook nbval read, and which notebooks failed."""
+    report = yield
+    if _is_notebook_cell(item) and call.when == "call":
+        if item.test_outputs is not None:
+            item.cell.outputs = item.test_outputs
+            item.cell.execution_count = item.cell_num + 1
+        if report.failed:
+            item.config.stash[FAILED].add(item.parent.nodeid)
+    elif _is_notebook_cell(item) and report.failed:
+        item.config.stash[FAILED].add(item.parent.nodeid)
+    return report
+
+
+def pytest_runtest_teardown(item, nextitem):
+    """After a notebook's last cell: write it, with its outputs, if every cell passed."""
+    if not _is_notebook_cell(item) or (nextitem is not None and nextitem.parent is item.parent):
+        return
+    if item.parent.nodeid in item.config.stash[FAILED]:
+        return
+    import nbformat
+
+    target = Path(item.config.stash[EXECUTED]) / Path(str(item.parent.fspath)).name
+    tmp = target.with_name(f".tmp-{target.name}")
+    nbformat.write(item.parent.nb, str(tmp))
+    os.replace(tmp, target)
 
 
 def notebook_environment(config) -> dict[str, str]:
@@ -67,6 +110,9 @@ def pytest_runtest_setup(item):
 
 
 def pytest_unconfigure(config):
+    if EXECUTED in config.stash:
+        shutil.rmtree(config.stash[EXECUTED], ignore_errors=True)
+        os.environ.pop(EXECUTED_ENV, None)
     if RUNS in config.stash:
         if not config.stash.get(KEEP, False):
             shutil.rmtree(config.stash[RUNS], ignore_errors=True)

@@ -132,3 +132,9 @@ def run_on_jax(tmp_path):
                               timeout=timeout)
 
     return run
+
+
+def pytest_collection_modifyitems(config, items):
+    """The browser test last: it builds the site from the chapters nbval ran earlier in
+    the same session (book/conftest.py keeps them), instead of running them again."""
+    items.sort(key=lambda item: item.get_closest_marker("site") is not None)  # stable: order kept otherwise

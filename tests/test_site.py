@@ -126,22 +126,55 @@ def browser_tools():
                     pytrace=False)
 
 
+EXECUTED_ENV = "TINYLIB_TEST_EXECUTED_NOTEBOOKS"  # set by book/conftest.py
+
+
+def stage_book(target: Path, executed: Path | None) -> tuple[Path, list[str]]:
+    """A copy of the book to build, in ``target``: each chapter that nbval already ran
+    in this session (``executed``, book/conftest.py) with its outputs, and excluded from
+    execution, so the build renders it as nbval ran it; every other chapter as
+    committed, executed by the build. Returns the book folder and the chapters reused.
+
+    The copy has the repository's _config.yml and _toc.yml beside it (book/'s are
+    symlinks to them) and a link to tinylib/, whose sources the chapters include.
+    """
+    import yaml
+
+    shutil.copytree(BOOK, target / "book", symlinks=True,
+                    ignore=shutil.ignore_patterns("_build", ".ipynb_checkpoints", "__pycache__"))
+    (target / "tinylib").symlink_to(ROOT / "tinylib", target_is_directory=True)
+    shutil.copy2(ROOT / "_toc.yml", target / "_toc.yml")
+    config = yaml.safe_load((ROOT / "_config.yml").read_text(encoding="utf-8"))
+    reused = []
+    if executed is not None and executed.is_dir():
+        for notebook in sorted(executed.glob("*.ipynb")):
+            if (target / "book" / notebook.name).is_file():
+                shutil.copy2(notebook, target / "book" / notebook.name)
+                reused.append(notebook.name)
+    config["execute"]["exclude_patterns"] = list(config["execute"].get("exclude_patterns") or []) + reused
+    (target / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    return target / "book", reused
+
+
 @pytest.fixture(scope="session")
 def site(browser_tools, tmp_path_factory) -> Build:
     """`jupyter-book build book/ --path-output TMP`, as `make book` builds (-W -n
-    --keep-going), executing every notebook in the profile in force (smoke if none)."""
+    --keep-going). The chapters nbval ran earlier in this session are built from its
+    executed copies; any other chapter is executed by the build, in the profile in
+    force (smoke if none)."""
     output = tmp_path_factory.mktemp("site")
+    executed = os.environ.get(EXECUTED_ENV)
+    book, reused = stage_book(tmp_path_factory.mktemp("staged"), Path(executed) if executed else None)
     env = os.environ.copy()
     env["TINYLIB_PROFILE"] = env.get("TINYLIB_PROFILE") or "smoke"
     env["MPLBACKEND"] = INLINE_BACKEND
     # Runs of this test session only, never runs left in TINYLIB_HOME. When the whole
-    # suite runs, nbval (book/conftest.py) shares them: each chapter's training runs
-    # once for real, in whichever of the two executes it first, and the other reads
-    # the finished run back, as a reader's second visit would.
+    # suite runs, nbval (book/conftest.py) shares them, so a chapter the build executes
+    # reads the runs nbval's chapters trained, as a reader's second visit would.
     env["TINYLIB_RUNS"] = os.environ.get(SESSION_RUNS_ENV) or str(output / "runs")
     command = [
         sys.executable, "-c", "import sys; from jupyter_book.cli.main import main; sys.exit(main())",
-        "build", str(BOOK), "--path-output", str(output), "-W", "-n", "--keep-going",
+        "build", str(book), "--path-output", str(output), "-W", "-n", "--keep-going",
     ]
     log = output / "build.log"
     start = time.monotonic()
@@ -149,8 +182,8 @@ def site(browser_tools, tmp_path_factory) -> Build:
         result = subprocess.run(command, cwd=ROOT, env=env, stdout=stream,
                                 stderr=subprocess.STDOUT, text=True)
     seconds = time.monotonic() - start
-    print(f"\njupyter-book build (TINYLIB_PROFILE={env['TINYLIB_PROFILE']}): {seconds:.0f} s, "
-          f"exit {result.returncode}, log {log}")
+    print(f"\njupyter-book build (TINYLIB_PROFILE={env['TINYLIB_PROFILE']}; {len(reused)} chapters "
+          f"as nbval ran them, the rest executed): {seconds:.0f} s, exit {result.returncode}, log {log}")
     return Build(output, output / "_build" / "html", result.returncode, log, seconds)
 
 
