@@ -37,3 +37,15 @@ def test_an_unknown_model_is_refused_before_any_data_is_touched(tmp_path, monkey
     err = capsys.readouterr().err
     assert "Unknown model 'nosuch'" in err and "model1" in err
     assert not (tmp_path / "home").exists()  # no download tried, no cache made
+
+
+@pytest.mark.realdata
+def test_two_fresh_runs_of_the_same_train_command_give_the_same_training(real_data_path, tmp_path, capsys):
+    """The command line seeds the initial weights as the book's calls do (it did not)."""
+    command = ["train", "model1", "--profile", "smoke", "--epochs", "1", "--runs", str(tmp_path), "--fresh"]
+    losses = []
+    for _ in range(2):
+        assert cli.main(command) == 0
+        record = json.loads((tmp_path / f"model1-smoke-{keras.backend.backend()}" / "record.json").read_text())
+        losses.append(record["history"]["loss"])
+    assert losses[0] == losses[1]

@@ -13,6 +13,7 @@ import pytest
 
 from conftest import TEST_IMAGES, TRAIN_PER_CLASS, VAL_PER_CLASS, WNIDS, class_colour, jpeg_bytes, zip_folder
 from tinylib import data
+from tinylib.data import decoding
 
 
 def assert_nothing_written(home: Path) -> None:
@@ -196,7 +197,7 @@ def test_second_load_is_a_memory_map_without_decoding(tiny_env, synthetic, monke
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded again")
 
-    monkeypatch.setattr(data, "decode_image", no_decoding)
+    monkeypatch.setattr(decoding, "decode_image", no_decoding)
     again = data.load()
     assert isinstance(again.train.images, np.memmap)
 
@@ -211,11 +212,11 @@ def test_interrupted_preparation_leaves_no_cache_that_looks_complete(tiny_env, s
             raise KeyboardInterrupt
         return real_decode(raw, name)
 
-    monkeypatch.setattr(data, "decode_image", interrupted)
+    monkeypatch.setattr(decoding, "decode_image", interrupted)
     with pytest.raises(KeyboardInterrupt):
         data.prepare()
     assert_nothing_written(tiny_env)
-    monkeypatch.setattr(data, "decode_image", real_decode)
+    monkeypatch.setattr(decoding, "decode_image", real_decode)
     assert len(data.load().train) == 24
 
 

@@ -21,7 +21,8 @@ import pytest
 
 from conftest import TEST_IMAGES, TRAIN_PER_CLASS, VAL_PER_CLASS, WNIDS
 from test_data import assert_nothing_written
-from tinylib import data
+from tinylib import data, progress
+from tinylib.data import cache, decoding
 
 psutil = pytest.importorskip("psutil")
 
@@ -49,20 +50,21 @@ KILL_CHILD = """
 import os, sys, time
 from pathlib import Path
 from tinylib import data
+from tinylib.data import decoding
 
 # At module level, so that spawned workers (which import this script) decode slowly too.
-data.POOL_MIN_IMAGES = 0
-_decode = data.decode_image
+decoding.POOL_MIN_IMAGES = 0
+_decode = decoding.decode_image
 
 def slow_decode(raw, name):
     Path(os.environ["STARTED"]).touch()
     time.sleep(0.5)
     return _decode(raw, name)
 
-data.decode_image = slow_decode
+decoding.decode_image = slow_decode
 
 if __name__ == "__main__":
-    data.START_METHOD = sys.argv[1]
+    decoding.START_METHOD = sys.argv[1]
     data.prepare(workers=2)
 """
 
@@ -111,8 +113,9 @@ TWICE_CHILD = """
 import os, sys, time
 from pathlib import Path
 from tinylib import data
+from tinylib.data import decoding
 
-_decode, decoded = data.decode_image, 0
+_decode, decoded = decoding.decode_image, 0
 
 def gated_decode(raw, name):
     # With GATE set, stop at the first image until the test opens the gate, so that the
@@ -127,7 +130,7 @@ def gated_decode(raw, name):
     decoded += 1
     return _decode(raw, name)
 
-data.decode_image = gated_decode
+decoding.decode_image = gated_decode
 if sys.argv[1] == "prepare":
     data.prepare()
 ds = data.load()
@@ -176,13 +179,13 @@ def test_two_preparations_at_once_decode_once(tmp_path, synthetic, call):
 def test_stale_temporaries_are_removed_only_holding_the_lock(tiny_env, synthetic, monkeypatch):
     monkeypatch.setenv("TINYLIB_DATA", str(synthetic))
     held = []
-    real_remove = data._remove_stale_temporaries
+    real_remove = cache._remove_stale_temporaries
 
     def remove(parent):
         held.append((parent / data.LOCK_NAME).exists())
         real_remove(parent)
 
-    monkeypatch.setattr(data, "_remove_stale_temporaries", remove)
+    monkeypatch.setattr(cache, "_remove_stale_temporaries", remove)
     tiny_env.mkdir()
     stale = tiny_env / f".{data.CACHE_DIR_NAME}.tmp-99999"
     stale.mkdir()
@@ -223,7 +226,7 @@ def test_load_checksums_only_files_that_changed(tiny_env, synthetic, monkeypatch
     assert "train_images.npy" in stamp  # verified right after preparation
     hashed = []
     real_digest = data.file_digest
-    monkeypatch.setattr(data, "file_digest", lambda path, *a: hashed.append(Path(path).name) or real_digest(path, *a))
+    monkeypatch.setattr(cache, "file_digest", lambda path, *a: hashed.append(Path(path).name) or real_digest(path, *a))
     data.load()
     assert hashed == []  # nothing changed: no checksum, the load stays instant
     labels = folder / "val_labels.npy"
@@ -313,19 +316,19 @@ def no_decoding(*args, **kwargs):
 def test_too_little_free_space_is_refused_before_anything_is_written(tiny_env, synthetic, monkeypatch):
     monkeypatch.setenv("TINYLIB_DATA", str(synthetic))
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(data.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 5000, 5000))
-    monkeypatch.setattr(data, "decode_image", no_decoding)
+    monkeypatch.setattr(cache.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 5000, 5000))
+    monkeypatch.setattr(decoding, "decode_image", no_decoding)
     with pytest.raises(data.DataError) as raised:
         data.load()
     message = str(raised.value)
-    need = data._space_needed({"train": 24, "val": 12, "test": 5})
-    assert f"needs about {data._size_text(need)}" in message and "0.0 MB is free" in message, message
+    need = cache._space_needed({"train": 24, "val": 12, "test": 5})
+    assert f"needs about {cache._size_text(need)}" in message and "0.0 MB is free" in message, message
     assert "TINYLIB_HOME" in message
     assert_nothing_written(tiny_env)
 
 
 def test_the_full_cache_needs_about_1_5_gb():
-    need = data._space_needed({"train": 100_000, "val": 10_000, "test": 10_000})
+    need = cache._space_needed({"train": 100_000, "val": 10_000, "test": 10_000})
     assert 1.47e9 < need < 1.6e9  # 120,000 images of 12,288 bytes (1.37 GiB), plus a margin
 
 
@@ -335,7 +338,7 @@ def test_a_file_where_the_cache_folder_should_be(tiny_env, synthetic, tmp_path, 
     blocker = tmp_path / "blocker"
     blocker.write_text("not a folder")
     monkeypatch.setenv("TINYLIB_HOME", str(blocker if where == "home" else blocker / "home"))
-    monkeypatch.setattr(data, "decode_image", no_decoding)
+    monkeypatch.setattr(decoding, "decode_image", no_decoding)
     with pytest.raises(data.DataError) as raised:
         data.load()
     message = str(raised.value)
@@ -365,10 +368,10 @@ def test_a_full_disk_is_a_clear_error_and_nothing_is_kept(tiny_env, synthetic, m
         pytest.skip("the forked pool inherits the monkeypatch only on Linux")
     monkeypatch.setenv("TINYLIB_DATA", str(synthetic))
     full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    monkeypatch.setattr(*(data, "_write_at") if call == "_write_at" else (os, "posix_fallocate"), _raise(full))
+    monkeypatch.setattr(*(decoding, "_write_at") if call == "_write_at" else (os, "posix_fallocate"), _raise(full))
     if pool:
-        monkeypatch.setattr(data, "POOL_MIN_IMAGES", 0)
-        monkeypatch.setattr(data, "START_METHOD", "fork")
+        monkeypatch.setattr(decoding, "POOL_MIN_IMAGES", 0)
+        monkeypatch.setattr(decoding, "START_METHOD", "fork")
     with pytest.raises(data.DataError) as raised:
         data.prepare(workers=2)
     message = str(raised.value)
@@ -381,7 +384,7 @@ def test_a_full_disk_is_a_clear_error_and_nothing_is_kept(tiny_env, synthetic, m
                                    OSError(errno.EROFS, os.strerror(errno.EROFS))], ids=["EACCES", "EROFS"])
 def test_a_read_only_cache_folder_is_a_clear_error_and_nothing_is_kept(tiny_env, synthetic, monkeypatch, error):
     monkeypatch.setenv("TINYLIB_DATA", str(synthetic))
-    monkeypatch.setattr(data, "_write_at", _raise(error))
+    monkeypatch.setattr(decoding, "_write_at", _raise(error))
     with pytest.raises(data.DataError) as raised:
         data.load()
     message = str(raised.value)
@@ -431,7 +434,7 @@ def test_progress_on_a_terminal_is_redrawn_in_place(tiny_env, synthetic, monkeyp
 def test_a_log_gets_a_line_every_20000_images(monkeypatch, capsys):
     start = time.time()
     for done in range(2000, 50_001, 2000):
-        data._print_progress_count("train", done, 50_000, start, 2000)
+        progress.report_count("train", done, 50_000, start, 2000)
     lines = capsys.readouterr().err.splitlines()
     assert [line.split()[2] for line in lines] == ["20,000/50,000", "40,000/50,000", "50,000/50,000"]
 
@@ -450,7 +453,7 @@ def test_prepare_benchmark_loads_again_from_the_cache(tiny_env, synthetic, monke
     monkeypatch.setenv("TINYLIB_DATA", str(synthetic))
     monkeypatch.setattr(sys, "argv", ["prepare_data.py"])
     real_decode, decoded = data.decode_image, []
-    monkeypatch.setattr(data, "decode_image", lambda raw, name: decoded.append(name) or real_decode(raw, name))
+    monkeypatch.setattr(decoding, "decode_image", lambda raw, name: decoded.append(name) or real_decode(raw, name))
     bench.main()
     assert len(decoded) == ALL_IMAGES  # once, by the timed preparation
     assert "load again (memory map):" in capsys.readouterr().out

@@ -8,10 +8,6 @@ chapter 15 (Grad-CAM) once failed where a GPU would have failed.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,11 +15,6 @@ import pytest
 from tinylib import environment
 
 REPO = Path(__file__).resolve().parents[1]
-# Chapter 15 trains every study model and ResNet-18, evaluates them and explains them with
-# Grad-CAM. Chapter 6's training of Model 1 is the same path; chapter 13's MixUp/CutMix
-# under this policy is checked faster below, and on JAX by the whole reproduce plan
-# (tests/test_reproduce.py). CI's 30 minutes leave room for one chapter run twice.
-CHAPTERS = ["book/15_inside_the_models.ipynb"]
 
 
 def test_the_environment_variable_sets_the_automatic_precision(monkeypatch):
@@ -39,16 +30,45 @@ def test_the_environment_variable_sets_the_automatic_precision(monkeypatch):
         keras.config.set_dtype_policy(previous)
 
 
-@pytest.mark.realdata
 @pytest.mark.slow
-def test_the_chapters_that_train_or_explain_run_under_mixed_bfloat16(real_data_path, tmp_path):
-    env = {**os.environ, environment.PRECISION_ENV: "mixed_bfloat16", "TINYLIB_PROFILE": "smoke",
-           "TINYLIB_NOTEBOOK_RUNS": str(tmp_path / "runs")}  # book/conftest.py: the chapters' runs, kept
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *CHAPTERS],
-                            cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
-    assert result.returncode == 0, result.stdout[-6000:]
-    policies = {json.loads(p.read_text())["dtype_policy"] for p in (tmp_path / "runs").glob("*/record.json")}
-    assert policies == {"mixed_bfloat16"}, policies
+def test_every_model_trains_evaluates_and_explains_under_mixed_bfloat16(tiny_env, synthetic, monkeypatch, tmp_path):
+    """Chapter 15's path, in-process, under the precision a GPU gets (TINYLIB_PRECISION, as
+    a chapter sets it): train, evaluate with top-5, Grad-CAM and the explanation figure,
+    for one model of each kind of layer: Model 2 (convolutions, dense, dropout; Model 1 is
+    a subset), Model 4 (BatchNorm after convolutions and dense layers, as Model 3, which
+    is only bigger), Model 5 (Keras' ResNet50) and ResNet-18 with the modern recipe
+    (its own schedule, MixUp/CutMix). Chapters 6 and 13 make the same calls."""
+    import keras
+    import matplotlib
+    import numpy as np
+
+    matplotlib.use("Agg")
+    from tinylib import data, evaluate, gradcam, plots, train
+    from tinylib.profiles import get_profile
+
+    monkeypatch.setenv("TINYLIB_DATA", str(synthetic))
+    ds = data.load()
+    profile = get_profile("smoke")
+    previous = keras.config.dtype_policy()
+    try:
+        monkeypatch.setenv(environment.PRECISION_ENV, "mixed_bfloat16")
+        assert environment.configure_precision() == "mixed_bfloat16"
+        for name, options in (("model2", {}), ("model4", {}),
+                              ("model5", {"build_options": {"weights": None}}), ("resnet18", {"recipe": "modern"})):
+            run = train.train_model(name, ds, profile, epochs=1, runs=tmp_path / "runs", **options)
+            assert run.record["dtype_policy"] == "mixed_bfloat16", name
+            assert run.model.layers[-1].compute_dtype == "float32", name  # the softmax, for the metrics
+            ev = evaluate.evaluate(run.model, ds.val, ds.class_names)
+            assert ev.probabilities.dtype == np.float32 and np.allclose(ev.probabilities.sum(axis=1), 1, atol=1e-3)
+            assert 0 <= ev.top1 <= ev.top5 <= 1, name
+            heat = gradcam.gradcam(run.model, ds.val.images[:2])
+            assert heat.shape[0] == 2 and np.isfinite(heat).all(), name
+            assert heat.min() >= 0 and heat.max() <= 1 + 1e-6, name
+            fig = plots.explain_prediction(run.model, ds.val.images[0], ds.class_names, label=int(ds.val.labels[0]))
+            assert fig.axes, name
+            matplotlib.pyplot.close("all")
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 def test_mixup_and_cutmix_compute_in_float32_under_mixed_bfloat16(tiny_env, synthetic, monkeypatch):

@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from tinylib import augment, data, models, recipes, train
+from tinylib import augment, data, models, recipes, runs, train
 from tinylib.mixing import MixingClassifier, MixUpCutMix, mixed_batch
 from tinylib.profiles import Profile
 from tinylib.recipes import RECIPES, Recipe
@@ -218,5 +218,5 @@ def test_mixed_float16_wraps_the_optimizer_in_loss_scaling(tiny_env, synthetic, 
     assert keras.config.dtype_policy().name == "mixed_float16"
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
     assert model.get_layer("stem_conv").compute_dtype == "float16"
-    record = train._new_record(model, ds, smoke_profile(), 2, 8, ())
+    record = runs.new_record(model, ds, smoke_profile(), 2, 8, ())
     assert record["optimizer"] == "Adam" and record["dtype_policy"] == "mixed_float16"

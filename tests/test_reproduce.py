@@ -164,6 +164,22 @@ raise ImportError("TensorFlow is blocked: this test proves the path runs without
 '''
 
 
+JAX_PLAN = "model2,model5,resnet18-modern,model5-finetune,optimizers"
+
+
+def test_the_jax_plan_takes_every_branch_of_the_plan():
+    """The subset run on JAX below covers each branch of reproduce._train, and every
+    study model it leaves out takes the same branch as one it keeps."""
+    import inspect
+
+    source = inspect.getsource(reproduce._train)
+    kept = JAX_PLAN.split(",")
+    for branch in ("resnet18-modern", "model5-finetune", "optimizers"):
+        assert f'"{branch}"' in source and branch in kept
+    assert "model5" in kept and "model2" in kept  # pretrained, and the study's callbacks
+    assert set(reproduce.PLAN_NAMES) - set(kept) == {"model1", "model3", "model4"}
+
+
 @pytest.mark.realdata
 @pytest.mark.slow
 def test_every_planned_run_trains_on_jax_where_tensorflow_is_absent(real_data_path, tmp_path):
@@ -176,13 +192,17 @@ def test_every_planned_run_trains_on_jax_where_tensorflow_is_absent(real_data_pa
     env = {**os.environ, "KERAS_BACKEND": "jax", "TF_IMPORT_MARKER": str(marker), "MPLBACKEND": "Agg",
            "TINYLIB_PRECISION": "mixed_bfloat16",
            "PYTHONPATH": os.pathsep.join([str(tmp_path / "blocked"), str(REPO)])}
+    # One run of each path through the plan: Model 2 (train_model with the study's callbacks;
+    # Models 1, 3 and 4 take the same path without them), Model 5 (pretrained weights),
+    # ResNet-18 (a recipe), fine-tuning (transfer.fine_tune) and the optimizer comparison.
     result = subprocess.run([sys.executable, "-m", "tinylib", "reproduce", "--profile", "smoke",
+                             "--only", JAX_PLAN,
                              "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results")],
                             env=env, capture_output=True, text=True, timeout=1500, cwd=tmp_path)
     assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-3000:])
     rows = json.loads((tmp_path / "results" / "summary.json").read_text())
     names = {row["run"] for row in rows}
-    assert {"model1", "model2", "model3", "model4", "model5", "resnet18-modern"} <= names
+    assert {"model2", "model5", "resnet18-modern"} <= names
     assert {"model5-finetune-96px-head", "model5-finetune-96px-all", "model2-optimizer-nadam"} <= names
     trained = [json.loads(p.read_text()) for p in (tmp_path / "results").glob("*-smoke-*.json")]
     assert trained and all(r["backend"] == "jax" and r["dtype_policy"] == "mixed_bfloat16" for r in trained)
@@ -191,3 +211,14 @@ def test_every_planned_run_trains_on_jax_where_tensorflow_is_absent(real_data_pa
     attempts = marker.read_text().split("\n---\n") if marker.exists() else []
     ours = [trace for trace in attempts if trace.strip() and "keras/src/utils/module_utils.py" not in trace]
     assert not ours, ours[0][-3000:]
+
+
+def test_compare_optimizers_draws_the_weights_from_the_callers_seed(tmp_path, ds):
+    """As train_model: a seed given to compare_optimizers draws the initial weights too (it used
+    the profile's for the weights and the caller's for training)."""
+    from tinylib import train
+
+    profile = _profile(epochs=1)
+    compared = train.compare_optimizers("model1", ds, profile, optimizers=("adam",), seed=7, runs=tmp_path / "a")
+    alone = train.train_model("model1", ds, profile, seed=7, runs=tmp_path / "b")
+    assert compared["adam"].history["loss"] == alone.history["loss"]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tinylib import files
+from tinylib import files, runs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -129,7 +129,6 @@ def test_a_kill_while_saving_the_final_weights_is_finished_by_the_next_call(tmp_
 
     import keras
 
-    from tinylib import train
 
     # The final weights load: the model a chapter reloads predicts as the trained one did.
     inputs = keras.Input((64, 64, 3))
@@ -137,19 +136,18 @@ def test_a_kill_while_saving_the_final_weights_is_finished_by_the_next_call(tmp_
     model = keras.Model(inputs, keras.layers.Dense(4, activation="softmax")(x))
     model.compile("adam", "categorical_crossentropy")
     model.optimizer.build(model.trainable_variables)
-    train.load_checkpoint(model, run_dir / "final.weights.h5")
+    runs.load_checkpoint(model, run_dir / "final.weights.h5")
 
 
 def test_a_damaged_checkpoint_is_named_with_what_to_do(tmp_path):
     import keras
 
-    from tinylib import train
 
     damaged = tmp_path / "checkpoint-epoch-001.weights.h5"
     damaged.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
-    with pytest.raises(train.CheckpointError, match=r"checkpoint-epoch-001.*--fresh"):
-        train.load_checkpoint(model, damaged)
+    with pytest.raises(runs.CheckpointError, match=r"checkpoint-epoch-001.*--fresh"):
+        runs.load_checkpoint(model, damaged)
 
 
 # --- kills, and the time they cost ---------------------------------------------------------
@@ -233,7 +231,7 @@ def test_a_changed_batch_size_is_refused_with_what_differs(tmp_path, smoke):
 
     ds, profile = smoke
     train.fit(_tiny(ds.num_classes), ds, profile, epochs=2, runs=tmp_path, callbacks=[], verbose=0)
-    with pytest.raises(train.RunConflict, match=r"batch_size: 8 -> 4.*--fresh"):
+    with pytest.raises(runs.RunConflict, match=r"batch_size: 8 -> 4.*--fresh"):
         train.fit(_tiny(ds.num_classes), ds, profile, epochs=2, batch_size=4, runs=tmp_path,
                   callbacks=[], verbose=0)
     fresh = train.fit(_tiny(ds.num_classes), ds, profile, epochs=2, batch_size=4, runs=tmp_path,
@@ -250,7 +248,7 @@ def test_a_changed_build_option_is_refused(tmp_path, smoke):
     # Every option is recorded, the defaults included, so the record alone rebuilds the model.
     assert _record(tmp_path / f"model2-smoke-{_backend()}")["build_options"] == {"dropout": 0.5}
     other = models.build_model("model2", num_classes=ds.num_classes, dropout=0.3)
-    with pytest.raises(train.RunConflict, match=r"build_options.dropout: 0.5 -> 0.3"):
+    with pytest.raises(runs.RunConflict, match=r"build_options.dropout: 0.5 -> 0.3"):
         train.fit(other, ds, profile, runs=tmp_path, callbacks=[], verbose=0)
 
 
@@ -279,7 +277,7 @@ def test_an_option_a_record_predates_counts_as_its_default_and_another_value_is_
     older = {k: v for k, v in _record(folder)["build_options"].items() if k != "stem_stride"}
     files.write_json(folder / "record.json", {**_record(folder), "build_options": older})
     strided = models.build_model("resnet18", num_classes=ds.num_classes, width=16, stem_stride=2)
-    with pytest.raises(train.RunConflict, match=r"build_options.stem_stride: 1 -> 2"):
+    with pytest.raises(runs.RunConflict, match=r"build_options.stem_stride: 1 -> 2"):
         train.fit(strided, ds, profile, epochs=2, runs=tmp_path, callbacks=[], verbose=0)
 
 
@@ -291,7 +289,7 @@ def test_another_seed_is_another_run(tmp_path, smoke):
     other = train.fit(_tiny(ds.num_classes), ds, profile, runs=tmp_path, callbacks=[], verbose=0, seed=7)
     assert other.path.name == first.path.name + "-seed7" and "resumed_at_epoch" not in other.record
     assert (first.record["seed"], other.record["seed"]) == (profile.seed, 7)
-    with pytest.raises(train.RunConflict, match="seed: 0 -> 7"):
+    with pytest.raises(runs.RunConflict, match="seed: 0 -> 7"):
         train.fit(_tiny(ds.num_classes), ds, profile, name=first.path.name, runs=tmp_path, callbacks=[],
                   verbose=0, seed=7)
 
@@ -338,7 +336,7 @@ def test_more_epochs_continue_a_finished_run_in_one_call(tmp_path, smoke):
     # Asking again for 3 returns the finished run; asking for fewer than done is refused.
     again = train.fit(_tiny(ds.num_classes), ds, profile, epochs=3, runs=tmp_path, callbacks=[], verbose=0)
     assert again.record["epochs_run"] == 3
-    with pytest.raises(train.RunConflict, match="already trained 3 epochs; asked for 2"):
+    with pytest.raises(runs.RunConflict, match="already trained 3 epochs; asked for 2"):
         train.fit(_tiny(ds.num_classes), ds, profile, epochs=2, runs=tmp_path, callbacks=[], verbose=0)
 
 

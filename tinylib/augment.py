@@ -147,7 +147,7 @@ def _pair(value, name):
     return float(value), float(value)
 
 
-class _TrainingOnlyAugmentation(keras.layers.Layer):
+class TrainingOnlyAugmentation(keras.layers.Layer):
     """What this module's layers share: they augment only with ``training=True``,
     draw their parameters from one seeded generator, and keep the image shape."""
 
@@ -173,7 +173,7 @@ class _TrainingOnlyAugmentation(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="tinylib")
-class RandomAffineAugment(_TrainingOnlyAugmentation):
+class RandomAffineAugment(TrainingOnlyAugmentation):
     """Random rotation/shift/shear/zoom/flip in one resample, then brightness.
 
     tinylib's own parametrisation (see the module docstring), not
@@ -284,7 +284,7 @@ class RandomAffineAugment(_TrainingOnlyAugmentation):
 
 
 @keras.saving.register_keras_serializable(package="tinylib")
-class RandomResizedCrop(_TrainingOnlyAugmentation):
+class RandomResizedCrop(TrainingOnlyAugmentation):
     """Random crop of random area and aspect ratio, resized back to full size, plus flip.
 
     The "Inception-style" crop that modern ImageNet recipes use instead of the
@@ -537,7 +537,7 @@ def _shift_range(value, name):
 
 
 @keras.saving.register_keras_serializable(package="tinylib")
-class ImageDataGeneratorAugment(_TrainingOnlyAugmentation):
+class ImageDataGeneratorAugment(TrainingOnlyAugmentation):
     """Keras' ``ImageDataGenerator`` augmentation, as one batched in-graph layer.
 
     Takes IDG's argument names and units and draws, per image, the parameters

@@ -14,7 +14,7 @@ import numpy as np
 
 from tinylib import files
 from tinylib.runs import (BEST_WEIGHTS, KEEP_CHECKPOINTS, PARTIAL_CHECKPOINT, STATE_FILE, Run,
-                          _write_json, random_state, save_weights)
+                          write_run_json, random_state, save_weights)
 
 
 # The state of the study's callbacks that a resumed run must carry on with (Keras resets
@@ -140,7 +140,7 @@ class Checkpointer(keras.callbacks.Callback):
             str(index): {name: _plain(getattr(callback, name, None)) for name in CALLBACK_STATE[type(callback)]}
             for index, callback in enumerate(self.keras_callbacks)
         }
-        _write_json(self.run.path / STATE_FILE, {
+        write_run_json(self.run.path / STATE_FILE, {
             "epochs_done": self.run.epochs_done, "checkpoint": checkpoint, "history": self.run.history,
             "partial": self.run.partial, "callbacks": self.run.callback_state,
             "random_state": random_state(self.model),

@@ -65,7 +65,7 @@ def _weights(value: str):
 
 
 def _train(args) -> int:
-    from tinylib import data, train
+    from tinylib import data, environment, runs, train
     from tinylib.profiles import get_profile
 
     from tinylib.models import normalize_name
@@ -74,10 +74,13 @@ def _train(args) -> int:
     profile = get_profile(args.profile)
     print(profile.describe(), flush=True)
     # Fail before minutes of loading and building when the runs folder cannot be made.
-    Path(args.runs or train.runs_dir()).mkdir(parents=True, exist_ok=True)
-    train.configure_precision(args.precision)
+    Path(args.runs or runs.runs_dir()).mkdir(parents=True, exist_ok=True)
+    environment.configure_precision(args.precision)
     dataset = data.load().subset(**profile.subset_kwargs())
     weights = {} if args.weights is None else {"weights": _weights(args.weights)}
+    import keras
+
+    keras.utils.set_random_seed(profile.seed)  # the initial weights too, as the book's calls draw them
     if args.recipe:  # the recipe sets the optimizer, its schedule, the loss and the augmentation
         if args.optimizer != "adam" or args.learning_rate != 1e-4:
             print("--recipe sets the optimizer and learning rate: --optimizer/--learning-rate are ignored")
@@ -102,10 +105,10 @@ def _train(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from tinylib import data, evaluate, train
+    from tinylib import data, evaluate, runs
     from tinylib.profiles import get_profile
 
-    record = train.load_run(args.run)
+    record = runs.load_run(args.run)
     model = evaluate.load_trained_model(args.run)  # before the data: a damaged checkpoint fails fast
     dataset = data.load().subset(**get_profile(record["profile"]).subset_kwargs())
     if list(dataset.wnids) != record["dataset"]["wnids"]:
@@ -118,7 +121,7 @@ def _evaluate(args) -> int:
 
 
 def _reproduce(args) -> int:
-    from tinylib import data, reproduce, train
+    from tinylib import data, environment, reproduce, runs
     from tinylib.profiles import get_profile
 
     plan = reproduce.select(args.only)
@@ -126,10 +129,10 @@ def _reproduce(args) -> int:
     results = Path(args.results) if args.results else None
     print(profile.describe(), flush=True)
     # Mixed bfloat16 on a GPU for every run of the plan, not only the recipes that ask for it.
-    print("precision:", train.configure_precision("auto"), flush=True)
+    print("precision:", environment.configure_precision("auto"), flush=True)
     print("plan: " + ", ".join(p.name for p in plan)
           + (f"; budget {args.budget:g} minutes" if args.budget is not None else ""), flush=True)
-    Path(args.runs or train.runs_dir()).mkdir(parents=True, exist_ok=True)
+    Path(args.runs or runs.runs_dir()).mkdir(parents=True, exist_ok=True)
     outcome = reproduce.run_plan(plan, lambda: data.load().subset(**profile.subset_kwargs()), profile, budget_minutes=args.budget, results=results,
                                  runs_folder=args.runs)
     print(f"\ndone: {', '.join(outcome['done']) or 'nothing'}")
@@ -238,14 +241,14 @@ def explain_error(err: BaseException) -> str | None:
     from tinylib.data import DataError
 
     expected = (DataError, ValueError, OSError, files.LockedError)
-    models, train = sys.modules.get("tinylib.models"), sys.modules.get("tinylib.train")
+    models, runs = sys.modules.get("tinylib.models"), sys.modules.get("tinylib.runs")
     if models is not None:
         expected += (models.PretrainedWeightsUnavailable,)
     pretrained = sys.modules.get("tinylib.pretrained")
     if pretrained is not None:
         expected += (pretrained.WeightsError,)
-    if train is not None:
-        expected += (train.RunInUse,)
+    if runs is not None:
+        expected += (runs.RunInUse,)
     if not isinstance(err, expected):
         return None
     if isinstance(err, OSError) and err.errno is not None:

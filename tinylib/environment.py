@@ -48,6 +48,15 @@ def data_parallel(devices=None):
     return keras.distribution.DataParallel(devices=list(devices))
 
 
+def parallel_scope(devices=None):
+    """The scope to build and train a model in: ``data_parallel(devices)``'s, or none
+    where one device computes."""
+    import contextlib
+
+    distribution = data_parallel(devices)
+    return distribution.scope() if distribution is not None else contextlib.nullcontext()
+
+
 GPU_STEPS_PER_EXECUTION = 16
 
 

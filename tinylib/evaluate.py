@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 from pathlib import Path
 
 import numpy as np
@@ -198,26 +197,24 @@ def load_trained_model(run_dir):
     built first because the checkpoint holds its variables too (as keras'
     ``BackupAndRestore`` does).
     """
-    from tinylib import models, train
+    from tinylib import runs, train
 
     run_dir = Path(run_dir)
-    record = train.load_run(run_dir)
-    checkpoint = _current_checkpoint(run_dir)
-    optimizer = {"optimizer": record["optimizer"].lower()} if record.get("optimizer") else {}
-    if record.get("learning_rate") is not None:
-        optimizer["learning_rate"] = record["learning_rate"]
+    record = runs.load_run(run_dir)
+    checkpoint = runs.current_checkpoint(run_dir)
+    options = dict(record.get("build_options", {}))
     recipe = _recorded_recipe(record)
-    if recipe is not None:
-        # The recipe's optimizer (SGD's momentum has variables the checkpoint holds) and its
-        # MixUp/CutMix layer (a variable too); the augmentation has none, and is left out.
-        model = models.build_model(record["model"], num_classes=record["dataset"]["classes"], weights=None,
-                                   compile=False, mixing=recipe.mixing_layer(), **record.get("build_options", {}))
-        models.compile_model(model, recipe.make_optimizer(), loss=recipe.make_loss())
-    else:
-        model = models.build_model(record["model"], num_classes=record["dataset"]["classes"],
-                                   weights=None, **optimizer, **record.get("build_options", {}))
+    if recipe is None:
+        if record.get("optimizer"):
+            options["optimizer"] = record["optimizer"].lower()
+        if record.get("learning_rate") is not None:
+            options["learning_rate"] = record["learning_rate"]
+    # A recipe's optimizer (SGD's momentum has variables the checkpoint holds) and its
+    # MixUp/CutMix layer (a variable too); the augmentation has none, and is left out.
+    model = train.build_run_model(record["model"], record["dataset"]["classes"], recipe=recipe, weights=None,
+                                  **options)
     model.optimizer.build(model.trainable_variables)
-    train.load_checkpoint(model, checkpoint)
+    runs.load_checkpoint(model, checkpoint)
     return model
 
 
@@ -232,20 +229,3 @@ def _recorded_recipe(record: dict):
         return Recipe(**recipe)
     except (TypeError, ValueError):
         return None
-
-
-def _current_checkpoint(run_dir: Path) -> Path:
-    """The checkpoint ``state.json`` names; FileNotFoundError when there is none."""
-    from tinylib import train
-
-    try:
-        state = json.loads((run_dir / train.STATE_FILE).read_text())
-        checkpoint = run_dir / state["checkpoint"]
-    except (OSError, ValueError, KeyError):
-        raise FileNotFoundError(
-            f"no checkpoint in {run_dir}: {train.STATE_FILE} is missing or unreadable "
-            "(the run has not finished an epoch yet)"
-        ) from None
-    if not checkpoint.is_file():
-        raise FileNotFoundError(f"{run_dir / train.STATE_FILE} names {checkpoint.name}, which is missing")
-    return checkpoint

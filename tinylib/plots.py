@@ -251,8 +251,8 @@ def _labelled_histories(histories) -> dict:
 def training_curves(histories, metrics=("loss", "accuracy"), figsize=None):
     """One panel per metric; train solid, validation dashed; one colour per run.
 
-    ``histories`` maps a label to a history dict, a ``tinylib.train.Run`` or
-    a run record (``train.load_run``); a single one of those works too.
+    ``histories`` maps a label to a history dict, a ``tinylib.runs.Run`` or
+    a run record (``runs.load_run``); a single one of those works too.
     Epochs count from 1, as Keras prints them.
     """
     labelled = _labelled_histories(histories)

@@ -21,7 +21,7 @@ Where each ingredient acts:
 * ``mixup`` and ``cutmix``: a layer in the model that mixes the images, and the
   model's training loss, which mixes the labels to match (``mixing_layer``,
   ``tinylib.mixing``): both inside the compiled training step;
-* ``precision``: Keras' dtype policy (``tinylib.train.configure_precision``).
+* ``precision``: Keras' dtype policy (``tinylib.environment.configure_precision``).
 """
 
 from __future__ import annotations

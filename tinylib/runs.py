@@ -61,7 +61,7 @@ def runs_dir() -> Path:
     return home() / "runs"
 
 
-def _write_json(path: Path, payload: dict) -> None:
+def write_run_json(path: Path, payload: dict) -> None:
     """Write JSON atomically: a reader sees the old file or the new one, never half."""
     files.write_json(path, payload, default=_jsonable)
 
@@ -136,7 +136,7 @@ class Run:
 
     @property
     def checkpoint(self) -> Path | None:
-        state = _read_state(self.path)
+        state = read_state(self.path)
         return self.path / state["checkpoint"] if state else None
 
     def write_record(self) -> dict:
@@ -156,15 +156,29 @@ class Run:
         if self.history.get("accuracy"):
             record["final_train_top1"] = self.history["accuracy"][-1]
         record["finished"] = self.epochs_done >= record["epochs"] or record.get("stopped_early", False)
-        _write_json(self.path / RECORD_FILE, record)
+        write_run_json(self.path / RECORD_FILE, record)
         return record
 
 
-def _read_state(path: Path) -> dict | None:
+def read_state(path: Path) -> dict | None:
     try:
         return json.loads((path / STATE_FILE).read_text())
     except (OSError, ValueError):
         return None
+
+
+def current_checkpoint(path: Path) -> Path:
+    """The checkpoint ``state.json`` names; FileNotFoundError, saying why, when there is none."""
+    path = Path(path)
+    state = read_state(path)
+    if not isinstance(state, dict) or not isinstance(state.get("checkpoint"), str):
+        raise FileNotFoundError(
+            f"no checkpoint in {path}: {STATE_FILE} is missing or unreadable "
+            "(the run has not finished an epoch yet)")
+    checkpoint = path / state["checkpoint"]
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"{path / STATE_FILE} names {checkpoint.name}, which is missing")
+    return checkpoint
 
 
 def run_name(model: keras.Model | str, profile: Profile, suffix: str = "", backend: str | None = None) -> str:
@@ -181,7 +195,7 @@ class RunInUse(RuntimeError):
     """Another process is training the same run folder right now."""
 
 
-def _lock_run(path: Path) -> files.FolderLock:
+def lock_run(path: Path) -> files.FolderLock:
     """Hold the run folder for this process; refuse if another one trains it now."""
     lock = files.FolderLock(path)
     try:
@@ -194,14 +208,14 @@ def _lock_run(path: Path) -> files.FolderLock:
         ) from None
 
 
-def _clear_run(path: Path) -> None:
+def clear_run(path: Path) -> None:
     """Start a run folder afresh: forget its state, record and checkpoints."""
     for stale in [path / STATE_FILE, path / RECORD_FILE, path / FINAL_CHECKPOINT, path / PARTIAL_CHECKPOINT,
                   path / BEST_WEIGHTS, *path.glob("checkpoint-epoch-*.weights.h5")]:
         stale.unlink(missing_ok=True)
 
 
-def _epochs_change(path: Path, previous: dict, done: int, epochs: int) -> dict | None:
+def epochs_change(path: Path, previous: dict, done: int, epochs: int) -> dict | None:
     """The change of planned epochs a resume asks for, or None; raises when it cannot be honoured."""
     planned = previous.get("epochs", epochs)
     if epochs == planned:
@@ -220,7 +234,7 @@ IDENTITY = ("model", "parameters", "weights", "augmentation", "optimizer", "lear
             "batch_size", "build_options", "dataset", "seed")
 
 
-def _check_same_run(path: Path, previous: dict, record: dict) -> None:
+def check_same_run(path: Path, previous: dict, record: dict) -> None:
     """Refuse to resume a run folder that holds a different run (say, other weights)."""
     previous, record = _with_default_options(previous), _with_default_options(record)
     changed = [key for key in IDENTITY if key in previous and key in record and previous[key] != record[key]]
@@ -255,14 +269,14 @@ def _difference(key: str, old, new) -> str:
     return f"{key}: {old!r} -> {new!r}"
 
 
-def _read_record(path: Path) -> dict:
+def read_record(path: Path) -> dict:
     try:
         return json.loads((path / RECORD_FILE).read_text())
     except (OSError, ValueError):
         return {}
 
 
-def _new_record(model, data, profile, epochs, batch_size, callbacks) -> dict:
+def new_record(model, data, profile, epochs, batch_size, callbacks) -> dict:
     optimizer = model.optimizer
     optimizer = getattr(optimizer, "inner_optimizer", optimizer)  # under mixed float16's loss scaling
     recipe = getattr(model, "tinylib_recipe", None)
@@ -310,10 +324,10 @@ def _build_options(model) -> dict:
 
 def _augmentation_config(model) -> dict | None:
     """The settings of the augmentation layer at the model's head, if it has one."""
-    from tinylib.augment import RandomAffineAugment, _TrainingOnlyAugmentation
+    from tinylib.augment import RandomAffineAugment, TrainingOnlyAugmentation
 
     for layer in model.layers:
-        if isinstance(layer, _TrainingOnlyAugmentation):
+        if isinstance(layer, TrainingOnlyAugmentation):
             config = layer.get_config()
             config = {k: v for k, v in config.items() if k not in ("name", "trainable", "dtype")}
             if isinstance(layer, RandomAffineAugment):
@@ -325,7 +339,7 @@ def _augmentation_config(model) -> dict | None:
 def load_run(path: Path | str) -> dict:
     """The record of a run folder (or a record file), for tables and plots."""
     path = Path(path)
-    record = _read_record(path) if path.is_dir() else json.loads(path.read_text())
+    record = read_record(path) if path.is_dir() else json.loads(path.read_text())
     if not record:
         raise FileNotFoundError(f"no {RECORD_FILE} in {path}: is it a run folder?")
     return record

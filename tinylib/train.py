@@ -2,9 +2,9 @@
 
 This module builds models for a profile or a recipe and fits them; the run folders
 and records it writes are ``tinylib.runs``, the checkpoints it takes while training
-``tinylib.checkpointing``, and the device and precision ``tinylib.environment``.
-Their public names are also reachable from here, as the chapters use them
-(``train.configure_precision``, ``train.load_run``, ...).
+``tinylib.checkpointing``, and the device and precision ``tinylib.environment``:
+read runs through ``tinylib.runs`` (``runs.load_run``, ``runs.run_name``) and set the
+precision through ``tinylib.environment``.
 """
 
 from __future__ import annotations
@@ -24,15 +24,14 @@ from tinylib import models as models_lib
 from tinylib.batches import ShuffledBatches
 from tinylib.checkpointing import CHECKPOINT_EVERY, Checkpointer
 from tinylib import environment
-from tinylib.environment import configure_precision, device_name, gpu_available  # noqa: F401
+from tinylib.environment import configure_precision
 from tinylib.profiles import Profile, get_profile
 from tinylib.progress import ProgressLog
 from tinylib.recipes import Recipe, ablation_recipes, get_recipe, steps_per_epoch
-from tinylib.runs import (  # noqa: F401  (re-exported: the chapters and tests reach them as train.*)
-    BEST_WEIGHTS, FINAL_CHECKPOINT, IDENTITY, PARTIAL_CHECKPOINT, RECORD_FILE, RUNS_ENV, STATE_FILE,
-    CheckpointError, Run, RunConflict, RunInUse, _check_same_run, _clear_run, _epochs_change,
-    _lock_run, _new_record, _read_record, _read_state, _write_json, load_checkpoint, load_run,
-    random_state, restore_random_state, run_name, runs_dir, save_weights)
+from tinylib.runs import (
+    FINAL_CHECKPOINT, PARTIAL_CHECKPOINT, STATE_FILE,
+    Run, check_same_run, clear_run, epochs_change,
+    lock_run, new_record, read_record, read_state, write_run_json, load_checkpoint, restore_random_state, run_name, runs_dir, save_weights)
 
 
 def make_callbacks(names) -> list:
@@ -105,16 +104,16 @@ def fit(model: keras.Model, data, profile: Profile | str | None = None, *, name:
     callbacks = tuple(callbacks)
 
     model.steps_per_execution = int(steps_per_execution or environment.steps_per_execution())
-    record = _new_record(model, data, profile, epochs, batch_size, callbacks)
+    record = new_record(model, data, profile, epochs, batch_size, callbacks)
     record["seed"] = seed
     record["steps_per_execution"] = model.steps_per_execution
     record.update(notes or {})
     run = Run(path=path, model=model, record=record)
-    lock = _lock_run(path)
+    lock = lock_run(path)
     try:
         files.remove_stale_temporaries(path)  # left by a writer that was killed
         if not resume:
-            _clear_run(path)
+            clear_run(path)
         if _resume(run, epochs):
             return run  # finished, and nothing more asked of it
         _train(run, model, data, seed, epochs, batch_size, callbacks, extra_callbacks, verbose,
@@ -135,12 +134,12 @@ def _check_schedule_length(model, recipe, epochs: int) -> None:
 def _resume(run: Run, epochs: int) -> bool:
     """Load the folder's last checkpoint into ``run``; True when the run is finished as asked."""
     path, model = run.path, run.model
-    state = _read_state(path)
+    state = read_state(path)
     if not state:
         return False
-    previous = _read_record(path)
-    _check_same_run(path, previous, run.record)
-    change = _epochs_change(path, previous, state["epochs_done"], epochs)
+    previous = read_record(path)
+    check_same_run(path, previous, run.record)
+    change = epochs_change(path, previous, state["epochs_done"], epochs)
     if not model.optimizer.built:
         model.optimizer.build(model.trainable_variables)
     load_checkpoint(model, path / state["checkpoint"])
@@ -151,7 +150,7 @@ def _resume(run: Run, epochs: int) -> bool:
         if state["checkpoint"] != FINAL_CHECKPOINT:  # killed while finishing: finish now
             run.record = previous
             _finish(run)
-        run.record = _read_record(path)
+        run.record = read_record(path)
         print(f"{path.name} is finished ({run.epochs_done} epochs): returning its record", flush=True)
         return True
     run.record["resumed_at_epoch"] = state["epochs_done"]
@@ -268,7 +267,7 @@ def _finish(run: Run) -> None:
     whole, so a kill anywhere in here is finished by the next call.
     """
     save_weights(run.model, run.path / FINAL_CHECKPOINT)
-    _write_json(run.path / STATE_FILE, {**_read_state(run.path), "checkpoint": FINAL_CHECKPOINT})
+    write_run_json(run.path / STATE_FILE, {**read_state(run.path), "checkpoint": FINAL_CHECKPOINT})
     # A finished run needs no resume point; early stopping's best weights stay, for a run
     # asked later for more epochs.
     for finished in [*run.path.glob("checkpoint-epoch-*.weights.h5"), run.path / PARTIAL_CHECKPOINT]:
@@ -320,18 +319,33 @@ def build(model_name: str, data, profile=None, augment: bool = True, recipe: Rec
     key = models_lib.normalize_name(model_name)
     options = {**profile.options_for(key), **options}
     if recipe is None:
-        return models_lib.build_model(model_name, num_classes=data.num_classes,
-                                      augmentation=augmentation() if augment else None, **options)
+        return build_run_model(model_name, data.num_classes, augmentation=augmentation() if augment else None,
+                               **options)
     recipe = get_recipe(recipe)
     configure_precision(recipe.precision)
     epochs = epochs or profile.epochs_for(key)
     steps = steps_per_epoch(len(data.train), batch_size or profile.batch_size * environment.device_count())
-    model = models_lib.build_model(model_name, num_classes=data.num_classes, compile=False,
-                                   augmentation=recipe.augmentation_layer() if augment else None,
+    model = build_run_model(model_name, data.num_classes, recipe=recipe, steps=steps, epochs=epochs,
+                            augmentation=recipe.augmentation_layer() if augment else None, **options)
+    model.tinylib_epochs = epochs  # the schedule's length: fit trains this many epochs
+    return model
+
+
+def build_run_model(model_name: str, num_classes: int, *, recipe: Recipe | None = None, steps: int = 1,
+                    epochs: int = 1, augmentation=None, **options) -> keras.Model:
+    """The one builder of a run's compiled model, for training (``build``) and for loading a
+    finished run again (``evaluate.load_trained_model``), so the two cannot drift apart.
+
+    Without a recipe: ``models.build_model`` with the study's compile (``optimizer`` and
+    ``learning_rate`` may be in ``options``). With one: its MixUp/CutMix layer, and its
+    optimizer (whose schedule needs ``steps`` per epoch and ``epochs``) and loss.
+    """
+    if recipe is None:
+        return models_lib.build_model(model_name, num_classes=num_classes, augmentation=augmentation, **options)
+    model = models_lib.build_model(model_name, num_classes=num_classes, compile=False, augmentation=augmentation,
                                    mixing=recipe.mixing_layer(), **options)
     models_lib.compile_model(model, recipe.make_optimizer(steps, epochs), loss=recipe.make_loss())
     model.tinylib_recipe = recipe
-    model.tinylib_epochs = epochs  # the schedule's length: fit trains this many epochs
     return model
 
 
@@ -347,8 +361,7 @@ def train_model(model_name: str, data, profile=None, *, augment: bool = True, bu
     profile = get_profile(profile)
     seed = fit_kwargs.get("seed")
     keras.utils.set_random_seed(profile.seed if seed is None else seed)
-    distribution = environment.data_parallel(devices)
-    with distribution.scope() if distribution is not None else contextlib.nullcontext():
+    with environment.parallel_scope(devices):
         build_options = dict(build_options or {})
         if recipe is not None:
             build_options.update(recipe=recipe, epochs=fit_kwargs.get("epochs"),
@@ -390,11 +403,11 @@ def compare_optimizers(model_name: str, data, profile=None, optimizers=("adam", 
 
     Data-parallel over several GPUs where there are, as ``train_model``."""
     profile = get_profile(profile)
-    distribution = environment.data_parallel(devices)
+    seed = fit_kwargs.get("seed")  # as train_model: the caller's seed draws the weights and trains
     runs = {}
     for optimizer in optimizers:
-        keras.utils.set_random_seed(profile.seed)
-        with distribution.scope() if distribution is not None else contextlib.nullcontext():
+        keras.utils.set_random_seed(profile.seed if seed is None else seed)
+        with environment.parallel_scope(devices):
             model = build(model_name, data, profile, augment=augmentation,
                           optimizer=optimizer, learning_rate=learning_rate)
             fit_kwargs.setdefault("epochs", profile.epochs_for("optimizers"))

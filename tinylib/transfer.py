@@ -23,7 +23,6 @@ record; a run without ImageNet weights says ``"weights": "random"`` and
 
 from __future__ import annotations
 
-import contextlib
 
 import keras
 
@@ -68,8 +67,7 @@ def fine_tune(data, profile=None, *, weights="imagenet", image_size: int | None 
     Where several GPUs are visible (or ``devices`` names several), both stages train
     data-parallel over all of them, as ``train.train_model`` does.
     """
-    distribution = environment.data_parallel(devices)
-    with distribution.scope() if distribution is not None else contextlib.nullcontext():
+    with environment.parallel_scope(devices):
         return _fine_tune(data, profile, weights=weights, image_size=image_size, head_epochs=head_epochs,
                           all_epochs=all_epochs, head_learning_rate=head_learning_rate,
                           all_learning_rate=all_learning_rate, freeze_batchnorm=freeze_batchnorm,

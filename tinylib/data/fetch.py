@@ -1,0 +1,133 @@
+"""Getting the dataset: the official zip downloaded resumably and checked, extracted
+atomically into the cache; and the choice of source (``TINYLIB_DATA``, an earlier
+extraction, a download)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sys
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import Path, PurePosixPath
+
+
+from tinylib.data.common import (DATA_ENV, FOLDER_NAME, HOW_TO_GET_DATA, OFFICIAL_MD5, OFFICIAL_SIZE,
+                                  OFFICIAL_URL, DataError, home)
+from tinylib.data.sources import FolderSource, ZipSource, check_zip_members, open_source, open_zip
+from tinylib.progress import report_bytes
+
+
+# ----------------------------------------------------------------------------
+# Download: resumable, checked, extracted atomically into the cache.
+# ----------------------------------------------------------------------------
+
+
+def file_digest(path: Path, algorithm: str = "sha256") -> str:
+    """Hex digest of a file, read in blocks (checks downloads and cache files)."""
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def download_file(url: str, dest: Path, md5: str | None = None, size: int | None = None,
+                  progress: bool = True) -> Path:
+    """Download ``url`` to ``dest``, resuming a ``.part`` file left by an interruption."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    have = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    start = time.time()
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            if have and response.status != 206:  # server ignored the range: start over
+                have = 0
+            length = response.headers.get("Content-Length")
+            total = have + int(length) if length is not None else size
+            with open(part, "ab" if have else "wb") as out:
+                done = have
+                for block in iter(lambda: response.read(1 << 20), b""):
+                    out.write(block)
+                    done += len(block)
+                    if progress:
+                        report_bytes(f"downloading {dest.name}", done, total, start, len(block))
+    except (urllib.error.URLError, OSError) as err:
+        raise DataError(
+            f"could not download {url} ({err}). What was fetched is kept in {part} and the "
+            f"next try resumes from it. {HOW_TO_GET_DATA}"
+        ) from None
+    finally:
+        if progress and sys.stderr.isatty():
+            print(file=sys.stderr)  # end the line redrawn in place
+    if size is not None and part.stat().st_size != size:
+        got = part.stat().st_size
+        if got > size:
+            part.unlink()
+        raise DataError(
+            f"download of {url} stopped at {got:,} of {size:,} bytes; run again to resume."
+        )
+    if md5 is not None:
+        got_md5 = file_digest(part, "md5")
+        if got_md5 != md5:
+            part.unlink()
+            raise DataError(
+                f"checksum mismatch for {url}: MD5 {got_md5}, expected {md5}. The file was "
+                "deleted; run again to download it afresh."
+            )
+    os.replace(part, dest)
+    return dest
+
+
+def extract_zip(zip_path: Path, dest_parent: Path) -> Path:
+    """Unpack the official zip into ``dest_parent/tiny-imagenet-200``, all or nothing."""
+    dest_parent = Path(dest_parent)
+    target = dest_parent / FOLDER_NAME
+    with open_zip(zip_path) as archive:
+        names = archive.namelist()
+        check_zip_members(names, zip_path)  # before anything is written
+        if not any(PurePosixPath(n).parts[:2] == (FOLDER_NAME, "wnids.txt") for n in names):
+            raise DataError(f"{zip_path} is not the official zip: no {FOLDER_NAME}/wnids.txt")
+        dest_parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest_parent / f".{FOLDER_NAME}.extracting-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            archive.extractall(tmp)
+            os.replace(tmp / FOLDER_NAME, target)
+        except zipfile.BadZipFile as err:
+            raise DataError(f"{zip_path} is corrupt ({err}); delete it and download again") from None
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def download(url: str = OFFICIAL_URL, md5: str | None = OFFICIAL_MD5,
+             size: int | None = OFFICIAL_SIZE) -> Path:
+    """Download and unpack the official zip into the cache; returns the folder."""
+    cache = home()
+    print(f"Tiny ImageNet not found locally: downloading {url} into {cache}", file=sys.stderr)
+    zip_path = download_file(url, cache / "downloads" / f"{FOLDER_NAME}.zip", md5=md5, size=size)
+    folder = extract_zip(zip_path, cache)
+    zip_path.unlink()
+    return folder
+
+
+
+
+def find_source(download_if_missing: bool = True) -> FolderSource | ZipSource:
+    """The first source that exists: ``TINYLIB_DATA``, the cache, or a download."""
+    if os.environ.get(DATA_ENV):
+        return open_source(os.environ[DATA_ENV])
+    extracted = home() / FOLDER_NAME
+    if (extracted / "wnids.txt").is_file():
+        return FolderSource(extracted)
+    if not download_if_missing:
+        raise DataError(f"No Tiny ImageNet found. {HOW_TO_GET_DATA}")
+    return FolderSource(download())
+
+

@@ -1,0 +1,146 @@
+"""Where the images are read from: a ``tiny-imagenet-200`` folder or the official zip,
+read through the same three calls (``names``, ``read``, ``describe``)."""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path, PurePosixPath
+
+
+from tinylib.data.common import FOLDER_NAME, DataError, HOW_TO_GET_DATA, OFFICIAL_URL
+
+
+# ----------------------------------------------------------------------------
+# Sources: a folder or a zip, read through the same three calls.
+# ----------------------------------------------------------------------------
+
+
+class FolderSource:
+    """The official layout unpacked on disk."""
+
+    kind = "folder"
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def describe(self) -> str:
+        return str(self.root.resolve())
+
+    def exists(self, rel: str) -> bool:
+        return (self.root / rel).exists()
+
+    def is_dir(self, rel: str) -> bool:
+        return (self.root / rel).is_dir()
+
+    def list_dir(self, rel: str) -> list[str]:
+        path = self.root / rel
+        if not path.is_dir():
+            raise DataError(f"missing folder {path}: expected the official '{FOLDER_NAME}' layout")
+        try:
+            return sorted(os.listdir(path))
+        except OSError as err:
+            raise DataError(f"cannot read folder {path} ({err.strerror or err})") from None
+
+    def read(self, rel: str) -> bytes:
+        """A file's bytes; errors are DataError, so an OSError later means the cache side."""
+        try:
+            return (self.root / rel).read_bytes()
+        except FileNotFoundError:
+            raise DataError(f"missing file {self.root / rel}") from None
+        except OSError as err:
+            raise DataError(f"cannot read {self.root / rel} ({err.strerror or err})") from None
+
+
+def check_zip_members(names: list[str], zip_path: Path) -> None:
+    """Refuse a zip with an entry that would land outside its folder."""
+    for name in names:
+        parts = PurePosixPath(name.replace("\\", "/")).parts
+        if name.startswith(("/", "\\")) or ".." in parts or (parts and ":" in parts[0]):
+            raise DataError(
+                f"refusing {zip_path}: entry {name!r} would be written outside the target "
+                "folder. This is not the official Tiny ImageNet zip; delete it and get the "
+                f"official one ({OFFICIAL_URL})."
+            )
+
+
+def open_zip(zip_path: Path) -> zipfile.ZipFile:
+    """Open a zip, turning a truncated or corrupt file into a clear error."""
+    try:
+        return zipfile.ZipFile(zip_path)
+    except (zipfile.BadZipFile, OSError) as err:
+        raise DataError(
+            f"{zip_path} is not a complete zip archive ({err}); the download was probably "
+            "interrupted or truncated. Delete it and download it again."
+        ) from None
+
+
+class ZipSource:
+    """The official zip, read in place without unpacking it."""
+
+    kind = "zip"
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.zip = open_zip(self.path)
+        names = self.zip.namelist()
+        check_zip_members(names, self.path)
+        self.names = set(names)
+        roots = [n[: -len("wnids.txt")] for n in names if PurePosixPath(n).name == "wnids.txt"]
+        if not roots:
+            raise DataError(
+                f"{self.path} holds no wnids.txt: expected the official '{FOLDER_NAME}' zip"
+            )
+        self.prefix = min(roots, key=len)
+        self.children: dict[str, set[str]] = {}
+        for name in names:
+            if not name.startswith(self.prefix):
+                continue
+            parts = name[len(self.prefix):].rstrip("/").split("/")
+            for depth in range(len(parts)):
+                self.children.setdefault("/".join(parts[:depth]), set()).add(parts[depth])
+
+    def describe(self) -> str:
+        return str(self.path.resolve())
+
+    def exists(self, rel: str) -> bool:
+        return self.prefix + rel in self.names or self.is_dir(rel)
+
+    def is_dir(self, rel: str) -> bool:
+        return rel.strip("/") in self.children
+
+    def list_dir(self, rel: str) -> list[str]:
+        if not self.is_dir(rel):
+            raise DataError(f"{self.path}: missing folder {self.prefix + rel}")
+        return sorted(self.children[rel.strip("/")])
+
+    def read(self, rel: str) -> bytes:
+        name = self.prefix + rel
+        if name not in self.names:
+            raise DataError(f"{self.path}: missing file {name}")
+        try:
+            return self.zip.read(name)
+        except (zipfile.BadZipFile, EOFError, OSError) as err:
+            raise DataError(f"{self.path}: cannot read {name} ({err}); the zip is corrupt") from None
+
+
+def locate(path: str | os.PathLike) -> tuple[str, Path]:
+    """Where a path's dataset is, without reading it: ("folder" | "zip", path)."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise DataError(f"{path} does not exist. {HOW_TO_GET_DATA}")
+    if path.is_file():
+        return "zip", path.resolve()
+    for root in (path, path / FOLDER_NAME):
+        if (root / "wnids.txt").is_file():
+            return "folder", root.resolve()
+    raise DataError(
+        f"{path} is not in the official layout: missing {path / 'wnids.txt'} "
+        f"(expected {FOLDER_NAME}/wnids.txt, words.txt, train/, val/)."
+    )
+
+
+def open_source(path: str | os.PathLike) -> FolderSource | ZipSource:
+    """A source from a path: the dataset folder, the folder holding it, or the zip."""
+    kind, root = locate(path)
+    return ZipSource(root) if kind == "zip" else FolderSource(root)
