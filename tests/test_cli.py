@@ -49,3 +49,21 @@ def test_two_fresh_runs_of_the_same_train_command_give_the_same_training(real_da
         record = json.loads((tmp_path / f"model1-smoke-{keras.backend.backend()}" / "record.json").read_text())
         losses.append(record["history"]["loss"])
     assert losses[0] == losses[1]
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--epochs", "-3", "must be at least 1, got -3"), ("--epochs", "0", "must be at least 1, got 0"),
+    ("--batch-size", "-4", "must be at least 1, got -4"), ("--epochs", "two", "'two' is not a whole number"),
+])
+def test_train_refuses_epochs_and_batch_sizes_below_one(tmp_path, capsys, option, value, message):
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["train", "model1", "--profile", "smoke", "--runs", str(tmp_path), option, value])
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_reproduce_refuses_a_budget_of_nothing(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["reproduce", "--budget", "0"])
+    assert "must be more than 0" in capsys.readouterr().err

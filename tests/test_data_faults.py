@@ -261,6 +261,41 @@ def test_same_size_same_mtime_change_is_caught_only_by_verify_cache(tiny_env, sy
     assert changed.tolist() == [middle - served.offset]
     with pytest.raises(data.DataError, match=f"{images}.*corrupt.*prepare --force"):
         data.verify_cache()
+    # Once verify_cache has reported it, the next load no longer trusts the file's size and time.
+    assert np.array_equal(data.load().train.images, good)
+    data.verify_cache()
+
+
+@pytest.mark.parametrize("bit", range(0, 8 * 118, 37))  # bits across the .npy header (128 bytes)
+def test_any_bit_flipped_in_a_header_is_a_damaged_file_not_a_traceback(tiny_env, synthetic, monkeypatch, bit):
+    """Flipped with the mtime kept, so only reading the header finds it: NumPy's parser then
+    fails in many ways (ValueError, SyntaxError, tokenize.TokenError, ...); each is 'damaged'."""
+    monkeypatch.setenv("TINYLIB_DATA", str(synthetic))
+    folder = data.prepare()
+    monkeypatch.delenv("TINYLIB_DATA")
+    shutil.rmtree(synthetic)  # nothing to rebuild from: the error must name the file
+    labels = folder / "train_labels.npy"
+    before = labels.stat()
+    raw = bytearray(labels.read_bytes())
+    raw[bit // 8] ^= 1 << (bit % 8)
+    labels.write_bytes(bytes(raw))
+    os.utime(labels, ns=(before.st_atime_ns, before.st_mtime_ns))
+    try:
+        ds = data.load(prepare_if_needed=False)
+    except data.DataError as error:
+        assert str(labels) in str(error) and "damaged" in str(error), str(error)
+    else:  # a flip NumPy's header tolerates (a space, a digit's case) is data as it was
+        assert len(ds.train.labels) == TRAIN_PER_CLASS * len(WNIDS)
+
+
+def test_a_file_named_like_the_cache_folder_is_not_deleted(tiny_env, synthetic, monkeypatch):
+    monkeypatch.setenv("TINYLIB_DATA", str(synthetic))
+    tiny_env.mkdir(parents=True)
+    squatter = tiny_env / data.CACHE_DIR_NAME
+    squatter.write_text("a user's notes")
+    with pytest.raises(data.DataError, match=f"{squatter} is a file.*move it away"):
+        data.prepare()
+    assert squatter.read_text() == "a user's notes"
 
 
 @pytest.mark.parametrize("restore_mtime", [False, True], ids=["mtime-changed", "mtime-restored"])

@@ -25,14 +25,52 @@ REPO = Path(__file__).resolve().parents[1]
 #   SLEEP=s        every training batch sleeps s seconds (so epochs take measurable time)
 #   DIE_IN=epoch   SIGKILL (or SIGTERM with SIGNAL=TERM) itself in that epoch (1-based)
 #   DIE_SAVING=1   SIGKILL itself half way through writing final.weights.h5
+#   KILL_AT=k      SIGKILL itself right after its k-th change to the runs folder: a file or folder
+#                  made, renamed or removed, or a file opened for writing (found by watching the
+#                  calls that change a folder, not by knowing tinylib's file names)
+#   CHANGES=path   write there how many changes the run made
+#   EARLY=1        the study's early stopping, made to stop after epoch 2 (best: epoch 1)
 DRIVER = textwrap.dedent("""
-    import os, signal, sys, time
+    import builtins, os, signal, sys, time
     import keras
     import numpy as np
     from tinylib import augment, data, train
     from tinylib.profiles import Profile
 
     runs, epochs = sys.argv[1], int(sys.argv[2])
+    watched = os.path.realpath(runs) + os.sep
+    kill_at, changes = int(os.environ.get("KILL_AT", 0)), [0]
+
+    def changed(*paths):
+        if any(os.path.realpath(os.fspath(p)).startswith(watched) for p in paths if isinstance(p, (str, os.PathLike))):
+            changes[0] += 1
+            if changes[0] == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    def watch(module, name, paths=1):
+        real = getattr(module, name)
+        def call(*args, **kwargs):
+            result = real(*args, **kwargs)
+            changed(*args[:paths])
+            return result
+        setattr(module, name, call)
+
+    for name, paths in (("replace", 2), ("rename", 2), ("unlink", 1), ("remove", 1), ("mkdir", 1), ("rmdir", 1)):
+        watch(os, name, paths)
+    real_open = builtins.open
+    def open_watched(file, mode="r", *args, **kwargs):
+        handle = real_open(file, mode, *args, **kwargs)
+        if any(c in mode for c in "wax+"):
+            changed(file)
+        return handle
+    builtins.open = open_watched
+    if os.environ.get("EARLY"):
+        made = train.make_callbacks
+        def early(names):  # patience 1, and no epoch after the first counts as better
+            return [keras.callbacks.EarlyStopping(monitor="val_loss", patience=1, min_delta=10.0,
+                                                  restore_best_weights=True, verbose=0)
+                    if n == "early_stopping" else made([n])[0] for n in names]
+        train.make_callbacks = early
     keras.utils.set_random_seed(0)
     profile = Profile("smoke", classes=None, train_per_class=None, val_per_class=None, epochs=epochs,
                       batch_size=int(os.environ.get("BATCH", 8)))
@@ -66,9 +104,16 @@ DRIVER = textwrap.dedent("""
         keras.Model.save_weights = save_then_die
 
     every = float(os.environ["EVERY"]) if os.environ.get("EVERY") else None
-    run = train.fit(model, ds, profile, runs=runs, callbacks=[], extra_callbacks=[Faults()], verbose=0,
-                    checkpoint_every=every, name=os.environ.get("NAME"))
-    np.save(os.path.join(run.path, "weights-at-end.npy"), np.concatenate([w.ravel() for w in model.get_weights()]))
+    run = train.fit(model, ds, profile, runs=runs, callbacks=["early_stopping"] if os.environ.get("EARLY") else [],
+                    extra_callbacks=[Faults()], verbose=0, checkpoint_every=every, name=os.environ.get("NAME"))
+    if os.environ.get("CHANGES"):
+        with real_open(os.environ["CHANGES"], "w") as f:
+            f.write(str(changes[0]))
+    saved = os.path.join(run.path, "final.weights.h5")
+    if os.environ.get("KILL_AT"):  # what the run left on disk, not what this process holds
+        model.load_weights(saved)
+    np.save(os.path.join(os.path.dirname(runs), os.path.basename(run.path) + "-weights-at-end.npy"),
+            np.concatenate([w.ravel() for w in model.get_weights()]))
     print("RUN", run.path, run.record["epochs_run"], run.record["wall_seconds"])
 """)
 
@@ -76,7 +121,8 @@ DRIVER = textwrap.dedent("""
 def _drive(tmp_path: Path, epochs: int = 2, **flags) -> subprocess.CompletedProcess:
     env = {**os.environ, "KERAS_BACKEND": os.environ.get("KERAS_BACKEND", "tensorflow"),
            "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    for key in ("SLEEP", "DIE_IN", "SIGNAL", "DIE_SAVING", "EVERY", "NAME", "BATCH", "DIE_AT_BATCH"):
+    for key in ("SLEEP", "DIE_IN", "SIGNAL", "DIE_SAVING", "EVERY", "NAME", "BATCH", "DIE_AT_BATCH",
+                "KILL_AT", "CHANGES", "EARLY"):
         env.pop(key, None)
     env.update({k: str(v) for k, v in flags.items()})
     driver = tmp_path / "driver.py"
@@ -414,20 +460,22 @@ def test_a_kill_mid_epoch_resumes_at_that_batch_with_the_result_of_an_uninterrup
     killed = tmp_path / "runs" / "killed"
     state = json.loads((killed / "state.json").read_text())
     assert state["epochs_done"] == 1 and state["partial"]["epoch"] == 1 and state["partial"]["batches"] == 4
-    assert state["checkpoint"] == "partial.weights.h5" and (killed / "partial.weights.h5").is_file()
+    name = "partial-epoch-002-batch-000004.weights.h5"  # a checkpoint's files are named by their step
+    assert state["checkpoint"] == name and (killed / name).is_file()
+    assert [p.name for p in killed.glob("partial-*")] == [name]  # the older ones removed once the state named it
 
     resumed = _drive(tmp_path, epochs=2, BATCH=4, EVERY=0, NAME="killed")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "after epoch 1 of 2 and batch 4 of epoch 2" in resumed.stdout
     # The same weights and the same epoch metrics as the run that was never interrupted:
     # same batches in the same order, same random augmentation and dropout, same sums.
-    a = np.load(tmp_path / "runs" / "straight" / "weights-at-end.npy")
-    b = np.load(killed / "weights-at-end.npy")
+    a = np.load(tmp_path / "straight-weights-at-end.npy")
+    b = np.load(tmp_path / "killed-weights-at-end.npy")
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
     one, two = _record(tmp_path / "runs" / "straight"), _record(killed)
     for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
         np.testing.assert_allclose(two["history"][key], one["history"][key], rtol=1e-5, atol=1e-6)
-    assert not (killed / "partial.weights.h5").exists()  # a finished run keeps only its final weights
+    assert not list(killed.glob("partial-*"))  # a finished run keeps only its final weights
     assert two["resumed_at_epoch"] == 1 and two["epochs_run"] == 2
 
 
@@ -550,3 +598,88 @@ def test_early_stopping_restores_the_best_weights_only_when_the_run_ends(tmp_pat
     best = int(np.argmin(val_loss))
     for final, kept in zip(model.get_weights(), snapshots["end"][best]):  # the end restores the best epoch's
         np.testing.assert_array_equal(final, kept)
+
+
+# --- a kill at every change a run makes to its folder ------------------------------------------
+
+
+def kill_at_every_change(tmp_path, stride: int = 1, **flags) -> int:
+    """Train straight; then, for each change k the run makes to its folder (every ``stride``-th),
+    kill a fresh run right after change k and run it again: it must end with the straight
+    run's final weights and history. Returns how many changes the run makes."""
+    import numpy as np
+
+    straight = _drive(tmp_path, epochs=3, NAME="straight", CHANGES=tmp_path / "changes.txt", **flags)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    count = int((tmp_path / "changes.txt").read_text())
+    expected = np.load(tmp_path / "straight-weights-at-end.npy")
+    history = _record(tmp_path / "runs" / "straight")["history"]
+    for k in range(1, count + 1, stride):
+        name = f"killed-at-{k}"
+        died = _drive(tmp_path, epochs=3, NAME=name, KILL_AT=k, **flags)
+        assert died.returncode == -signal.SIGKILL, (k, died.stderr[-3000:])
+        again = _drive(tmp_path, epochs=3, NAME=name, **flags)
+        assert again.returncode == 0, (k, again.stdout[-2000:], again.stderr[-3000:])
+        np.testing.assert_allclose(np.load(tmp_path / f"{name}-weights-at-end.npy"), expected,
+                                   rtol=1e-5, atol=1e-6, err_msg=f"killed after change {k} of {count}")
+        resumed = _record(tmp_path / "runs" / name)
+        for key in ("loss", "val_loss"):
+            np.testing.assert_allclose(resumed["history"][key], history[key], rtol=1e-5, atol=1e-6,
+                                       err_msg=f"{key}, killed after change {k} of {count}")
+        assert resumed["finished"] and resumed["epochs_run"] == _record(tmp_path / "runs" / "straight")["epochs_run"]
+    return count
+
+
+@pytest.mark.slow
+def test_a_kill_at_every_change_to_the_run_folder_resumes_to_the_same_run(tmp_path, run_dir):
+    """Early stopping (it ends the run after epoch 2 and restores epoch 1's weights) and a
+    mid-epoch checkpoint after every batch: each kill leaves either the checkpoint before or
+    the one after, never a state naming weights that are gone."""
+    count = kill_at_every_change(tmp_path, EARLY=1, EVERY=0)
+    assert count > 10  # the sweep saw the run's checkpoints, not nothing
+
+
+@pytest.mark.slow
+def test_a_kill_at_every_third_change_resumes_to_the_same_run_on_jax(tmp_path, run_dir, monkeypatch):
+    """The same on JAX (every third change, for CI's time: the checkpoint code is shared)."""
+    pytest.importorskip("jax")
+    monkeypatch.setenv("KERAS_BACKEND", "jax")  # _drive passes it to the children
+    kill_at_every_change(tmp_path, stride=3, EARLY=1, EVERY=0)
+
+
+def test_a_run_killed_in_its_first_epoch_is_checked_on_resume_and_keeps_its_time(tmp_path, run_dir):
+    """The record is on disk from the run's first step: a resume with another batch size is
+    refused, not silently recorded as the first one, and the killed invocation's time is kept."""
+    died = _drive(tmp_path, epochs=2, BATCH=4, SLEEP=0.3, DIE_IN=1, DIE_AT_BATCH=4, SIGNAL="TERM")
+    assert died.returncode != 0
+    record = _record(run_dir)
+    assert record["epochs_run"] == 0 and record["batch_size"] == 4 and record["wall_seconds"] > 1.0
+    other = _drive(tmp_path, epochs=2, BATCH=8)
+    assert other.returncode != 0 and "batch_size: 4 -> 8" in other.stderr, other.stderr[-2000:]
+    same = _drive(tmp_path, epochs=2, BATCH=4)
+    assert same.returncode == 0, same.stderr[-3000:]
+    assert _record(run_dir)["wall_seconds"] > record["wall_seconds"]  # the killed minutes still count
+
+
+def test_a_full_disk_during_training_is_one_clear_error_and_the_last_checkpoint_is_kept(tmp_path, smoke,
+                                                                                       monkeypatch):
+    """Checked before h5py writes (out of space mid-write it can crash the process: exit 139)."""
+    from collections import namedtuple
+
+    from tinylib import cli, train
+
+    ds, profile = smoke
+    run = train.fit(_tiny(ds.num_classes), ds, profile, epochs=1, runs=tmp_path, callbacks=[], verbose=0)
+    state = json.loads((run.path / "state.json").read_text())
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(runs.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(OSError) as raised:
+        train.fit(_tiny(ds.num_classes), ds, profile, epochs=2, runs=tmp_path, callbacks=[], verbose=0)
+    message = cli.explain_error(raised.value)
+    assert "checkpoint-epoch-002.weights.h5" in message and "disk is full" in message, message
+    assert "\n" not in message
+    assert json.loads((run.path / "state.json").read_text())["checkpoint"] == state["checkpoint"]
+    assert (run.path / state["checkpoint"]).is_file()
+    monkeypatch.undo()
+    again = train.fit(_tiny(ds.num_classes), ds, profile, epochs=2, runs=tmp_path, callbacks=[], verbose=0)
+    assert again.epochs_done == 2

@@ -11,6 +11,8 @@ import pytest
 
 from tinylib import startup
 
+from conftest import WNIDS  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 
 # Makes `tensorflow` unfindable, as on a machine where it is not installed.
@@ -107,3 +109,41 @@ def test_with_tensorflow_installed_nothing_is_changed(tmp_path):
     pytest.importorskip("tensorflow")
     result = _python("import tinylib, os; print(os.environ.get('KERAS_BACKEND'))", tmp_path)
     assert result.stdout.strip() == "None" and "using Keras'" not in result.stderr
+
+
+def test_relative_path_settings_and_non_ascii_names_under_an_ascii_locale(tmp_path, synthetic):
+    """Two classes of trouble at once: a relative TINYLIB_DATA / TINYLIB_HOME / TINYLIB_RUNS
+    keeps meaning the folder it was set in after the process changes folder, and a class
+    name that ASCII cannot hold is read, stored and printed under a C locale."""
+    import os
+    import subprocess
+    import sys
+
+    words = synthetic / "words.txt"
+    words.write_text(words.read_text(encoding="utf-8").replace("goldfish,", "poisson rouge \u00e0 l'\u00e9tang,"),
+                     encoding="utf-8")
+    script = (
+        "import os, sys\n"
+        "from tinylib import data, evaluate, train\n"
+        "from tinylib.profiles import Profile\n"
+        "os.chdir('/')\n"  # as a notebook or a script might
+        "ds = data.load()\n"
+        "print(len(ds.train), data.cache_dir())\n"
+        "profile = Profile('smoke', classes=None, train_per_class=None, val_per_class=None, epochs=1, batch_size=8)\n"
+        "run = train.train_model('model1', ds, profile, verbose=0)\n"
+        "print(ds.class_names)\n"
+        "print(evaluate.evaluate(run.model, ds.val, ds.class_names).summary())\n"
+    )
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0",
+           "TINYLIB_DATA": os.path.relpath(synthetic, work), "TINYLIB_HOME": "home", "TINYLIB_RUNS": "runs",
+           "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run([sys.executable, "-c", script], cwd=work, env=env, capture_output=True, timeout=600)
+    out, err = done.stdout.decode("ascii", "replace"), done.stderr.decode("ascii", "replace")
+    assert done.returncode == 0, err[-3000:]
+    assert "poisson rouge \\xe0 l'\\xe9tang" in out, out  # what an ASCII terminal can show
+    assert f"{len(WNIDS) * 6} {work / 'home' / 'arrays-v1'}" in out, out
+    assert "Traceback" not in err, err[-3000:]
+    assert list((work / "runs").glob("model1-smoke-*/record.json"))
+    assert (work / "home" / "arrays-v1" / "manifest.json").is_file()

@@ -32,7 +32,7 @@ def times_path(folder: Path | str | None = None) -> Path:
 def read_times(folder: Path | str | None = None) -> dict:
     """The measured builds, by profile; {} when none was recorded."""
     try:
-        data = json.loads(times_path(folder).read_text())
+        data = json.loads(times_path(folder).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}

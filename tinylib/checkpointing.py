@@ -13,8 +13,9 @@ import keras
 import numpy as np
 
 from tinylib import files
-from tinylib.runs import (BEST_WEIGHTS, KEEP_CHECKPOINTS, PARTIAL_CHECKPOINT, STATE_FILE, Run,
-                          write_run_json, random_state, save_weights)
+from tinylib.runs import (BEST_PATTERN, BEST_WEIGHTS, KEEP_CHECKPOINTS, PARTIAL_CHECKPOINT, PARTIAL_PATTERN,
+                          STATE_FILE, Run, best_weights_name, partial_checkpoint_name, random_state,
+                          remove_unnamed, save_weights, write_run_json)
 
 
 # The state of the study's callbacks that a resumed run must carry on with (Keras resets
@@ -32,8 +33,9 @@ class Checkpointer(keras.callbacks.Callback):
     """Save the run as it goes: after each epoch, and every few minutes inside one.
 
     After each epoch: the weights with the optimizer state, then ``state.json``
-    pointing at them.  Inside an epoch, every ``every`` seconds: the same into
-    ``partial.weights.h5``, with the batches done and the metrics' running totals,
+    pointing at them.  Inside an epoch, every ``every`` seconds (never after its last
+    batch: the epoch's end comes next): the same into a file named by the epoch and
+    the batch, with the batches done and the metrics' running totals,
     so a run killed mid-epoch resumes at that batch with the same result as an
     uninterrupted one (its batches come in an order fixed by seed and epoch).  It
     also keeps the study's callbacks' state (early stopping's patience, its best
@@ -56,7 +58,7 @@ class Checkpointer(keras.callbacks.Callback):
         for index, callback in enumerate(self.keras_callbacks):
             for name, value in saved.get(str(index), {}).items():
                 setattr(callback, name, value)
-            best = self.run.path / BEST_WEIGHTS
+            best = self.run.path / (self.run.best_weights or BEST_WEIGHTS)
             if getattr(callback, "restore_best_weights", False) and best.is_file():
                 with np.load(best, allow_pickle=False) as arrays:
                     callback.best_weights = [arrays[f"arr_{i}"] for i in range(len(arrays.files))]
@@ -85,13 +87,18 @@ class Checkpointer(keras.callbacks.Callback):
             self.carried_metrics = None
         if self.every is None or time.perf_counter() - self.last_save < self.every:
             return
-        save_weights(self.model, self.run.path / PARTIAL_CHECKPOINT)
+        if batch + 1 >= (self.params.get("steps") or float("inf")):
+            return  # the epoch's last batch: its end (validation, then a checkpoint) comes next
+        name = partial_checkpoint_name(self.epoch, self.offset + batch + 1)
+        save_weights(self.model, self.run.path / name)
         self.run.partial = {
-            "epoch": self.epoch, "batches": self.offset + batch + 1, "checkpoint": PARTIAL_CHECKPOINT,
+            "epoch": self.epoch, "batches": self.offset + batch + 1, "checkpoint": name,
             "train_seconds": time.perf_counter() - self.epoch_start,
             "metrics": {v.path: keras.ops.convert_to_numpy(v).tolist() for v in self.model.metrics_variables},
         }
-        self._write_state(PARTIAL_CHECKPOINT)
+        self._write_state(name)
+        remove_unnamed(self.run.path, PARTIAL_PATTERN, keep=name)
+        (self.run.path / PARTIAL_CHECKPOINT).unlink(missing_ok=True)
         self.last_save = time.perf_counter()
 
     # --- at the end of an epoch ----------------------------------------------------------
@@ -121,9 +128,14 @@ class Checkpointer(keras.callbacks.Callback):
         self.run.partial, self.offset = None, 0
         self._save_best_weights(epoch)
         self._write_state(checkpoint.name)
+        # Only now that state.json names the new unit: the files of the units before it.
         for old in sorted(self.run.path.glob("checkpoint-epoch-*.weights.h5"))[:-KEEP_CHECKPOINTS]:
             old.unlink()
-        (self.run.path / PARTIAL_CHECKPOINT).unlink(missing_ok=True)
+        remove_unnamed(self.run.path, PARTIAL_PATTERN, keep=None)
+        remove_unnamed(self.run.path, BEST_PATTERN, keep=self.run.best_weights)
+        for legacy in (PARTIAL_CHECKPOINT, BEST_WEIGHTS):
+            if legacy != self.run.best_weights:
+                (self.run.path / legacy).unlink(missing_ok=True)
         self.run.write_record()
 
     def _save_best_weights(self, epoch: int) -> None:
@@ -131,9 +143,11 @@ class Checkpointer(keras.callbacks.Callback):
         for callback in self.keras_callbacks:
             if getattr(callback, "restore_best_weights", False) and callback.best_epoch == epoch \
                     and callback.best_weights is not None:
-                with files.atomic_path(self.run.path / BEST_WEIGHTS) as tmp:
+                name = best_weights_name(epoch)
+                with files.atomic_path(self.run.path / name) as tmp:
                     with open(tmp, "wb") as f:
                         np.savez(f, *callback.best_weights)
+                self.run.best_weights = name  # named by the state written next
 
     def _write_state(self, checkpoint: str) -> None:
         self.run.callback_state = {
@@ -143,7 +157,7 @@ class Checkpointer(keras.callbacks.Callback):
         write_run_json(self.run.path / STATE_FILE, {
             "epochs_done": self.run.epochs_done, "checkpoint": checkpoint, "history": self.run.history,
             "partial": self.run.partial, "callbacks": self.run.callback_state,
-            "random_state": random_state(self.model),
+            "best_weights": self.run.best_weights, "random_state": random_state(self.model),
         })
 
 

@@ -144,6 +144,27 @@ def _reproduce(args) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 ('0' and '-3' are refused, not guessed at)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m tinylib",
@@ -185,8 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", help="study | modern: train with a recipe from tinylib.recipes (default: the study's "
                    "Adam, as set by --optimizer and --learning-rate)")
     p.add_argument("--profile", help="smoke | quick | full (default: TINYLIB_PROFILE, else full on a GPU, quick on a CPU)")
-    p.add_argument("--epochs", type=int, help="override the profile's epochs")
-    p.add_argument("--batch-size", type=int, help="override the profile's batch size")
+    p.add_argument("--epochs", type=_positive_int, help="override the profile's epochs")
+    p.add_argument("--batch-size", type=_positive_int, help="override the profile's batch size")
     p.add_argument("--optimizer", default="adam", help="adam | rmsprop | sgd | nadam (default adam)")
     p.add_argument("--learning-rate", type=float, default=1e-4, help="default 1e-4, as the study")
     p.add_argument("--weights", help="model5 only: imagenet (default) | PATH to a weights file | none")
@@ -206,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
                    + ", ".join(("model1", "model2", "model4", "model3", "model5", "resnet18-modern",
                                 "model5-finetune", "optimizers")))
     p.add_argument("--profile", help="smoke | quick | full (default: TINYLIB_PROFILE, else full on a GPU)")
-    p.add_argument("--budget", type=float, help="minutes: stop at an epoch boundary before they are spent")
+    p.add_argument("--budget", type=_positive_float, help="minutes: stop at an epoch boundary before they are spent")
     p.add_argument("--results", help="copy finished records here and write summary.md/json "
                    "(book/results is the natural target); runs finished there are skipped")
     p.add_argument("--runs", help="parent folder of run folders (default TINYLIB_RUNS or TINYLIB_HOME/runs)")

@@ -53,7 +53,7 @@ def _fsync(path: Path) -> None:
 def write_text(path: str | os.PathLike, text: str) -> Path:
     """Write text atomically."""
     with atomic_path(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
     return Path(path)
 
 
@@ -105,7 +105,7 @@ class FolderLock:
     def holder(self) -> str:
         """The pid written by the current holder, or '?' when unreadable."""
         try:
-            return self.path.read_text().strip() or "?"
+            return self.path.read_text(encoding="utf-8").strip() or "?"
         except OSError:
             return "?"
 

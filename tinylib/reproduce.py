@@ -85,7 +85,7 @@ def _finished_in(results: Path | None, run_folder_name: str) -> bool:
     if results is None:
         return False
     try:
-        return bool(json.loads((results / f"{run_folder_name}.json").read_text()).get("finished"))
+        return bool(json.loads((results / f"{run_folder_name}.json").read_text(encoding="utf-8")).get("finished"))
     except (OSError, ValueError):
         return False
 
@@ -126,7 +126,7 @@ def run_plan(plan, data, profile, *, budget_minutes: float | None = None, result
         if folders and all(_finished_in(results, f) for f in folders):
             print(f"=== {planned.name}: finished record already in {results}: skipped", flush=True)
             done.append(planned.name)
-            records.extend(json.loads((results / f"{f}.json").read_text()) for f in folders)
+            records.extend(json.loads((results / f"{f}.json").read_text(encoding="utf-8")) for f in folders)
             continue
         if deadline is not None and time.monotonic() >= deadline:
             left.extend(p.name for p in plan[index:])
@@ -167,7 +167,7 @@ def summary_rows(results: Path) -> list[dict]:
         if path.stem == SUMMARY_NAME:
             continue
         try:
-            record = json.loads(path.read_text())
+            record = json.loads(path.read_text(encoding="utf-8"))
         except ValueError:
             continue
         if not isinstance(record, dict) or "best_val_top1" not in record:

@@ -46,7 +46,7 @@ def full_scale_records(folder: Path | str | None = None) -> dict[str, dict]:
     """The best full-profile record per ``record_key`` found in ``folder``."""
     best: dict[str, dict] = {}
     for path in sorted(Path(folder or default_results_dir()).glob("*.json")):
-        record = json.loads(path.read_text())
+        record = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(record, dict) or record.get("profile") != "full" or "best_val_top1" not in record:
             continue  # a summary, or a record of another profile
         record["record_file"] = path.name

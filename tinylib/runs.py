@@ -2,23 +2,30 @@
 
 Every run lives in its own folder (``runs_dir()/<run name>``)::
 
+    record.json                       the run record: written when the run starts, rewritten after every epoch
     checkpoint-epoch-NNN.weights.h5   model + optimizer state after epoch NNN
-    partial.weights.h5                the same, inside an epoch (``tinylib.checkpointing``)
+    partial-epoch-NNN-batch-BBBBBB.weights.h5
+                                      the same, inside epoch NNN after batch BBBBBB (``tinylib.checkpointing``)
+    best-epoch-NNN.npz                early stopping's best weights (epoch NNN), for a resume
     final.weights.h5                  what the model ends with (early stopping may restore the best epoch)
-    state.json                        which checkpoint is current, and the history so far
-    record.json                       the run record, rewritten after every epoch
+    state.json                        which checkpoint and best weights are current, and the history so far
 
-``state.json`` is written atomically after the checkpoint it names, so a run killed
-at any moment resumes from its last checkpoint with the same history. This is the
-only module that writes run records; ``tinylib.train`` decides what goes in them.
+A checkpoint is one unit: every file of it has a name of its own (never rewritten in
+place), each is written atomically, and ``state.json`` is written last and names them;
+only then are the files of the unit before removed.  So a run killed at any moment finds
+``state.json`` naming files that are all on disk, and resumes from them with the same
+history. This is the only module that writes run records; ``tinylib.train`` decides what
+goes in them.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import errno
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -46,16 +53,35 @@ KEEP_CHECKPOINTS = 1  # Model 3's weights and Adam state are 1.7 GB: keep one
 FINAL_CHECKPOINT = "final.weights.h5"
 
 
-PARTIAL_CHECKPOINT = "partial.weights.h5"
+PARTIAL_CHECKPOINT = "partial.weights.h5"  # before the checkpoints were named by step: still read
+PARTIAL_PATTERN = "partial-epoch-*-batch-*.weights.h5"
 
 
-BEST_WEIGHTS = "best-weights.npz"
+BEST_WEIGHTS = "best-weights.npz"  # before the best weights were named by epoch: still read
+BEST_PATTERN = "best-epoch-*.npz"
+
+
+def partial_checkpoint_name(epoch: int, batches: int) -> str:
+    """The mid-epoch checkpoint of ``epoch`` (0-based) after ``batches`` batches: a name of its own."""
+    return f"partial-epoch-{epoch + 1:03d}-batch-{batches:06d}.weights.h5"
+
+
+def best_weights_name(epoch: int) -> str:
+    """Early stopping's best weights, taken at the end of ``epoch`` (0-based)."""
+    return f"best-epoch-{epoch + 1:03d}.npz"
+
+
+def remove_unnamed(path: Path, pattern: str, keep: str | None) -> None:
+    """Remove the files of an older unit (``pattern``) now that ``state.json`` names ``keep``."""
+    for old in path.glob(pattern):
+        if old.name != keep:
+            old.unlink(missing_ok=True)
 
 
 def runs_dir() -> Path:
     """Where runs go: ``TINYLIB_RUNS``, else ``<TINYLIB_HOME>/runs``."""
     if os.environ.get(RUNS_ENV):
-        return Path(os.environ[RUNS_ENV]).expanduser()
+        return Path(os.environ[RUNS_ENV]).expanduser().absolute()
     from tinylib.data import home
 
     return home() / "runs"
@@ -66,8 +92,28 @@ def write_run_json(path: Path, payload: dict) -> None:
     files.write_json(path, payload, default=_jsonable)
 
 
+def checkpoint_bytes(model: keras.Model) -> int:
+    """About how many bytes a checkpoint of ``model`` takes: its weights and optimizer state."""
+    variables = list(model.weights) + list(getattr(getattr(model, "optimizer", None), "variables", []) or [])
+    return sum(int(np.prod(v.shape)) * np.dtype(keras.backend.standardize_dtype(v.dtype)).itemsize
+               for v in variables) + (1 << 20)
+
+
 def save_weights(model: keras.Model, path: Path) -> Path:
-    """Save weights (and optimizer state) atomically: a kill mid-save leaves the old file."""
+    """Save weights (and optimizer state) atomically: a kill mid-save leaves the old file.
+
+    Where the disk has no room for it, an OSError (ENOSPC) that names the file says so
+    before anything is written: h5py, out of space mid-write, can crash the process.
+    """
+    path = Path(path)
+    need = checkpoint_bytes(model)
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = None
+    if free is not None and free < need:
+        raise OSError(errno.ENOSPC, f"no room for a checkpoint of {need / 1e6:,.0f} MB "
+                                    f"({free / 1e6:,.0f} MB free); the last checkpoint is kept", str(path))
     with files.atomic_path(path) as tmp:
         model.save_weights(tmp, overwrite=True)
     return path
@@ -125,6 +171,8 @@ class Run:
     wall_before: float = 0.0  # seconds spent by earlier invocations, interrupted ones included
     partial: dict | None = None  # where inside an epoch the last mid-epoch checkpoint was taken
     callback_state: dict = dataclasses.field(default_factory=dict)  # early stopping's patience, ...
+    best_weights: str | None = None  # the file of early stopping's best weights that state.json names
+    stopped: bool = False  # early stopping had ended the run when it was interrupted: only the end is left
     out_of_time: bool = False  # stopped at an epoch boundary by a deadline: resumable, not finished
     started: float | None = None  # perf_counter() when this invocation began training
 
@@ -162,7 +210,7 @@ class Run:
 
 def read_state(path: Path) -> dict | None:
     try:
-        return json.loads((path / STATE_FILE).read_text())
+        return json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
 
@@ -211,7 +259,8 @@ def lock_run(path: Path) -> files.FolderLock:
 def clear_run(path: Path) -> None:
     """Start a run folder afresh: forget its state, record and checkpoints."""
     for stale in [path / STATE_FILE, path / RECORD_FILE, path / FINAL_CHECKPOINT, path / PARTIAL_CHECKPOINT,
-                  path / BEST_WEIGHTS, *path.glob("checkpoint-epoch-*.weights.h5")]:
+                  path / BEST_WEIGHTS, *path.glob("checkpoint-epoch-*.weights.h5"), *path.glob(PARTIAL_PATTERN),
+                  *path.glob(BEST_PATTERN)]:
         stale.unlink(missing_ok=True)
 
 
@@ -271,7 +320,7 @@ def _difference(key: str, old, new) -> str:
 
 def read_record(path: Path) -> dict:
     try:
-        return json.loads((path / RECORD_FILE).read_text())
+        return json.loads((path / RECORD_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
 
@@ -339,7 +388,7 @@ def _augmentation_config(model) -> dict | None:
 def load_run(path: Path | str) -> dict:
     """The record of a run folder (or a record file), for tables and plots."""
     path = Path(path)
-    record = read_record(path) if path.is_dir() else json.loads(path.read_text())
+    record = read_record(path) if path.is_dir() else json.loads(path.read_text(encoding="utf-8"))
     if not record:
         raise FileNotFoundError(f"no {RECORD_FILE} in {path}: is it a run folder?")
     return record

@@ -92,7 +92,7 @@ def _configured_backend() -> str | None:
 def _keras_json_backend() -> str | None:
     home = Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras")
     try:
-        return json.loads((home / "keras.json").read_text()).get("backend") or None
+        return json.loads((home / "keras.json").read_text(encoding="utf-8")).get("backend") or None
     except (OSError, ValueError, AttributeError):
         return None
 
@@ -160,8 +160,39 @@ class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):
         return spec
 
 
+PATH_SETTINGS = ("TINYLIB_HOME", "TINYLIB_RUNS", "TINYLIB_DATA")
+
+
+def absolute_path_settings() -> None:
+    """Make relative path settings absolute, from the folder tinylib was imported in.
+
+    A relative ``TINYLIB_HOME=cache`` means the folder where the command was typed; a
+    later ``os.chdir`` (a notebook, a script) or a child process started elsewhere (a
+    Jupyter kernel runs in the notebook's folder) must not make it mean another.
+    """
+    for name in PATH_SETTINGS:
+        value = os.environ.get(name)
+        if value and not os.path.isabs(os.path.expanduser(value)):
+            os.environ[name] = os.path.abspath(os.path.expanduser(value))
+
+
+def printable_output() -> None:
+    """A terminal that cannot show a character (an ASCII locale) gets an escape (``\\xe9``)
+    instead of a UnicodeEncodeError: class names come from words.txt, paths from the user."""
+    for stream in (sys.stdout, sys.stderr):
+        encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "").replace("_", "")
+        if hasattr(stream, "reconfigure") and encoding not in ("utf8", "utf8sig"):
+            try:
+                stream.reconfigure(errors="backslashreplace")
+            except (ValueError, OSError):  # a stream that cannot change: leave it
+                pass
+
+
 def install() -> None:
-    """Pick a backend if needed and filter TensorFlow's start-up lines; idempotent."""
+    """Pick a backend if needed, make path settings absolute, keep printing safe and
+    filter TensorFlow's start-up lines; idempotent."""
+    absolute_path_settings()
+    printable_output()
     choose_backend()
     # INFO lines off; TensorFlow's warnings and errors stay visible.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")

@@ -28,10 +28,10 @@ from tinylib.environment import configure_precision
 from tinylib.profiles import Profile, get_profile
 from tinylib.progress import ProgressLog
 from tinylib.recipes import Recipe, ablation_recipes, get_recipe, steps_per_epoch
-from tinylib.runs import (
-    FINAL_CHECKPOINT, PARTIAL_CHECKPOINT, STATE_FILE,
-    Run, check_same_run, clear_run, epochs_change,
-    lock_run, new_record, read_record, read_state, write_run_json, load_checkpoint, restore_random_state, run_name, runs_dir, save_weights)
+from tinylib.runs import (BEST_WEIGHTS, FINAL_CHECKPOINT, PARTIAL_CHECKPOINT, PARTIAL_PATTERN, STATE_FILE,
+                          CheckpointError, Run, check_same_run, clear_run, epochs_change, load_checkpoint,
+                          lock_run, new_record, read_record, read_state, restore_random_state, run_name,
+                          runs_dir, save_weights, write_run_json)
 
 
 def make_callbacks(names) -> list:
@@ -96,7 +96,7 @@ def fit(model: keras.Model, data, profile: Profile | str | None = None, *, name:
     # A recipe's runs, and runs with another seed, have their own folders.
     suffix = (f"-{recipe.name}" if recipe is not None else "") + suffix
     suffix += f"-seed{seed}" if seed != profile.seed else ""
-    path = Path(runs or runs_dir()) / (name or run_name(model, profile, suffix))
+    path = Path(runs or runs_dir()).expanduser().absolute() / (name or run_name(model, profile, suffix))
     path.mkdir(parents=True, exist_ok=True)
     if callbacks == "study":
         as_the_study = model.name in models_lib.MODELS and recipe in (None, get_recipe("study"))
@@ -114,8 +114,9 @@ def fit(model: keras.Model, data, profile: Profile | str | None = None, *, name:
         files.remove_stale_temporaries(path)  # left by a writer that was killed
         if not resume:
             clear_run(path)
-        if _resume(run, epochs):
+        if _resume(run, epochs, steps_per_epoch(len(data.train), batch_size)):
             return run  # finished, and nothing more asked of it
+        run.write_record()  # the run's identity on disk from its first step, checked by any resume
         _train(run, model, data, seed, epochs, batch_size, callbacks, extra_callbacks, verbose,
                checkpoint_every, deadline)
         return run
@@ -131,30 +132,51 @@ def _check_schedule_length(model, recipe, epochs: int) -> None:
                          f"but fit was asked for {epochs}: build it with epochs={epochs}")
 
 
-def _resume(run: Run, epochs: int) -> bool:
-    """Load the folder's last checkpoint into ``run``; True when the run is finished as asked."""
+def _resume(run: Run, epochs: int, steps: int) -> bool:
+    """Load the folder's last checkpoint into ``run``; True when the run is finished as asked.
+
+    A folder with a record and no checkpoint (a run interrupted in its first epoch) is
+    checked against this call's settings all the same, and keeps its time spent.
+    ``steps`` is the number of batches in an epoch.
+    """
     path, model = run.path, run.model
     state = read_state(path)
+    previous = read_record(path)
+    if previous:
+        check_same_run(path, previous, run.record)
+        run.wall_before = previous.get("wall_seconds", 0.0)
     if not state:
         return False
-    previous = read_record(path)
-    check_same_run(path, previous, run.record)
     change = epochs_change(path, previous, state["epochs_done"], epochs)
     if not model.optimizer.built:
         model.optimizer.build(model.trainable_variables)
-    load_checkpoint(model, path / state["checkpoint"])
-    restore_random_state(model, state.get("random_state"))
+    checkpoint, partial = state["checkpoint"], state.get("partial")
+    if partial and partial["batches"] >= steps:
+        # Taken after the epoch's last batch (older versions did), then interrupted before the
+        # epoch ended: no batch is left to resume at. Train the epoch again from its start.
+        print(f"{path.name}: the last checkpoint was taken after the last batch of epoch {partial['epoch'] + 1}, "
+              "before its end; training that epoch again from its start", flush=True)
+        partial = None
+        checkpoint = f"checkpoint-epoch-{state['epochs_done']:03d}.weights.h5" if state["epochs_done"] else None
+    if checkpoint is not None:
+        load_checkpoint(model, path / checkpoint)
+        restore_random_state(model, state.get("random_state"))
     run.history, run.epochs_done = state["history"], state["epochs_done"]
-    run.wall_before = previous.get("wall_seconds", 0.0)
+    run.callback_state = state.get("callbacks") or {}
+    run.best_weights = state.get("best_weights") or (BEST_WEIGHTS if (path / BEST_WEIGHTS).is_file() else None)
     if previous.get("finished") and change is None:
         if state["checkpoint"] != FINAL_CHECKPOINT:  # killed while finishing: finish now
             run.record = previous
+            _restore_best_weights(run)
             _finish(run)
         run.record = read_record(path)
         print(f"{path.name} is finished ({run.epochs_done} epochs): returning its record", flush=True)
         return True
     run.record["resumed_at_epoch"] = state["epochs_done"]
-    run.partial, run.callback_state = state.get("partial"), state.get("callbacks") or {}
+    run.partial = partial
+    # Early stopping had ended the run (its state says at which epoch) and the run was
+    # interrupted before its end was saved: only the end is left to do.
+    run.stopped = change is None and any((saved or {}).get("stopped_epoch") for saved in run.callback_state.values())
     changes = list(previous.get("epochs_changed", []))
     if change is not None:
         changes.append(change)
@@ -166,6 +188,20 @@ def _resume(run: Run, epochs: int) -> bool:
     inside = f" and batch {run.partial['batches']} of epoch {run.partial['epoch'] + 1}" if run.partial else ""
     print(f"Resuming {path.name} after epoch {state['epochs_done']} of {epochs}{inside}", flush=True)
     return False
+
+
+def _restore_best_weights(run: Run) -> None:
+    """What early stopping does at the end of a run (restore the best epoch's weights), from
+    the best weights kept on disk: for a run whose end was interrupted."""
+    if "early_stopping" not in (run.record.get("callbacks") or []) or not run.best_weights:
+        return
+    best = run.path / run.best_weights
+    if not best.is_file():
+        raise CheckpointError(f"{best} is missing: the run's best weights cannot be restored; "
+                              "train it again with --fresh (fresh=True)")
+    with np.load(best, allow_pickle=False) as arrays:
+        run.model.set_weights([arrays[f"arr_{i}"] for i in range(len(arrays.files))])
+    print(f"{run.path.name}: restored the best epoch's weights ({run.best_weights})", flush=True)
 
 
 def _train(run: Run, model, data, seed, epochs, batch_size, callbacks, extra_callbacks, verbose,
@@ -196,7 +232,7 @@ def _train(run: Run, model, data, seed, epochs, batch_size, callbacks, extra_cal
         with _sigterm_as_exit():
             # One fit per epoch: each epoch's batches are a dataset of their own, built from
             # (seed, epoch), and a resumed epoch starts at the batch where it stopped.
-            for epoch in range(first, epochs):
+            for epoch in range(first, epochs if not run.stopped else first):
                 if _would_overrun(run, deadline):
                     run.out_of_time = True
                     break
@@ -216,8 +252,7 @@ def _train(run: Run, model, data, seed, epochs, batch_size, callbacks, extra_cal
                 if model.stop_training:
                     break
     except BaseException:
-        if run.epochs_done:  # keep the time this invocation spent, for the record's wall time
-            run.write_record()
+        run.write_record()  # keep the time this invocation spent, for the record's wall time
         raise
     finally:
         run.wall_before, run.started = run.wall_seconds, None
@@ -226,9 +261,13 @@ def _train(run: Run, model, data, seed, epochs, batch_size, callbacks, extra_cal
               "time budget; run the same command again to continue", flush=True)
         run.write_record()
         return
-    for end in run_end:  # the run's end, once: early stopping puts its best epoch's weights back
-        end(None)
-    run.record["stopped_early"] = bool(model.stop_training and run.epochs_done < epochs)
+    if run.stopped:  # resumed after early stopping had ended the run: its end, from the disk
+        _restore_best_weights(run)
+    else:
+        for end in run_end:  # the run's end, once: early stopping puts its best epoch's weights back
+            end(None)
+    stopped = model.stop_training or run.stopped
+    run.record["stopped_early"] = bool(stopped and run.epochs_done < epochs)
     _finish(run)
 
 
@@ -270,7 +309,8 @@ def _finish(run: Run) -> None:
     write_run_json(run.path / STATE_FILE, {**read_state(run.path), "checkpoint": FINAL_CHECKPOINT})
     # A finished run needs no resume point; early stopping's best weights stay, for a run
     # asked later for more epochs.
-    for finished in [*run.path.glob("checkpoint-epoch-*.weights.h5"), run.path / PARTIAL_CHECKPOINT]:
+    for finished in [*run.path.glob("checkpoint-epoch-*.weights.h5"), *run.path.glob(PARTIAL_PATTERN),
+                     run.path / PARTIAL_CHECKPOINT]:
         finished.unlink(missing_ok=True)
     run.write_record()
 

@@ -38,7 +38,7 @@ def read_manifest(folder: Path | None = None) -> dict | None:
     """The manifest of a complete cache, or None if the cache is missing or incomplete."""
     folder = Path(folder or cache_dir())
     try:
-        manifest = json.loads((folder / "manifest.json").read_text())
+        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     if manifest.get("version") != CACHE_VERSION:
@@ -61,7 +61,11 @@ def verify_cache(folder: Path | None = None) -> None:
         raise DataError(f"no complete cache in {folder}; run `python -m tinylib prepare`")
     for name, info in manifest["files"].items():
         if file_digest(folder / name) != info["sha256"]:
-            raise DataError(f"cache file {folder / name} is corrupt; run `python -m tinylib prepare --force`")
+            # Forget that the files were checked, so the next load checks them all again and
+            # repairs the damage instead of trusting the unchanged size and time.
+            (folder / STAMP_NAME).unlink(missing_ok=True)
+            raise DataError(f"cache file {folder / name} is corrupt; run `python -m tinylib prepare --force` "
+                            "(the next load rebuilds it from the source)")
     _write_stamp(folder, manifest)
 
 
@@ -97,7 +101,7 @@ def damaged_file(folder: Path, manifest: dict) -> CacheDamaged | None:
     size and mtime is caught only by ``verify_cache``.
     """
     try:
-        stamp = json.loads((folder / STAMP_NAME).read_text())
+        stamp = json.loads((folder / STAMP_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         stamp = {}  # never verified (an older cache): check everything once
     changed = []
@@ -195,6 +199,12 @@ def _in_the_way(path: Path) -> Path:
     return path
 
 
+def _refuse_a_file_in_the_way(target: Path) -> None:
+    if target.is_file():
+        raise DataError(f"{target} is a file, not tinylib's cache folder: it is not tinylib's to delete; "
+                        f"move it away (or point {HOME_ENV} elsewhere) and run the command again")
+
+
 def _make_folder(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -229,6 +239,7 @@ def prepare(source=None, force: bool = False, workers: int | None = None) -> Pat
     """
     target = cache_dir()
     _make_folder(target.parent)
+    _refuse_a_file_in_the_way(target)
     with _preparation_lock(target.parent):
         source = _source_to_build(target, source, force)
         if source is None:
@@ -311,7 +322,12 @@ def _write_manifest(source, layout: Layout, counts: dict[str, int], tmp: Path, s
 
 
 def _install(tmp: Path, target: Path) -> None:
-    """Put the finished folder in place of the old cache (or of whatever is there)."""
+    """Put the finished folder in place of the old cache.
+
+    A file where the cache folder goes is not tinylib's to delete (``prepare`` refuses
+    it before decoding anything; this is the last guard).
+    """
+    _refuse_a_file_in_the_way(target)
     if target.exists() or target.is_symlink():
         old = target.parent / f".{CACHE_DIR_NAME}.tmp-old-{os.getpid()}"
         os.replace(target, old)

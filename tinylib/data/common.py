@@ -39,7 +39,7 @@ class DataError(RuntimeError):
 def home() -> Path:
     """The cache folder: ``TINYLIB_HOME`` or the user's cache folder."""
     if os.environ.get(HOME_ENV):
-        return Path(os.environ[HOME_ENV]).expanduser()
+        return Path(os.environ[HOME_ENV]).expanduser().absolute()  # a relative one: from where it was set
     if sys.platform == "win32" and os.environ.get("LOCALAPPDATA"):
         return Path(os.environ["LOCALAPPDATA"]) / "tinylib"
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import tokenize
 from pathlib import Path
 
 import numpy as np
@@ -146,7 +147,7 @@ def _open_cache(folder: Path, manifest: dict | None) -> TinyImageNet:
     if manifest is None:
         raise DataError(f"no complete cache in {folder}; run `python -m tinylib prepare`")
     try:
-        meta = json.loads((folder / "meta.json").read_text())
+        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
     except ValueError as err:
         raise CacheDamaged(folder / "meta.json", f"not valid JSON: {err}") from None
 
@@ -170,7 +171,9 @@ def _load_npy(path: Path, shape: tuple, dtype, mmap_mode: str | None = None) -> 
     other data than the manifest says, is a damaged file."""
     try:
         array = np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
-    except (ValueError, EOFError):  # NumPy's own text may suggest unpickling: not shown
+    except (ValueError, EOFError, SyntaxError, TypeError, KeyError, UnicodeDecodeError, tokenize.TokenError):
+        # A flipped bit in the header: NumPy's parser fails in many ways (and its own text
+        # may suggest unpickling, which is not shown).
         raise CacheDamaged(path, "NumPy cannot read its .npy header") from None
     if array.shape != tuple(shape) or array.dtype != np.dtype(dtype):
         raise CacheDamaged(path, f"its header says {array.dtype} {array.shape}, "
