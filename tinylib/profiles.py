@@ -2,7 +2,8 @@
 
 A profile fixes how much data and how many epochs a run uses, so the same
 notebook cell can take seconds in CI, minutes on a laptop CPU, or reproduce
-the study's full-scale study on a GPU.  Choose one with the environment
+the study at full scale (hours a model on a CPU, where this book's records were
+made; much less on a GPU).  Choose one with the environment
 variable ``TINYLIB_PROFILE``; without it, 'full' is used where a GPU is
 visible and 'quick' everywhere else.
 """
@@ -130,7 +131,8 @@ PROFILES: MappingProxyType = MappingProxyType(
                  "transfer_head": 3, "transfer_all": 15}
             ),
             model_options=MappingProxyType({"transfer": {"image_size": 128}}),
-            description="the study's scale: all 100,000 train and 10,000 val images (needs a GPU)",
+            description="the study's scale: all 100,000 train and 10,000 val images "
+            "(hours a model on a CPU: see book/results for measured times)",
         ),
     }
 )
