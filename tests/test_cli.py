@@ -63,7 +63,7 @@ def test_train_refuses_epochs_and_batch_sizes_below_one(tmp_path, capsys, option
     assert not any(tmp_path.iterdir())  # refused before anything was written
 
 
-def test_reproduce_refuses_a_budget_of_nothing(capsys):
+def test_reproduce_refuses_a_negative_budget(capsys):
     with pytest.raises(SystemExit):
-        cli.main(["reproduce", "--budget", "0"])
-    assert "must be more than 0" in capsys.readouterr().err
+        cli.main(["reproduce", "--budget", "-5"])
+    assert "must be 0 or more, got -5" in capsys.readouterr().err

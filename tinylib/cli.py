@@ -170,13 +170,14 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _positive_float(text: str) -> float:
+def _minutes(text: str) -> float:
+    """An argparse type: minutes, 0 or more (0: train nothing, report what is left)."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
     return value
 
 
@@ -245,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
                    + ", ".join(("model1", "model2", "model4", "model3", "model5", "resnet18-modern",
                                 "model5-finetune", "optimizers")))
     p.add_argument("--profile", help="smoke | quick | full (default: TINYLIB_PROFILE, else full on a GPU)")
-    p.add_argument("--budget", type=_positive_float, help="minutes: stop at an epoch boundary before they are spent")
+    p.add_argument("--budget", type=_minutes, help="minutes: stop at an epoch boundary before they are spent")
     p.add_argument("--results", help="copy finished records here and write summary.md/json "
                    "(book/results is the natural target); runs finished there are skipped")
     p.add_argument("--runs", help="parent folder of run folders (default TINYLIB_RUNS or TINYLIB_HOME/runs)")
