@@ -381,13 +381,6 @@ def test_a_file_where_the_cache_folder_should_be(tiny_env, synthetic, tmp_path, 
     assert blocker.read_text() == "not a folder"
 
 
-def test_a_file_where_the_arrays_folder_should_be_is_replaced(tiny_env, synthetic, monkeypatch):
-    monkeypatch.setenv("TINYLIB_DATA", str(synthetic))
-    tiny_env.mkdir()
-    (tiny_env / data.CACHE_DIR_NAME).write_text("stray file")
-    assert len(data.load().train) == TRAIN_PER_CLASS * len(WNIDS)
-
-
 def _raise(error: OSError):
     def fail(*args, **kwargs):
         raise error

@@ -648,11 +648,12 @@ def test_a_kill_at_every_change_to_the_run_folder_resumes_to_the_same_run(tmp_pa
 
 
 @pytest.mark.slow
-def test_a_kill_at_every_third_change_resumes_to_the_same_run_on_jax(tmp_path, run_dir, monkeypatch):
-    """The same on JAX (every third change, for CI's time: the checkpoint code is shared)."""
+def test_a_kill_at_every_fifth_change_resumes_to_the_same_run_on_jax(tmp_path, run_dir, monkeypatch):
+    """The same on JAX (every fifth change, for CI's time: the checkpoint code is the same
+    on both backends; what differs is how each saves and restores its state)."""
     pytest.importorskip("jax")
     monkeypatch.setenv("KERAS_BACKEND", "jax")  # _drive passes it to the children
-    kill_at_every_change(tmp_path, stride=3, EARLY=1, EVERY=0)
+    kill_at_every_change(tmp_path, stride=5, EARLY=1, EVERY=0)
 
 
 def test_a_run_killed_in_its_first_epoch_is_checked_on_resume_and_keeps_its_time(tmp_path, run_dir):

@@ -65,7 +65,9 @@ def _train(tmp_path: Path, model: str, backend: str, kill: bool) -> subprocess.C
 # nothing the others lack, and 140 million parameters: each of its checkpoints writes 1.7 GB,
 # which CI's 30 minutes cannot spare. On JAX, two models cover what differs per backend. The
 # other models are built and run on JAX by tests/test_models.py run with KERAS_BACKEND=jax.
-TENSORFLOW_CASES = [m for m in STUDY_MODELS + NEW_MODELS if m != "model3"]
+# Model 1's state (weights and Adam's moments) is what every other case holds too, and
+# tests/test_run_faults.py kills a small model at every change to its run folder: left out too.
+TENSORFLOW_CASES = [m for m in STUDY_MODELS + NEW_MODELS if m not in ("model1", "model3")]
 CASES = [(model, "tensorflow") for model in TENSORFLOW_CASES] + [("model1", "jax"), ("resnet18", "jax")]
 
 
