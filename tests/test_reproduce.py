@@ -81,6 +81,21 @@ def test_results_get_the_finished_records_and_a_summary_and_finished_runs_are_sk
     assert not (tmp_path / "bare").exists()
 
 
+def test_a_finished_record_of_another_epoch_count_is_trained_again(tmp_path):
+    # A profile that raised Model 2's cap (30 -> 100 epochs) must not take the old record for done.
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "model2-full-tensorflow.json").write_text(json.dumps({"finished": True, "epochs": 30}))
+    assert reproduce._finished_in(results, "model2-full-tensorflow", 30)
+    assert not reproduce._finished_in(results, "model2-full-tensorflow", 100)
+    from tinylib.profiles import get_profile
+
+    full = get_profile("full")
+    assert reproduce.planned_epochs(reproduce.select("model2")[0], full) == 100
+    assert reproduce.planned_epochs(reproduce.select("resnet18-modern")[0], full) == full.epochs_for("resnet18")
+    assert reproduce.planned_epochs(reproduce.select("optimizers")[0], full) is None
+
+
 def test_optimizer_comparison_runs_never_stand_in_for_the_study_row(tmp_path, ds):
     from tinylib import results as book_results
     from tinylib import train

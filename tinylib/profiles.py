@@ -127,7 +127,9 @@ PROFILES: MappingProxyType = MappingProxyType(
             epochs=30,
             batch_size=128,
             model_epochs=MappingProxyType(
-                {"resnet18": 60, "resnet34": 60, "resnet50": 60,
+                # Model 2 trains as the study trained it, until its early stopping ends
+                # the run: 100 epochs is only a cap, high enough not to be what stops it.
+                {"model2": 100, "resnet18": 60, "resnet34": 60, "resnet50": 60,
                  "transfer_head": 3, "transfer_all": 15}
             ),
             model_options=MappingProxyType({"transfer": {"image_size": 128}}),

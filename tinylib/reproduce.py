@@ -80,14 +80,21 @@ def _train(planned: PlannedRun, data, profile, deadline: float | None, runs_fold
     raise ValueError(f"no way to train {planned.name!r}")  # a PLAN entry without a branch here
 
 
-def _finished_in(results: Path | None, run_folder_name: str) -> bool:
-    """Whether ``results`` already holds the finished record of this run folder."""
+def _finished_in(results: Path | None, run_folder_name: str, epochs: int | None = None) -> bool:
+    """Whether ``results`` already holds the finished record of this run folder.
+
+    With ``epochs``, a record finished for another number of epochs (an older
+    profile's) does not count: the run is trained again to the plan's epochs.
+    """
     if results is None:
         return False
     try:
-        return bool(json.loads((results / f"{run_folder_name}.json").read_text(encoding="utf-8")).get("finished"))
+        record = json.loads((results / f"{run_folder_name}.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
+    if epochs is not None and record.get("epochs") not in (None, epochs):
+        return False
+    return bool(record.get("finished"))
 
 
 def expected_folders(planned: PlannedRun, profile, backend: str) -> list[str] | None:
@@ -100,6 +107,17 @@ def expected_folders(planned: PlannedRun, profile, backend: str) -> list[str] | 
     if planned.name == "resnet18-modern":
         return [run_name("resnet18", profile, "-modern", backend=backend)]
     return None  # the others depend on what is found (weights) or are several runs
+
+
+def planned_epochs(planned: PlannedRun, profile) -> int | None:
+    """The epochs a single-model planned run trains for in ``profile`` (None for the others)."""
+    from tinylib import models
+
+    if planned.name in models.MODELS:
+        return profile.epochs_for(planned.name)
+    if planned.name == "resnet18-modern":
+        return profile.epochs_for("resnet18")
+    return None
 
 
 def run_plan(plan, data, profile, *, budget_minutes: float | None = None, results: Path | None = None,
@@ -123,7 +141,7 @@ def run_plan(plan, data, profile, *, budget_minutes: float | None = None, result
     done, left, records = [], [], []
     for index, planned in enumerate(plan):
         folders = expected_folders(planned, profile, backend)
-        if folders and all(_finished_in(results, f) for f in folders):
+        if folders and all(_finished_in(results, f, planned_epochs(planned, profile)) for f in folders):
             print(f"=== {planned.name}: finished record already in {results}: skipped", flush=True)
             done.append(planned.name)
             records.extend(json.loads((results / f"{f}.json").read_text(encoding="utf-8")) for f in folders)
