@@ -14,6 +14,10 @@ STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 # With execute.allow_errors: false, a cell that raises makes this exit non-zero.
 JB_FLAGS ?= -W -n --keep-going
 PYTEST_ARGS ?=
+# Two pytest-xdist workers: the chapters (nbval, then the site built from them) on one,
+# the library's tests on the other (tests/conftest.py groups them). PYTEST_WORKERS=0
+# runs everything in one process.
+PYTEST_WORKERS ?= 2
 
 BUILD         := book/_build
 # The execution cache is keyed by each notebook's code alone, so outputs cached under
@@ -61,7 +65,7 @@ book: $(STAMP)
 	@echo "The site is in book/_build/html (open book/_build/html/index.html)."
 
 test: $(STAMP)
-	$(BIN)/python -m pytest --durations=30 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --durations=30 -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(BUILD)/html $(BUILD)/.doctrees $(BUILD)/jupyter_execute $(BUILD)/screenshots

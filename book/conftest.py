@@ -36,6 +36,35 @@ EXECUTED = pytest.StashKey[str]()
 FAILED = pytest.StashKey[set]()
 
 
+try:
+    from xdist.scheduler import LoadScopeScheduling
+except ImportError:  # without pytest-xdist, pytest runs everything in one process
+    LoadScopeScheduling = None
+
+# One unit of work under pytest-xdist: the chapters and the browser test that builds the
+# site from them (tests/conftest.py sorts it after them).
+TOGETHER = ("book/", "tests/test_site.py")
+
+
+if LoadScopeScheduling is not None:
+    class ChaptersOnOneWorker(LoadScopeScheduling):
+        """``--dist loadgroup`` as this suite needs it: a chapter's cells share one kernel,
+        in order, and the site is built from the chapters this worker ran; every other
+        test is a unit of its own. The largest unit, the book, starts first.
+
+        (pytest-xdist's own ``xdist_group`` marks do not group under pytest 9.2, whose
+        node ids no longer take the group's suffix.)
+        """
+
+        def _split_scope(self, nodeid: str) -> str:
+            return "book" if nodeid.startswith(TOGETHER) else nodeid
+
+    def pytest_xdist_make_scheduler(config, log):
+        if config.getvalue("dist") == "loadgroup":
+            return ChaptersOnOneWorker(config, log)
+        return None
+
+
 def pytest_configure(config):
     given = os.environ.get(GIVEN_RUNS_ENV)
     config.stash[RUNS] = given or tempfile.mkdtemp(prefix="tinylib-test-runs-")

@@ -136,5 +136,10 @@ def run_on_jax(tmp_path):
 
 def pytest_collection_modifyitems(config, items):
     """The browser test last: it builds the site from the chapters nbval ran earlier in
-    the same session (book/conftest.py keeps them), instead of running them again."""
+    the same session (book/conftest.py keeps them), instead of running them again.
+
+    Under pytest-xdist (``make test`` runs two workers) book/conftest.py sends the
+    chapters and the browser test to one worker, in this order; the library's tests
+    share the other worker's time.
+    """
     items.sort(key=lambda item: item.get_closest_marker("site") is not None)  # stable: order kept otherwise

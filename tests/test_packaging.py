@@ -204,3 +204,21 @@ def test_the_default_commands_install_tensorflow():
     extras = next(line for line in makefile.splitlines() if line.startswith("EXTRAS"))
     assert "tensorflow" in [e.strip() for e in extras.split("=", 1)[1].split(",")], extras
     assert 'pip install -e ".[tensorflow,book,test]"' in (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def test_make_tests_two_workers_keep_each_chapter_and_the_site_on_one_worker():
+    """`make test` runs pytest-xdist: a chapter's cells share one kernel in order, and the
+    site test builds from the chapters its own worker ran; the other tests spread out."""
+    import importlib.util
+
+    pytest.importorskip("xdist")
+    spec = importlib.util.spec_from_file_location("book_conftest", BOOK / "conftest.py")
+    book_conftest = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(book_conftest)
+    split = book_conftest.ChaptersOnOneWorker._split_scope
+    scopes = {split(None, nodeid) for nodeid in ("book/02_dataset.ipynb::Cell 0", "book/15_inside_the_models.ipynb::Cell 9",
+                                                 "tests/test_site.py::test_chapter_page[3]")}
+    assert scopes == {"book"}
+    assert split(None, "tests/test_train.py::test_a") != split(None, "tests/test_train.py::test_b")
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    assert "--dist loadgroup" in makefile and "-n $(PYTEST_WORKERS)" in makefile
