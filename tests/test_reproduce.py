@@ -161,14 +161,14 @@ def test_a_kill_at_a_random_moment_loses_no_finished_epoch_and_the_rerun_finishe
 @pytest.mark.slow
 def test_the_beyond_the_study_runs_of_the_plan_train_and_summarize(tmp_path, ds):
     results = tmp_path / "results"
-    plan = reproduce.select("resnet18-modern,model5-finetune,optimizers")
+    # Fine-tuning, the plan's other branch, runs on JAX below (and tests/test_transfer.py
+    # trains its stages on TensorFlow).
+    plan = reproduce.select("resnet18-modern,optimizers")
     outcome = reproduce.run_plan(plan, ds, _profile(epochs=1), results=results, runs_folder=tmp_path / "runs")
-    assert outcome["done"] == ["resnet18-modern", "model5-finetune", "optimizers"] and not outcome["left"]
+    assert outcome["done"] == ["resnet18-modern", "optimizers"] and not outcome["left"]
     runs = {row["run"]: row for row in json.loads((results / "summary.json").read_text())}
-    assert set(runs) == {"resnet18-modern", "model5-finetune-64px-head", "model5-finetune-64px-all",
-                         *(f"model2-optimizer-{o}" for o in ("adam", "rmsprop", "sgd", "nadam"))}
-    # No ImageNet weights here: the fine-tuning records say so.
-    assert runs["model5-finetune-64px-all"]["weights"] == "random"
+    assert set(runs) == {"resnet18-modern", *(f"model2-optimizer-{o}" for o in ("adam", "rmsprop", "sgd", "nadam"))}
+    assert all(row["profile"] == "full" and row["finished"] for row in runs.values())
 
 
 BLOCKER = '''import os
@@ -179,22 +179,30 @@ raise ImportError("TensorFlow is blocked: this test proves the path runs without
 '''
 
 
-JAX_PLAN = "model2,model5,resnet18-modern,model5-finetune"
+JAX_PLAN = "model2,resnet18-modern,model5-finetune"
 
 
 def test_the_jax_plan_takes_every_branch_of_the_plan():
     """The subset run on JAX below covers each branch of reproduce._train, and every
-    study model it leaves out takes the same branch as one it keeps."""
+    planned run it leaves out takes the path of one it keeps."""
     import inspect
+
+    from tinylib import transfer
 
     source = inspect.getsource(reproduce._train)
     kept = JAX_PLAN.split(",")
     for branch in ("resnet18-modern", "model5-finetune"):
         assert f'"{branch}"' in source and branch in kept
-    assert "model5" in kept and "model2" in kept  # pretrained, and the study's callbacks
+    assert "model2" in kept  # train_model with the study's callbacks
+    # Model 5 is train_model (Model 2's path) with the ImageNet weights that
+    # resolve_pretrained finds; fine-tuning finds them the same way and builds Model 5
+    # with them through the same builder, train.build, so the JAX run of fine-tuning
+    # covers Model 5's build, weights and training without ResNet50 compiled twice more.
+    assert source.count("models.resolve_pretrained(\"imagenet\")") == 2
+    assert 'build("model5", data, profile' in inspect.getsource(transfer._fine_tune)
     # Left out: the study models that take Model 2's path, and the optimizer comparison
     # (Model 2 four times; its branch is trained on TensorFlow by the beyond-the-study test).
-    assert set(reproduce.PLAN_NAMES) - set(kept) == {"model1", "model3", "model4", "optimizers"}
+    assert set(reproduce.PLAN_NAMES) - set(kept) == {"model1", "model3", "model4", "model5", "optimizers"}
 
 
 @pytest.mark.realdata
@@ -210,9 +218,10 @@ def test_every_planned_run_trains_on_jax_where_tensorflow_is_absent(real_data_pa
            "TINYLIB_PRECISION": "mixed_bfloat16",
            "PYTHONPATH": os.pathsep.join([str(tmp_path / "blocked"), str(REPO)])}
     # One run of each path through the plan: Model 2 (train_model with the study's callbacks;
-    # Models 1, 3 and 4 take the same path without them), Model 5 (pretrained weights),
-    # ResNet-18 (a recipe) and fine-tuning (transfer.fine_tune). The optimizer comparison is
-    # Model 2's run four times (train.compare_optimizers), run on TensorFlow by the test above.
+    # Models 1, 3 and 4 take the same path without them), ResNet-18 (a recipe) and
+    # fine-tuning (transfer.fine_tune: Model 5 with the pretrained weights, through the
+    # builder Model 5's own run uses). The optimizer comparison is Model 2's run four
+    # times (train.compare_optimizers), run on TensorFlow by the test above.
     result = subprocess.run([sys.executable, "-m", "tinylib", "reproduce", "--profile", "smoke",
                              "--only", JAX_PLAN,
                              "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results")],
@@ -220,7 +229,7 @@ def test_every_planned_run_trains_on_jax_where_tensorflow_is_absent(real_data_pa
     assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-3000:])
     rows = json.loads((tmp_path / "results" / "summary.json").read_text())
     names = {row["run"] for row in rows}
-    assert {"model2", "model5", "resnet18-modern"} <= names
+    assert {"model2", "resnet18-modern"} <= names
     assert {"model5-finetune-96px-head", "model5-finetune-96px-all"} <= names
     trained = [json.loads(p.read_text()) for p in (tmp_path / "results").glob("*-smoke-*.json")]
     assert trained and all(r["backend"] == "jax" and r["dtype_policy"] == "mixed_bfloat16" for r in trained)
