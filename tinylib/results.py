@@ -121,6 +121,133 @@ def full_scale_report(model: str, folder: Path | str | None = None) -> str:
     return "\n".join(lines)
 
 
+BACKEND_NAMES = {"tensorflow": "TensorFlow", "jax": "JAX", "torch": "PyTorch"}
+
+
+def _pct(value: float) -> str:
+    return f"{value:.2%}"
+
+
+def _model_title(model: str) -> str:
+    """'model2' -> 'Model 2' (the study's names); other names as they are."""
+    return f"Model {model[5:]}" if model.startswith("model") and model[5:].isdigit() else model
+
+
+def _interval(record: dict) -> tuple[float, float, int]:
+    from tinylib.stats import accuracy_interval
+
+    n = int((record.get("dataset") or {}).get("val_images") or STUDY_VAL_IMAGES)
+    low, high = accuracy_interval(round(record["best_val_top1"] * n), n)
+    return low, high, n
+
+
+def _against(value: float, n: int, other: float, other_n: int) -> str:
+    """'within noise of', 'above' or 'below' (beyond noise): how ``value`` stands to ``other``."""
+    from tinylib.stats import within_noise
+
+    if within_noise(value, n, other, other_n):
+        return "within noise of"
+    return "above" if value > other else "below"
+
+
+def _how_it_ended(record: dict) -> str:
+    run, planned = record["epochs_run"], record.get("epochs", record["epochs_run"])
+    if record.get("stopped_early"):
+        return f"early stopping ended it after epoch {run} of the {planned} allowed"
+    if record.get("finished", True) or run >= planned:
+        return f"it ran all {run} of its planned epochs"
+    return f"it is unfinished: {run} of {planned} epochs so far, and it resumes where it stopped"
+
+
+def full_scale_story(model: str, folder: Path | str | None = None) -> str:
+    """A model chapter's full-scale paragraph (Markdown), every number read from the record.
+
+    The best validation top-1 with its 95% interval against the study's, training
+    against validation accuracy, what ended the run, its minutes and device. Without a
+    record it says "not yet measured" and how to make one; a number is never typed in.
+    """
+    title, study = _model_title(model), STUDY_RESULTS.get(model)
+    record = full_scale_records(folder).get(model)
+    study_text = (f"the study's {_pct(study['val'])} validation and {_pct(study['train'])} training accuracy"
+                  if study else "no figure from the study")
+    if record is None:
+        return (f"**This book at full scale:** not yet measured. `book/results/` holds no full-scale "
+                f"record of {title} yet (`python -m tinylib reproduce --only {model} --results book/results` "
+                f"makes one); until then the comparison is with {study_text} alone.")
+    low, high, n = _interval(record)
+    best, train = record["best_val_top1"], record["final_train_top1"]
+    so_far = "" if record.get("finished", True) else " so far"
+    top5 = f"; top-5 {_pct(record['best_val_top5'])}" if record.get("best_val_top5") is not None else ""
+    parts = [f"**This book at full scale:** {title} reached {_pct(best)} validation top-1{so_far} "
+             f"(95% interval {low:.1%} to {high:.1%} on {n:,} images{top5})"]
+    if study:
+        stand = _against(best, n, study["val"], STUDY_VAL_IMAGES)
+        parts[0] += (f", {stand} the study's {_pct(study['val'])}"
+                     + ("" if stand == "within noise of" else ", beyond noise") + ".")
+    else:
+        parts[0] += "."
+    side = "above" if train > best else "below" if train < best else "level with"
+    study_side = ""
+    if study:
+        study_side = (f" (the study's: {_pct(study['train'])} training, "
+                      f"{'above' if study['train'] > study['val'] else 'below'} its {_pct(study['val'])})")
+    parts.append(f"Its training accuracy ended at {_pct(train)}, {side} its best validation accuracy{study_side}.")
+    minutes = record.get("wall_seconds", 0.0) / 60
+    weights = "ImageNet" if record.get("weights") == "imagenet" else str(record.get("weights"))
+    source = record.get("weights_source")
+    weights += f" weights ({source})" if source and source != record.get("weights") else " weights"
+    backend = BACKEND_NAMES.get(record["backend"], record["backend"])
+    parts.append(f"As for the run's end, {_how_it_ended(record)}; it took {minutes:,.0f} minutes of "
+                 f"{backend} on {record['device']}, from {weights} (`{record['record_file']}`).")
+    return " ".join(parts)
+
+
+def comparison_story(first: str, second: str, folder: Path | str | None = None) -> str:
+    """One sentence: how two models' full-scale runs in this book compare, and how the study's did."""
+    records = full_scale_records(folder)
+    a, b = records.get(first), records.get(second)
+    name_a, name_b = _model_title(first), _model_title(second)
+    if a is None or b is None:
+        missing = " and ".join(_model_title(m) for m, r in ((first, a), (second, b)) if r is None)
+        return f"This book cannot compare {name_a} with {name_b} at full scale yet: {missing} is not yet measured."
+    low_a, high_a, n_a = _interval(a)
+    _, _, n_b = _interval(b)
+    stand = _against(a["best_val_top1"], n_a, b["best_val_top1"], n_b)
+    verdict = {"within noise of": f"{name_a} and {name_b} cannot be told apart",
+               "above": f"{name_a} is ahead of {name_b}, beyond noise",
+               "below": f"{name_a} is behind {name_b}, beyond noise"}[stand]
+    sentence = (f"In this book's full-scale runs {verdict} ({_pct(a['best_val_top1'])} against "
+                f"{_pct(b['best_val_top1'])} validation top-1)")
+    sa, sb = STUDY_RESULTS.get(first), STUDY_RESULTS.get(second)
+    if sa and sb:
+        same = (sa["val"] > sb["val"]) == (a["best_val_top1"] > b["best_val_top1"])
+        sentence += (f"; in the study {name_a} scored {_pct(sa['val'])} and {name_b} {_pct(sb['val'])}, "
+                     + ("the same order" if same or stand == "within noise of" else "the reverse order"))
+    return sentence + "."
+
+
+def glue_full_scale(model: str, folder: Path | str | None = None) -> str:
+    """``full_scale_story`` glued as ``<model>_full_scale`` for the chapter's prose; returns it.
+
+    The prose pastes it with ``{glue:md}`` (myst-nb), so a new record changes the
+    sentence. Where myst-nb is absent (a bare Jupyter, Colab) nothing is glued and
+    the chapter's printed report says the same.
+    """
+    story = full_scale_story(model, folder)
+    glue_markdown(f"{model}_full_scale", story)
+    return story
+
+
+def glue_markdown(key: str, text: str) -> None:
+    """Glue Markdown ``text`` under ``key`` for ``{glue:md}`` in the book (not shown in the cell)."""
+    try:
+        from IPython.display import Markdown
+        from myst_nb import glue
+    except ImportError:
+        return
+    glue(key, Markdown(text), display=False)
+
+
 def comparison_table(folder: Path | str | None = None):
     """The comparison as a Markdown table (the study's and this book's figures)."""
     lines = ["| model | source | train accuracy | val accuracy | note |", "|---|---|---|---|---|"]
