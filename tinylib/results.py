@@ -87,14 +87,21 @@ def _describe(record: dict) -> str:
             f"weights: {_weights(record)} ({record['record_file']})")
 
 
-def _epochs(record: dict) -> str:
-    """'30 epochs', 'stopped early after 17 of 30 epochs', or '12 of 30 epochs (unfinished)'."""
+def _run_end(record: dict) -> tuple[str, int, int]:
+    """How a run ended: ('stopped early' | 'finished' | 'unfinished', epochs run, epochs planned)."""
     run, planned = record["epochs_run"], record.get("epochs", record["epochs_run"])
     if record.get("stopped_early"):
-        return f"stopped early after {run} of {planned} epochs"
+        return "stopped early", run, planned
     if record.get("finished", True) or run >= planned:
-        return f"{run} epochs"
-    return f"{run} of {planned} epochs (unfinished: the run was stopped and can resume)"
+        return "finished", run, planned
+    return "unfinished", run, planned
+
+
+def _epochs(record: dict) -> str:
+    """'30 epochs', 'stopped early after 17 of 30 epochs', or '12 of 30 epochs (unfinished)'."""
+    end, run, planned = _run_end(record)
+    return {"stopped early": f"stopped early after {run} of {planned} epochs", "finished": f"{run} epochs",
+            "unfinished": f"{run} of {planned} epochs (unfinished: the run was stopped and can resume)"}[end]
 
 
 def full_scale_report(model: str, folder: Path | str | None = None) -> str:
@@ -151,12 +158,10 @@ def _against(value: float, n: int, other: float, other_n: int) -> str:
 
 
 def _how_it_ended(record: dict) -> str:
-    run, planned = record["epochs_run"], record.get("epochs", record["epochs_run"])
-    if record.get("stopped_early"):
-        return f"early stopping ended it after epoch {run} of the {planned} allowed"
-    if record.get("finished", True) or run >= planned:
-        return f"it ran all {run} of its planned epochs"
-    return f"it is unfinished: {run} of {planned} epochs so far, and it resumes where it stopped"
+    end, run, planned = _run_end(record)
+    return {"stopped early": f"early stopping ended it after epoch {run} of the {planned} allowed",
+            "finished": f"it ran all {run} of its planned epochs",
+            "unfinished": f"it is unfinished: {run} of {planned} epochs so far, and it resumes where it stopped"}[end]
 
 
 def full_scale_story(model: str, folder: Path | str | None = None) -> str:
