@@ -299,14 +299,25 @@ def test_the_install_cell_does_nothing_where_tinylib_is_installed(monkeypatch, t
 
 def test_the_install_cell_installs_the_configured_repository_where_tinylib_is_missing(
         monkeypatch, tmp_path):
-    repository = load_config()["repository"]
-    calls = run_cell(expected_source(), monkeypatch, tmp_path, tinylib_missing=True)
-    folder = os.path.abspath(repository["url"].rsplit("/", 1)[-1])  # in tmp_path, the cwd
+    tool = load_tool()
+    url, branch = "https://github.com/someone/tinylib-course", "published"
+    calls = run_cell(tool.cell_source(url, branch), monkeypatch, tmp_path, tinylib_missing=True)
+    folder = os.path.abspath("tinylib-course")  # in tmp_path, the cwd
     assert calls == [
-        ["git", "clone", "-q", "--depth", "1", "--branch", repository["branch"],
-         repository["url"], folder],
+        ["git", "clone", "-q", "--depth", "1", "--branch", branch, url, folder],
         [sys.executable, "-m", "pip", "install", "-q", "-e", folder],
     ]
+
+
+def test_the_install_cell_says_what_to_do_while_the_repository_is_the_placeholder(monkeypatch, tmp_path):
+    tool = load_tool()
+    source = tool.cell_source(tool.PLACEHOLDER + "tinylib-course", "main")
+    with pytest.raises(RuntimeError, match=r"still the placeholder https://github.com/example/tinylib-course\. "
+                                           r"Install tinylib from your copy"):
+        run_cell(source, monkeypatch, tmp_path, tinylib_missing=True)
+    assert run_cell(source, monkeypatch, tmp_path, tinylib_missing=False) == []  # installed: nothing
+    if load_config()["repository"]["url"].startswith(tool.PLACEHOLDER):  # the chapters as committed
+        assert expected_source() == source
 
 
 def test_the_sync_tool_adds_and_rewrites_the_cell(tmp_path):

@@ -68,8 +68,30 @@ def repository(config_path: Path = CONFIG) -> tuple[str, str]:
     return url, str(repo.get("branch") or "main").strip()
 
 
+# _config.yml's repository.url until the book is published: nothing to clone there.
+PLACEHOLDER = "https://github.com/example/"
+
+UNPUBLISHED = '''\
+# In Colab, or any Jupyter without tinylib: install it from the course's repository.
+# Where tinylib is installed (JupyterLab after `make`, Binder, the book's build) this does nothing.
+try:
+    import tinylib
+except ImportError:
+    raise RuntimeError(
+        "tinylib is not installed in this Jupyter, and this copy of the course names no repository "
+        "to install it from: repository.url in _config.yml is still the placeholder "
+        {repository} ". Install tinylib from your copy of the course (pip install -e PATH), "
+        "or set repository.url and run tools/sync_launch_cells.py.") from None'''
+
+
 def cell_source(url: str, branch: str) -> str:
-    """The install cell's code for a repository URL and branch."""
+    """The install cell's code for a repository URL and branch.
+
+    While the URL is the placeholder, the cell fails at once with what to do, instead of
+    a git clone that asks for a password or fails with git's own message.
+    """
+    if url.startswith(PLACEHOLDER):
+        return UNPUBLISHED.format(repository=json.dumps(url))
     folder = url.rsplit("/", 1)[-1] or "tinylib-course"
     return TEMPLATE.format(repository=json.dumps(url), branch=json.dumps(branch),
                            folder=json.dumps(folder))
