@@ -59,6 +59,7 @@ if LoadScopeScheduling is not None:
         def _split_scope(self, nodeid: str) -> str:
             return "book" if nodeid.startswith(TOGETHER) else nodeid
 
+    @pytest.hookimpl(optionalhook=True)  # xdist may be installed and switched off (-p no:xdist)
     def pytest_xdist_make_scheduler(config, log):
         # Also for the modes that would deal single cells to workers (a bare `-n 2` is
         # "load"): a chapter's cells out of order, in two kernels, fail for no reason.

@@ -230,3 +230,14 @@ def test_every_notebook_cell_has_an_id():
         notebook = json.loads(path.read_text(encoding="utf-8"))
         missing = [i for i, cell in enumerate(notebook["cells"]) if "id" not in cell]
         assert not missing, f"{path.name}: cells {missing} have no id"
+
+
+def test_the_chapters_collect_with_pytest_xdist_switched_off():
+    """book/conftest.py's scheduler hook is optional: `-p no:xdist` must not stop pytest."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:xdist",
+                           str(BOOK / "01_introduction.ipynb")], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]

@@ -791,3 +791,30 @@ def test_a_full_disk_during_training_is_one_clear_error_and_the_last_checkpoint_
     monkeypatch.undo()
     again = train.fit(_tiny(ds.num_classes), ds, profile, epochs=2, runs=tmp_path, callbacks=[], verbose=0)
     assert again.epochs_done == 2
+
+
+def test_each_epochs_learning_rate_is_the_one_it_trained_with(tmp_path, smoke, monkeypatch):
+    """ReduceLROnPlateau lowers the rate at an epoch's end, before the record reads it: the
+    record kept the next epoch's rate (one epoch out), so a plot put each step an epoch early."""
+    import keras
+
+    from tinylib import train
+
+    ds, profile = smoke
+    # Every epoch after the first is a plateau (none beats the best by 10): the rate halves
+    # at the end of each from the second on.
+    monkeypatch.setattr(train, "make_callbacks", lambda names: [keras.callbacks.ReduceLROnPlateau(
+        monitor="val_loss", factor=0.5, patience=0, min_delta=10.0, min_lr=0.0, verbose=0)])
+    model = _tiny(ds.num_classes)
+    model.optimizer.learning_rate.assign(1e-3)
+    seen = []
+
+    class Seen(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            if batch == 0:
+                seen.append(float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)))
+
+    run = train.fit(model, ds, profile, epochs=3, runs=tmp_path, callbacks=["reduce_lr_on_plateau"],
+                    extra_callbacks=[Seen()], verbose=0)
+    assert seen == pytest.approx([1e-3, 1e-3, 5e-4])
+    assert run.record["history"]["learning_rate"] == pytest.approx(seen)

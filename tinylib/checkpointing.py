@@ -67,6 +67,7 @@ class Checkpointer(keras.callbacks.Callback):
         self.epoch = epoch
         self.epoch_start = self.last_save = time.perf_counter()
         self.train_end = None
+        self.epoch_rate = None
         self.carried_metrics = None
         partial = self.run.partial
         if self.offset and partial and partial["epoch"] == epoch:  # resumed mid-epoch: carry on
@@ -111,15 +112,18 @@ class Checkpointer(keras.callbacks.Callback):
             if optimizer is not None:
                 keras.ops.convert_to_numpy(optimizer.iterations)
             self.train_end = time.perf_counter()
+            # The rate the epoch's last step used: read before ReduceLROnPlateau (whose
+            # on_epoch_end runs before this callback's) lowers it for the next epoch.
+            self.epoch_rate = self._learning_rate()
 
     def on_epoch_end(self, epoch, logs=None):
         logs = dict(logs or {})
         now = time.perf_counter()
         logs["seconds"] = now - self.epoch_start
         logs["train_seconds"] = (self.train_end or now) - self.epoch_start
-        lr = getattr(self.model.optimizer, "learning_rate", None)
-        if lr is not None:
-            logs["learning_rate"] = float(keras.ops.convert_to_numpy(lr))
+        rate = self.epoch_rate if self.epoch_rate is not None else self._learning_rate()
+        if rate is not None:
+            logs["learning_rate"] = rate
         for key, value in logs.items():
             self.run.history.setdefault(key, []).append(float(value))
         checkpoint = self.run.path / f"checkpoint-epoch-{epoch + 1:03d}.weights.h5"
@@ -137,6 +141,10 @@ class Checkpointer(keras.callbacks.Callback):
             if legacy != self.run.best_weights:
                 (self.run.path / legacy).unlink(missing_ok=True)
         self.run.write_record()
+
+    def _learning_rate(self) -> float | None:
+        rate = getattr(getattr(self.model, "optimizer", None), "learning_rate", None)
+        return None if rate is None else float(keras.ops.convert_to_numpy(rate))
 
     def _save_best_weights(self, epoch: int) -> None:
         """Early stopping's best weights live in memory: keep them on disk for a resume."""
