@@ -14,6 +14,10 @@ STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 # With execute.allow_errors: false, a cell that raises makes this exit non-zero.
 JB_FLAGS ?= -W -n --keep-going
 PYTEST_ARGS ?=
+# uv (from PyPI, into the venv) resolves and installs the same versions as pip, with
+# parallel downloads: the venv is ready in about half of pip's time. uv reads its own
+# settings (UV_INDEX_URL, ...), not pip.conf: INSTALLER=pip installs with pip alone.
+INSTALLER ?= uv
 # Two pytest-xdist workers: the chapters (nbval, then the site built from them) on one,
 # the library's tests on the other (tests/conftest.py groups them). PYTEST_WORKERS=0
 # runs everything in one process.
@@ -34,7 +38,7 @@ INLINE_BACKEND := module://matplotlib_inline.backend_inline
 help:
 	@echo "make book       set up $(VENV) and build the site into book/_build/html"
 	@echo "make test       set up $(VENV) and run the test suite (PYTEST_ARGS=... to pass options)"
-	@echo "make venv       only set up $(VENV) (pip install -e \".[$(EXTRAS)]\")"
+	@echo "make venv       only set up $(VENV) (uv pip install -e \".[$(EXTRAS)]\"; INSTALLER=pip for pip)"
 	@echo "make clean      remove the built site (keeps the execution cache)"
 	@echo "make distclean  remove the built site, its execution cache and $(VENV)"
 
@@ -42,8 +46,13 @@ venv: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+ifeq ($(INSTALLER),uv)
+	$(BIN)/python -m pip install -q "uv>=0.5,<1"
+	$(BIN)/python -m uv pip install --python $(BIN)/python -e ".[$(EXTRAS)]"
+else
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install -e ".[$(EXTRAS)]"
+endif
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 

@@ -24,9 +24,10 @@ REPO = Path(__file__).resolve().parents[1]
 # A tiny model trained in a fresh process. argv: runs folder, epochs, then flags:
 #   SLEEP=s        every training batch sleeps s seconds (so epochs take measurable time)
 #   DIE_IN=epoch   SIGKILL (or SIGTERM with SIGNAL=TERM) itself in that epoch (1-based)
-#   DIE_SAVING=1   SIGKILL itself half way through writing final.weights.h5
+#   DIE_SAVING=1   SIGKILL itself half way through writing final.weights.h5 (with EARLY=1, which
+#                  makes the final weights other than the last epoch's, so they are written)
 #   KILL_AT=k      SIGKILL itself right after its k-th change to the runs folder: a file or folder
-#                  made, renamed or removed, or a file opened for writing (found by watching the
+#                  made, linked, renamed or removed, or a file opened for writing (found by watching the
 #                  calls that change a folder, not by knowing tinylib's file names)
 #   CHANGES=path   write there how many changes the run made
 #   EARLY=1        the study's early stopping, made to stop after epoch 2 (best: epoch 1)
@@ -55,7 +56,8 @@ DRIVER = textwrap.dedent("""
             return result
         setattr(module, name, call)
 
-    for name, paths in (("replace", 2), ("rename", 2), ("unlink", 1), ("remove", 1), ("mkdir", 1), ("rmdir", 1)):
+    for name, paths in (("replace", 2), ("rename", 2), ("link", 2), ("unlink", 1), ("remove", 1), ("mkdir", 1),
+                        ("rmdir", 1)):
         watch(os, name, paths)
     real_open = builtins.open
     def open_watched(file, mode="r", *args, **kwargs):
@@ -249,13 +251,13 @@ def test_atomic_path_leaves_the_old_file_when_the_writer_dies(tmp_path):
 
 
 def test_a_kill_while_saving_the_final_weights_is_finished_by_the_next_call(tmp_path, run_dir):
-    died = _drive(tmp_path, DIE_SAVING=1)
+    died = _drive(tmp_path, DIE_SAVING=1, EARLY=1)
     assert died.returncode == -signal.SIGKILL, died.stderr[-3000:]
     # The simulated kill left half a file under the temporary name, never under the real one.
     assert not (run_dir / "final.weights.h5").exists()
     assert list(run_dir.glob(".tmp-*"))
 
-    again = _drive(tmp_path)
+    again = _drive(tmp_path, EARLY=1)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "is finished" in again.stdout
     assert (run_dir / "final.weights.h5").is_file() and not list(run_dir.glob(".tmp-*"))
@@ -694,10 +696,11 @@ def test_early_stopping_restores_the_best_weights_only_when_the_run_ends(tmp_pat
 # --- a kill at every change a run makes to its folder ------------------------------------------
 
 
-def kill_at_every_change(tmp_path, stride: int = 1, **flags) -> int:
-    """Train straight; then, for each change k the run makes to its folder (every ``stride``-th),
-    kill a fresh run right after change k and run it again: it must end with the straight
-    run's final weights and history. Returns how many changes the run makes."""
+def kill_at_every_change(tmp_path, stride: int = 1, last: int | None = None, **flags) -> int:
+    """Train straight; then, for each change k the run makes to its folder (every ``stride``-th;
+    only the ``last`` ones, where given), kill a fresh run right after change k and run it
+    again: it must end with the straight run's final weights and history. Returns how many
+    changes the run makes."""
     import numpy as np
 
     straight = _drive(tmp_path, epochs=3, NAME="straight", CHANGES=tmp_path / "changes.txt", **flags)
@@ -707,7 +710,7 @@ def kill_at_every_change(tmp_path, stride: int = 1, **flags) -> int:
     history = _record(tmp_path / "runs" / "straight")["history"]
     failures = []
     with ForkingDriver(tmp_path) as driver:
-        for k in range(1, count + 1, stride):
+        for k in range(1 if last is None else max(count - last + 1, 1), count + 1, stride):
             failures.extend(_kill_and_resume(tmp_path, driver, k, expected, history, flags))
     assert not failures, f"{len(failures)} of the {count} changes:\n" + "\n".join(failures)
     return count
@@ -753,6 +756,51 @@ def test_a_kill_at_every_change_resumes_to_the_same_run_on_jax(tmp_path, run_dir
     pytest.importorskip("jax")
     monkeypatch.setenv("KERAS_BACKEND", "jax")  # _drive passes it to the children
     assert kill_at_every_change(tmp_path, EARLY=1, EVERY=0) > 10
+
+
+def test_a_kill_anywhere_in_a_run_end_that_keeps_the_last_epoch_resumes_to_the_same_run(tmp_path, run_dir):
+    """Without early stopping the run ends with its last epoch's weights, and that epoch's
+    checkpoint becomes the final one under a second name (a hard link), not a second write:
+    a kill after each change of that end leaves a folder the next call finishes."""
+    assert kill_at_every_change(tmp_path, last=6) > 6
+
+
+def test_a_final_checkpoint_is_written_only_where_the_end_changed_the_weights(tmp_path, smoke, monkeypatch):
+    """Model 3's checkpoint is 1.7 GB: a run whose end leaves the weights as its last epoch
+    left them links that epoch's checkpoint as the final one; a run whose early stopping
+    put an earlier epoch back writes it. Either final file reloads to the model's weights."""
+    import keras
+    import numpy as np
+
+    from tinylib import train
+
+    ds, profile = smoke
+    written = []
+    save = runs.save_weights
+
+    def counting(model, path):
+        written.append(Path(path).name)
+        return save(model, path)
+
+    monkeypatch.setattr(train, "save_weights", counting)
+    for name, callbacks, rate in (("kept", [], 1e-3), ("restored", ["early_stopping"], 1e4)):
+        keras.utils.set_random_seed(0)
+        model = _tiny(ds.num_classes)
+        model.compile(keras.optimizers.SGD(learning_rate=rate), "categorical_crossentropy", metrics=["accuracy"])
+        written.clear()
+        run = train.fit(model, ds, profile, epochs=3, runs=tmp_path, name=name, callbacks=callbacks, verbose=0)
+        val_loss = run.record["history"]["val_loss"]
+        restored = name == "restored"
+        if restored:
+            assert int(np.argmin(val_loss)) < len(val_loss) - 1, f"the scenario needs a restore: {val_loss}"
+        assert ("final.weights.h5" in written) == restored, (name, written)
+        reloaded = _tiny(ds.num_classes)
+        reloaded.compile(keras.optimizers.SGD(), "categorical_crossentropy")
+        reloaded.optimizer.build(reloaded.trainable_variables)
+        runs.load_checkpoint(reloaded, run.path / "final.weights.h5")
+        for got, want in zip(reloaded.get_weights(), model.get_weights(), strict=True):
+            np.testing.assert_array_equal(got, want)
+        assert sorted(p.name for p in run.path.glob("*.weights.h5")) == ["final.weights.h5"]
 
 
 def test_a_run_killed_in_its_first_epoch_is_checked_on_resume_and_keeps_its_time(tmp_path, run_dir):

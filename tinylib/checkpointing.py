@@ -13,9 +13,9 @@ import keras
 import numpy as np
 
 from tinylib import files
-from tinylib.runs import (BEST_PATTERN, BEST_WEIGHTS, KEEP_CHECKPOINTS, PARTIAL_CHECKPOINT, PARTIAL_PATTERN,
-                          STATE_FILE, Run, best_weights_name, partial_checkpoint_name, random_state,
-                          remove_unnamed, save_weights, write_run_json)
+from tinylib.runs import (BEST_PATTERN, BEST_WEIGHTS, EPOCH_PATTERN, KEEP_CHECKPOINTS, PARTIAL_CHECKPOINT,
+                          PARTIAL_PATTERN, STATE_FILE, Run, best_weights_name, epoch_checkpoint_name,
+                          partial_checkpoint_name, random_state, remove_unnamed, save_weights, write_run_json)
 
 
 # The state of the study's callbacks that a resumed run must carry on with (Keras resets
@@ -126,14 +126,14 @@ class Checkpointer(keras.callbacks.Callback):
             logs["learning_rate"] = rate
         for key, value in logs.items():
             self.run.history.setdefault(key, []).append(float(value))
-        checkpoint = self.run.path / f"checkpoint-epoch-{epoch + 1:03d}.weights.h5"
+        checkpoint = self.run.path / epoch_checkpoint_name(epoch + 1)
         save_weights(self.model, checkpoint)
         self.run.epochs_done = epoch + 1
         self.run.partial, self.offset = None, 0
         self._save_best_weights(epoch)
         self._write_state(checkpoint.name)
         # Only now that state.json names the new unit: the files of the units before it.
-        for old in sorted(self.run.path.glob("checkpoint-epoch-*.weights.h5"))[:-KEEP_CHECKPOINTS]:
+        for old in sorted(self.run.path.glob(EPOCH_PATTERN))[:-KEEP_CHECKPOINTS]:
             old.unlink()
         remove_unnamed(self.run.path, PARTIAL_PATTERN, keep=None)
         remove_unnamed(self.run.path, BEST_PATTERN, keep=self.run.best_weights)

@@ -40,6 +40,31 @@ def atomic_path(path: str | os.PathLike):
         raise
 
 
+def atomic_link(source: str | os.PathLike, path: str | os.PathLike) -> bool:
+    """Give ``source`` a second name, ``path``, atomically (a hard link, then a rename).
+
+    No byte is copied: a checkpoint of gigabytes gets its new name at once.  False
+    where the file system has no hard links, for the caller to write the file instead.
+    """
+    path = Path(path)
+    tmp = path.with_name(f"{TEMPORARY_PREFIX}{os.getpid()}-{path.name}")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    try:
+        os.link(source, tmp)
+    except OSError as error:
+        if error.errno in (errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP):
+            return False
+        raise
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    return True
+
+
 def _fsync(path: Path) -> None:
     """Flush a finished file to disk, so a crash after the rename finds it whole."""
     with contextlib.suppress(OSError):

@@ -7,7 +7,8 @@ Every run lives in its own folder (``runs_dir()/<run name>``)::
     partial-epoch-NNN-batch-BBBBBB.weights.h5
                                       the same, inside epoch NNN after batch BBBBBB (``tinylib.checkpointing``)
     best-epoch-NNN.npz                early stopping's best weights (epoch NNN), for a resume
-    final.weights.h5                  what the model ends with (early stopping may restore the best epoch)
+    final.weights.h5                  what the model ends with (early stopping may restore the best epoch);
+                                      where that is the last epoch's checkpoint, the same file (a hard link)
     state.json                        which checkpoint and best weights are current, and the history so far
 
 A checkpoint is one unit: every file of it has a name of its own (never rewritten in
@@ -51,6 +52,12 @@ KEEP_CHECKPOINTS = 1  # Model 3's weights and Adam state are 1.7 GB: keep one
 
 
 FINAL_CHECKPOINT = "final.weights.h5"
+EPOCH_PATTERN = "checkpoint-epoch-*.weights.h5"
+
+
+def epoch_checkpoint_name(epochs_done: int) -> str:
+    """The checkpoint taken at the end of epoch ``epochs_done`` (1-based: after that many epochs)."""
+    return f"checkpoint-epoch-{epochs_done:03d}.weights.h5"
 
 
 PARTIAL_CHECKPOINT = "partial.weights.h5"  # before the checkpoints were named by step: still read
@@ -259,7 +266,7 @@ def lock_run(path: Path) -> files.FolderLock:
 def clear_run(path: Path) -> None:
     """Start a run folder afresh: forget its state, record and checkpoints."""
     for stale in [path / STATE_FILE, path / RECORD_FILE, path / FINAL_CHECKPOINT, path / PARTIAL_CHECKPOINT,
-                  path / BEST_WEIGHTS, *path.glob("checkpoint-epoch-*.weights.h5"), *path.glob(PARTIAL_PATTERN),
+                  path / BEST_WEIGHTS, *path.glob(EPOCH_PATTERN), *path.glob(PARTIAL_PATTERN),
                   *path.glob(BEST_PATTERN)]:
         stale.unlink(missing_ok=True)
 

@@ -28,8 +28,9 @@ from tinylib.environment import configure_precision
 from tinylib.profiles import Profile, get_profile
 from tinylib.progress import ProgressLog
 from tinylib.recipes import Recipe, ablation_recipes, get_recipe, steps_per_epoch
-from tinylib.runs import (BEST_WEIGHTS, FINAL_CHECKPOINT, PARTIAL_CHECKPOINT, PARTIAL_PATTERN, STATE_FILE,
-                          CheckpointError, Run, check_same_run, clear_run, epochs_change, load_checkpoint,
+from tinylib.runs import (BEST_WEIGHTS, EPOCH_PATTERN, FINAL_CHECKPOINT, PARTIAL_CHECKPOINT, PARTIAL_PATTERN,
+                          STATE_FILE, CheckpointError, Run, check_same_run, clear_run, epoch_checkpoint_name,
+                          epochs_change, load_checkpoint,
                           lock_run, new_record, read_record, read_state, restore_random_state, run_name,
                           runs_dir, save_weights, write_run_json)
 
@@ -157,7 +158,7 @@ def _resume(run: Run, epochs: int, steps: int) -> bool:
         print(f"{path.name}: the last checkpoint was taken after the last batch of epoch {partial['epoch'] + 1}, "
               "before its end; training that epoch again from its start", flush=True)
         partial = None
-        checkpoint = f"checkpoint-epoch-{state['epochs_done']:03d}.weights.h5" if state["epochs_done"] else None
+        checkpoint = epoch_checkpoint_name(state["epochs_done"]) if state["epochs_done"] else None
     if checkpoint is not None:
         load_checkpoint(model, path / checkpoint)
         restore_random_state(model, state.get("random_state"))
@@ -167,8 +168,8 @@ def _resume(run: Run, epochs: int, steps: int) -> bool:
     if previous.get("finished") and change is None:
         if state["checkpoint"] != FINAL_CHECKPOINT:  # killed while finishing: finish now
             run.record = previous
-            _restore_best_weights(run)
-            _finish(run)
+            _end_and_finish(run, lambda: _restore_best_weights(run),
+                            loaded=path / checkpoint if checkpoint else None)
         run.record = read_record(path)
         print(f"{path.name} is finished ({run.epochs_done} epochs): returning its record", flush=True)
         return True
@@ -261,14 +262,18 @@ def _train(run: Run, model, data, seed, epochs, batch_size, callbacks, extra_cal
               "time budget; run the same command again to continue", flush=True)
         run.write_record()
         return
-    if run.stopped:  # resumed after early stopping had ended the run: its end, from the disk
-        _restore_best_weights(run)
-    else:
-        for end in run_end:  # the run's end, once: early stopping puts its best epoch's weights back
-            end(None)
     stopped = model.stop_training or run.stopped
     run.record["stopped_early"] = bool(stopped and run.epochs_done < epochs)
-    _finish(run)
+
+    def end():
+        if run.stopped:  # resumed after early stopping had ended the run: its end, from the disk
+            _restore_best_weights(run)
+        else:
+            for held in run_end:  # the run's end, once: early stopping puts its best epoch's weights back
+                held(None)
+
+    last = run.path / epoch_checkpoint_name(run.epochs_done) if run.epochs_done and not run.partial else None
+    _end_and_finish(run, end, loaded=last)
 
 
 def _hold_train_end(callbacks) -> list:
@@ -297,19 +302,37 @@ def _would_overrun(run: Run, deadline: float | None) -> bool:
     return time.monotonic() + estimate > deadline
 
 
-def _finish(run: Run) -> None:
+def _end_and_finish(run: Run, end, loaded: Path | None) -> None:
+    """Do the run's ``end`` (which may put the best epoch's weights back), then finish it.
+
+    ``loaded`` is the epoch checkpoint the model holds before ``end``, if any: where
+    ``end`` leaves the weights as they were, that file already is the final checkpoint.
+    """
+    before = run.model.get_weights() if loaded is not None and loaded.is_file() else None
+    end()
+    unchanged = before is not None and all(
+        np.array_equal(a, b) for a, b in zip(before, run.model.get_weights(), strict=True))
+    del before
+    _finish(run, same_as=loaded if unchanged else None)
+
+
+def _finish(run: Run, same_as: Path | None = None) -> None:
     """Save what the model ends with as the final checkpoint; drop the resume points.
 
     Early stopping may have put the best epoch's weights back: the final checkpoint
     holds what the model ends with, so a reloaded run predicts as this one does.
+    Where the last epoch's checkpoint (``same_as``) holds exactly that, it becomes the
+    final one under a second name, without writing it again (Model 3's is 1.7 GB).
     Each step is atomic and the state names the final weights only once they are
     whole, so a kill anywhere in here is finished by the next call.
     """
-    save_weights(run.model, run.path / FINAL_CHECKPOINT)
+    final = run.path / FINAL_CHECKPOINT
+    if same_as is None or not files.atomic_link(same_as, final):
+        save_weights(run.model, final)
     write_run_json(run.path / STATE_FILE, {**read_state(run.path), "checkpoint": FINAL_CHECKPOINT})
     # A finished run needs no resume point; early stopping's best weights stay, for a run
     # asked later for more epochs.
-    for finished in [*run.path.glob("checkpoint-epoch-*.weights.h5"), *run.path.glob(PARTIAL_PATTERN),
+    for finished in [*run.path.glob(EPOCH_PATTERN), *run.path.glob(PARTIAL_PATTERN),
                      run.path / PARTIAL_CHECKPOINT]:
         finished.unlink(missing_ok=True)
     run.write_record()
