@@ -44,6 +44,8 @@ except ImportError:  # without pytest-xdist, pytest runs everything in one proce
 # One unit of work under pytest-xdist: the chapters and the browser test that builds the
 # site from them (tests/conftest.py sorts it after them).
 TOGETHER = ("book/", "tests/test_site.py")
+# Modules whose tests share one costly fixture (a JupyterLab server and a browser): one unit each.
+MODULE_UNITS = ("tests/test_jupyterlab.py",)
 
 
 if LoadScopeScheduling is not None:
@@ -57,7 +59,9 @@ if LoadScopeScheduling is not None:
         """
 
         def _split_scope(self, nodeid: str) -> str:
-            return "book" if nodeid.startswith(TOGETHER) else nodeid
+            if nodeid.startswith(TOGETHER):
+                return "book"
+            return nodeid.split("::")[0] if nodeid.startswith(MODULE_UNITS) else nodeid
 
     @pytest.hookimpl(optionalhook=True)  # xdist may be installed and switched off (-p no:xdist)
     def pytest_xdist_make_scheduler(config, log):

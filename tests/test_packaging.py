@@ -220,6 +220,8 @@ def test_make_tests_two_workers_keep_each_chapter_and_the_site_on_one_worker():
                                                  "tests/test_site.py::test_chapter_page[3]")}
     assert scopes == {"book"}
     assert split(None, "tests/test_train.py::test_a") != split(None, "tests/test_train.py::test_b")
+    # The JupyterLab tests share one server and one browser: one unit, on one worker.
+    assert split(None, "tests/test_jupyterlab.py::test_x[07_model2]") == split(None, "tests/test_jupyterlab.py::test_x[09_model4]")
     makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
     assert "--dist loadgroup" in makefile and "-n $(PYTEST_WORKERS)" in makefile
 

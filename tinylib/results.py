@@ -231,26 +231,28 @@ def comparison_story(first: str, second: str, folder: Path | str | None = None) 
     return sentence + "."
 
 
-def glue_full_scale(model: str, folder: Path | str | None = None) -> str:
-    """``full_scale_story`` glued as ``<model>_full_scale`` for the chapter's prose; returns it.
-
-    The prose pastes it with ``{glue:md}`` (myst-nb), so a new record changes the
-    sentence. Where myst-nb is absent (a bare Jupyter, Colab) nothing is glued and
-    the chapter's printed report says the same.
-    """
-    story = full_scale_story(model, folder)
-    glue_markdown(f"{model}_full_scale", story)
-    return story
-
-
-def glue_markdown(key: str, text: str) -> None:
-    """Glue Markdown ``text`` under ``key`` for ``{glue:md}`` in the book (not shown in the cell)."""
+def show_markdown(text: str) -> None:
+    """Show Markdown as the cell's output: rendered alike in JupyterLab, Colab and the book
+    (myst-nb's ``{glue:md}`` renders only in the built book), printed outside IPython."""
     try:
-        from IPython.display import Markdown
-        from myst_nb import glue
+        from IPython import get_ipython
+        from IPython.display import Markdown, display
     except ImportError:
+        get_ipython = None
+    if get_ipython is None or get_ipython() is None:
+        print(text)
         return
-    glue(key, Markdown(text), display=False)
+    display(Markdown(text))
+
+
+def show_full_scale(model: str, folder: Path | str | None = None) -> None:
+    """A model chapter's full-scale paragraph (``full_scale_story``), shown under the cell."""
+    show_markdown(full_scale_story(model, folder))
+
+
+def show_comparison(first: str, second: str, folder: Path | str | None = None) -> None:
+    """How two models' full-scale runs compare (``comparison_story``), shown under the cell."""
+    show_markdown(comparison_story(first, second, folder))
 
 
 def comparison_table(folder: Path | str | None = None):
