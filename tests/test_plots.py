@@ -169,3 +169,38 @@ def test_results_table_plot_draws_missing_results_as_notes_not_bars():
     ticks = [t.get_text() for t in ax.get_xticklabels()]
     assert ticks == ["model1\n(study)", "model1\n(this book)", "model2\n(this book)"]
     assert {t.get_text() for t in ax.texts} >= {"62%", "21%", "40%"}
+
+
+def test_results_table_plot_draws_a_rows_interval_as_an_error_bar():
+    rows = [{"model": "model1", "source": "study", "train": 0.6, "val": 0.2},
+            {"model": "model1", "source": "this book", "train": 0.3, "val": 0.25, "val_interval": (0.24, 0.27)}]
+    fig = plots.results_table_plot(rows)
+    (ax,) = fig.axes
+    (bars,) = [c for c in ax.containers if getattr(c, "errorbar", None) is not None]
+    segments = bars.errorbar.lines[2][0].get_segments()
+    spans = sorted((round(seg[0][1], 3), round(seg[1][1], 3)) for seg in segments)
+    assert spans == [(0.2, 0.2), (0.24, 0.27)]
+    plt.close(fig)
+
+
+def test_first_layer_filters_draws_each_models_first_kernels_in_rgb():
+    import keras
+
+    from tinylib import models, plots
+
+    inputs = keras.Input((8, 8, 3))
+    plain = keras.Model(inputs, keras.layers.Conv2D(4, 3, name="c1")(inputs))
+    x = models.ImageNetPreprocess()(inputs)
+    inner_in = keras.Input((8, 8, 3))
+    inner = keras.Model(inner_in, keras.layers.Conv2D(20, 5, name="stem")(inner_in), name="backbone")
+    bgr = keras.Model(inputs, inner(x))
+    kernel = np.zeros((5, 5, 3, 20), np.float32)
+    kernel[:, :, 2, 0] = 1.0  # filter 0 looks at the BGR model's channel 2, red
+    inner.get_layer("stem").set_weights([kernel, np.zeros(20, np.float32)])
+    fig = plots.first_layer_filters({"plain": plain, "bgr": bgr}, max_filters=16, cols=8)
+    images = [ax.images[0].get_array() for ax in fig.axes if ax.images]
+    assert len(images) == 4 + 16
+    red = np.asarray(images[4])
+    assert red.shape == (5, 5, 3) and np.allclose(red[..., 0], 1.0) and np.allclose(red[..., 1:], 0.5)
+    assert "4 of 4 filters, 3x3" in fig.subfigs[0]._suptitle.get_text()
+    plt.close(fig)

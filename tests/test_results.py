@@ -141,3 +141,13 @@ def test_the_comparison_story_says_which_order_and_whether_it_is_the_studys(tmp_
     _record(tmp_path, "m2.json", model="model2", best_val_top1=0.2230, finished=True)
     assert "cannot be told apart" in results.comparison_story("model1", "model2", tmp_path)
     assert "not yet measured" in results.comparison_story("model1", "model4", tmp_path)
+
+
+def test_a_book_row_carries_the_wilson_interval_of_its_validation_accuracy(tmp_path):
+    from tinylib.stats import accuracy_interval
+
+    _record(tmp_path, "a.json", best_val_top1=0.2, dataset={"val_images": 10000})
+    rows = results.comparison_rows(tmp_path, models=("model4",))
+    assert [(r["model"], r["source"]) for r in rows] == [("model4", "study"), ("model4", "this book")]
+    assert "val_interval" not in rows[0]
+    assert rows[1]["val_interval"] == accuracy_interval(2000, 10000)

@@ -388,7 +388,8 @@ def results_table_plot(rows, ax=None, figsize=None):
     """Train and val accuracy per model, side by side, for the results chapter.
 
     ``rows`` are dicts with 'model', 'source' ('study' or 'this book'),
-    'train' and 'val' (accuracies in [0, 1], or None).  A None is drawn as no
+    'train' and 'val' (accuracies in [0, 1], or None), and optionally 'val_interval'
+    (low, high), drawn as an error bar.  A None is drawn as no
     bar with a 'not yet run' note: a missing result never looks like a zero.
     """
     rows = list(rows)
@@ -398,8 +399,13 @@ def results_table_plot(rows, ax=None, figsize=None):
     width = 0.38
     for offset, key, colour in ((-width / 2, "train", "C0"), (width / 2, "val", "C1")):
         present = [i for i, row in enumerate(rows) if row.get(key) is not None]
+        errors = None
+        if key == "val" and any(rows[i].get("val_interval") for i in present):
+            # A row's 95% interval (``val_interval``) as an error bar; none where it has none.
+            errors = np.array([[rows[i][key] - rows[i]["val_interval"][0], rows[i]["val_interval"][1] - rows[i][key]]
+                               if rows[i].get("val_interval") else [0.0, 0.0] for i in present]).T
         bars = ax.bar(positions[present] + offset, [rows[i][key] for i in present], width,
-                      color=colour, label=key)
+                      color=colour, label=key, yerr=errors, capsize=3 if errors is not None else 0)
         ax.bar_label(bars, labels=[f"{rows[i][key]:.0%}" for i in present], fontsize=7)
         for i in sorted(set(range(len(rows))) - set(present)):
             ax.text(positions[i] + offset, 0.02, "not yet run", rotation=90, ha="center",
@@ -412,6 +418,65 @@ def results_table_plot(rows, ax=None, figsize=None):
     ax.set_title("Accuracy per model: the study's numbers and this book's runs")
     ax.figure.tight_layout()
     return ax.figure
+
+
+def _first_convolution(model):
+    """The first Conv2D of ``model`` (nested models included) and whether an
+    ImageNetPreprocess layer (RGB -> BGR) comes before it."""
+    import keras
+
+    from tinylib.models import ImageNetPreprocess
+
+    seen_bgr = False
+
+    def walk(layer):
+        nonlocal seen_bgr
+        for inner in getattr(layer, "layers", []):
+            if isinstance(inner, ImageNetPreprocess):
+                seen_bgr = True
+            if isinstance(inner, keras.layers.Conv2D):
+                return inner
+            found = walk(inner)
+            if found is not None:
+                return found
+        return None
+
+    conv = walk(model)
+    if conv is None:
+        raise ValueError(f"{model.name} has no Conv2D layer")
+    return conv, seen_bgr
+
+
+def first_layer_filters(models: Mapping, max_filters: int = 32, cols: int = 16, figsize=None):
+    """The kernels of each model's first convolution, drawn as small RGB images.
+
+    ``models`` maps a label to a Keras model. The first layer is the only one whose
+    weights are pictures: each kernel is a patch of colour that the layer responds to.
+    All kernels of a layer share one scale (mid-grey is zero), so a weak filter looks
+    faint; the channels are put back in RGB order where the model's preprocessing feeds
+    the convolution BGR (Model 5's ImageNet weights).
+    """
+    models = dict(models)
+    layers = {label: _first_convolution(model) for label, model in models.items()}
+    rows = [math.ceil(min(max_filters, conv.filters) / cols) for conv, _ in layers.values()]
+    fig = plt.figure(layout="constrained", figsize=figsize or (cols * 0.5, sum(rows) * 0.5 + 0.35 * len(models)))
+    panels = fig.subfigures(len(models), 1, height_ratios=[r + 0.7 for r in rows], squeeze=False)[:, 0]
+    for panel, (label, (conv, bgr)), count in zip(panels, layers.items(), rows):
+        kernel = np.asarray(conv.get_weights()[0], dtype=np.float32)  # (height, width, in, out)
+        if kernel.shape[2] != 3:
+            raise ValueError(f"{label}: the first convolution sees {kernel.shape[2]} channels, not RGB")
+        if bgr:
+            kernel = kernel[:, :, ::-1, :]
+        scale = np.abs(kernel).max() or 1.0
+        shown = min(max_filters, kernel.shape[3])
+        axes = panel.subplots(count, cols, squeeze=False)
+        for k, ax in enumerate(axes.flat):
+            ax.axis("off")
+            if k < shown:
+                ax.imshow(0.5 + 0.5 * kernel[:, :, :, k] / scale, interpolation="nearest")
+        panel.suptitle(f"{label}: {shown} of {kernel.shape[3]} filters, {kernel.shape[0]}x{kernel.shape[1]} "
+                       f"({conv.name})", x=0.01, ha="left", fontsize=9)
+    return fig
 
 
 # ----------------------------------------------------------------------------

@@ -56,20 +56,25 @@ def full_scale_records(folder: Path | str | None = None) -> dict[str, dict]:
     return best
 
 
-def comparison_rows(folder: Path | str | None = None) -> list[dict]:
+def comparison_rows(folder: Path | str | None = None, models=None) -> list[dict]:
     """Rows for a table or ``plots.results_table_plot``: the study's and this book's figures.
 
-    This book's row holds None (shown as "not yet run") where no full-scale record exists.
+    This book's row holds None (shown as "not yet run") where no full-scale record exists,
+    and the 95% interval of its validation accuracy (``val_interval``) where one does; the
+    study's rows have none. ``models`` keeps only those models (default: all five).
     """
     records = full_scale_records(folder)
     rows = []
     for model, study in STUDY_RESULTS.items():
+        if models is not None and model not in models:
+            continue
         rows.append({"model": model, "source": "study", "train": study["train"], "val": study["val"]})
         record = records.get(model)
         rows.append({
             "model": model, "source": "this book",
             "train": record.get("final_train_top1") if record else None,
             "val": record.get("best_val_top1") if record else None,
+            "val_interval": _interval(record)[:2] if record else None,
             "note": _describe(record) if record else NOT_YET_RUN,
         })
     return rows
