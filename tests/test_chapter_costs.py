@@ -22,7 +22,8 @@ def _executed(cache_dir, name: str, seconds: float) -> None:
         check_validity=False, overwrite=True)
 
 
-def test_without_measurements_every_profile_is_not_yet_measured(tmp_path):
+def test_without_measurements_every_profile_is_not_yet_measured(tmp_path, monkeypatch):
+    monkeypatch.setenv("TINYLIB_PROFILE", "quick")
     line = chapter_costs.cost_line("06_model1", folder=tmp_path)
     assert line == ("Running this chapter: quick profile on a 2-core CPU: not yet measured; "
                     "full profile on a GPU: not yet measured.")
@@ -58,3 +59,19 @@ def test_every_chapter_prints_its_own_cost_line():
         cells = [c for c in nbformat.read(path, as_version=4).cells if "chapter-cost" in c.metadata.get("tags", [])]
         assert len(cells) == 1, f"{path.name}: one cell tagged chapter-cost"
         assert f'chapter_costs.cost_line("{path.stem}")' in cells[0].source, f"{path.name} prints another chapter's cost"
+
+
+def test_a_model_chapter_gives_its_full_scale_runs_measured_time_and_full_says_how_to_choose_quick(
+        tmp_path, monkeypatch):
+    (tmp_path / "model2-full.json").write_text(json.dumps({
+        "model": "model2", "profile": "full", "best_val_top1": 0.2, "final_train_top1": 0.19, "epochs": 100,
+        "epochs_run": 19, "finished": False, "wall_seconds": 4852.0, "device": "CPU: x86_64 (2 cores)",
+        "backend": "tensorflow", "weights": "random"}))
+    monkeypatch.setenv("TINYLIB_PROFILE", "quick")
+    line = chapter_costs.cost_line("07_model2", folder=tmp_path)
+    assert ("full profile on a GPU: not yet measured (its training run alone: 81 min for 19 of 100 epochs "
+            "(unfinished") in line and "CPU: x86_64 (2 cores), model2-full.json)" in line
+    assert "TINYLIB_PROFILE" not in line
+    assert "its training run" not in chapter_costs.cost_line("06_model1", folder=tmp_path)  # no record of its own
+    monkeypatch.setenv("TINYLIB_PROFILE", "full")
+    assert line + " " + chapter_costs.CHOOSE_QUICK == chapter_costs.cost_line("07_model2", folder=tmp_path)

@@ -15,14 +15,23 @@ from __future__ import annotations
 import datetime
 import json
 from pathlib import Path
+from types import MappingProxyType
 
 from tinylib import files
-from tinylib.results import default_results_dir
+from tinylib.profiles import get_profile
+from tinylib.results import default_results_dir, epochs_text, full_scale_records
 
 TIMES_FILE = "chapter-times.json"
 NOT_YET_MEASURED = "not yet measured"
 # Where each profile is meant to run: the costs a reader wants to know before starting.
 PROFILE_HARDWARE = {"smoke": "a CPU", "quick": "a 2-core CPU", "full": "a GPU"}
+# The full-scale training run of each model chapter: until a full build of the chapter is
+# timed, its line gives what that run's own record measured.
+CHAPTER_RUNS = MappingProxyType({"06_model1": "model1", "07_model2": "model2", "08_model3": "model3",
+                                 "09_model4": "model4", "10_model5": "model5"})
+CHOOSE_QUICK = ("This is the full profile (the default where a GPU is visible), whose runs take hours; "
+                "for a run of minutes, execute `import os; os.environ['TINYLIB_PROFILE'] = 'quick'` "
+                "before the chapter's next cell, or start Jupyter with TINYLIB_PROFILE=quick.")
 
 
 def times_path(folder: Path | str | None = None) -> Path:
@@ -75,9 +84,19 @@ def cost_line(chapter: str, profiles=("quick", "full"), folder: Path | str | Non
         seconds = (build.get("seconds") or {}).get(chapter)
         where = PROFILE_HARDWARE.get(profile, "")
         if seconds is None:
-            parts.append(f"{profile} profile on {where}: {NOT_YET_MEASURED}")
+            parts.append(f"{profile} profile on {where}: {NOT_YET_MEASURED}" + _run_cost(chapter, profile, folder))
         else:
             minutes = max(seconds / 60, 0.1)
             parts.append(f"{profile} profile: {minutes:.1f} min on {build['device']} "
                          f"({build['backend']}, measured {build['measured']})")
-    return "Running this chapter: " + "; ".join(parts) + "."
+    line = "Running this chapter: " + "; ".join(parts) + "."
+    return line + (" " + CHOOSE_QUICK if get_profile().name == "full" else "")
+
+
+def _run_cost(chapter: str, profile: str, folder) -> str:
+    """' (its training run alone: N min for ... on DEVICE, FILE)' from the full-scale record, or ''."""
+    record = full_scale_records(folder).get(CHAPTER_RUNS.get(chapter)) if profile == "full" else None
+    if not record or not record.get("wall_seconds"):
+        return ""
+    return (f" (its training run alone: {record['wall_seconds'] / 60:,.0f} min for {epochs_text(record)} "
+            f"on {record['device']}, {record['record_file']})")

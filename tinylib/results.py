@@ -88,7 +88,7 @@ def _weights(record: dict) -> str:
 
 def _describe(record: dict) -> str:
     minutes = f" in {record['wall_seconds'] / 60:,.0f} min" if record.get("wall_seconds") else ""
-    return (f"{_epochs(record)}{minutes}, {record['backend']} on {record['device']}, "
+    return (f"{epochs_text(record)}{minutes}, {record['backend']} on {record['device']}, "
             f"weights: {_weights(record)} ({record['record_file']})")
 
 
@@ -102,7 +102,7 @@ def _run_end(record: dict) -> tuple[str, int, int]:
     return "unfinished", run, planned
 
 
-def _epochs(record: dict) -> str:
+def epochs_text(record: dict) -> str:
     """'30 epochs', 'stopped early after 17 of 30 epochs', or '12 of 30 epochs (unfinished)'."""
     end, run, planned = _run_end(record)
     return {"stopped early": f"stopped early after {run} of {planned} epochs", "finished": f"{run} epochs",
@@ -126,7 +126,7 @@ def full_scale_report(model: str, folder: Path | str | None = None) -> str:
     minutes = record.get("wall_seconds", 0.0) / 60
     lines.append(f"this book, full scale: train {record['final_train_top1']:.2%}, "
                  f"val {record['best_val_top1']:.2%}, top-5 {record['best_val_top5']:.2%}")
-    lines.append(f"    {_epochs(record)} in {minutes:,.0f} minutes, "
+    lines.append(f"    {epochs_text(record)} in {minutes:,.0f} minutes, "
                  f"{record.get('train_images_per_second', float('nan')):,.0f} train images/s, "
                  f"{record['backend']} on {record['device']}, weights: {_weights(record)} "
                  f"({record['record_file']})")
@@ -349,7 +349,7 @@ def runs_table(records, *, changes: bool = False, confidence: float = 0.95):
                for label, item in records.items()}
     accuracies = {label: (r["best_val_top1"], r["dataset"]["val_images"]) for label, r in records.items()}
     columns = {label: {"weights": r.get("weights", "random"), "parameters": r["parameters"],
-                       "epochs": _epochs(r)} for label, r in records.items()}
+                       "epochs": epochs_text(r)} for label, r in records.items()}
     table = accuracy_table(accuracies, changes=changes, confidence=confidence, name="best val top-1",
                            columns=columns)
     for label, r in records.items():
