@@ -75,3 +75,19 @@ def test_a_model_chapter_gives_its_full_scale_runs_measured_time_and_full_says_h
     assert "its training run" not in chapter_costs.cost_line("06_model1", folder=tmp_path)  # no record of its own
     monkeypatch.setenv("TINYLIB_PROFILE", "full")
     assert line + " " + chapter_costs.CHOOSE_QUICK == chapter_costs.cost_line("07_model2", folder=tmp_path)
+
+
+def test_a_training_cell_gives_its_cost_at_the_records_measured_rate(tmp_path):
+    from tinylib.profiles import Profile
+
+    (tmp_path / "model2-full.json").write_text(json.dumps({
+        "model": "model2", "profile": "full", "best_val_top1": 0.2, "final_train_top1": 0.19,
+        "train_images_per_second": 500.0, "device": "CPU: x86_64 (2 cores)", "backend": "tensorflow",
+        "weights": "random"}))
+    profile = Profile("p", classes=10, train_per_class=300, val_per_class=10, epochs=4, batch_size=8)
+    line = chapter_costs.training_estimate("model2", profile, folder=tmp_path)
+    assert line.startswith("This cell trains model2 for 4 epochs on 3,000 images (p): at most about 0.4 min "
+                           "at the 500 train images/s that model2's full-scale record measured on CPU: x86_64")
+    assert "1 epoch on 3,000" in chapter_costs.training_estimate("model2", profile, epochs=1, folder=tmp_path)
+    assert "not yet measured (no full-scale record of model4)" in chapter_costs.training_estimate(
+        "model4", profile, folder=tmp_path)

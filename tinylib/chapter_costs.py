@@ -93,6 +93,23 @@ def cost_line(chapter: str, profiles=("quick", "full"), folder: Path | str | Non
     return line + (" " + CHOOSE_QUICK if get_profile().name == "full" else "")
 
 
+def training_estimate(model: str, profile=None, epochs: int | None = None, folder: Path | str | None = None) -> str:
+    """One line for a cell that trains: how long ``epochs`` of ``model`` take in ``profile``,
+    at the training rate that ``model``'s full-scale record measured (and on which device),
+    or "not yet measured". A run that is already finished costs nothing: it is read back."""
+    chosen = get_profile(profile)
+    epochs = chosen.epochs_for(model) if epochs is None else epochs
+    images = (chosen.classes or 200) * (chosen.train_per_class or 500)
+    what = f"This cell trains {model} for {epochs} epoch{'s' * (epochs != 1)} on {images:,} images ({chosen.name})"
+    record = full_scale_records(folder).get(model)
+    rate = (record or {}).get("train_images_per_second")
+    if not rate:
+        return f"{what}: its speed is {NOT_YET_MEASURED} (no full-scale record of {model})."
+    minutes = epochs * images / rate / 60
+    return (f"{what}: at most about {minutes:,.1f} min at the {rate:,.0f} train images/s that {model}'s "
+            f"full-scale record measured on {record['device']} (a finished run is read back instead).")
+
+
 def _run_cost(chapter: str, profile: str, folder) -> str:
     """' (its training run alone: N min for ... on DEVICE, FILE)' from the full-scale record, or ''."""
     record = full_scale_records(folder).get(CHAPTER_RUNS.get(chapter)) if profile == "full" else None
