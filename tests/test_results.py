@@ -138,8 +138,12 @@ def test_the_comparison_story_says_which_order_and_whether_it_is_the_studys(tmp_
     sentence = results.comparison_story("model1", "model2", tmp_path)
     assert "Model 1 is ahead of Model 2, beyond noise (21.94% against 19.97%" in sentence
     assert "the reverse order" in sentence
-    _record(tmp_path, "m2.json", model="model2", best_val_top1=0.2230, finished=True)
-    assert "cannot be told apart" in results.comparison_story("model1", "model2", tmp_path)
+    _record(tmp_path, "m2.json", model="model2", best_val_top1=0.2164, finished=True)
+    tied = results.comparison_story("model1", "model2", tmp_path)  # ahead by 0.3 points: not an order
+    assert "cannot be told apart" in tied and "an order these runs cannot confirm" in tied and "same order" not in tied
+    _record(tmp_path, "m2.json", model="model2", best_val_top1=0.2500, finished=True)
+    assert "Model 1 is behind Model 2, beyond noise" in results.comparison_story("model1", "model2", tmp_path)
+    assert "the same order" in results.comparison_story("model1", "model2", tmp_path)
     assert "not yet measured" in results.comparison_story("model1", "model4", tmp_path)
 
 

@@ -231,8 +231,9 @@ def comparison_story(first: str, second: str, folder: Path | str | None = None) 
     sa, sb = STUDY_RESULTS.get(first), STUDY_RESULTS.get(second)
     if sa and sb:
         same = (sa["val"] > sb["val"]) == (a["best_val_top1"] > b["best_val_top1"])
-        sentence += (f"; in the study {name_a} scored {_pct(sa['val'])} and {name_b} {_pct(sb['val'])}, "
-                     + ("the same order" if same or stand == "within noise of" else "the reverse order"))
+        order = ("an order these runs cannot confirm" if stand == "within noise of"
+                 else "the same order" if same else "the reverse order")
+        sentence += f"; in the study {name_a} scored {_pct(sa['val'])} and {name_b} {_pct(sb['val'])}, {order}"
     return sentence + "."
 
 
