@@ -95,7 +95,7 @@ def _dense_bn_relu(x, units, name, bn_momentum=0.99):
 
 
 def model3(x, num_classes, bn_momentum=0.99):
-    """VGG-like: six conv+BN blocks, dense 4096 and 1024 with BN (~140M params).
+    """VGG-like: three blocks of two conv+BN layers, dense 4096 and 1024 with BN (~140M params).
 
     ``bn_momentum`` (Keras' default 0.99) only sets how fast BatchNorm's moving
     statistics follow the data: short runs need a lower value (see tinylib.profiles).

@@ -182,7 +182,8 @@ def full_scale_story(model: str, folder: Path | str | None = None) -> str:
                   if study else "no figure from the study")
     if record is None:
         return (f"**This book at full scale:** not yet measured. `book/results/` holds no full-scale "
-                f"record of {title} yet (`python -m tinylib reproduce --only {model} --results book/results` "
+                f"record of {title} yet (`python -m tinylib reproduce --only {model} --profile full "
+                f"--results book/results` "
                 f"makes one); until then the comparison is with {study_text} alone.")
     low, high, n = _interval(record)
     best, train = record["best_val_top1"], record["final_train_top1"]

@@ -60,7 +60,7 @@ def fine_tune(data, profile=None, *, weights="imagenet", image_size: int | None 
     ``weights`` is 'imagenet' (Keras' download), a weights file, or None (random:
     the stages then say nothing about pretraining, and the records say so).
     ``image_size`` upsamples inside the model (None keeps 64x64; 'profile' takes
-    the profile's choice: 96 on a CPU, 128 at full scale). The epochs
+    the profile's choice: 96 in smoke and quick, 128 in full). The epochs
     default to the profile's 'transfer_head' and 'transfer_all' entries.
     Returns ``{"head": run, "all": run}`` (the stages asked for); each stage
     resumes on its own, and stage 'all' starts from stage 'head''s final weights.
