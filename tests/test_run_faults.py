@@ -251,13 +251,14 @@ def test_atomic_path_leaves_the_old_file_when_the_writer_dies(tmp_path):
 
 
 def test_a_kill_while_saving_the_final_weights_is_finished_by_the_next_call(tmp_path, run_dir):
-    died = _drive(tmp_path, DIE_SAVING=1, EARLY=1)
-    assert died.returncode == -signal.SIGKILL, died.stderr[-3000:]
-    # The simulated kill left half a file under the temporary name, never under the real one.
-    assert not (run_dir / "final.weights.h5").exists()
-    assert list(run_dir.glob(".tmp-*"))
+    with ForkingDriver(tmp_path) as driver:  # forks of one process that imported everything once
+        died = driver.drive(DIE_SAVING=1, EARLY=1)
+        assert died.returncode == -signal.SIGKILL, died.stderr[-3000:]
+        # The simulated kill left half a file under the temporary name, never under the real one.
+        assert not (run_dir / "final.weights.h5").exists()
+        assert list(run_dir.glob(".tmp-*"))
 
-    again = _drive(tmp_path, EARLY=1)
+        again = driver.drive(EARLY=1)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "is finished" in again.stdout
     assert (run_dir / "final.weights.h5").is_file() and not list(run_dir.glob(".tmp-*"))
@@ -548,16 +549,17 @@ def test_a_kill_mid_epoch_resumes_at_that_batch_with_the_result_of_an_uninterrup
     # 24 images in batches of 4: 6 batches an epoch; a checkpoint after every batch.
     straight = _drive(tmp_path, epochs=2, BATCH=4, EVERY=0, NAME="straight")
     assert straight.returncode == 0, straight.stderr[-3000:]
-    died = _drive(tmp_path, epochs=2, BATCH=4, EVERY=0, NAME="killed", DIE_IN=2, DIE_AT_BATCH=3)
-    assert died.returncode == -signal.SIGKILL, died.stderr[-3000:]
-    killed = tmp_path / "runs" / "killed"
-    state = json.loads((killed / "state.json").read_text())
-    assert state["epochs_done"] == 1 and state["partial"]["epoch"] == 1 and state["partial"]["batches"] == 4
-    name = "partial-epoch-002-batch-000004.weights.h5"  # a checkpoint's files are named by their step
-    assert state["checkpoint"] == name and (killed / name).is_file()
-    assert [p.name for p in killed.glob("partial-*")] == [name]  # the older ones removed once the state named it
+    with ForkingDriver(tmp_path) as driver:  # the killed run and its resume: forks, imports done once
+        died = driver.drive(epochs=2, BATCH=4, EVERY=0, NAME="killed", DIE_IN=2, DIE_AT_BATCH=3)
+        assert died.returncode == -signal.SIGKILL, died.stderr[-3000:]
+        killed = tmp_path / "runs" / "killed"
+        state = json.loads((killed / "state.json").read_text())
+        assert state["epochs_done"] == 1 and state["partial"]["epoch"] == 1 and state["partial"]["batches"] == 4
+        name = "partial-epoch-002-batch-000004.weights.h5"  # a checkpoint's files are named by their step
+        assert state["checkpoint"] == name and (killed / name).is_file()
+        assert [p.name for p in killed.glob("partial-*")] == [name]  # the older ones removed once the state named it
 
-    resumed = _drive(tmp_path, epochs=2, BATCH=4, EVERY=0, NAME="killed")
+        resumed = driver.drive(epochs=2, BATCH=4, EVERY=0, NAME="killed")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "after epoch 1 of 2 and batch 4 of epoch 2" in resumed.stdout
     # The same weights and the same epoch metrics as the run that was never interrupted:
