@@ -99,7 +99,7 @@ def training_estimate(model: str, profile=None, epochs: int | None = None, folde
     or "not yet measured". A run that is already finished costs nothing: it is read back."""
     chosen = get_profile(profile)
     epochs = chosen.epochs_for(model) if epochs is None else epochs
-    images = (chosen.classes or 200) * (chosen.train_per_class or 500)
+    images = chosen.train_images
     what = f"This cell trains {model} for {epochs} epoch{'s' * (epochs != 1)} on {images:,} images ({chosen.name})"
     record = full_scale_records(folder).get(model)
     rate = (record or {}).get("train_images_per_second")

@@ -66,13 +66,17 @@ class Profile:
             "seed": self.seed,
         }
 
+    @property
+    def train_images(self) -> int:
+        """How many training images an epoch sees (all 100,000 where the counts are None)."""
+        return (self.classes or 200) * (self.train_per_class or 500)
+
     def describe(self) -> str:
         """One line a student can read: what this profile trains on."""
         classes = self.classes or 200
-        train = self.train_per_class or 500
         val = self.val_per_class or 50
         return (
-            f"profile '{self.name}': {classes} classes, {classes * train:,} train / "
+            f"profile '{self.name}': {classes} classes, {self.train_images:,} train / "
             f"{classes * val:,} val images, {self.epochs} epochs, batch {self.batch_size}"
         )
 
