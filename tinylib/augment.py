@@ -152,6 +152,9 @@ class TrainingOnlyAugmentation(keras.layers.Layer):
     draw their parameters from one seeded generator, and keep the image shape."""
 
     def __init__(self, seed=None, **kwargs):
+        # Pixels are moved and blended in float32 whatever the model computes in: under
+        # mixed bfloat16 on a CPU the gathers cost three times as much and round 0-255 to 8 bits.
+        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)

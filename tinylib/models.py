@@ -488,7 +488,7 @@ def build_model(
         )
 
     inputs = keras.Input(shape=tuple(input_shape), name="images")
-    x = layers.Rescaling(1.0 / 255, name="rescale")(inputs)
+    x = layers.Rescaling(1.0 / 255, name="rescale", dtype="float32")(inputs)
     if mixing is not None:
         x = mixing(x)
     if augmentation is not None:
