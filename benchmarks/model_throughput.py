@@ -11,7 +11,13 @@ its cost is timed as the difference it makes to the first model's step. Each mod
 hardware can do shows.
 
     python benchmarks/model_throughput.py [--models model1,resnet18] [--batch 128] [--steps 20]
+    python benchmarks/model_throughput.py --models model2 --per-layer 12   # where the time goes
     KERAS_BACKEND=jax python benchmarks/model_throughput.py        # on a GPU: mixed bfloat16
+
+Each model's line reads ``MODEL: N img/s, G GFLOP/s, P% of this machine's float32 matmul
+peak (M GFLOP/s)``, the peak measured in the same run (and the bfloat16 one where the
+device has it): the training step as ``train_model`` runs it at full scale, then the
+same model without augmentation.
 
 Images are random uint8 (speed does not depend on the pixels). Model 5 is built
 with random weights (speed does not depend on them either); the ResNets at full width.
@@ -32,6 +38,8 @@ import numpy as np  # noqa: E402
 from tinylib import flops, models  # noqa: E402
 from tinylib.augment import augmentation  # noqa: E402
 from tinylib.profiles import PROFILES  # noqa: E402
+from tinylib import environment  # noqa: E402
+from tinylib.batches import ShuffledBatches  # noqa: E402
 from tinylib.environment import configure_precision, device_name  # noqa: E402
 
 NUM_CLASSES = 200
@@ -54,13 +62,19 @@ class _StepClock(keras.callbacks.Callback):
         self.ends.append(time.perf_counter())
 
 
+SETTINGS = {}  # --jit-compile and --steps-per-execution, for time_training
+
+
 def time_training(model, images, labels, batch, steps, warmup):
     """Seconds per step over ``steps`` steps that follow ``warmup`` steps, in one ``fit``
     (a second ``fit`` call could retrace the step function and time the tracing)."""
     n = batch * (steps + warmup)
     clock = _StepClock()
-    model.fit(images[:n], labels[:n], batch_size=batch, epochs=1, verbose=0, shuffle=False,
-              callbacks=[clock])
+    model.steps_per_execution = SETTINGS.get("steps_per_execution") or environment.steps_per_execution()
+    if SETTINGS.get("jit_compile"):
+        model.jit_compile = True
+    # Batches reach the model as in a run: gathered from uint8 arrays by tinylib.batches.
+    model.fit(ShuffledBatches(images[:n], labels[:n], batch, seed=0), epochs=1, verbose=0, callbacks=[clock])
     return (clock.ends[-1] - clock.ends[warmup - 1]) / steps
 
 
@@ -90,6 +104,88 @@ def time_mixing(name, images, labels, batch, steps, warmup):
     return tuple(seconds)
 
 
+def peaks(size: int) -> dict:
+    """This machine's matrix-product GFLOP/s through the backend: float32, and bfloat16
+    where the device multiplies it natively (a GPU, a CPU with AVX512_BF16 or AMX)."""
+    measured = {"float32": environment.matmul_peak("float32", size=size)}
+    if environment.gpu_available() or environment.cpu_has_bfloat16():
+        measured["bfloat16"] = environment.matmul_peak("bfloat16", size=size)
+    return measured
+
+
+def speed_line(label: str, seconds_per_step: float, batch: int, work: float, peak: dict) -> str:
+    """``MODEL: N img/s, G GFLOP/s, P% of this machine's matmul peak (M GFLOP/s)``, the
+    float32 peak first (the yardstick the issue sets), then the bfloat16 one where there is one."""
+    rate = batch / seconds_per_step
+    gflops = work * rate / 1e9
+    parts = [f"{label}: {rate:,.0f} img/s, {gflops:,.0f} GFLOP/s, "
+             f"{100 * gflops / peak['float32']:.0f}% of this machine's float32 matmul peak "
+             f"({peak['float32']:,.0f} GFLOP/s)"]
+    if "bfloat16" in peak:
+        parts.append(f"{100 * gflops / peak['bfloat16']:.0f}% of its bfloat16 peak ({peak['bfloat16']:,.0f})")
+    return "; ".join(parts)
+
+
+def _flat_layers(model):
+    """The layers that compute, nested models (Model 5's backbone) opened."""
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from _flat_layers(layer)
+        elif not isinstance(layer, keras.layers.InputLayer):
+            yield layer
+
+
+def layer_times(model, batch: int, repeats: int = 3) -> list[dict]:
+    """Milliseconds of each layer's forward and backward pass alone, on random inputs of
+    its shape (TensorFlow): where a training step's time goes."""
+    import tensorflow as tf
+
+    rows = []
+    for layer in _flat_layers(model):
+        inputs = layer.input if isinstance(layer.input, (list, tuple)) else [layer.input]
+        if not all(hasattr(x, "shape") for x in inputs):
+            continue
+        xs = [tf.cast(tf.random.uniform((batch, *x.shape[1:])), x.dtype) for x in inputs]
+
+        @tf.function
+        def step(*xs, layer=layer, several=len(inputs) > 1):
+            with tf.GradientTape() as tape:
+                tape.watch(xs)
+                out = layer(list(xs) if several else xs[0], training=True)
+                loss = tf.reduce_sum(tf.cast(out, "float32"))
+            return loss, tape.gradient(loss, [*xs, *layer.trainable_variables])
+
+        step(*xs)  # traces
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            loss, _grads = step(*xs)
+            float(loss)
+            best = min(best, time.perf_counter() - start)
+        rows.append({"layer": layer.name, "kind": type(layer).__name__, "seconds": best,
+                     "gflop": flops.TRAINING_PER_FORWARD * flops.layer_flops(layer) * batch / 1e9})
+    return rows
+
+
+def print_layer_times(name, batch, augment, step_seconds, top):
+    keras.utils.clear_session()
+    model = build(name, augment)
+    rows = sorted(layer_times(model, batch), key=lambda r: -r["seconds"])
+    total = sum(r["seconds"] for r in rows)
+    print(f"{name}: where a training step's {step_seconds * 1e3:.0f} ms go, each layer's forward and backward "
+          f"alone (sum {total * 1e3:.0f} ms):", flush=True)
+    for r in rows[:top]:
+        rate = f"{r['gflop'] / r['seconds']:8,.0f} GFLOP/s" if r["gflop"] else " " * 16
+        print(f"  {r['layer']:28s} {r['kind']:24s} {r['seconds'] * 1e3:8.1f} ms {100 * r['seconds'] / total:5.1f}% "
+              f"{rate}", flush=True)
+    kinds = {}
+    for r in rows:
+        kinds[r["kind"]] = kinds.get(r["kind"], 0.0) + r["seconds"]
+    print("  by kind: " + ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in sorted(kinds.items(),
+                                                                                   key=lambda kv: -kv[1])),
+          flush=True)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(models.MODELS), help="comma-separated (default: all)")
@@ -97,12 +193,21 @@ def main(argv=None):
                         help="batch size (default: the full profile's)")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation), at least 1")
-    parser.add_argument("--precision", default="auto", help="auto (mixed bfloat16 on a GPU) | float32 | ...")
+    parser.add_argument("--precision", default="auto",
+                        help="auto (tinylib's choice for this device) | float32 | mixed_bfloat16 | ...")
+    parser.add_argument("--peak-size", type=int, default=4096, help="matrix size of the peak measurement")
+    parser.add_argument("--per-layer", type=int, default=0, metavar="N",
+                        help="also show the N slowest layers of each model (TensorFlow)")
+    parser.add_argument("--no-mixing", action="store_true", help="skip the MixUp/CutMix measurement")
+    parser.add_argument("--jit-compile", action="store_true", help="compile the training step with XLA")
+    parser.add_argument("--steps-per-execution", type=int, default=None,
+                        help="training steps per compiled call (default: tinylib's for this device)")
     args = parser.parse_args(argv)
     if args.warmup < 1 or args.steps < 1:
         parser.error("--steps and --warmup must be at least 1 (the first step compiles)")
 
     policy = configure_precision(args.precision)
+    SETTINGS.update(jit_compile=args.jit_compile, steps_per_execution=args.steps_per_execution)
     batch, steps = args.batch, args.steps
     rng = np.random.default_rng(0)
     n = batch * (steps + args.warmup)
@@ -110,30 +215,33 @@ def main(argv=None):
     labels = np.eye(NUM_CLASSES, dtype="float32")[rng.integers(0, NUM_CLASSES, n)]
     print(f"device: {device_name()}; backend {keras.backend.backend()}; dtype policy {policy}; "
           f"batch {batch}; {steps} timed steps after {args.warmup} warm-up steps", flush=True)
+    peak = peaks(args.peak_size)
+    print("matmul peak (" + f"{args.peak_size}x{args.peak_size}): "
+          + ", ".join(f"{dtype} {value:,.0f} GFLOP/s" for dtype, value in peak.items()), flush=True)
     feed = time_input(images, labels, batch, steps)
     print(f"input alone (gather a batch, copy it to the device): {feed * 1e3:.1f} ms/batch, "
           f"{batch / feed:,.0f} images/s", flush=True)
-    first = models.normalize_name(args.models.split(",")[0])
-    mixed, plain = time_mixing(first, images, labels, batch, steps, args.warmup)
-    print(f"MixUp/CutMix inside the compiled step ({first}, no other augmentation): "
-          f"{(mixed - plain) * 1e3:+.1f} ms/step ({mixed * 1e3:.1f} with, {plain * 1e3:.1f} without)", flush=True)
-    print(f"{'model':10s} {'params':>12s} {'ms/step aug':>12s} {'ms/step no aug':>15s} "
-          f"{'images/s aug':>13s} {'images/s no aug':>16s} {'step/input':>11s} {'GFLOP/image':>12s} "
-          f"{'GFLOP/s':>9s}", flush=True)
+    if not args.no_mixing:
+        first = models.normalize_name(args.models.split(",")[0])
+        mixed, plain = time_mixing(first, images, labels, batch, steps, args.warmup)
+        print(f"MixUp/CutMix inside the compiled step ({first}, no other augmentation): "
+              f"{(mixed - plain) * 1e3:+.1f} ms/step ({mixed * 1e3:.1f} with, {plain * 1e3:.1f} without)",
+              flush=True)
     for name in args.models.split(","):
         name = models.normalize_name(name)
-        results = {}
         for augment in (True, False):
             keras.utils.clear_session()
             keras.utils.set_random_seed(0)
             model = build(name, augment)
-            results[augment] = time_training(model, images, labels, batch, steps, args.warmup)
-            params, work = model.count_params(), flops.training_flops(model)
+            seconds = time_training(model, images, labels, batch, steps, args.warmup)
+            work = flops.training_flops(model)
             del model
-        aug, plain = results[True], results[False]
-        print(f"{name:10s} {params:12,d} {aug * 1e3:12.1f} {plain * 1e3:15.1f} {batch / aug:13,.0f} "
-              f"{batch / plain:16,.0f} {aug / feed:10.0f}x {work / 1e9:12.3f} {work * batch / plain / 1e9:9.1f}",
-              flush=True)
+            label = name if augment else f"{name} without augmentation"
+            print(speed_line(label, seconds, batch, work, peak) + f"; {seconds * 1e3:.1f} ms/step, "
+                  f"{work / 1e9:.3f} "
+                  "GFLOP/image", flush=True)
+            if augment and args.per_layer and keras.backend.backend() == "tensorflow":
+                print_layer_times(name, batch, augment, seconds, args.per_layer)
 
 
 if __name__ == "__main__":

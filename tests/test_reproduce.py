@@ -34,7 +34,7 @@ def ds(tiny_env, synthetic, monkeypatch):
 
 def test_the_plan_is_in_order_of_value_and_only_picks_from_it():
     assert reproduce.PLAN_NAMES[:5] == ("model1", "model2", "model4", "model3", "model5")
-    assert reproduce.PLAN_NAMES[5:] == ("resnet18-modern", "model5-finetune", "optimizers")
+    assert reproduce.PLAN_NAMES[5:] == ("resnet18-modern", "model5-finetune", "optimizers", "precision")
     picked = reproduce.select("optimizers, model3")
     assert [p.name for p in picked] == ["model3", "optimizers"]  # the plan's order, not the asked one
     with pytest.raises(ValueError, match="unknown run.*model9.*choose from"):
@@ -163,11 +163,12 @@ def test_the_beyond_the_study_runs_of_the_plan_train_and_summarize(tmp_path, ds)
     results = tmp_path / "results"
     # Fine-tuning, the plan's other branch, runs on JAX below (and tests/test_transfer.py
     # trains its stages on TensorFlow).
-    plan = reproduce.select("resnet18-modern,optimizers")
+    plan = reproduce.select("resnet18-modern,optimizers,precision")
     outcome = reproduce.run_plan(plan, ds, _profile(epochs=1), results=results, runs_folder=tmp_path / "runs")
-    assert outcome["done"] == ["resnet18-modern", "optimizers"] and not outcome["left"]
+    assert outcome["done"] == ["resnet18-modern", "optimizers", "precision"] and not outcome["left"]
     runs = {row["run"]: row for row in json.loads((results / "summary.json").read_text())}
-    assert set(runs) == {"resnet18-modern", *(f"model2-optimizer-{o}" for o in ("adam", "rmsprop", "sgd", "nadam"))}
+    assert set(runs) == {"resnet18-modern", *(f"model2-optimizer-{o}" for o in ("adam", "rmsprop", "sgd", "nadam")),
+                         "model2-precision-mixed_bfloat16"}
     assert all(row["profile"] == "full" and row["finished"] for row in runs.values())
 
 
@@ -202,7 +203,8 @@ def test_the_jax_plan_takes_every_branch_of_the_plan():
     assert 'build("model5", data, profile' in inspect.getsource(transfer._fine_tune)
     # Left out: the study models that take Model 2's path, and the optimizer comparison
     # (Model 2 four times; its branch is trained on TensorFlow by the beyond-the-study test).
-    assert set(reproduce.PLAN_NAMES) - set(kept) == {"model1", "model3", "model4", "model5", "optimizers"}
+    assert set(reproduce.PLAN_NAMES) - set(kept) == {"model1", "model3", "model4", "model5", "optimizers",
+                                                     "precision"}
 
 
 @pytest.mark.realdata

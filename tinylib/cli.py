@@ -170,6 +170,12 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def reproduce_plan_names() -> tuple[str, ...]:
+    from tinylib.reproduce import PLAN_NAMES  # light: the plan, not the training
+
+    return PLAN_NAMES
+
+
 def _minutes(text: str) -> float:
     """An argparse type: minutes, 0 or more (0: train nothing, report what is left)."""
     try:
@@ -240,11 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("reproduce", help="train every full-scale run of the book, resumably, in a budget",
                             description="Train the runs the book reads at full scale, in order of value "
                                         "(the study's Models 1, 2, 4, 3, 5; ResNet-18 modern; Model 5 "
-                                        "fine-tuned; the optimizer comparison). Exit status 3 when "
+                                        "fine-tuned; the optimizer comparison; the precision check). Exit status 3 when "
                                         "the budget ran out with work left: run it again to continue.")
     p.add_argument("--only", help="comma-separated runs from the plan (default: all): "
-                   + ", ".join(("model1", "model2", "model4", "model3", "model5", "resnet18-modern",
-                                "model5-finetune", "optimizers")))
+                   + ", ".join(reproduce_plan_names()))
     p.add_argument("--profile", help="smoke | quick | full (default: TINYLIB_PROFILE, else full on a GPU)")
     p.add_argument("--budget", type=_minutes, help="minutes: stop at an epoch boundary before they are spent")
     p.add_argument("--results", help="copy finished records here and write summary.md/json "

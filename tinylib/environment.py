@@ -7,9 +7,11 @@ give, comes from the backend when it can say.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import subprocess
+import time
 from pathlib import Path
 
 import keras
@@ -51,8 +53,6 @@ def data_parallel(devices=None):
 def parallel_scope(devices=None):
     """The scope to build and train a model in: ``data_parallel(devices)``'s, or none
     where one device computes."""
-    import contextlib
-
     distribution = data_parallel(devices)
     return distribution.scope() if distribution is not None else contextlib.nullcontext()
 
@@ -99,20 +99,145 @@ def device_name() -> str:
 
 
 PRECISION_ENV = "TINYLIB_PRECISION"
+CPU_FLAGS_FILE = Path("/proc/cpuinfo")
+# CPU features with bfloat16 dot products, which oneDNN uses for TensorFlow's convolutions and matmuls.
+BFLOAT16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_flags(cpuinfo: Path | None = None) -> frozenset[str]:
+    """The CPU's feature flags as Linux lists them (``/proc/cpuinfo``); empty where unknown."""
+    try:
+        text = Path(cpuinfo or CPU_FLAGS_FILE).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return frozenset()
+
+
+def cpu_has_bfloat16(flags=None) -> bool:
+    """Whether the CPU multiplies bfloat16 natively (AVX512_BF16 or AMX)."""
+    flags = cpu_flags() if flags is None else flags
+    return any(flag in flags for flag in BFLOAT16_CPU_FLAGS)
+
+
+def onednn_enabled() -> bool:
+    """Whether TensorFlow runs its CPU kernels through oneDNN (on by default on x86 Linux;
+    ``TF_ENABLE_ONEDNN_OPTS=0`` turns it off, and bfloat16 then falls to slow generic kernels)."""
+    return os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1").strip().lower() not in ("0", "false")
+
+
+def automatic_precision(backend: str | None = None, gpu: bool | None = None, flags=None) -> str:
+    """The dtype policy 'auto' means here, and why: the fastest that learns as float32 does.
+
+    Mixed bfloat16 (bfloat16 arithmetic, float32 weights) on a GPU, and on a CPU with
+    bfloat16 instructions under TensorFlow with oneDNN: there a training step of Model 2
+    takes about 0.6 of float32's (``benchmarks/speed_choices.py``) and a full-scale run
+    learns the same curve (chapter 13). Elsewhere float32: JAX's CPU bfloat16 and CPUs
+    without the instructions are slower than float32.
+    """
+    backend = backend or keras.backend.backend()
+    if gpu_available() if gpu is None else gpu:
+        return "mixed_bfloat16"
+    if backend == "tensorflow" and onednn_enabled() and cpu_has_bfloat16(flags):
+        return "mixed_bfloat16"
+    return "float32"
+
+
+_RUN_POLICY: list[str] = []  # the policy a resumed run began with, while it trains (see run_precision)
+_AUTOMATIC = [True]  # whether the policy in force came from 'auto'
 
 
 def configure_precision(policy: str = "auto") -> str:
     """Set Keras' global dtype policy; call it before building a model.
 
-    'auto' is ``TINYLIB_PRECISION`` when set (CI uses it to run the chapters on a CPU
-    with the precision a GPU gets), else mixed precision (bfloat16 compute, float32
-    weights) where a GPU is visible and plain float32 on a CPU, where mixed precision
-    is slower.
+    'auto' is ``TINYLIB_PRECISION`` when set (CI uses it to run the chapters with the
+    precision a GPU gets), else :func:`automatic_precision`: mixed bfloat16 on a GPU and
+    on a CPU with bfloat16 instructions (TensorFlow), float32 elsewhere. While a resumed
+    run trains (:func:`run_precision`), 'auto' is the policy that run began with.
     """
+    _AUTOMATIC[0] = policy == "auto"
     if policy == "auto":
-        policy = os.environ.get(PRECISION_ENV) or ("mixed_bfloat16" if gpu_available() else "float32")
+        policy = (_RUN_POLICY[-1] if _RUN_POLICY else None) or os.environ.get(PRECISION_ENV) \
+            or automatic_precision()
     keras.config.set_dtype_policy(policy)
     return policy
+
+
+@contextlib.contextmanager
+def using_precision(policy: str):
+    """``configure_precision(policy)`` for a block; the policy in force before is given back."""
+    previous, automatic = keras.config.dtype_policy(), _AUTOMATIC[0]
+    try:
+        yield configure_precision(policy)
+    finally:
+        keras.config.set_dtype_policy(previous)
+        _AUTOMATIC[0] = automatic
+
+
+@contextlib.contextmanager
+def run_precision(recorded: str | None):
+    """Build and train a resumed run in the precision it began with, when the precision
+    in force was chosen automatically: a run started in float32 and continued on a
+    machine where 'auto' now means bfloat16 stays the run it was. An explicit policy is
+    left alone (the run then refuses to resume, saying what differs)."""
+    current = keras.config.dtype_policy().name
+    if not recorded or recorded == current or not _AUTOMATIC[0]:
+        yield current
+        return
+    print(f"precision: {recorded}, as this run began (a new run here would compute in {current})", flush=True)
+    _RUN_POLICY.append(recorded)
+    keras.config.set_dtype_policy(recorded)
+    try:
+        yield recorded
+    finally:
+        _RUN_POLICY.pop()
+        keras.config.set_dtype_policy(current)
+
+
+def matmul_peak(dtype: str = "float32", size: int = 1024, repeats: int = 5) -> float:
+    """GFLOP/s of the fastest of ``repeats`` ``size`` x ``size`` matrix products through
+    the active backend: the yardstick a training step's FLOP/s is a fraction of."""
+    key = (keras.backend.backend(), dtype, size, repeats)
+    if key not in _PEAKS:
+        a = keras.random.normal((size, size), seed=0, dtype="float32")
+        a = keras.ops.cast(a, dtype)
+
+        def product():  # summed in float32 so that the wait for it ends on a NumPy float
+            keras.ops.convert_to_numpy(keras.ops.cast(keras.ops.sum(keras.ops.matmul(a, a)), "float32"))
+
+        product()  # warm-up
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            product()
+            best = min(best, time.perf_counter() - start)
+        _PEAKS[key] = 2 * size ** 3 / best / 1e9
+    return _PEAKS[key]
+
+
+_PEAKS: dict = {}
+
+
+def compute_dtype(policy: str | None = None) -> str:
+    """The arithmetic dtype of a policy ('mixed_bfloat16' computes in bfloat16)."""
+    return keras.dtype_policies.get(policy or keras.config.dtype_policy().name).compute_dtype
+
+
+def speed_settings(flags=None) -> dict:
+    """The device-dependent choices a run trains with, for its record."""
+    backend = keras.backend.backend()
+    settings = {
+        "dtype_policy": keras.config.dtype_policy().name,
+        "automatic_precision": automatic_precision(backend, flags=flags),
+        "cpu_bfloat16": cpu_has_bfloat16(flags),
+        "steps_per_execution": steps_per_execution(),
+    }
+    if backend == "tensorflow":
+        settings["onednn"] = onednn_enabled()
+    return settings
 
 
 def library_versions() -> dict:

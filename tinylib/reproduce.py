@@ -5,7 +5,8 @@ machine that starts bare), so the runs the book reads at full scale are trained 
 a fixed order of value, each an ordinary resumable run, within a time budget:
 
     the study's Models 1, 2, 4, 3, 5; ResNet-18 with the modern recipe; Model 5
-    fine-tuned in stages; the optimizer comparison (Model 2 with each optimizer)
+    fine-tuned in stages; the optimizer comparison (Model 2 with each optimizer);
+    the precision check (Model 2's first epochs in mixed bfloat16)
 
 A run stops at an epoch boundary before the budget is spent; the command then
 says what is done and what is left and exits with status 3 (0 when all is done).
@@ -45,6 +46,7 @@ PLAN = (
     PlannedRun("resnet18-modern", "ResNet-18 for 64x64 with the modern recipe"),
     PlannedRun("model5-finetune", "Model 5 fine-tuned in stages (head, then all), upsampled"),
     PlannedRun("optimizers", "the study's optimizer comparison on Model 2"),
+    PlannedRun("precision", "Model 2 for 8 epochs in mixed bfloat16, against its float32 record's first 8"),
 )
 PLAN_NAMES = tuple(planned.name for planned in PLAN)
 
@@ -77,6 +79,8 @@ def _train(planned: PlannedRun, data, profile, deadline: float | None, runs_fold
         return list(transfer.fine_tune(data, profile, weights=weights, image_size="profile", **common).values())
     if planned.name == "optimizers":
         return list(train.compare_optimizers("model2", data, profile, **common).values())
+    if planned.name == "precision":
+        return list(train.compare_precisions("model2", data, profile, **common).values())
     raise ValueError(f"no way to train {planned.name!r}")  # a PLAN entry without a branch here
 
 

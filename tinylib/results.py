@@ -36,6 +36,8 @@ def record_key(record: dict) -> str:
     model = record["model"]
     if record.get("comparison") == "optimizers":  # chapter 5's runs, never the study's row
         return f"{model}-optimizer-{str(record.get('optimizer')).lower()}"
+    if record.get("comparison") == "precision":  # chapter 13's check of a faster arithmetic
+        return f"{model}-precision-{record.get('dtype_policy')}"
     if record.get("stage"):
         return f"{model}-finetune-{record.get('image_size', 64)}px-{record['stage']}"
     recipe = (record.get("recipe") or {}).get("name")

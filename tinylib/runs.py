@@ -203,6 +203,11 @@ class Run:
         if seconds:  # the first epoch also compiles: left out when there are others
             record["train_images_per_second"] = round(
                 record["dataset"]["train_images"] / float(np.median(seconds)), 1)
+            speed = record.get("speed") or {}
+            if speed.get("train_gflop_per_image") and speed.get("matmul_peak_gflops_per_second"):
+                reached = record["train_images_per_second"] * speed["train_gflop_per_image"]
+                speed["train_gflops_per_second"] = float(f"{reached:.4g}")
+                speed["fraction_of_matmul_peak"] = float(f"{reached / speed['matmul_peak_gflops_per_second']:.3g}")
         for key, name in (("val_accuracy", "val_top1"), ("val_top5", "val_top5")):
             values = self.history.get(key)
             if values:
@@ -287,7 +292,15 @@ def epochs_change(path: Path, previous: dict, done: int, epochs: int) -> dict | 
 
 # What must be equal for a folder's run to be continued: anything else is another run.
 IDENTITY = ("model", "parameters", "weights", "augmentation", "optimizer", "learning_rate", "recipe",
-            "batch_size", "build_options", "dataset", "seed")
+            "batch_size", "build_options", "dataset", "seed", "dtype_policy")
+
+
+def recorded_precision(path: Path) -> str | None:
+    """The dtype policy of the run in ``path`` when it has trained (it has a checkpoint),
+    else None: a resumed run keeps its precision (``environment.run_precision``)."""
+    record = read_record(path) if read_state(path) else {}
+    policy = record.get("dtype_policy") if isinstance(record, dict) else None
+    return policy if isinstance(policy, str) else None
 
 
 def check_same_run(path: Path, previous: dict, record: dict) -> None:

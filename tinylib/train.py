@@ -28,7 +28,7 @@ from tinylib.environment import configure_precision
 from tinylib.profiles import Profile, get_profile
 from tinylib.progress import ProgressLog
 from tinylib.recipes import Recipe, ablation_recipes, get_recipe, steps_per_epoch
-from tinylib.runs import (BEST_WEIGHTS, EPOCH_PATTERN, FINAL_CHECKPOINT, PARTIAL_CHECKPOINT, PARTIAL_PATTERN,
+from tinylib.runs import (BEST_WEIGHTS, recorded_precision, EPOCH_PATTERN, FINAL_CHECKPOINT, PARTIAL_CHECKPOINT, PARTIAL_PATTERN,
                           STATE_FILE, CheckpointError, Run, check_same_run, clear_run, epoch_checkpoint_name,
                           epochs_change, load_checkpoint,
                           lock_run, new_record, read_record, read_state, restore_random_state, run_name,
@@ -94,10 +94,7 @@ def fit(model: keras.Model, data, profile: Profile | str | None = None, *, name:
     recipe = getattr(model, "tinylib_recipe", None)
     _check_schedule_length(model, recipe, epochs)
     seed = profile.seed if seed is None else int(seed)
-    # A recipe's runs, and runs with another seed, have their own folders.
-    suffix = (f"-{recipe.name}" if recipe is not None else "") + suffix
-    suffix += f"-seed{seed}" if seed != profile.seed else ""
-    path = Path(runs or runs_dir()).expanduser().absolute() / (name or run_name(model, profile, suffix))
+    path = run_folder(model.name, profile, recipe=recipe, seed=seed, suffix=suffix, name=name, runs=runs)
     path.mkdir(parents=True, exist_ok=True)
     if callbacks == "study":
         as_the_study = model.name in models_lib.MODELS and recipe in (None, get_recipe("study"))
@@ -108,6 +105,7 @@ def fit(model: keras.Model, data, profile: Profile | str | None = None, *, name:
     record = new_record(model, data, profile, epochs, batch_size, callbacks)
     record["seed"] = seed
     record["steps_per_execution"] = model.steps_per_execution
+    record["speed"] = _speed(model)
     record.update(notes or {})
     run = Run(path=path, model=model, record=record)
     lock = lock_run(path)
@@ -123,6 +121,29 @@ def fit(model: keras.Model, data, profile: Profile | str | None = None, *, name:
         return run
     finally:
         lock.release()
+
+
+def run_folder(model_name: str, profile: Profile, *, recipe: Recipe | None = None, seed: int | None = None,
+               suffix: str = "", name: str | None = None, runs: Path | None = None) -> Path:
+    """The folder ``fit`` trains a run in: a recipe's runs, and runs with another seed, have their own."""
+    seed = profile.seed if seed is None else int(seed)
+    suffix = (f"-{recipe.name}" if recipe is not None else "") + suffix
+    suffix += f"-seed{seed}" if seed != profile.seed else ""
+    return Path(runs or runs_dir()).expanduser().absolute() / (name or run_name(model_name, profile, suffix))
+
+
+def _speed(model: keras.Model) -> dict:
+    """The device-dependent choices of this run, its FLOPs per training image and this
+    machine's matrix-product peak in the run's arithmetic (``runs.Run.write_record`` adds
+    the GFLOP/s the run reached and their fraction of that peak)."""
+    from tinylib import flops
+
+    settings = environment.speed_settings()
+    arithmetic = environment.compute_dtype()
+    settings["train_gflop_per_image"] = float(f"{flops.training_flops(model) / 1e9:.4g}")
+    settings["matmul_peak_dtype"] = arithmetic
+    settings["matmul_peak_gflops_per_second"] = float(f"{environment.matmul_peak(arithmetic):.4g}")
+    return settings
 
 
 def _check_schedule_length(model, recipe, epochs: int) -> None:
@@ -424,7 +445,14 @@ def train_model(model_name: str, data, profile=None, *, augment: bool = True, bu
     profile = get_profile(profile)
     seed = fit_kwargs.get("seed")
     keras.utils.set_random_seed(profile.seed if seed is None else seed)
-    with environment.parallel_scope(devices):
+    recorded = None
+    if fit_kwargs.get("resume", True):
+        folder = run_folder(models_lib.normalize_name(model_name), profile,
+                            recipe=get_recipe(recipe) if recipe is not None else None, seed=seed,
+                            suffix=fit_kwargs.get("suffix", ""), name=fit_kwargs.get("name"),
+                            runs=fit_kwargs.get("runs"))
+        recorded = recorded_precision(folder)
+    with environment.run_precision(recorded), environment.parallel_scope(devices):
         build_options = dict(build_options or {})
         if recipe is not None:
             build_options.update(recipe=recipe, epochs=fit_kwargs.get("epochs"),
@@ -456,6 +484,30 @@ def compare_recipes(model_name: str, data, profile=None, recipes: dict | None = 
         recipe = get_recipe(recipe)
         print(f"--- {label}: {recipe.describe()}", flush=True)
         runs[label] = train_model(key, data, profile, recipe=recipe, **fit_kwargs)
+    return runs
+
+
+PRECISION_CHECK_EPOCHS = 8  # enough for the curves to part if bfloat16 learned less (chapter 13)
+
+
+def compare_precisions(model_name: str, data, profile=None, precisions=("mixed_bfloat16",),
+                       epochs: int | None = None, **fit_kwargs) -> dict[str, Run]:
+    """Train the study's model for ``epochs`` in each precision, the study's way otherwise:
+    the check that a faster arithmetic learns the curve float32 learns (chapter 13).
+    ``epochs`` defaults to 8, or the profile's epochs for the model where fewer.
+
+    Each run has its own folder (``-<policy>-<epochs>ep``) and its record says
+    ``comparison: precision``, so it never stands in for the model's row of the table;
+    the float32 curve to compare with is the model's own full-scale record, which
+    trained its first epochs from the same seed on the same batches.
+    """
+    profile = get_profile(profile)
+    epochs = epochs or min(PRECISION_CHECK_EPOCHS, profile.epochs_for(models_lib.normalize_name(model_name)))
+    runs = {}
+    for policy in precisions:
+        with environment.using_precision(policy):
+            runs[policy] = train_model(model_name, data, profile, epochs=epochs, suffix=f"-{policy}-{epochs}ep",
+                                       notes={"comparison": "precision"}, **fit_kwargs)
     return runs
 
 

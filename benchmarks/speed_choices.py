@@ -1,0 +1,99 @@
+"""Each speed choice of CPU training measured side by side in one run: what ``environment`` keeps.
+
+Runs ``model_throughput.py`` once per variant, each in its own process (the backend,
+the thread pools and oneDNN are fixed when TensorFlow starts), one after another on
+the same machine, and prints one table: images/s of the full-scale training step
+(augmentation inside the model) and its fraction of the float32 matrix-product peak
+measured in the same process, against tinylib's old defaults (float32, TensorFlow,
+no XLA, one step per call).
+
+    python benchmarks/speed_choices.py                       # Models 2 and 4, every choice
+    python benchmarks/speed_choices.py --models model1,model2,model3,model4,model5 --only old,new
+
+Keep the machine quiet while it runs: the figures are ratios within this one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+# name: (what it is, extra arguments, extra environment)
+VARIANTS = {
+    "old": ("old defaults: float32, TensorFlow with oneDNN, no XLA, 1 step per call",
+            ["--precision", "float32"], {}),
+    "new": ("tinylib's choice for this device (environment.automatic_precision)", ["--precision", "auto"], {}),
+    "xla": ("float32 with XLA (jit_compile=True)", ["--precision", "float32", "--jit-compile"], {}),
+    "spe4": ("float32, 4 steps per compiled call", ["--precision", "float32", "--steps-per-execution", "4"], {}),
+    "threads-1-2": ("float32, 1 inter-op and 2 intra-op threads", ["--precision", "float32"],
+                    {"TF_NUM_INTEROP_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "2"}),
+    "no-onednn": ("float32 without oneDNN (TF_ENABLE_ONEDNN_OPTS=0)", ["--precision", "float32"],
+                  {"TF_ENABLE_ONEDNN_OPTS": "0"}),
+    "bf16-xla": ("mixed bfloat16 with XLA", ["--precision", "mixed_bfloat16", "--jit-compile"], {}),
+    "jax": ("JAX (XLA), float32", ["--precision", "float32"], {"KERAS_BACKEND": "jax"}),
+    "jax-bf16": ("JAX (XLA), mixed bfloat16", ["--precision", "mixed_bfloat16"], {"KERAS_BACKEND": "jax"}),
+}
+LINE = re.compile(r"^(?P<model>\S+)(?P<plain> without augmentation)?: (?P<rate>[\d,]+) img/s, "
+                  r"(?P<gflops>[\d,]+) GFLOP/s, (?P<percent>\d+)% of this machine's float32 matmul peak")
+
+
+def measure(variant: str, models: str, steps: int, peak_size: int) -> dict:
+    """{model: (images/s with augmentation, % of the float32 peak)} of one variant."""
+    _, arguments, environment = VARIANTS[variant]
+    command = [sys.executable, str(HERE / "model_throughput.py"), "--models", models, "--steps", str(steps),
+               "--no-mixing", "--peak-size", str(peak_size), *arguments]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **environment}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=3600)
+    rows = {}
+    for line in result.stdout.splitlines():
+        match = LINE.match(line)
+        if match and not match["plain"]:
+            rows[match["model"]] = (float(match["rate"].replace(",", "")), int(match["percent"]))
+    if result.returncode != 0 or not rows:
+        tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
+        return {"error": tail[0][:200]}
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="model2,model4")
+    parser.add_argument("--only", default=",".join(VARIANTS), help="variants, comma-separated: " + ", ".join(VARIANTS))
+    parser.add_argument("--steps", type=int, default=8, help="timed steps per model")
+    parser.add_argument("--peak-size", type=int, default=4096)
+    args = parser.parse_args(argv)
+    variants = [v for v in args.only.split(",") if v]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
+    models = args.models.split(",")
+    results = {}
+    for variant in variants:
+        print(f"... {variant}: {VARIANTS[variant][0]}", file=sys.stderr, flush=True)
+        results[variant] = measure(variant, args.models, args.steps, args.peak_size)
+    head = f"{'variant':12s}" + "".join(f"{m + ' img/s':>15s}{'x old':>7s}{'% f32 peak':>11s}" for m in models)
+    print(head)
+    old = results.get("old", {})
+    for variant in variants:
+        row = results[variant]
+        if "error" in row:
+            print(f"{variant:12s} failed: {row['error']}")
+            continue
+        cells = ""
+        for m in models:
+            rate, percent = row.get(m, (float("nan"), 0))
+            ratio = rate / old[m][0] if m in old else float("nan")
+            cells += f"{rate:15,.0f}{ratio:7.2f}{percent:10d}%"
+        print(f"{variant:12s}{cells}")
+    for variant in variants:
+        print(f"  {variant}: {VARIANTS[variant][0]}")
+
+
+if __name__ == "__main__":
+    main()

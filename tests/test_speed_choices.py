@@ -1,0 +1,160 @@
+"""The device-dependent choices in ``tinylib.environment``, with the CPU's features faked.
+
+Mixed bfloat16 is the automatic precision where it is faster and learns as float32 does
+(a GPU; a CPU with bfloat16 instructions under TensorFlow with oneDNN), float32 elsewhere.
+A run resumed under 'auto' keeps the precision it began with; an explicit other policy
+is refused. Each record carries the choices, its GFLOP/s and their fraction of the
+machine's matrix-product peak.
+"""
+
+from __future__ import annotations
+
+import keras
+import pytest
+
+from tinylib import environment, runs
+
+ZEN5 = frozenset("fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni".split())
+AVX2_ONLY = frozenset("fpu sse2 avx2 fma".split())
+SAPPHIRE_RAPIDS = frozenset("fpu avx512f amx_tile amx_bf16 amx_int8".split())
+
+
+@pytest.fixture
+def policy():
+    previous = keras.config.dtype_policy()
+    yield
+    keras.config.set_dtype_policy(previous)
+
+
+def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
+    x86 = tmp_path / "x86"
+    x86.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2 avx512_bf16\n\n"
+                   "processor\t: 1\nflags\t\t: fpu avx2 avx512_bf16\n")
+    arm = tmp_path / "arm"
+    arm.write_text("processor\t: 0\nFeatures\t: fp asimd bf16\n")
+    assert environment.cpu_flags(x86) == {"fpu", "avx2", "avx512_bf16"}
+    assert environment.cpu_flags(arm) == {"fp", "asimd", "bf16"}
+    assert environment.cpu_flags(tmp_path / "missing") == frozenset()
+    assert environment.cpu_has_bfloat16(environment.cpu_flags(x86))
+    assert not environment.cpu_has_bfloat16(environment.cpu_flags(arm))  # no measured kernel path there
+
+
+@pytest.mark.parametrize(("backend", "gpu", "flags", "onednn", "expected"), [
+    ("tensorflow", False, ZEN5, None, "mixed_bfloat16"),
+    ("tensorflow", False, SAPPHIRE_RAPIDS, None, "mixed_bfloat16"),
+    ("tensorflow", False, AVX2_ONLY, None, "float32"),
+    ("tensorflow", False, frozenset(), None, "float32"),  # flags unknown: the safe choice
+    ("tensorflow", False, ZEN5, "0", "float32"),  # without oneDNN bfloat16 is 20 times slower
+    ("jax", False, ZEN5, None, "float32"),  # XLA's CPU bfloat16 is slower than its float32
+    ("jax", True, AVX2_ONLY, None, "mixed_bfloat16"),
+    ("tensorflow", True, AVX2_ONLY, "0", "mixed_bfloat16"),
+])
+def test_the_automatic_precision_follows_the_device(monkeypatch, backend, gpu, flags, onednn, expected):
+    if onednn is None:
+        monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
+    else:
+        monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", onednn)
+    assert environment.automatic_precision(backend, gpu=gpu, flags=flags) == expected
+
+
+def test_configure_precision_auto_reads_the_cpu(monkeypatch, tmp_path, policy):
+    if keras.backend.backend() != "tensorflow" or environment.gpu_available():
+        pytest.skip("the CPU's bfloat16 choice is TensorFlow's on a CPU")
+    monkeypatch.delenv(environment.PRECISION_ENV, raising=False)
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
+    cpuinfo = tmp_path / "cpuinfo"
+    monkeypatch.setattr(environment, "CPU_FLAGS_FILE", cpuinfo)
+    cpuinfo.write_text("flags\t: " + " ".join(sorted(ZEN5)) + "\n")
+    assert environment.configure_precision() == "mixed_bfloat16"
+    cpuinfo.write_text("flags\t: " + " ".join(sorted(AVX2_ONLY)) + "\n")
+    assert environment.configure_precision() == "float32"
+    assert keras.config.dtype_policy().name == "float32"
+    monkeypatch.setenv(environment.PRECISION_ENV, "mixed_bfloat16")  # the setting wins over the CPU
+    assert environment.configure_precision() == "mixed_bfloat16"
+    assert environment.speed_settings(flags=AVX2_ONLY)["automatic_precision"] == "float32"
+
+
+def test_the_automatic_precision_of_this_machine_is_stated_in_the_settings(policy):
+    settings = environment.speed_settings()
+    assert settings["automatic_precision"] == environment.automatic_precision()
+    assert settings["cpu_bfloat16"] == environment.cpu_has_bfloat16()
+
+
+def test_a_matrix_product_peak_is_measured_once_per_process():
+    first = environment.matmul_peak("float32", size=256, repeats=2)
+    assert first > 0
+    assert environment.matmul_peak("float32", size=256, repeats=2) == first
+
+
+def _train_smoke(ds, tmp_path, epochs=1, **kwargs):
+    from tinylib import train
+    from tinylib.profiles import Profile
+
+    profile = Profile("smoke", classes=None, train_per_class=None, val_per_class=None, epochs=epochs, batch_size=4)
+    return train.train_model("model1", ds, profile, runs=tmp_path / "runs", verbose=0, checkpoint_every=0.0,
+                             **kwargs)
+
+
+def test_a_resumed_run_keeps_the_precision_it_began_with(tiny_env, synthetic, monkeypatch, tmp_path, policy,
+                                                         capsys):
+    """A run begun in float32 and continued where 'auto' now means bfloat16 (another CPU,
+    or a newer tinylib) stays a float32 run; asked explicitly for another policy, it is
+    refused with what differs."""
+    from tinylib import data
+
+    monkeypatch.setenv("TINYLIB_DATA", str(synthetic))
+    ds = data.load()
+    environment.configure_precision("float32")
+    first = _train_smoke(ds, tmp_path, epochs=1)
+    assert first.record["dtype_policy"] == "float32"
+    assert runs.recorded_precision(first.path) == "float32"
+
+    monkeypatch.setenv(environment.PRECISION_ENV, "mixed_bfloat16")
+    assert environment.configure_precision() == "mixed_bfloat16"
+    resumed = _train_smoke(ds, tmp_path, epochs=2)
+    assert "precision: float32, as this run began" in capsys.readouterr().out
+    assert resumed.record["dtype_policy"] == "float32" and resumed.record["epochs_run"] == 2
+    assert resumed.model.layers[-1].compute_dtype == "float32"
+    assert all(layer.compute_dtype == "float32" for layer in resumed.model.layers)
+    assert keras.config.dtype_policy().name == "mixed_bfloat16"  # the policy in force is given back
+
+    environment.configure_precision("mixed_bfloat16")  # asked for, not chosen: a different run
+    with pytest.raises(runs.RunConflict, match="dtype_policy: 'float32' -> 'mixed_bfloat16'"):
+        _train_smoke(ds, tmp_path, epochs=3)
+
+
+def test_a_record_gives_its_speed_against_the_machines_peak(tiny_env, synthetic, monkeypatch, tmp_path, policy):
+    from tinylib import data, flops
+
+    monkeypatch.setenv("TINYLIB_DATA", str(synthetic))
+    ds = data.load()
+    environment.configure_precision("float32")
+    run = _train_smoke(ds, tmp_path, epochs=2)
+    speed = run.record["speed"]
+    assert speed["dtype_policy"] == "float32" and speed["matmul_peak_dtype"] == "float32"
+    assert speed["train_gflop_per_image"] == pytest.approx(flops.training_flops(run.model) / 1e9, rel=1e-3)
+    assert speed["matmul_peak_gflops_per_second"] > 0
+    reached = run.record["train_images_per_second"] * speed["train_gflop_per_image"]
+    assert speed["train_gflops_per_second"] == pytest.approx(reached, rel=1e-2)
+    assert speed["fraction_of_matmul_peak"] == pytest.approx(reached / speed["matmul_peak_gflops_per_second"],
+                                                             rel=1e-2)
+
+
+def test_augmentation_moves_pixels_in_float32_under_mixed_bfloat16(policy):
+    """Under mixed bfloat16 the augmentation would blend pixels in 8 bits: it keeps float32."""
+    import numpy as np
+
+    from tinylib import models
+    from tinylib.augment import augmentation
+
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    model = models.build_model("model1", num_classes=10, augmentation=augmentation(seed=0))
+    by_name = {layer.name: layer for layer in model.layers}
+    assert by_name["rescale"].compute_dtype == "float32"
+    augment = [layer for layer in model.layers if "augment" in type(layer).__name__.lower()]
+    assert augment and all(layer.compute_dtype == "float32" for layer in augment)
+    assert model.layers[-1].compute_dtype == "float32"
+    conv = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert conv and conv[0].compute_dtype == "bfloat16"
+    images = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3)).astype("uint8")
+    assert np.isfinite(keras.ops.convert_to_numpy(model(images, training=True))).all()
