@@ -52,14 +52,15 @@ def build(name, augment):
 
 
 class _StepClock(keras.callbacks.Callback):
-    """The time at the end of every training step, inside one ``fit``."""
+    """The index and time of every training call's last step, inside one ``fit`` (with
+    several steps per compiled call, Keras reports once per call, with the last index)."""
 
     def __init__(self):
         super().__init__()
         self.ends = []
 
     def on_train_batch_end(self, batch, logs=None):
-        self.ends.append(time.perf_counter())
+        self.ends.append((batch, time.perf_counter()))
 
 
 SETTINGS = {}  # --jit-compile and --steps-per-execution, for time_training
@@ -75,7 +76,12 @@ def time_training(model, images, labels, batch, steps, warmup):
         model.jit_compile = True
     # Batches reach the model as in a run: gathered from uint8 arrays by tinylib.batches.
     model.fit(ShuffledBatches(images[:n], labels[:n], batch, seed=0), epochs=1, verbose=0, callbacks=[clock])
-    return (clock.ends[-1] - clock.ends[warmup - 1]) / steps
+    first = next((b, t) for b, t in clock.ends if b >= warmup - 1)
+    last = clock.ends[-1]
+    if last[0] <= first[0]:
+        raise ValueError(f"too few steps to time: {steps} after {warmup} warm-up steps, "
+                         f"{model.steps_per_execution} per call")
+    return (last[1] - first[1]) / (last[0] - first[0])
 
 
 def time_input(images, labels, batch, steps):
@@ -199,6 +205,9 @@ def main(argv=None):
     parser.add_argument("--per-layer", type=int, default=0, metavar="N",
                         help="also show the N slowest layers of each model (TensorFlow)")
     parser.add_argument("--no-mixing", action="store_true", help="skip the MixUp/CutMix measurement")
+    parser.add_argument("--save", metavar="FOLDER",
+                        help="write throughput.json and throughput.md there (book/results: the chapters' "
+                             "training estimates read it where a model has no full-scale record)")
     parser.add_argument("--jit-compile", action="store_true", help="compile the training step with XLA")
     parser.add_argument("--steps-per-execution", type=int, default=None,
                         help="training steps per compiled call (default: tinylib's for this device)")
@@ -227,6 +236,7 @@ def main(argv=None):
         print(f"MixUp/CutMix inside the compiled step ({first}, no other augmentation): "
               f"{(mixed - plain) * 1e3:+.1f} ms/step ({mixed * 1e3:.1f} with, {plain * 1e3:.1f} without)",
               flush=True)
+    measured = {}
     for name in args.models.split(","):
         name = models.normalize_name(name)
         for augment in (True, False):
@@ -237,11 +247,20 @@ def main(argv=None):
             work = flops.training_flops(model)
             del model
             label = name if augment else f"{name} without augmentation"
+            measured.setdefault(name, {})["images_per_second" if augment else "images_per_second_without_augmentation"] \
+                = round(batch / seconds, 1)
+            measured[name]["train_gflop_per_image"] = float(f"{work / 1e9:.4g}")
             print(speed_line(label, seconds, batch, work, peak) + f"; {seconds * 1e3:.1f} ms/step, "
                   f"{work / 1e9:.3f} "
                   "GFLOP/image", flush=True)
             if augment and args.per_layer and keras.backend.backend() == "tensorflow":
                 print_layer_times(name, batch, augment, seconds, args.per_layer)
+    if args.save:
+        from tinylib import throughput
+
+        saved = throughput.save(args.save, device=device_name(), backend=keras.backend.backend(), dtype_policy=policy,
+                                batch=batch, peak=peak, models=measured)
+        print(f"wrote {saved[0]} and {saved[1]}", flush=True)
 
 
 if __name__ == "__main__":

@@ -60,7 +60,7 @@ def test_speed_choices_reads_each_variants_lines_and_compares_them_with_the_old_
         return subprocess.CompletedProcess(command, 0, outputs[variant], "")
 
     monkeypatch.setattr(module.subprocess, "run", fake_run)
-    module.main(["--models", "model2", "--only", "old,new"])
+    module.main(["--models", "model2", "--only", "old,new", "--rounds", "1"])
     table = capsys.readouterr().out.splitlines()
     assert table[1].split() == ["old", "700", "1.00", "64%"]
     assert table[2].split() == ["new", "1,400", "2.00", "128%"]

@@ -91,3 +91,28 @@ def test_a_training_cell_gives_its_cost_at_the_records_measured_rate(tmp_path):
     assert "1 epoch on 3,000" in chapter_costs.training_estimate("model2", profile, epochs=1, folder=tmp_path)
     assert "not yet measured (no full-scale record of model4)" in chapter_costs.training_estimate(
         "model4", profile, folder=tmp_path)
+
+
+def test_a_model_without_a_record_is_estimated_from_the_saved_benchmark(tmp_path):
+    """benchmarks/model_throughput.py --save writes the rates; a model with no full-scale
+    record gets its estimate from there, saying where it came from."""
+    from tinylib import throughput
+    from tinylib.profiles import Profile
+
+    profile = Profile("p", classes=10, train_per_class=300, val_per_class=10, epochs=4, batch_size=8)
+    json_path, table_path = throughput.save(
+        tmp_path, device="CPU: x86_64 (2 cores)", backend="tensorflow", dtype_policy="mixed_bfloat16", batch=128,
+        peak={"float32": 210.4, "bfloat16": 384.0},
+        models={"model4": {"images_per_second": 150.0, "images_per_second_without_augmentation": 160.0,
+                           "train_gflop_per_image": 1.03}})
+    line = chapter_costs.training_estimate("model4", profile, folder=tmp_path)
+    assert line.startswith("This cell trains model4 for 4 epochs on 3,000 images (p): about 1.3 min of training "
+                           "steps at the 150 train images/s that benchmarks/model_throughput.py measured on "
+                           "CPU: x86_64 (2 cores) (mixed_bfloat16, ")
+    assert line.endswith("model4 has no full-scale record yet.")
+    assert "not yet measured" in chapter_costs.training_estimate("model3", profile, folder=tmp_path)
+    table = table_path.read_text()
+    assert "| model4 | 150 | 160 | 1.030 | 154 | 11.1 min |" in table  # 100,000 / 150 / 60
+    assert "float32 210 GFLOP/s, bfloat16 384 GFLOP/s" in table
+    assert throughput.read(tmp_path)["models"]["model4"]["images_per_second"] == 150.0
+    assert not list(tmp_path.glob("*.tmp*"))  # written atomically

@@ -155,3 +155,30 @@ def test_a_book_row_carries_the_wilson_interval_of_its_validation_accuracy(tmp_p
     assert [(r["model"], r["source"]) for r in rows] == [("model4", "study"), ("model4", "this book")]
     assert "val_interval" not in rows[0]
     assert rows[1]["val_interval"] == accuracy_interval(2000, 10000)
+
+
+def test_the_precision_check_is_its_own_row_and_reads_both_curves_from_records(tmp_path):
+    """The mixed-bfloat16 check never stands in for Model 2's row; its story compares it with
+    the float32 record's first epochs only, and says the two rates are not a measurement."""
+    def history(val, loss):
+        return {"val_accuracy": val, "loss": loss, "accuracy": [v / 2 for v in val]}
+
+    assert "not yet measured" in results.precision_story("model2", folder=tmp_path)
+    _record(tmp_path, "model2-full-tensorflow.json", model="model2", best_val_top1=0.2164, epochs_run=10,
+            dtype_policy="float32", train_images_per_second=594.0, device="CPU: a",
+            history=history([0.04, 0.06, 0.08, 0.10, 0.12, 0.14, 0.16, 0.18, 0.20, 0.2164],
+                            [5.1, 4.8, 4.6, 4.5, 4.4, 4.3, 4.2, 4.1, 4.0, 3.9]))
+    _record(tmp_path, "model2-full-tensorflow-mixed_bfloat16-4ep.json", model="model2", best_val_top1=0.1,
+            epochs_run=4, dtype_policy="mixed_bfloat16", comparison="precision", train_images_per_second=1100.0,
+            device="CPU: b", history=history([0.045, 0.06, 0.077, 0.097], [5.12, 4.85, 4.69, 4.57]))
+    records = results.full_scale_records(tmp_path)
+    assert records["model2"]["dtype_policy"] == "float32"
+    assert records["model2-precision-mixed_bfloat16"]["epochs_run"] == 4
+    check = results.precision_check("model2", folder=tmp_path)
+    assert check["float32"]["val_accuracy"] == [0.04, 0.06, 0.08, 0.10]  # cut to the check's epochs
+    story = results.precision_story("model2", folder=tmp_path)
+    assert story.startswith("Over its first 4 epochs at full scale, Model 2 in mixed_bfloat16 reached 9.70% "
+                            "validation top-1 at best, within noise of the 10.00% of its float32 run")
+    assert "final training loss 4.570 against 4.500" in story
+    assert "1,100 images/s on CPU: b" in story and "594 images/s on CPU: a" in story
+    assert "not a measurement" in story

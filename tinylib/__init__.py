@@ -20,7 +20,7 @@ Training
     ``train``           build a run's model and fit it (``train.train_model``, ``train.fit``)
     ``runs``            run folders and records: names, locks, resume, ``runs.load_run``
     ``checkpointing``   checkpoints after every epoch and every few minutes inside one
-    ``environment``     device, precision, data parallelism, versions for a record
+    ``environment``     device, precision and the other speed choices, data parallelism, versions
     ``progress``        the one progress printer: training lines, downloads, decoding
     ``transfer``        fine-tuning Model 5 in stages
     ``reproduce``       every full-scale run of the book, resumably, within a time budget
@@ -31,6 +31,7 @@ Reading the results
     ``plots``           the book's figures
     ``gradcam``         which pixels a prediction rests on
     ``chapter_costs``   what running each chapter costs, from measured builds
+    ``throughput``      each model's measured training rate, saved by the benchmark
 Plumbing
     ``files``           atomic writes, folder locks, readable OS errors
     ``processes``       child processes that die with tinylib

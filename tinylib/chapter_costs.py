@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from types import MappingProxyType
 
-from tinylib import files
+from tinylib import files, throughput
 from tinylib.profiles import get_profile
 from tinylib.results import default_results_dir, epochs_text, full_scale_records
 
@@ -104,7 +104,14 @@ def training_estimate(model: str, profile=None, epochs: int | None = None, folde
     record = full_scale_records(folder).get(model)
     rate = (record or {}).get("train_images_per_second")
     if not rate:
-        return f"{what}: its speed is {NOT_YET_MEASURED} (no full-scale record of {model})."
+        measured = throughput.rate(model, folder)
+        if measured is None:
+            return f"{what}: its speed is {NOT_YET_MEASURED} (no full-scale record of {model})."
+        rate, data = measured
+        minutes = epochs * images / rate / 60
+        return (f"{what}: about {minutes:,.1f} min of training steps at the {rate:,.0f} train images/s that "
+                f"benchmarks/model_throughput.py measured on {data['device']} ({data['dtype_policy']}, "
+                f"{data['measured']}); {model} has no full-scale record yet.")
     minutes = epochs * images / rate / 60
     return (f"{what}: at most about {minutes:,.1f} min at the {rate:,.0f} train images/s that {model}'s "
             f"full-scale record measured on {record['device']} (a finished run is read back instead).")

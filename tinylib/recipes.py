@@ -59,7 +59,8 @@ class Recipe:
       (random-resized crop and flip) or 'none'.
     * ``mixup`` / ``cutmix``: the Beta parameter of MixUp / CutMix, 0 for off; with
       both on, each batch gets one or the other.
-    * ``precision``: 'auto' (mixed bfloat16 on a GPU, float32 on a CPU) or a Keras policy.
+    * ``precision``: 'auto' (``environment.automatic_precision``: mixed bfloat16 on a GPU and on a CPU with
+      bfloat16 instructions, float32 elsewhere) or a Keras policy.
     """
 
     name: str = "study"

@@ -362,3 +362,52 @@ def runs_table(records, *, changes: bool = False, confidence: float = 0.95):
         table.loc[label, "train images/s"] = r.get("train_images_per_second")
         table.loc[label, "minutes"] = round(r.get("wall_seconds", 0.0) / 60, 1)
     return table
+
+
+def precision_check(model: str = "model2", policy: str = "mixed_bfloat16",
+                    folder: Path | str | None = None) -> dict | None:
+    """The precision check's histories: {label: history} of the ``policy`` run
+    (``train.compare_precisions``) and the model's float32 full-scale record cut to the
+    same epochs (the same seed and batches), or None while either is missing."""
+    records = full_scale_records(folder)
+    check, reference = records.get(f"{model}-precision-{policy}"), records.get(model)
+    if check is None or reference is None or reference.get("dtype_policy") != "float32":
+        return None
+    epochs = int(check["epochs_run"])
+    if int(reference.get("epochs_run", 0)) < epochs:
+        return None
+    cut = {key: list(values[:epochs]) for key, values in reference["history"].items()}
+    return {"float32": cut, policy: dict(check["history"]), "records": (reference, check)}
+
+
+def precision_story(model: str = "model2", policy: str = "mixed_bfloat16",
+                    folder: Path | str | None = None) -> str:
+    """Chapter 13's sentence on the check: the two curves' best validation top-1 over the
+    same epochs, whether they differ beyond noise, and the device and rate of each."""
+    check = precision_check(model, policy, folder)
+    title = _model_title(model)
+    if check is None:
+        return (f"The check of {policy} against float32 on {title} at full scale is not yet measured: "
+                f"`python -m tinylib reproduce --only precision --profile full --results book/results`.")
+    reference, run = check["records"]
+    epochs = int(run["epochs_run"])
+    n = int((run.get("dataset") or {}).get("val_images") or STUDY_VAL_IMAGES)
+    fast, plain = max(check[policy]["val_accuracy"]), max(check["float32"]["val_accuracy"])
+    stand = _against(fast, n, plain, n)
+    verdict = {"within noise of": "within noise of", "above": "above, beyond noise,",
+               "below": "below, beyond noise,"}[stand]
+    return (f"Over its first {epochs} epochs at full scale, {title} in {policy} reached {_pct(fast)} validation "
+            f"top-1 at best, {verdict} the {_pct(plain)} of its float32 run over the same epochs "
+            f"(from the same initial weights and batches); final training loss "
+            f"{check[policy]['loss'][-1]:.3f} against {check['float32']['loss'][-1]:.3f}. The {policy} run "
+            f"trained {run.get('train_images_per_second', float('nan')):,.0f} images/s on "
+            f"{run.get('device')} (`{run['record_file']}`); the float32 record "
+            f"{reference.get('train_images_per_second', float('nan')):,.0f} images/s on "
+            f"{reference.get('device')}, in another session, so the ratio of these two rates is not a "
+            "measurement: `benchmarks/speed_choices.py` times both side by side.")
+
+
+def show_precision_story(model: str = "model2", policy: str = "mixed_bfloat16",
+                         folder: Path | str | None = None) -> None:
+    """``precision_story``, shown under the cell."""
+    show_markdown(precision_story(model, policy, folder))

@@ -1,0 +1,74 @@
+"""Measured training rates of each model on one machine: what a run will cost before it runs.
+
+``benchmarks/model_throughput.py --save book/results`` times every model's full-scale
+training step and writes ``throughput.json`` (and a readable ``throughput.md``) with
+the device, backend and precision it measured. ``tinylib.chapter_costs`` reads a
+model's rate from there when the model has no full-scale record yet, so a chapter's
+estimate is a measurement, never a guess.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from pathlib import Path
+
+from tinylib import files
+
+THROUGHPUT_FILE = "throughput.json"
+THROUGHPUT_TABLE = "throughput.md"
+FULL_SCALE_TRAIN_IMAGES = 100_000
+
+
+def save(folder: Path | str, *, device: str, backend: str, dtype_policy: str, batch: int, peak: dict,
+         models: dict) -> tuple[Path, Path]:
+    """Write the measurement (``models``: {name: {images_per_second, ...}}), atomically."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    data = {"device": device, "backend": backend, "dtype_policy": dtype_policy, "batch_size": batch,
+            "matmul_peak_gflops_per_second": {k: round(v, 1) for k, v in peak.items()},
+            "measured": datetime.date.today().isoformat(), "models": models}
+    json_path, table_path = folder / THROUGHPUT_FILE, folder / THROUGHPUT_TABLE
+    files.write_json(json_path, data, indent=1)
+    files.write_text(table_path, table(data))
+    return json_path, table_path
+
+
+def read(folder: Path | str | None = None) -> dict:
+    """The saved measurement, or {} when none was saved."""
+    from tinylib.results import default_results_dir
+
+    try:
+        data = json.loads((Path(folder or default_results_dir()) / THROUGHPUT_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def rate(model: str, folder: Path | str | None = None) -> tuple[float, dict] | None:
+    """(training images/s with augmentation, the measurement) of ``model``, or None."""
+    data = read(folder)
+    value = ((data.get("models") or {}).get(model) or {}).get("images_per_second")
+    return (float(value), data) if value else None
+
+
+def table(data: dict) -> str:
+    """The measurement as Markdown: each model's rate and a full-scale epoch's training time."""
+    peaks = ", ".join(f"{k} {v:,.0f} GFLOP/s" for k, v in data["matmul_peak_gflops_per_second"].items())
+    lines = [
+        "# Training throughput (written by `benchmarks/model_throughput.py --save`)",
+        "",
+        f"{data['device']}, {data['backend']}, {data['dtype_policy']}, batch {data['batch_size']}, "
+        f"measured {data['measured']}; matrix-product peak: {peaks}.",
+        "",
+        "| model | train images/s | without augmentation | GFLOP per training image | GFLOP/s "
+        f"| a full-scale epoch ({FULL_SCALE_TRAIN_IMAGES:,} images), training only |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, row in data["models"].items():
+        per_second = row["images_per_second"]
+        plain = row.get("images_per_second_without_augmentation")
+        lines.append(f"| {name} | {per_second:,.0f} | {plain:,.0f} | {row['train_gflop_per_image']:.3f} "
+                     f"| {per_second * row['train_gflop_per_image']:,.0f} "
+                     f"| {FULL_SCALE_TRAIN_IMAGES / per_second / 60:,.1f} min |")
+    return "\n".join(lines) + "\n"
