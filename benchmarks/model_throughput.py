@@ -66,6 +66,14 @@ class _StepClock(keras.callbacks.Callback):
 SETTINGS = {}  # --jit-compile and --steps-per-execution, for time_training
 
 
+def fresh_session():
+    """``keras.utils.clear_session()``, keeping the dtype policy, which it resets to float32
+    (without this, every model after the first was timed in float32)."""
+    policy = keras.config.dtype_policy()
+    keras.utils.clear_session()
+    keras.config.set_dtype_policy(policy)
+
+
 def time_training(model, images, labels, batch, steps, warmup):
     """Seconds per step over ``steps`` steps that follow ``warmup`` steps, in one ``fit``
     (a second ``fit`` call could retrace the step function and time the tracing)."""
@@ -76,8 +84,10 @@ def time_training(model, images, labels, batch, steps, warmup):
         model.jit_compile = True
     # Batches reach the model as in a run: gathered from uint8 arrays by tinylib.batches.
     model.fit(ShuffledBatches(images[:n], labels[:n], batch, seed=0), epochs=1, verbose=0, callbacks=[clock])
-    first = next((b, t) for b, t in clock.ends if b >= warmup - 1)
-    last = clock.ends[-1]
+    # Keras numbers a call's end by its first step plus steps per call, even for a last, shorter call.
+    ends = [(min(b, steps + warmup - 1), t) for b, t in clock.ends]
+    first = next((b, t) for b, t in ends if b >= warmup - 1)
+    last = ends[-1]
     if last[0] <= first[0]:
         raise ValueError(f"too few steps to time: {steps} after {warmup} warm-up steps, "
                          f"{model.steps_per_execution} per call")
@@ -103,7 +113,7 @@ def time_mixing(name, images, labels, batch, steps, warmup):
     extra = {"weights": None} if name == "model5" else {}
     seconds = []
     for mixing in (RECIPES["modern"].mixing_layer(seed=0), None):
-        keras.utils.clear_session()
+        fresh_session()
         keras.utils.set_random_seed(0)
         model = models.build_model(name, num_classes=NUM_CLASSES, mixing=mixing, **extra)
         seconds.append(time_training(model, images, labels, batch, steps, warmup))
@@ -174,7 +184,7 @@ def layer_times(model, batch: int, repeats: int = 3) -> list[dict]:
 
 
 def print_layer_times(name, batch, augment, step_seconds, top):
-    keras.utils.clear_session()
+    fresh_session()
     model = build(name, augment)
     rows = sorted(layer_times(model, batch), key=lambda r: -r["seconds"])
     total = sum(r["seconds"] for r in rows)
@@ -240,19 +250,19 @@ def main(argv=None):
     for name in args.models.split(","):
         name = models.normalize_name(name)
         for augment in (True, False):
-            keras.utils.clear_session()
+            fresh_session()
             keras.utils.set_random_seed(0)
             model = build(name, augment)
             seconds = time_training(model, images, labels, batch, steps, args.warmup)
             work = flops.training_flops(model)
+            arithmetic = [layer.compute_dtype for layer in model.layers if layer.weights][0]
             del model
             label = name if augment else f"{name} without augmentation"
             measured.setdefault(name, {})["images_per_second" if augment else "images_per_second_without_augmentation"] \
                 = round(batch / seconds, 1)
             measured[name]["train_gflop_per_image"] = float(f"{work / 1e9:.4g}")
             print(speed_line(label, seconds, batch, work, peak) + f"; {seconds * 1e3:.1f} ms/step, "
-                  f"{work / 1e9:.3f} "
-                  "GFLOP/image", flush=True)
+                  f"{work / 1e9:.3f} GFLOP/image, computed in {arithmetic}", flush=True)
             if augment and args.per_layer and keras.backend.backend() == "tensorflow":
                 print_layer_times(name, batch, augment, seconds, args.per_layer)
     if args.save:

@@ -31,17 +31,29 @@ def test_model_throughput_prints_the_device_the_peak_and_a_line_per_model(capsys
     lines = {m["label"]: m for m in re.finditer(
         r"^(?P<label>model\d( without augmentation)?): (?P<rate>[\d,]+) img/s, (?P<gflops>[\d,]+) GFLOP/s, "
         r"(?P<percent>\d+)% of this machine's float32 matmul peak \((?P<peak>[\d,]+) GFLOP/s\).*"
-        r"; (?P<ms>[\d.]+) ms/step, (?P<work>[\d.]+) GFLOP/image$", out, re.M)}
+        r"; (?P<ms>[\d.]+) ms/step, (?P<work>[\d.]+) GFLOP/image, computed in (?P<dtype>\w+)$", out, re.M)}
     assert list(lines) == ["model1", "model1 without augmentation", "model2", "model2 without augmentation"]
     for m in lines.values():
         rate = 4 / (float(m["ms"]) / 1e3)
         assert float(m["rate"].replace(",", "")) == pytest.approx(rate, rel=0.02, abs=1)
         assert float(m["work"]) == 0.191
+        assert m["dtype"] == "float32"
         assert float(m["peak"].replace(",", "")) == pytest.approx(peak, abs=1)
     # The per-layer breakdown names each model's layers, the dense one with its GFLOP/s.
     assert "model1: where a training step's" in out and "model2: where a training step's" in out
     assert re.search(r"^  fc1 +Dense +[\d.]+ ms +[\d.]+% +[\d,]+ GFLOP/s$", out, re.M)
     assert "by kind: " in out
+    # Every model is timed in the precision asked for (clear_session resets the policy).
+    import keras
+
+    previous = keras.config.dtype_policy()
+    try:
+        module.main(["--models", "model1,model2", "--batch", "4", "--steps", "1", "--warmup", "1",
+                     "--precision", "mixed_bfloat16", "--peak-size", "64", "--no-mixing"])
+    finally:
+        keras.config.set_dtype_policy(previous)
+    out = capsys.readouterr().out
+    assert out.count("computed in bfloat16") == 4, out
 
 
 def test_speed_choices_reads_each_variants_lines_and_compares_them_with_the_old_defaults(monkeypatch, capsys):
