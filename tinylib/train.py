@@ -28,11 +28,11 @@ from tinylib.environment import configure_precision
 from tinylib.profiles import Profile, get_profile
 from tinylib.progress import ProgressLog
 from tinylib.recipes import Recipe, ablation_recipes, get_recipe, steps_per_epoch
-from tinylib.runs import (BEST_WEIGHTS, recorded_precision, EPOCH_PATTERN, FINAL_CHECKPOINT, PARTIAL_CHECKPOINT, PARTIAL_PATTERN,
+from tinylib.runs import (BEST_WEIGHTS, EPOCH_PATTERN, FINAL_CHECKPOINT, PARTIAL_CHECKPOINT, PARTIAL_PATTERN,
                           STATE_FILE, CheckpointError, Run, check_same_run, clear_run, epoch_checkpoint_name,
-                          epochs_change, load_checkpoint,
-                          lock_run, new_record, read_record, read_state, restore_random_state, run_name,
-                          runs_dir, save_weights, write_run_json)
+                          epochs_change, load_checkpoint, lock_run, new_record, read_record, read_state,
+                          recorded_precision, restore_random_state, run_name, runs_dir, save_weights,
+                          write_run_json)
 
 
 def make_callbacks(names) -> list:
