@@ -143,3 +143,19 @@ def pytest_collection_modifyitems(config, items):
     share the other worker's time.
     """
     items.sort(key=lambda item: item.get_closest_marker("site") is not None)  # stable: order kept otherwise
+
+
+@pytest.fixture(autouse=True)
+def _each_test_starts_in_the_default_precision():
+    """Keras' dtype policy is global, and 'auto' (a recipe's, the command line's) is mixed
+    bfloat16 on a CPU with bfloat16 instructions: a test that set it would hand it to the
+    next one. Each test starts in float32 and whatever it set is undone after it."""
+    import keras
+
+    from tinylib import environment
+
+    keras.config.set_dtype_policy("float32")
+    automatic = environment._AUTOMATIC[0]
+    yield
+    keras.config.set_dtype_policy("float32")
+    environment._AUTOMATIC[0] = automatic
