@@ -4,8 +4,9 @@ Runs ``model_throughput.py`` once per variant, each in its own process (the back
 the thread pools and oneDNN are fixed when TensorFlow starts), one after another on
 the same machine, and prints one table: images/s of the full-scale training step
 (augmentation inside the model) and its fraction of the float32 matrix-product peak
-measured in the same process, against tinylib's old defaults (float32, TensorFlow,
-no XLA, one step per call).
+measured in the same process, against tinylib's old defaults (float32, Keras'
+BatchNorm, TensorFlow, no XLA, one step per call). The float32 variants each change
+one of those defaults.
 
     python benchmarks/speed_choices.py                       # Models 2 and 4, every choice
     python benchmarks/speed_choices.py --models model1,model2,model3,model4,model5 --only old,new
@@ -26,17 +27,22 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
+UNFUSED = {"TINYLIB_FUSED_BATCHNORM": "0"}  # Keras' own BatchNorm (see tinylib.batchnorm)
 # name: (what it is, extra arguments, extra environment)
 VARIANTS = {
-    "old": ("old defaults: float32, TensorFlow with oneDNN, no XLA, 1 step per call",
-            ["--precision", "float32"], {}),
-    "new": ("tinylib's choice for this device (environment.automatic_precision)", ["--precision", "auto"], {}),
-    "xla": ("float32 with XLA (jit_compile=True)", ["--precision", "float32", "--jit-compile"], {}),
-    "spe4": ("float32, 4 steps per compiled call", ["--precision", "float32", "--steps-per-execution", "4"], {}),
+    "old": ("old defaults: float32, Keras' BatchNorm, TensorFlow with oneDNN, no XLA, 1 step per call",
+            ["--precision", "float32"], UNFUSED),
+    "new": ("tinylib's choices for this device (environment.automatic_precision, tinylib.batchnorm)",
+            ["--precision", "auto"], {}),
+    "bf16-unfused": ("mixed bfloat16 with Keras' BatchNorm (no fused kernel)", ["--precision", "mixed_bfloat16"],
+                     UNFUSED),
+    "fused-f32": ("float32 with the fused BatchNorm kernel", ["--precision", "float32"], {}),
+    "xla": ("float32 with XLA (jit_compile=True)", ["--precision", "float32", "--jit-compile"], UNFUSED),
+    "spe4": ("float32, 4 steps per compiled call", ["--precision", "float32", "--steps-per-execution", "4"], UNFUSED),
     "threads-1-2": ("float32, 1 inter-op and 2 intra-op threads", ["--precision", "float32"],
-                    {"TF_NUM_INTEROP_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "2"}),
+                    {**UNFUSED, "TF_NUM_INTEROP_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "2"}),
     "no-onednn": ("float32 without oneDNN (TF_ENABLE_ONEDNN_OPTS=0)", ["--precision", "float32"],
-                  {"TF_ENABLE_ONEDNN_OPTS": "0"}),
+                  {**UNFUSED, "TF_ENABLE_ONEDNN_OPTS": "0"}),
     "bf16-xla": ("mixed bfloat16 with XLA", ["--precision", "mixed_bfloat16", "--jit-compile"], {}),
     "jax": ("JAX (XLA), float32", ["--precision", "float32"], {"KERAS_BACKEND": "jax"}),
     "jax-bf16": ("JAX (XLA), mixed bfloat16", ["--precision", "mixed_bfloat16"], {"KERAS_BACKEND": "jax"}),

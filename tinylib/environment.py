@@ -236,7 +236,10 @@ def speed_settings(flags=None) -> dict:
         "steps_per_execution": steps_per_execution(),
     }
     if backend == "tensorflow":
+        from tinylib import batchnorm
+
         settings["onednn"] = onednn_enabled()
+        settings["fused_batchnorm"] = batchnorm.fused_available()
     return settings
 
 

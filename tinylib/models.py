@@ -23,6 +23,7 @@ from types import MappingProxyType
 import keras
 from keras import layers, ops
 
+from tinylib import batchnorm
 from tinylib import optimizers as optimizers_lib
 
 __all__ = [
@@ -84,13 +85,13 @@ def model2(x, num_classes, dropout=0.5):
 def _conv_bn_relu(x, filters, name, bn_momentum=0.99):
     """Conv (same padding) -> BatchNorm -> ReLU, as the study wrote it."""
     x = layers.Conv2D(filters, 3, padding="same", name=f"{name}_conv")(x)
-    x = layers.BatchNormalization(momentum=bn_momentum, name=f"{name}_bn")(x)
+    x = batchnorm.BatchNormalization(momentum=bn_momentum, name=f"{name}_bn")(x)
     return layers.Activation("relu", name=f"{name}_relu")(x)
 
 
 def _dense_bn_relu(x, units, name, bn_momentum=0.99):
     x = layers.Dense(units, name=f"{name}_dense")(x)
-    x = layers.BatchNormalization(momentum=bn_momentum, name=f"{name}_bn")(x)
+    x = batchnorm.BatchNormalization(momentum=bn_momentum, name=f"{name}_bn")(x)
     return layers.Activation("relu", name=f"{name}_relu")(x)
 
 
@@ -140,6 +141,8 @@ def model5(x, num_classes, weights="imagenet", dropout=0.5, bn_momentum=None,
         x = layers.Resizing(int(image_size), int(image_size), interpolation="bilinear",
                             name="upsample")(x)
     backbone = _resnet50_backbone(tuple(x.shape[1:]), weights)
+    source, backbone = backbone.tinylib_weights_source, batchnorm.fuse(backbone)
+    backbone.tinylib_weights_source = source
     if bn_momentum is not None:
         for layer in backbone.layers:
             if isinstance(layer, layers.BatchNormalization):
@@ -191,7 +194,7 @@ def _conv(x, filters, kernel, strides, name):
 def _bn(x, name, momentum, zero=False):
     # zero=True starts the block's last BatchNorm at gamma 0, so each residual block
     # begins as the identity: deep networks then train like shallow ones at first.
-    return layers.BatchNormalization(momentum=momentum, epsilon=1e-5, name=name,
+    return batchnorm.BatchNormalization(momentum=momentum, epsilon=1e-5, name=name,
                                      gamma_initializer="zeros" if zero else "ones")(x)
 
 

@@ -1,0 +1,136 @@
+"""tinylib.batchnorm against Keras' own BatchNormalization as the oracle.
+
+The fused kernel is a speed choice only: the same outputs, gradients and moving
+statistics as Keras' layer (to float rounding), the same weights and names, and
+Keras' computation wherever the kernel does not apply (JAX, a mask, 2-D inputs).
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from tinylib import batchnorm, environment, models
+
+TENSORFLOW = keras.backend.backend() == "tensorflow"
+
+
+def _pair(shape, **config):
+    """Keras' layer and tinylib's, built alike, with the same non-trivial weights."""
+    oracle = keras.layers.BatchNormalization(**config)
+    fused = batchnorm.BatchNormalization(**config)
+    oracle.build(shape)
+    fused.build(shape)
+    rng = np.random.default_rng(0)
+    weights = [rng.uniform(0.5, 1.5, w.shape).astype("float32") for w in oracle.weights]
+    oracle.set_weights(weights)
+    fused.set_weights(weights)
+    return oracle, fused
+
+
+def _train_call(layer, x):
+    """Outputs and d(sum of outputs * w)/d(inputs, gamma, beta) of one training call."""
+    w = np.linspace(-1, 1, x.size, dtype="float32").reshape(x.shape)
+    if TENSORFLOW:
+        import tensorflow as tf
+
+        x = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=True)
+            loss = tf.reduce_sum(tf.cast(y, tf.float32) * w)
+        sources = [x] + [v.value for v in (layer.gamma, layer.beta) if v is not None]
+        grads = tape.gradient(loss, sources)
+        return np.asarray(y, "float32"), [np.asarray(g) for g in grads]
+    y = layer(x, training=True)
+    return keras.ops.convert_to_numpy(keras.ops.cast(y, "float32")), []
+
+
+@pytest.mark.parametrize("config", [dict(momentum=0.99), dict(momentum=0.9, epsilon=1e-5),
+                                    dict(momentum=0.5, center=False), dict(momentum=0.5, scale=False)])
+def test_a_training_call_matches_keras(config):
+    x = np.random.default_rng(1).normal(3.0, 2.0, (8, 6, 5, 4)).astype("float32")
+    oracle, fused = _pair(x.shape, **config)
+    y_oracle, g_oracle = _train_call(oracle, x)
+    y_fused, g_fused = _train_call(fused, x)
+    np.testing.assert_allclose(y_fused, y_oracle, atol=1e-4)
+    for got, expected in zip(g_fused, g_oracle, strict=True):
+        np.testing.assert_allclose(got, expected, atol=2e-3, rtol=1e-3)
+    for got, expected in zip(fused.weights, oracle.weights):  # moving mean and (biased) variance
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(got), keras.ops.convert_to_numpy(expected),
+                                   atol=1e-5, rtol=1e-5)
+
+
+def test_inference_2d_inputs_and_masks_are_keras_own():
+    x = np.random.default_rng(2).normal(size=(6, 7)).astype("float32")
+    oracle, fused = _pair(x.shape, momentum=0.9)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(fused(x, training=True)),
+                               keras.ops.convert_to_numpy(oracle(x, training=True)), atol=1e-5)
+    images = np.random.default_rng(3).normal(size=(2, 3, 3, 4)).astype("float32")
+    oracle, fused = _pair(images.shape)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(fused(images, training=False)),
+                               keras.ops.convert_to_numpy(oracle(images, training=False)), atol=1e-6)
+    mask = np.ones((2, 3, 3), bool)
+    assert not fused._fusable(images, mask)
+
+
+@pytest.mark.skipif(not TENSORFLOW, reason="the fused kernel is TensorFlow's")
+def test_under_mixed_bfloat16_it_matches_keras_to_bfloat16_rounding():
+    with environment.using_precision("mixed_bfloat16"):
+        x = np.random.default_rng(4).normal(1.0, 3.0, (16, 8, 8, 6)).astype("float32")
+        oracle, fused = _pair(x.shape, momentum=0.9)
+        y_oracle, _ = _train_call(oracle, x)
+        y_fused, _ = _train_call(fused, x)
+    assert fused.compute_dtype == "bfloat16"
+    np.testing.assert_allclose(y_fused, y_oracle, atol=0.05)
+
+
+def test_the_fused_kernel_is_tensorflows_and_can_be_turned_off(monkeypatch):
+    monkeypatch.delenv(batchnorm.FUSED_ENV, raising=False)
+    assert batchnorm.fused_available() == TENSORFLOW
+    monkeypatch.setenv(batchnorm.FUSED_ENV, "0")
+    assert not batchnorm.fused_available()
+    x = np.zeros((2, 3, 3, 4), "float32")
+    assert not batchnorm.BatchNormalization()._fusable(x, None)
+
+
+def test_the_study_models_use_it_and_read_as_keras_batchnorm():
+    model = models.build_model("model4", num_classes=5)
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert norms and all(type(layer) is batchnorm.BatchNormalization for layer in norms)
+    assert {type(layer).__name__ for layer in norms} == {"BatchNormalization"}  # as the study's summary
+
+
+def test_fuse_swaps_a_built_models_batchnorm_keeping_names_and_weights():
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    plain = keras.Model(inputs, keras.layers.GlobalAveragePooling2D(name="gap")(x))
+    plain.get_layer("bn").moving_mean.assign(np.arange(4, dtype="float32"))
+    fused = batchnorm.fuse(plain)
+    assert type(fused.get_layer("bn")) is batchnorm.BatchNormalization
+    assert [layer.name for layer in fused.layers if layer.weights] == ["conv", "bn"]
+    for got, expected in zip(fused.get_weights(), plain.get_weights()):
+        np.testing.assert_array_equal(got, expected)
+    images = np.random.default_rng(5).uniform(size=(2, 8, 8, 3)).astype("float32")
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(fused(images)),
+                               keras.ops.convert_to_numpy(plain(images)), atol=1e-6)
+    assert batchnorm.fuse(fused) is fused
+
+
+def test_a_checkpoint_of_keras_batchnorm_loads(tmp_path):
+    """A run begun before this layer existed resumes from its checkpoint."""
+    def build(norm):
+        inputs = keras.Input((6, 6, 3))
+        x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+        x = norm(name="bn")(x)
+        return keras.Model(inputs, keras.layers.Flatten(name="flat")(x))
+
+    old = build(keras.layers.BatchNormalization)
+    old.get_layer("bn").moving_variance.assign(np.full(4, 7.0, "float32"))
+    path = tmp_path / "old.weights.h5"
+    old.save_weights(path)
+    new = build(batchnorm.BatchNormalization)
+    new.load_weights(path)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(new.get_layer("bn").moving_variance), 7.0)

@@ -1,0 +1,77 @@
+"""Keras' BatchNormalization, computed by TensorFlow's fused kernel where it can be.
+
+Keras 3 normalises a batch with separate operations (moments, then
+``tf.nn.batch_normalization``), each a pass over the activations in float32.
+TensorFlow's ``FusedBatchNormV3`` does the statistics, the normalisation and its
+gradient in one kernel each (oneDNN's on a CPU, cuDNN's on a GPU), and reads bfloat16
+activations directly under mixed precision. On the 2-core CPU a Model 4 training
+step spends about 40% of its time in BatchNorm the Keras way
+(``benchmarks/model_throughput.py --per-layer``); the fused kernel is the same
+arithmetic, faster.
+
+The layer is Keras' own, class name and weights included (summaries, checkpoints and
+ImageNet weights read the same); only the training call on TensorFlow differs, and
+only for the inputs the fused kernel takes: 4-D channels-last activations, no mask, no
+renormalisation. Everything else, JAX included, is Keras' computation.
+"""
+
+from __future__ import annotations
+
+import os
+
+import keras
+
+FUSED_ENV = "TINYLIB_FUSED_BATCHNORM"
+
+
+def fused_available() -> bool:
+    """Whether training calls go through TensorFlow's fused kernel: on TensorFlow,
+    unless ``TINYLIB_FUSED_BATCHNORM=0`` (for side-by-side timings)."""
+    if keras.backend.backend() != "tensorflow":
+        return False
+    return os.environ.get(FUSED_ENV, "1").strip().lower() not in ("0", "false")
+
+
+@keras.saving.register_keras_serializable(package="tinylib")
+class BatchNormalization(keras.layers.BatchNormalization):
+    """``keras.layers.BatchNormalization`` whose training step uses the fused kernel
+    on TensorFlow. Same weights, same moving-average update, same outputs (to float
+    rounding): the kernel's unbiased variance is scaled back to Keras' biased one."""
+
+    def _fusable(self, inputs, mask) -> bool:
+        return (mask is None and not self.renorm and len(inputs.shape) == 4
+                and self.axis in (-1, 3, [3], [-1]) and fused_available())
+
+    def call(self, inputs, training=None, mask=None):
+        if not (training and self.trainable and self._fusable(inputs, mask)):
+            return super().call(inputs, training=training, mask=mask)
+        import tensorflow as tf
+
+        x = inputs if inputs.dtype in (tf.float32, tf.bfloat16, tf.float16) else tf.cast(inputs, tf.float32)
+        channels = x.shape[-1]
+        scale = tf.cast(self.gamma, tf.float32) if self.scale else tf.ones((channels,), tf.float32)
+        offset = tf.cast(self.beta, tf.float32) if self.center else tf.zeros((channels,), tf.float32)
+        y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+            x, scale, offset, epsilon=self.epsilon, is_training=True, data_format="NHWC")
+        count = tf.cast(tf.size(x) // channels, tf.float32)
+        variance = variance * (count - 1.0) / tf.maximum(count, 2.0)  # unbiased -> Keras' biased
+        momentum = self.momentum
+        self.moving_mean.assign(self.moving_mean * momentum + mean * (1.0 - momentum))
+        self.moving_variance.assign(self.moving_variance * momentum + variance * (1.0 - momentum))
+        return tf.cast(y, self.compute_dtype)
+
+
+def fuse(model: keras.Model) -> keras.Model:
+    """``model`` with each Keras BatchNormalization layer replaced by this module's, same
+    names and weights: for models built elsewhere (``keras.applications.ResNet50``)."""
+    if not any(type(layer) is keras.layers.BatchNormalization for layer in model.layers):
+        return model
+
+    def clone(layer):
+        if type(layer) is keras.layers.BatchNormalization:
+            return BatchNormalization.from_config(layer.get_config())
+        return layer.__class__.from_config(layer.get_config())
+
+    fused = keras.models.clone_model(model, clone_function=clone)
+    fused.set_weights(model.get_weights())
+    return fused
