@@ -131,7 +131,7 @@ def test_a_record_gives_its_speed_against_the_machines_peak(tiny_env, synthetic,
     environment.configure_precision("float32")
     run = _train_smoke(ds, tmp_path, epochs=2)
     speed = run.record["speed"]
-    assert speed["dtype_policy"] == "float32" and speed["matmul_peak_dtype"] == "float32"
+    assert "dtype_policy" not in speed and speed["matmul_peak_dtype"] == "float32"
     assert speed["train_gflop_per_image"] == pytest.approx(flops.training_flops(run.model) / 1e9, rel=1e-3)
     assert speed["matmul_peak_gflops_per_second"] > 0
     reached = run.record["train_images_per_second"] * speed["train_gflop_per_image"]

@@ -229,8 +229,7 @@ def compute_dtype(policy: str | None = None) -> str:
 def speed_settings(flags=None) -> dict:
     """The device-dependent choices a run trains with, for its record."""
     backend = keras.backend.backend()
-    settings = {
-        "dtype_policy": keras.config.dtype_policy().name,
+    settings = {  # the run's own policy is the record's "dtype_policy"
         "automatic_precision": automatic_precision(backend, flags=flags),
         "cpu_bfloat16": cpu_has_bfloat16(flags),
         "steps_per_execution": steps_per_execution(),

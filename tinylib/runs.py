@@ -362,7 +362,7 @@ def new_record(model, data, profile, epochs, batch_size, callbacks) -> dict:
         "backend": keras.backend.backend(),
         "device": device_name(),
         "devices": device_count(),  # > 1: trained data-parallel, the batch spread over them
-        "dtype_policy": keras.config.dtype_policy().name,
+        "dtype_policy": model.dtype_policy.name,  # what the model was built to compute in
         "weights": getattr(model, "tinylib_weights", "random"),
         "weights_source": getattr(model, "tinylib_weights_source", getattr(model, "tinylib_weights", "random")),
         "augmentation": _augmentation_config(model),

@@ -24,7 +24,6 @@ from tinylib import models as models_lib
 from tinylib.batches import ShuffledBatches
 from tinylib.checkpointing import CHECKPOINT_EVERY, Checkpointer
 from tinylib import environment
-from tinylib.environment import configure_precision
 from tinylib.profiles import Profile, get_profile
 from tinylib.progress import ProgressLog
 from tinylib.recipes import Recipe, ablation_recipes, get_recipe, steps_per_epoch
@@ -139,7 +138,7 @@ def _speed(model: keras.Model) -> dict:
     from tinylib import flops
 
     settings = environment.speed_settings()
-    arithmetic = environment.compute_dtype()
+    arithmetic = environment.compute_dtype(model.dtype_policy.name)
     settings["train_gflop_per_image"] = float(f"{flops.training_flops(model) / 1e9:.4g}")
     settings["matmul_peak_dtype"] = arithmetic
     settings["matmul_peak_gflops_per_second"] = float(f"{environment.matmul_peak(arithmetic):.4g}")
@@ -406,11 +405,12 @@ def build(model_name: str, data, profile=None, augment: bool = True, recipe: Rec
         return build_run_model(model_name, data.num_classes, augmentation=augmentation() if augment else None,
                                **options)
     recipe = get_recipe(recipe)
-    configure_precision(recipe.precision)
     epochs = epochs or profile.epochs_for(key)
     steps = steps_per_epoch(len(data.train), batch_size or profile.batch_size * environment.device_count())
-    model = build_run_model(model_name, data.num_classes, recipe=recipe, steps=steps, epochs=epochs,
-                            augmentation=recipe.augmentation_layer() if augment else None, **options)
+    # The model keeps the recipe's precision; Keras' global policy is given back after.
+    with environment.using_precision(recipe.precision):
+        model = build_run_model(model_name, data.num_classes, recipe=recipe, steps=steps, epochs=epochs,
+                                augmentation=recipe.augmentation_layer() if augment else None, **options)
     model.tinylib_epochs = epochs  # the schedule's length: fit trains this many epochs
     return model
 
