@@ -19,10 +19,11 @@ machine's speed over the minutes of the run falls on all of them.
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -47,23 +48,24 @@ VARIANTS = {
     "jax": ("JAX (XLA), float32", ["--precision", "float32"], {"KERAS_BACKEND": "jax"}),
     "jax-bf16": ("JAX (XLA), mixed bfloat16", ["--precision", "mixed_bfloat16"], {"KERAS_BACKEND": "jax"}),
 }
-LINE = re.compile(r"^(?P<model>\S+)(?P<plain> without augmentation)?: (?P<rate>[\d,]+) img/s, "
-                  r"(?P<gflops>[\d,]+) GFLOP/s, (?P<percent>\d+)% of this machine's float32 matmul peak")
-
-
 def measure(variant: str, models: str, steps: int, peak_size: int) -> dict:
-    """{model: (images/s with augmentation, % of the float32 peak)} of one variant."""
+    """{model: (images/s with augmentation, % of the float32 peak)} of one variant, read from
+    the ``throughput.json`` that ``model_throughput.py --save`` writes."""
     _, arguments, environment = VARIANTS[variant]
-    command = [sys.executable, str(HERE / "model_throughput.py"), "--models", models, "--steps", str(steps),
-               "--no-mixing", "--peak-size", str(peak_size), *arguments]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **environment}
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=3600)
+    with tempfile.TemporaryDirectory(prefix="speed-choices-") as folder:
+        command = [sys.executable, str(HERE / "model_throughput.py"), "--models", models, "--steps", str(steps),
+                   "--no-mixing", "--peak-size", str(peak_size), "--save", folder, *arguments]
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **environment}
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=3600)
+        saved_file = Path(folder) / "throughput.json"  # tinylib.throughput.THROUGHPUT_FILE
+        saved = json.loads(saved_file.read_text(encoding="utf-8")) if result.returncode == 0 and \
+            saved_file.is_file() else {}
+    peak = (saved.get("matmul_peak_gflops_per_second") or {}).get("float32")
     rows = {}
-    for line in result.stdout.splitlines():
-        match = LINE.match(line)
-        if match and not match["plain"]:
-            rows[match["model"]] = (float(match["rate"].replace(",", "")), int(match["percent"]))
-    if result.returncode != 0 or not rows:
+    for model, figures in (saved.get("models") or {}).items():
+        rate = figures["images_per_second"]
+        rows[model] = (rate, round(100 * rate * figures["train_gflop_per_image"] / peak) if peak else 0)
+    if not rows:
         tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
         return {"error": tail[0][:200]}
     return rows

@@ -26,7 +26,7 @@ def test_without_measurements_every_profile_is_not_yet_measured(tmp_path, monkey
     monkeypatch.setenv("TINYLIB_PROFILE", "quick")
     line = chapter_costs.cost_line("06_model1", folder=tmp_path)
     assert line == ("Running this chapter: quick profile on a 2-core CPU: not yet measured; "
-                    "full profile on a GPU: not yet measured.")
+                    "full profile on a GPU or, for hours, a CPU: not yet measured.")
 
 
 def test_a_recorded_build_gives_each_chapter_its_time(tmp_path):
@@ -39,7 +39,7 @@ def test_a_recorded_build_gives_each_chapter_its_time(tmp_path):
     assert saved["quick"]["device"] == "CPU: x86_64 (2 cores)"
     line = chapter_costs.cost_line("06_model1", folder=tmp_path)
     assert "quick profile: 3.1 min on CPU: x86_64 (2 cores) (tensorflow, measured " in line
-    assert "full profile on a GPU: not yet measured" in line
+    assert "full profile on a GPU or, for hours, a CPU: not yet measured" in line
     # A chapter that build did not run stays unmeasured.
     assert "quick profile on a 2-core CPU: not yet measured" in chapter_costs.cost_line("13_x", folder=tmp_path)
 
@@ -69,7 +69,7 @@ def test_a_model_chapter_gives_its_full_scale_runs_measured_time_and_full_says_h
         "backend": "tensorflow", "weights": "random"}))
     monkeypatch.setenv("TINYLIB_PROFILE", "quick")
     line = chapter_costs.cost_line("07_model2", folder=tmp_path)
-    assert ("full profile on a GPU: not yet measured (its training run alone: 81 min for 19 of 100 epochs "
+    assert ("full profile on a GPU or, for hours, a CPU: not yet measured (its training run alone: 81 min for 19 of 100 epochs "
             "(unfinished") in line and "CPU: x86_64 (2 cores), model2-full.json)" in line
     assert "TINYLIB_PROFILE" not in line
     assert "its training run" not in chapter_costs.cost_line("06_model1", folder=tmp_path)  # no record of its own

@@ -24,7 +24,7 @@ from tinylib.results import default_results_dir, epochs_text, full_scale_records
 TIMES_FILE = "chapter-times.json"
 NOT_YET_MEASURED = "not yet measured"
 # Where each profile is meant to run: the costs a reader wants to know before starting.
-PROFILE_HARDWARE = {"smoke": "a CPU", "quick": "a 2-core CPU", "full": "a GPU"}
+PROFILE_HARDWARE = {"smoke": "a CPU", "quick": "a 2-core CPU", "full": "a GPU or, for hours, a CPU"}
 # The full-scale training run of each model chapter: until a full build of the chapter is
 # timed, its line gives what that run's own record measured.
 CHAPTER_RUNS = MappingProxyType({"06_model1": "model1", "07_model2": "model2", "08_model3": "model3",
