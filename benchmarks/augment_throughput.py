@@ -127,14 +127,14 @@ def tinylib_compiled(head):
         import jax
 
         @jax.jit
-        def step(state, x):
+        def stateless_step(state, x):
             return head.stateless_call([], state, x, training=True)
 
         state = [v.value for v in head.non_trainable_variables]
 
         def run(x):
             nonlocal state
-            out, state = step(state, x)
+            out, state = stateless_step(state, x)
             return np.asarray(out)
 
         return run
