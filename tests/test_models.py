@@ -194,7 +194,8 @@ def test_unknown_name_lists_the_valid_ones():
 
 def test_list_models_describes_each_model():
     described = models.list_models()
-    assert list(described) == ["model1", "model2", "model3", "model4", "model5", "resnet18", "resnet34", "resnet50"]
+    assert list(described) == ["model1", "model2", "model3", "model4", "model5", "resnet18", "resnet34", "resnet50",
+                              "resnet9"]
     assert all(isinstance(text, str) and text for text in described.values())
 
 
@@ -364,6 +365,26 @@ def test_resnet_width_scales_channels_and_blocks_start_as_identity():
     assert np.all(keras.ops.convert_to_numpy(narrow.get_layer("stage2_block1_bn1").gamma) == 1)
     with pytest.raises(ValueError, match="depth"):
         models.resnet(keras.Input((64, 64, 3)), 5, depth=101)
+
+
+# Page's ResNet-9 (the DAWNBench CIFAR-10 net, widths 64-128-256-512, no bias in its
+# convolutions or its classifier): 6,573,120 trainable parameters for 10 classes.
+PAGE_RESNET9_CIFAR10 = 6_573_120
+
+
+def test_resnet9_has_pages_parameters_and_sees_32_16_8_pixel_maps():
+    model = models.build_model("resnet9", num_classes=10, compile=False)
+    assert trainable_count(model) == PAGE_RESNET9_CIFAR10 + 10  # + this classifier's 10 biases
+    assert model.get_layer("stem_pool").output.shape[1:] == (32, 32, 64)
+    assert model.get_layer("stage1_res_add").output.shape[1:] == (16, 16, 128)
+    assert model.get_layer("stage3_res_add").output.shape[1:] == (4, 4, 512)
+    wide = models.build_model("resnet9", width=64, stem_pool=False, compile=False)
+    narrow = models.build_model("resnet9", width=32, stem_pool=False, compile=False)
+    assert wide.get_layer("stage3_res_add").output.shape[1:] == (8, 8, 512)
+    from tinylib import flops
+
+    # Half the width, a quarter of the arithmetic (the stem's 3 input channels aside).
+    assert flops.forward_flops(narrow) / flops.forward_flops(wide) == pytest.approx(0.25, rel=0.01)
 
 
 def test_resnets_are_registered_beside_the_study_models():
