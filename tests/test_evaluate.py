@@ -259,5 +259,22 @@ def test_a_modern_recipe_run_with_mixup_and_cutmix_loads_and_predicts_like_the_t
     assert isinstance(run.model, MixingClassifier)
     loaded = load_quietly(run.path)
     assert isinstance(loaded, MixingClassifier)
+    # Rebuilt in the precision the run trained in ('auto' may be bfloat16 here), whatever the policy now.
+    assert loaded.dtype_policy.name == run.model.dtype_policy.name == run.record["dtype_policy"]
     np.testing.assert_allclose(ev.predict_probabilities(loaded, dataset.val.images),
                                ev.predict_probabilities(run.model, dataset.val.images), rtol=1e-4, atol=1e-5)
+
+
+def test_flips_average_each_image_with_its_mirror_image():
+    # A "model" that sees only the left half: its answer changes when the image is mirrored.
+    inputs = keras.Input((4, 4, 3))
+    left = keras.layers.Lambda(lambda x: keras.ops.mean(x[:, :, :2], axis=(1, 2)))(inputs)
+    model = keras.Model(inputs, keras.layers.Softmax()(left))
+    images = np.zeros((2, 4, 4, 3), "uint8")
+    images[0, :, :2, 0] = 9  # channel 0 on the left
+    images[1, :, 2:, 1] = 9  # channel 1 on the right
+    plain = ev.predict_probabilities(model, images)
+    mirrored = ev.predict_probabilities(model, images[:, :, ::-1])
+    both = ev.predict_probabilities(model, images, flips=True)
+    np.testing.assert_allclose(both, (plain + mirrored) / 2, rtol=1e-6)
+    assert both[0].argmax() == 0 and both[1].argmax() == 1 and plain[1].argmax() != 1

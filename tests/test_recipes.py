@@ -67,6 +67,19 @@ def test_cosine_schedule_warms_up_linearly_then_decays_to_zero():
     assert rate[100] == pytest.approx(0.0, abs=1e-7)
 
 
+def test_linear_schedule_warms_up_then_falls_to_zero_as_keras_polynomial_decay():
+    schedule = Recipe(optimizer="sgd", learning_rate=0.2, schedule="linear", warmup=0.1) \
+        .learning_rate_schedule(steps_per_epoch=10, epochs=10)  # 100 steps, 10 warmup
+    rate = [float(keras.ops.convert_to_numpy(schedule(step))) for step in range(101)]
+    assert rate[0] == pytest.approx(0.02) and rate[9] == pytest.approx(0.2)
+    oracle = keras.optimizers.schedules.PolynomialDecay(0.2, decay_steps=90, end_learning_rate=0.0, power=1.0)
+    for step in range(10, 101):
+        assert rate[step] == pytest.approx(float(keras.ops.convert_to_numpy(oracle(step - 10))), abs=1e-6)
+    assert rate[100] == 0.0
+    restored = type(schedule).from_config(schedule.get_config())
+    assert float(keras.ops.convert_to_numpy(restored(50))) == pytest.approx(rate[50])
+
+
 def test_constant_schedule_with_warmup_ramps_then_holds():
     schedule = Recipe(learning_rate=0.01, warmup=0.5).learning_rate_schedule(steps_per_epoch=4, epochs=2)
     rate = [float(keras.ops.convert_to_numpy(schedule(step))) for step in range(8)]

@@ -13,6 +13,7 @@ the plots in ``tinylib.plots`` never need a model.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 from pathlib import Path
@@ -29,13 +30,20 @@ __all__ = [
 ]
 
 
-def predict_probabilities(model, images, batch_size: int = 256) -> np.ndarray:
+def predict_probabilities(model, images, batch_size: int = 256, flips: bool = False) -> np.ndarray:
     """Class probabilities (N, C) for uint8 images, as float32 NumPy.
 
     float32 even under mixed precision, so sums and comparisons are exact enough.
+    ``flips``: test-time augmentation, the mean of the probabilities of each image and
+    of its mirror image (a network trained with flips has seen both; averaging the two
+    views cancels some of each one's errors, for twice the inference).
     """
-    probabilities = model.predict(np.asarray(images), batch_size=batch_size, verbose=0)
-    return np.asarray(probabilities, dtype=np.float32)
+    images = np.asarray(images)
+    probabilities = np.asarray(model.predict(images, batch_size=batch_size, verbose=0), dtype=np.float32)
+    if flips:
+        mirrored = model.predict(images[:, :, ::-1], batch_size=batch_size, verbose=0)
+        probabilities = (probabilities + np.asarray(mirrored, dtype=np.float32)) / 2
+    return probabilities
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # arrays have no single truth value to compare
@@ -170,9 +178,10 @@ def evaluation_from_probabilities(probabilities, labels, class_names, files=None
     return Evaluation(probabilities, labels, class_names, files)
 
 
-def evaluate(model, split, class_names, batch_size: int = 256) -> Evaluation:
-    """Run ``model`` on a labelled split (``tinylib.data.Split``) and evaluate it."""
-    probabilities = predict_probabilities(model, split.images, batch_size)
+def evaluate(model, split, class_names, batch_size: int = 256, flips: bool = False) -> Evaluation:
+    """Run ``model`` on a labelled split (``tinylib.data.Split``) and evaluate it
+    (``flips``: with each image's mirror image too, see ``predict_probabilities``)."""
+    probabilities = predict_probabilities(model, split.images, batch_size, flips=flips)
     return evaluation_from_probabilities(probabilities, split.labels, class_names, split.files)
 
 
@@ -192,12 +201,12 @@ def predict_test(model, test_split, class_names, top: int = 5,
 def load_trained_model(run_dir):
     """The model of a run folder, rebuilt and loaded from its current checkpoint.
 
-    Rebuilt with the architecture, class count and optimizer in ``record.json``
+    Rebuilt with the architecture, class count, precision and optimizer in ``record.json``
     and without augmentation, which only acts in training.  The optimizer is
     built first because the checkpoint holds its variables too (as keras'
     ``BackupAndRestore`` does).
     """
-    from tinylib import runs, train
+    from tinylib import environment, runs, train
 
     run_dir = Path(run_dir)
     record = runs.load_run(run_dir)
@@ -211,8 +220,11 @@ def load_trained_model(run_dir):
             options["learning_rate"] = record["learning_rate"]
     # A recipe's optimizer (SGD's momentum has variables the checkpoint holds) and its
     # MixUp/CutMix layer (a variable too); the augmentation has none, and is left out.
-    model = train.build_run_model(record["model"], record["dataset"]["classes"], recipe=recipe, weights=None,
-                                  **options)
+    # In the precision the run trained in (a model keeps its own policy; Keras' global one is given back).
+    policy = record.get("dtype_policy")
+    with environment.using_precision(policy) if policy else contextlib.nullcontext():
+        model = train.build_run_model(record["model"], record["dataset"]["classes"], recipe=recipe, weights=None,
+                                      **options)
     model.optimizer.build(model.trainable_variables)
     runs.load_checkpoint(model, checkpoint)
     return model

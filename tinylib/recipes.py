@@ -36,7 +36,7 @@ from tinylib.optimizers import NO_DECAY_PATTERN, OPTIMIZERS, make_optimizer  # n
 
 __all__ = ["RECIPES", "Recipe", "ablation_recipes", "get_recipe"]
 
-SCHEDULES = ("constant", "cosine")
+SCHEDULES = ("constant", "cosine", "linear")
 AUGMENTATIONS = ("study", "crop", "none")
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 
@@ -53,7 +53,9 @@ class Recipe:
       usual 5e-4 corresponds to about 5e-3 here.
     * ``label_smoothing``: the target puts ``1 - label_smoothing`` on the true class
       and spreads the rest over all classes, so the network is not pushed to be certain.
-    * ``schedule``: 'constant' or 'cosine' (decays to zero over the run);
+    * ``schedule``: 'constant', 'cosine' (decays to zero over the run) or 'linear'
+      (decays to zero in a straight line, as ImageNet speed runs do: the rate is still
+      useful late, and reaches zero exactly when the budget ends);
       ``warmup``: the fraction of all steps over which the rate rises linearly from 0.
     * ``augmentation``: 'study' (the study's affine transforms and brightness), 'crop'
       (random-resized crop and flip) or 'none'.
@@ -111,6 +113,8 @@ class Recipe:
         warmup_steps = int(round(self.warmup * total))
         if self.schedule == "constant":
             return _WarmupConstant(self.learning_rate, warmup_steps)
+        if self.schedule == "linear":
+            return _WarmupLinearDecay(self.learning_rate, warmup_steps, total)
         return keras.optimizers.schedules.CosineDecay(
             initial_learning_rate=0.0 if warmup_steps else self.learning_rate,
             decay_steps=max(1, total - warmup_steps),
@@ -168,6 +172,26 @@ class _WarmupConstant(keras.optimizers.schedules.LearningRateSchedule):
 
     def get_config(self):
         return {"learning_rate": self.learning_rate, "warmup_steps": self.warmup_steps}
+
+
+@keras.saving.register_keras_serializable(package="tinylib")
+class _WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warmup to the peak, then a straight line down to zero at ``total_steps``."""
+
+    def __init__(self, learning_rate, warmup_steps, total_steps):
+        self.learning_rate = float(learning_rate)
+        self.warmup_steps = int(warmup_steps)
+        self.total_steps = max(int(total_steps), self.warmup_steps + 1)
+
+    def __call__(self, step):
+        step = keras.ops.cast(step, "float32")
+        rising = (step + 1.0) / max(1, self.warmup_steps)
+        falling = (self.total_steps - step) / (self.total_steps - self.warmup_steps)
+        return self.learning_rate * keras.ops.clip(keras.ops.minimum(rising, falling), 0.0, 1.0)
+
+    def get_config(self):
+        return {"learning_rate": self.learning_rate, "warmup_steps": self.warmup_steps,
+                "total_steps": self.total_steps}
 
 
 RECIPES = MappingProxyType({
