@@ -6,6 +6,7 @@
     python -m tinylib profiles             list the run profiles
     python -m tinylib train model4         train (resumes an interrupted run)
     python -m tinylib train resnet18 --recipe modern --profile full
+    python -m tinylib train resnet9 --recipe fast --profile full --hours 3    on a time budget
     python -m tinylib evaluate RUN_DIR     top-1/top-5, per-class accuracy, confusions
     python -m tinylib reproduce --budget 9 --results book/results   the whole study, resumably
 
@@ -110,12 +111,15 @@ def _train(args) -> int:
         model = train.build(args.model, dataset, profile, augment=not args.no_augment,
                             optimizer=args.optimizer, learning_rate=args.learning_rate, **weights)
     run = train.fit(model, dataset, profile, name=args.name, epochs=args.epochs, batch_size=args.batch_size,
-                    resume=not args.fresh, runs=args.runs)
+                    resume=not args.fresh, runs=args.runs, hours=args.hours)
     record = run.record
     print(f"\nrun folder: {run.path}")
     print(f"best val top-1 {record.get('best_val_top1', float('nan')):.2%}, "
           f"top-5 {record.get('best_val_top5', float('nan')):.2%}; "
           f"{record.get('train_images_per_second', 0):,.0f} train images/s; weights: {record['weights']}")
+    if "val_top1_flips" in record:
+        print(f"final val top-1 {record['final_val_top1']:.2%}, with test-time flips {record['val_top1_flips']:.2%}; "
+              f"{record['epochs_run']} epochs in {record['wall_seconds'] / 3600:.2f} h of a {args.hours:g} h budget")
     return 0
 
 
@@ -157,6 +161,17 @@ def _reproduce(args) -> int:
         print(f"left: {', '.join(outcome['left'])} (run the same command again to continue)")
         return reproduce.WORK_REMAINS
     return 0
+
+
+def _positive_float(text: str) -> float:
+    """An argparse type: a number above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -227,8 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("train", help="train a model (resumes an interrupted run)",
                             description="Train one model in a profile. Run it again after an interruption "
                                         "and it continues from the last finished epoch.")
-    p.add_argument("model", help="model1 ... model5, resnet18, resnet34, resnet50 (see `python -m tinylib models`)")
-    p.add_argument("--recipe", help="study | modern: train with a recipe from tinylib.recipes (default: the study's "
+    p.add_argument("model", help="model1 ... model5, resnet18, resnet34, resnet50, resnet9 "
+                   "(see `python -m tinylib models`)")
+    p.add_argument("--recipe", help="study | modern | fast: train with a recipe from tinylib.recipes (default: the study's "
                    "Adam, as set by --optimizer and --learning-rate)")
     p.add_argument("--profile", help="smoke | quick | full (default: TINYLIB_PROFILE, else full on a GPU, quick on a CPU)")
     p.add_argument("--epochs", type=_positive_int, help="override the profile's epochs")
@@ -241,6 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="run folder name (default MODEL-PROFILE-BACKEND)")
     p.add_argument("--runs", help="parent folder of run folders (default TINYLIB_RUNS or TINYLIB_HOME/runs)")
     p.add_argument("--fresh", action="store_true", help="start over instead of resuming")
+    p.add_argument("--hours", type=_positive_float, metavar="H",
+                   help="train to a time budget: as many epochs (of --epochs at most) as fit in H hours of "
+                        "training over every invocation, the learning rate reaching zero at the end; needs a "
+                        "recipe with the 'linear' schedule (--recipe fast). Scored with test-time flips too")
     p.set_defaults(func=_train)
 
     p = commands.add_parser("reproduce", help="train every full-scale run of the book, resumably, in a budget",

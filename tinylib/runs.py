@@ -215,7 +215,8 @@ class Run:
                 record[f"final_{name}"] = values[-1]
         if self.history.get("accuracy"):
             record["final_train_top1"] = self.history["accuracy"][-1]
-        record["finished"] = self.epochs_done >= record["epochs"] or record.get("stopped_early", False)
+        record["finished"] = (self.epochs_done >= record["epochs"] or record.get("stopped_early", False)
+                              or record.get("ended_by") == "time budget")
         write_run_json(self.path / RECORD_FILE, record)
         return record
 

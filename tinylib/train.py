@@ -19,11 +19,11 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from tinylib import files
+from tinylib import budget as budget_lib
+from tinylib import environment, files
 from tinylib import models as models_lib
 from tinylib.batches import ShuffledBatches
 from tinylib.checkpointing import CHECKPOINT_EVERY, Checkpointer
-from tinylib import environment
 from tinylib.profiles import Profile, get_profile
 from tinylib.progress import ProgressLog
 from tinylib.recipes import Recipe, ablation_recipes, get_recipe, steps_per_epoch
@@ -58,7 +58,8 @@ def fit(model: keras.Model, data, profile: Profile | str | None = None, *, name:
         extra_callbacks=(), resume: bool = True, runs: Path | None = None,
         verbose="auto", notes: dict | None = None,
         checkpoint_every: float | None = CHECKPOINT_EVERY, deadline: float | None = None,
-        seed: int | None = None, suffix: str = "", steps_per_execution: int | None = None) -> Run:
+        seed: int | None = None, suffix: str = "", steps_per_execution: int | None = None,
+        hours: float | None = None) -> Run:
     """Train ``model`` on ``data`` (a ``TinyImageNet`` subset) as ``profile`` says.
 
     ``callbacks`` is 'study' (what the study used for this model), or a list of
@@ -84,6 +85,9 @@ def fit(model: keras.Model, data, profile: Profile | str | None = None, *, name:
     another run, in a folder of its own (``-seed<N>``), as is one given a ``suffix``.
     ``steps_per_execution`` (default: ``environment.steps_per_execution()``, 16 on a
     GPU) runs that many steps per compiled call; the result is the same.
+    ``hours`` trains to a time budget (``tinylib.budget``): as many of ``epochs`` as fit
+    in that many hours of training, over every invocation, with a recipe's 'linear'
+    schedule re-planned after each epoch to reach zero when the time is up.
     Returns the ``Run``; its record is in
     ``run.record`` and in ``record.json`` in the run folder.
     """
@@ -112,14 +116,43 @@ def fit(model: keras.Model, data, profile: Profile | str | None = None, *, name:
         files.remove_stale_temporaries(path)  # left by a writer that was killed
         if not resume:
             clear_run(path)
-        if _resume(run, epochs, steps_per_epoch(len(data.train), batch_size)):
+        steps = steps_per_epoch(len(data.train), batch_size)
+        previous_budget = (read_record(path) or {}).get("time_budget") if hours is not None else None
+        if _resume(run, epochs, steps):
             return run  # finished, and nothing more asked of it
+        if hours is not None:
+            run.record["time_budget"] = _budget(model, run, previous_budget, hours, steps, epochs, recipe)
         run.write_record()  # the run's identity on disk from its first step, checked by any resume
         _train(run, model, data, seed, epochs, batch_size, callbacks, extra_callbacks, verbose,
                checkpoint_every, deadline)
+        if hours is not None and run.record.get("finished") and "val_top1_flips" not in run.record:
+            _score_with_flips(run, data, batch_size)
         return run
     finally:
         lock.release()
+
+
+def _score_with_flips(run: Run, data, batch_size: int) -> None:
+    """The finished model's validation top-1 with test-time flips, beside the plain one
+    computed from the same probabilities pass (``evaluate.predict_probabilities``)."""
+    from tinylib import evaluate
+
+    labels = np.asarray(data.val.labels)
+    plain = evaluate.predict_probabilities(run.model, data.val.images, batch_size)
+    mirrored = evaluate.predict_probabilities(run.model, np.asarray(data.val.images)[:, :, ::-1], batch_size)
+    run.record["val_top1_plain"] = float(np.mean(plain.argmax(axis=1) == labels))
+    run.record["val_top1_flips"] = float(np.mean((plain + mirrored).argmax(axis=1) == labels))
+    run.write_record()
+    print(f"{run.path.name}: val top-1 {run.record['val_top1_plain']:.2%}, with test-time flips "
+          f"{run.record['val_top1_flips']:.2%}", flush=True)
+
+
+def _budget(model, run: Run, previous: dict | None, hours: float, steps: int, epochs: int, recipe) -> dict:
+    """A run's time budget: a new plan, or the schedule a resumed run had reached."""
+    if previous and run.epochs_done:
+        budget_lib.resume(model, previous)
+        return {**previous, "hours": float(hours)}
+    return budget_lib.start(model, run.record, hours, steps, epochs, recipe.warmup if recipe else 0.0)
 
 
 def run_folder(model_name: str, profile: Profile, *, recipe: Recipe | None = None, seed: int | None = None,
@@ -247,6 +280,8 @@ def _train(run: Run, model, data, seed, epochs, batch_size, callbacks, extra_cal
     checkpointer = Checkpointer(run, checkpoint_every, study_callbacks)
     verbosity = _verbosity(verbose)
     progress = [ProgressLog(epochs, batch_size)] if verbosity == "log" else []
+    budget = run.record.get("time_budget")
+    steps = steps_per_epoch(len(data.train), batch_size)
     first = run.partial["epoch"] if run.partial else run.epochs_done
     run.started = time.perf_counter()
     try:
@@ -254,6 +289,15 @@ def _train(run: Run, model, data, seed, epochs, batch_size, callbacks, extra_cal
             # One fit per epoch: each epoch's batches are a dataset of their own, built from
             # (seed, epoch), and a resumed epoch starts at the batch where it stopped.
             for epoch in range(first, epochs if not run.stopped else first):
+                if budget is not None and not run.partial:
+                    planned = budget_lib.replan(model, budget, run.history, run.wall_seconds, run.epochs_done,
+                                                steps)
+                    run.write_record()  # the plan, and the schedule a resume continues on
+                    if run.epochs_done >= planned:
+                        run.record["ended_by"] = "time budget"
+                        print(f"{run.path.name}: the time budget of {budget['hours']:g} h is spent after "
+                              f"{run.epochs_done} epochs", flush=True)
+                        break
                 if _would_overrun(run, deadline):
                     run.out_of_time = True
                     break

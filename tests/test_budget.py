@@ -1,0 +1,117 @@
+"""tinylib.budget: a run on a time budget plans its length, re-plans it from each epoch's
+measured time, ends with the learning rate at zero when no epoch fits, and resumes on
+the schedule it had reached (the same weights as a run never interrupted)."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from tinylib import budget, data, runs, train
+from tinylib.profiles import Profile
+from tinylib.recipes import RECIPES, Recipe, _WarmupLinearDecay
+
+
+def rates(schedule, steps):
+    return np.array([schedule.rate_at(step) for step in steps])
+
+
+def test_the_first_plan_assumes_half_the_peak_and_stays_within_the_cap():
+    # 1 GFLOP per image at half of a 200 GFLOP/s peak: 100 images/s, 1,100 s an epoch with validation.
+    assert budget.first_plan(1.0, 200.0, 100_000, 3 * 3600, cap=100) == 9
+    assert budget.first_plan(1.0, 200.0, 100_000, 3 * 3600, cap=5) == 5
+    assert budget.first_plan(1.0, 200.0, 100_000, 10.0, cap=5) == 1  # at least one epoch
+
+
+def test_the_epochs_that_fit_count_what_is_left_after_the_reserve():
+    assert budget.epochs_that_fit(3600, 1000, 500, epochs_done=2, cap=30) == 2 + (3600 - 1000 - 60) // 500
+    assert budget.epochs_that_fit(3600, 3590, 500, epochs_done=7, cap=30) == 7  # nothing more fits
+    assert budget.epochs_that_fit(10 ** 6, 0, 1, epochs_done=0, cap=30) == 30
+    # The first epoch compiles: left out of the estimate when there are others.
+    assert budget.epoch_seconds({"seconds": [900, 100, 110, 120, 130]}) == 120
+    assert budget.epoch_seconds({"seconds": [900]}) == 900 and budget.epoch_seconds({}) is None
+
+
+def test_a_replanned_schedule_keeps_its_past_and_falls_straight_to_zero_at_the_new_end():
+    schedule = _WarmupLinearDecay(0.1, warmup_steps=10, total_steps=110)
+    before = rates(schedule, range(0, 40))
+    shorter = schedule.replanned(40, 70)
+    np.testing.assert_allclose(rates(shorter, range(0, 40)), before, rtol=1e-6)
+    at = schedule.rate_at(40)
+    assert shorter.rate_at(40) == pytest.approx(at)
+    assert shorter.rate_at(55) == pytest.approx(at / 2)
+    assert shorter.rate_at(70) == 0.0
+    longer = shorter.replanned(60, 160)  # twice re-planned: both earlier lines kept
+    np.testing.assert_allclose(rates(longer, range(0, 60)), rates(shorter, range(0, 60)), rtol=1e-6)
+    assert longer.rate_at(110) == pytest.approx(shorter.rate_at(60) / 2)
+    again = _WarmupLinearDecay.from_config(longer.get_config())
+    np.testing.assert_allclose(rates(again, range(0, 170, 7)), rates(longer, range(0, 170, 7)), rtol=1e-6)
+
+
+def test_a_budget_needs_the_linear_schedule_and_says_which_recipe_has_it():
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
+    model.compile(keras.optimizers.SGD(0.1), "mse")
+    with pytest.raises(ValueError, match="recipe='fast'"):
+        budget.schedule_of(model)
+
+
+def _budget_run(ds, tmp_path, **fit_kwargs):
+    profile = Profile("smoke", classes=None, train_per_class=None, val_per_class=None, epochs=10, batch_size=8)
+    keras.utils.set_random_seed(0)
+    recipe = RECIPES["fast"].replace(precision="float32")
+    model = train.build("resnet9", ds, profile, recipe=recipe, width=8)
+    return train.fit(model, ds, profile, runs=tmp_path, verbose=0, hours=0.1, **fit_kwargs)
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    """Every epoch takes 100 s: a budget of 0.1 h (360 s, 60 of them kept for the end) fits 3."""
+    monkeypatch.setattr(budget, "epoch_seconds", lambda history: 100.0 if history.get("seconds") else None)
+    monkeypatch.setattr(runs.Run, "wall_seconds", property(lambda self: 100.0 * self.epochs_done))
+
+
+@pytest.mark.slow
+def test_a_run_on_a_budget_replans_ends_at_zero_and_is_scored_with_flips(tmp_path, tiny_env, synthetic,
+                                                                          monkeypatch, clock):
+    monkeypatch.setenv("TINYLIB_DATA", str(synthetic))
+    run = _budget_run(data.load(), tmp_path)
+    record = run.record
+    assert record["finished"] and record["ended_by"] == "time budget" and record["epochs_run"] == 3
+    plans = record["time_budget"]["plans"]
+    assert plans[0]["after_epoch"] == 0 and plans[-1] == {**plans[-1], "after_epoch": 1, "epochs": 3}
+    steps = -(-len(data.load().train) // 8)
+    learning_rates = record["history"]["learning_rate"]
+    assert learning_rates[-1] <= RECIPES["fast"].learning_rate / steps  # the last step's rate: nearly zero
+    assert 0.0 <= record["val_top1_flips"] <= 1.0
+    assert record["val_top1_plain"] == pytest.approx(record["final_val_top1"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_a_budget_run_resumed_trains_the_same_weights_as_one_never_interrupted(tmp_path, tiny_env, synthetic,
+                                                                               monkeypatch, clock):
+    monkeypatch.setenv("TINYLIB_DATA", str(synthetic))
+    ds = data.load()
+    whole = _budget_run(ds, tmp_path / "whole")
+    with monkeypatch.context() as patch:  # a deadline reached after the first epoch
+        patch.setattr(train, "_would_overrun", lambda run, deadline: run.epochs_done >= 1)
+        first = _budget_run(ds, tmp_path / "parts", deadline=1.0)
+    assert first.out_of_time and first.epochs_done == 1 and not first.record["finished"]
+    resumed = _budget_run(ds, tmp_path / "parts")
+    assert resumed.record["epochs_run"] == 3 and resumed.record["ended_by"] == "time budget"
+    for a, b in zip(resumed.model.get_weights(), whole.model.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_the_command_line_refuses_a_budget_that_is_not_a_positive_number(capsys):
+    from tinylib import cli
+
+    for bad in ("0", "-1", "three", "nan"):
+        with pytest.raises(SystemExit):
+            cli.main(["train", "resnet9", "--hours", bad])
+        assert "--hours" in capsys.readouterr().err
+
+
+def test_the_fast_recipe_has_the_budgets_schedule():
+    assert RECIPES["fast"].schedule == "linear" and isinstance(RECIPES["fast"], Recipe)
+    assert isinstance(RECIPES["fast"].learning_rate_schedule(10, 3), _WarmupLinearDecay)

@@ -1,0 +1,119 @@
+"""Training to a time budget: as many epochs as fit in H hours, the learning rate at zero when they end.
+
+A schedule that decays to zero only helps if the run ends where the schedule ends. On
+a laptop the number of epochs that fit in an afternoon is not known in advance, and
+it drifts (another program, a warmer CPU). So a run on a budget (``fit(..., hours=H)``,
+``python -m tinylib train ... --hours H``) plans its length and re-plans it after every
+epoch:
+
+* the first plan, before any step, assumes the training step reaches half of this
+  machine's matrix-product peak (``environment.matmul_peak``) on the model's FLOPs
+  (``tinylib.flops``);
+* after each epoch, the epochs left are the time left over the measured seconds of a
+  recent epoch (validation included), and the learning rate's straight line to zero
+  is re-drawn from where it stands to the new end (``recipes._WarmupLinearDecay``);
+* when no further epoch fits, the run ends: ``record["ended_by"] = "time budget"``.
+
+The plans go into the record (``time_budget``), so a resumed run continues on the
+schedule it had, and the record shows how the plan moved.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+FIRST_PLAN_EFFICIENCY = 0.5  # the fraction of the matmul peak a training step is assumed to reach at first
+RESERVE_SECONDS = 60.0  # the run's end: the final checkpoint, the record, an evaluation with flips
+RECENT_EPOCHS = 3  # an epoch's time is the median of the last few (the first compiles: left out)
+
+
+def first_plan(train_gflop_per_image: float, peak_gflops: float, train_images: int, budget_seconds: float,
+               cap: int) -> int:
+    """Epochs that fit in the budget at ``FIRST_PLAN_EFFICIENCY`` of the peak (validation:
+    about a tenth of an epoch more), at least 1 and at most ``cap``."""
+    rate = max(peak_gflops * FIRST_PLAN_EFFICIENCY / max(train_gflop_per_image, 1e-9), 1e-9)
+    epoch_seconds = 1.1 * train_images / rate
+    return int(min(cap, max(1, math.floor((budget_seconds - RESERVE_SECONDS) / epoch_seconds))))
+
+
+def epoch_seconds(history: dict) -> float | None:
+    """Seconds of a recent epoch, validation included: the median of the last few, the
+    first epoch (which also compiles) left out where there are others."""
+    seconds = list(history.get("seconds") or [])
+    seconds = seconds[1:] or seconds
+    return float(np.median(seconds[-RECENT_EPOCHS:])) if seconds else None
+
+
+def epochs_that_fit(budget_seconds: float, spent_seconds: float, seconds_per_epoch: float, epochs_done: int,
+                    cap: int) -> int:
+    """The run's planned length: the epochs done and as many more as fit in what is left."""
+    left = budget_seconds - spent_seconds - RESERVE_SECONDS
+    more = math.floor(left / seconds_per_epoch) if seconds_per_epoch > 0 else cap
+    return int(min(cap, epochs_done + max(0, more)))
+
+
+def schedule_of(model):
+    """The model's re-plannable schedule, or a ValueError saying which recipe has one."""
+    from tinylib.recipes import _WarmupLinearDecay
+
+    schedule = getattr(model.optimizer, "_learning_rate", None)
+    if not isinstance(schedule, _WarmupLinearDecay):
+        raise ValueError("training to a time budget needs a recipe with the 'linear' schedule (its learning "
+                         "rate is re-planned to reach zero when the time is up): use recipe='fast', or "
+                         "Recipe(schedule='linear', ...)")
+    return schedule
+
+
+def set_schedule(model, schedule) -> None:
+    """Give the optimizer ``schedule``; the compiled step, which holds the old one, is traced again."""
+    model.optimizer.learning_rate = schedule
+    model.train_function = None
+    model.make_train_function(force=True)
+
+
+def start(model, record: dict, hours: float, steps_per_epoch: int, cap: int, warmup: float) -> dict:
+    """Plan a new run on a budget: its first length, and its schedule with ``warmup`` (a
+    fraction of that first length) before the straight line to zero."""
+    from tinylib.recipes import _WarmupLinearDecay
+
+    peak_schedule = schedule_of(model)
+    speed = record.get("speed") or {}
+    planned = first_plan(speed.get("train_gflop_per_image") or 1.0, speed.get("matmul_peak_gflops_per_second") or 1.0,
+                         record["dataset"]["train_images"], hours * 3600.0, cap)
+    total = planned * steps_per_epoch
+    schedule = _WarmupLinearDecay(peak_schedule.learning_rate, round(warmup * total), total)
+    set_schedule(model, schedule)
+    return {"hours": float(hours), "cap": int(cap),
+            "plans": [{"after_epoch": 0, "epochs": planned, "basis": "first plan: half the matmul peak"}],
+            "schedule": schedule.get_config()}
+
+
+def resume(model, budget: dict) -> None:
+    """Put back the schedule a resumed run on a budget had reached."""
+    from tinylib.recipes import _WarmupLinearDecay
+
+    schedule_of(model)
+    set_schedule(model, _WarmupLinearDecay.from_config(budget["schedule"]))
+
+
+def replan(model, budget: dict, history: dict, spent_seconds: float, epochs_done: int,
+           steps_per_epoch: int) -> int:
+    """After an epoch: the run's planned length from the time left, the schedule re-drawn
+    when it changed, and the plan added to ``budget``. Returns the planned epochs."""
+    seconds = epoch_seconds(history)
+    planned = budget["plans"][-1]["epochs"]
+    if seconds is None:
+        return planned
+    fits = epochs_that_fit(budget["hours"] * 3600.0, spent_seconds, seconds, epochs_done, budget["cap"])
+    fits = max(fits, epochs_done)
+    if fits != planned:
+        schedule = schedule_of(model).replanned(epochs_done * steps_per_epoch, fits * steps_per_epoch)
+        set_schedule(model, schedule)
+        budget["schedule"] = schedule.get_config()
+        budget["plans"].append({"after_epoch": epochs_done, "epochs": fits,
+                                "basis": f"{seconds:.0f} s an epoch, {spent_seconds / 60:.1f} min spent"})
+        print(f"time budget: {fits} epochs now fit in {budget['hours']:g} h (was {planned}; "
+              f"{seconds:.0f} s an epoch, {spent_seconds / 60:.1f} min spent)", flush=True)
+    return fits
