@@ -115,3 +115,18 @@ def test_the_command_line_refuses_a_budget_that_is_not_a_positive_number(capsys)
 def test_the_fast_recipe_has_the_budgets_schedule():
     assert RECIPES["fast"].schedule == "linear" and isinstance(RECIPES["fast"], Recipe)
     assert isinstance(RECIPES["fast"].learning_rate_schedule(10, 3), _WarmupLinearDecay)
+
+
+def test_the_fast_ablation_takes_out_one_ingredient_per_row():
+    import dataclasses
+
+    from tinylib.recipes import fast_ablation_recipes
+
+    rows = fast_ablation_recipes()
+    fast = rows.pop("fast")
+    names = {recipe.name for recipe in rows.values()}
+    assert len(names) == len(rows) and "fast" not in names  # each row its own run folder
+    for label, recipe in rows.items():
+        changed = {f.name for f in dataclasses.fields(Recipe)
+                   if f.name != "name" and getattr(recipe, f.name) != getattr(fast, f.name)}
+        assert changed and (len(changed) == 1 or label.startswith("- SGD")), (label, changed)

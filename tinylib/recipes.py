@@ -34,7 +34,7 @@ import keras
 
 from tinylib.optimizers import NO_DECAY_PATTERN, OPTIMIZERS, make_optimizer  # noqa: F401  (the one factory)
 
-__all__ = ["RECIPES", "Recipe", "ablation_recipes", "get_recipe"]
+__all__ = ["RECIPES", "Recipe", "ablation_recipes", "fast_ablation_recipes", "get_recipe"]
 
 SCHEDULES = ("constant", "cosine", "linear")
 AUGMENTATIONS = ("study", "crop", "mild-crop", "none")
@@ -286,6 +286,26 @@ def ablation_recipes() -> dict[str, Recipe]:
     # The last step is the modern recipe itself: it shares its name, and so its run folder.
     steps["+ MixUp/CutMix (modern)"] = current.replace(name="modern")
     return steps
+
+
+def fast_ablation_recipes() -> dict[str, Recipe]:
+    """The fast recipe, then the same with each of its ingredients taken out in turn.
+
+    Each row differs from the first in one setting, so its change is what that one
+    ingredient buys in this setting (read it with its interval, ``stats``).
+    """
+    fast = RECIPES["fast"]
+    rows = {"fast": fast}
+    for label, changes in (
+        ("- label smoothing", dict(label_smoothing=0.0)),
+        ("- weight decay", dict(weight_decay=0.0)),
+        ("- crops and flips", dict(augmentation="none")),
+        ("- decay to zero (constant rate)", dict(schedule="constant")),
+        ("- warmup", dict(warmup=0.0)),
+        ("- SGD (Adam at 1e-3)", dict(optimizer="adam", learning_rate=1e-3, weight_decay=0.0)),
+    ):
+        rows[label] = fast.replace(name="fast-" + _slug(label), **changes)
+    return rows
 
 
 def _slug(label: str) -> str:
