@@ -217,7 +217,8 @@ def main(argv=None):
     parser.add_argument("--no-mixing", action="store_true", help="skip the MixUp/CutMix measurement")
     parser.add_argument("--save", metavar="FOLDER",
                         help="write throughput.json and throughput.md there (book/results: the chapters' "
-                             "training estimates read it where a model has no full-scale record)")
+                             "training estimates read it where a model has no full-scale record); models "
+                             "measured before and not now are kept, with when and how they were measured")
     parser.add_argument("--jit-compile", action="store_true", help="compile the training step with XLA")
     parser.add_argument("--steps-per-execution", type=int, default=None,
                         help="training steps per compiled call (default: tinylib's for this device)")

@@ -116,3 +116,20 @@ def test_a_model_without_a_record_is_estimated_from_the_saved_benchmark(tmp_path
     assert "float32 210 GFLOP/s, bfloat16 384 GFLOP/s" in table
     assert throughput.read(tmp_path)["models"]["model4"]["images_per_second"] == 150.0
     assert not list(tmp_path.glob("*.tmp*"))  # written atomically
+
+
+def test_timing_some_models_keeps_the_others_with_what_they_were_measured_under(tmp_path):
+    from tinylib import throughput
+
+    row = {"images_per_second": 100.0, "images_per_second_without_augmentation": 110.0, "train_gflop_per_image": 1.0}
+    throughput.save(tmp_path, device="CPU: old", backend="tensorflow", dtype_policy="float32", batch=128,
+                    peak={"float32": 200.0}, models={"model3": row, "model4": row})
+    throughput.save(tmp_path, device="CPU: new", backend="tensorflow", dtype_policy="mixed_bfloat16", batch=128,
+                    peak={"float32": 220.0}, models={"model4": {**row, "images_per_second": 150.0}})
+    data = throughput.read(tmp_path)
+    assert data["models"]["model4"]["images_per_second"] == 150.0 and "device" not in data["models"]["model4"]
+    rate, conditions = throughput.rate("model3", tmp_path)
+    assert rate == 100.0 and conditions["device"] == "CPU: old" and conditions["dtype_policy"] == "float32"
+    assert throughput.rate("model4", tmp_path)[1]["device"] == "CPU: new"
+    table = (tmp_path / throughput.THROUGHPUT_TABLE).read_text()
+    assert "| model3 [1] | 100 |" in table and "[1] model3: measured" in table and "on CPU: old" in table

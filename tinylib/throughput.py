@@ -20,14 +20,26 @@ THROUGHPUT_TABLE = "throughput.md"
 FULL_SCALE_TRAIN_IMAGES = 100_000
 
 
+CONDITIONS = ("device", "backend", "dtype_policy", "measured")  # what a rate was measured under
+
+
 def save(folder: Path | str, *, device: str, backend: str, dtype_policy: str, batch: int, peak: dict,
          models: dict) -> tuple[Path, Path]:
-    """Write the measurement (``models``: {name: {images_per_second, ...}}), atomically."""
+    """Write the measurement (``models``: {name: {images_per_second, ...}}), atomically.
+
+    Models measured before and not now are kept, each with the conditions it was
+    measured under (``CONDITIONS``), so timing a few models does not lose the others.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    earlier = read(folder)
+    kept = {}
+    for name, row in (earlier.get("models") or {}).items():
+        if name not in models and isinstance(row, dict):
+            kept[name] = {**{key: earlier.get(key) for key in CONDITIONS}, **row}
     data = {"device": device, "backend": backend, "dtype_policy": dtype_policy, "batch_size": batch,
             "matmul_peak_gflops_per_second": {k: round(v, 1) for k, v in peak.items()},
-            "measured": datetime.date.today().isoformat(), "models": models}
+            "measured": datetime.date.today().isoformat(), "models": {**models, **kept}}
     json_path, table_path = folder / THROUGHPUT_FILE, folder / THROUGHPUT_TABLE
     files.write_json(json_path, data, indent=1)
     files.write_text(table_path, table(data))
@@ -48,8 +60,9 @@ def read(folder: Path | str | None = None) -> dict:
 def rate(model: str, folder: Path | str | None = None) -> tuple[float, dict] | None:
     """(training images/s with augmentation, the measurement) of ``model``, or None."""
     data = read(folder)
-    value = ((data.get("models") or {}).get(model) or {}).get("images_per_second")
-    return (float(value), data) if value else None
+    row = (data.get("models") or {}).get(model) or {}
+    value = row.get("images_per_second")
+    return (float(value), {**data, **{key: row[key] for key in CONDITIONS if row.get(key)}}) if value else None
 
 
 def table(data: dict) -> str:
@@ -65,10 +78,18 @@ def table(data: dict) -> str:
         f"| a full-scale epoch ({FULL_SCALE_TRAIN_IMAGES:,} images), training only |",
         "|---|---|---|---|---|---|",
     ]
+    earlier = []
     for name, row in data["models"].items():
         per_second = row["images_per_second"]
         plain = row.get("images_per_second_without_augmentation")
-        lines.append(f"| {name} | {per_second:,.0f} | {plain:,.0f} | {row['train_gflop_per_image']:.3f} "
+        mark = ""
+        if row.get("measured"):  # kept from an earlier measurement
+            earlier.append(f"{name}: measured {row['measured']} on {row.get('device')}, {row.get('backend')}, "
+                           f"{row.get('dtype_policy')}.")
+            mark = f" [{len(earlier)}]"
+        lines.append(f"| {name}{mark} | {per_second:,.0f} | {plain:,.0f} | {row['train_gflop_per_image']:.3f} "
                      f"| {per_second * row['train_gflop_per_image']:,.0f} "
                      f"| {FULL_SCALE_TRAIN_IMAGES / per_second / 60:,.1f} min |")
+    if earlier:
+        lines += ["", "Kept from earlier measurements:", ""] + [f"[{i}] {text}" for i, text in enumerate(earlier, 1)]
     return "\n".join(lines) + "\n"
