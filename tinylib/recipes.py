@@ -218,35 +218,28 @@ class _WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
                 "total_steps": self.total_steps, "segments": [list(x) for x in self.segments]}
 
 
+_MODERN = Recipe(
+    name="modern",
+    optimizer="sgd",
+    learning_rate=0.05,
+    momentum=0.9,
+    weight_decay=5e-3,
+    label_smoothing=0.1,
+    schedule="cosine",
+    warmup=0.05,
+    augmentation="crop",
+    mixup=0.2,
+    cutmix=1.0,
+)
 RECIPES = MappingProxyType({
     "study": Recipe(),
-    "modern": Recipe(
-        name="modern",
-        optimizer="sgd",
-        learning_rate=0.05,
-        momentum=0.9,
-        weight_decay=5e-3,
-        label_smoothing=0.1,
-        schedule="cosine",
-        warmup=0.05,
-        augmentation="crop",
-        mixup=0.2,
-        cutmix=1.0,
-    ),
-    # For a from-scratch run on a time budget (tinylib.budget, resnet9): the ingredients of
-    # fast CIFAR and ImageNet runs that cost no extra compute per step. A starting point
-    # whose ingredients the ablation of chapter 13 measures one at a time.
-    "fast": Recipe(
-        name="fast",
-        optimizer="sgd",
-        learning_rate=0.1,
-        momentum=0.9,
-        weight_decay=5e-3,
-        label_smoothing=0.1,
-        schedule="linear",
-        warmup=0.03,
-        augmentation="mild-crop",
-    ),
+    "modern": _MODERN,
+    # For a from-scratch run on a time budget (tinylib.budget, resnet9): the modern recipe's
+    # ingredients that cost no extra compute per step and pay off within a few epochs (no
+    # MixUp/CutMix, milder crops), and a rate that falls straight to zero when the time
+    # is up. A starting point: fast_ablation_recipes takes its ingredients out one at a time.
+    "fast": _MODERN.replace(name="fast", learning_rate=0.1, schedule="linear", warmup=0.03,
+                            augmentation="mild-crop", mixup=0.0, cutmix=0.0),
 })
 
 
