@@ -182,3 +182,16 @@ def test_the_precision_check_is_its_own_row_and_reads_both_curves_from_records(t
     assert "final training loss 4.570 against 4.500" in story
     assert "1,100 images/s on CPU: b" in story and "594 images/s on CPU: a" in story
     assert "not a measurement" in story
+
+
+def test_the_budget_story_reads_the_run_or_says_not_yet_measured(tmp_path):
+    text = results.budget_story(folder=tmp_path)
+    assert "not yet measured" in text and "--hours 3" in text and "43.14%" in text
+    _record(tmp_path, "resnet9-full-tensorflow-fast.json", model="resnet9", best_val_top1=0.4510, epochs_run=21,
+            recipe={"name": "fast"}, dataset={"val_images": 10_000}, wall_seconds=10_620.0, finished=True,
+            ended_by="time budget", time_budget={"hours": 3.0}, val_top1_flips=0.4602, val_top1_plain=0.4488,
+            device="CPU: x86_64 (2 cores)")
+    text = results.budget_story(folder=tmp_path)
+    assert "reached 45.10% validation top-1" in text and "above the study's best, 43.14%" in text
+    assert "with test-time flips its final weights score 46.02% (plain: 44.88%)" in text
+    assert "21 epochs in 2.95 hours of 3 (the budget ended it)" in text and "no pretrained weights" in text

@@ -240,6 +240,34 @@ def comparison_story(first: str, second: str, folder: Path | str | None = None) 
     return sentence + "."
 
 
+BUDGET_RUN = "resnet9-fast"  # the from-scratch run on a time budget (tinylib.budget), by record_key
+BUDGET_COMMAND = "python -m tinylib train resnet9 --recipe fast --profile full --hours 3 --epochs 40"
+
+
+def budget_story(key: str = BUDGET_RUN, folder: Path | str | None = None) -> str:
+    """The from-scratch run on a time budget against the study's best (Markdown), every
+    number read from its record; "not yet measured" and the command without one."""
+    best_study = max(STUDY_RESULTS.values(), key=lambda row: row["val"])["val"]
+    record = full_scale_records(folder).get(key)
+    if record is None:
+        return (f"**From scratch on a time budget:** not yet measured. `book/results/` holds no full-scale "
+                f"record of `{key}` yet; `{BUDGET_COMMAND}` makes one (then copy its `record.json` there). "
+                f"The mark to beat is the study's {_pct(best_study)}, from ImageNet-pretrained weights.")
+    low, high, n = _interval(record)
+    budget = record.get("time_budget") or {}
+    hours = record.get("wall_seconds", 0.0) / 3600
+    stand = _against(record["best_val_top1"], n, best_study, STUDY_VAL_IMAGES)
+    flips = (f"; with test-time flips its final weights score {_pct(record['val_top1_flips'])} "
+             f"(plain: {_pct(record['val_top1_plain'])})" if "val_top1_flips" in record else "")
+    ended = ("the budget ended it" if record.get("ended_by") == "time budget"
+             else "it ran all its epochs" if record.get("finished") else "it is unfinished")
+    return (f"**From scratch on a time budget:** `{record['model']}` with the `{(record.get('recipe') or {}).get('name')}` "
+            f"recipe reached {_pct(record['best_val_top1'])} validation top-1 (95% interval {low:.1%} to "
+            f"{high:.1%}), {stand} the study's best, {_pct(best_study)}{flips}. It trained "
+            f"{record['epochs_run']} epochs in {hours:.2f} hours of {budget.get('hours', float('nan')):g} "
+            f"({ended}), on {record['device']}, with no pretrained weights (`{record['record_file']}`).")
+
+
 def show_markdown(text: str) -> None:
     """Show Markdown as the cell's output: rendered alike in JupyterLab, Colab and the book
     (myst-nb's ``{glue:md}`` renders only in the built book), printed outside IPython."""
