@@ -17,11 +17,26 @@ def rates(schedule, steps):
     return np.array([schedule.rate_at(step) for step in steps])
 
 
-def test_the_first_plan_assumes_half_the_peak_and_stays_within_the_cap():
-    # 1 GFLOP per image at half of a 200 GFLOP/s peak: 100 images/s, 1,100 s an epoch with validation.
-    assert budget.first_plan(1.0, 200.0, 100_000, 3 * 3600, cap=100) == 9
-    assert budget.first_plan(1.0, 200.0, 100_000, 3 * 3600, cap=5) == 5
-    assert budget.first_plan(1.0, 200.0, 100_000, 10.0, cap=5) == 1  # at least one epoch
+def test_the_first_plan_divides_the_work_by_the_expected_rate_within_the_cap():
+    # 1 GFLOP per image at 100 GFLOP/s: 100 images/s, 1,100 s an epoch with validation.
+    assert budget.first_plan(1.0, 100.0, 100_000, 3 * 3600, cap=100) == 9
+    assert budget.first_plan(1.0, 100.0, 100_000, 3 * 3600, cap=5) == 5
+    assert budget.first_plan(1.0, 100.0, 100_000, 10.0, cap=5) == 1  # at least one epoch
+
+
+def test_the_expected_rate_is_the_benchmarks_on_this_device_else_half_the_peak(tmp_path):
+    from tinylib import throughput
+
+    record = {"model": "resnet9", "device": "CPU: a", "dtype_policy": "mixed_bfloat16",
+              "speed": {"matmul_peak_gflops_per_second": 300.0}}
+    assert budget.expected_gflops(record, tmp_path) == (150.0, "half the matmul peak")
+    throughput.save(tmp_path, device="CPU: a", backend="tensorflow", dtype_policy="mixed_bfloat16", batch=128,
+                    peak={"float32": 200.0}, models={"resnet9": {"images_per_second": 100.0, "images_per_second_without_augmentation": 110.0,
+                                                                 "train_gflop_per_image": 2.3}})
+    gflops, basis = budget.expected_gflops(record, tmp_path)
+    assert gflops == pytest.approx(230.0) and "benchmark" in basis
+    other = {**record, "device": "CPU: b"}  # measured elsewhere: not this machine's rate
+    assert budget.expected_gflops(other, tmp_path) == (150.0, "half the matmul peak")
 
 
 def test_the_epochs_that_fit_count_what_is_left_after_the_reserve():

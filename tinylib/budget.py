@@ -6,9 +6,10 @@ it drifts (another program, a warmer CPU). So a run on a budget (``fit(..., hour
 ``python -m tinylib train ... --hours H``) plans its length and re-plans it after every
 epoch:
 
-* the first plan, before any step, assumes the training step reaches half of this
-  machine's matrix-product peak (``environment.matmul_peak``) on the model's FLOPs
-  (``tinylib.flops``);
+* the first plan, before any step, divides the model's FLOPs (``tinylib.flops``) by
+  the GFLOP/s the same model reached on this device in ``benchmarks/model_throughput.py``
+  (``tinylib.throughput``), else by half of this machine's matrix-product peak
+  (``environment.matmul_peak``);
 * after each epoch, the epochs left are the time left over the measured seconds of a
   recent epoch (validation included), and the learning rate's straight line to zero
   is re-drawn from where it stands to the new end (``recipes._WarmupLinearDecay``);
@@ -29,11 +30,11 @@ RESERVE_SECONDS = 60.0  # the run's end: the final checkpoint, the record, an ev
 RECENT_EPOCHS = 3  # an epoch's time is the median of the last few (the first compiles: left out)
 
 
-def first_plan(train_gflop_per_image: float, peak_gflops: float, train_images: int, budget_seconds: float,
+def first_plan(train_gflop_per_image: float, gflops_per_second: float, train_images: int, budget_seconds: float,
                cap: int) -> int:
-    """Epochs that fit in the budget at ``FIRST_PLAN_EFFICIENCY`` of the peak (validation:
-    about a tenth of an epoch more), at least 1 and at most ``cap``."""
-    rate = max(peak_gflops * FIRST_PLAN_EFFICIENCY / max(train_gflop_per_image, 1e-9), 1e-9)
+    """Epochs that fit in the budget at ``gflops_per_second`` (validation: about a tenth
+    of an epoch more), at least 1 and at most ``cap``."""
+    rate = max(gflops_per_second / max(train_gflop_per_image, 1e-9), 1e-9)
     epoch_seconds = 1.1 * train_images / rate
     return int(min(cap, max(1, math.floor((budget_seconds - RESERVE_SECONDS) / epoch_seconds))))
 
@@ -73,20 +74,36 @@ def set_schedule(model, schedule) -> None:
     model.make_train_function(force=True)
 
 
+def expected_gflops(record: dict, folder=None) -> tuple[float, str]:
+    """The GFLOP/s to plan with, and where the figure comes from: the benchmark's for this
+    model on this device and precision (``tinylib.throughput``), else half the peak."""
+    from tinylib import throughput
+
+    measured = throughput.rate(record["model"], folder)
+    if measured is not None:
+        rate, conditions = measured
+        row = (conditions.get("models") or {}).get(record["model"]) or {}
+        if (conditions.get("device"), conditions.get("dtype_policy")) == (record["device"], record["dtype_policy"]) \
+                and row.get("train_gflop_per_image"):
+            return rate * row["train_gflop_per_image"], f"the benchmark's {record['model']} on this device"
+    peak = (record.get("speed") or {}).get("matmul_peak_gflops_per_second") or 1.0
+    return peak * FIRST_PLAN_EFFICIENCY, "half the matmul peak"
+
+
 def start(model, record: dict, hours: float, steps_per_epoch: int, cap: int, warmup: float) -> dict:
     """Plan a new run on a budget: its first length, and its schedule with ``warmup`` (a
     fraction of that first length) before the straight line to zero."""
     from tinylib.recipes import _WarmupLinearDecay
 
     peak_schedule = schedule_of(model)
-    speed = record.get("speed") or {}
-    planned = first_plan(speed.get("train_gflop_per_image") or 1.0, speed.get("matmul_peak_gflops_per_second") or 1.0,
+    gflops, basis = expected_gflops(record)
+    planned = first_plan((record.get("speed") or {}).get("train_gflop_per_image") or 1.0, gflops,
                          record["dataset"]["train_images"], hours * 3600.0, cap)
     total = planned * steps_per_epoch
     schedule = _WarmupLinearDecay(peak_schedule.learning_rate, round(warmup * total), total)
     set_schedule(model, schedule)
     return {"hours": float(hours), "cap": int(cap),
-            "plans": [{"after_epoch": 0, "epochs": planned, "basis": "first plan: half the matmul peak"}],
+            "plans": [{"after_epoch": 0, "epochs": planned, "basis": f"first plan: {gflops:,.0f} GFLOP/s, {basis}"}],
             "schedule": schedule.get_config()}
 
 
