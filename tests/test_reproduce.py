@@ -34,7 +34,8 @@ def ds(tiny_env, synthetic, monkeypatch):
 
 def test_the_plan_is_in_order_of_value_and_only_picks_from_it():
     assert reproduce.PLAN_NAMES[:5] == ("model1", "model2", "model4", "model3", "model5")
-    assert reproduce.PLAN_NAMES[5:] == ("resnet18-modern", "model5-finetune", "optimizers", "precision")
+    assert reproduce.PLAN_NAMES[5:] == ("resnet18-modern", "resnet9-fast", "model5-finetune", "optimizers",
+                                        "precision")
     picked = reproduce.select("optimizers, model3")
     assert [p.name for p in picked] == ["model3", "optimizers"]  # the plan's order, not the asked one
     with pytest.raises(ValueError, match="unknown run.*model9.*choose from"):
@@ -163,13 +164,22 @@ def test_the_beyond_the_study_runs_of_the_plan_train_and_summarize(tmp_path, ds)
     results = tmp_path / "results"
     # Fine-tuning, the plan's other branch, runs on JAX below (and tests/test_transfer.py
     # trains its stages on TensorFlow).
-    plan = reproduce.select("resnet18-modern,optimizers,precision")
+    plan = reproduce.select("resnet18-modern,resnet9-fast,optimizers,precision")
     outcome = reproduce.run_plan(plan, ds, _profile(epochs=1), results=results, runs_folder=tmp_path / "runs")
-    assert outcome["done"] == ["resnet18-modern", "optimizers", "precision"] and not outcome["left"]
+    assert outcome["done"] == ["resnet18-modern", "resnet9-fast", "optimizers", "precision"] and not outcome["left"]
     runs = {row["run"]: row for row in json.loads((results / "summary.json").read_text())}
-    assert set(runs) == {"resnet18-modern", *(f"model2-optimizer-{o}" for o in ("adam", "rmsprop", "sgd", "nadam")),
+    assert set(runs) == {"resnet18-modern", "resnet9-fast",
+                         *(f"model2-optimizer-{o}" for o in ("adam", "rmsprop", "sgd", "nadam")),
                          "model2-precision-mixed_bfloat16"}
     assert all(row["profile"] == "full" and row["finished"] for row in runs.values())
+    # The afternoon's run is the one chapter 13 reads: on its time budget, under the recipe's name.
+    from tinylib import budget, results as book_results
+
+    afternoon = book_results.full_scale_records(results)[book_results.BUDGET_RUN]
+    assert afternoon["time_budget"]["hours"] == budget.AFTERNOON_HOURS
+    assert afternoon["recipe"]["name"] == budget.AFTERNOON_RECIPE and afternoon["model"] == budget.AFTERNOON_MODEL
+    assert reproduce.expected_folders(reproduce.select("resnet9-fast")[0], _profile(), "tensorflow") == [
+        "resnet9-full-tensorflow-fast"]
 
 
 BLOCKER = '''import os
@@ -194,6 +204,9 @@ def test_the_jax_plan_takes_every_branch_of_the_plan():
     kept = JAX_PLAN.split(",")
     for branch in ("resnet18-modern", "model5-finetune"):
         assert f'"{branch}"' in source and branch in kept
+    # The time budget's branch is a recipe's train_model (ResNet-18's path) with hours:
+    # the beyond-the-study test above trains it on TensorFlow; tests/test_budget.py passes on JAX too.
+    assert "planned.name == _AFTERNOON_RUN" in source and "hours=budget.AFTERNOON_HOURS" in source
     assert "model2" in kept  # train_model with the study's callbacks
     # Model 5 is train_model (Model 2's path) with the ImageNet weights that
     # resolve_pretrained finds; fine-tuning finds them the same way and builds Model 5
@@ -203,8 +216,8 @@ def test_the_jax_plan_takes_every_branch_of_the_plan():
     assert 'build("model5", data, profile' in inspect.getsource(transfer._fine_tune)
     # Left out: the study models that take Model 2's path, and the optimizer comparison
     # (Model 2 four times; its branch is trained on TensorFlow by the beyond-the-study test).
-    assert set(reproduce.PLAN_NAMES) - set(kept) == {"model1", "model3", "model4", "model5", "optimizers",
-                                                     "precision"}
+    assert set(reproduce.PLAN_NAMES) - set(kept) == {"model1", "model3", "model4", "model5", "resnet9-fast",
+                                                     "optimizers", "precision"}
 
 
 @pytest.mark.realdata

@@ -29,6 +29,10 @@ FIRST_PLAN_EFFICIENCY = 0.5  # the fraction of the matmul peak a training step i
 RESERVE_SECONDS = 60.0  # the run's end: the final checkpoint, the record, an evaluation with flips
 RECENT_EPOCHS = 3  # an epoch's time is the median of the last few (the first compiles: left out)
 
+# The book's afternoon on a laptop CPU (chapter 13): ResNet-9 from scratch with the fast
+# recipe, in three hours over every sitting (the full profile's 40 epochs for it are a cap).
+AFTERNOON_MODEL, AFTERNOON_RECIPE, AFTERNOON_HOURS = "resnet9", "fast", 3.0
+
 
 def first_plan(train_gflop_per_image: float, gflops_per_second: float, train_images: int, budget_seconds: float,
                cap: int) -> int:

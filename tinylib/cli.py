@@ -265,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("reproduce", help="train every full-scale run of the book, resumably, in a budget",
                             description="Train the runs the book reads at full scale, in order of value "
-                                        "(the study's Models 1, 2, 4, 3, 5; ResNet-18 modern; Model 5 "
+                                        "(the study's Models 1, 2, 4, 3, 5; ResNet-18 modern; ResNet-9 in 3 hours; Model 5 "
                                         "fine-tuned; the optimizer comparison; the precision check). Exit status 3 when "
                                         "the budget ran out with work left: run it again to continue.")
     p.add_argument("--only", help="comma-separated runs from the plan (default: all): "

@@ -4,7 +4,8 @@ GPU time comes in short, cut-off pieces (a Colab session, a job limit, a lent
 machine that starts bare), so the runs the book reads at full scale are trained in
 a fixed order of value, each an ordinary resumable run, within a time budget:
 
-    the study's Models 1, 2, 4, 3, 5; ResNet-18 with the modern recipe; Model 5
+    the study's Models 1, 2, 4, 3, 5; ResNet-18 with the modern recipe; ResNet-9
+    from scratch in a three-hour budget (its hours count every sitting); Model 5
     fine-tuned in stages; the optimizer comparison (Model 2 with each optimizer);
     the precision check (Model 2's first epochs in mixed bfloat16)
 
@@ -24,6 +25,7 @@ import time
 from pathlib import Path
 
 from tinylib import files
+from tinylib.budget import AFTERNOON_MODEL, AFTERNOON_RECIPE
 
 WORK_REMAINS = 3  # the exit status when the budget ran out before the plan did
 SUMMARY_NAME = "summary"
@@ -37,6 +39,8 @@ class PlannedRun:
     description: str
 
 
+_AFTERNOON_RUN = f"{AFTERNOON_MODEL}-{AFTERNOON_RECIPE}"  # chapter 13's from-scratch run (tinylib.budget)
+
 PLAN = (
     PlannedRun("model1", "the study's Model 1"),
     PlannedRun("model2", "the study's Model 2 (early stopping, learning-rate reduction)"),
@@ -44,6 +48,7 @@ PLAN = (
     PlannedRun("model3", "the study's Model 3 (VGG-like)"),
     PlannedRun("model5", "the study's Model 5 (ResNet50, ImageNet weights when they can be had)"),
     PlannedRun("resnet18-modern", "ResNet-18 for 64x64 with the modern recipe"),
+    PlannedRun(_AFTERNOON_RUN, "ResNet-9 from scratch with the fast recipe, in a 3-hour budget over every sitting"),
     PlannedRun("model5-finetune", "Model 5 fine-tuned in stages (head, then all), upsampled"),
     PlannedRun("optimizers", "the study's optimizer comparison on Model 2"),
     PlannedRun("precision", "Model 2 for 8 epochs in mixed bfloat16, against its float32 record's first 8"),
@@ -64,7 +69,7 @@ def select(only: str | None) -> list[PlannedRun]:
 
 def _train(planned: PlannedRun, data, profile, deadline: float | None, runs_folder) -> list:
     """Train one planned run (or resume it); returns its Run objects."""
-    from tinylib import models, train, transfer
+    from tinylib import budget, models, train, transfer
 
     common = dict(deadline=deadline, runs=runs_folder)
     if planned.name.startswith("model") and planned.name in models.MODELS:
@@ -74,6 +79,9 @@ def _train(planned: PlannedRun, data, profile, deadline: float | None, runs_fold
         return [train.train_model(planned.name, data, profile, build_options=options, **common)]
     if planned.name == "resnet18-modern":
         return [train.train_model("resnet18", data, profile, recipe="modern", **common)]
+    if planned.name == _AFTERNOON_RUN:
+        return [train.train_model(budget.AFTERNOON_MODEL, data, profile, recipe=budget.AFTERNOON_RECIPE,
+                                  hours=budget.AFTERNOON_HOURS, **common)]
     if planned.name == "model5-finetune":
         weights = models.resolve_pretrained("imagenet")
         return list(transfer.fine_tune(data, profile, weights=weights, image_size="profile", **common).values())
@@ -110,6 +118,8 @@ def expected_folders(planned: PlannedRun, profile, backend: str) -> list[str] | 
         return [run_name(planned.name, profile, backend=backend)]
     if planned.name == "resnet18-modern":
         return [run_name("resnet18", profile, "-modern", backend=backend)]
+    if planned.name == _AFTERNOON_RUN:
+        return [run_name(AFTERNOON_MODEL, profile, f"-{AFTERNOON_RECIPE}", backend=backend)]
     return None  # the others depend on what is found (weights) or are several runs
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tinylib.budget import AFTERNOON_HOURS, AFTERNOON_MODEL, AFTERNOON_RECIPE
+
 # The study's results (slides, "RESULTS"): train and validation accuracy.
 STUDY_RESULTS = {
     "model1": {"train": 0.2296, "val": 0.1419},
@@ -240,8 +242,8 @@ def comparison_story(first: str, second: str, folder: Path | str | None = None) 
     return sentence + "."
 
 
-BUDGET_RUN = "resnet9-fast"  # the from-scratch run on a time budget (tinylib.budget), by record_key
-BUDGET_COMMAND = "python -m tinylib train resnet9 --recipe fast --profile full --hours 3 --epochs 40"
+BUDGET_RUN = f"{AFTERNOON_MODEL}-{AFTERNOON_RECIPE}"  # the from-scratch run on a time budget, by record_key
+BUDGET_COMMAND = f"python -m tinylib train {AFTERNOON_MODEL} --recipe {AFTERNOON_RECIPE} --profile full --hours {AFTERNOON_HOURS:g}"
 
 
 def budget_story(key: str = BUDGET_RUN, folder: Path | str | None = None) -> str:
