@@ -285,8 +285,11 @@ def show_markdown(text: str) -> None:
 
 
 def show_full_scale(model: str, folder: Path | str | None = None) -> None:
-    """A model chapter's full-scale paragraph (``full_scale_story``), shown under the cell."""
-    show_markdown(full_scale_story(model, folder))
+    """A model chapter's full-scale paragraph (``full_scale_story``), shown under the cell,
+    then what its curves say about where it stands against the study (``diagnose.gap_story``)."""
+    from tinylib.diagnose import gap_story
+
+    show_markdown("\n\n".join(text for text in (full_scale_story(model, folder), gap_story(model, folder)) if text))
 
 
 def show_comparison(first: str, second: str, folder: Path | str | None = None) -> None:

@@ -1,0 +1,67 @@
+"""tinylib.diagnose: why a full-scale row stands where it does, every number from its record."""
+
+import json
+
+import numpy as np
+import pytest
+
+from tinylib import diagnose
+
+
+def _record(folder, model, val, train, *, rates=None, seconds=None, **fields):
+    history = {"val_accuracy": val, "accuracy": train}
+    if rates is not None:
+        history["learning_rate"] = rates
+    if seconds is not None:
+        history["seconds"] = seconds
+    record = {"model": model, "profile": "full", "best_val_top1": max(val), "final_train_top1": train[-1],
+              "epochs_run": len(val), "epochs": len(val), "finished": True, "backend": "tensorflow",
+              "device": "CPU", "weights": "random", "history": history, **fields}
+    (folder / f"{model}.json").write_text(json.dumps(record))
+    return record
+
+
+def test_the_curve_facts_are_the_curves_own_numbers(tmp_path):
+    val = [0.10, 0.14, 0.13, 0.17, 0.16, 0.20]
+    record = _record(tmp_path, "model2", val, [0.05, 0.1, 0.12, 0.15, 0.16, 0.19],
+                     rates=[1e-4, 1e-4, 1e-4, 2e-5, 2e-5, 4e-6], seconds=[100, 60, 62, 61, 300, 64])
+    facts = diagnose.curve_facts(record)
+    assert facts["best_epoch"] == 6 and facts["best_val"] == pytest.approx(0.20)
+    assert facts["lowered_at"] == [4, 6]  # the epochs that began with a lower rate
+    second_half = np.abs(np.diff(val[3:]))
+    assert facts["swing"] == pytest.approx(np.median(second_half))
+    assert facts["trend"] == pytest.approx(np.polyfit(np.arange(5), val[1:], 1)[0])
+    assert facts["epoch_seconds"] == pytest.approx(63.0)
+
+
+def test_a_row_at_the_studys_figure_says_when_it_got_there(tmp_path):
+    _record(tmp_path, "model1", [0.10, 0.15, 0.142, 0.2], [0.1, 0.2, 0.25, 0.3])
+    story = diagnose.gap_story("model1", tmp_path)
+    assert story.startswith("**Against the study's figure:**") and "14.19% at epoch 2 of the 4" in story
+
+
+def test_a_short_row_that_fit_less_than_the_study_says_so_and_the_hours_left(tmp_path):
+    _record(tmp_path, "model4", [0.10, 0.12, 0.15, 0.14, 0.18, 0.20], [0.05, 0.1, 0.12, 0.15, 0.17, 0.19],
+            seconds=[400, 360, 360, 360, 360, 360], epochs=30, finished=False)
+    story = diagnose.gap_story("model4", tmp_path)
+    assert "short of the study's 38.61%" in story and "(6 of 6) is 18.61 points below" in story
+    assert "reached 19.00%, below the study's 37.52%" in story and "had not fit" in story
+    assert "24 of its 30 epochs are left: about 2.4 h at its median epoch of 6.0 min" in story
+    assert "still rising" not in story  # it is unfinished, not out of epochs
+
+
+def test_early_stopping_soon_after_the_rate_fell_is_told(tmp_path):
+    val = [0.10, 0.15, 0.18, 0.20, 0.21, 0.205, 0.208, 0.207]
+    train = [0.1, 0.15, 0.18, 0.2, 0.205, 0.21, 0.215, 0.22]
+    _record(tmp_path, "model2", val, train, rates=[1e-4] * 6 + [2e-5] * 2, epochs=100, stopped_early=True)
+    story = diagnose.gap_story("model2", tmp_path)
+    assert "its best epoch (5 of 8) is 1.72 points below it" in story
+    # The study's train accuracy (20.17%) first reached at epoch 5 (20.5%), where val was 21.0%.
+    assert "reached the study's 20.17% at epoch 5, where its validation accuracy was 21.00%" in story
+    assert "lowered for epoch 7; early stopping ended the run after epoch 8, so the last, lowest rate trained 2 epochs" in story
+
+
+def test_no_record_or_no_study_row_tells_nothing(tmp_path):
+    assert diagnose.gap_story("model3", tmp_path) == ""
+    _record(tmp_path, "resnet9", [0.3, 0.4], [0.3, 0.4])
+    assert diagnose.gap_story("resnet9", tmp_path) == ""

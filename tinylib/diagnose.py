@@ -1,0 +1,117 @@
+"""Why a full-scale row sits where it does against the study: its curves, read as evidence.
+
+A run that ends short of the study's figure is not yet a finding. Before more hours go
+into it, its record answers the first questions: how far short it is in units of the
+run's own epoch-to-epoch swing, whether it fit its training images as far as the
+study's model did, whether validation accuracy was still rising when it ended, and
+where the learning rate fell. ``gap_story`` writes that paragraph from the record
+(``results.show_full_scale`` shows it under a chapter's full-scale paragraph); every
+number in it is computed here, none typed in.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+TREND_EPOCHS = 5  # the recent stretch whose least-squares slope says "still rising"
+
+
+def curve_facts(record: dict) -> dict:
+    """The numbers a diagnosis reads from a record's history (fractions, 1-based epochs).
+
+    ``swing`` is the median change of validation accuracy from one epoch to the next
+    over the second half of the run (None with fewer than 4 epochs); ``trend`` the
+    least-squares slope of validation accuracy over the last ``TREND_EPOCHS`` epochs,
+    per epoch; ``lowered_at`` the epochs that began with a lower learning rate than the
+    one before; ``epoch_seconds`` the median epoch time, validation included.
+    """
+    history = record["history"]
+    val = np.asarray(history["val_accuracy"], dtype=float)
+    train = np.asarray(history["accuracy"], dtype=float)
+    epochs = len(val)
+    second_half = val[epochs // 2:]
+    recent = val[-TREND_EPOCHS:]
+    rates = np.asarray(history.get("learning_rate") or [], dtype=float)
+    seconds = history.get("seconds") or []
+    return {
+        "epochs": epochs,
+        "best_epoch": int(np.argmax(val)) + 1,
+        "best_val": float(val.max()),
+        "max_train": float(train.max()),
+        "swing": float(np.median(np.abs(np.diff(second_half)))) if epochs >= 4 else None,
+        "trend": float(np.polyfit(np.arange(len(recent)), recent, 1)[0]) if len(recent) >= 3 else None,
+        "lowered_at": [int(i) + 1 for i in np.flatnonzero(rates[1:] < rates[:-1] * (1 - 1e-6)) + 1],
+        "epoch_seconds": float(np.median(seconds)) if seconds else None,
+        "train": train,
+        "val": val,
+    }
+
+
+def _first_epoch_at(values: np.ndarray, level: float) -> int | None:
+    """The first 1-based epoch whose value reaches ``level``, None if none does."""
+    reached = np.flatnonzero(values >= level)
+    return int(reached[0]) + 1 if reached.size else None
+
+
+def _points(fraction: float) -> str:
+    return f"{fraction * 100:.2f}"
+
+
+def gap_story(model: str, folder=None) -> str:
+    """A paragraph (Markdown) on why a model's full-scale run stands where it does against
+    the study's validation figure, read from its record; "" without a record or a study row."""
+    from tinylib import results
+
+    study = results.STUDY_RESULTS.get(model)
+    record = results.full_scale_records(folder).get(model)
+    if study is None or record is None or not (record.get("history") or {}).get("val_accuracy"):
+        return ""
+    facts = curve_facts(record)
+    pct = results._pct
+    val, train = facts["val"], facts["train"]
+    reached = _first_epoch_at(val, study["val"])
+    if reached is not None:
+        return (f"**Against the study's figure:** its validation accuracy first reached the study's "
+                f"{pct(study['val'])} at epoch {reached} of the {facts['epochs']} it ran.")
+    gap = study["val"] - facts["best_val"]
+    parts = [f"**Why it is short of the study's {pct(study['val'])}:** its best epoch ({facts['best_epoch']} "
+             f"of {facts['epochs']}) is {_points(gap)} points below it."]
+    if facts["swing"]:
+        parts.append(f"From one epoch to the next its validation accuracy moved by a median {_points(facts['swing'])} "
+                     f"points over the second half of the run, so the gap is {gap / facts['swing']:.1f} such swings.")
+    at_study_fit = _first_epoch_at(train, study["train"])
+    if at_study_fit is None:
+        parts.append(f"Its training accuracy (on augmented images, with dropout, as the study measured it) reached "
+                     f"{pct(facts['max_train'])}, below the study's {pct(study['train'])}: this run had not fit its "
+                     f"training images as far as the study's model did. The study's model trained longer, or on an "
+                     f"easier task (milder augmentation); its slides give neither its epochs nor its augmentation's "
+                     f"ranges.")
+    else:
+        parts.append(f"Its training accuracy reached the study's {pct(study['train'])} at epoch {at_study_fit}, where "
+                     f"its validation accuracy was {pct(val[at_study_fit - 1])}: at the study's fit to the training "
+                     f"images, this run validates {'lower' if val[at_study_fit - 1] < study['val'] else 'higher'}.")
+    if facts["trend"] is not None:
+        recent = min(TREND_EPOCHS, facts["epochs"])
+        direction = "rose" if facts["trend"] > 0 else "fell"
+        parts.append(f"Over its last {recent} epochs validation accuracy {direction} by {_points(abs(facts['trend']))} "
+                     f"points an epoch (least-squares slope).")
+    end, run, planned = results._run_end(record)
+    if facts["lowered_at"]:
+        last = facts["lowered_at"][-1]
+        epochs = ", ".join(str(e) for e in facts["lowered_at"])
+        lowered = f"The learning rate was lowered for epoch{'s' if len(facts['lowered_at']) > 1 else ''} {epochs}"
+        if end == "stopped early":
+            lowered += f"; early stopping ended the run after epoch {run}, so the last, lowest rate trained {run - last + 1}"
+            lowered += " epoch." if run == last else " epochs."
+        else:
+            lowered += "."
+        parts.append(lowered)
+    elif end == "stopped early":
+        parts.append(f"Early stopping ended it after epoch {run} without the learning rate ever being lowered.")
+    if end == "unfinished" and facts["epoch_seconds"]:
+        left = planned - run
+        parts.append(f"{left} of its {planned} epochs are left: about {left * facts['epoch_seconds'] / 3600:.1f} h "
+                     f"at its median epoch of {facts['epoch_seconds'] / 60:.1f} min.")
+    elif end == "finished" and facts["trend"] is not None and facts["trend"] > 0:
+        parts.append("It was still rising when its planned epochs ran out.")
+    return " ".join(parts)
