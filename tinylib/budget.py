@@ -74,7 +74,6 @@ def schedule_of(model):
 def set_schedule(model, schedule) -> None:
     """Give the optimizer ``schedule``; the compiled step, which holds the old one, is traced again."""
     model.optimizer.learning_rate = schedule
-    model.train_function = None
     model.make_train_function(force=True)
 
 

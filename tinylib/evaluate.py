@@ -38,12 +38,21 @@ def predict_probabilities(model, images, batch_size: int = 256, flips: bool = Fa
     of its mirror image (a network trained with flips has seen both; averaging the two
     views cancels some of each one's errors, for twice the inference).
     """
-    images = np.asarray(images)
-    probabilities = np.asarray(model.predict(images, batch_size=batch_size, verbose=0), dtype=np.float32)
     if flips:
-        mirrored = model.predict(images[:, :, ::-1], batch_size=batch_size, verbose=0)
-        probabilities = (probabilities + np.asarray(mirrored, dtype=np.float32)) / 2
-    return probabilities
+        plain, mirrored = predict_both_views(model, images, batch_size)
+        return (plain + mirrored) / 2
+    return _probabilities(model, np.asarray(images), batch_size)
+
+
+def predict_both_views(model, images, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """The probabilities of each image and of its mirror image: the plain prediction and
+    the test-time flips' mean both follow from these two passes."""
+    images = np.asarray(images)
+    return _probabilities(model, images, batch_size), _probabilities(model, images[:, :, ::-1], batch_size)
+
+
+def _probabilities(model, images: np.ndarray, batch_size: int) -> np.ndarray:
+    return np.asarray(model.predict(images, batch_size=batch_size, verbose=0), dtype=np.float32)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # arrays have no single truth value to compare

@@ -134,12 +134,11 @@ def fit(model: keras.Model, data, profile: Profile | str | None = None, *, name:
 
 def _score_with_flips(run: Run, data, batch_size: int) -> None:
     """The finished model's validation top-1 with test-time flips, beside the plain one
-    computed from the same probabilities pass (``evaluate.predict_probabilities``)."""
+    computed from the same two passes (``evaluate.predict_both_views``)."""
     from tinylib import evaluate
 
     labels = np.asarray(data.val.labels)
-    plain = evaluate.predict_probabilities(run.model, data.val.images, batch_size)
-    mirrored = evaluate.predict_probabilities(run.model, np.asarray(data.val.images)[:, :, ::-1], batch_size)
+    plain, mirrored = evaluate.predict_both_views(run.model, data.val.images, batch_size)
     run.record["val_top1_plain"] = float(np.mean(plain.argmax(axis=1) == labels))
     run.record["val_top1_flips"] = float(np.mean((plain + mirrored).argmax(axis=1) == labels))
     run.write_record()
