@@ -270,7 +270,8 @@ def main(argv=None):
         from tinylib import throughput
 
         saved = throughput.save(args.save, device=device_name(), backend=keras.backend.backend(), dtype_policy=policy,
-                                batch=batch, peak=peak, models=measured)
+                                batch=batch, peak=peak, models=measured,
+                                fused_batchnorm=environment.speed_settings().get("fused_batchnorm"))
         print(f"wrote {saved[0]} and {saved[1]}", flush=True)
 
 

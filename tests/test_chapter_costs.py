@@ -123,9 +123,10 @@ def test_timing_some_models_keeps_the_others_with_what_they_were_measured_under(
 
     row = {"images_per_second": 100.0, "images_per_second_without_augmentation": 110.0, "train_gflop_per_image": 1.0}
     throughput.save(tmp_path, device="CPU: old", backend="tensorflow", dtype_policy="float32", batch=128,
-                    peak={"float32": 200.0}, models={"model3": row, "model4": row})
+                    peak={"float32": 200.0}, models={"model3": row, "model4": row}, fused_batchnorm=False)
     throughput.save(tmp_path, device="CPU: new", backend="tensorflow", dtype_policy="mixed_bfloat16", batch=128,
-                    peak={"float32": 220.0}, models={"model4": {**row, "images_per_second": 150.0}})
+                    peak={"float32": 220.0}, models={"model4": {**row, "images_per_second": 150.0}},
+                    fused_batchnorm=True)
     data = throughput.read(tmp_path)
     assert data["models"]["model4"]["images_per_second"] == 150.0 and "device" not in data["models"]["model4"]
     rate, conditions = throughput.rate("model3", tmp_path)
@@ -133,3 +134,6 @@ def test_timing_some_models_keeps_the_others_with_what_they_were_measured_under(
     assert throughput.rate("model4", tmp_path)[1]["device"] == "CPU: new"
     table = (tmp_path / throughput.THROUGHPUT_TABLE).read_text()
     assert "| model3 [1] | 100 |" in table and "[1] model3: measured" in table and "on CPU: old" in table
+    # Which BatchNorm each measurement used goes with it: the kept row's, and the new one's.
+    assert conditions["fused_batchnorm"] is False and throughput.rate("model4", tmp_path)[1]["fused_batchnorm"]
+    assert "float32, BatchNorm: Keras' own." in table and "mixed_bfloat16, BatchNorm: TensorFlow's fused kernel, batch" in table

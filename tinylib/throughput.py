@@ -20,11 +20,13 @@ THROUGHPUT_TABLE = "throughput.md"
 FULL_SCALE_TRAIN_IMAGES = 100_000
 
 
-CONDITIONS = ("device", "backend", "dtype_policy", "measured")  # what a rate was measured under
+# What a rate was measured under; ``fused_batchnorm``: whether BatchNorm went through
+# TensorFlow's fused kernel (``tinylib.batchnorm``), None where the file does not say.
+CONDITIONS = ("device", "backend", "dtype_policy", "fused_batchnorm", "measured")
 
 
 def save(folder: Path | str, *, device: str, backend: str, dtype_policy: str, batch: int, peak: dict,
-         models: dict) -> tuple[Path, Path]:
+         models: dict, fused_batchnorm: bool | None = None) -> tuple[Path, Path]:
     """Write the measurement (``models``: {name: {images_per_second, ...}}), atomically.
 
     Models measured before and not now are kept, each with the conditions it was
@@ -37,7 +39,8 @@ def save(folder: Path | str, *, device: str, backend: str, dtype_policy: str, ba
     for name, row in (earlier.get("models") or {}).items():
         if name not in models and isinstance(row, dict):
             kept[name] = {**{key: earlier.get(key) for key in CONDITIONS}, **row}
-    data = {"device": device, "backend": backend, "dtype_policy": dtype_policy, "batch_size": batch,
+    data = {"device": device, "backend": backend, "dtype_policy": dtype_policy, "fused_batchnorm": fused_batchnorm,
+            "batch_size": batch,
             "matmul_peak_gflops_per_second": {k: round(v, 1) for k, v in peak.items()},
             "measured": datetime.date.today().isoformat(), "models": {**models, **kept}}
     json_path, table_path = folder / THROUGHPUT_FILE, folder / THROUGHPUT_TABLE
@@ -62,7 +65,13 @@ def rate(model: str, folder: Path | str | None = None) -> tuple[float, dict] | N
     data = read(folder)
     row = (data.get("models") or {}).get(model) or {}
     value = row.get("images_per_second")
-    return (float(value), {**data, **{key: row[key] for key in CONDITIONS if row.get(key)}}) if value else None
+    return (float(value), {**data, **{key: row[key] for key in CONDITIONS if key in row}}) if value else None
+
+
+def _batchnorm(conditions: dict) -> str:
+    fused = conditions.get("fused_batchnorm")
+    return {True: "BatchNorm: TensorFlow's fused kernel", False: "BatchNorm: Keras' own"}.get(
+        fused, "BatchNorm path not recorded")
 
 
 def table(data: dict) -> str:
@@ -71,8 +80,8 @@ def table(data: dict) -> str:
     lines = [
         "# Training throughput (written by `benchmarks/model_throughput.py --save`)",
         "",
-        f"{data['device']}, {data['backend']}, {data['dtype_policy']}, batch {data['batch_size']}, "
-        f"measured {data['measured']}; matrix-product peak: {peaks}.",
+        f"{data['device']}, {data['backend']}, {data['dtype_policy']}, {_batchnorm(data)}, "
+        f"batch {data['batch_size']}, measured {data['measured']}; matrix-product peak: {peaks}.",
         "",
         "| model | train images/s | without augmentation | GFLOP per training image | GFLOP/s "
         f"| a full-scale epoch ({FULL_SCALE_TRAIN_IMAGES:,} images), training only |",
@@ -85,7 +94,7 @@ def table(data: dict) -> str:
         mark = ""
         if row.get("measured"):  # kept from an earlier measurement
             earlier.append(f"{name}: measured {row['measured']} on {row.get('device')}, {row.get('backend')}, "
-                           f"{row.get('dtype_policy')}.")
+                           f"{row.get('dtype_policy')}, {_batchnorm(row)}.")
             mark = f" [{len(earlier)}]"
         lines.append(f"| {name}{mark} | {per_second:,.0f} | {plain:,.0f} | {row['train_gflop_per_image']:.3f} "
                      f"| {per_second * row['train_gflop_per_image']:,.0f} "
