@@ -27,7 +27,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from speed_choices import VARIANTS  # noqa: E402
+from speed_choices import VARIANTS, fastest_of_rounds  # noqa: E402
 
 
 def runnable(variant: str) -> bool:
@@ -66,17 +66,9 @@ def main(argv=None):
         parser.error(f"unknown or not runnable variants {unknown}; choose from {', '.join(choices)}")
     if args.epochs < 2:
         parser.error("--epochs must be at least 2: the first epoch also compiles, and is not counted")
-    best: dict[str, dict] = {}
-    for round_ in range(1, args.rounds + 1):
-        for variant in variants:
-            print(f"... round {round_}, {variant}: {VARIANTS[variant][0]}", flush=True)
-            record = train_once(variant, args.model, args.profile, args.epochs)
-            kept = best.get(variant)
-            if "error" in record:
-                best.setdefault(variant, record)
-            elif kept is None or "error" in kept or \
-                    record["train_images_per_second"] > kept["train_images_per_second"]:
-                best[variant] = record
+    best = fastest_of_rounds(
+        variants, args.rounds, lambda variant: train_once(variant, args.model, args.profile, args.epochs),
+        lambda kept, record: max(kept, record, key=lambda r: r["train_images_per_second"]))
     base = best.get(variants[0], {}).get("train_images_per_second")
     print(f"{args.model}, {args.profile} profile, {args.epochs} epochs per run; images/s of the median epoch "
           "after the first, from each run's record")

@@ -71,6 +71,26 @@ def measure(variant: str, models: str, steps: int, peak_size: int) -> dict:
     return rows
 
 
+def fastest_of_rounds(variants, rounds: int, measure, faster) -> dict:
+    """Measure every variant ``rounds`` times, in turn, and keep each one's fastest.
+
+    Interleaving spreads a drift of the machine's speed over all the variants.
+    ``measure(variant)`` returns a result, or {"error": ...}; ``faster(kept, new)`` the
+    better of two results. A failed measurement never replaces a good one.
+    """
+    best: dict = {}
+    for round_ in range(1, rounds + 1):
+        for variant in variants:
+            print(f"... round {round_}, {variant}: {VARIANTS[variant][0]}", file=sys.stderr, flush=True)
+            result = measure(variant)
+            kept = best.get(variant)
+            if kept is None or "error" in kept:
+                best[variant] = result
+            elif "error" not in result:
+                best[variant] = faster(kept, result)
+    return best
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="model2,model4")
@@ -86,16 +106,9 @@ def main(argv=None):
     if unknown:
         parser.error(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
     models = args.models.split(",")
-    results = {}
-    for round_ in range(args.rounds):
-        for variant in variants:
-            print(f"... round {round_ + 1}, {variant}: {VARIANTS[variant][0]}", file=sys.stderr, flush=True)
-            row = measure(variant, args.models, args.steps, args.peak_size)
-            kept = results.get(variant)
-            if kept is None or "error" in kept:
-                results[variant] = row
-            elif "error" not in row:
-                results[variant] = {m: max(kept.get(m, (0, 0)), row.get(m, (0, 0))) for m in {*kept, *row}}
+    results = fastest_of_rounds(
+        variants, args.rounds, lambda variant: measure(variant, args.models, args.steps, args.peak_size),
+        lambda kept, row: {m: max(kept.get(m, (0, 0)), row.get(m, (0, 0))) for m in {*kept, *row}})
     head = f"{'variant':12s}" + "".join(f"{m + ' img/s':>15s}{'x old':>7s}{'% f32 peak':>11s}" for m in models)
     print(head)
     old = results.get("old", {})
