@@ -46,8 +46,16 @@ def test_a_short_row_that_fit_less_than_the_study_says_so_and_the_hours_left(tmp
     story = diagnose.gap_story("model4", tmp_path)
     assert "short of the study's 38.61%" in story and "(6 of 6) is 18.61 points below" in story
     assert "reached 19.00%, below the study's 37.52%" in story and "had not fit" in story
+    # 19% train against 20% val is 1.00 below, the study's 1.09 below: not a harder task than the study's.
+    assert "sat 1.00 points below its validation accuracy, the study's 1.09 points below. That is no sign" in story
     assert "24 of its 30 epochs are left: about 2.4 h at its median epoch of 6.0 min" in story
     assert "still rising" not in story  # it is unfinished, not out of epochs
+
+
+def test_a_run_whose_training_accuracy_sits_further_below_validation_than_the_studys_is_told_so(tmp_path):
+    _record(tmp_path, "model4", [0.10, 0.15, 0.20], [0.05, 0.10, 0.12])
+    assert "8.00 points below its validation accuracy, the study's 1.09 points below. That is a sign" in \
+        diagnose.gap_story("model4", tmp_path)
 
 
 def test_early_stopping_soon_after_the_rate_fell_is_told(tmp_path):

@@ -83,9 +83,18 @@ def gap_story(model: str, folder=None) -> str:
     if at_study_fit is None:
         parts.append(f"Its training accuracy (on augmented images, with dropout, as the study measured it) reached "
                      f"{pct(facts['max_train'])}, below the study's {pct(study['train'])}: this run had not fit its "
-                     f"training images as far as the study's model did. The study's model trained longer, or on an "
-                     f"easier task (milder augmentation); its slides give neither its epochs nor its augmentation's "
-                     f"ranges.")
+                     f"training images as far as the study's model did. Either the study's model trained longer, or "
+                     f"its training task was easier (milder augmentation); its slides give neither its epochs nor "
+                     f"its augmentation's ranges.")
+        ours, theirs = train[-1] - val[-1], study["train"] - study["val"]
+        side = lambda d: f"{_points(abs(d))} points {'above' if d > 0 else 'below'}"  # noqa: E731
+        verdict = ("That is no sign that this run's augmentation and dropout made its training task harder than the "
+                   "study's: a harder one would hold training accuracy further below validation accuracy, and the "
+                   "likelier difference is the number of epochs" if ours >= theirs else
+                   "That is a sign that this run's training task is harder than the study's was (stronger augmentation or "
+                   "dropout): a harder one holds training accuracy further below validation accuracy")
+        parts.append(f"At its last epoch its training accuracy sat {side(ours)} its validation accuracy, the "
+                     f"study's {side(theirs)}. {verdict}.")
     else:
         parts.append(f"Its training accuracy reached the study's {pct(study['train'])} at epoch {at_study_fit}, where "
                      f"its validation accuracy was {pct(val[at_study_fit - 1])}: at the study's fit to the training "
