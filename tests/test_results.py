@@ -95,6 +95,10 @@ def test_runs_table_gives_intervals_and_says_when_a_change_is_within_noise(tmp_p
     assert table.loc["b", "change"] == "+2.0%" and table.loc["b", "within noise?"] == "yes"
     assert table.loc["c", "within noise?"] == "no"
     assert table.loc["a", "epochs"] == "2 epochs" and table.loc["a", "minutes"] == 1.5
+    # An ablation that takes one ingredient out of the first row at a time: changes from the first.
+    from_first = results.runs_table(records, changes="first")
+    assert from_first.loc["c", "change"] == "+30.0%" and from_first.loc["b", "change"] == "+2.0%"
+    assert from_first.loc["a", "change"] == ""
 
 
 def test_the_study_table_marks_each_step_beyond_or_within_noise():

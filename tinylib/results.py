@@ -335,14 +335,18 @@ def profile_runs(profile=None, models=None, runs: Path | str | None = None) -> d
 STUDY_VAL_IMAGES = 10_000  # the study's validation set: 50 images of each of 200 classes
 
 
-def accuracy_table(accuracies: dict, *, changes: bool = True, confidence: float = 0.95,
+def accuracy_table(accuracies: dict, *, changes: bool | str = True, confidence: float = 0.95,
                    name: str = "val top-1", columns: dict | None = None):
     """A pandas DataFrame of accuracies with their intervals, and the change from each row above.
 
     ``accuracies`` maps a label to ``(accuracy, images)``; ``columns`` optionally maps
     the label to more columns, shown first. With ``changes``, each row gives its change
-    from the row above and whether it is within noise (``tinylib.stats.within_noise``).
+    from the row above and whether it is within noise (``tinylib.stats.within_noise``);
+    with ``changes="first"``, its change from the first row (an ablation that takes one
+    ingredient out of the first row at a time).
     """
+    if changes not in (True, False, "first"):
+        raise ValueError(f"changes={changes!r}: use True (from the row above), 'first' or False")
     import pandas as pd
 
     from tinylib import stats
@@ -357,7 +361,8 @@ def accuracy_table(accuracies: dict, *, changes: bool = True, confidence: float 
             if previous is not None:
                 row["change"] = f"{accuracy - previous[0]:+.1%}"
                 row["within noise?"] = "yes" if stats.within_noise(accuracy, n, *previous, confidence) else "no"
-            previous = (accuracy, n)
+            if previous is None or changes is True:
+                previous = (accuracy, n)
         rows[label] = row
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.index.name = "run"
@@ -372,13 +377,14 @@ def study_table(confidence: float = 0.95):
                                    for model, row in STUDY_RESULTS.items()}).rename_axis("model")
 
 
-def runs_table(records, *, changes: bool = False, confidence: float = 0.95):
+def runs_table(records, *, changes: bool | str = False, confidence: float = 0.95):
     """A pandas DataFrame of runs, one row each, for a chapter to show.
 
     ``records`` maps a label to a record, a ``Run`` or a run folder. Each best
     validation top-1 comes with its ``confidence`` interval over the validation images
     (``tinylib.stats``); with ``changes``, each row also gives its change from the row
-    above and whether that change is within noise (the two intervals' test).
+    above (``changes="first"``: from the first row) and whether that change is within
+    noise (the two intervals' test).
     """
     from tinylib.runs import load_run
 
