@@ -30,6 +30,7 @@ Reading the results
     ``evaluate``        top-1/top-5, per-class accuracy, confusions, a finished run reloaded
     ``stats``           Wilson intervals; is a difference within noise?
     ``results``         the study's table and this book's run records, as DataFrames
+    ``diagnose``        why a full-scale row stands where it does against the study, from its curves
     ``plots``           the book's figures
     ``gradcam``         which pixels a prediction rests on
     ``chapter_costs``   what running each chapter costs, from measured builds
