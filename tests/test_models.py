@@ -387,6 +387,23 @@ def test_resnet9_has_pages_parameters_and_sees_32_16_8_pixel_maps():
     assert flops.forward_flops(narrow) / flops.forward_flops(wide) == pytest.approx(0.25, rel=0.01)
 
 
+@pytest.mark.parametrize("name", ["resnet9", "resnet18", "model4"])
+def test_a_fresh_network_starts_unsure_near_the_chance_loss(name):
+    """A fresh classifier should spread its bets: a cross-entropy near ln(classes) at
+    initialisation. Far above it, the network starts confidently wrong, and the first
+    steps of a high learning rate go into undoing that (ResNet-9 without Page's logit
+    scale started at 12.6 against ln 200 = 5.3)."""
+    keras.utils.set_random_seed(0)
+    classes = 200
+    model = models.build_model(name, num_classes=classes, compile=False,
+                               **({"width": 16} if name.startswith("resnet") else {}))
+    images = np.random.default_rng(0).integers(0, 256, (32, 64, 64, 3)).astype("uint8")
+    probabilities = np.asarray(model.predict(images, verbose=0), dtype=np.float64)
+    labels = np.arange(32) % classes
+    loss = -np.mean(np.log(probabilities[np.arange(32), labels]))
+    assert loss < np.log(classes) + 1.0, f"{name} starts at cross-entropy {loss:.2f}, ln {classes} = {np.log(classes):.2f}"
+
+
 def test_resnets_are_registered_beside_the_study_models():
     assert set(models.STUDY_MODELS) | set(models.BEYOND_STUDY) == set(models.MODELS)
     assert models.normalize_name("ResNet-18") == "resnet18"

@@ -264,7 +264,7 @@ def resnet50(x, num_classes, **options):
     return resnet(x, num_classes, depth=50, **options)
 
 
-def resnet9(x, num_classes, width=64, stem_pool=True, bn_momentum=0.9):
+def resnet9(x, num_classes, width=64, stem_pool=True, bn_momentum=0.9, logit_scale=0.125):
     """ResNet-9 (Page's fast CIFAR net) for 64x64: wide layers on small maps, ~0.69 GFLOP.
 
     A 3x3 stem, then three stages each a conv-BN-ReLU and a 2x2 max pooling, the
@@ -274,6 +274,10 @@ def resnet9(x, num_classes, width=64, stem_pool=True, bn_momentum=0.9):
     matrix units stay busy, and the network costs a quarter of what it would at full
     resolution. ``width`` is the stem's channels (the stages have 2, 4 and 8 times as
     many): the arithmetic grows as its square, so it sizes the net for a time budget.
+    ``logit_scale`` multiplies the classifier's outputs, as Page's network does: global
+    max pooling of ReLU maps hands the classifier large values, and unscaled the fresh
+    network is confidently wrong (a cross-entropy far above ln(classes)), which a high
+    learning rate then has to undo first.
     """
     def conv_bn(x, filters, name):
         x = _conv(x, filters, 3, 1, f"{name}_conv")
@@ -293,7 +297,9 @@ def resnet9(x, num_classes, width=64, stem_pool=True, bn_momentum=0.9):
         if stage in (1, 3):
             x = residual(x, f"stage{stage}_res")
     x = layers.GlobalMaxPooling2D(name="gmp")(x)
-    return layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions")(x)
+    x = layers.Dense(num_classes, dtype="float32", name="logits")(x)
+    x = layers.Rescaling(logit_scale, dtype="float32", name="logit_scale")(x)
+    return layers.Activation("softmax", dtype="float32", name="predictions")(x)
 
 
 def _keras_cached_weights() -> str | None:
