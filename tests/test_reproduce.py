@@ -175,7 +175,7 @@ def test_the_beyond_the_study_runs_of_the_plan_train_and_summarize(tmp_path, ds)
     # The afternoon's run is the one chapter 13 reads: on its time budget, under the recipe's name.
     from tinylib import budget, results as book_results
 
-    afternoon = book_results.full_scale_records(results)[book_results.BUDGET_RUN]
+    afternoon = book_results.full_scale_records(results)[budget.AFTERNOON_RUN]
     assert afternoon["time_budget"]["hours"] == budget.AFTERNOON_HOURS
     assert afternoon["recipe"]["name"] == budget.AFTERNOON_RECIPE and afternoon["model"] == budget.AFTERNOON_MODEL
     assert reproduce.expected_folders(reproduce.select("resnet9-fast")[0], _profile(), "tensorflow") == [
@@ -206,7 +206,7 @@ def test_the_jax_plan_takes_every_branch_of_the_plan():
         assert f'"{branch}"' in source and branch in kept
     # The time budget's branch is a recipe's train_model (ResNet-18's path) with hours:
     # the beyond-the-study test above trains it on TensorFlow; tests/test_budget.py passes on JAX too.
-    assert "planned.name == _AFTERNOON_RUN" in source and "hours=budget.AFTERNOON_HOURS" in source
+    assert "planned.name == AFTERNOON_RUN" in source and "hours=budget.AFTERNOON_HOURS" in source
     assert "model2" in kept  # train_model with the study's callbacks
     # Model 5 is train_model (Model 2's path) with the ImageNet weights that
     # resolve_pretrained finds; fine-tuning finds them the same way and builds Model 5

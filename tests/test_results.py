@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from tinylib import results
 
 
@@ -87,7 +89,7 @@ def test_runs_table_gives_intervals_and_says_when_a_change_is_within_noise(tmp_p
         "b": _run_folder(tmp_path, "b", best_val_top1=0.32),  # +2 points on 300 images: noise
         "c": _run_folder(tmp_path, "c", best_val_top1=0.60, dataset={"val_images": 10000}),
     }
-    table = results.runs_table(records, changes=True)
+    table = results.runs_table(records, changes="previous")
     assert list(table.index) == ["a", "b", "c"]
     assert table.loc["a", "best val top-1"] == "30.0%"
     low, high = (float(x.rstrip("%")) for x in table.loc["a", "95% interval"].split(" to "))
@@ -99,6 +101,19 @@ def test_runs_table_gives_intervals_and_says_when_a_change_is_within_noise(tmp_p
     from_first = results.runs_table(records, changes="first")
     assert from_first.loc["c", "change"] == "+30.0%" and from_first.loc["b", "change"] == "+2.0%"
     assert from_first.loc["a", "change"] == ""
+    assert "change" not in results.runs_table(records).columns
+    with pytest.raises(ValueError, match="previous"):
+        results.runs_table(records, changes=True)
+
+
+def test_accuracy_changes_name_each_row_against_the_row_above_or_the_first():
+    accuracies = {"a": (0.30, 300), "b": (0.32, 300), "c": (0.60, 10_000)}
+    previous = results.accuracy_changes(accuracies)
+    assert [(label, round(change, 4), noise) for label, change, noise in previous] == [
+        ("b", 0.02, True), ("c", 0.28, False)]
+    first = results.accuracy_changes(accuracies, against="first")
+    assert [(label, round(change, 4)) for label, change, _ in first] == [("b", 0.02), ("c", 0.30)]
+    assert results.accuracy_changes({"only": (0.5, 100)}) == []
 
 
 def test_the_study_table_marks_each_step_beyond_or_within_noise():

@@ -32,6 +32,7 @@ RECENT_EPOCHS = 3  # an epoch's time is the median of the last few (the first co
 # The book's afternoon on a laptop CPU (chapter 13): ResNet-9 from scratch with the fast
 # recipe, in three hours over every sitting (the full profile's 40 epochs for it are a cap).
 AFTERNOON_MODEL, AFTERNOON_RECIPE, AFTERNOON_HOURS = "resnet9", "fast", 3.0
+AFTERNOON_RUN = f"{AFTERNOON_MODEL}-{AFTERNOON_RECIPE}"  # its name in `reproduce` and its record's key
 
 
 def first_plan(train_gflop_per_image: float, gflops_per_second: float, train_images: int, budget_seconds: float,

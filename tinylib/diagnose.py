@@ -16,6 +16,12 @@ import numpy as np
 TREND_EPOCHS = 5  # the recent stretch whose least-squares slope says "still rising"
 
 
+def _curves(record: dict) -> tuple[np.ndarray, np.ndarray]:
+    """A record's validation and training accuracy, one value an epoch."""
+    history = record["history"]
+    return (np.asarray(history["val_accuracy"], dtype=float), np.asarray(history["accuracy"], dtype=float))
+
+
 def curve_facts(record: dict) -> dict:
     """The numbers a diagnosis reads from a record's history (fractions, 1-based epochs).
 
@@ -26,8 +32,7 @@ def curve_facts(record: dict) -> dict:
     one before; ``epoch_seconds`` the median epoch time, validation included.
     """
     history = record["history"]
-    val = np.asarray(history["val_accuracy"], dtype=float)
-    train = np.asarray(history["accuracy"], dtype=float)
+    val, train = _curves(record)
     epochs = len(val)
     second_half = val[epochs // 2:]
     recent = val[-TREND_EPOCHS:]
@@ -42,8 +47,6 @@ def curve_facts(record: dict) -> dict:
         "trend": float(np.polyfit(np.arange(len(recent)), recent, 1)[0]) if len(recent) >= 3 else None,
         "lowered_at": [int(i) + 1 for i in np.flatnonzero(rates[1:] < rates[:-1] * (1 - 1e-6)) + 1],
         "epoch_seconds": float(np.median(seconds)) if seconds else None,
-        "train": train,
-        "val": val,
     }
 
 
@@ -67,44 +70,70 @@ def gap_story(model: str, folder=None) -> str:
     if study is None or record is None or not (record.get("history") or {}).get("val_accuracy"):
         return ""
     facts = curve_facts(record)
-    pct = results._pct
-    val, train = facts["val"], facts["train"]
-    reached = _first_epoch_at(val, study["val"])
+    reached = _first_epoch_at(_curves(record)[0], study["val"])
     if reached is not None:
         return (f"**Against the study's figure:** its validation accuracy first reached the study's "
-                f"{pct(study['val'])} at epoch {reached} of the {facts['epochs']} it ran.")
+                f"{results.pct(study['val'])} at epoch {reached} of the {facts['epochs']} it ran.")
+    sentences = [*_gap_sentences(facts, study), *_fit_sentences(record, study), *_trend_sentences(facts),
+                 *_end_sentences(facts, *results.run_end(record))]
+    return " ".join(sentences)
+
+
+def _gap_sentences(facts: dict, study: dict) -> list[str]:
+    """How far the best epoch is below the study's figure, in points and in epoch-to-epoch swings."""
+    from tinylib.results import pct
+
     gap = study["val"] - facts["best_val"]
-    parts = [f"**Why it is short of the study's {pct(study['val'])}:** its best epoch ({facts['best_epoch']} "
-             f"of {facts['epochs']}) is {_points(gap)} points below it."]
+    sentences = [f"**Why it is short of the study's {pct(study['val'])}:** its best epoch ({facts['best_epoch']} "
+                 f"of {facts['epochs']}) is {_points(gap)} points below it."]
     if facts["swing"]:
-        parts.append(f"From one epoch to the next its validation accuracy moved by a median {_points(facts['swing'])} "
-                     f"points over the second half of the run, so the gap is {gap / facts['swing']:.1f} such swings.")
+        sentences.append(f"From one epoch to the next its validation accuracy moved by a median "
+                         f"{_points(facts['swing'])} points over the second half of the run, so the gap is "
+                         f"{gap / facts['swing']:.1f} such swings.")
+    return sentences
+
+
+def _fit_sentences(record: dict, study: dict) -> list[str]:
+    """Whether the run fit its training images as far as the study's model did, and what
+    the train-validation gap against the study's says about the training task's difficulty."""
+    from tinylib.results import pct
+
+    val, train = _curves(record)
     at_study_fit = _first_epoch_at(train, study["train"])
-    if at_study_fit is None:
-        parts.append(f"Its training accuracy (on augmented images, with dropout, as the study measured it) reached "
-                     f"{pct(facts['max_train'])}, below the study's {pct(study['train'])}: this run had not fit its "
-                     f"training images as far as the study's model did. Either the study's model trained longer, or "
-                     f"its training task was easier (milder augmentation); its slides give neither its epochs nor "
-                     f"its augmentation's ranges.")
-        ours, theirs = train[-1] - val[-1], study["train"] - study["val"]
-        side = lambda d: f"{_points(abs(d))} points {'above' if d > 0 else 'below'}"  # noqa: E731
-        verdict = ("That is no sign that this run's augmentation and dropout made its training task harder than the "
-                   "study's: a harder one would hold training accuracy further below validation accuracy, and the "
-                   "likelier difference is the number of epochs" if ours >= theirs else
-                   "That is a sign that this run's training task is harder than the study's was (stronger augmentation or "
-                   "dropout): a harder one holds training accuracy further below validation accuracy")
-        parts.append(f"At its last epoch its training accuracy sat {side(ours)} its validation accuracy, the "
-                     f"study's {side(theirs)}. {verdict}.")
-    else:
-        parts.append(f"Its training accuracy reached the study's {pct(study['train'])} at epoch {at_study_fit}, where "
-                     f"its validation accuracy was {pct(val[at_study_fit - 1])}: at the study's fit to the training "
-                     f"images, this run validates {'lower' if val[at_study_fit - 1] < study['val'] else 'higher'}.")
-    if facts["trend"] is not None:
-        recent = min(TREND_EPOCHS, facts["epochs"])
-        direction = "rose" if facts["trend"] > 0 else "fell"
-        parts.append(f"Over its last {recent} epochs validation accuracy {direction} by {_points(abs(facts['trend']))} "
-                     f"points an epoch (least-squares slope).")
-    end, run, planned = results._run_end(record)
+    if at_study_fit is not None:
+        return [f"Its training accuracy reached the study's {pct(study['train'])} at epoch {at_study_fit}, where "
+                f"its validation accuracy was {pct(val[at_study_fit - 1])}: at the study's fit to the training "
+                f"images, this run validates {'lower' if val[at_study_fit - 1] < study['val'] else 'higher'}."]
+    ours, theirs = train[-1] - val[-1], study["train"] - study["val"]
+    side = lambda d: f"{_points(abs(d))} points {'above' if d > 0 else 'below'}"  # noqa: E731
+    verdict = ("That is no sign that this run's augmentation and dropout made its training task harder than the "
+               "study's: a harder one would hold training accuracy further below validation accuracy, and the "
+               "likelier difference is the number of epochs" if ours >= theirs else
+               "That is a sign that this run's training task is harder than the study's was (stronger augmentation or "
+               "dropout): a harder one holds training accuracy further below validation accuracy")
+    return [f"Its training accuracy (on augmented images, with dropout, as the study measured it) reached "
+            f"{pct(float(train.max()))}, below the study's {pct(study['train'])}: this run had not fit its "
+            f"training images as far as the study's model did. Either the study's model trained longer, or "
+            f"its training task was easier (milder augmentation); its slides give neither its epochs nor "
+            f"its augmentation's ranges.",
+            f"At its last epoch its training accuracy sat {side(ours)} its validation accuracy, the "
+            f"study's {side(theirs)}. {verdict}."]
+
+
+def _trend_sentences(facts: dict) -> list[str]:
+    """The least-squares slope of validation accuracy over the last epochs."""
+    if facts["trend"] is None:
+        return []
+    recent = min(TREND_EPOCHS, facts["epochs"])
+    direction = "rose" if facts["trend"] > 0 else "fell"
+    return [f"Over its last {recent} epochs validation accuracy {direction} by {_points(abs(facts['trend']))} "
+            f"points an epoch (least-squares slope)."]
+
+
+def _end_sentences(facts: dict, end: str, run: int, planned: int) -> list[str]:
+    """Where the learning rate fell and how the run ended: early stopping, epochs run out,
+    or unfinished with the hours left at its median epoch."""
+    sentences = []
     if facts["lowered_at"]:
         last = facts["lowered_at"][-1]
         epochs = ", ".join(str(e) for e in facts["lowered_at"])
@@ -114,13 +143,13 @@ def gap_story(model: str, folder=None) -> str:
             lowered += " epoch." if run == last else " epochs."
         else:
             lowered += "."
-        parts.append(lowered)
+        sentences.append(lowered)
     elif end == "stopped early":
-        parts.append(f"Early stopping ended it after epoch {run} without the learning rate ever being lowered.")
+        sentences.append(f"Early stopping ended it after epoch {run} without the learning rate ever being lowered.")
     if end == "unfinished" and facts["epoch_seconds"]:
         left = planned - run
-        parts.append(f"{left} of its {planned} epochs are left: about {left * facts['epoch_seconds'] / 3600:.1f} h "
-                     f"at its median epoch of {facts['epoch_seconds'] / 60:.1f} min.")
+        sentences.append(f"{left} of its {planned} epochs are left: about {left * facts['epoch_seconds'] / 3600:.1f} h "
+                         f"at its median epoch of {facts['epoch_seconds'] / 60:.1f} min.")
     elif end == "finished" and facts["trend"] is not None and facts["trend"] > 0:
-        parts.append("It was still rising when its planned epochs ran out.")
-    return " ".join(parts)
+        sentences.append("It was still rising when its planned epochs ran out.")
+    return sentences

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from tinylib import files
-from tinylib.budget import AFTERNOON_MODEL, AFTERNOON_RECIPE
+from tinylib.budget import AFTERNOON_MODEL, AFTERNOON_RECIPE, AFTERNOON_RUN
 
 WORK_REMAINS = 3  # the exit status when the budget ran out before the plan did
 SUMMARY_NAME = "summary"
@@ -39,7 +39,6 @@ class PlannedRun:
     description: str
 
 
-_AFTERNOON_RUN = f"{AFTERNOON_MODEL}-{AFTERNOON_RECIPE}"  # chapter 13's from-scratch run (tinylib.budget)
 
 PLAN = (
     PlannedRun("model1", "the study's Model 1"),
@@ -48,7 +47,7 @@ PLAN = (
     PlannedRun("model3", "the study's Model 3 (VGG-like)"),
     PlannedRun("model5", "the study's Model 5 (ResNet50, ImageNet weights when they can be had)"),
     PlannedRun("resnet18-modern", "ResNet-18 for 64x64 with the modern recipe"),
-    PlannedRun(_AFTERNOON_RUN, "ResNet-9 from scratch with the fast recipe, in a 3-hour budget over every sitting"),
+    PlannedRun(AFTERNOON_RUN, "ResNet-9 from scratch with the fast recipe, in a 3-hour budget over every sitting"),
     PlannedRun("model5-finetune", "Model 5 fine-tuned in stages (head, then all), upsampled"),
     PlannedRun("optimizers", "the study's optimizer comparison on Model 2"),
     PlannedRun("precision", "Model 2 for 8 epochs in mixed bfloat16, against its float32 record's first 8"),
@@ -79,7 +78,7 @@ def _train(planned: PlannedRun, data, profile, deadline: float | None, runs_fold
         return [train.train_model(planned.name, data, profile, build_options=options, **common)]
     if planned.name == "resnet18-modern":
         return [train.train_model("resnet18", data, profile, recipe="modern", **common)]
-    if planned.name == _AFTERNOON_RUN:
+    if planned.name == AFTERNOON_RUN:
         return [train.train_model(budget.AFTERNOON_MODEL, data, profile, recipe=budget.AFTERNOON_RECIPE,
                                   hours=budget.AFTERNOON_HOURS, **common)]
     if planned.name == "model5-finetune":
@@ -118,7 +117,7 @@ def expected_folders(planned: PlannedRun, profile, backend: str) -> list[str] | 
         return [run_name(planned.name, profile, backend=backend)]
     if planned.name == "resnet18-modern":
         return [run_name("resnet18", profile, "-modern", backend=backend)]
-    if planned.name == _AFTERNOON_RUN:
+    if planned.name == AFTERNOON_RUN:
         return [run_name(AFTERNOON_MODEL, profile, f"-{AFTERNOON_RECIPE}", backend=backend)]
     return None  # the others depend on what is found (weights) or are several runs
 

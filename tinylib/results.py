@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tinylib.budget import AFTERNOON_HOURS, AFTERNOON_MODEL, AFTERNOON_RECIPE
+from tinylib.budget import AFTERNOON_HOURS, AFTERNOON_MODEL, AFTERNOON_RECIPE, AFTERNOON_RUN
 
 # The study's results (slides, "RESULTS"): train and validation accuracy.
 STUDY_RESULTS = {
@@ -96,7 +96,7 @@ def _describe(record: dict) -> str:
             f"weights: {_weights(record)} ({record['record_file']})")
 
 
-def _run_end(record: dict) -> tuple[str, int, int]:
+def run_end(record: dict) -> tuple[str, int, int]:
     """How a run ended: ('stopped early' | 'finished' | 'unfinished', epochs run, epochs planned)."""
     run, planned = record["epochs_run"], record.get("epochs", record["epochs_run"])
     if record.get("stopped_early"):
@@ -108,7 +108,7 @@ def _run_end(record: dict) -> tuple[str, int, int]:
 
 def epochs_text(record: dict) -> str:
     """'30 epochs', 'stopped early after 17 of 30 epochs', or '12 of 30 epochs (unfinished)'."""
-    end, run, planned = _run_end(record)
+    end, run, planned = run_end(record)
     return {"stopped early": f"stopped early after {run} of {planned} epochs", "finished": f"{run} epochs",
             "unfinished": f"{run} of {planned} epochs (unfinished: the run was stopped and can resume)"}[end]
 
@@ -140,7 +140,8 @@ def full_scale_report(model: str, folder: Path | str | None = None) -> str:
 BACKEND_NAMES = {"tensorflow": "TensorFlow", "jax": "JAX", "torch": "PyTorch"}
 
 
-def _pct(value: float) -> str:
+def pct(value: float) -> str:
+    """0.2902 -> '29.02%', the form every sentence of the book gives an accuracy in."""
     return f"{value:.2%}"
 
 
@@ -167,7 +168,7 @@ def _against(value: float, n: int, other: float, other_n: int) -> str:
 
 
 def _how_it_ended(record: dict) -> str:
-    end, run, planned = _run_end(record)
+    end, run, planned = run_end(record)
     return {"stopped early": f"early stopping ended it after epoch {run} of the {planned} allowed",
             "finished": f"it ran all {run} of its planned epochs",
             "unfinished": f"it is unfinished: {run} of {planned} epochs so far, and it resumes where it stopped"}[end]
@@ -182,7 +183,7 @@ def full_scale_story(model: str, folder: Path | str | None = None) -> str:
     """
     title, study = _model_title(model), STUDY_RESULTS.get(model)
     record = full_scale_records(folder).get(model)
-    study_text = (f"the study's {_pct(study['val'])} validation and {_pct(study['train'])} training accuracy"
+    study_text = (f"the study's {pct(study['val'])} validation and {pct(study['train'])} training accuracy"
                   if study else "no figure from the study")
     if record is None:
         return (f"**This book at full scale:** not yet measured. `book/results/` holds no full-scale "
@@ -192,21 +193,21 @@ def full_scale_story(model: str, folder: Path | str | None = None) -> str:
     low, high, n = _interval(record)
     best, train = record["best_val_top1"], record["final_train_top1"]
     so_far = "" if record.get("finished", True) else " so far"
-    top5 = f"; top-5 {_pct(record['best_val_top5'])}" if record.get("best_val_top5") is not None else ""
-    parts = [f"**This book at full scale:** {title} reached {_pct(best)} validation top-1{so_far} "
+    top5 = f"; top-5 {pct(record['best_val_top5'])}" if record.get("best_val_top5") is not None else ""
+    parts = [f"**This book at full scale:** {title} reached {pct(best)} validation top-1{so_far} "
              f"(95% interval {low:.1%} to {high:.1%} on {n:,} images{top5})"]
     if study:
         stand = _against(best, n, study["val"], STUDY_VAL_IMAGES)
-        parts[0] += (f", {stand} the study's {_pct(study['val'])}"
+        parts[0] += (f", {stand} the study's {pct(study['val'])}"
                      + ("" if stand == "within noise of" else ", beyond noise") + ".")
     else:
         parts[0] += "."
     side = "above" if train > best else "below" if train < best else "level with"
     study_side = ""
     if study:
-        study_side = (f" (the study's: {_pct(study['train'])} training, "
-                      f"{'above' if study['train'] > study['val'] else 'below'} its {_pct(study['val'])})")
-    parts.append(f"Its training accuracy ended at {_pct(train)}, {side} its best validation accuracy{study_side}.")
+        study_side = (f" (the study's: {pct(study['train'])} training, "
+                      f"{'above' if study['train'] > study['val'] else 'below'} its {pct(study['val'])})")
+    parts.append(f"Its training accuracy ended at {pct(train)}, {side} its best validation accuracy{study_side}.")
     minutes = record.get("wall_seconds", 0.0) / 60
     weights = "ImageNet" if record.get("weights") == "imagenet" else str(record.get("weights"))
     source = record.get("weights_source")
@@ -231,22 +232,21 @@ def comparison_story(first: str, second: str, folder: Path | str | None = None) 
     verdict = {"within noise of": f"{name_a} and {name_b} cannot be told apart",
                "above": f"{name_a} is ahead of {name_b}, beyond noise",
                "below": f"{name_a} is behind {name_b}, beyond noise"}[stand]
-    sentence = (f"In this book's full-scale runs {verdict} ({_pct(a['best_val_top1'])} against "
-                f"{_pct(b['best_val_top1'])} validation top-1)")
+    sentence = (f"In this book's full-scale runs {verdict} ({pct(a['best_val_top1'])} against "
+                f"{pct(b['best_val_top1'])} validation top-1)")
     sa, sb = STUDY_RESULTS.get(first), STUDY_RESULTS.get(second)
     if sa and sb:
         same = (sa["val"] > sb["val"]) == (a["best_val_top1"] > b["best_val_top1"])
         order = ("an order these runs cannot confirm" if stand == "within noise of"
                  else "the same order" if same else "the reverse order")
-        sentence += f"; in the study {name_a} scored {_pct(sa['val'])} and {name_b} {_pct(sb['val'])}, {order}"
+        sentence += f"; in the study {name_a} scored {pct(sa['val'])} and {name_b} {pct(sb['val'])}, {order}"
     return sentence + "."
 
 
-BUDGET_RUN = f"{AFTERNOON_MODEL}-{AFTERNOON_RECIPE}"  # the from-scratch run on a time budget, by record_key
 BUDGET_COMMAND = f"python -m tinylib train {AFTERNOON_MODEL} --recipe {AFTERNOON_RECIPE} --profile full --hours {AFTERNOON_HOURS:g}"
 
 
-def budget_story(key: str = BUDGET_RUN, folder: Path | str | None = None) -> str:
+def budget_story(key: str = AFTERNOON_RUN, folder: Path | str | None = None) -> str:
     """The from-scratch run on a time budget against the study's best (Markdown), every
     number read from its record; "not yet measured" and the command without one."""
     best_study = max(STUDY_RESULTS.values(), key=lambda row: row["val"])["val"]
@@ -254,18 +254,18 @@ def budget_story(key: str = BUDGET_RUN, folder: Path | str | None = None) -> str
     if record is None:
         return (f"**From scratch on a time budget:** not yet measured. `book/results/` holds no full-scale "
                 f"record of `{key}` yet; `{BUDGET_COMMAND}` makes one (then copy its `record.json` there). "
-                f"The mark to beat is the study's {_pct(best_study)}, from ImageNet-pretrained weights.")
+                f"The mark to beat is the study's {pct(best_study)}, from ImageNet-pretrained weights.")
     low, high, n = _interval(record)
     budget = record.get("time_budget") or {}
     hours = record.get("wall_seconds", 0.0) / 3600
     stand = _against(record["best_val_top1"], n, best_study, STUDY_VAL_IMAGES)
-    flips = (f"; with test-time flips its final weights score {_pct(record['val_top1_flips'])} "
-             f"(plain: {_pct(record['val_top1_plain'])})" if "val_top1_flips" in record else "")
+    flips = (f"; with test-time flips its final weights score {pct(record['val_top1_flips'])} "
+             f"(plain: {pct(record['val_top1_plain'])})" if "val_top1_flips" in record else "")
     ended = ("the budget ended it" if record.get("ended_by") == "time budget"
              else "it ran all its epochs" if record.get("finished") else "it is unfinished")
     return (f"**From scratch on a time budget:** `{record['model']}` with the `{(record.get('recipe') or {}).get('name')}` "
-            f"recipe reached {_pct(record['best_val_top1'])} validation top-1 (95% interval {low:.1%} to "
-            f"{high:.1%}), {stand} the study's best, {_pct(best_study)}{flips}. It trained "
+            f"recipe reached {pct(record['best_val_top1'])} validation top-1 (95% interval {low:.1%} to "
+            f"{high:.1%}), {stand} the study's best, {pct(best_study)}{flips}. It trained "
             f"{record['epochs_run']} epochs in {hours:.2f} hours of {budget.get('hours', float('nan')):g} "
             f"({ended}), on {record['device']}, with no pretrained weights (`{record['record_file']}`).")
 
@@ -335,35 +335,58 @@ def profile_runs(profile=None, models=None, runs: Path | str | None = None) -> d
 STUDY_VAL_IMAGES = 10_000  # the study's validation set: 50 images of each of 200 classes
 
 
-def accuracy_table(accuracies: dict, *, changes: bool | str = True, confidence: float = 0.95,
+CHANGES_AGAINST = ("previous", "first")  # each row's change: from the row above, or from the first row
+
+
+def accuracies_of(records) -> dict:
+    """{label: (best validation top-1, validation images)} of records, ``Run``s or run folders."""
+    return {label: (r["best_val_top1"], r["dataset"]["val_images"]) for label, r in _records(records).items()}
+
+
+def accuracy_changes(accuracies: dict, *, against: str = "previous", confidence: float = 0.95) -> list:
+    """``(label, change, within noise?)`` for every row after the first.
+
+    ``accuracies`` maps a label to ``(accuracy, images)``. ``against="previous"`` gives
+    each row's change from the row above (a path that adds one ingredient a row);
+    ``"first"`` from the first row (an ablation that takes one ingredient out of it at a
+    time). A change is within noise when the two accuracies' intervals overlap
+    (``tinylib.stats.within_noise``).
+    """
+    if against not in CHANGES_AGAINST:
+        raise ValueError(f"against={against!r}: use 'previous' (the row above) or 'first' (the first row)")
+    from tinylib import stats
+
+    rows, found = list(accuracies.items()), []
+    for index, (label, (accuracy, n)) in enumerate(rows[1:], start=1):
+        base, base_n = rows[0 if against == "first" else index - 1][1]
+        found.append((label, accuracy - base, stats.within_noise(accuracy, n, base, base_n, confidence)))
+    return found
+
+
+def accuracy_table(accuracies: dict, *, changes: str | None = "previous", confidence: float = 0.95,
                    name: str = "val top-1", columns: dict | None = None):
-    """A pandas DataFrame of accuracies with their intervals, and the change from each row above.
+    """A pandas DataFrame of accuracies with their intervals, and each row's change.
 
     ``accuracies`` maps a label to ``(accuracy, images)``; ``columns`` optionally maps
-    the label to more columns, shown first. With ``changes``, each row gives its change
-    from the row above and whether it is within noise (``tinylib.stats.within_noise``);
-    with ``changes="first"``, its change from the first row (an ablation that takes one
-    ingredient out of the first row at a time).
+    the label to more columns, shown first. ``changes`` ("previous", "first" or None)
+    adds each row's change and whether it is within noise (``accuracy_changes``).
     """
-    if changes not in (True, False, "first"):
-        raise ValueError(f"changes={changes!r}: use True (from the row above), 'first' or False")
+    if changes is not None and changes not in CHANGES_AGAINST:
+        raise ValueError(f"changes={changes!r}: use 'previous' (the row above), 'first' (the first row) or None")
     import pandas as pd
 
     from tinylib import stats
 
-    rows, previous = {}, None
+    rows = {}
     for label, (accuracy, n) in accuracies.items():
         low, high = stats.accuracy_interval(round(accuracy * n), n, confidence)
-        row = {**(columns or {}).get(label, {}), name: f"{accuracy:.1%}",
-               f"{confidence:.0%} interval": f"{low:.1%} to {high:.1%}"}
+        rows[label] = {**(columns or {}).get(label, {}), name: f"{accuracy:.1%}",
+                       f"{confidence:.0%} interval": f"{low:.1%} to {high:.1%}"}
         if changes:
-            row["change"], row["within noise?"] = "", ""
-            if previous is not None:
-                row["change"] = f"{accuracy - previous[0]:+.1%}"
-                row["within noise?"] = "yes" if stats.within_noise(accuracy, n, *previous, confidence) else "no"
-            if previous is None or changes is True:
-                previous = (accuracy, n)
-        rows[label] = row
+            rows[label] |= {"change": "", "within noise?": ""}
+    for label, change, noise in (accuracy_changes(accuracies, against=changes, confidence=confidence)
+                                 if changes else []):
+        rows[label] |= {"change": f"{change:+.1%}", "within noise?": "yes" if noise else "no"}
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.index.name = "run"
     return table
@@ -377,23 +400,27 @@ def study_table(confidence: float = 0.95):
                                    for model, row in STUDY_RESULTS.items()}).rename_axis("model")
 
 
-def runs_table(records, *, changes: bool | str = False, confidence: float = 0.95):
+def _records(records) -> dict:
+    """{label: record} from a mapping of labels to records, ``Run``s or run folders."""
+    from tinylib.runs import load_run
+
+    return {label: item if isinstance(item, dict) else getattr(item, "record", None) or load_run(item)
+            for label, item in records.items()}
+
+
+def runs_table(records, *, changes: str | None = None, confidence: float = 0.95):
     """A pandas DataFrame of runs, one row each, for a chapter to show.
 
     ``records`` maps a label to a record, a ``Run`` or a run folder. Each best
     validation top-1 comes with its ``confidence`` interval over the validation images
-    (``tinylib.stats``); with ``changes``, each row also gives its change from the row
-    above (``changes="first"``: from the first row) and whether that change is within
-    noise (the two intervals' test).
+    (``tinylib.stats``); ``changes`` ("previous" or "first") adds each row's change from
+    the row above or from the first row, and whether it is within noise
+    (``accuracy_changes``).
     """
-    from tinylib.runs import load_run
-
-    records = {label: item if isinstance(item, dict) else getattr(item, "record", None) or load_run(item)
-               for label, item in records.items()}
-    accuracies = {label: (r["best_val_top1"], r["dataset"]["val_images"]) for label, r in records.items()}
+    records = _records(records)
     columns = {label: {"weights": r.get("weights", "random"), "parameters": r["parameters"],
                        "epochs": epochs_text(r)} for label, r in records.items()}
-    table = accuracy_table(accuracies, changes=changes, confidence=confidence, name="best val top-1",
+    table = accuracy_table(accuracies_of(records), changes=changes, confidence=confidence, name="best val top-1",
                            columns=columns)
     for label, r in records.items():
         table.loc[label, "best val top-5"] = f"{r['best_val_top5']:.1%}"
@@ -435,8 +462,8 @@ def precision_story(model: str = "model2", policy: str = "mixed_bfloat16",
     stand = _against(fast, n, plain, n)
     verdict = {"within noise of": "within noise of", "above": "above, beyond noise,",
                "below": "below, beyond noise,"}[stand]
-    return (f"Over its first {epochs} epochs at full scale, {title} in {policy} reached {_pct(fast)} validation "
-            f"top-1 at best, {verdict} the {_pct(plain)} of its float32 run over the same epochs "
+    return (f"Over its first {epochs} epochs at full scale, {title} in {policy} reached {pct(fast)} validation "
+            f"top-1 at best, {verdict} the {pct(plain)} of its float32 run over the same epochs "
             f"(from the same initial weights and batches); final training loss "
             f"{check[policy]['loss'][-1]:.3f} against {check['float32']['loss'][-1]:.3f}. The {policy} run "
             f"trained {run.get('train_images_per_second', float('nan')):,.0f} images/s on "
