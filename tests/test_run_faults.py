@@ -698,13 +698,14 @@ def test_early_stopping_restores_the_best_weights_only_when_the_run_ends(tmp_pat
 # --- a kill at every change a run makes to its folder ------------------------------------------
 
 
-def kill_at_every_change(tmp_path, stride: int = 1, **flags) -> int:
-    """Train straight; then, for each change k the run makes to its folder (every ``stride``-th),
-    kill a fresh run right after change k and run it again: it must end with the straight
-    run's final weights and history. Returns how many changes the run makes."""
+def kill_at_every_change(tmp_path, stride: int = 1, epochs: int = 3, **flags) -> int:
+    """Train straight for ``epochs``; then, for each change k the run makes to its folder
+    (every ``stride``-th), kill a fresh run right after change k and run it again: it must
+    end with the straight run's final weights and history. Returns how many changes the run
+    makes."""
     import numpy as np
 
-    straight = _drive(tmp_path, epochs=3, NAME="straight", CHANGES=tmp_path / "changes.txt", **flags)
+    straight = _drive(tmp_path, epochs=epochs, NAME="straight", CHANGES=tmp_path / "changes.txt", **flags)
     assert straight.returncode == 0, straight.stderr[-3000:]
     count = int((tmp_path / "changes.txt").read_text())
     expected = np.load(tmp_path / "straight-weights-at-end.npy")
@@ -712,19 +713,19 @@ def kill_at_every_change(tmp_path, stride: int = 1, **flags) -> int:
     failures = []
     with ForkingDriver(tmp_path) as driver:
         for k in range(1, count + 1, stride):
-            failures.extend(_kill_and_resume(tmp_path, driver, k, expected, history, flags))
+            failures.extend(_kill_and_resume(tmp_path, driver, k, expected, history, epochs, flags))
     assert not failures, f"{len(failures)} of the {count} changes:\n" + "\n".join(failures)
     return count
 
 
-def _kill_and_resume(tmp_path, driver, k, expected, history, flags) -> list[str]:
+def _kill_and_resume(tmp_path, driver, k, expected, history, epochs, flags) -> list[str]:
     """Kill a fresh run right after its change k, run it again, and say how it differs."""
     import numpy as np
 
     name = f"killed-at-{k}"
-    died = driver.drive(epochs=3, NAME=name, KILL_AT=k, **flags)
+    died = driver.drive(epochs=epochs, NAME=name, KILL_AT=k, **flags)
     assert died.returncode == -signal.SIGKILL, (k, died.stderr[-3000:])
-    again = driver.drive(epochs=3, NAME=name, **flags)
+    again = driver.drive(epochs=epochs, NAME=name, **flags)
     if again.returncode != 0:
         return [f"change {k}: the resume failed: {again.stderr.strip().splitlines()[-1:]}"]
     weights = np.load(tmp_path / f"{name}-weights-at-end.npy")
@@ -756,10 +757,11 @@ def test_a_kill_at_every_change_resumes_to_the_same_run_on_jax(tmp_path, run_dir
     variables) its own way, and the other end of a run: without early stopping the run ends
     with its last epoch's weights, and that epoch's checkpoint becomes the final one under a
     second name (a hard link), not a second write. (The TensorFlow sweep above ends with
-    early stopping's restore, which writes the final weights.)"""
+    early stopping's restore, which writes the final weights.) Two epochs: a third would
+    repeat the second's changes, which the TensorFlow sweep kills at already."""
     pytest.importorskip("jax")
     monkeypatch.setenv("KERAS_BACKEND", "jax")  # _drive passes it to the children
-    assert kill_at_every_change(tmp_path, EVERY=0) > 10
+    assert kill_at_every_change(tmp_path, epochs=2, EVERY=0) > 10
 
 
 def test_a_final_checkpoint_is_written_only_where_the_end_changed_the_weights(tmp_path, smoke, monkeypatch):

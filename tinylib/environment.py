@@ -146,7 +146,7 @@ def automatic_precision(backend: str | None = None, gpu: bool | None = None, fla
     return "float32"
 
 
-_RUN_POLICY: list[str] = []  # the policy a resumed run began with, while it trains (see run_precision)
+_RUN_POLICY: list[str] = []  # the policy a resumed run began with, while it trains (see resumed_run_precision)
 _AUTOMATIC = [True]  # whether the policy in force came from 'auto'
 
 
@@ -156,7 +156,7 @@ def configure_precision(policy: str = "auto") -> str:
     'auto' is ``TINYLIB_PRECISION`` when set (CI uses it to run the chapters with the
     precision a GPU gets), else :func:`automatic_precision`: mixed bfloat16 on a GPU and
     on a CPU with bfloat16 instructions (TensorFlow), float32 elsewhere. While a resumed
-    run trains (:func:`run_precision`), 'auto' is the policy that run began with.
+    run trains (:func:`resumed_run_precision`), 'auto' is the policy that run began with.
     """
     _AUTOMATIC[0] = policy == "auto"
     if policy == "auto":
@@ -178,7 +178,7 @@ def using_precision(policy: str):
 
 
 @contextlib.contextmanager
-def run_precision(recorded: str | None):
+def resumed_run_precision(recorded: str | None):
     """Build and train a resumed run in the precision it began with, when the precision
     in force was chosen automatically: a run started in float32 and continued on a
     machine where 'auto' now means bfloat16 stays the run it was. An explicit policy is

@@ -298,7 +298,7 @@ IDENTITY = ("model", "parameters", "weights", "augmentation", "optimizer", "lear
 
 def recorded_precision(path: Path) -> str | None:
     """The dtype policy of the run in ``path`` (its record is written when it starts), else
-    None: a resumed run keeps its precision (``environment.run_precision``)."""
+    None: a resumed run keeps its precision (``environment.resumed_run_precision``)."""
     record = read_record(path)
     policy = record.get("dtype_policy") if isinstance(record, dict) else None
     return policy if isinstance(policy, str) else None

@@ -495,7 +495,7 @@ def train_model(model_name: str, data, profile=None, *, augment: bool = True, bu
                             suffix=fit_kwargs.get("suffix", ""), name=fit_kwargs.get("name"),
                             runs=fit_kwargs.get("runs"))
         recorded = recorded_precision(folder)
-    with environment.run_precision(recorded), environment.parallel_scope(devices):
+    with environment.resumed_run_precision(recorded), environment.parallel_scope(devices):
         build_options = dict(build_options or {})
         if recipe is not None:
             build_options.update(recipe=recipe, epochs=fit_kwargs.get("epochs"),
