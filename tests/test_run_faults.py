@@ -605,6 +605,21 @@ def test_early_stopping_keeps_its_patience_and_best_weights_across_a_resume(tmp_
     assert np.isfinite(probe.seen[0])
 
 
+def test_early_stopping_among_the_extra_callbacks_is_refused_before_any_training(tmp_path, smoke):
+    """An extra callback sees Keras begin and end training around every epoch: early stopping
+    there would forget its patience and restore its best weights after each epoch."""
+    import keras
+
+    from tinylib import train
+
+    ds, profile = smoke
+    for extra in (keras.callbacks.EarlyStopping(patience=10), keras.callbacks.ReduceLROnPlateau()):
+        with pytest.raises(ValueError, match=r"callbacks=\['early_stopping'"):
+            train.fit(_tiny(ds.num_classes), ds, profile, epochs=2, runs=tmp_path / "runs",
+                      extra_callbacks=[extra], verbose=0)
+    assert not (tmp_path / "runs").exists()  # refused before a run folder was made
+
+
 def test_progress_lines_read_well_in_a_log(tmp_path, smoke, capsys):
     from tinylib import progress, train
 

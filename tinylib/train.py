@@ -63,7 +63,9 @@ def fit(model: keras.Model, data, profile: Profile | str | None = None, *, name:
     """Train ``model`` on ``data`` (a ``TinyImageNet`` subset) as ``profile`` says.
 
     ``callbacks`` is 'study' (what the study used for this model), or a list of
-    names for ``make_callbacks``.  With ``resume`` (the default), a run folder
+    names for ``make_callbacks``; ``extra_callbacks`` are Keras callbacks that watch
+    (early stopping and rate reductions go in ``callbacks``, whose state the run keeps
+    from epoch to epoch: see ``_refuse_stateful_extras``).  With ``resume`` (the default), a run folder
     that holds a checkpoint continues from its last finished epoch; a finished
     run is returned as it is.  Asking a run (finished or not) for more epochs
     than it planned continues it, with a learning-rate schedule re-planned over
@@ -96,6 +98,7 @@ def fit(model: keras.Model, data, profile: Profile | str | None = None, *, name:
     batch_size = batch_size or profile.batch_size * environment.device_count()
     recipe = getattr(model, "tinylib_recipe", None)
     _check_schedule_length(model, recipe, epochs)
+    _refuse_stateful_extras(extra_callbacks)
     seed = profile.seed if seed is None else int(seed)
     path = run_folder(model.name, profile, recipe=recipe, seed=seed, suffix=suffix, name=name, runs=runs)
     path.mkdir(parents=True, exist_ok=True)
@@ -337,6 +340,23 @@ def _train(run: Run, model, data, seed, epochs, batch_size, callbacks, extra_cal
 
     last = run.path / epoch_checkpoint_name(run.epochs_done) if run.epochs_done and not run.partial else None
     _end_and_finish(run, end, loaded=last)
+
+
+def _refuse_stateful_extras(extra_callbacks) -> None:
+    """Refuse early stopping or a rate reduction among ``extra_callbacks``, saying what to pass.
+
+    A run fits one epoch at a time, so Keras begins and ends training around every
+    epoch: such a callback passed as an extra would forget its patience at each epoch's
+    start and put its best weights back at each epoch's end, and train another run than
+    the one asked for. The run keeps the state of ``callbacks`` across epochs and resumes.
+    """
+    from tinylib.checkpointing import CALLBACK_STATE
+
+    stateful = [type(c).__name__ for c in extra_callbacks if isinstance(c, tuple(CALLBACK_STATE))]
+    if stateful:
+        raise ValueError(f"{', '.join(stateful)} in extra_callbacks would start again at every epoch (a run "
+                         "fits one epoch at a time): pass callbacks=['early_stopping', 'reduce_lr_on_plateau'] "
+                         "instead, whose state the run keeps from epoch to epoch and across a resume")
 
 
 def _hold_train_end(callbacks) -> list:
