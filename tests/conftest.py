@@ -134,6 +134,17 @@ def run_on_jax(tmp_path):
     return run
 
 
+@pytest.fixture(scope="session")
+def forks():
+    """``forks.run(argv, env=..., cwd=...)``: ``python *argv`` in a fresh process whose imports
+    were done once for this worker (tests/forks.py)."""
+    from forks import ForkServer
+
+    server = ForkServer()
+    yield server
+    server.close()
+
+
 def pytest_collection_modifyitems(config, items):
     """The browser test last: it builds the site from the chapters nbval ran earlier in
     the same session (book/conftest.py keeps them), instead of running them again.

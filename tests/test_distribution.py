@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -35,21 +33,20 @@ print(json.dumps({name: {k: run.record[k] for k in ("history", "devices", "batch
 '''
 
 
-def _on_two_jax_devices(script: str, tmp_path, tiny_env, synthetic):
+def _on_two_jax_devices(forks, script: str, tmp_path, tiny_env, synthetic):
     """Run ``script`` on JAX with the CPU split into two devices; its last line, as JSON."""
     pytest.importorskip("jax")
     env = {**os.environ, "KERAS_BACKEND": "jax", "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
            "TINYLIB_DATA": str(synthetic), "TINYLIB_HOME": str(tiny_env), "PYTHONPATH": str(REPO),
            "TF_CPP_MIN_LOG_LEVEL": "3"}
-    result = subprocess.run([sys.executable, "-c", script, str(tmp_path / "runs")], env=env, capture_output=True,
-                            text=True, timeout=600, cwd=tmp_path)
+    result = forks.run(["-c", script, tmp_path / "runs"], env=env, cwd=tmp_path)  # tests/forks.py
     assert result.returncode == 0, result.stderr[-4000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.slow
-def test_two_devices_train_like_one_device_with_the_same_global_batch(tmp_path, tiny_env, synthetic):
-    runs = _on_two_jax_devices(SCRIPT, tmp_path, tiny_env, synthetic)
+def test_two_devices_train_like_one_device_with_the_same_global_batch(forks, tmp_path, tiny_env, synthetic):
+    runs = _on_two_jax_devices(forks, SCRIPT, tmp_path, tiny_env, synthetic)
     assert (runs["one"]["devices"], runs["one"]["batch_size"]) == (1, 16)
     assert (runs["two"]["devices"], runs["two"]["batch_size"]) == (2, 16)  # the profile's 8 on each device
     for key in ("loss", "val_loss", "accuracy"):
@@ -80,7 +77,7 @@ print(json.dumps({k: runs["head"].record[k] for k in ("devices", "batch_size", "
 
 
 @pytest.mark.slow
-def test_fine_tuning_uses_every_device(tmp_path, tiny_env, synthetic):
-    head = _on_two_jax_devices(FINE_TUNE_SCRIPT, tmp_path, tiny_env, synthetic)
+def test_fine_tuning_uses_every_device(forks, tmp_path, tiny_env, synthetic):
+    head = _on_two_jax_devices(forks, FINE_TUNE_SCRIPT, tmp_path, tiny_env, synthetic)
     assert head["finished"] and (head["devices"], head["batch_size"]) == (2, 8)
     assert all(value == value for value in head["history"]["loss"])  # a number, not NaN

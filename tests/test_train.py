@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -47,15 +46,14 @@ DRIVER = textwrap.dedent("""
 """)
 
 
-def _train(tmp_path: Path, model: str, backend: str, kill: bool) -> subprocess.CompletedProcess:
+def _train(forks, tmp_path: Path, model: str, backend: str, kill: bool) -> subprocess.CompletedProcess:
     env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
     env.pop("KILL", None)
     if kill:
         env["KILL"] = "1"
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
-    return subprocess.run([sys.executable, str(driver), model, str(tmp_path / "runs")], env=env,
-                          capture_output=True, text=True, timeout=900)
+    return forks.run([driver, model, tmp_path / "runs"], env=env, timeout=900)  # tests/forks.py
 
 
 # Each case holds state the small model of tests/test_run_faults.py (killed at every change to
@@ -73,17 +71,17 @@ CASES = [(model, "tensorflow") for model in TENSORFLOW_CASES] + [("resnet18", "j
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("model", "backend"), CASES)
-def test_smoke_training_resumes_after_a_kill_mid_epoch(tmp_path, tiny_env, synthetic, monkeypatch, model, backend):
+def test_smoke_training_resumes_after_a_kill_mid_epoch(forks, tmp_path, tiny_env, synthetic, monkeypatch, model, backend):
     pytest.importorskip(backend)
     monkeypatch.setenv("TINYLIB_DATA", str(synthetic))
-    killed = _train(tmp_path, model, backend, kill=True)
+    killed = _train(forks, tmp_path, model, backend, kill=True)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     recipe = "-modern" if model in NEW_MODELS else ""
     run_dir = tmp_path / "runs" / f"{model}-smoke-{backend}{recipe}"
     state = json.loads((run_dir / "state.json").read_text())
     assert state["epochs_done"] == 1  # epoch 2 was cut off half way
 
-    resumed = _train(tmp_path, model, backend, kill=False)
+    resumed = _train(forks, tmp_path, model, backend, kill=False)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Resuming" in resumed.stdout
     record = json.loads((run_dir / "record.json").read_text())

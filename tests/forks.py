@@ -1,0 +1,162 @@
+"""Fresh Python processes without paying the imports each time: forks of a server that
+imported Keras, its backend and tinylib once.
+
+Importing TensorFlow through tinylib takes 6 s on a fast 2-core CPU and 17 s on a slow
+one, and the tests that train in a process of their own (to kill it, to resume it, to run
+the command line) started dozens. Each fork is a real process that is really killed, with
+its own environment, arguments, working folder and output files; it starts from the state
+a fresh process has after its imports, because the server runs nothing else. A test that
+checks what happens *while* importing (tests/test_startup.py) keeps a fresh interpreter.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Settings read while importing (by Keras, TensorFlow or tinylib), not when training: a
+# request whose values differ from a server's goes to a server started with its own.
+# (PYTHONPATH is applied in each child; what the imports print goes to the server's log.)
+IMPORT_TIME = ("KERAS_BACKEND", "TF_ENABLE_ONEDNN_OPTS", "XLA_FLAGS", "CUDA_VISIBLE_DEVICES", "KERAS_HOME",
+               "TINYLIB_FUSED_BATCHNORM")
+
+SERVER = textwrap.dedent("""
+    import ctypes, json, os, runpy, signal, sys, traceback
+
+    def die_with_parent():  # Linux: a child that outlives its parent is killed, not orphaned
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+    die_with_parent()
+    cache = sys.argv[1]
+    import keras, numpy as np
+    from tinylib import augment, data, models, startup, train
+    from tinylib.profiles import Profile
+    if keras.backend.backend() == "jax":  # the children compile the same steps: once, on disk
+        import jax
+        try:  # keras.utils.set_random_seed imports TensorFlow where it is installed, on any backend
+            import tensorflow
+        except ImportError:
+            pass
+        jax.config.update("jax_compilation_cache_dir", cache)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    print(json.dumps({"ready": os.getpid()}), flush=True)
+
+    def run(request):  # in the child: what `python ARGV...` would do
+        os.environ.clear()
+        os.environ.update(request["env"])
+        os.chdir(request["cwd"])
+        sys.path[1:1] = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+        startup.install()  # what importing tinylib does to this environment, as in a fresh process
+        argv = request["argv"]
+        if argv[0] == "-m":
+            sys.path[0] = os.getcwd()
+            sys.argv = [argv[1], *argv[2:]]
+            runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
+        elif argv[0] == "-c":
+            sys.path[0] = ""
+            sys.argv = ["-c", *argv[2:]]
+            exec(compile(argv[1], "<string>", "exec"), {"__name__": "__main__"})
+        else:
+            sys.argv = list(argv)
+            sys.path[0] = os.path.dirname(os.path.abspath(argv[0]))
+            runpy.run_path(argv[0], run_name="__main__")
+
+    for line in sys.stdin:
+        request = json.loads(line)
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                die_with_parent()
+                signal.alarm(request["timeout"])  # a hung child ends with SIGALRM, not the test session
+                out = os.open(request["stdout"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+                err = os.open(request["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+                os.dup2(out, 1)
+                os.dup2(err, 2)
+                run(request)
+                code = 0
+            except SystemExit as stop:
+                code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+                if not isinstance(stop.code, (int, type(None))):
+                    print(stop.code, file=sys.stderr)
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        print(json.dumps({"returncode": os.waitstatus_to_exitcode(status)}), flush=True)
+""")
+
+
+class ForkServer:
+    """One server per set of import-time settings; ``run`` is ``subprocess.run`` for Python."""
+
+    def __init__(self):
+        self.folder = Path(tempfile.mkdtemp(prefix="tinylib-forks-"))
+        (self.folder / "server.py").write_text(SERVER)
+        self.servers: dict[tuple, subprocess.Popen] = {}
+        self.count = 0
+
+    def _server(self, env: dict) -> subprocess.Popen:
+        if "KERAS_BACKEND" not in env:  # the backend a fresh process would choose: this one's
+            import keras
+
+            env = {**env, "KERAS_BACKEND": keras.backend.backend()}
+        key = tuple(env.get(name) for name in IMPORT_TIME)
+        server = self.servers.get(key)
+        if server is None or server.poll() is not None:
+            index = len(self.servers)
+            with open(self.folder / f"server-{index}.log", "w") as log:  # what its imports print
+                server = subprocess.Popen([sys.executable, str(self.folder / "server.py"),
+                                           str(self.folder / f"jax-cache-{index}")],
+                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
+                                          env=env, cwd=REPO)
+            ready = server.stdout.readline()
+            assert ready, f"the fork server died while importing: {(self.folder / f'server-{index}.log').read_text()[-3000:]}"
+            self.servers[key] = server
+        return server
+
+    def run(self, argv: list[str], env: dict | None = None, cwd: str | Path | None = None,
+            timeout: int = 600) -> subprocess.CompletedProcess:
+        """Run ``python *argv`` (a script, ``-m module`` or ``-c code``, then its arguments) in a
+        fork; stdout and stderr come back as text, as with ``capture_output=True, text=True``."""
+        env = {k: str(v) for k, v in (os.environ if env is None else env).items()}
+        server = self._server(env)
+        self.count += 1
+        out, err = self.folder / f"{self.count}.out", self.folder / f"{self.count}.err"
+        request = {"argv": [str(a) for a in argv], "env": env, "cwd": str(cwd or os.getcwd()),
+                   "stdout": str(out), "stderr": str(err), "timeout": int(timeout)}
+        server.stdin.write(json.dumps(request) + "\n")
+        server.stdin.flush()
+        answer = server.stdout.readline()
+        assert answer, f"the fork server died (exit {server.wait()})"
+        result = subprocess.CompletedProcess([sys.executable, *request["argv"]], json.loads(answer)["returncode"],
+                                             out.read_text(errors="replace"), err.read_text(errors="replace"))
+        out.unlink()
+        err.unlink()
+        return result
+
+    def close(self):
+        for server in self.servers.values():
+            server.stdin.close()  # the server's loop ends
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+        self.servers.clear()
+        shutil.rmtree(self.folder, ignore_errors=True)
