@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from tinylib import results
+from tinylib.results import pct
+
 TREND_EPOCHS = 5  # the recent stretch whose least-squares slope says "still rising"
 
 
@@ -63,8 +66,6 @@ def _points(fraction: float) -> str:
 def gap_story(model: str, folder=None) -> str:
     """A paragraph (Markdown) on why a model's full-scale run stands where it does against
     the study's validation figure, read from its record; "" without a record or a study row."""
-    from tinylib import results
-
     study = results.STUDY_RESULTS.get(model)
     record = results.full_scale_records(folder).get(model)
     if study is None or record is None or not (record.get("history") or {}).get("val_accuracy"):
@@ -73,7 +74,7 @@ def gap_story(model: str, folder=None) -> str:
     reached = _first_epoch_at(_curves(record)[0], study["val"])
     if reached is not None:
         return (f"**Against the study's figure:** its validation accuracy first reached the study's "
-                f"{results.pct(study['val'])} at epoch {reached} of the {facts['epochs']} it ran.")
+                f"{pct(study['val'])} at epoch {reached} of the {facts['epochs']} it ran.")
     sentences = [*_gap_sentences(facts, study), *_fit_sentences(record, study), *_trend_sentences(facts),
                  *_end_sentences(facts, *results.run_end(record))]
     return " ".join(sentences)
@@ -81,8 +82,6 @@ def gap_story(model: str, folder=None) -> str:
 
 def _gap_sentences(facts: dict, study: dict) -> list[str]:
     """How far the best epoch is below the study's figure, in points and in epoch-to-epoch swings."""
-    from tinylib.results import pct
-
     gap = study["val"] - facts["best_val"]
     sentences = [f"**Why it is short of the study's {pct(study['val'])}:** its best epoch ({facts['best_epoch']} "
                  f"of {facts['epochs']}) is {_points(gap)} points below it."]
@@ -96,8 +95,6 @@ def _gap_sentences(facts: dict, study: dict) -> list[str]:
 def _fit_sentences(record: dict, study: dict) -> list[str]:
     """Whether the run fit its training images as far as the study's model did, and what
     the train-validation gap against the study's says about the training task's difficulty."""
-    from tinylib.results import pct
-
     val, train = _curves(record)
     at_study_fit = _first_epoch_at(train, study["train"])
     if at_study_fit is not None:

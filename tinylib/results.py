@@ -352,8 +352,9 @@ def accuracy_changes(accuracies: dict, *, against: str = "previous", confidence:
     time). A change is within noise when the two accuracies' intervals overlap
     (``tinylib.stats.within_noise``).
     """
-    if against not in CHANGES_AGAINST:
-        raise ValueError(f"against={against!r}: use 'previous' (the row above) or 'first' (the first row)")
+    if against not in CHANGES_AGAINST:  # accuracy_table's and runs_table's changes= too
+        raise ValueError(f"{against!r}: compare each row with 'previous' (the row above) or 'first' (the first "
+                         f"row); a table without changes takes changes=None")
     from tinylib import stats
 
     rows, found = list(accuracies.items()), []
@@ -371,8 +372,6 @@ def accuracy_table(accuracies: dict, *, changes: str | None = "previous", confid
     the label to more columns, shown first. ``changes`` ("previous", "first" or None)
     adds each row's change and whether it is within noise (``accuracy_changes``).
     """
-    if changes is not None and changes not in CHANGES_AGAINST:
-        raise ValueError(f"changes={changes!r}: use 'previous' (the row above), 'first' (the first row) or None")
     import pandas as pd
 
     from tinylib import stats
@@ -382,10 +381,10 @@ def accuracy_table(accuracies: dict, *, changes: str | None = "previous", confid
         low, high = stats.accuracy_interval(round(accuracy * n), n, confidence)
         rows[label] = {**(columns or {}).get(label, {}), name: f"{accuracy:.1%}",
                        f"{confidence:.0%} interval": f"{low:.1%} to {high:.1%}"}
-        if changes:
+        if changes is not None:
             rows[label] |= {"change": "", "within noise?": ""}
     for label, change, noise in (accuracy_changes(accuracies, against=changes, confidence=confidence)
-                                 if changes else []):
+                                 if changes is not None else []):
         rows[label] |= {"change": f"{change:+.1%}", "within noise?": "yes" if noise else "no"}
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.index.name = "run"
