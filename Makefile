@@ -22,10 +22,6 @@ INSTALLER ?= uv
 # the library's tests on the other (tests/conftest.py groups them). PYTEST_WORKERS=0
 # runs everything in one process.
 PYTEST_WORKERS ?= 2
-# Each worker's TensorFlow (and the notebooks' kernels, and the processes a test starts)
-# gets its share of the cores, not all of them: two workers each running two threads on
-# two cores spend time switching between them.
-TEST_THREADS ?= $(shell $(PYTHON) -c 'import os; cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(); print(max(1, (cores or 1) // max(1, $(PYTEST_WORKERS))))')
 
 BUILD         := book/_build
 # The execution cache is keyed by each notebook's code alone, so outputs cached under
@@ -78,8 +74,7 @@ book: $(STAMP)
 	@echo "The site is in book/_build/html (open book/_build/html/index.html)."
 
 test: $(STAMP)
-	TF_NUM_INTRAOP_THREADS=$(TEST_THREADS) TF_NUM_INTEROP_THREADS=1 OMP_NUM_THREADS=$(TEST_THREADS) \
-	  $(BIN)/python -m pytest --durations=30 -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --durations=30 -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(BUILD)/html $(BUILD)/.doctrees $(BUILD)/jupyter_execute $(BUILD)/screenshots

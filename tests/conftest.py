@@ -112,14 +112,12 @@ def real_data_path() -> Path:
 
 
 @pytest.fixture
-def run_on_jax(tmp_path):
-    """Run a script in a fresh process on the JAX backend; returns the finished process.
+def run_on_jax(tmp_path, forks):
+    """Run a script in a process of its own on the JAX backend (a fork of tests/forks.py's
+    JAX server); returns the finished process.
 
     For the tests that check a backend other than the one the suite runs on.
     """
-    import subprocess
-    import sys
-
     pytest.importorskip("jax")
     tests = Path(__file__).resolve().parent
 
@@ -128,8 +126,7 @@ def run_on_jax(tmp_path):
                "PYTHONPATH": os.pathsep.join([str(tests.parent), str(tests)])}
         script = tmp_path / name
         script.write_text(script_text)
-        return subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
-                              timeout=timeout)
+        return forks.run([script], env=env, timeout=timeout)
 
     return run
 

@@ -29,7 +29,7 @@ IMPORT_TIME = ("KERAS_BACKEND", "TF_ENABLE_ONEDNN_OPTS", "XLA_FLAGS", "CUDA_VISI
                "TINYLIB_FUSED_BATCHNORM")
 
 SERVER = textwrap.dedent("""
-    import ctypes, json, os, runpy, signal, sys, traceback
+    import ctypes, json, os, runpy, signal, sys, time, traceback
 
     def die_with_parent():  # Linux: a child that outlives its parent is killed, not orphaned
         try:
@@ -79,6 +79,7 @@ SERVER = textwrap.dedent("""
         if pid == 0:
             code = 1
             try:
+                os.setsid()  # a group of its own: a kill reaches the processes it starts too
                 die_with_parent()
                 signal.alarm(request["timeout"])  # a hung child ends with SIGALRM, not the test session
                 out = os.open(request["stdout"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
@@ -97,7 +98,16 @@ SERVER = textwrap.dedent("""
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(code)
-        _, status = os.waitpid(pid, 0)
+        if request.get("kill_after") is None:
+            _, status = os.waitpid(pid, 0)
+        else:  # a job limit's SIGKILL at that moment, to the child and every process it started
+            deadline = time.monotonic() + request["kill_after"]
+            while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if done[0] == 0:
+                os.killpg(pid, signal.SIGKILL)
+                done = os.waitpid(pid, 0)
+            status = done[1]
         print(json.dumps({"returncode": os.waitstatus_to_exitcode(status)}), flush=True)
 """)
 
@@ -131,15 +141,16 @@ class ForkServer:
         return server
 
     def run(self, argv: list[str], env: dict | None = None, cwd: str | Path | None = None,
-            timeout: int = 600) -> subprocess.CompletedProcess:
+            timeout: int = 600, kill_after: float | None = None) -> subprocess.CompletedProcess:
         """Run ``python *argv`` (a script, ``-m module`` or ``-c code``, then its arguments) in a
-        fork; stdout and stderr come back as text, as with ``capture_output=True, text=True``."""
+        fork; stdout and stderr come back as text, as with ``capture_output=True, text=True``.
+        ``kill_after`` seconds: SIGKILL it and every process it started then, if still running."""
         env = {k: str(v) for k, v in (os.environ if env is None else env).items()}
         server = self._server(env)
         self.count += 1
         out, err = self.folder / f"{self.count}.out", self.folder / f"{self.count}.err"
         request = {"argv": [str(a) for a in argv], "env": env, "cwd": str(cwd or os.getcwd()),
-                   "stdout": str(out), "stderr": str(err), "timeout": int(timeout)}
+                   "stdout": str(out), "stderr": str(err), "timeout": int(timeout), "kill_after": kill_after}
         server.stdin.write(json.dumps(request) + "\n")
         server.stdin.flush()
         answer = server.stdout.readline()
