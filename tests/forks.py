@@ -25,8 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 # Settings read while importing (by Keras, TensorFlow or tinylib), not when training: a
 # request whose values differ from a server's goes to a server started with its own.
 # (PYTHONPATH is applied in each child; what the imports print goes to the server's log.)
-IMPORT_TIME = ("KERAS_BACKEND", "TF_ENABLE_ONEDNN_OPTS", "XLA_FLAGS", "CUDA_VISIBLE_DEVICES", "KERAS_HOME",
-               "TINYLIB_FUSED_BATCHNORM")
+IMPORT_TIME = ("KERAS_BACKEND", "TF_ENABLE_ONEDNN_OPTS", "XLA_FLAGS", "CUDA_VISIBLE_DEVICES", "KERAS_HOME")
 
 SERVER = textwrap.dedent("""
     import ctypes, json, os, runpy, signal, sys, time, traceback
@@ -39,7 +38,7 @@ SERVER = textwrap.dedent("""
 
     die_with_parent()
     cache = sys.argv[1]
-    import keras, numpy as np
+    import keras, numpy as np  # what the children import, imported here once
     from tinylib import augment, data, models, startup, train
     from tinylib.profiles import Profile
     if keras.backend.backend() == "jax":  # the children compile the same steps: once, on disk

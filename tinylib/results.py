@@ -376,6 +376,7 @@ def accuracy_table(accuracies: dict, *, changes: str | None = "previous", confid
 
     from tinylib import stats
 
+    found = [] if changes is None else accuracy_changes(accuracies, against=changes, confidence=confidence)
     rows = {}
     for label, (accuracy, n) in accuracies.items():
         low, high = stats.accuracy_interval(round(accuracy * n), n, confidence)
@@ -383,8 +384,7 @@ def accuracy_table(accuracies: dict, *, changes: str | None = "previous", confid
                        f"{confidence:.0%} interval": f"{low:.1%} to {high:.1%}"}
         if changes is not None:
             rows[label] |= {"change": "", "within noise?": ""}
-    for label, change, noise in (accuracy_changes(accuracies, against=changes, confidence=confidence)
-                                 if changes is not None else []):
+    for label, change, noise in found:
         rows[label] |= {"change": f"{change:+.1%}", "within noise?": "yes" if noise else "no"}
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.index.name = "run"
