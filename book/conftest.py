@@ -7,6 +7,7 @@ library's tests in tests/ see the environment unchanged.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import tempfile
@@ -34,6 +35,19 @@ GIVEN_RUNS_ENV = "TINYLIB_NOTEBOOK_RUNS"
 EXECUTED_ENV = "TINYLIB_TEST_EXECUTED_NOTEBOOKS"
 EXECUTED = pytest.StashKey[str]()
 FAILED = pytest.StashKey[set]()
+# The chapters' kernels are forks of one server that imported TensorFlow once
+# (tests/forked_kernel.py), not fifteen fresh kernels that each import it: set this to 1
+# for fresh ones.
+FRESH_KERNELS_ENV = "TINYLIB_TEST_FRESH_KERNELS"
+KERNELS = pytest.StashKey[object]()
+
+
+def _forked_kernel_module():
+    path = Path(__file__).resolve().parents[1] / "tests" / "forked_kernel.py"
+    spec = importlib.util.spec_from_file_location("tinylib_tests_forked_kernel", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 try:
@@ -80,6 +94,13 @@ def pytest_configure(config):
     config.stash[EXECUTED] = tempfile.mkdtemp(prefix="tinylib-test-executed-")
     config.stash[FAILED] = set()
     os.environ[EXECUTED_ENV] = config.stash[EXECUTED]
+    # --nbval-current-env (pyproject's addopts) asks for this Python's kernel: the forked
+    # kernel is that kernel, started by a server in this Python (POSIX only: fork).
+    if config.option.nbval_current_env and os.name == "posix" and os.environ.get(FRESH_KERNELS_ENV) != "1":
+        forked = _forked_kernel_module()
+        config.stash[KERNELS] = (forked, forked.KernelServer())
+        config.option.nbval_current_env = False
+        config.option.nbval_kernel_name = forked.KERNEL_NAME
 
 
 def _is_notebook_cell(item) -> bool:
@@ -116,7 +137,14 @@ def pytest_runtest_teardown(item, nextitem):
 
 
 def notebook_environment(config) -> dict[str, str]:
+    kernels = {}
+    if KERNELS in config.stash:  # where nbval finds the forked kernel's spec, and the kernel its server
+        forked, server = config.stash[KERNELS]
+        spec = forked.write_kernel_spec(server.folder / "jupyter")
+        kernels = {"JUPYTER_PATH": os.pathsep.join(filter(None, (str(spec), os.environ.get("JUPYTER_PATH")))),
+                   **server.environment()}
     return {
+        **kernels,
         # The profile in force (CI sets smoke); without one, smoke: seconds per
         # notebook, rather than the hardware default (quick on a CPU, full on a GPU).
         "TINYLIB_PROFILE": os.environ.get("TINYLIB_PROFILE") or "smoke",
@@ -136,6 +164,8 @@ def pytest_runtest_setup(item):
     saved = {name: os.environ.get(name) for name in wanted}
     os.environ.update(wanted)
     try:
+        if KERNELS in item.config.stash and _is_notebook_cell(item):
+            item.config.stash[KERNELS][1].start(dict(os.environ))  # once: imports in the kernels' environment
         return (yield)
     finally:
         for name, value in saved.items():
@@ -146,6 +176,8 @@ def pytest_runtest_setup(item):
 
 
 def pytest_unconfigure(config):
+    if KERNELS in config.stash:
+        config.stash[KERNELS][1].close()
     if EXECUTED in config.stash:
         shutil.rmtree(config.stash[EXECUTED], ignore_errors=True)
         os.environ.pop(EXECUTED_ENV, None)

@@ -317,6 +317,23 @@ def images_without_alt_text(driver) -> list[str]:
     """)
 
 
+def figure_images(driver) -> int:
+    """How many images the chapter's cell outputs show (the figures its cells drew)."""
+    return driver.execute_script("return document.querySelectorAll('article .cell_output img').length;")
+
+
+def figure_cells(name: str) -> int:
+    """How many of the chapter's code cells declare a figure (its alt text, mystnb.image.alt)."""
+    import nbformat
+
+    path = BOOK / f"{name}.ipynb"
+    if not path.is_file():  # a page written in Markdown
+        return 0
+    notebook = nbformat.read(path, as_version=4)
+    return sum(1 for cell in notebook.cells if cell.cell_type == "code"
+               and ((cell.metadata.get("mystnb") or {}).get("image") or {}).get("alt"))
+
+
 def start_up_noise(driver) -> list[str]:
     """TensorFlow's start-up lines on the page (tinylib.startup keeps them off)."""
     from tinylib import startup
@@ -426,6 +443,12 @@ def test_chapter_page(index, site, server, browser, screenshots):
     assert not broken_images(browser), f"{name}: images that did not load: {broken_images(browser)}"
     errors = error_output(browser)
     assert not errors, f"{name}: error output on the page:\n" + "\n".join(errors)
+    # A cell may draw only where there is something to draw (a full-scale record), but a
+    # chapter of figure cells that shows none lost them: a kernel whose matplotlib never
+    # hooked its inline backend into the cells' outputs shows nothing and raises nothing.
+    if figure_cells(name):
+        assert figure_images(browser), (f"{name}: {figure_cells(name)} cells declare a figure, and the page "
+                                        "shows none of them")
     unlabelled = images_without_alt_text(browser)
     assert not unlabelled, f"{name}: figures without alt text (cell metadata mystnb.image.alt): {unlabelled}"
     noise = start_up_noise(browser)
