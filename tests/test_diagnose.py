@@ -73,3 +73,26 @@ def test_no_record_or_no_study_row_tells_nothing(tmp_path):
     assert diagnose.gap_story("model3", tmp_path) == ""
     _record(tmp_path, "resnet9", [0.3, 0.4], [0.3, 0.4])
     assert diagnose.gap_story("resnet9", tmp_path) == ""
+
+
+def test_a_run_on_larger_batches_than_keras_default_is_told_its_steps_against_the_defaults(tmp_path):
+    val, train = [0.10, 0.12, 0.15], [0.05, 0.1, 0.12]
+    _record(tmp_path, "model4", val, train, batch_size=128, learning_rate=1e-4, dataset={"train_images": 100_000})
+    story = diagnose.gap_story("model4", tmp_path)
+    assert "batches of 128 images: 782 optimizer steps an epoch at a learning rate of 0.0001" in story
+    assert "is 32: 3,125 steps an epoch, 4.0 times as many updates" in story
+    _record(tmp_path, "model4", val, train, batch_size=32, learning_rate=1e-4, dataset={"train_images": 100_000})
+    assert "optimizer steps" not in diagnose.gap_story("model4", tmp_path)  # the default: nothing to say
+
+
+def test_keras_default_batch_is_the_one_diagnose_names():
+    """The oracle: Keras' own defaults, in ImageDataGenerator (which the study used) and in fit's documentation."""
+    import inspect
+
+    import keras
+
+    legacy = pytest.importorskip("keras.src.legacy.preprocessing.image")
+    for method in (legacy.ImageDataGenerator.flow, legacy.ImageDataGenerator.flow_from_directory):
+        assert inspect.signature(method).parameters["batch_size"].default == diagnose.KERAS_DEFAULT_BATCH
+    documented = next(c.fit.__doc__ for c in keras.Model.__mro__ if getattr(getattr(c, "fit", None), "__doc__", None))
+    assert f"`batch_size` will default to {diagnose.KERAS_DEFAULT_BATCH}" in " ".join(documented.split())

@@ -17,6 +17,9 @@ from tinylib import results
 from tinylib.results import pct
 
 TREND_EPOCHS = 5  # the recent stretch whose least-squares slope says "still rising"
+# The batch Keras takes when a script names none: Model.fit's default, and that of
+# ImageDataGenerator's flow and flow_from_directory, with which the study fed its models.
+KERAS_DEFAULT_BATCH = 32
 
 
 def _curves(record: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -75,7 +78,8 @@ def gap_story(model: str, folder=None) -> str:
     if reached is not None:
         return (f"**Against the study's figure:** its validation accuracy first reached the study's "
                 f"{pct(study['val'])} at epoch {reached} of the {facts['epochs']} it ran.")
-    sentences = [*_gap_sentences(facts, study), *_fit_sentences(record, study), *_trend_sentences(facts),
+    sentences = [*_gap_sentences(facts, study), *_fit_sentences(record, study), *_batch_sentences(record),
+                 *_trend_sentences(facts),
                  *_end_sentences(facts, *results.run_end(record))]
     return " ".join(sentences)
 
@@ -105,16 +109,32 @@ def _fit_sentences(record: dict, study: dict) -> list[str]:
     side = lambda d: f"{_points(abs(d))} points {'above' if d > 0 else 'below'}"  # noqa: E731
     verdict = ("That is no sign that this run's augmentation and dropout made its training task harder than the "
                "study's: a harder one would hold training accuracy further below validation accuracy, and the "
-               "likelier difference is the number of epochs" if ours >= theirs else
+               "likelier difference is how many training steps each took" if ours >= theirs else
                "That is a sign that this run's training task is harder than the study's was (stronger augmentation or "
                "dropout): a harder one holds training accuracy further below validation accuracy")
     return [f"Its training accuracy (on augmented images, with dropout, as the study measured it) reached "
             f"{pct(float(train.max()))}, below the study's {pct(study['train'])}: this run had not fit its "
-            f"training images as far as the study's model did. Either the study's model trained longer, or "
-            f"its training task was easier (milder augmentation); its slides give neither its epochs nor "
-            f"its augmentation's ranges.",
+            f"training images as far as the study's model did. Either the study's model took more training "
+            f"steps (more epochs, or smaller batches), or its training task was easier (milder augmentation); "
+            f"its slides give none of its epochs, its batch size or its augmentation's ranges.",
             f"At its last epoch its training accuracy sat {side(ours)} its validation accuracy, the "
             f"study's {side(theirs)}. {verdict}."]
+
+
+def _batch_sentences(record: dict) -> list[str]:
+    """The optimizer steps an epoch took, against those of Keras' default batch: at one
+    learning rate, four times the steps is four times the updates an epoch."""
+    batch = record.get("batch_size")
+    images = (record.get("dataset") or {}).get("train_images")
+    if not batch or not images or batch == KERAS_DEFAULT_BATCH:
+        return []
+    steps, default_steps = -(-images // batch), -(-images // KERAS_DEFAULT_BATCH)
+    rate = record.get("learning_rate")
+    at = f" at a learning rate of {rate:g}" if rate else ""
+    return [f"It trained on batches of {batch} images: {steps:,} optimizer steps an epoch{at}. The study's slides "
+            f"give no batch size, and Keras' default (in `fit`, and in `ImageDataGenerator`'s `flow`) is "
+            f"{KERAS_DEFAULT_BATCH}: {default_steps:,} steps an epoch, {default_steps / steps:.1f} times as many "
+            f"updates at the same rate, had the study kept it."]
 
 
 def _trend_sentences(facts: dict) -> list[str]:
