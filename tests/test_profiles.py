@@ -38,3 +38,12 @@ def test_per_model_epochs_override():
     custom = profiles.Profile("x", 2, 2, 1, epochs=5, batch_size=2,
                               model_epochs=profiles.MappingProxyType({"model3": 2}))
     assert custom.epochs_for("model3") == 2 and custom.epochs_for("model1") == 5
+
+
+def test_chapter_9s_batch_exercise_reads_true_of_the_profiles():
+    """Chapter 9's exercise *Epochs, or steps?* says that quick's batch is Keras' default and
+    that four times it is the full profile's: the prose holds only while the profiles do."""
+    from tinylib import diagnose
+
+    quick, full = profiles.get_profile("quick"), profiles.get_profile("full")
+    assert quick.batch_size == diagnose.KERAS_DEFAULT_BATCH and full.batch_size == 4 * quick.batch_size
