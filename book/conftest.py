@@ -98,7 +98,8 @@ def pytest_configure(config):
     # kernel is that kernel, started by a server in this Python (POSIX only: fork).
     if config.option.nbval_current_env and os.name == "posix" and os.environ.get(FRESH_KERNELS_ENV) != "1":
         forked = _forked_kernel_module()
-        config.stash[KERNELS] = (forked, forked.KernelServer())
+        server = forked.KernelServer()
+        config.stash[KERNELS] = (server, forked.write_kernel_spec(server.folder / "jupyter"))
         config.option.nbval_current_env = False
         config.option.nbval_kernel_name = forked.KERNEL_NAME
 
@@ -139,8 +140,7 @@ def pytest_runtest_teardown(item, nextitem):
 def notebook_environment(config) -> dict[str, str]:
     kernels = {}
     if KERNELS in config.stash:  # where nbval finds the forked kernel's spec, and the kernel its server
-        forked, server = config.stash[KERNELS]
-        spec = forked.write_kernel_spec(server.folder / "jupyter")
+        server, spec = config.stash[KERNELS]
         kernels = {"JUPYTER_PATH": os.pathsep.join(filter(None, (str(spec), os.environ.get("JUPYTER_PATH")))),
                    **server.environment()}
     return {
@@ -165,7 +165,7 @@ def pytest_runtest_setup(item):
     os.environ.update(wanted)
     try:
         if KERNELS in item.config.stash and _is_notebook_cell(item):
-            item.config.stash[KERNELS][1].start(dict(os.environ))  # once: imports in the kernels' environment
+            item.config.stash[KERNELS][0].start(dict(os.environ))  # once: imports in the kernels' environment
         return (yield)
     finally:
         for name, value in saved.items():
@@ -177,7 +177,7 @@ def pytest_runtest_setup(item):
 
 def pytest_unconfigure(config):
     if KERNELS in config.stash:
-        config.stash[KERNELS][1].close()
+        config.stash[KERNELS][0].close()
     if EXECUTED in config.stash:
         shutil.rmtree(config.stash[EXECUTED], ignore_errors=True)
         os.environ.pop(EXECUTED_ENV, None)
