@@ -40,6 +40,11 @@ FAILED = pytest.StashKey[set]()
 # for fresh ones.
 FRESH_KERNELS_ENV = "TINYLIB_TEST_FRESH_KERNELS"
 KERNELS = pytest.StashKey[object]()
+# Chapters that keep a fresh kernel all the same, whose import of TensorFlow (and what it
+# prints) happens in the kernel as a reader's does: the site test reads their pages for
+# TensorFlow's start-up lines, which a forked kernel's import leaves in the server's log.
+# The first chapter runs while the server imports, so it costs no time.
+FRESH_KERNEL_CHAPTERS = ("01_introduction",)
 
 
 def _forked_kernel_module():
@@ -96,8 +101,8 @@ def pytest_configure(config):
     os.environ[EXECUTED_ENV] = config.stash[EXECUTED]
     # --nbval-current-env (pyproject's addopts) asks for this Python's kernel: the forked
     # kernel is that kernel, started by a server in this Python (POSIX only: fork).
-    if config.option.nbval_current_env and os.name == "posix" and os.environ.get(FRESH_KERNELS_ENV) != "1":
-        forked = _forked_kernel_module()
+    if getattr(config.option, "nbval_current_env", False) and os.environ.get(FRESH_KERNELS_ENV) != "1" \
+            and (forked := _forked_kernel_module()).usable():
         server = forked.KernelServer()
         config.stash[KERNELS] = (server, forked.write_kernel_spec(server.folder / "jupyter"))
         config.option.nbval_current_env = False
@@ -141,8 +146,7 @@ def notebook_environment(config) -> dict[str, str]:
     kernels = {}
     if KERNELS in config.stash:  # where nbval finds the forked kernel's spec, and the kernel its server
         server, spec = config.stash[KERNELS]
-        kernels = {"JUPYTER_PATH": os.pathsep.join(filter(None, (str(spec), os.environ.get("JUPYTER_PATH")))),
-                   **server.environment()}
+        kernels = {"JUPYTER_PATH": os.pathsep.join(filter(None, (str(spec), os.environ.get("JUPYTER_PATH"))))}
     return {
         **kernels,
         # The profile in force (CI sets smoke); without one, smoke: seconds per
@@ -161,11 +165,14 @@ def pytest_runtest_setup(item):
     """nbval starts a notebook's kernel while setting up its first cell, and the
     kernel copies os.environ then: set the notebooks' environment around setup."""
     wanted = notebook_environment(item.config)
+    if KERNELS in item.config.stash and _is_notebook_cell(item):
+        server = item.config.stash[KERNELS][0]
+        server.start({**os.environ, **wanted})  # once, importing in the kernels' environment
+        if Path(str(item.parent.fspath)).stem not in FRESH_KERNEL_CHAPTERS:
+            wanted.update(server.environment())  # waits for the imports; {} if the server failed
     saved = {name: os.environ.get(name) for name in wanted}
     os.environ.update(wanted)
     try:
-        if KERNELS in item.config.stash and _is_notebook_cell(item):
-            item.config.stash[KERNELS][0].start(dict(os.environ))  # once: imports in the kernels' environment
         return (yield)
     finally:
         for name, value in saved.items():

@@ -13,21 +13,27 @@ server (``SERVER_ENV`` unset, or the server gone) the launcher becomes a fresh
 ``ipykernel_launcher``, so a chapter still runs, only slower.
 
 A chapter starts from the state a fresh kernel has after its imports: the server runs
-nothing else, each child re-reads its environment, and the random generators are
-seeded afresh. Tests of what happens *while* importing keep fresh interpreters
-(tests/test_startup.py).
+nothing else, each child re-reads its environment, puts ``sys.path`` as a fresh kernel
+has it, and seeds the random generators afresh. What happens *while* importing is
+tested in fresh interpreters (tests/test_startup.py) and in the chapters book/conftest.py
+keeps on fresh kernels. Linux only, and not where an NVIDIA GPU is visible: the server's
+import probes the devices, and CUDA does not survive a fork (``usable``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import threading
+import traceback
 from pathlib import Path
 
 SERVER_ENV = "TINYLIB_KERNEL_SERVER"  # the server's socket; the launcher reads it
@@ -42,6 +48,12 @@ PRELOAD = ("keras", "numpy", "pandas", "ipykernel.kernelapp", "tinylib", "tinyli
            "tinylib.results", "tinylib.train")
 
 
+def usable() -> bool:
+    """Whether kernels may be forked here: Linux (PR_SET_PDEATHSIG), and no NVIDIA GPU, whose
+    driver the server's import would initialize before the fork."""
+    return sys.platform == "linux" and not glob.glob("/dev/nvidia[0-9]*")
+
+
 def write_kernel_spec(folder: Path) -> Path:
     """A Jupyter data folder holding the ``tinylib-forked`` kernel spec (put it on JUPYTER_PATH)."""
     spec = folder / "kernels" / KERNEL_NAME
@@ -54,26 +66,41 @@ def write_kernel_spec(folder: Path) -> Path:
 
 
 class KernelServer:
-    """The server process: ``start(env)`` once (it imports in ``env``, the kernels' own),
-    then put ``environment()`` into the kernels' environment; ``close()`` at the end."""
+    """The server process: ``start(env)`` once (it imports in ``env``, the kernels' own) and go
+    on; ``environment()`` is what a kernel's environment needs to be forked (empty where the
+    server could not start: the launcher then starts a fresh kernel); ``close()`` at the end."""
+
+    READY_TIMEOUT = 300  # seconds for the imports
 
     def __init__(self):
         self.folder = Path(tempfile.mkdtemp(prefix="tinylib-kernels-"))
         self.socket = self.folder / "server.sock"
         self.process: subprocess.Popen | None = None
+        self._ready: bool | None = None
 
     def start(self, env: dict) -> None:
-        if self.process is not None and self.process.poll() is None:
-            return
-        with open(self.folder / "server.log", "w") as log:  # what the imports print
-            self.process = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "serve",
-                                             str(self.socket)], stdout=subprocess.PIPE, stderr=log,
-                                            stdin=subprocess.DEVNULL, env=env, text=True)
-        ready = self.process.stdout.readline()
-        assert ready, f"the kernel server died while importing: {(self.folder / 'server.log').read_text()[-3000:]}"
+        """Start the server, once, without waiting for its imports."""
+        if self.process is None:
+            with open(self.folder / "server.log", "w") as log:  # what the imports print
+                self.process = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "serve",
+                                                 str(self.socket)], stdout=subprocess.PIPE, stderr=log,
+                                                stdin=subprocess.DEVNULL, env=env, text=True)
+
+    def ready(self) -> bool:
+        """Wait for the server's imports; False (and why, on stderr) if it did not get there."""
+        if self._ready is None and self.process is not None:
+            line = ""
+            if select.select([self.process.stdout], [], [], self.READY_TIMEOUT)[0]:
+                line = self.process.stdout.readline()
+            self._ready = line.startswith('{"ready"')
+            if not self._ready:
+                log = (self.folder / "server.log").read_text(errors="replace")[-3000:]
+                print(f"forked_kernel: the kernel server did not start; fresh kernels instead\n{log}",
+                      file=sys.stderr, flush=True)
+        return bool(self._ready) and self.process.poll() is None
 
     def environment(self) -> dict:
-        return {SERVER_ENV: str(self.socket)}
+        return {SERVER_ENV: str(self.socket)} if self.ready() else {}
 
     def close(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -99,29 +126,38 @@ def serve(path: str) -> None:
     import importlib
 
     _die_with_parent()
+    server = os.getpid()
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)  # left by a server that was killed
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(8)  # a launcher that comes during the imports waits for them
     preload = os.environ.get(PRELOAD_ENV)
     for module in (preload.split(",") if preload is not None else PRELOAD):
         if module:
             importlib.import_module(module)
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(path)
-    listener.listen(8)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # finished kernels are reaped by the system
-    print(json.dumps({"ready": os.getpid()}), flush=True)
+    print(json.dumps({"ready": server}), flush=True)
     while True:
         conn, _ = listener.accept()
+        fds: list[int] = []
         try:
             _, fds, _, _ = socket.recv_fds(conn, 1, 3)
             request = json.loads(conn.makefile("rb").readline())
         except (OSError, ValueError):
+            for fd in fds:
+                os.close(fd)
             conn.close()
             continue
         pid = os.fork()
         if pid == 0:
             listener.close()
             try:
-                _kernel(conn, request, fds)
+                _kernel(conn, request, fds, server)
+            except BaseException:
+                traceback.print_exc()
             finally:
+                sys.stderr.flush()
                 os._exit(1)
         for fd in fds:
             os.close(fd)
@@ -129,12 +165,15 @@ def serve(path: str) -> None:
         conn.close()
 
 
-def _kernel(conn: socket.socket, request: dict, fds: list[int]) -> None:
+def _kernel(conn: socket.socket, request: dict, fds: list[int], server: int) -> None:
     """In the child: become what ``python -m ipykernel_launcher ARGV`` would be in the request's
-    environment, folder and streams, and die with the launcher."""
+    environment, folder and streams, and die with the launcher or the server."""
     import random
 
     os.setsid()  # a group of its own, so the launcher's death takes what the kernel started too
+    _die_with_parent()  # the server dies with pytest's worker, and its kernels with it
+    if os.getppid() != server:  # it died before that took hold
+        os._exit(1)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # subprocess needs its children back
     for target, fd in zip((0, 1, 2), fds):
         os.dup2(fd, target)
@@ -142,7 +181,9 @@ def _kernel(conn: socket.socket, request: dict, fds: list[int]) -> None:
     os.environ.clear()
     os.environ.update(request["env"])
     os.chdir(request["cwd"])
-    sys.path[0] = os.getcwd()  # as `python -m` puts it
+    # ipykernel_launcher removes the script's folder (here tests/, the server's); the kernel's
+    # shell then puts '' (the working folder) before site-packages, as in a fresh kernel.
+    del sys.path[0]
     random.seed()
     if "numpy" in sys.modules:
         sys.modules["numpy"].random.seed()
@@ -159,12 +200,16 @@ def _kernel(conn: socket.socket, request: dict, fds: list[int]) -> None:
             os.killpg(0, signal.SIGKILL)
 
     threading.Thread(target=watch, name="launcher-watch", daemon=True).start()
-    sys.argv = ["ipykernel_launcher", *request["argv"]]
+    os.register_at_fork(after_in_child=conn.close)  # a process the kernel forks must not hold it open
+    import importlib.util
+
+    sys.argv = [importlib.util.find_spec("ipykernel_launcher").origin, *request["argv"]]  # as `python -m` sets it
     from ipykernel import kernelapp
 
     code = 0
     try:
-        kernelapp.launch_new_instance()
+        # ipykernel read its parent's pid from the environment when the server imported it.
+        kernelapp.IPKernelApp.launch_instance(parent_handle=int(os.environ.get("JPY_PARENT_PID") or 0))
     except SystemExit as stop:
         code = stop.code if isinstance(stop.code, int) else 0
     finally:
@@ -176,10 +221,10 @@ def _kernel(conn: socket.socket, request: dict, fds: list[int]) -> None:
 def launch(argv: list[str]) -> int:
     """The kernel spec's command: have the server fork the kernel, pass signals on, wait for it."""
     path = os.environ.get(SERVER_ENV)
+    if not path:  # a fresh kernel was asked for
+        os.execv(sys.executable, [sys.executable, "-m", "ipykernel_launcher", *argv])
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        if not path:
-            raise OSError(f"{SERVER_ENV} is not set")
         conn.connect(path)
         socket.send_fds(conn, [b"F"], [0, 1, 2])
         conn.sendall(json.dumps({"env": dict(os.environ), "cwd": os.getcwd(), "argv": argv}).encode() + b"\n")
@@ -188,9 +233,9 @@ def launch(argv: list[str]) -> int:
         print(f"forked_kernel: no kernel server ({error}); starting a fresh kernel", file=sys.stderr, flush=True)
         os.execv(sys.executable, [sys.executable, "-m", "ipykernel_launcher", *argv])
 
-    def forward(signum, frame):
+    def forward(signum, frame):  # Jupyter signals the launcher's group: the kernel's group gets it
         try:
-            os.kill(pid, signum)
+            os.killpg(pid, signum)
         except ProcessLookupError:
             pass
 

@@ -83,6 +83,8 @@ def test_a_run_on_larger_batches_than_keras_default_is_told_its_steps_against_th
     assert "is 32: 3,125 steps an epoch, 4.0 times as many updates" in story
     _record(tmp_path, "model4", val, train, batch_size=32, learning_rate=1e-4, dataset={"train_images": 100_000})
     assert "optimizer steps" not in diagnose.gap_story("model4", tmp_path)  # the default: nothing to say
+    _record(tmp_path, "model4", val, train, batch_size=16, learning_rate=1e-4, dataset={"train_images": 100_000})
+    assert "optimizer steps" not in diagnose.gap_story("model4", tmp_path)  # more steps than the default's
 
 
 def test_keras_default_batch_is_the_one_diagnose_names():

@@ -4,6 +4,7 @@ interrupts and kills as Jupyter sends them."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -15,7 +16,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import forked_kernel  # noqa: E402
 
-pytestmark = pytest.mark.skipif(os.name != "posix", reason="the server forks")
+pytestmark = pytest.mark.skipif(not forked_kernel.usable(), reason="kernels are forked on Linux without a GPU")
 INLINE = "module://matplotlib_inline.backend_inline"
 # What importing Keras imports of matplotlib: enough to show that a figure drawn in a forked
 # kernel still reaches the cell's outputs, without TensorFlow's import in this test.
@@ -37,7 +38,8 @@ def kernels(tmp_path, monkeypatch):
     def start(with_server: bool = True):
         if with_server:
             server.start(dict(os.environ))
-            monkeypatch.setenv(forked_kernel.SERVER_ENV, str(server.socket))
+            assert server.ready(), "the kernel server did not start"
+            monkeypatch.setenv(forked_kernel.SERVER_ENV, server.environment()[forked_kernel.SERVER_ENV])
         else:
             monkeypatch.delenv(forked_kernel.SERVER_ENV, raising=False)
         manager = KernelManager(kernel_name=forked_kernel.KERNEL_NAME)
@@ -79,18 +81,22 @@ def gone(pid: int, within: float = 15) -> bool:
     return False
 
 
-def test_a_forked_kernel_runs_in_nbvals_environment_and_folder_and_shows_its_figures(kernels, tmp_path):
+def test_a_forked_kernel_runs_in_nbvals_environment_and_folder_and_shows_its_figures(kernels, tmp_path, capfd):
     manager, client = kernels()
-    reply, outputs = run_cell(client, "import os, sys\n"
-                                      "print(os.getpid(), os.getppid(), os.getcwd(), sys.path[0], sep='|')\n"
-                                      "print(os.environ['FORKED_KERNEL_PROBE'])")
+    reply, outputs = run_cell(client, "import json, os, sys\n"
+                                      "print(json.dumps([os.getpid(), os.getppid(), os.getcwd(), sys.path,"
+                                      " os.environ['FORKED_KERNEL_PROBE']]))")
     assert reply["status"] == "ok", reply
-    pid, parent, cwd, path0, probe = printed(outputs).split("\n")[0].split("|") + printed(outputs).split("\n")[1:2]
+    pid, parent, cwd, path, probe = json.loads(printed(outputs))
     launcher = manager.provisioner.process.pid
-    assert int(pid) != launcher, "the kernel should be a fork of the server, not the launcher"
-    assert int(parent) != launcher
-    assert Path(cwd) == tmp_path and Path(path0) == tmp_path  # as `python -m ipykernel_launcher` there
-    assert probe == "set by the launcher's parent"
+    assert pid != launcher and parent != launcher, "the kernel should be a fork of the server, not the launcher"
+    assert Path(cwd) == tmp_path and probe == "set by the launcher's parent"
+
+    # What a fresh kernel (the spec without a server) has on sys.path: the same, in order.
+    fresh_manager, fresh_client = kernels(with_server=False)
+    reply, outputs = run_cell(fresh_client, "import json, sys; print(json.dumps(sys.path))")
+    assert path == json.loads(printed(outputs))
+    assert "Ctrl-C will not work" not in capfd.readouterr().out  # ipykernel knows its parent, as a fresh one
 
     # matplotlib was imported before the kernel existed, as Keras imports it: the figure
     # must still come back as an image, not be lost with the inline backend's hooks.
@@ -104,8 +110,12 @@ def test_an_interrupt_stops_the_running_cell_and_a_killed_launcher_takes_its_ker
     manager, client = kernels()
     reply, outputs = run_cell(client, "import os; print(os.getpid())")
     kernel = int(printed(outputs))
-    client.execute("import time; time.sleep(120)", stop_on_error=False)  # the next cell is not aborted
-    time.sleep(1)
+    sent = client.execute("import time; time.sleep(120)", stop_on_error=False)  # the next cell is not aborted
+    while True:  # a kernel ignores an interrupt until a cell runs
+        message = client.get_iopub_msg(timeout=60)
+        if message["msg_type"] == "execute_input" and message["parent_header"].get("msg_id") == sent:
+            break
+    time.sleep(0.5)
     started = time.monotonic()
     manager.interrupt_kernel()  # SIGINT to the launcher's process group, as Jupyter sends it
     reply = client.get_shell_msg(timeout=30)

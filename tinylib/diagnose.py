@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from tinylib import results
+from tinylib.recipes import steps_per_epoch
 from tinylib.results import pct
 
 TREND_EPOCHS = 5  # the recent stretch whose least-squares slope says "still rising"
@@ -126,9 +127,9 @@ def _batch_sentences(record: dict) -> list[str]:
     learning rate, four times the steps is four times the updates an epoch."""
     batch = record.get("batch_size")
     images = (record.get("dataset") or {}).get("train_images")
-    if not batch or not images or batch == KERAS_DEFAULT_BATCH:
+    if not batch or not images or batch <= KERAS_DEFAULT_BATCH:  # as many steps as the default's, or more
         return []
-    steps, default_steps = -(-images // batch), -(-images // KERAS_DEFAULT_BATCH)
+    steps, default_steps = steps_per_epoch(images, batch), steps_per_epoch(images, KERAS_DEFAULT_BATCH)
     rate = record.get("learning_rate")
     at = f" at a learning rate of {rate:g}" if rate else ""
     return [f"It trained on batches of {batch} images: {steps:,} optimizer steps an epoch{at}. The study's slides "
