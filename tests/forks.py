@@ -7,6 +7,9 @@ line) started dozens. Each fork is a real process that is really killed, with
 its own environment, arguments, working folder and output files; it starts from the state
 a fresh process has after its imports, because the server runs nothing else. A test that
 checks what happens *while* importing (tests/test_startup.py) keeps a fresh interpreter.
+Where forking after those imports is unsafe (not Linux, or an NVIDIA GPU whose driver the
+imports initialize: ``forked_kernel.usable``), or with ``TINYLIB_TEST_FRESH_PROCESSES=1``,
+``run`` starts a fresh interpreter instead, with the same arguments and results.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -21,6 +25,7 @@ import textwrap
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+FRESH_PROCESSES_ENV = "TINYLIB_TEST_FRESH_PROCESSES"
 
 # Settings read while importing (by Keras, TensorFlow or tinylib), not when training: a
 # request whose values differ from a server's goes to a server started with its own.
@@ -145,6 +150,8 @@ class ForkServer:
         fork; stdout and stderr come back as text, as with ``capture_output=True, text=True``.
         ``kill_after`` seconds: SIGKILL it and every process it started then, if still running."""
         env = {k: str(v) for k, v in (os.environ if env is None else env).items()}
+        if not self.forking:
+            return self._run_fresh(argv, env, cwd, timeout, kill_after)
         server = self._server(env)
         self.count += 1
         out, err = self.folder / f"{self.count}.out", self.folder / f"{self.count}.err"
@@ -159,6 +166,25 @@ class ForkServer:
         out.unlink()
         err.unlink()
         return result
+
+    @property
+    def forking(self) -> bool:
+        from forked_kernel import usable
+
+        return usable() and os.environ.get(FRESH_PROCESSES_ENV) != "1"
+
+    @staticmethod
+    def _run_fresh(argv, env: dict, cwd, timeout: int, kill_after: float | None) -> subprocess.CompletedProcess:
+        """``run`` in a fresh interpreter: the same arguments, the same kills, the same results."""
+        command = [sys.executable, *[str(a) for a in argv]]
+        process = subprocess.Popen(command, env=env, cwd=str(cwd or os.getcwd()), stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            out, err = process.communicate(timeout=timeout if kill_after is None else min(timeout, kill_after))
+        except subprocess.TimeoutExpired:  # a job limit's SIGKILL (or the hung child's end), to its whole group
+            os.killpg(process.pid, signal.SIGKILL)
+            out, err = process.communicate()
+        return subprocess.CompletedProcess(command, process.returncode, out, err)
 
     def close(self):
         for server in self.servers.values():
