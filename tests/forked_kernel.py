@@ -26,13 +26,13 @@ import contextlib
 import glob
 import json
 import os
-import select
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 import traceback
 from pathlib import Path
 
@@ -89,10 +89,17 @@ class KernelServer:
     def ready(self) -> bool:
         """Wait for the server's imports; False (and why, on stderr) if it did not get there."""
         if self._ready is None and self.process is not None:
-            line = ""
-            if select.select([self.process.stdout], [], [], self.READY_TIMEOUT)[0]:
-                line = self.process.stdout.readline()
-            self._ready = line.startswith('{"ready"')
+            answers: list[str] = []
+
+            def read() -> None:  # a line an import printed is not the answer: read on
+                answers.extend(line for line in self.process.stdout if line.startswith('{"ready"'))
+
+            reader = threading.Thread(target=read, daemon=True)
+            reader.start()
+            deadline = time.monotonic() + self.READY_TIMEOUT
+            while not answers and reader.is_alive() and time.monotonic() < deadline:
+                reader.join(0.1)
+            self._ready = bool(answers)
             if not self._ready:
                 log = (self.folder / "server.log").read_text(errors="replace")[-3000:]
                 print(f"forked_kernel: the kernel server did not start; fresh kernels instead\n{log}",
