@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from tinylib import flops, models  # noqa: E402
+from tinylib import flops, models, train  # noqa: E402
 from tinylib.augment import augmentation  # noqa: E402
 from tinylib.profiles import PROFILES  # noqa: E402
 from tinylib import environment  # noqa: E402
@@ -82,6 +82,7 @@ def time_training(model, images, labels, batch, steps, warmup):
     model.steps_per_execution = SETTINGS.get("steps_per_execution") or environment.steps_per_execution()
     if SETTINGS.get("jit_compile"):
         model.jit_compile = True
+    train.build_optimizer(model)  # as a run does: the step is traced once
     # Batches reach the model as in a run: gathered from uint8 arrays by tinylib.batches.
     model.fit(ShuffledBatches(images[:n], labels[:n], batch, seed=0), epochs=1, verbose=0, callbacks=[clock])
     # Keras numbers a call's end by its first step plus steps per call, even for a last, shorter call.

@@ -48,6 +48,7 @@ FRESH_KERNEL_CHAPTERS = ("01_introduction",)
 
 
 def _forked_kernel_module():
+    """tests/forked_kernel.py, by its path: `pytest book/` alone does not put tests/ on sys.path."""
     path = Path(__file__).resolve().parents[1] / "tests" / "forked_kernel.py"
     spec = importlib.util.spec_from_file_location("tinylib_tests_forked_kernel", path)
     module = importlib.util.module_from_spec(spec)
@@ -100,7 +101,7 @@ def pytest_configure(config):
     config.stash[FAILED] = set()
     os.environ[EXECUTED_ENV] = config.stash[EXECUTED]
     # --nbval-current-env (pyproject's addopts) asks for this Python's kernel: the forked
-    # kernel is that kernel, started by a server in this Python (POSIX only: fork).
+    # kernel is that kernel, forked by a server in this Python (where usable(): Linux, no NVIDIA GPU).
     if getattr(config.option, "nbval_current_env", False) and os.environ.get(FRESH_KERNELS_ENV) != "1" \
             and (forked := _forked_kernel_module()).usable():
         server = forked.KernelServer()

@@ -32,7 +32,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 import traceback
 from pathlib import Path
 
@@ -89,17 +88,7 @@ class KernelServer:
     def ready(self) -> bool:
         """Wait for the server's imports; False (and why, on stderr) if it did not get there."""
         if self._ready is None and self.process is not None:
-            answers: list[str] = []
-
-            def read() -> None:  # a line an import printed is not the answer: read on
-                answers.extend(line for line in self.process.stdout if line.startswith('{"ready"'))
-
-            reader = threading.Thread(target=read, daemon=True)
-            reader.start()
-            deadline = time.monotonic() + self.READY_TIMEOUT
-            while not answers and reader.is_alive() and time.monotonic() < deadline:
-                reader.join(0.1)
-            self._ready = bool(answers)
+            self._ready = wait_for_ready(self.process.stdout, self.READY_TIMEOUT)
             if not self._ready:
                 log = (self.folder / "server.log").read_text(errors="replace")[-3000:]
                 print(f"forked_kernel: the kernel server did not start; fresh kernels instead\n{log}",
@@ -118,8 +107,27 @@ class KernelServer:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def _die_with_parent() -> None:
-    """Linux: the server is killed with the process that started it, not orphaned."""
+def wait_for_ready(stream, timeout: float) -> bool:
+    """Read a server's stdout up to its ready line (``{"ready": pid}``), for at most ``timeout``
+    seconds; False if the server ended or the time ran out first. A line an import printed
+    is not the answer: it is read past. Lines after the ready one stay in ``stream`` (the
+    fork server answers on it)."""
+    found: list[str] = []
+
+    def read() -> None:
+        for line in stream:
+            if line.startswith('{"ready"'):
+                found.append(line)
+                return
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout)
+    return bool(found)
+
+
+def die_with_parent() -> None:
+    """Linux: this process is killed with the one that started it, not orphaned."""
     import ctypes
 
     try:
@@ -132,7 +140,7 @@ def serve(path: str) -> None:
     """Import once, then fork a kernel for each launcher that connects."""
     import importlib
 
-    _die_with_parent()
+    die_with_parent()
     server = os.getpid()
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)  # left by a server that was killed
@@ -178,7 +186,7 @@ def _kernel(conn: socket.socket, request: dict, fds: list[int], server: int) -> 
     import random
 
     os.setsid()  # a group of its own, so the launcher's death takes what the kernel started too
-    _die_with_parent()  # the server dies with pytest's worker, and its kernels with it
+    die_with_parent()  # the server dies with pytest's worker, and its kernels with it
     if os.getppid() != server:  # it died before that took hold
         os._exit(1)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # subprocess needs its children back

@@ -24,7 +24,11 @@ import tempfile
 import textwrap
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from forked_kernel import usable, wait_for_ready
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+READY_TIMEOUT = 300  # seconds for the server's imports
 FRESH_PROCESSES_ENV = "TINYLIB_TEST_FRESH_PROCESSES"
 
 # Settings read while importing (by Keras, TensorFlow or tinylib), not when training: a
@@ -33,14 +37,11 @@ FRESH_PROCESSES_ENV = "TINYLIB_TEST_FRESH_PROCESSES"
 IMPORT_TIME = ("KERAS_BACKEND", "TF_ENABLE_ONEDNN_OPTS", "XLA_FLAGS", "CUDA_VISIBLE_DEVICES", "KERAS_HOME")
 
 SERVER = textwrap.dedent("""
-    import ctypes, json, os, runpy, signal, sys, time, traceback
+    import json, os, runpy, signal, sys, time, traceback
 
-    def die_with_parent():  # Linux: a child that outlives its parent is killed, not orphaned
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
-
+    sys.path.insert(0, sys.argv[2])  # tests/, for one import; a child's sys.path is a fresh process's
+    from forked_kernel import die_with_parent  # a child that outlives its parent is killed, not orphaned
+    del sys.path[0]
     die_with_parent()
     cache = sys.argv[1]
     import keras, numpy as np  # what the children import, imported here once
@@ -136,11 +137,11 @@ class ForkServer:
             index = len(self.servers)
             with open(self.folder / f"server-{index}.log", "w") as log:  # what its imports print
                 server = subprocess.Popen([sys.executable, str(self.folder / "server.py"),
-                                           str(self.folder / f"jax-cache-{index}")],
+                                           str(self.folder / f"jax-cache-{index}"), str(TESTS)],
                                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
                                           env=env, cwd=REPO)
-            ready = server.stdout.readline()
-            assert ready, f"the fork server died while importing: {(self.folder / f'server-{index}.log').read_text()[-3000:]}"
+            ready = wait_for_ready(server.stdout, READY_TIMEOUT)
+            assert ready, f"the fork server did not start: {(self.folder / f'server-{index}.log').read_text()[-3000:]}"
             self.servers[key] = server
         return server
 
@@ -169,8 +170,6 @@ class ForkServer:
 
     @property
     def forking(self) -> bool:
-        from forked_kernel import usable
-
         return usable() and os.environ.get(FRESH_PROCESSES_ENV) != "1"
 
     @staticmethod

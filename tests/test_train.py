@@ -104,6 +104,37 @@ def test_smoke_training_resumes_after_a_kill_mid_epoch(forks, tmp_path, tiny_env
         assert record["learning_rate"] == pytest.approx(1e-4)
 
 
+def test_no_variable_is_created_while_tensorflow_traces_a_step(tiny_env, synthetic, monkeypatch, tmp_path):
+    """train.fit builds the optimizer (Adam's moments) before the first step. Left to Keras,
+    TensorFlow creates them while tracing the step, and traces a step that created variables
+    a second time: Model 5's first batch took twice as long."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("the second trace is TensorFlow's")
+    import tensorflow as tf
+
+    from tinylib import data, train
+    from tinylib.profiles import Profile
+
+    monkeypatch.setenv("TINYLIB_DATA", str(synthetic))
+    ds = data.load()
+    profile = Profile("smoke", classes=None, train_per_class=None, val_per_class=None, epochs=1, batch_size=8)
+    model = train.build("model2", ds, profile)
+    assert not model.optimizer.built
+    in_a_trace = []
+
+    def creator(next_creator, **kwargs):
+        if not tf.executing_eagerly():
+            in_a_trace.append(kwargs.get("name"))
+        return next_creator(**kwargs)
+
+    with tf.variable_creator_scope(creator):
+        run = train.fit(model, ds, profile, runs=tmp_path, verbose=0)
+    assert run.record["finished"]
+    assert in_a_trace == []
+
+
 def test_a_run_folder_is_not_resumed_by_a_different_run(tmp_path, tiny_env, synthetic, monkeypatch):
     import keras
 
