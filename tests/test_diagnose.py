@@ -98,3 +98,52 @@ def test_keras_default_batch_is_the_one_diagnose_names():
         assert inspect.signature(method).parameters["batch_size"].default == diagnose.KERAS_DEFAULT_BATCH
     documented = next(c.fit.__doc__ for c in keras.Model.__mro__ if getattr(getattr(c, "fit", None), "__doc__", None))
     assert f"`batch_size` will default to {diagnose.KERAS_DEFAULT_BATCH}" in " ".join(documented.split())
+
+
+def _at_batch(folder, name, batch, val, **fields):
+    record = _record(folder, "model2", val, [v - 0.01 for v in val], batch_size=batch,
+                     dataset={"train_images": 100_000, "val_images": 10_000}, **fields)
+    (folder / "model2.json").rename(folder / name)
+    return record
+
+
+def test_the_batch_story_compares_per_epoch_at_equal_steps_and_at_the_end(tmp_path):
+    # Batch 32: 3,125 steps an epoch; batch 128: 782. Batch 32's epoch 2 (6,250 steps) meets batch 128's epoch 8 (6,256).
+    _at_batch(tmp_path, "small.json", 32, [0.10, 0.15, 0.16], epochs=100, finished=False)
+    _at_batch(tmp_path, "large.json", 128, [0.05, 0.08, 0.09, 0.10, 0.12, 0.14, 0.16, 0.17, 0.18, 0.21],
+              epochs=100, stopped_early=True)
+    _at_batch(tmp_path, "worse.json", 128, [0.01, 0.02])  # a worse run at the same batch is not the one compared
+    _record(tmp_path, "model2", [0.5], [0.5], batch_size=64, recipe={"name": "modern"},
+            dataset={"train_images": 100_000})  # not the study's way: not compared
+    assert list(diagnose.by_batch("model2", tmp_path)) == [32, 128]
+    story = diagnose.batch_story("model2", tmp_path)
+    assert story.startswith("**The batch:** over the 3 epochs both runs trained, Model 2 at batch 32 (3,125 "
+                            "optimizer steps an epoch) reached 16.00% validation top-1 at best, above, beyond noise, "
+                            "the 9.00% of batch 128 (782 steps an epoch).")
+    # Batch 32's epoch 3 (9,375 steps) is past batch 128's last (7,820): its epoch 2 is compared.
+    assert "batch 32's epoch 2 (6,250 steps) validated at 15.00% and batch 128's epoch 8 (6,256 steps) at 17.00%" in story
+    assert ("batch 32, 16.00% so far, 3 of 100 epochs (unfinished" in story
+            and "batch 128, 21.00%, stopped early after 10 of 100 epochs, in `large.json`" in story)
+
+
+def test_the_batch_story_names_the_run_not_yet_measured(tmp_path):
+    _at_batch(tmp_path, "large.json", 128, [0.1, 0.2])
+    assert "Only batch 128 has a full-scale record of Model 2" in diagnose.batch_story("model2", tmp_path)
+    assert "at batch 32 is not yet measured (`python -m tinylib train model2 --profile full --batch-size 32`" in \
+        diagnose.batch_story("model2", tmp_path)
+    assert "No batch has a full-scale record of Model 4" in diagnose.batch_story("model4", tmp_path)
+
+
+def test_the_batch_figure_puts_a_run_at_its_steps(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from tinylib import plots
+
+    runs = {f"batch {b}": _at_batch(tmp_path, f"{b}.json", b, [0.1, 0.2]) for b in (32, 128)}
+    fig = plots.curves_by_steps(runs, references={"the study": 0.2272})
+    by_epoch, by_step = fig.axes
+    assert list(by_epoch.lines[0].get_xdata()) == [1, 2]
+    assert list(by_step.lines[0].get_xdata()) == pytest.approx([3.125, 6.25])  # thousands of steps
+    assert list(by_step.lines[1].get_xdata()) == pytest.approx([0.782, 1.564])
+    assert [line.get_label() for line in by_step.lines] == ["batch 32", "batch 128", "the study"]

@@ -69,7 +69,8 @@ def test_results_get_the_finished_records_and_a_summary_and_finished_runs_are_sk
     rows = json.loads((results / "summary.json").read_text())
     assert [row["run"] for row in rows] == ["model2"] and rows[0]["study_val_top1"] == 0.2272
     table = (results / "summary.md").read_text()
-    assert "| model2 | full | 1 |" in table and "22.72% / 20.17%" in table
+    assert "| model2 | full | 1 | 8 |" in table and "22.72% / 20.17%" in table  # runs that differ in the batch apart
+    assert rows[0]["batch_size"] == 8
     # The book reads the results folder: the summary never passes for a record.
     from tinylib import results as book_results
 

@@ -171,3 +171,65 @@ def _end_sentences(facts: dict, end: str, run: int, planned: int) -> list[str]:
     elif end == "finished" and facts["trend"] is not None and facts["trend"] > 0:
         sentences.append("It was still rising when its planned epochs ran out.")
     return sentences
+
+
+# --- the batch: the same run at two batch sizes ---------------------------------------------
+
+
+def by_batch(model: str, folder=None) -> dict[int, dict]:
+    """The model's full-scale records trained the study's way (``results.record_key`` is the
+    model's name), the best for each batch size, smallest batch first: runs that differ in
+    their batch, whose curves ``batch_story`` and ``plots.curves_by_steps`` compare."""
+    best: dict[int, dict] = {}
+    for record in results.every_full_scale_record(folder):
+        if results.record_key(record) != model or not record.get("batch_size"):
+            continue
+        batch = int(record["batch_size"])
+        if batch not in best or record["best_val_top1"] > best[batch]["best_val_top1"]:
+            best[batch] = record
+    return dict(sorted(best.items()))
+
+
+def record_steps_per_epoch(record: dict) -> int:
+    """The optimizer steps one epoch of a record's run took."""
+    return steps_per_epoch(int(record["dataset"]["train_images"]), int(record["batch_size"]))
+
+
+def batch_story(model: str, folder=None) -> str:
+    """Sentences (Markdown) comparing the model's runs at its smallest and largest batch:
+    per epoch over the epochs both ran, at about the same number of optimizer steps, and
+    where each ended; with a record at one batch only, which run is not yet measured."""
+    runs = by_batch(model, folder)
+    title = results._model_title(model)
+    if len(runs) < 2:
+        have = f"Only batch {next(iter(runs))} has" if runs else "No batch has"
+        other = KERAS_DEFAULT_BATCH if KERAS_DEFAULT_BATCH not in runs else 4 * KERAS_DEFAULT_BATCH
+        return (f"{have} a full-scale record of {title} trained the study's way; the same run at batch "
+                f"{other} is not yet measured (`python -m tinylib train {model} --profile full --batch-size "
+                f"{other}`, its `record.json` copied into `book/results/`).")
+    (small, a), (large, b) = next(iter(runs.items())), list(runs.items())[-1]
+    val_a, val_b = _curves(a)[0], _curves(b)[0]
+    steps_a, steps_b = record_steps_per_epoch(a), record_steps_per_epoch(b)
+    n = int(a["dataset"].get("val_images") or results.STUDY_VAL_IMAGES)
+    both = min(len(val_a), len(val_b))
+    best_a, best_b = float(val_a[:both].max()), float(val_b[:both].max())
+    stand = results._against(best_a, n, best_b, n)
+    verdict = {"within noise of": "within noise of", "above": "above, beyond noise,",
+               "below": "below, beyond noise,"}[stand]
+    sentences = [f"**The batch:** over the {both} epochs both runs trained, {title} at batch {small} "
+                 f"({steps_a:,} optimizer steps an epoch) reached {pct(best_a)} validation top-1 at best, {verdict} "
+                 f"the {pct(best_b)} of batch {large} ({steps_b:,} steps an epoch)."]
+    # The small batch's last epoch that the large batch's run has as many steps for.
+    k = min(len(val_a), (len(val_b) * steps_b) // steps_a)
+    if k >= 1:
+        j = min(len(val_b), max(1, round(k * steps_a / steps_b)))
+        sentences.append(f"After about the same number of steps, batch {small}'s epoch {k} ({k * steps_a:,} steps) "
+                         f"validated at {pct(float(val_a[k - 1]))} and batch {large}'s epoch {j} ({j * steps_b:,} "
+                         f"steps) at {pct(float(val_b[j - 1]))}.")
+    ends = []
+    for batch, record in ((small, a), (large, b)):
+        so_far = "" if results.run_end(record)[0] != "unfinished" else " so far"
+        ends.append(f"batch {batch}, {pct(record['best_val_top1'])}{so_far}, {results.epochs_text(record)}, "
+                    f"in `{record['record_file']}`")
+    sentences.append(f"Best validation top-1 of each run: {'; '.join(ends)}.")
+    return " ".join(sentences)

@@ -23,6 +23,7 @@ __all__ = [
     "augmentation_grid",
     "confused_pairs",
     "confusion_heatmap",
+    "curves_by_steps",
     "explain_prediction",
     "gradcam_grid",
     "idg_side_by_side",
@@ -274,6 +275,39 @@ def training_curves(histories, metrics=("loss", "accuracy"), figsize=None):
         else:
             ax.text(0.5, 0.5, f"no '{metric}' in these histories", ha="center", va="center",
                     transform=ax.transAxes, color="grey")
+    fig.tight_layout()
+    return fig
+
+
+def curves_by_steps(records, metric: str = "val_accuracy", references: Mapping | None = None, figsize=None):
+    """One metric of runs that differ in their batch, against epochs (left) and against
+    optimizer steps (right), one colour per run: an epoch of a smaller batch is more steps.
+
+    ``records`` maps a label to a run record (it needs ``history``, ``batch_size`` and
+    ``dataset['train_images']``), as ``diagnose.by_batch`` gives them; ``references`` maps
+    a label to a level drawn across both panels (the study's figure).
+    """
+    from tinylib.diagnose import record_steps_per_epoch
+
+    fig, (by_epoch, by_step) = plt.subplots(1, 2, figsize=figsize or (9, 3.5), sharey=True)
+    for colour, (label, record) in enumerate(records.items()):
+        values = np.asarray(record["history"][metric], dtype=float)
+        epochs = np.arange(1, len(values) + 1)
+        steps = epochs * record_steps_per_epoch(record)
+        by_epoch.plot(epochs, values, color=f"C{colour}", marker=".", label=label)
+        by_step.plot(steps / 1000, values, color=f"C{colour}", marker=".", label=label)
+    for label, level in (references or {}).items():
+        for ax in (by_epoch, by_step):
+            ax.axhline(level, color="grey", linestyle=":", label=label)
+    by_epoch.set_xlabel("epoch")
+    by_epoch.xaxis.get_major_locator().set_params(integer=True)
+    by_step.set_xlabel("optimizer steps (thousands)")
+    by_epoch.set_ylabel(metric.replace("_", " "))
+    if "accuracy" in metric:
+        by_epoch.yaxis.set_major_formatter(PercentFormatter(1.0))
+    for ax in (by_epoch, by_step):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 

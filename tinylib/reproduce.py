@@ -207,7 +207,7 @@ def summary_rows(results: Path) -> list[dict]:
         study = STUDY_RESULTS.get(key, {})
         rows.append({
             "run": key, "record": path.name, "profile": record.get("profile"), "epochs": record.get("epochs_run"),
-            "finished": bool(record.get("finished")),
+            "finished": bool(record.get("finished")), "batch_size": record.get("batch_size"),
             "best_val_top1": record.get("best_val_top1"), "best_val_top5": record.get("best_val_top5"),
             "final_train_top1": record.get("final_train_top1"),
             "images_per_second": record.get("train_images_per_second"),
@@ -228,14 +228,15 @@ def write_summary(results: Path) -> tuple[Path, Path]:
     def pct(value):
         return "" if value is None else f"{value:.2%}"
 
-    lines = ["| run | profile | epochs | best val top-1 | best val top-5 | final train top-1 | the study's val / train "
-             "| images/s | minutes | device | weights |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| run | profile | epochs | batch | best val top-1 | best val top-5 | final train top-1 "
+             "| the study's val / train | images/s | minutes | device | weights |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         study = f"{pct(row['study_val_top1'])} / {pct(row['study_train_top1'])}" if row["study_val_top1"] else ""
         epochs = f"{row['epochs']}" + ("" if row["finished"] else " (unfinished)")
         speed = f"{row['images_per_second']:,.0f}" if row["images_per_second"] else ""
-        lines.append(f"| {row['run']} | {row['profile']} | {epochs} | {pct(row['best_val_top1'])} | {pct(row['best_val_top5'])} | "
+        lines.append(f"| {row['run']} | {row['profile']} | {epochs} | {row['batch_size'] or ''} | "
+                     f"{pct(row['best_val_top1'])} | {pct(row['best_val_top5'])} | "
                      f"{pct(row['final_train_top1'])} | {study} | {speed} | {row['minutes']} | "
                      f"{row['device']} | {row['weights']} |")
     markdown = files.write_text(results / f"{SUMMARY_NAME}.md", "\n".join(lines) + "\n")

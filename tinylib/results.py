@@ -46,14 +46,22 @@ def record_key(record: dict) -> str:
     return f"{model}-{recipe}" if recipe else model
 
 
-def full_scale_records(folder: Path | str | None = None) -> dict[str, dict]:
-    """The best full-profile record per ``record_key`` found in ``folder``."""
-    best: dict[str, dict] = {}
+def every_full_scale_record(folder: Path | str | None = None) -> list[dict]:
+    """Every full-profile record in ``folder``, in file-name order, each with its ``record_file``."""
+    found = []
     for path in sorted(Path(folder or default_results_dir()).glob("*.json")):
         record = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(record, dict) or record.get("profile") != "full" or "best_val_top1" not in record:
             continue  # a summary, or a record of another profile
         record["record_file"] = path.name
+        found.append(record)
+    return found
+
+
+def full_scale_records(folder: Path | str | None = None) -> dict[str, dict]:
+    """The best full-profile record per ``record_key`` found in ``folder``."""
+    best: dict[str, dict] = {}
+    for record in every_full_scale_record(folder):
         key = record_key(record)
         if key not in best or record["best_val_top1"] > best[key]["best_val_top1"]:
             best[key] = record
