@@ -148,10 +148,12 @@ def pytest_collection_modifyitems(config, items):
 
     Under pytest-xdist (``make test`` runs two workers) book/conftest.py sends the
     chapters and the browser test to one worker, in this order; the library's tests
-    share the other worker's time. The tests that train (marked ``slow``) come first,
-    the longest work handed out first: left to the alphabet, Model 5's, the kill sweeps'
-    and the JAX plan's minutes (tests/test_reproduce.py, test_run_faults.py,
-    test_train.py) came last, one worker finishing them while the other had nothing left.
+    share the other worker's time. The long tests (marked ``slow``: they train, or start fresh
+    Pythons that import TensorFlow) come first, the longest work handed out first: left to
+    the alphabet, Model 5's, the kill sweeps' and the JAX plan's minutes (tests/test_reproduce.py,
+    test_run_faults.py, test_train.py) came last, one worker finishing them while the other
+    had nothing left, and the fresh interpreters of tests/test_startup.py ended the run on one
+    worker for 40 s after the other had finished.
     """
     items.sort(key=lambda item: (item.get_closest_marker("site") is not None,  # stable: order kept otherwise
                                  item.get_closest_marker("slow") is None))

@@ -39,6 +39,7 @@ def test_an_unknown_model_is_refused_before_any_data_is_touched(tmp_path, monkey
     assert not (tmp_path / "home").exists()  # no download tried, no cache made
 
 
+@pytest.mark.slow
 @pytest.mark.realdata
 def test_two_fresh_runs_of_the_same_train_command_give_the_same_training(real_data_path, tmp_path, capsys):
     """The command line seeds the initial weights as the book's calls do (it did not)."""

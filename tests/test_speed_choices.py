@@ -95,6 +95,7 @@ def _train_smoke(ds, tmp_path, epochs=1, **kwargs):
                              **kwargs)
 
 
+@pytest.mark.slow
 def test_a_resumed_run_keeps_the_precision_it_began_with(tiny_env, synthetic, monkeypatch, tmp_path, policy,
                                                          capsys):
     """A run begun in float32 and continued where 'auto' now means bfloat16 (another CPU,
@@ -123,6 +124,7 @@ def test_a_resumed_run_keeps_the_precision_it_began_with(tiny_env, synthetic, mo
         _train_smoke(ds, tmp_path, epochs=3)
 
 
+@pytest.mark.slow
 def test_a_record_gives_its_speed_against_the_machines_peak(tiny_env, synthetic, monkeypatch, tmp_path, policy):
     from tinylib import data, flops
 

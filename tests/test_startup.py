@@ -54,6 +54,7 @@ def test_the_capture_gives_descriptor_2_back_when_the_block_raises(capfd):
     assert capfd.readouterr().err == "written before the error\nafter\n"
 
 
+@pytest.mark.slow
 def test_importing_tensorflow_through_tinylib_prints_no_start_up_lines(tmp_path):
     pytest.importorskip("tensorflow")
     probe = "import tensorflow as tf; tf.config.list_physical_devices(); tf.constant(1.0) + 1"
@@ -68,6 +69,7 @@ def test_importing_tensorflow_through_tinylib_prints_no_start_up_lines(tmp_path)
         pytest.skip("this TensorFlow prints none of the known start-up lines")
 
 
+@pytest.mark.slow
 def test_without_tensorflow_jax_is_chosen_and_said(tmp_path):
     pytest.importorskip("jax")
     result = _python(NO_TENSORFLOW + "import tinylib, keras, os\n"
@@ -77,6 +79,7 @@ def test_without_tensorflow_jax_is_chosen_and_said(tmp_path):
     assert "Keras' tensorflow backend is not installed; using its jax backend" in result.stderr
 
 
+@pytest.mark.slow
 def test_a_keras_json_naming_a_missing_tensorflow_does_not_stop_the_choice(tmp_path):
     """Keras writes ~/.keras/keras.json naming TensorFlow on its first import, installed or not."""
     pytest.importorskip("jax")
@@ -87,6 +90,7 @@ def test_a_keras_json_naming_a_missing_tensorflow_does_not_stop_the_choice(tmp_p
     assert result.stdout.strip() == "jax" and "using its jax backend" in result.stderr
 
 
+@pytest.mark.slow
 def test_the_command_line_starts_without_tensorflow(tmp_path):
     pytest.importorskip("jax")
     code = NO_TENSORFLOW + "import sys; from tinylib import cli; sys.exit(cli.main(['models']))"
@@ -111,6 +115,7 @@ def test_with_tensorflow_installed_nothing_is_changed(tmp_path):
     assert result.stdout.strip() == "None" and "using Keras'" not in result.stderr
 
 
+@pytest.mark.slow
 def test_relative_path_settings_and_non_ascii_names_under_an_ascii_locale(tmp_path, synthetic):
     """Two classes of trouble at once: a relative TINYLIB_DATA / TINYLIB_HOME / TINYLIB_RUNS
     keeps meaning the folder it was set in after the process changes folder, and a class
