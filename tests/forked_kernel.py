@@ -116,7 +116,7 @@ def wait_for_ready(stream, timeout: float) -> bool:
 
     def read() -> None:
         for line in stream:
-            if line.startswith('{"ready"'):
+            if '{"ready"' in line:  # also after text an import printed without a newline
                 found.append(line)
                 return
 

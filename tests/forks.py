@@ -41,7 +41,7 @@ SERVER = textwrap.dedent("""
 
     sys.path.insert(0, sys.argv[2])  # tests/, for one import; a child's sys.path is a fresh process's
     from forked_kernel import die_with_parent  # a child that outlives its parent is killed, not orphaned
-    del sys.path[0]
+    del sys.path[0], sys.modules["forked_kernel"]  # a child's modules and sys.path are a fresh process's
     die_with_parent()
     cache = sys.argv[1]
     import keras, numpy as np  # what the children import, imported here once
@@ -140,8 +140,11 @@ class ForkServer:
                                            str(self.folder / f"jax-cache-{index}"), str(TESTS)],
                                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
                                           env=env, cwd=REPO)
-            ready = wait_for_ready(server.stdout, READY_TIMEOUT)
-            assert ready, f"the fork server did not start: {(self.folder / f'server-{index}.log').read_text()[-3000:]}"
+            if not wait_for_ready(server.stdout, READY_TIMEOUT):
+                server.kill()  # the end of its output also ends wait_for_ready's reader
+                server.wait()
+                raise AssertionError(f"the fork server did not start: "
+                                     f"{(self.folder / f'server-{index}.log').read_text()[-3000:]}")
             self.servers[key] = server
         return server
 

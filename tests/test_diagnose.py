@@ -101,18 +101,36 @@ def test_keras_default_batch_is_the_one_diagnose_names():
 
 
 def _at_batch(folder, name, batch, val, **fields):
-    record = _record(folder, "model2", val, [v - 0.01 for v in val], batch_size=batch,
-                     dataset={"train_images": 100_000, "val_images": 10_000}, **fields)
+    fields = {"profile_batch_size": 128, "dataset": {"train_images": 100_000, "val_images": 10_000},
+              "optimizer": "Adam", "seed": 0, **fields}
+    record = _record(folder, "model2", val, [v - 0.01 for v in val], batch_size=batch, **fields)
     (folder / "model2.json").rename(folder / name)
     return record
 
 
-def test_the_batch_story_compares_per_epoch_at_equal_steps_and_at_the_end(tmp_path):
-    # Batch 32: 3,125 steps an epoch; batch 128: 782. Batch 32's epoch 2 (6,250 steps) meets batch 128's epoch 8 (6,256).
-    _at_batch(tmp_path, "small.json", 32, [0.10, 0.15, 0.16], epochs=100, finished=False)
+def test_a_run_on_another_batch_than_its_profiles_is_a_row_of_its_own(tmp_path):
+    from tinylib import results
+
+    assert results.record_key({"model": "model2", "batch_size": 32, "profile_batch_size": 128}) == "model2-batch32"
+    assert results.record_key({"model": "model2", "batch_size": 128, "profile_batch_size": 128}) == "model2"
+    # Records from before the profile's batch was recorded: the profile's, times the devices.
+    assert results.record_key({"model": "model2", "profile": "full", "batch_size": 32, "devices": 1}) == "model2-batch32"
+    assert results.record_key({"model": "model2", "profile": "full", "batch_size": 256, "devices": 2}) == "model2"
+    assert results.record_key({"model": "model2", "profile": "mine", "batch_size": 32}) == "model2"
+    small = _at_batch(tmp_path, "small.json", 32, [0.3])
+    _at_batch(tmp_path, "large.json", 128, [0.2])
+    assert results.full_scale_records(tmp_path)["model2"]["batch_size"] == 128  # the study's row: the profile's run
+    assert results.study_figures(small) == results.STUDY_RESULTS["model2"]
+
+
+def test_the_batch_story_compares_per_epoch_per_step_and_at_the_end(tmp_path):
+    # Batch 32: 3,125 steps an epoch; batch 128: 782, whose 10 epochs are 7,820 steps: batch 32's first 2 epochs.
+    _at_batch(tmp_path, "small.json", 32, [0.10, 0.15, 0.16], epochs=100, finished=False, callbacks=["early_stopping"])
     _at_batch(tmp_path, "large.json", 128, [0.05, 0.08, 0.09, 0.10, 0.12, 0.14, 0.16, 0.17, 0.18, 0.21],
-              epochs=100, stopped_early=True)
+              rates=[1e-4] * 9 + [2e-5], epochs=100, stopped_early=True, callbacks=["early_stopping"])
     _at_batch(tmp_path, "worse.json", 128, [0.01, 0.02])  # a worse run at the same batch is not the one compared
+    _at_batch(tmp_path, "sgd.json", 64, [0.5], optimizer="SGD")  # not the batch alone: not compared
+    _at_batch(tmp_path, "bare.json", 16, [0.5], dataset={})  # no dataset size: cannot be placed by its steps
     _record(tmp_path, "model2", [0.5], [0.5], batch_size=64, recipe={"name": "modern"},
             dataset={"train_images": 100_000})  # not the study's way: not compared
     assert list(diagnose.by_batch("model2", tmp_path)) == [32, 128]
@@ -120,18 +138,21 @@ def test_the_batch_story_compares_per_epoch_at_equal_steps_and_at_the_end(tmp_pa
     assert story.startswith("**The batch:** over the 3 epochs both runs trained, Model 2 at batch 32 (3,125 "
                             "optimizer steps an epoch) reached 16.00% validation top-1 at best, above, beyond noise, "
                             "the 9.00% of batch 128 (782 steps an epoch).")
-    # Batch 32's epoch 3 (9,375 steps) is past batch 128's last (7,820): its epoch 2 is compared.
-    assert "batch 32's epoch 2 (6,250 steps) validated at 15.00% and batch 128's epoch 8 (6,256 steps) at 17.00%" in story
+    assert ("Over the first 7,820 optimizer steps, batch 32 reached 15.00% at best (its 2 epochs, 6,250 steps), "
+            "below, beyond noise, the 21.00% of batch 128 (its 10 epochs, 7,820 steps) (batch 128's learning rate "
+            "was first lowered for epoch 10).") in story
     assert ("batch 32, 16.00% so far, 3 of 100 epochs (unfinished" in story
             and "batch 128, 21.00%, stopped early after 10 of 100 epochs, in `large.json`" in story)
+    assert "their patience waits 4 times the steps" in story
 
 
 def test_the_batch_story_names_the_run_not_yet_measured(tmp_path):
     _at_batch(tmp_path, "large.json", 128, [0.1, 0.2])
-    assert "Only batch 128 has a full-scale record of Model 2" in diagnose.batch_story("model2", tmp_path)
-    assert "at batch 32 is not yet measured (`python -m tinylib train model2 --profile full --batch-size 32`" in \
-        diagnose.batch_story("model2", tmp_path)
-    assert "No batch has a full-scale record of Model 4" in diagnose.batch_story("model4", tmp_path)
+    story = diagnose.batch_story("model2", tmp_path)
+    assert story.startswith("Only batch 128 has a full-scale record of Model 2")
+    assert ("at batch 32 is not yet measured (`python -m tinylib train model2 --profile full --batch-size 32 "
+            "--name model2-full-batch32`") in story
+    assert diagnose.batch_story("model4", tmp_path).startswith("No full-scale record of Model 4")
 
 
 def test_the_batch_figure_puts_a_run_at_its_steps(tmp_path):

@@ -130,14 +130,14 @@ def test_the_full_scale_story_reads_every_number_from_the_record(tmp_path):
 
     _record(tmp_path, "m2.json", model="model2", best_val_top1=0.2531, best_val_top5=0.51, final_train_top1=0.2102,
             epochs_run=41, epochs=100, stopped_early=True, finished=True, wall_seconds=7260.0,
-            backend="tensorflow", device="CPU: x86_64 (2 cores)", dataset={"val_images": 10_000})
+            backend="tensorflow", device="CPU: x86_64 (2 cores)", dataset={"val_images": 10_000}, batch_size=128)
     story = results.full_scale_story("model2", tmp_path)
     low, high = accuracy_interval(2531, 10_000)
     assert "Model 2 reached 25.31% validation top-1" in story and f"{low:.1%} to {high:.1%}" in story
     assert "top-5 51.00%" in story and "above the study's 22.72%, beyond noise" in story
     assert "training accuracy ended at 21.02%, below its best validation accuracy" in story
     assert "early stopping ended it after epoch 41 of the 100 allowed" in story
-    assert "121 minutes of TensorFlow on CPU: x86_64 (2 cores)" in story and "`m2.json`" in story
+    assert "121 minutes of TensorFlow on CPU: x86_64 (2 cores), on batches of 128" in story and "`m2.json`" in story
     # Within the interval of the study's figure: said so, not "above".
     _record(tmp_path, "m2.json", model="model2", best_val_top1=0.2290, epochs_run=30, epochs=30, finished=True)
     assert "within noise of the study's 22.72%" in results.full_scale_story("model2", tmp_path)

@@ -133,6 +133,7 @@ def test_no_variable_is_created_while_tensorflow_traces_a_step(tiny_env, synthet
         run = train.fit(model, ds, profile, runs=tmp_path, verbose=0)
     assert run.record["finished"]
     assert in_a_trace == []
+    assert run.record["batch_size"] == run.record["profile_batch_size"] == 8  # the profile's batch: the study's row
 
 
 def test_a_run_folder_is_not_resumed_by_a_different_run(tmp_path, tiny_env, synthetic, monkeypatch):

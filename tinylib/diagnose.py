@@ -177,13 +177,24 @@ def _end_sentences(facts: dict, end: str, run: int, planned: int) -> list[str]:
 
 
 def by_batch(model: str, folder=None) -> dict[int, dict]:
-    """The model's full-scale records trained the study's way (``results.record_key`` is the
-    model's name), the best for each batch size, smallest batch first: runs that differ in
-    their batch, whose curves ``batch_story`` and ``plots.curves_by_steps`` compare."""
+    """The model's full-scale records trained the study's way that differ from the profile's
+    run in their batch alone (``runs.IDENTITY``), the best for each batch size, smallest
+    batch first: the runs ``batch_story`` and ``plots.curves_by_steps`` compare. A record
+    without a dataset size or a validation curve cannot be placed by its steps: left out."""
+    from tinylib.runs import IDENTITY
+
+    def placeable(record: dict) -> bool:
+        return bool((record.get("dataset") or {}).get("train_images") and record.get("batch_size")
+                    and (record.get("history") or {}).get("val_accuracy"))
+
+    found = [r for r in results.every_full_scale_record(folder)
+             if results.record_key(r) in (model, f"{model}-batch{r.get('batch_size')}") and placeable(r)]
+    reference = next((r for r in found if results.record_key(r) == model), found[0] if found else None)
+    same = [key for key in IDENTITY if key != "batch_size"]
     best: dict[int, dict] = {}
-    for record in results.every_full_scale_record(folder):
-        if results.record_key(record) != model or not record.get("batch_size"):
-            continue
+    for record in found:
+        if any(record.get(key) != reference.get(key) for key in same):
+            continue  # another optimizer, precision, seed, augmentation...: not the batch alone
         batch = int(record["batch_size"])
         if batch not in best or record["best_val_top1"] > best[batch]["best_val_top1"]:
             best[batch] = record
@@ -195,41 +206,56 @@ def record_steps_per_epoch(record: dict) -> int:
     return steps_per_epoch(int(record["dataset"]["train_images"]), int(record["batch_size"]))
 
 
+def _verdict(value: float, other: float, n: int) -> str:
+    return {"within noise of": "within noise of", "above": "above, beyond noise,",
+            "below": "below, beyond noise,"}[results._against(value, n, other, n)]
+
+
+def _rate_note(record: dict, epochs: int, batch: int) -> str:
+    """Whether the run's learning rate had been lowered within its first ``epochs`` epochs."""
+    lowered = [e for e in curve_facts(record)["lowered_at"] if e <= epochs]
+    return f" (batch {batch}'s learning rate was first lowered for epoch {lowered[0]})" if lowered else ""
+
+
 def batch_story(model: str, folder=None) -> str:
     """Sentences (Markdown) comparing the model's runs at its smallest and largest batch:
-    per epoch over the epochs both ran, at about the same number of optimizer steps, and
+    per epoch over the epochs both ran, per optimizer step over the steps both took, and
     where each ended; with a record at one batch only, which run is not yet measured."""
     runs = by_batch(model, folder)
     title = results._model_title(model)
     if len(runs) < 2:
-        have = f"Only batch {next(iter(runs))} has" if runs else "No batch has"
         other = KERAS_DEFAULT_BATCH if KERAS_DEFAULT_BATCH not in runs else 4 * KERAS_DEFAULT_BATCH
-        return (f"{have} a full-scale record of {title} trained the study's way; the same run at batch "
-                f"{other} is not yet measured (`python -m tinylib train {model} --profile full --batch-size "
-                f"{other}`, its `record.json` copied into `book/results/`).")
+        have = (f"Only batch {next(iter(runs))} has a full-scale record of {title} trained the study's way; the same "
+                f"run" if runs else f"No full-scale record of {title} trained the study's way exists yet; a run")
+        return (f"{have} at batch {other} is not yet measured (`python -m tinylib train {model} --profile full "
+                f"--batch-size {other} --name {model}-full-batch{other}`, then its `record.json` copied into "
+                f"`book/results/` as `{model}-full-<backend>-batch{other}.json`).")
     (small, a), (large, b) = next(iter(runs.items())), list(runs.items())[-1]
     val_a, val_b = _curves(a)[0], _curves(b)[0]
     steps_a, steps_b = record_steps_per_epoch(a), record_steps_per_epoch(b)
     n = int(a["dataset"].get("val_images") or results.STUDY_VAL_IMAGES)
     both = min(len(val_a), len(val_b))
     best_a, best_b = float(val_a[:both].max()), float(val_b[:both].max())
-    stand = results._against(best_a, n, best_b, n)
-    verdict = {"within noise of": "within noise of", "above": "above, beyond noise,",
-               "below": "below, beyond noise,"}[stand]
     sentences = [f"**The batch:** over the {both} epochs both runs trained, {title} at batch {small} "
-                 f"({steps_a:,} optimizer steps an epoch) reached {pct(best_a)} validation top-1 at best, {verdict} "
-                 f"the {pct(best_b)} of batch {large} ({steps_b:,} steps an epoch)."]
-    # The small batch's last epoch that the large batch's run has as many steps for.
-    k = min(len(val_a), (len(val_b) * steps_b) // steps_a)
-    if k >= 1:
-        j = min(len(val_b), max(1, round(k * steps_a / steps_b)))
-        sentences.append(f"After about the same number of steps, batch {small}'s epoch {k} ({k * steps_a:,} steps) "
-                         f"validated at {pct(float(val_a[k - 1]))} and batch {large}'s epoch {j} ({j * steps_b:,} "
-                         f"steps) at {pct(float(val_b[j - 1]))}.")
+                 f"({steps_a:,} optimizer steps an epoch) reached {pct(best_a)} validation top-1 at best, "
+                 f"{_verdict(best_a, best_b, n)} the {pct(best_b)} of batch {large} ({steps_b:,} steps an epoch)"
+                 f"{_rate_note(a, both, small)}{_rate_note(b, both, large)}."]
+    # Over the steps both took: each run's epochs that end within the shorter run's steps.
+    shared = min(len(val_a) * steps_a, len(val_b) * steps_b)
+    k, j = shared // steps_a, shared // steps_b
+    if k >= 1 and j >= 1:
+        at_a, at_b = float(val_a[:k].max()), float(val_b[:j].max())
+        sentences.append(f"Over the first {shared:,} optimizer steps, batch {small} reached {pct(at_a)} at best (its "
+                         f"{k} epoch{'s' if k > 1 else ''}, {k * steps_a:,} steps), {_verdict(at_a, at_b, n)} the "
+                         f"{pct(at_b)} of batch {large} (its {j} epochs, {j * steps_b:,} steps)"
+                         f"{_rate_note(a, k, small)}{_rate_note(b, j, large)}.")
     ends = []
     for batch, record in ((small, a), (large, b)):
         so_far = "" if results.run_end(record)[0] != "unfinished" else " so far"
         ends.append(f"batch {batch}, {pct(record['best_val_top1'])}{so_far}, {results.epochs_text(record)}, "
                     f"in `{record['record_file']}`")
     sentences.append(f"Best validation top-1 of each run: {'; '.join(ends)}.")
+    if a.get("callbacks"):
+        sentences.append(f"The study's callbacks count epochs, so at batch {small} their patience waits "
+                         f"{steps_a / steps_b:.0f} times the steps: where each run ended differs by more than its batch.")
     return " ".join(sentences)

@@ -191,7 +191,7 @@ def copy_record(run_path: Path, results: Path) -> Path:
 
 def summary_rows(results: Path) -> list[dict]:
     """One row per run record in ``results``, with the study's numbers beside them."""
-    from tinylib.results import STUDY_RESULTS, record_key
+    from tinylib.results import record_key, study_figures
 
     rows = []
     for path in sorted(Path(results).glob("*.json")):
@@ -204,7 +204,7 @@ def summary_rows(results: Path) -> list[dict]:
         if not isinstance(record, dict) or "best_val_top1" not in record:
             continue
         key = record_key(record)
-        study = STUDY_RESULTS.get(key, {})
+        study = study_figures(record)
         rows.append({
             "run": key, "record": path.name, "profile": record.get("profile"), "epochs": record.get("epochs_run"),
             "finished": bool(record.get("finished")), "batch_size": record.get("batch_size"),

@@ -32,8 +32,10 @@ def record_key(record: dict) -> str:
     """What a record is a result *of*: the model, and how it was trained if not as the study did.
 
     'model5' is the study's way; 'model5-finetune-128px-all' a fine-tuning stage
-    (``tinylib.transfer``); 'resnet18-modern' a run with a named recipe. So a
-    beyond-the-study run never stands in for a reproduction of the study's table.
+    (``tinylib.transfer``); 'resnet18-modern' a run with a named recipe; 'model2-batch32'
+    the study's way on batches other than its profile's (chapter 7 compares them). So a
+    beyond-the-study run never stands in for a reproduction of the study's table, and
+    the row of the table is the profile's own run, to which the other records compare.
     """
     model = record["model"]
     if record.get("comparison") == "optimizers":  # chapter 5's runs, never the study's row
@@ -43,7 +45,31 @@ def record_key(record: dict) -> str:
     if record.get("stage"):
         return f"{model}-finetune-{record.get('image_size', 64)}px-{record['stage']}"
     recipe = (record.get("recipe") or {}).get("name")
-    return f"{model}-{recipe}" if recipe else model
+    if recipe:
+        return f"{model}-{recipe}"
+    batch, expected = record.get("batch_size"), profile_batch(record)
+    return f"{model}-batch{batch}" if batch and expected and batch != expected else model
+
+
+def profile_batch(record: dict) -> int | None:
+    """The batch the record's profile asked for (its ``profile_batch_size``; a record from
+    before that was recorded: the profile's batch as this version defines it, times the
+    record's devices), None if unknown. A run on another batch is a row of its own."""
+    if record.get("profile_batch_size"):
+        return int(record["profile_batch_size"])
+    from tinylib.profiles import PROFILES
+
+    profile = PROFILES.get(record.get("profile"))
+    return profile.batch_size * int(record.get("devices") or 1) if profile else None
+
+
+def study_figures(record: dict) -> dict:
+    """The study's train and validation accuracy for a record of one of its models trained
+    its way, at the profile's batch or another ({} for anything else)."""
+    key = record_key(record)
+    if key == record.get("model") or key == f"{record.get('model')}-batch{record.get('batch_size')}":
+        return STUDY_RESULTS.get(record.get("model"), {})
+    return {}
 
 
 def every_full_scale_record(folder: Path | str | None = None) -> list[dict]:
@@ -100,7 +126,8 @@ def _weights(record: dict) -> str:
 
 def _describe(record: dict) -> str:
     minutes = f" in {record['wall_seconds'] / 60:,.0f} min" if record.get("wall_seconds") else ""
-    return (f"{epochs_text(record)}{minutes}, {record['backend']} on {record['device']}, "
+    batch = f", batch {record['batch_size']}" if record.get("batch_size") else ""
+    return (f"{epochs_text(record)}{batch}{minutes}, {record['backend']} on {record['device']}, "
             f"weights: {_weights(record)} ({record['record_file']})")
 
 
@@ -138,7 +165,8 @@ def full_scale_report(model: str, folder: Path | str | None = None) -> str:
     minutes = record.get("wall_seconds", 0.0) / 60
     lines.append(f"this book, full scale: train {record['final_train_top1']:.2%}, "
                  f"val {record['best_val_top1']:.2%}, top-5 {record['best_val_top5']:.2%}")
-    lines.append(f"    {epochs_text(record)} in {minutes:,.0f} minutes, "
+    batch = f" on batches of {record['batch_size']}" if record.get("batch_size") else ""
+    lines.append(f"    {epochs_text(record)}{batch} in {minutes:,.0f} minutes, "
                  f"{record.get('train_images_per_second', float('nan')):,.0f} train images/s, "
                  f"{record['backend']} on {record['device']}, weights: {_weights(record)} "
                  f"({record['record_file']})")
@@ -221,8 +249,9 @@ def full_scale_story(model: str, folder: Path | str | None = None) -> str:
     source = record.get("weights_source")
     weights += f" weights ({source})" if source and source != record.get("weights") else " weights"
     backend = BACKEND_NAMES.get(record["backend"], record["backend"])
+    batch = f", on batches of {record['batch_size']}" if record.get("batch_size") else ""
     parts.append(f"As for the run's end, {_how_it_ended(record)}; it took {minutes:,.0f} minutes of "
-                 f"{backend} on {record['device']}, from {weights} (`{record['record_file']}`).")
+                 f"{backend} on {record['device']}{batch}, from {weights} (`{record['record_file']}`).")
     return " ".join(parts)
 
 

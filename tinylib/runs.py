@@ -377,6 +377,7 @@ def new_record(model, data, profile, epochs, batch_size, callbacks) -> dict:
         },
         "epochs": epochs,
         "batch_size": batch_size,
+        "profile_batch_size": profile.batch_size * device_count(),  # another batch_size: asked for
         "optimizer": type(optimizer).__name__ if optimizer else None,
         "learning_rate": learning_rate,
         "recipe": recipe.to_dict() if recipe is not None else None,

@@ -142,7 +142,7 @@ def build_optimizer(model) -> None:
     state loads into them. On TensorFlow, Keras otherwise creates them while it traces the
     step, and a traced function that created variables is traced a second time: for
     ResNet50 that is about 15 s more before the first batch on a 2-core CPU."""
-    if not model.optimizer.built:
+    if getattr(model, "optimizer", None) is not None and not model.optimizer.built:  # uncompiled: Keras says so
         model.optimizer.build(model.trainable_variables)
 
 
