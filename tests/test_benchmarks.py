@@ -124,3 +124,16 @@ def test_run_speed_reads_each_runs_record_and_compares_it_with_the_first_variant
     assert rows["new"][1:3] == ["1,260", "2.10"]
     with pytest.raises(SystemExit):
         module.main(["--only", "xla"])  # the training command has no --jit-compile
+
+
+def test_first_step_prints_the_first_batchs_seconds_both_ways_for_each_model(capsys):
+    module = load("first_step")
+    best = module.main(["--models", "model1", "--batch", "4", "--rounds", "1"])
+    out = capsys.readouterr().out
+    assert "batch 4, fastest of 1 rounds" in out
+    row = re.search(r"^model1 +([\d.]+)s +([\d.]+)s +([\d.]+)$", out, re.M)
+    assert row, out
+    assert set(best) == {("model1", variant) for variant in module.VARIANTS}
+    assert all(0 < seconds < 600 for seconds in best.values())
+    assert float(row[3]) == pytest.approx(best["model1", module.VARIANTS[0]] / best["model1", module.VARIANTS[1]],
+                                          abs=0.01)

@@ -140,8 +140,8 @@ def build_optimizer(model) -> None:
     """Create the optimizer's variables (Adam's moments) before the first step, for the
     variables the model trains now, as Keras would in that step; a checkpoint's optimizer
     state loads into them. On TensorFlow, Keras otherwise creates them while it traces the
-    step, and a traced function that created variables is traced a second time: for
-    ResNet50 that is about 15 s more before the first batch on a 2-core CPU."""
+    step, and a traced function that created variables is traced a second time, which for
+    ResNet50 on a CPU is many seconds before the first batch (``benchmarks/first_step.py``)."""
     if getattr(model, "optimizer", None) is not None and not model.optimizer.built:  # uncompiled: Keras says so
         model.optimizer.build(model.trainable_variables)
 
