@@ -139,8 +139,8 @@ def test_the_batch_story_compares_per_epoch_per_step_and_at_the_end(tmp_path):
                             "optimizer steps an epoch) reached 16.00% validation top-1 at best, above, beyond noise, "
                             "the 9.00% of batch 128 (782 steps an epoch).")
     assert ("Over the first 7,820 optimizer steps, batch 32 reached 15.00% at best (its 2 epochs, 6,250 steps), "
-            "below, beyond noise, the 21.00% of batch 128 (its 10 epochs, 7,820 steps) (batch 128's learning rate "
-            "was first lowered for epoch 10).") in story
+            "below, beyond noise, the 21.00% of batch 128 (its 10 epochs, 7,820 steps; its learning rate first "
+            "lowered for epoch 10).") in story
     assert ("batch 32, 16.00% so far, 3 of 100 epochs (unfinished" in story
             and "batch 128, 21.00%, stopped early after 10 of 100 epochs, in `large.json`" in story)
     assert "their patience waits 4 times the steps" in story

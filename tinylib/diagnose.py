@@ -211,10 +211,10 @@ def _verdict(value: float, other: float, n: int) -> str:
             "below": "below, beyond noise,"}[results._against(value, n, other, n)]
 
 
-def _rate_note(record: dict, epochs: int, batch: int) -> str:
+def _rate_note(record: dict, epochs: int) -> str:
     """Whether the run's learning rate had been lowered within its first ``epochs`` epochs."""
     lowered = [e for e in curve_facts(record)["lowered_at"] if e <= epochs]
-    return f" (batch {batch}'s learning rate was first lowered for epoch {lowered[0]})" if lowered else ""
+    return f"; its learning rate first lowered for epoch {lowered[0]}" if lowered else ""
 
 
 def batch_story(model: str, folder=None) -> str:
@@ -237,18 +237,18 @@ def batch_story(model: str, folder=None) -> str:
     both = min(len(val_a), len(val_b))
     best_a, best_b = float(val_a[:both].max()), float(val_b[:both].max())
     sentences = [f"**The batch:** over the {both} epochs both runs trained, {title} at batch {small} "
-                 f"({steps_a:,} optimizer steps an epoch) reached {pct(best_a)} validation top-1 at best, "
-                 f"{_verdict(best_a, best_b, n)} the {pct(best_b)} of batch {large} ({steps_b:,} steps an epoch)"
-                 f"{_rate_note(a, both, small)}{_rate_note(b, both, large)}."]
+                 f"({steps_a:,} optimizer steps an epoch{_rate_note(a, both)}) reached {pct(best_a)} validation "
+                 f"top-1 at best, {_verdict(best_a, best_b, n)} the {pct(best_b)} of batch {large} ({steps_b:,} "
+                 f"steps an epoch{_rate_note(b, both)})."]
     # Over the steps both took: each run's epochs that end within the shorter run's steps.
     shared = min(len(val_a) * steps_a, len(val_b) * steps_b)
     k, j = shared // steps_a, shared // steps_b
     if k >= 1 and j >= 1:
         at_a, at_b = float(val_a[:k].max()), float(val_b[:j].max())
         sentences.append(f"Over the first {shared:,} optimizer steps, batch {small} reached {pct(at_a)} at best (its "
-                         f"{k} epoch{'s' if k > 1 else ''}, {k * steps_a:,} steps), {_verdict(at_a, at_b, n)} the "
-                         f"{pct(at_b)} of batch {large} (its {j} epochs, {j * steps_b:,} steps)"
-                         f"{_rate_note(a, k, small)}{_rate_note(b, j, large)}.")
+                         f"{k} epoch{'s' if k > 1 else ''}, {k * steps_a:,} steps{_rate_note(a, k)}), "
+                         f"{_verdict(at_a, at_b, n)} the {pct(at_b)} of batch {large} (its {j} epoch"
+                         f"{'s' if j > 1 else ''}, {j * steps_b:,} steps{_rate_note(b, j)}).")
     ends = []
     for batch, record in ((small, a), (large, b)):
         so_far = "" if results.run_end(record)[0] != "unfinished" else " so far"
