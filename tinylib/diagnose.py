@@ -206,11 +206,6 @@ def record_steps_per_epoch(record: dict) -> int:
     return steps_per_epoch(int(record["dataset"]["train_images"]), int(record["batch_size"]))
 
 
-def _verdict(value: float, other: float, n: int) -> str:
-    return {"within noise of": "within noise of", "above": "above, beyond noise,",
-            "below": "below, beyond noise,"}[results._against(value, n, other, n)]
-
-
 def _rate_note(record: dict, epochs: int) -> str:
     """Whether the run's learning rate had been lowered within its first ``epochs`` epochs."""
     lowered = [e for e in curve_facts(record)["lowered_at"] if e <= epochs]
@@ -238,7 +233,7 @@ def batch_story(model: str, folder=None) -> str:
     best_a, best_b = float(val_a[:both].max()), float(val_b[:both].max())
     sentences = [f"**The batch:** over the {both} epochs both runs trained, {title} at batch {small} "
                  f"({steps_a:,} optimizer steps an epoch{_rate_note(a, both)}) reached {pct(best_a)} validation "
-                 f"top-1 at best, {_verdict(best_a, best_b, n)} the {pct(best_b)} of batch {large} ({steps_b:,} "
+                 f"top-1 at best, {results.against_phrase(best_a, n, best_b, n)} the {pct(best_b)} of batch {large} ({steps_b:,} "
                  f"steps an epoch{_rate_note(b, both)})."]
     # Over the steps both took: each run's epochs that end within the shorter run's steps.
     shared = min(len(val_a) * steps_a, len(val_b) * steps_b)
@@ -247,7 +242,7 @@ def batch_story(model: str, folder=None) -> str:
         at_a, at_b = float(val_a[:k].max()), float(val_b[:j].max())
         sentences.append(f"Over the first {shared:,} optimizer steps, batch {small} reached {pct(at_a)} at best (its "
                          f"{k} epoch{'s' if k > 1 else ''}, {k * steps_a:,} steps{_rate_note(a, k)}), "
-                         f"{_verdict(at_a, at_b, n)} the {pct(at_b)} of batch {large} (its {j} epoch"
+                         f"{results.against_phrase(at_a, n, at_b, n)} the {pct(at_b)} of batch {large} (its {j} epoch"
                          f"{'s' if j > 1 else ''}, {j * steps_b:,} steps{_rate_note(b, j)}).")
     ends = []
     for batch, record in ((small, a), (large, b)):

@@ -203,6 +203,13 @@ def _against(value: float, n: int, other: float, other_n: int) -> str:
     return "above" if value > other else "below"
 
 
+def against_phrase(value: float, n: int, other: float, other_n: int) -> str:
+    """``_against`` for the middle of a sentence: 'within noise of', 'above, beyond noise,' or
+    'below, beyond noise,' (then the other figure)."""
+    return {"within noise of": "within noise of", "above": "above, beyond noise,",
+            "below": "below, beyond noise,"}[_against(value, n, other, other_n)]
+
+
 def _how_it_ended(record: dict) -> str:
     end, run, planned = run_end(record)
     return {"stopped early": f"early stopping ended it after epoch {run} of the {planned} allowed",
@@ -495,9 +502,7 @@ def precision_story(model: str = "model2", policy: str = "mixed_bfloat16",
     epochs = int(run["epochs_run"])
     n = int((run.get("dataset") or {}).get("val_images") or STUDY_VAL_IMAGES)
     fast, plain = max(check[policy]["val_accuracy"]), max(check["float32"]["val_accuracy"])
-    stand = _against(fast, n, plain, n)
-    verdict = {"within noise of": "within noise of", "above": "above, beyond noise,",
-               "below": "below, beyond noise,"}[stand]
+    verdict = against_phrase(fast, n, plain, n)
     return (f"Over its first {epochs} epochs at full scale, {title} in {policy} reached {pct(fast)} validation "
             f"top-1 at best, {verdict} the {pct(plain)} of its float32 run over the same epochs "
             f"(from the same initial weights and batches); final training loss "
