@@ -68,3 +68,68 @@ def test_reproduce_refuses_a_negative_budget(capsys):
     with pytest.raises(SystemExit):
         cli.main(["reproduce", "--budget", "-5"])
     assert "must be 0 or more, got -5" in capsys.readouterr().err
+
+
+def test_train_stops_within_its_budget_and_publishes_the_record_as_it_stands(tmp_path, tiny_env, synthetic,
+                                                                              monkeypatch, capsys):
+    """A long run in stretches: each sitting stops at an epoch boundary (exit status 3), its
+    record goes to the results folder unfinished, and the same command later finishes it."""
+    from tinylib import profiles, reproduce, train
+
+    monkeypatch.setenv("TINYLIB_DATA", str(synthetic))
+    sized = profiles.Profile("smoke", classes=None, train_per_class=None, val_per_class=None, epochs=3, batch_size=8)
+    monkeypatch.setattr(profiles, "PROFILES", {**profiles.PROFILES, "smoke": sized})  # the synthetic set's size
+    command = ["train", "model1", "--profile", "smoke", "--runs", str(tmp_path / "runs"),
+               "--results", str(tmp_path / "results")]
+    name = f"model1-smoke-{keras.backend.backend()}"
+    assert cli.main([*command, "--budget", "0"]) == reproduce.WORK_REMAINS  # nothing trained, nothing published
+    assert not (tmp_path / "results").exists() and "nothing trained" in capsys.readouterr().out
+    # A budget that holds one epoch (how long one lasts is tests/test_reproduce.py's matter):
+    monkeypatch.setattr(train, "_would_overrun", lambda run, deadline: deadline is not None and run.epochs_done >= 1)
+    assert cli.main([*command, "--budget", "60"]) == reproduce.WORK_REMAINS
+    record = json.loads((tmp_path / "results" / f"{name}.json").read_text())
+    assert record["epochs_run"] == 1 and not record["finished"]
+    out = capsys.readouterr().out
+    assert "unfinished: run the same command again" in out
+    assert "| model1 | smoke | 1 (unfinished) |" in (tmp_path / "results" / "summary.md").read_text()
+
+    assert cli.main(command) == 0
+    record = json.loads((tmp_path / "results" / f"{name}.json").read_text())
+    assert record["epochs_run"] == 3 and record["finished"] and record["resumed_at_epoch"] == 1
+    assert "| model1 | smoke | 3 |" in (tmp_path / "results" / "summary.md").read_text()
+
+
+def _documented_commands():
+    """Every ``python -m tinylib ...`` a reader is shown: the README, the chapters, this CLI's docstring."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    texts = [(root / "README.md").read_text(encoding="utf-8"), cli.__doc__]
+    for notebook in sorted((root / "book").glob("*.ipynb")):
+        cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
+        texts.append("\n".join("".join(cell["source"]) for cell in cells))
+    commands = set()
+    for text in texts:
+        text = re.sub(r"\s*\\\n\s*", " ", text)  # a shell line continued
+        for found in re.finditer(r"python -m tinylib([^\n`#);]*)", text):
+            commands.add(re.split(r"\s{2,}", found.group(1).strip())[0])  # a comment in two spaces ends it
+    return sorted(commands)
+
+
+def test_every_command_the_readme_and_the_book_show_is_one_the_command_line_takes():
+    """A renamed or dropped option fails here, not in a reader's terminal."""
+    import shlex
+
+    commands = _documented_commands()
+    assert any(c.startswith("train model2 ") and "--budget" in c for c in commands)  # the README's sittings
+    parser = cli.build_parser()
+    subcommands = parser._subparsers._group_actions[0].choices
+    for command in commands:
+        if len(command.split()) < 2:  # the command or a subcommand named in prose
+            assert command in ("", "--help", *subcommands), f"`python -m tinylib {command}`: no such command"
+            continue
+        try:
+            parser.parse_args(shlex.split(command))
+        except SystemExit as exited:  # --help exits 0; a refusal exits 2
+            assert exited.code == 0, f"`python -m tinylib {command}` is not a command tinylib takes"

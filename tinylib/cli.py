@@ -7,6 +7,7 @@
     python -m tinylib train model4         train (resumes an interrupted run)
     python -m tinylib train resnet18 --recipe modern --profile full
     python -m tinylib train resnet9 --recipe fast --profile full --hours 3    on a time budget
+    python -m tinylib train model2 --batch-size 32 --name model2-b32 --budget 170 --results book/results   in stretches
     python -m tinylib evaluate RUN_DIR     top-1/top-5, per-class accuracy, confusions
     python -m tinylib reproduce --budget 9 --results book/results   the whole study, resumably
 
@@ -81,11 +82,14 @@ def _weights(value: str):
 
 
 def _train(args) -> int:
+    import time
+
     from tinylib import data, environment, runs, train
     from tinylib.profiles import get_profile
 
     from tinylib.models import normalize_name
 
+    deadline = time.monotonic() + args.budget * 60 if args.budget is not None else None
     normalize_name(args.model)  # an unknown model fails now, not after the data has loaded
     profile = get_profile(args.profile)
     print(profile.describe(), flush=True)
@@ -111,16 +115,32 @@ def _train(args) -> int:
         model = train.build(args.model, dataset, profile, augment=not args.no_augment,
                             optimizer=args.optimizer, learning_rate=args.learning_rate, **weights)
     run = train.fit(model, dataset, profile, name=args.name, epochs=args.epochs, batch_size=args.batch_size,
-                    resume=not args.fresh, runs=args.runs, hours=args.hours)
+                    resume=not args.fresh, runs=args.runs, hours=args.hours, deadline=deadline)
     record = run.record
     print(f"\nrun folder: {run.path}")
+    if not run.epochs_done:
+        print("nothing trained: the budget was spent before the first epoch")
+        return _publish(run, args.results)
     print(f"best val top-1 {record.get('best_val_top1', float('nan')):.2%}, "
           f"top-5 {record.get('best_val_top5', float('nan')):.2%}; "
           f"{record.get('train_images_per_second', 0):,.0f} train images/s; weights: {record['weights']}")
     if "val_top1_flips" in record:
         print(f"final val top-1 {record['final_val_top1']:.2%}, with test-time flips {record['val_top1_flips']:.2%}; "
               f"{record['epochs_run']} epochs in {record['wall_seconds'] / 3600:.2f} h of a {args.hours:g} h budget")
-    return 0
+    return _publish(run, args.results)
+
+
+def _publish(run, results: str | None) -> int:
+    """Copy the run's record, as it stands, into ``results`` and write the summary there;
+    the exit status says whether the run is finished (0) or has epochs left (3)."""
+    from tinylib import reproduce
+
+    if results and run.epochs_done:
+        target = reproduce.copy_record(run.path, Path(results))
+        markdown, _ = reproduce.write_summary(Path(results))
+        state = "finished" if run.record.get("finished") else "unfinished: run the same command again to continue"
+        print(f"record: {target} ({state}); summary: {markdown}")
+    return reproduce.WORK_REMAINS if run.out_of_time else 0
 
 
 def _evaluate(args) -> int:
@@ -261,6 +281,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train to a time budget: as many epochs (of --epochs at most) as fit in H hours of "
                         "training over every invocation, the learning rate reaching zero at the end; needs a "
                         "recipe with the 'linear' schedule (--recipe fast). Scored with test-time flips too")
+    p.add_argument("--budget", type=_minutes, help="minutes of this sitting: stop at an epoch boundary before "
+                   "they are spent, judging by the last epoch's length (exit status 3; the same command continues)")
+    p.add_argument("--results", help="copy the run's record here as it stands, finished or not, and write "
+                   "summary.md/json (book/results is the natural target)")
     p.set_defaults(func=_train)
 
     p = commands.add_parser("reproduce", help="train every full-scale run of the book, resumably, in a budget",
