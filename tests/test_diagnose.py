@@ -150,8 +150,11 @@ def test_the_batch_story_names_the_run_not_yet_measured(tmp_path):
     _at_batch(tmp_path, "large.json", 128, [0.1, 0.2])
     story = diagnose.batch_story("model2", tmp_path)
     assert story.startswith("Only batch 128 has a full-scale record of Model 2")
-    assert ("at batch 32 is not yet measured (`python -m tinylib train model2 --profile full --batch-size 32 "
-            "--name model2-full-batch32`") in story
+    command = "python -m tinylib train model2 --profile full --batch-size 32 --budget 170 --results book/results"
+    assert f"at batch 32 is not yet measured (`{command}`" in story
+    from tinylib import cli
+
+    assert cli.build_parser().parse_args(command.split()[3:]).batch_size == 32  # a command tinylib takes
     assert diagnose.batch_story("model4", tmp_path).startswith("No full-scale record of Model 4")
 
 
@@ -168,3 +171,12 @@ def test_the_batch_figure_puts_a_run_at_its_steps(tmp_path):
     assert list(by_step.lines[0].get_xdata()) == pytest.approx([3.125, 6.25])  # thousands of steps
     assert list(by_step.lines[1].get_xdata()) == pytest.approx([0.782, 1.564])
     assert [line.get_label() for line in by_step.lines] == ["batch 32", "batch 128", "the study"]
+
+
+def test_the_batch_story_names_every_batch_measured_not_only_the_two_compared(tmp_path):
+    _at_batch(tmp_path, "small.json", 32, [0.10, 0.15])
+    _at_batch(tmp_path, "mid.json", 64, [0.12, 0.19])
+    _at_batch(tmp_path, "large.json", 128, [0.05, 0.08])
+    story = diagnose.batch_story("model2", tmp_path)
+    assert story.startswith("**The batch:** over the 2 epochs both runs trained, Model 2 at batch 32")
+    assert "batch 64, 19.00%, 2 epochs, in `mid.json`" in story

@@ -286,11 +286,12 @@ def test_a_changed_batch_size_is_refused_with_what_differs(tmp_path, smoke):
     from tinylib import train
 
     ds, profile = smoke
-    train.fit(_tiny(ds.num_classes), ds, profile, epochs=2, runs=tmp_path, callbacks=[], verbose=0)
+    first = train.fit(_tiny(ds.num_classes), ds, profile, epochs=2, runs=tmp_path, callbacks=[], verbose=0)
+    name = first.path.name  # another batch has a folder of its own, unless the profile's run is named
     with pytest.raises(runs.RunConflict, match=r"batch_size: 8 -> 4.*--fresh"):
-        train.fit(_tiny(ds.num_classes), ds, profile, epochs=2, batch_size=4, runs=tmp_path,
+        train.fit(_tiny(ds.num_classes), ds, profile, epochs=2, batch_size=4, runs=tmp_path, name=name,
                   callbacks=[], verbose=0)
-    fresh = train.fit(_tiny(ds.num_classes), ds, profile, epochs=2, batch_size=4, runs=tmp_path,
+    fresh = train.fit(_tiny(ds.num_classes), ds, profile, epochs=2, batch_size=4, runs=tmp_path, name=name,
                       callbacks=[], verbose=0, resume=False)
     assert fresh.record["batch_size"] == 4 and "resumed_at_epoch" not in fresh.record
 
@@ -335,6 +336,20 @@ def test_an_option_a_record_predates_counts_as_its_default_and_another_value_is_
     strided = models.build_model("resnet18", num_classes=ds.num_classes, width=16, stem_stride=2)
     with pytest.raises(runs.RunConflict, match=r"build_options.stem_stride: 1 -> 2"):
         train.fit(strided, ds, profile, epochs=2, runs=tmp_path, callbacks=[], verbose=0)
+
+
+def test_another_batch_is_another_run_in_a_folder_of_its_own(tmp_path, smoke):
+    """Asked for Keras' default batch, a run does not resume, nor stop at, the profile's run."""
+    from tinylib import train
+
+    ds, profile = smoke
+    first = train.fit(_tiny(ds.num_classes), ds, profile, runs=tmp_path, callbacks=[], verbose=0)
+    other = train.fit(_tiny(ds.num_classes), ds, profile, runs=tmp_path, callbacks=[], verbose=0, batch_size=4)
+    assert other.path.name == first.path.name + "-batch4" and "resumed_at_epoch" not in other.record
+    same = train.fit(_tiny(ds.num_classes), ds, profile, runs=tmp_path, callbacks=[], verbose=0,
+                     batch_size=profile.batch_size)  # the profile's batch, asked for by its number
+    assert same.path == first.path
+    assert train.run_folder("m", profile, batch_size=4, seed=7).name.endswith("-batch4-seed7")
 
 
 def test_another_seed_is_another_run(tmp_path, smoke):

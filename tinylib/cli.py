@@ -7,7 +7,7 @@
     python -m tinylib train model4         train (resumes an interrupted run)
     python -m tinylib train resnet18 --recipe modern --profile full
     python -m tinylib train resnet9 --recipe fast --profile full --hours 3    on a time budget
-    python -m tinylib train model2 --batch-size 32 --name model2-b32 --budget 170 --results book/results   in stretches
+    python -m tinylib train model2 --batch-size 32 --budget 170 --results book/results   in sittings
     python -m tinylib evaluate RUN_DIR     top-1/top-5, per-class accuracy, confusions
     python -m tinylib reproduce --budget 9 --results book/results   the whole study, resumably
 
@@ -274,7 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="model5 only: imagenet (default) | PATH to a weights file | none")
     p.add_argument("--no-augment", action="store_true", help="train without augmentation")
     p.add_argument("--precision", default="auto", help="auto | float32 | mixed_bfloat16 | mixed_float16")
-    p.add_argument("--name", help="run folder name (default MODEL-PROFILE-BACKEND)")
+    p.add_argument("--name", help="run folder name (default MODEL-PROFILE-BACKEND, with -batchN on another batch than "
+                   "the profile's)")
     p.add_argument("--runs", help="parent folder of run folders (default TINYLIB_RUNS or TINYLIB_HOME/runs)")
     p.add_argument("--fresh", action="store_true", help="start over instead of resuming")
     p.add_argument("--hours", type=_positive_float, metavar="H",

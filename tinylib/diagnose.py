@@ -215,7 +215,8 @@ def _rate_note(record: dict, epochs: int) -> str:
 def batch_story(model: str, folder=None) -> str:
     """Sentences (Markdown) comparing the model's runs at its smallest and largest batch:
     per epoch over the epochs both ran, per optimizer step over the steps both took, and
-    where each ended; with a record at one batch only, which run is not yet measured."""
+    where each run at any batch ended; with a record at one batch only, which run is not
+    yet measured and the command that measures it."""
     runs = by_batch(model, folder)
     title = results._model_title(model)
     if len(runs) < 2:
@@ -223,8 +224,9 @@ def batch_story(model: str, folder=None) -> str:
         have = (f"Only batch {next(iter(runs))} has a full-scale record of {title} trained the study's way; the same "
                 f"run" if runs else f"No full-scale record of {title} trained the study's way exists yet; a run")
         return (f"{have} at batch {other} is not yet measured (`python -m tinylib train {model} --profile full "
-                f"--batch-size {other} --name {model}-full-batch{other}`, then its `record.json` copied into "
-                f"`book/results/` as `{model}-full-<backend>-batch{other}.json`).")
+                f"--batch-size {other} --budget 170 --results book/results`, again each sitting until it ends: "
+                f"it trains in a folder of its own, and its record lands in `book/results/` as "
+                f"`{model}-full-<backend>-batch{other}.json`).")
     (small, a), (large, b) = next(iter(runs.items())), list(runs.items())[-1]
     val_a, val_b = _curves(a)[0], _curves(b)[0]
     steps_a, steps_b = record_steps_per_epoch(a), record_steps_per_epoch(b)
@@ -245,7 +247,7 @@ def batch_story(model: str, folder=None) -> str:
                          f"{results.against_phrase(at_a, n, at_b, n)} the {pct(at_b)} of batch {large} (its {j} epoch"
                          f"{'s' if j > 1 else ''}, {j * steps_b:,} steps{_rate_note(b, j)}).")
     ends = []
-    for batch, record in ((small, a), (large, b)):
+    for batch, record in runs.items():  # every batch measured, those between the two compared too
         so_far = "" if results.run_end(record)[0] != "unfinished" else " so far"
         ends.append(f"batch {batch}, {pct(record['best_val_top1'])}{so_far}, {results.epochs_text(record)}, "
                     f"in `{record['record_file']}`")

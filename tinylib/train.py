@@ -84,7 +84,8 @@ def fit(model: keras.Model, data, profile: Profile | str | None = None, *, name:
     boundary that the next epoch, timed like the last one, would overrun: the run
     is then resumable and ``run.out_of_time`` is True.  ``seed`` (the profile's by
     default) orders the batches; a run with another seed is
-    another run, in a folder of its own (``-seed<N>``), as is one given a ``suffix``.
+    another run, in a folder of its own (``-seed<N>``), as is one on another ``batch_size``
+    than the profile's (``-batch<N>``) and one given a ``suffix``.
     ``steps_per_execution`` (default: ``environment.steps_per_execution()``, 16 on a
     GPU) runs that many steps per compiled call; the result is the same.
     ``hours`` trains to a time budget (``tinylib.budget``): as many of ``epochs`` as fit
@@ -100,7 +101,8 @@ def fit(model: keras.Model, data, profile: Profile | str | None = None, *, name:
     _check_schedule_length(model, recipe, epochs)
     _refuse_stateful_extras(extra_callbacks)
     seed = profile.seed if seed is None else int(seed)
-    path = run_folder(model.name, profile, recipe=recipe, seed=seed, suffix=suffix, name=name, runs=runs)
+    path = run_folder(model.name, profile, recipe=recipe, seed=seed, batch_size=batch_size, suffix=suffix, name=name,
+                      runs=runs)
     path.mkdir(parents=True, exist_ok=True)
     if callbacks == "study":
         as_the_study = model.name in models_lib.MODELS and recipe in (None, get_recipe("study"))
@@ -169,10 +171,15 @@ def _budget(model, run: Run, previous: dict | None, hours: float, steps: int, ep
 
 
 def run_folder(model_name: str, profile: Profile, *, recipe: Recipe | None = None, seed: int | None = None,
-               suffix: str = "", name: str | None = None, runs: Path | None = None) -> Path:
-    """The folder ``fit`` trains a run in: a recipe's runs, and runs with another seed, have their own."""
+               batch_size: int | None = None, suffix: str = "", name: str | None = None,
+               runs: Path | None = None) -> Path:
+    """The folder ``fit`` trains a run in: a recipe's runs, runs on another batch than the
+    profile's (times the devices in force) and runs with another seed have their own, so
+    none of them resumes, or is refused by, the profile's run (``-batch32``, ``-seed1``)."""
     seed = profile.seed if seed is None else int(seed)
     suffix = (f"-{recipe.name}" if recipe is not None else "") + suffix
+    if batch_size and int(batch_size) != profile.batch_size * environment.device_count():
+        suffix += f"-batch{int(batch_size)}"
     suffix += f"-seed{seed}" if seed != profile.seed else ""
     return Path(runs or runs_dir()).expanduser().absolute() / (name or run_name(model_name, profile, suffix))
 
@@ -517,20 +524,21 @@ def train_model(model_name: str, data, profile=None, *, augment: bool = True, bu
     profile = get_profile(profile)
     seed = fit_kwargs.get("seed")
     keras.utils.set_random_seed(profile.seed if seed is None else seed)
-    recorded = None
-    if fit_kwargs.get("resume", True):
-        folder = run_folder(models_lib.normalize_name(model_name), profile,
-                            recipe=get_recipe(recipe) if recipe is not None else None, seed=seed,
-                            suffix=fit_kwargs.get("suffix", ""), name=fit_kwargs.get("name"),
-                            runs=fit_kwargs.get("runs"))
-        recorded = recorded_precision(folder)
-    with environment.resumed_run_precision(recorded), environment.parallel_scope(devices):
-        build_options = dict(build_options or {})
-        if recipe is not None:
-            build_options.update(recipe=recipe, epochs=fit_kwargs.get("epochs"),
-                                 batch_size=fit_kwargs.get("batch_size"))
-        model = build(model_name, data, profile, augment=augment, **build_options)
-        return fit(model, data, profile, **fit_kwargs)
+    with environment.parallel_scope(devices):  # first: the devices in force name the run's folder
+        recorded = None
+        if fit_kwargs.get("resume", True):  # the folder fit will train in, as fit names it
+            folder = run_folder(models_lib.normalize_name(model_name), profile,
+                                recipe=get_recipe(recipe) if recipe is not None else None, seed=seed,
+                                batch_size=fit_kwargs.get("batch_size"), suffix=fit_kwargs.get("suffix", ""),
+                                name=fit_kwargs.get("name"), runs=fit_kwargs.get("runs"))
+            recorded = recorded_precision(folder)
+        with environment.resumed_run_precision(recorded):
+            build_options = dict(build_options or {})
+            if recipe is not None:
+                build_options.update(recipe=recipe, epochs=fit_kwargs.get("epochs"),
+                                     batch_size=fit_kwargs.get("batch_size"))
+            model = build(model_name, data, profile, augment=augment, **build_options)
+            return fit(model, data, profile, **fit_kwargs)
 
 
 def compare_recipes(model_name: str, data, profile=None, recipes: dict | None = None,
