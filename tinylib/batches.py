@@ -14,7 +14,12 @@ import math
 import keras
 import numpy as np
 
-__all__ = ["ShuffledBatches", "epoch_order"]
+__all__ = ["ShuffledBatches", "epoch_order", "steps_per_epoch"]
+
+
+def steps_per_epoch(train_images: int, batch_size: int) -> int:
+    """The optimizer steps of one epoch: its batches, the last one partly filled."""
+    return max(1, math.ceil(train_images / batch_size))
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
@@ -36,7 +41,7 @@ class ShuffledBatches(keras.utils.PyDataset):
         self.images, self.labels = images, np.asarray(labels, dtype="float32")
         self.batch_size = int(batch_size)
         self.seed = int(seed)
-        self.batches_per_epoch = math.ceil(len(self.images) / self.batch_size)
+        self.batches_per_epoch = steps_per_epoch(len(self.images), self.batch_size)
         if not 0 <= start < self.batches_per_epoch:
             raise ValueError(f"start must be in [0, {self.batches_per_epoch}), got {start}")
         self.start = int(start)

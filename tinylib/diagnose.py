@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from tinylib import results
-from tinylib.recipes import steps_per_epoch
+from tinylib.batches import steps_per_epoch
 from tinylib.results import pct
 
 TREND_EPOCHS = 5  # the recent stretch whose least-squares slope says "still rising"

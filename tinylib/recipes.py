@@ -27,7 +27,6 @@ Where each ingredient acts:
 from __future__ import annotations
 
 import dataclasses
-import math
 from types import MappingProxyType
 
 import keras
@@ -306,5 +305,3 @@ def _slug(label: str) -> str:
     return "-".join(words)
 
 
-def steps_per_epoch(train_images: int, batch_size: int) -> int:
-    return max(1, math.ceil(train_images / batch_size))

@@ -26,7 +26,8 @@ from tinylib.batches import ShuffledBatches
 from tinylib.checkpointing import CHECKPOINT_EVERY, Checkpointer
 from tinylib.profiles import Profile, get_profile
 from tinylib.progress import ProgressLog
-from tinylib.recipes import Recipe, ablation_recipes, get_recipe, steps_per_epoch
+from tinylib.batches import steps_per_epoch
+from tinylib.recipes import Recipe, ablation_recipes, get_recipe
 from tinylib.runs import (BEST_WEIGHTS, EPOCH_PATTERN, FINAL_CHECKPOINT, PARTIAL_CHECKPOINT, PARTIAL_PATTERN,
                           STATE_FILE, CheckpointError, Run, check_same_run, clear_run, epoch_checkpoint_name,
                           epochs_change, load_checkpoint, lock_run, new_record, read_record, read_state,
