@@ -564,6 +564,12 @@ def test_progress_lines_read_well_in_a_log(tmp_path, smoke, capsys):
     assert "epoch 2/2 step 6/6" in out or "epoch 2/2 step 5/6" in out
     ends = [l for l in out.splitlines() if " done in " in l]
     assert len(ends) == 2 and "val_accuracy" in ends[0] and "run left about" in ends[0]
+    capped = progress.ProgressLog(epochs=100, batch_size=32, may_stop_early=True)  # early stopping may end it
+    capped.set_params({"steps": 10})
+    capped.on_epoch_begin(0)
+    capped.on_epoch_end(0, {"loss": 4.0})
+    last = capsys.readouterr().out
+    assert "epoch 1/100 done in" in last and "; run left at most " in last
     assert progress.duration(42) == "42s" and progress.duration(785) == "13m05s"
     assert progress.duration(5 * 3600 + 12 * 60) == "5h12m"
 

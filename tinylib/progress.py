@@ -77,13 +77,16 @@ def _define_progress_log():
 
         ``epochs`` is the run's planned length (for the time left); ``batch_size`` turns
         steps into images/s; ``offset`` is the number of batches of the first epoch done
-        before this call (a run resumed in the middle of an epoch).
+        before this call (a run resumed in the middle of an epoch). ``may_stop_early``:
+        the run has early stopping, so its cap of epochs bounds the time left, "at most".
         """
 
-        def __init__(self, epochs: int, batch_size: int, every: float = 30.0, offset: int = 0, stream=None):
+        def __init__(self, epochs: int, batch_size: int, every: float = 30.0, offset: int = 0, stream=None,
+                     may_stop_early: bool = False):
             super().__init__()
             self.epochs, self.batch_size, self.every = int(epochs), int(batch_size), float(every)
             self.offset = int(offset)
+            self.about = "at most" if may_stop_early else "about"
             self.stream = stream
             self.epoch_times: list[float] = []
 
@@ -118,7 +121,7 @@ def _define_progress_log():
             if not self.epoch_times or self.epoch + 1 >= self.epochs:
                 return ""
             per_epoch = sorted(self.epoch_times)[len(self.epoch_times) // 2]
-            return f", run left {duration(epoch_left + per_epoch * (self.epochs - self.epoch - 1))}"
+            return f", run left {self.about} {duration(epoch_left + per_epoch * (self.epochs - self.epoch - 1))}"
 
         def on_epoch_end(self, epoch, logs=None):
             logs = logs or {}
@@ -130,7 +133,7 @@ def _define_progress_log():
             left = ""
             if self.epoch_times and epoch + 1 < self.epochs:
                 per_epoch = sorted(self.epoch_times)[len(self.epoch_times) // 2]
-                left = f"; run left about {duration(per_epoch * (self.epochs - epoch - 1))}"
+                left = f"; run left {self.about} {duration(per_epoch * (self.epochs - epoch - 1))}"
             self._print(f"epoch {epoch + 1}/{self.epochs} done in {duration(seconds)}: {text}{left}")
 
     return ProgressLog

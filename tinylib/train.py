@@ -298,7 +298,8 @@ def _train(run: Run, model, data, seed, epochs, batch_size, callbacks, extra_cal
     run_end = _hold_train_end(study_callbacks)
     checkpointer = Checkpointer(run, checkpoint_every, study_callbacks)
     verbosity = _verbosity(verbose)
-    progress = [ProgressLog(epochs, batch_size)] if verbosity == "log" else []
+    may_stop_early = any(isinstance(c, keras.callbacks.EarlyStopping) for c in study_callbacks)
+    progress = [ProgressLog(epochs, batch_size, may_stop_early=may_stop_early)] if verbosity == "log" else []
     budget = run.record.get("time_budget")
     steps = steps_per_epoch(len(data.train), batch_size)
     first = run.partial["epoch"] if run.partial else run.epochs_done
