@@ -105,7 +105,8 @@ def _documented_commands():
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    texts = [(root / "README.md").read_text(encoding="utf-8"), cli.__doc__]
+    texts = [(root / "README.md").read_text(encoding="utf-8"), cli.__doc__,
+             (root / "book" / "results" / "README.md").read_text(encoding="utf-8")]
     for notebook in sorted((root / "book").glob("*.ipynb")):
         cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
         texts.append("\n".join("".join(cell["source"]) for cell in cells))
@@ -133,3 +134,26 @@ def test_every_command_the_readme_and_the_book_show_is_one_the_command_line_take
             parser.parse_args(shlex.split(command))
         except SystemExit as exited:  # --help exits 0; a refusal exits 2
             assert exited.code == 0, f"`python -m tinylib {command}` is not a command tinylib takes"
+
+
+def test_a_published_run_whose_checkpoints_are_elsewhere_is_not_started_again(tmp_path, tiny_env, capsys):
+    """On a machine without the run folder, `--results` would have trained hours from epoch 1
+    and then replaced the published record with a shorter one."""
+    results = tmp_path / "results"
+    results.mkdir()
+    name = f"model1-smoke-{keras.backend.backend()}"
+    (results / f"{name}.json").write_text(json.dumps({"model": "model1", "epochs_run": 12, "epochs": 30,
+                                                      "finished": False}))
+    command = ["train", "model1", "--profile", "smoke", "--runs", str(tmp_path / "runs"), "--results", str(results)]
+    assert cli.main(command) == 2
+    err = capsys.readouterr().err
+    assert "12 of 30 epochs" in err and "has no checkpoint" in err and "--fresh" in err
+    assert not (tmp_path / "runs" / name).exists() and not (tiny_env / "arrays-v1").exists()  # refused first
+
+
+def test_a_published_record_is_replaced_only_by_one_further_along():
+    finished, unfinished = {"finished": True, "epochs_run": 37}, {"finished": False, "epochs_run": 17}
+    assert cli._further_along(unfinished, None) and cli._further_along(finished, unfinished)
+    assert cli._further_along({"finished": False, "epochs_run": 20}, unfinished)
+    assert not cli._further_along({"finished": False, "epochs_run": 3}, unfinished)
+    assert not cli._further_along({"finished": False, "epochs_run": 40}, finished)

@@ -158,6 +158,14 @@ def test_the_batch_story_names_the_run_not_yet_measured(tmp_path):
     assert diagnose.batch_story("model4", tmp_path).startswith("No full-scale record of Model 4")
 
 
+def test_with_only_keras_default_batch_measured_the_missing_run_is_the_profiles_own(tmp_path):
+    _at_batch(tmp_path, "small.json", 32, [0.1, 0.2])
+    story = diagnose.batch_story("model2", tmp_path)
+    assert ("at batch 128, the `full` profile's, is not yet measured (`python -m tinylib reproduce --only model2 "
+            "--profile full --budget 170 --results book/results`") in story
+    assert "`model2-full-<backend>.json`" in story and "--batch-size" not in story
+
+
 def test_the_batch_figure_puts_a_run_at_its_steps(tmp_path):
     import matplotlib
 

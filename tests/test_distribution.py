@@ -28,8 +28,11 @@ assert len(devices) == 2, devices
 common = dict(augment=False, build_options={"dropout": 0.0}, callbacks=[], verbose=0, runs=sys.argv[1])
 one = train.train_model("model2", ds, profile, batch_size=16, name="one-device", **common)
 two = train.train_model("model2", ds, profile, devices=devices, name="two-devices", **common)
-print(json.dumps({name: {k: run.record[k] for k in ("history", "devices", "batch_size")}
-                  for name, run in (("one", one), ("two", two))}))
+folders = {"one": train.run_folder("model2", profile, batch_size=16).name}
+with environment.parallel_scope(devices):  # 16 is the profile's 8 times the devices in force
+    folders["two"] = train.run_folder("model2", profile, batch_size=16).name
+print(json.dumps({**{name: {k: run.record[k] for k in ("history", "devices", "batch_size")}
+                        for name, run in (("one", one), ("two", two))}, "folders": folders}))
 '''
 
 
@@ -49,6 +52,7 @@ def test_two_devices_train_like_one_device_with_the_same_global_batch(forks, tmp
     runs = _on_two_jax_devices(forks, SCRIPT, tmp_path, tiny_env, synthetic)
     assert (runs["one"]["devices"], runs["one"]["batch_size"]) == (1, 16)
     assert (runs["two"]["devices"], runs["two"]["batch_size"]) == (2, 16)  # the profile's 8 on each device
+    assert runs["folders"] == {"one": "model2-smoke-jax-batch16", "two": "model2-smoke-jax"}  # a run of its own: one
     for key in ("loss", "val_loss", "accuracy"):
         one, two = runs["one"]["history"][key], runs["two"]["history"][key]
         assert len(one) == len(two) == 2

@@ -154,3 +154,19 @@ def test_a_run_folder_is_not_resumed_by_a_different_run(tmp_path, tiny_env, synt
         train.fit(other, ds, profile, runs=tmp_path, verbose=0)
     again = train.train_model("model2", ds, profile, runs=tmp_path, verbose=0)  # same run: returned as is
     assert again.record["best_val_top1"] == run.record["best_val_top1"]
+
+
+def test_an_epoch_is_its_batches_counted_one_way_everywhere():
+    """``steps_per_epoch`` (schedules, the batch story) and ``ShuffledBatches`` (training) agree."""
+    import numpy as np
+
+    from tinylib.batches import ShuffledBatches, steps_per_epoch
+
+    images, labels = np.zeros((10, 2, 2, 3), "uint8"), np.zeros((10, 4), "float32")
+    assert [steps_per_epoch(10, b) for b in (3, 5, 10, 32)] == [4, 2, 1, 1]
+    for batch in (3, 5, 10, 32):
+        batches = ShuffledBatches(images, labels, batch)
+        assert len(batches) == steps_per_epoch(10, batch)
+        assert sum(len(batches[i][0]) for i in range(len(batches))) == 10
+    with pytest.raises(ValueError, match="no images"):
+        ShuffledBatches(images[:0], labels[:0], 4)

@@ -41,6 +41,8 @@ class ShuffledBatches(keras.utils.PyDataset):
         self.images, self.labels = images, np.asarray(labels, dtype="float32")
         self.batch_size = int(batch_size)
         self.seed = int(seed)
+        if not len(self.images):
+            raise ValueError("no images to make batches of")
         self.batches_per_epoch = steps_per_epoch(len(self.images), self.batch_size)
         if not 0 <= start < self.batches_per_epoch:
             raise ValueError(f"start must be in [0, {self.batches_per_epoch}), got {start}")

@@ -7,7 +7,7 @@
     python -m tinylib train model4         train (resumes an interrupted run)
     python -m tinylib train resnet18 --recipe modern --profile full
     python -m tinylib train resnet9 --recipe fast --profile full --hours 3    on a time budget
-    python -m tinylib train model2 --batch-size 32 --budget 170 --results book/results   in sittings
+    python -m tinylib train model2 --profile full --batch-size 32 --budget 170 --results book/results
     python -m tinylib evaluate RUN_DIR     top-1/top-5, per-class accuracy, confusions
     python -m tinylib reproduce --budget 9 --results book/results   the whole study, resumably
 
@@ -84,38 +84,27 @@ def _weights(value: str):
 def _train(args) -> int:
     import time
 
-    from tinylib import data, environment, runs, train
+    from tinylib import environment, runs, train
     from tinylib.profiles import get_profile
 
     from tinylib.models import normalize_name
+    from tinylib.recipes import get_recipe
 
     deadline = time.monotonic() + args.budget * 60 if args.budget is not None else None
-    normalize_name(args.model)  # an unknown model fails now, not after the data has loaded
+    model_name = normalize_name(args.model)  # an unknown model fails now, not after the data has loaded
+    recipe = get_recipe(args.recipe) if args.recipe else None
     profile = get_profile(args.profile)
     print(profile.describe(), flush=True)
     # Fail before minutes of loading and building when the runs folder cannot be made.
     Path(args.runs or runs.runs_dir()).mkdir(parents=True, exist_ok=True)
     environment.configure_precision(args.precision)
-    dataset = data.load().subset(**profile.subset_kwargs())
-    weights = {} if args.weights is None else {"weights": _weights(args.weights)}
-    import keras
-
-    keras.utils.set_random_seed(profile.seed)  # the initial weights too, as the book's calls draw them
-    if args.recipe:  # the recipe sets the optimizer, its schedule, the loss and the augmentation
-        if args.optimizer != "adam" or args.learning_rate != 1e-4:
-            print("--recipe sets the optimizer and learning rate: --optimizer/--learning-rate are ignored")
-        from tinylib.recipes import get_recipe
-
-        recipe = get_recipe(args.recipe)
-        if args.precision != recipe.precision:
-            recipe = recipe.replace(precision=args.precision)
-        model = train.build(args.model, dataset, profile, augment=not args.no_augment, recipe=recipe,
-                            epochs=args.epochs, batch_size=args.batch_size, **weights)
-    else:
-        model = train.build(args.model, dataset, profile, augment=not args.no_augment,
-                            optimizer=args.optimizer, learning_rate=args.learning_rate, **weights)
-    run = train.fit(model, dataset, profile, name=args.name, epochs=args.epochs, batch_size=args.batch_size,
-                    resume=not args.fresh, runs=args.runs, hours=args.hours, deadline=deadline)
+    # Every GPU visible, as train_model: the batch is the profile's times the devices.
+    with environment.parallel_scope():
+        folder = train.run_folder(model_name, profile, recipe=recipe, batch_size=args.batch_size, name=args.name,
+                                  runs=args.runs)
+        if args.results and not args.fresh:
+            _refuse_to_restart_a_published_run(folder, Path(args.results))
+        run = _build_and_fit(args, profile, recipe, deadline)
     record = run.record
     print(f"\nrun folder: {run.path}")
     if not run.epochs_done:
@@ -125,21 +114,85 @@ def _train(args) -> int:
           f"top-5 {record.get('best_val_top5', float('nan')):.2%}; "
           f"{record.get('train_images_per_second', 0):,.0f} train images/s; weights: {record['weights']}")
     if "val_top1_flips" in record:
+        hours = record.get("time_budget", {}).get("hours", args.hours)
         print(f"final val top-1 {record['final_val_top1']:.2%}, with test-time flips {record['val_top1_flips']:.2%}; "
-              f"{record['epochs_run']} epochs in {record['wall_seconds'] / 3600:.2f} h of a {args.hours:g} h budget")
+              f"{record['epochs_run']} epochs in {record['wall_seconds'] / 3600:.2f} h of a {hours:g} h budget")
     return _publish(run, args.results)
 
 
+def _build_and_fit(args, profile, recipe, deadline):
+    """Load the profile's data, build the model the command asks for and train it (or resume)."""
+    import keras
+
+    from tinylib import data, train
+
+    dataset = data.load().subset(**profile.subset_kwargs())
+    weights = {} if args.weights is None else {"weights": _weights(args.weights)}
+    keras.utils.set_random_seed(profile.seed)  # the initial weights too, as the book's calls draw them
+    if recipe is not None:  # the recipe sets the optimizer, its schedule, the loss and the augmentation
+        if args.optimizer != "adam" or args.learning_rate != 1e-4:
+            print("--recipe sets the optimizer and learning rate: --optimizer/--learning-rate are ignored")
+        if args.precision != recipe.precision:
+            recipe = recipe.replace(precision=args.precision)
+        model = train.build(args.model, dataset, profile, augment=not args.no_augment, recipe=recipe,
+                            epochs=args.epochs, batch_size=args.batch_size, **weights)
+    else:
+        model = train.build(args.model, dataset, profile, augment=not args.no_augment,
+                            optimizer=args.optimizer, learning_rate=args.learning_rate, **weights)
+    return train.fit(model, dataset, profile, name=args.name, epochs=args.epochs, batch_size=args.batch_size,
+                     resume=not args.fresh, runs=args.runs, hours=args.hours, deadline=deadline)
+
+
+def _published(results: Path, folder_name: str) -> dict | None:
+    """The record ``results`` holds for this run folder, if any."""
+    import json
+
+    try:
+        record = json.loads((results / f"{folder_name}.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _refuse_to_restart_a_published_run(folder: Path, results: Path) -> None:
+    """A machine without the run's checkpoints would train from epoch 1 a run whose record
+    is already published: hours lost, unless that is what is asked (``--fresh``)."""
+    from tinylib import results as book_results
+
+    published = _published(results, folder.name)
+    if published and published.get("epochs_run") and not (folder / "record.json").exists():
+        raise ValueError(
+            f"{results / (folder.name + '.json')} holds this run ({book_results.epochs_text(published)}), but its "
+            f"run folder {folder} has no checkpoint (another machine, or TINYLIB_HOME changed): training would "
+            "start again from epoch 1. Bring the run folder back (TINYLIB_RUNS or --runs), or pass --fresh to "
+            "start over; its record replaces the published one only once it is further along")
+
+
+def _further_along(new: dict, old: dict | None) -> bool:
+    """Whether record ``new`` should replace ``old`` in the results: finished, or unfinished
+    with at least as many epochs as an unfinished ``old``."""
+    if old is None or new.get("finished"):
+        return True
+    return not old.get("finished") and new.get("epochs_run", 0) >= old.get("epochs_run", 0)
+
+
 def _publish(run, results: str | None) -> int:
-    """Copy the run's record, as it stands, into ``results`` and write the summary there;
-    the exit status says whether the run is finished (0) or has epochs left (3)."""
+    """Copy the run's record, as it stands, into ``results`` (unless the record there is further
+    along) and write the summary there; the exit status says whether the run is finished (0)
+    or has epochs left (3)."""
     from tinylib import reproduce
+    from tinylib import results as book_results
 
     if results and run.epochs_done:
-        target = reproduce.copy_record(run.path, Path(results))
-        markdown, _ = reproduce.write_summary(Path(results))
-        state = "finished" if run.record.get("finished") else "unfinished: run the same command again to continue"
-        print(f"record: {target} ({state}); summary: {markdown}")
+        published = _published(Path(results), run.path.name)
+        if not _further_along(run.record, published):
+            print(f"kept: {Path(results) / (run.path.name + '.json')} holds this run further along "
+                  f"({book_results.epochs_text(published)}); this sitting's record is in {run.path}")
+        else:
+            target = reproduce.copy_record(run.path, Path(results))
+            reproduce.write_summary(Path(results))
+            state = "finished" if run.record.get("finished") else "unfinished: run the same command again to continue"
+            print(f"record: {target} ({state}); summary: {Path(results) / 'summary.md'}")
     return reproduce.WORK_REMAINS if run.out_of_time else 0
 
 

@@ -212,6 +212,25 @@ def _rate_note(record: dict, epochs: int) -> str:
     return f"; its learning rate first lowered for epoch {lowered[0]}" if lowered else ""
 
 
+def _batch_not_yet_measured(model: str, title: str, runs: dict[int, dict]) -> str:
+    """Which batch has no record yet, and the command that makes it: Keras' default batch of
+    32 (or, with that one measured, four times it), in a folder of its own unless it is the
+    full profile's batch, which is the profile's own run."""
+    from tinylib.profiles import PROFILES
+
+    other = KERAS_DEFAULT_BATCH if KERAS_DEFAULT_BATCH not in runs else 4 * KERAS_DEFAULT_BATCH
+    have = (f"Only batch {next(iter(runs))} has a full-scale record of {title} trained the study's way; the same "
+            f"run" if runs else f"No full-scale record of {title} trained the study's way exists yet; a run")
+    if other == PROFILES["full"].batch_size:
+        return (f"{have} at batch {other}, the `full` profile's, is not yet measured (`python -m tinylib reproduce "
+                f"--only {model} --profile full --budget 170 --results book/results`, again each sitting until it "
+                f"ends; its record lands in `book/results/` as `{model}-full-<backend>.json`).")
+    return (f"{have} at batch {other} is not yet measured (`python -m tinylib train {model} --profile full "
+            f"--batch-size {other} --budget 170 --results book/results`, again each sitting until it ends: "
+            f"it trains in a folder of its own, and its record lands in `book/results/` as "
+            f"`{model}-full-<backend>-batch{other}.json`).")
+
+
 def batch_story(model: str, folder=None) -> str:
     """Sentences (Markdown) comparing the model's runs at its smallest and largest batch:
     per epoch over the epochs both ran, per optimizer step over the steps both took, and
@@ -220,13 +239,7 @@ def batch_story(model: str, folder=None) -> str:
     runs = by_batch(model, folder)
     title = results._model_title(model)
     if len(runs) < 2:
-        other = KERAS_DEFAULT_BATCH if KERAS_DEFAULT_BATCH not in runs else 4 * KERAS_DEFAULT_BATCH
-        have = (f"Only batch {next(iter(runs))} has a full-scale record of {title} trained the study's way; the same "
-                f"run" if runs else f"No full-scale record of {title} trained the study's way exists yet; a run")
-        return (f"{have} at batch {other} is not yet measured (`python -m tinylib train {model} --profile full "
-                f"--batch-size {other} --budget 170 --results book/results`, again each sitting until it ends: "
-                f"it trains in a folder of its own, and its record lands in `book/results/` as "
-                f"`{model}-full-<backend>-batch{other}.json`).")
+        return _batch_not_yet_measured(model, title, runs)
     (small, a), (large, b) = next(iter(runs.items())), list(runs.items())[-1]
     val_a, val_b = _curves(a)[0], _curves(b)[0]
     steps_a, steps_b = record_steps_per_epoch(a), record_steps_per_epoch(b)

@@ -303,5 +303,3 @@ def fast_ablation_recipes() -> dict[str, Recipe]:
 def _slug(label: str) -> str:
     words = "".join(c if c.isalnum() else " " for c in label.lower()).split()
     return "-".join(words)
-
-

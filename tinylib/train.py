@@ -22,11 +22,10 @@ import numpy as np
 from tinylib import budget as budget_lib
 from tinylib import environment, files
 from tinylib import models as models_lib
-from tinylib.batches import ShuffledBatches
+from tinylib.batches import ShuffledBatches, steps_per_epoch
 from tinylib.checkpointing import CHECKPOINT_EVERY, Checkpointer
 from tinylib.profiles import Profile, get_profile
 from tinylib.progress import ProgressLog
-from tinylib.batches import steps_per_epoch
 from tinylib.recipes import Recipe, ablation_recipes, get_recipe
 from tinylib.runs import (BEST_WEIGHTS, EPOCH_PATTERN, FINAL_CHECKPOINT, PARTIAL_CHECKPOINT, PARTIAL_PATTERN,
                           STATE_FILE, CheckpointError, Run, check_same_run, clear_run, epoch_checkpoint_name,
