@@ -98,6 +98,18 @@ def test_train_stops_within_its_budget_and_publishes_the_record_as_it_stands(tmp
     assert record["epochs_run"] == 3 and record["finished"] and record["resumed_at_epoch"] == 1
     assert "| model1 | smoke | 3 |" in (tmp_path / "results" / "summary.md").read_text()
 
+    # On a machine without the run folder, the published run is not started again from epoch 1...
+    import shutil
+
+    shutil.rmtree(tmp_path / "runs" / name)
+    capsys.readouterr()
+    assert cli.main(command) == 2 and "would start again from epoch 1" in capsys.readouterr().err
+    # ...unless asked, and a shorter run then leaves the published record alone.
+    assert cli.main([*command, "--fresh", "--epochs", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "kept " in out and "it holds the run further along (3 epochs trained, this record 2)" in out
+    assert json.loads((tmp_path / "results" / f"{name}.json").read_text())["epochs_run"] == 3
+
 
 def _documented_commands():
     """Every ``python -m tinylib ...`` a reader is shown: the README, the chapters, this CLI's docstring."""
@@ -136,9 +148,8 @@ def test_every_command_the_readme_and_the_book_show_is_one_the_command_line_take
             assert exited.code == 0, f"`python -m tinylib {command}` is not a command tinylib takes"
 
 
-def test_a_published_run_whose_checkpoints_are_elsewhere_is_not_started_again(tmp_path, tiny_env, capsys):
-    """On a machine without the run folder, `--results` would have trained hours from epoch 1
-    and then replaced the published record with a shorter one."""
+def test_a_published_run_whose_folder_is_elsewhere_is_not_started_again(tmp_path, tiny_env, capsys):
+    """On a machine without the run folder, `--results` would have trained hours from epoch 1."""
     results = tmp_path / "results"
     results.mkdir()
     name = f"model1-smoke-{keras.backend.backend()}"
@@ -147,13 +158,5 @@ def test_a_published_run_whose_checkpoints_are_elsewhere_is_not_started_again(tm
     command = ["train", "model1", "--profile", "smoke", "--runs", str(tmp_path / "runs"), "--results", str(results)]
     assert cli.main(command) == 2
     err = capsys.readouterr().err
-    assert "12 of 30 epochs" in err and "has no checkpoint" in err and "--fresh" in err
-    assert not (tmp_path / "runs" / name).exists() and not (tiny_env / "arrays-v1").exists()  # refused first
-
-
-def test_a_published_record_is_replaced_only_by_one_further_along():
-    finished, unfinished = {"finished": True, "epochs_run": 37}, {"finished": False, "epochs_run": 17}
-    assert cli._further_along(unfinished, None) and cli._further_along(finished, unfinished)
-    assert cli._further_along({"finished": False, "epochs_run": 20}, unfinished)
-    assert not cli._further_along({"finished": False, "epochs_run": 3}, unfinished)
-    assert not cli._further_along({"finished": False, "epochs_run": 40}, finished)
+    assert "12 epochs trained" in err and "holds no run" in err and "--fresh for the first sitting only" in err
+    assert not (tmp_path / "runs" / name).exists() and not tiny_env.exists()  # refused before the data

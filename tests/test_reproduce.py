@@ -260,3 +260,21 @@ def test_compare_optimizers_draws_the_weights_from_the_callers_seed(tmp_path, ds
     compared = train.compare_optimizers("model1", ds, profile, optimizers=("adam",), seed=7, runs=tmp_path / "a")
     alone = train.train_model("model1", ds, profile, seed=7, runs=tmp_path / "b")
     assert compared["adam"].history["loss"] == alone.history["loss"]
+
+
+def test_a_published_record_gives_way_only_to_its_own_run_further_along():
+    base = {"model": "model2", "optimizer": "Adam", "batch_size": 32, "epochs": 100}
+    published = {**base, "epochs_run": 17, "finished": False}
+    assert reproduce.why_keep(None, published) is None
+    assert reproduce.why_keep(published, {**base, "epochs_run": 20, "finished": False}) is None  # the next sitting
+    assert reproduce.why_keep(published, {**base, "epochs_run": 25, "finished": True, "stopped_early": True}) is None
+    assert "further along" in reproduce.why_keep(published, {**base, "epochs_run": 3, "finished": False})
+    assert "another run (optimizer: 'Adam' -> 'SGD')" in reproduce.why_keep(
+        published, {**base, "optimizer": "SGD", "epochs_run": 30, "finished": True})
+    assert "not the continuation" in reproduce.why_keep(  # --fresh --epochs 20 over an unfinished run of 100
+        published, {**base, "epochs": 20, "epochs_run": 20, "finished": True})
+    finished = {**base, "epochs_run": 37, "finished": True, "stopped_early": True}
+    assert "finished" in reproduce.why_keep(finished, {**base, "epochs_run": 40, "finished": False})
+    assert reproduce.why_keep(finished, {**base, "epochs": 150, "epochs_run": 60, "finished": True}) is None
+    assert "time budget" in reproduce.why_keep({**finished, "time_budget": {"hours": 3.0}},
+                                               {**finished, "time_budget": {"hours": 1.0}})

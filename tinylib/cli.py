@@ -104,12 +104,14 @@ def _train(args) -> int:
                                   runs=args.runs)
         if args.results and not args.fresh:
             _refuse_to_restart_a_published_run(folder, Path(args.results))
-        run = _build_and_fit(args, profile, recipe, deadline)
+        # A resumed run keeps the precision it began in where 'auto' would now choose another.
+        with environment.resumed_run_precision(None if args.fresh else runs.recorded_precision(folder)):
+            run = _build_and_fit(args, profile, recipe, deadline)
     record = run.record
     print(f"\nrun folder: {run.path}")
     if not run.epochs_done:
         print("nothing trained: the budget was spent before the first epoch")
-        return _publish(run, args.results)
+        return _publish(run, args.results, args.fresh)
     print(f"best val top-1 {record.get('best_val_top1', float('nan')):.2%}, "
           f"top-5 {record.get('best_val_top5', float('nan')):.2%}; "
           f"{record.get('train_images_per_second', 0):,.0f} train images/s; weights: {record['weights']}")
@@ -117,7 +119,7 @@ def _train(args) -> int:
         hours = record.get("time_budget", {}).get("hours", args.hours)
         print(f"final val top-1 {record['final_val_top1']:.2%}, with test-time flips {record['val_top1_flips']:.2%}; "
               f"{record['epochs_run']} epochs in {record['wall_seconds'] / 3600:.2f} h of a {hours:g} h budget")
-    return _publish(run, args.results)
+    return _publish(run, args.results, args.fresh)
 
 
 def _build_and_fit(args, profile, recipe, deadline):
@@ -143,56 +145,30 @@ def _build_and_fit(args, profile, recipe, deadline):
                      resume=not args.fresh, runs=args.runs, hours=args.hours, deadline=deadline)
 
 
-def _published(results: Path, folder_name: str) -> dict | None:
-    """The record ``results`` holds for this run folder, if any."""
-    import json
-
-    try:
-        record = json.loads((results / f"{folder_name}.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) else None
-
-
 def _refuse_to_restart_a_published_run(folder: Path, results: Path) -> None:
-    """A machine without the run's checkpoints would train from epoch 1 a run whose record
-    is already published: hours lost, unless that is what is asked (``--fresh``)."""
-    from tinylib import results as book_results
+    """A machine without the run's folder would train from epoch 1 a run whose record is
+    already published: hours lost, unless that is what is asked (``--fresh``)."""
+    from tinylib import reproduce
 
-    published = _published(results, folder.name)
+    published = reproduce.published_record(results, folder.name)
     if published and published.get("epochs_run") and not (folder / "record.json").exists():
         raise ValueError(
-            f"{results / (folder.name + '.json')} holds this run ({book_results.epochs_text(published)}), but its "
-            f"run folder {folder} has no checkpoint (another machine, or TINYLIB_HOME changed): training would "
-            "start again from epoch 1. Bring the run folder back (TINYLIB_RUNS or --runs), or pass --fresh to "
-            "start over; its record replaces the published one only once it is further along")
+            f"{results / (folder.name + '.json')} holds this run, {published['epochs_run']} epochs trained, but "
+            f"{folder} holds no run: training would start again from epoch 1. If its folder is elsewhere "
+            "(another TINYLIB_HOME, TINYLIB_RUNS or --runs; under another --name), point there. To start over "
+            "on purpose, pass --fresh for the first sitting only (later sittings without it, or each one starts "
+            "over); the new run's record replaces the published one once it is further along")
 
 
-def _further_along(new: dict, old: dict | None) -> bool:
-    """Whether record ``new`` should replace ``old`` in the results: finished, or unfinished
-    with at least as many epochs as an unfinished ``old``."""
-    if old is None or new.get("finished"):
-        return True
-    return not old.get("finished") and new.get("epochs_run", 0) >= old.get("epochs_run", 0)
-
-
-def _publish(run, results: str | None) -> int:
-    """Copy the run's record, as it stands, into ``results`` (unless the record there is further
-    along) and write the summary there; the exit status says whether the run is finished (0)
-    or has epochs left (3)."""
+def _publish(run, results: str | None, fresh: bool = False) -> int:
+    """Publish the run's record into ``results`` (``reproduce.publish``); the exit status says
+    whether the run is finished (0) or has epochs left (3)."""
     from tinylib import reproduce
-    from tinylib import results as book_results
 
     if results and run.epochs_done:
-        published = _published(Path(results), run.path.name)
-        if not _further_along(run.record, published):
-            print(f"kept: {Path(results) / (run.path.name + '.json')} holds this run further along "
-                  f"({book_results.epochs_text(published)}); this sitting's record is in {run.path}")
-        else:
-            target = reproduce.copy_record(run.path, Path(results))
-            reproduce.write_summary(Path(results))
-            state = "finished" if run.record.get("finished") else "unfinished: run the same command again to continue"
-            print(f"record: {target} ({state}); summary: {Path(results) / 'summary.md'}")
+        print(reproduce.publish(run.path, Path(results)))
+    if run.out_of_time and fresh:
+        print("next sitting: the same command without --fresh, which would start the run over again")
     return reproduce.WORK_REMAINS if run.out_of_time else 0
 
 
@@ -330,7 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="run folder name (default MODEL-PROFILE-BACKEND, with -batchN on another batch than "
                    "the profile's)")
     p.add_argument("--runs", help="parent folder of run folders (default TINYLIB_RUNS or TINYLIB_HOME/runs)")
-    p.add_argument("--fresh", action="store_true", help="start over instead of resuming")
+    p.add_argument("--fresh", action="store_true", help="start over instead of resuming: deletes the run "
+                   "folder's checkpoints (for a run in sittings, the first sitting only)")
     p.add_argument("--hours", type=_positive_float, metavar="H",
                    help="train to a time budget: as many epochs (of --epochs at most) as fit in H hours of "
                         "training over every invocation, the learning rate reaching zero at the end; needs a "

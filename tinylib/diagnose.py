@@ -215,20 +215,22 @@ def _rate_note(record: dict, epochs: int) -> str:
 def _batch_not_yet_measured(model: str, title: str, runs: dict[int, dict]) -> str:
     """Which batch has no record yet, and the command that makes it: Keras' default batch of
     32 (or, with that one measured, four times it), in a folder of its own unless it is the
-    full profile's batch, which is the profile's own run."""
+    full profile's batch, which is the profile's own run (``reproduce``'s, for its plan)."""
     from tinylib.profiles import PROFILES
+    from tinylib.reproduce import PLAN_NAMES
 
     other = KERAS_DEFAULT_BATCH if KERAS_DEFAULT_BATCH not in runs else 4 * KERAS_DEFAULT_BATCH
     have = (f"Only batch {next(iter(runs))} has a full-scale record of {title} trained the study's way; the same "
             f"run" if runs else f"No full-scale record of {title} trained the study's way exists yet; a run")
+    sittings = "again each sitting, on a machine that keeps its run folder, until it ends"
     if other == PROFILES["full"].batch_size:
-        return (f"{have} at batch {other}, the `full` profile's, is not yet measured (`python -m tinylib reproduce "
-                f"--only {model} --profile full --budget 170 --results book/results`, again each sitting until it "
-                f"ends; its record lands in `book/results/` as `{model}-full-<backend>.json`).")
+        command = (f"reproduce --only {model} --profile full --budget 170 --results book/results"
+                   if model in PLAN_NAMES else f"train {model} --profile full --budget 170 --results book/results")
+        return (f"{have} at batch {other}, the `full` profile's, is not yet measured (`python -m tinylib {command}`, "
+                f"{sittings}; its record lands in `book/results/` as `{model}-full-<backend>.json`).")
     return (f"{have} at batch {other} is not yet measured (`python -m tinylib train {model} --profile full "
-            f"--batch-size {other} --budget 170 --results book/results`, again each sitting until it ends: "
-            f"it trains in a folder of its own, and its record lands in `book/results/` as "
-            f"`{model}-full-<backend>-batch{other}.json`).")
+            f"--batch-size {other} --budget 170 --results book/results`, {sittings}: it trains in a folder of "
+            f"its own, and its record lands in `book/results/` as `{model}-full-<backend>-batch{other}.json`).")
 
 
 def batch_story(model: str, folder=None) -> str:

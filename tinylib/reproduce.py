@@ -189,6 +189,61 @@ def copy_record(run_path: Path, results: Path) -> Path:
     return target
 
 
+def published_record(results: Path, folder_name: str) -> dict | None:
+    """The record ``results`` holds for the run folder ``folder_name``, if any."""
+    try:
+        record = json.loads((Path(results) / f"{folder_name}.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def why_keep(published: dict | None, record: dict) -> str | None:
+    """Why the record ``results`` holds for a run folder should stay rather than give way to
+    the run's ``record`` as it stands now; None when the new one should replace it.
+
+    It stays when it is another run (``runs.IDENTITY``: another optimizer, precision,
+    augmentation... trained under the same folder name), another time budget, or further
+    along: more epochs, finished where this one is not, or an unfinished run of another
+    length than this one (this is not its continuation).
+    """
+    from tinylib.results import run_end
+    from tinylib.runs import identity_differences
+
+    if published is None:
+        return None
+    differences = identity_differences(published, record)
+    if differences:
+        return f"it holds another run ({', '.join(differences)}): give this one its own --name"
+    hours = [(r.get("time_budget") or {}).get("hours") for r in (published, record)]
+    if hours[0] != hours[1]:
+        return f"it holds a run on a time budget of {hours[0]} h, this one {hours[1]} h"
+    done = [int(r.get("epochs_run") or 0) for r in (published, record)]
+    finished = [run_end(r)[0] != "unfinished" for r in (published, record)]
+    if done[1] < done[0]:
+        return f"it holds the run further along ({done[0]} epochs trained, this record {done[1]})"
+    if finished[0] and not finished[1]:
+        return f"it holds the run finished ({done[0]} epochs), this record unfinished"
+    if not finished[0] and published.get("epochs") != record.get("epochs"):
+        return (f"it holds an unfinished run of {published.get('epochs')} epochs, of which this one "
+                f"({record.get('epochs')} epochs) is not the continuation")
+    return None
+
+
+def publish(run_path: Path, results: Path) -> str:
+    """Copy a run's record as it stands, finished or not, into ``results`` and rewrite the
+    summary, unless the record there should stay (``why_keep``); returns what was done."""
+    record = json.loads((Path(run_path) / "record.json").read_text(encoding="utf-8"))
+    target = Path(results) / f"{Path(run_path).name}.json"
+    reason = why_keep(published_record(results, Path(run_path).name), record)
+    if reason:
+        return f"kept {target}: {reason}; this run's record is in {run_path}"
+    copy_record(run_path, results)
+    write_summary(results)
+    state = "finished" if record.get("finished") else "unfinished: run the same command again to continue"
+    return f"record: {target} ({state}); summary: {Path(results) / (SUMMARY_NAME + '.md')}"
+
+
 def summary_rows(results: Path) -> list[dict]:
     """One row per run record in ``results``, with the study's numbers beside them."""
     from tinylib.results import record_key, study_figures

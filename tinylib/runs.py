@@ -304,12 +304,18 @@ def recorded_precision(path: Path) -> str | None:
     return policy if isinstance(policy, str) else None
 
 
-def check_same_run(path: Path, previous: dict, record: dict) -> None:
-    """Refuse to resume a run folder that holds a different run (say, other weights)."""
+def identity_differences(previous: dict, record: dict) -> list[str]:
+    """What makes ``record`` another run than ``previous`` (``IDENTITY``), in words; [] if none."""
     previous, record = _with_default_options(previous), _with_default_options(record)
     changed = [key for key in IDENTITY if key in previous and key in record and previous[key] != record[key]]
-    if changed:
-        details = ", ".join(_difference(key, previous[key], record[key]) for key in changed)
+    return [_difference(key, previous[key], record[key]) for key in changed]
+
+
+def check_same_run(path: Path, previous: dict, record: dict) -> None:
+    """Refuse to resume a run folder that holds a different run (say, other weights)."""
+    differences = identity_differences(previous, record)
+    if differences:
+        details = ", ".join(differences)
         raise RunConflict(
             f"{path} holds a different run ({details}): give this run another name (name=..., --name) "
             "or start it afresh, replacing the old one (resume=False, --fresh)")
