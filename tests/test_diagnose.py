@@ -188,3 +188,17 @@ def test_the_batch_story_names_every_batch_measured_not_only_the_two_compared(tm
     story = diagnose.batch_story("model2", tmp_path)
     assert story.startswith("**The batch:** over the 2 epochs both runs trained, Model 2 at batch 32")
     assert "batch 64, 19.00%, 2 epochs, in `mid.json`" in story
+
+
+def test_with_both_runs_ended_the_batch_story_says_whether_the_batch_accounts_for_the_gap(tmp_path):
+    _at_batch(tmp_path, "small.json", 32, [0.18, 0.205], epochs=100, stopped_early=True)
+    _at_batch(tmp_path, "large.json", 128, [0.20, 0.2164], epochs=100, stopped_early=True)
+    story = diagnose.batch_story("model2", tmp_path)
+    assert "Both runs have ended: at its best, batch 32 is within noise of batch 128." in story
+    assert "Only batch 128 is not below, beyond noise, the study's 22.72%." in story  # 21.64% on 10,000 images
+    _at_batch(tmp_path, "large.json", 128, [0.15, 0.17], epochs=100, stopped_early=True)
+    story = diagnose.batch_story("model2", tmp_path)
+    assert "batch 32 is above, beyond noise, batch 128" in story
+    assert "Both are below, beyond noise, the study's 22.72%: the batch does not account for that gap" in story
+    _at_batch(tmp_path, "small.json", 32, [0.18, 0.205], epochs=100, finished=False)
+    assert "Both runs have ended" not in diagnose.batch_story("model2", tmp_path)  # one still under way

@@ -233,6 +233,29 @@ def _batch_not_yet_measured(model: str, title: str, runs: dict[int, dict]) -> st
             f"its own, and its record lands in `book/results/` as `{model}-full-<backend>-batch{other}.json`).")
 
 
+def _where_both_ended(model: str, small: int, a: dict, large: int, b: dict, n: int) -> list[str]:
+    """With both runs at their end, how their bests stand to each other and to the study's
+    figure: whether the batch, a setting the slides leave open, accounts for the gap."""
+    if "unfinished" in (results.run_end(a)[0], results.run_end(b)[0]):
+        return []
+    best_a, best_b = float(a["best_val_top1"]), float(b["best_val_top1"])
+    said = [f"Both runs have ended: at its best, batch {small} is {results.against_phrase(best_a, n, best_b, n)} "
+            f"batch {large}."]
+    study = results.STUDY_RESULTS.get(model, {}).get("val")
+    if study is None:
+        return said
+    verdicts = {results._against(best, n, study, results.STUDY_VAL_IMAGES) for best in (best_a, best_b)}
+    if verdicts == {"below"}:
+        said.append(f"Both are below, beyond noise, the study's {pct(study)}: the batch does not account for "
+                    "that gap, at the study's learning rate.")
+    elif "below" not in verdicts:
+        said.append(f"Neither is below, beyond noise, the study's {pct(study)}.")
+    else:
+        better = small if results._against(best_a, n, study, results.STUDY_VAL_IMAGES) != "below" else large
+        said.append(f"Only batch {better} is not below, beyond noise, the study's {pct(study)}.")
+    return said
+
+
 def batch_story(model: str, folder=None) -> str:
     """Sentences (Markdown) comparing the model's runs at its smallest and largest batch:
     per epoch over the epochs both ran, per optimizer step over the steps both took, and
@@ -267,6 +290,7 @@ def batch_story(model: str, folder=None) -> str:
         ends.append(f"batch {batch}, {pct(record['best_val_top1'])}{so_far}, {results.epochs_text(record)}, "
                     f"in `{record['record_file']}`")
     sentences.append(f"Best validation top-1 of each run: {'; '.join(ends)}.")
+    sentences.extend(_where_both_ended(model, small, a, large, b, n))
     if a.get("callbacks"):
         sentences.append(f"The study's callbacks count epochs, so at batch {small} their patience waits "
                          f"{steps_a / steps_b:.0f} times the steps: where each run ended differs by more than its batch.")
