@@ -11,8 +11,9 @@ a fixed order of value, each an ordinary resumable run, within a time budget:
 
 A run stops at an epoch boundary before the budget is spent; the command then
 says what is done and what is left and exits with status 3 (0 when all is done).
-With ``results``, each finished run's record is copied there and a summary is
-written beside the study's numbers; a run whose finished record is already there
+With ``results``, each finished run's record is copied there (``publish``: never over
+another run's record, or over one further along) and a summary is written beside the
+study's numbers; a run whose finished record is already there
 is skipped, so a later machine, with no checkpoints, picks up with the next run.
 """
 
@@ -169,7 +170,7 @@ def run_plan(plan, data, profile, *, budget_minutes: float | None = None, result
             finished = finished and len(runs) == 2
         for run in runs:
             if run.record.get("finished") and results is not None:
-                copy_record(run.path, results)
+                print(publish(run.path, results), flush=True)  # never over another run's record
             records.append(run.record)
         (done if finished else left).append(planned.name)
         if not finished:
