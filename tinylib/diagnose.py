@@ -79,17 +79,22 @@ def gap_story(model: str, folder=None) -> str:
     if reached is not None:
         return (f"**Against the study's figure:** its validation accuracy first reached the study's "
                 f"{pct(study['val'])} at epoch {reached} of the {facts['epochs']} it ran.")
-    sentences = [*_gap_sentences(facts, study), *_fit_sentences(record, study), *_batch_sentences(record),
+    sentences = [*_gap_sentences(facts, study, record), *_fit_sentences(record, study), *_batch_sentences(record),
                  *_trend_sentences(facts),
                  *_end_sentences(facts, *results.run_end(record))]
     return " ".join(sentences)
 
 
-def _gap_sentences(facts: dict, study: dict) -> list[str]:
-    """How far the best epoch is below the study's figure, in points and in epoch-to-epoch swings."""
+def _gap_sentences(facts: dict, study: dict, record: dict) -> list[str]:
+    """How far the best epoch is below the study's figure, in points and in epoch-to-epoch
+    swings, and whether that is beyond the noise of the two validation sets."""
     gap = study["val"] - facts["best_val"]
-    sentences = [f"**Why it is short of the study's {pct(study['val'])}:** its best epoch ({facts['best_epoch']} "
-                 f"of {facts['epochs']}) is {_points(gap)} points below it."]
+    n = int((record.get("dataset") or {}).get("val_images") or results.STUDY_VAL_IMAGES)
+    noise = results._against(facts["best_val"], n, study["val"], results.STUDY_VAL_IMAGES) == "within noise of"
+    heading = (f"Below the study's {pct(study['val'])}, within noise" if noise
+               else f"Why it is short of the study's {pct(study['val'])}")
+    sentences = [f"**{heading}:** its best epoch ({facts['best_epoch']} of {facts['epochs']}) is {_points(gap)} "
+                 f"points below it{', a gap the validation sets cannot tell from chance' if noise else ''}."]
     if facts["swing"]:
         sentences.append(f"From one epoch to the next its validation accuracy moved by a median "
                          f"{_points(facts['swing'])} points over the second half of the run, so the gap is "
