@@ -211,3 +211,13 @@ def test_with_both_runs_ended_the_batch_story_says_whether_the_batch_accounts_fo
     assert "Both are below, beyond noise, the study's 22.72%: the batch does not account for that gap" in story
     _at_batch(tmp_path, "small.json", 32, [0.18, 0.205], epochs=100, finished=False)
     assert "Both runs have ended" not in diagnose.batch_story("model2", tmp_path)  # one still under way
+
+
+def test_a_record_at_another_batch_and_another_precision_is_set_aside_with_the_reason(tmp_path):
+    _at_batch(tmp_path, "large.json", 128, [0.1, 0.2], dtype_policy="mixed_bfloat16")
+    _at_batch(tmp_path, "small.json", 32, [0.1, 0.15], dtype_policy="float32")
+    assert list(diagnose.by_batch("model2", tmp_path)) == [128]
+    story = diagnose.batch_story("model2", tmp_path)
+    assert "at batch 32 is not yet measured" in story
+    assert ("`small.json` (batch 32) is set aside: it differs from the batch-128 run in more than its batch "
+            "(dtype_policy: 'mixed_bfloat16' -> 'float32').") in story

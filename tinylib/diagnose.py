@@ -181,13 +181,10 @@ def _end_sentences(facts: dict, end: str, run: int, planned: int) -> list[str]:
 # --- the batch: the same run at two batch sizes ---------------------------------------------
 
 
-def by_batch(model: str, folder=None) -> dict[int, dict]:
-    """The model's full-scale records trained the study's way that differ from the profile's
-    run in their batch alone (``runs.IDENTITY``), the best for each batch size, smallest
-    batch first: the runs ``batch_story`` and ``plots.curves_by_steps`` compare. A record
-    without a dataset size or a validation curve cannot be placed by its steps: left out."""
-    from tinylib.runs import IDENTITY
-
+def _batch_candidates(model: str, folder=None) -> tuple[dict | None, list[dict]]:
+    """The profile's run of ``model`` (or the first found) and every full-scale record of it
+    trained the study's way at any batch that can be placed by its steps (a record without
+    a dataset size or a validation curve cannot)."""
     def placeable(record: dict) -> bool:
         return bool((record.get("dataset") or {}).get("train_images") and record.get("batch_size")
                     and (record.get("history") or {}).get("val_accuracy"))
@@ -195,10 +192,25 @@ def by_batch(model: str, folder=None) -> dict[int, dict]:
     found = [r for r in results.every_full_scale_record(folder)
              if results.record_key(r) in (model, f"{model}-batch{r.get('batch_size')}") and placeable(r)]
     reference = next((r for r in found if results.record_key(r) == model), found[0] if found else None)
-    same = [key for key in IDENTITY if key != "batch_size"]
+    return reference, found
+
+
+def _beyond_the_batch(reference: dict, record: dict) -> list[str]:
+    """How ``record`` differs from ``reference`` in more than its batch (``runs.IDENTITY``), in words."""
+    from tinylib.runs import identity_differences
+
+    return [d for d in identity_differences({**reference, "batch_size": None}, {**record, "batch_size": None})]
+
+
+def by_batch(model: str, folder=None) -> dict[int, dict]:
+    """The model's full-scale records trained the study's way that differ from the profile's
+    run in their batch alone (``runs.IDENTITY``), the best for each batch size, smallest
+    batch first: the runs ``batch_story`` and ``plots.curves_by_steps`` compare. A record
+    without a dataset size or a validation curve cannot be placed by its steps: left out."""
+    reference, found = _batch_candidates(model, folder)
     best: dict[int, dict] = {}
     for record in found:
-        if any(record.get(key) != reference.get(key) for key in same):
+        if _beyond_the_batch(reference, record):
             continue  # another optimizer, precision, seed, augmentation...: not the batch alone
         batch = int(record["batch_size"])
         if batch not in best or record["best_val_top1"] > best[batch]["best_val_top1"]:
@@ -261,6 +273,19 @@ def _where_both_ended(model: str, small: int, a: dict, large: int, b: dict, n: i
     return said
 
 
+def _set_aside(model: str, folder=None) -> str:
+    """The records at another batch than the profile's run that differ from it in more than
+    the batch, each with what differs: why the story does not compare them."""
+    reference, found = _batch_candidates(model, folder)
+    said = []
+    for record in found:
+        differences = _beyond_the_batch(reference, record) if reference is not None else []
+        if differences and record.get("batch_size") != reference.get("batch_size"):
+            said.append(f" `{record['record_file']}` (batch {record['batch_size']}) is set aside: it differs from "
+                        f"the batch-{reference['batch_size']} run in more than its batch ({', '.join(differences)}).")
+    return "".join(said)
+
+
 def batch_story(model: str, folder=None) -> str:
     """Sentences (Markdown) comparing the model's runs at its smallest and largest batch:
     per epoch over the epochs both ran, per optimizer step over the steps both took, and
@@ -269,7 +294,7 @@ def batch_story(model: str, folder=None) -> str:
     runs = by_batch(model, folder)
     title = results._model_title(model)
     if len(runs) < 2:
-        return _batch_not_yet_measured(model, title, runs)
+        return _batch_not_yet_measured(model, title, runs) + _set_aside(model, folder)
     (small, a), (large, b) = next(iter(runs.items())), list(runs.items())[-1]
     val_a, val_b = _curves(a)[0], _curves(b)[0]
     steps_a, steps_b = record_steps_per_epoch(a), record_steps_per_epoch(b)
