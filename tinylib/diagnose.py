@@ -199,7 +199,7 @@ def _beyond_the_batch(reference: dict, record: dict) -> list[str]:
     """How ``record`` differs from ``reference`` in more than its batch (``runs.IDENTITY``), in words."""
     from tinylib.runs import identity_differences
 
-    return [d for d in identity_differences({**reference, "batch_size": None}, {**record, "batch_size": None})]
+    return identity_differences({**reference, "batch_size": None}, {**record, "batch_size": None})
 
 
 def by_batch(model: str, folder=None) -> dict[int, dict]:
@@ -261,14 +261,16 @@ def _where_both_ended(model: str, small: int, a: dict, large: int, b: dict, n: i
     study = results.STUDY_RESULTS.get(model, {}).get("val")
     if study is None:
         return said
-    verdicts = {results._against(best, n, study, results.STUDY_VAL_IMAGES) for best in (best_a, best_b)}
+    against = {batch: results._against(best, n, study, results.STUDY_VAL_IMAGES)
+               for batch, best in ((small, best_a), (large, best_b))}
+    verdicts = set(against.values())
     if verdicts == {"below"}:
         said.append(f"Both are below, beyond noise, the study's {pct(study)}: the batch does not account for "
                     "that gap, at the study's learning rate.")
     elif "below" not in verdicts:
         said.append(f"Neither is below, beyond noise, the study's {pct(study)}.")
     else:
-        better = small if results._against(best_a, n, study, results.STUDY_VAL_IMAGES) != "below" else large
+        better = small if against[small] != "below" else large
         said.append(f"Only batch {better} is not below, beyond noise, the study's {pct(study)}.")
     return said
 
