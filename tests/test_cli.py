@@ -111,6 +111,37 @@ def test_train_stops_within_its_budget_and_publishes_the_record_as_it_stands(tmp
     assert json.loads((tmp_path / "results" / f"{name}.json").read_text())["epochs_run"] == 3
 
 
+def test_a_sitting_killed_at_the_end_of_a_session_still_publishes_the_epochs_it_finished(
+        tmp_path, tiny_env, synthetic, monkeypatch, capsys):
+    """A SIGTERM (a job limit, a session's end) between epochs: the record of the epoch done
+    reaches the results folder now, not at a next sitting that may never come."""
+    import os
+    import signal
+
+    from tinylib import profiles, train
+
+    monkeypatch.setenv("TINYLIB_DATA", str(synthetic))
+    sized = profiles.Profile("smoke", classes=None, train_per_class=None, val_per_class=None, epochs=3, batch_size=8)
+    monkeypatch.setattr(profiles, "PROFILES", {**profiles.PROFILES, "smoke": sized})
+
+    def killed_after_one_epoch(run, deadline):
+        if run.epochs_done >= 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return False
+
+    monkeypatch.setattr(train, "_would_overrun", killed_after_one_epoch)
+    results = tmp_path / "results"
+    command = ["train", "model1", "--profile", "smoke", "--runs", str(tmp_path / "runs"), "--results", str(results)]
+    with pytest.raises(SystemExit) as exited:
+        cli.main(command)
+    assert exited.value.code == 128 + signal.SIGTERM
+    name = f"model1-smoke-{keras.backend.backend()}"
+    record = json.loads((results / f"{name}.json").read_text())
+    assert record["epochs_run"] == 1 and not record["finished"]
+    assert "unfinished: run the same command again" in capsys.readouterr().out
+    assert "| model1 | smoke | 1 (unfinished) |" in (results / "summary.md").read_text()
+
+
 def _documented_commands():
     """Every ``python -m tinylib ...`` a reader is shown: the README, the chapters, this CLI's docstring."""
     import re

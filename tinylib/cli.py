@@ -18,6 +18,7 @@ answers at once.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -106,7 +107,8 @@ def _train(args) -> int:
             _refuse_to_restart_a_published_run(folder, Path(args.results))
         # A resumed run keeps the precision it began in where 'auto' would now choose another.
         with environment.resumed_run_precision(None if args.fresh else runs.recorded_precision(folder)):
-            run = _build_and_fit(args, profile, recipe, deadline)
+            with _published_however_it_ends(folder, args.results):
+                run = _build_and_fit(args, profile, recipe, deadline)
     record = run.record
     print(f"\nrun folder: {run.path}")
     if not run.epochs_done:
@@ -158,6 +160,25 @@ def _refuse_to_restart_a_published_run(folder: Path, results: Path) -> None:
             "(another TINYLIB_HOME, TINYLIB_RUNS or --runs; under another --name), point there. To start over "
             "on purpose, pass --fresh for the first sitting only (later sittings without it, or each one starts "
             "over); the new run's record replaces the published one once it is further along")
+
+
+@contextlib.contextmanager
+def _published_however_it_ends(folder: Path, results: str | None):
+    """A sitting cut short (Ctrl-C, a SIGTERM at a session's end) still publishes the epochs it
+    finished: ``fit`` saves the record on its way out, and without this the next sitting, on a
+    machine that may not come, would be the first to copy it.  An error is not an interruption
+    (a refusal such as a run in use must leave the results alone): the next sitting publishes."""
+    from tinylib import reproduce, runs
+
+    try:
+        yield
+    except (KeyboardInterrupt, SystemExit):
+        if results and runs.read_record(folder).get("epochs_run"):
+            try:
+                print(reproduce.publish(folder, Path(results)), flush=True)
+            except Exception as err:  # the interruption, not this, is what the user must see
+                print(f"could not publish {folder}: {err}", file=sys.stderr)
+        raise
 
 
 def _publish(run, results: str | None, fresh: bool = False) -> int:
