@@ -126,6 +126,14 @@ def test_a_run_on_another_batch_than_its_profiles_is_a_row_of_its_own(tmp_path):
     assert results.record_key({"model": "model2", "profile": "full", "batch_size": 32, "devices": 1}) == "model2-batch32"
     assert results.record_key({"model": "model2", "profile": "full", "batch_size": 256, "devices": 2}) == "model2"
     assert results.record_key({"model": "model2", "profile": "mine", "batch_size": 32}) == "model2"
+    # Every kind of row: another batch never stands in for the profile's comparison, recipe or stage.
+    other = {"batch_size": 32, "profile_batch_size": 128}
+    assert results.record_key({"model": "model2", "comparison": "optimizers", "optimizer": "SGD", **other}) == \
+        "model2-optimizer-sgd-batch32"
+    assert results.record_key({"model": "resnet18", "recipe": {"name": "modern"}, **other}) == "resnet18-modern-batch32"
+    assert results.record_key({"model": "model5", "stage": "head", "image_size": 128, **other}) == \
+        "model5-finetune-128px-head-batch32"
+    assert results.study_figures({"model": "resnet18", "recipe": {"name": "modern"}, **other}) == {}
     small = _at_batch(tmp_path, "small.json", 32, [0.3])
     _at_batch(tmp_path, "large.json", 128, [0.2])
     assert results.full_scale_records(tmp_path)["model2"]["batch_size"] == 128  # the study's row: the profile's run

@@ -260,6 +260,19 @@ def test_compare_optimizers_draws_the_weights_from_the_callers_seed(tmp_path, ds
     compared = train.compare_optimizers("model1", ds, profile, optimizers=("adam",), seed=7, runs=tmp_path / "a")
     alone = train.train_model("model1", ds, profile, seed=7, runs=tmp_path / "b")
     assert compared["adam"].history["loss"] == alone.history["loss"]
+    assert compared["adam"].path.name == f"model1-full-{keras.backend.backend()}-adam-seed7"  # not the profile's
+
+
+def test_a_comparison_on_another_batch_trains_in_folders_of_its_own(tmp_path, ds):
+    """As fit's own runs: the profile's comparison neither resumes nor refuses one on batch 4."""
+    from tinylib import train
+
+    profile = _profile(epochs=1)
+    ours = train.compare_optimizers("model1", ds, profile, optimizers=("adam",), runs=tmp_path)["adam"]
+    other = train.compare_optimizers("model1", ds, profile, optimizers=("adam",), batch_size=4, runs=tmp_path)["adam"]
+    assert ours.path.name == f"model1-full-{keras.backend.backend()}-adam"
+    assert other.path.name == f"{ours.path.name}-batch4" and other.record["batch_size"] == 4
+    assert other.record["finished"] and other.record.get("resumed_at_epoch") is None
 
 
 def test_a_published_record_gives_way_only_to_its_own_run_further_along():

@@ -51,10 +51,11 @@ def test_stages_train_the_head_then_everything_from_a_weights_file(tmp_path, tin
 def test_a_run_without_pretrained_weights_says_so(tmp_path, tiny_env, synthetic, monkeypatch, capsys):
     monkeypatch.setenv("TINYLIB_DATA", str(synthetic))
     ds = data.load()
-    runs = transfer.fine_tune(ds, PROFILE, weights=None, stages=("head",), runs=tmp_path, verbose=0)
+    # On another batch than the profile's 8: a folder of its own, as fit gives its runs.
+    runs = transfer.fine_tune(ds, PROFILE, weights=None, stages=("head",), runs=tmp_path, batch_size=4, verbose=0)
     record = runs["head"].record
     assert record["weights"] == "random" and record["pretrained"] is False and record["image_size"] == 64
-    assert runs["head"].path.name.endswith("-finetune-64px-random-head")
+    assert runs["head"].path.name.endswith("-finetune-64px-random-head-batch4") and record["batch_size"] == 4
     assert "WITHOUT pretrained weights" in capsys.readouterr().out
     with pytest.raises(ValueError, match="stages"):
         transfer.fine_tune(ds, PROFILE, weights=None, stages=("backbone",), runs=tmp_path)

@@ -33,22 +33,24 @@ def record_key(record: dict) -> str:
 
     'model5' is the study's way; 'model5-finetune-128px-all' a fine-tuning stage
     (``tinylib.transfer``); 'resnet18-modern' a run with a named recipe; 'model2-batch32'
-    the study's way on batches other than its profile's (chapter 7 compares them). So a
-    beyond-the-study run never stands in for a reproduction of the study's table, and
-    the row of the table is the profile's own run, to which the other records compare.
+    the study's way on batches other than its profile's (chapter 7 compares them), as any
+    of the others is on another batch ('resnet18-modern-batch256'). So a beyond-the-study
+    run never stands in for a reproduction of the study's table, a run on another batch
+    never for the profile's, and the row of the table is the profile's own run, to which
+    the other records compare.
     """
     model = record["model"]
-    if record.get("comparison") == "optimizers":  # chapter 5's runs, never the study's row
-        return f"{model}-optimizer-{str(record.get('optimizer')).lower()}"
-    if record.get("comparison") == "precision":  # chapter 13's check of a faster arithmetic
-        return f"{model}-precision-{record.get('dtype_policy')}"
-    if record.get("stage"):
-        return f"{model}-finetune-{record.get('image_size', 64)}px-{record['stage']}"
     recipe = (record.get("recipe") or {}).get("name")
-    if recipe:
-        return f"{model}-{recipe}"
+    if record.get("comparison") == "optimizers":  # chapter 5's runs, never the study's row
+        key = f"{model}-optimizer-{str(record.get('optimizer')).lower()}"
+    elif record.get("comparison") == "precision":  # chapter 13's check of a faster arithmetic
+        key = f"{model}-precision-{record.get('dtype_policy')}"
+    elif record.get("stage"):
+        key = f"{model}-finetune-{record.get('image_size', 64)}px-{record['stage']}"
+    else:
+        key = f"{model}-{recipe}" if recipe else model
     batch, expected = record.get("batch_size"), profile_batch(record)
-    return f"{model}-batch{batch}" if batch and expected and batch != expected else model
+    return f"{key}-batch{batch}" if batch and expected and batch != expected else key
 
 
 def profile_batch(record: dict) -> int | None:

@@ -600,6 +600,7 @@ def compare_optimizers(model_name: str, data, profile=None, optimizers=("adam", 
     Data-parallel over several GPUs where there are, as ``train_model``."""
     profile = get_profile(profile)
     seed = fit_kwargs.get("seed")  # as train_model: the caller's seed draws the weights and trains
+    extra_suffix = fit_kwargs.pop("suffix", "")
     runs = {}
     for optimizer in optimizers:
         keras.utils.set_random_seed(profile.seed if seed is None else seed)
@@ -607,7 +608,8 @@ def compare_optimizers(model_name: str, data, profile=None, optimizers=("adam", 
             model = build(model_name, data, profile, augment=augmentation,
                           optimizer=optimizer, learning_rate=learning_rate)
             fit_kwargs.setdefault("epochs", profile.epochs_for("optimizers"))
-            suffix = f"-{optimizer}" + ("" if learning_rate == 1e-4 else f"-lr{learning_rate:g}")
-            runs[optimizer] = fit(model, data, profile, name=run_name(model, profile, suffix),
-                                  notes={"comparison": "optimizers"}, **fit_kwargs)
+            suffix = f"-{optimizer}" + ("" if learning_rate == 1e-4 else f"-lr{learning_rate:g}") + extra_suffix
+            # A suffix, not a name: another batch or seed then trains in a folder of its own.
+            runs[optimizer] = fit(model, data, profile, suffix=suffix, notes={"comparison": "optimizers"},
+                                  **fit_kwargs)
     return runs

@@ -28,7 +28,7 @@ import keras
 
 from tinylib import environment, models
 from tinylib.profiles import get_profile
-from tinylib.train import Run, build, fit, run_name
+from tinylib.train import Run, build, fit
 
 __all__ = ["STAGES", "backbone_of", "fine_tune", "set_backbone_trainable"]
 
@@ -87,7 +87,8 @@ def _fine_tune(data, profile, *, weights, image_size, head_epochs, all_epochs, h
                   image_size=image_size, compile=False)
     origin = model.tinylib_weights
     pretrained = weights is not None
-    base = name or run_name(model, profile, f"-finetune-{image_size or 64}px" + ("" if pretrained else "-random"))
+    # A suffix unless named: another batch or seed then trains in folders of its own (run_folder).
+    suffix = f"-finetune-{image_size or 64}px" + ("" if pretrained else "-random") + fit_kwargs.pop("suffix", "")
     notes = {"pretrained": pretrained, "image_size": image_size or 64, "preprocess": "imagenet"}
     epochs = {"head": head_epochs or profile.epochs_for("transfer_head"),
               "all": all_epochs or profile.epochs_for("transfer_all")}
@@ -105,7 +106,8 @@ def _fine_tune(data, profile, *, weights, image_size, head_epochs, all_epochs, h
         model.tinylib_weights = origin
         if not pretrained:
             print(f"Stage '{stage}' WITHOUT pretrained weights: the backbone starts from random weights.")
-        runs[stage] = fit(model, data, profile, name=f"{base}-{stage}", epochs=epochs[stage],
+        folder = {"name": f"{name}-{stage}"} if name else {"suffix": f"{suffix}-{stage}"}
+        runs[stage] = fit(model, data, profile, **folder, epochs=epochs[stage],
                           callbacks=(), notes={**notes, "stage": stage,
                                                "trainable_parameters": _trainable_count(model)},
                           **fit_kwargs)
