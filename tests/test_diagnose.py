@@ -109,11 +109,11 @@ def test_keras_default_batch_is_the_one_diagnose_names():
     assert f"`batch_size` will default to {diagnose.KERAS_DEFAULT_BATCH}" in " ".join(documented.split())
 
 
-def _at_batch(folder, name, batch, val, **fields):
+def _at_batch(folder, name, batch, val, model="model2", **fields):
     fields = {"profile_batch_size": 128, "dataset": {"train_images": 100_000, "val_images": 10_000},
               "optimizer": "Adam", "seed": 0, **fields}
-    record = _record(folder, "model2", val, [v - 0.01 for v in val], batch_size=batch, **fields)
-    (folder / "model2.json").rename(folder / name)
+    record = _record(folder, model, val, [v - 0.01 for v in val], batch_size=batch, **fields)
+    (folder / f"{model}.json").rename(folder / name)
     return record
 
 
@@ -229,3 +229,26 @@ def test_a_record_at_another_batch_and_another_precision_is_set_aside_with_the_r
     assert "at batch 32 is not yet measured" in story
     assert ("`small.json` (batch 32) is set aside: it differs from the batch-128 run in more than its batch "
             "(dtype_policy: 'mixed_bfloat16' -> 'float32').") in story
+
+
+def test_a_precision_the_books_check_found_within_noise_does_not_set_a_run_aside(tmp_path):
+    """Model 4's batch-128 record trained in mixed bfloat16, its batch-32 run in float32 (a CPU
+    without bfloat16): chapter 13's check, not a guess, says whether they can be compared."""
+    _at_batch(tmp_path, "large.json", 128, [0.10, 0.20], model="model4", dtype_policy="mixed_bfloat16")
+    _at_batch(tmp_path, "small.json", 32, [0.12, 0.15], model="model4", dtype_policy="float32")
+    # The check: Model 2 in mixed bfloat16 against its float32 record, over the same 2 epochs.
+    _at_batch(tmp_path, "float32.json", 128, [0.100, 0.131], dtype_policy="float32")
+    _at_batch(tmp_path, "check.json", 128, [0.101, 0.132], dtype_policy="mixed_bfloat16", comparison="precision")
+    assert list(diagnose.by_batch("model4", tmp_path)) == [32, 128]
+    story = diagnose.batch_story("model4", tmp_path)
+    assert "The runs differ in their arithmetic too (batch 32 in float32, batch 128 in mixed_bfloat16)." in story
+    assert ("found mixed_bfloat16 within noise of float32 over the first 2 epochs on Model 2 at full scale "
+            "(13.20% against 13.10% at best), so they are compared") in story
+    assert "set aside" not in story
+    # A check that found the two arithmetics apart sets the run aside again.
+    _at_batch(tmp_path, "check.json", 128, [0.101, 0.20], dtype_policy="mixed_bfloat16", comparison="precision")
+    assert list(diagnose.by_batch("model4", tmp_path)) == [128]
+    assert "(dtype_policy: 'mixed_bfloat16' -> 'float32')" in diagnose.batch_story("model4", tmp_path)
+    # Without a check, likewise.
+    (tmp_path / "check.json").unlink()
+    assert list(diagnose.by_batch("model4", tmp_path)) == [128]

@@ -195,22 +195,68 @@ def _batch_candidates(model: str, folder=None) -> tuple[dict | None, list[dict]]
     return reference, found
 
 
-def _beyond_the_batch(reference: dict, record: dict) -> list[str]:
-    """How ``record`` differs from ``reference`` in more than its batch (``runs.IDENTITY``), in words."""
+def precision_checked(policies, folder=None) -> dict | None:
+    """The book's precision check (``results.precision_check``, chapter 13) of the one
+    16-bit policy among ``policies`` against float32, if it found the two within noise:
+    {'policy', 'model', 'epochs', 'best': {policy: best val top-1}, 'n'}; else None (no
+    check, a check beyond noise, or two policies that neither is float32)."""
+    from tinylib import stats
+
+    other = set(policies) - {"float32"}
+    if len(other) != 1 or "float32" not in set(policies):
+        return None
+    policy = other.pop()
+    check = results.precision_check("model2", policy, folder)
+    if check is None:
+        return None
+    run = check["records"][1]
+    n = int((run.get("dataset") or {}).get("val_images") or results.STUDY_VAL_IMAGES)
+    best = {label: max(check[label]["val_accuracy"]) for label in ("float32", policy)}
+    if not stats.within_noise(best[policy], n, best["float32"], n):
+        return None
+    return {"policy": policy, "model": "model2", "epochs": int(run["epochs_run"]), "best": best, "n": n}
+
+
+def _beyond_the_batch(reference: dict, record: dict, folder=None) -> list[str]:
+    """How ``record`` differs from ``reference`` in more than its batch (``runs.IDENTITY``), in
+    words. A precision that the book's precision check found to train within noise of float32
+    is not counted: the story names it (``_precision_note``) instead of setting the run aside."""
     from tinylib.runs import identity_differences
 
-    return identity_differences({**reference, "batch_size": None}, {**record, "batch_size": None})
+    same = {"batch_size": None}
+    policies = {reference.get("dtype_policy"), record.get("dtype_policy")}
+    if len(policies) == 2 and precision_checked(policies, folder):
+        same["dtype_policy"] = None
+    return identity_differences({**reference, **same}, {**record, **same})
+
+
+def _precision_note(model: str, runs: dict[int, dict], folder=None) -> list[str]:
+    """Where the runs compared differ in precision too: which trained in which, and the check
+    whose verdict lets them be compared, with its figures."""
+    policies = {batch: record.get("dtype_policy") for batch, record in runs.items()}
+    checked = precision_checked(set(policies.values()), folder)
+    if checked is None:
+        return []
+    which = ", ".join(f"batch {batch} in {policy}" for batch, policy in policies.items())
+    policy, best = checked["policy"], checked["best"]
+    where = "on this model" if checked["model"] == model else f"on {results._model_title(checked['model'])}"
+    return [f"The runs differ in their arithmetic too ({which}). The book's precision check "
+            f"(chapter 13) found {policy} within noise of float32 over the first "
+            f"{checked['epochs']} epochs {where} at full scale ({pct(best[policy])} against "
+            f"{pct(best['float32'])} at best), so they are compared; that check covered those epochs, not a "
+            "whole run."]
 
 
 def by_batch(model: str, folder=None) -> dict[int, dict]:
     """The model's full-scale records trained the study's way that differ from the profile's
-    run in their batch alone (``runs.IDENTITY``), the best for each batch size, smallest
-    batch first: the runs ``batch_story`` and ``plots.curves_by_steps`` compare. A record
-    without a dataset size or a validation curve cannot be placed by its steps: left out."""
+    run in their batch alone (``runs.IDENTITY``; a precision the book's check found within
+    noise of float32 aside), the best for each batch size, smallest batch first: the runs
+    ``batch_story`` and ``plots.curves_by_steps`` compare. A record without a dataset size
+    or a validation curve cannot be placed by its steps: left out."""
     reference, found = _batch_candidates(model, folder)
     best: dict[int, dict] = {}
     for record in found:
-        if _beyond_the_batch(reference, record):
+        if _beyond_the_batch(reference, record, folder):
             continue  # another optimizer, precision, seed, augmentation...: not the batch alone
         batch = int(record["batch_size"])
         if batch not in best or record["best_val_top1"] > best[batch]["best_val_top1"]:
@@ -281,7 +327,7 @@ def _set_aside(model: str, folder=None) -> str:
     reference, found = _batch_candidates(model, folder)
     said = []
     for record in found:
-        differences = _beyond_the_batch(reference, record) if reference is not None else []
+        differences = _beyond_the_batch(reference, record, folder) if reference is not None else []
         if differences and record.get("batch_size") != reference.get("batch_size"):
             said.append(f" `{record['record_file']}` (batch {record['batch_size']}) is set aside: it differs from "
                         f"the batch-{reference['batch_size']} run in more than its batch ({', '.join(differences)}).")
@@ -322,6 +368,7 @@ def batch_story(model: str, folder=None) -> str:
         ends.append(f"batch {batch}, {pct(record['best_val_top1'])}{so_far}, {results.epochs_text(record)}, "
                     f"in `{record['record_file']}`")
     sentences.append(f"Best validation top-1 of each run: {'; '.join(ends)}.")
+    sentences.extend(_precision_note(model, runs, folder))
     sentences.extend(_where_both_ended(model, small, a, large, b, n))
     if a.get("callbacks"):
         sentences.append(f"The study's callbacks count epochs, so at batch {small} their patience waits "
