@@ -108,7 +108,7 @@ def _train(args) -> int:
         # A resumed run keeps the precision it began in where 'auto' would now choose another.
         with environment.resumed_run_precision(None if args.fresh else runs.recorded_precision(folder)):
             with _published_however_it_ends(folder, args.results):
-                run = _build_and_fit(args, profile, recipe, deadline)
+                run = _build_and_fit(args, profile, recipe, deadline, folder)
     record = run.record
     print(f"\nrun folder: {run.path}")
     if not run.epochs_done:
@@ -124,8 +124,9 @@ def _train(args) -> int:
     return _publish(run, args.results, args.fresh)
 
 
-def _build_and_fit(args, profile, recipe, deadline):
-    """Load the profile's data, build the model the command asks for and train it (or resume)."""
+def _build_and_fit(args, profile, recipe, deadline, folder: Path):
+    """Load the profile's data, build the model the command asks for and train it (or resume)
+    in ``folder``, the one the command checked against the results (``train.run_folder``)."""
     import keras
 
     from tinylib import data, train
@@ -143,8 +144,8 @@ def _build_and_fit(args, profile, recipe, deadline):
     else:
         model = train.build(args.model, dataset, profile, augment=not args.no_augment,
                             optimizer=args.optimizer, learning_rate=args.learning_rate, **weights)
-    return train.fit(model, dataset, profile, name=args.name, epochs=args.epochs, batch_size=args.batch_size,
-                     resume=not args.fresh, runs=args.runs, hours=args.hours, deadline=deadline)
+    return train.fit(model, dataset, profile, name=folder.name, epochs=args.epochs, batch_size=args.batch_size,
+                     resume=not args.fresh, runs=folder.parent, hours=args.hours, deadline=deadline)
 
 
 def _refuse_to_restart_a_published_run(folder: Path, results: Path) -> None:
