@@ -252,3 +252,17 @@ def test_a_precision_the_books_check_found_within_noise_does_not_set_a_run_aside
     # Without a check, likewise.
     (tmp_path / "check.json").unlink()
     assert list(diagnose.by_batch("model4", tmp_path)) == [128]
+
+
+def test_a_models_own_precision_check_comes_before_model_2s(tmp_path):
+    _at_batch(tmp_path, "m2.json", 128, [0.100, 0.131], dtype_policy="float32")
+    _at_batch(tmp_path, "m2-check.json", 128, [0.101, 0.132], dtype_policy="mixed_bfloat16", comparison="precision")
+    _at_batch(tmp_path, "m4.json", 128, [0.100, 0.131], model="model4", dtype_policy="float32")
+    policies = {"float32", "mixed_bfloat16"}
+    assert diagnose.precision_checked("model4", policies, tmp_path)["model"] == "model2"  # no check of its own
+    _at_batch(tmp_path, "m4-check.json", 128, [0.10, 0.25], model="model4", dtype_policy="mixed_bfloat16",
+              comparison="precision")
+    assert diagnose.precision_checked("model4", policies, tmp_path) is None  # its own found them apart
+    assert diagnose.precision_checked("model2", policies, tmp_path)["epochs"] == 2
+    assert diagnose.precision_checked("model2", {"float32"}, tmp_path) is None
+    assert diagnose.precision_checked("model2", {"mixed_float16", "mixed_bfloat16"}, tmp_path) is None

@@ -195,18 +195,20 @@ def _batch_candidates(model: str, folder=None) -> tuple[dict | None, list[dict]]
     return reference, found
 
 
-def precision_checked(policies, folder=None) -> dict | None:
+def precision_checked(model: str, policies, folder=None) -> dict | None:
     """The book's precision check (``results.precision_check``, chapter 13) of the one
     16-bit policy among ``policies`` against float32, if it found the two within noise:
     {'policy', 'model', 'epochs', 'best': {policy: best val top-1}, 'n'}; else None (no
-    check, a check beyond noise, or two policies that neither is float32)."""
+    check, a check beyond noise, or two policies that neither is float32). The check of
+    ``model`` itself where there is one, else the book's, on Model 2."""
     from tinylib import stats
 
     other = set(policies) - {"float32"}
     if len(other) != 1 or "float32" not in set(policies):
         return None
     policy = other.pop()
-    check = results.precision_check("model2", policy, folder)
+    checks = ((m, results.precision_check(m, policy, folder)) for m in dict.fromkeys((model, "model2")))
+    checked_model, check = next(((m, c) for m, c in checks if c is not None), (None, None))
     if check is None:
         return None
     run = check["records"][1]
@@ -214,7 +216,7 @@ def precision_checked(policies, folder=None) -> dict | None:
     best = {label: max(check[label]["val_accuracy"]) for label in ("float32", policy)}
     if not stats.within_noise(best[policy], n, best["float32"], n):
         return None
-    return {"policy": policy, "model": "model2", "epochs": int(run["epochs_run"]), "best": best, "n": n}
+    return {"policy": policy, "model": checked_model, "epochs": int(run["epochs_run"]), "best": best, "n": n}
 
 
 def _beyond_the_batch(reference: dict, record: dict, folder=None) -> list[str]:
@@ -225,7 +227,7 @@ def _beyond_the_batch(reference: dict, record: dict, folder=None) -> list[str]:
 
     same = {"batch_size": None}
     policies = {reference.get("dtype_policy"), record.get("dtype_policy")}
-    if len(policies) == 2 and precision_checked(policies, folder):
+    if len(policies) == 2 and precision_checked(record.get("model"), policies, folder):
         same["dtype_policy"] = None
     return identity_differences({**reference, **same}, {**record, **same})
 
@@ -234,7 +236,7 @@ def _precision_note(model: str, runs: dict[int, dict], folder=None) -> list[str]
     """Where the runs compared differ in precision too: which trained in which, and the check
     whose verdict lets them be compared, with its figures."""
     policies = {batch: record.get("dtype_policy") for batch, record in runs.items()}
-    checked = precision_checked(set(policies.values()), folder)
+    checked = precision_checked(model, set(policies.values()), folder)
     if checked is None:
         return []
     which = ", ".join(f"batch {batch} in {policy}" for batch, policy in policies.items())
