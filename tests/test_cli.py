@@ -142,6 +142,43 @@ def test_a_sitting_killed_at_the_end_of_a_session_still_publishes_the_epochs_it_
     assert "| model1 | smoke | 1 (unfinished) |" in (results / "summary.md").read_text()
 
 
+def test_a_sitting_cut_short_before_it_trained_publishes_nothing(tmp_path, tiny_env, monkeypatch, capsys):
+    """Ctrl-C or SIGTERM while the data loads: the record in the folder is not this sitting's
+    (here another run, about to be started over with --fresh), so the results stay as they are."""
+    import os
+    import signal
+
+    from tinylib import data
+
+    name = f"model1-smoke-{keras.backend.backend()}"
+    folder = tmp_path / "runs" / name
+    folder.mkdir(parents=True)
+    (folder / "record.json").write_text(json.dumps({"model": "model1", "optimizer": "SGD", "epochs_run": 5,
+                                                    "epochs": 30, "finished": False, "date": "2026-01-01"}))
+    results = tmp_path / "results"
+    command = ["train", "model1", "--profile", "smoke", "--runs", str(tmp_path / "runs"), "--results", str(results),
+               "--fresh"]
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(data, "load", interrupted)
+    assert cli.main(command) == 130
+    monkeypatch.setattr(data, "load", lambda: os.kill(os.getpid(), signal.SIGTERM))
+
+    def unhandled(signum, frame):  # what Python's default would do is kill the test run
+        raise AssertionError("the SIGTERM reached the test: the command left it to Python's default")
+
+    previous = signal.signal(signal.SIGTERM, unhandled)
+    try:
+        with pytest.raises(SystemExit) as exited:  # unwound as Ctrl-C is, by the command's own handler
+            cli.main(command)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert exited.value.code == 128 + signal.SIGTERM
+    assert not results.exists() and "record:" not in capsys.readouterr().out
+
+
 def _documented_commands():
     """Every ``python -m tinylib ...`` a reader is shown: the README, the chapters, this CLI's docstring."""
     import re

@@ -133,7 +133,16 @@ def test_a_run_on_another_batch_than_its_profiles_is_a_row_of_its_own(tmp_path):
     assert results.record_key({"model": "resnet18", "recipe": {"name": "modern"}, **other}) == "resnet18-modern-batch32"
     assert results.record_key({"model": "model5", "stage": "head", "image_size": 128, **other}) == \
         "model5-finetune-128px-head-batch32"
-    assert results.study_figures({"model": "resnet18", "recipe": {"name": "modern"}, **other}) == {}
+    assert results.study_figures({"model": "model2", "comparison": "optimizers", "optimizer": "SGD", **other}) == {}
+    # Another seed, an optimizer at another rate, a stage from random weights: each a row of its own too.
+    assert results.record_key({"model": "model2", "profile": "full", "seed": 1}) == "model2-seed1"
+    assert results.record_key({"model": "model2", "profile": "full", "seed": 0}) == "model2"
+    assert results.record_key({"model": "model2", "comparison": "optimizers", "optimizer": "SGD",
+                               "learning_rate": 0.01}) == "model2-optimizer-sgd-lr0.01"
+    assert results.record_key({"model": "model2", "comparison": "optimizers", "optimizer": "SGD",
+                               "learning_rate": 9.999999747378752e-05}) == "model2-optimizer-sgd"  # float32's 1e-4
+    assert results.record_key({"model": "model5", "stage": "all", "image_size": 64, "pretrained": False}) == \
+        "model5-finetune-64px-random-all"
     small = _at_batch(tmp_path, "small.json", 32, [0.3])
     _at_batch(tmp_path, "large.json", 128, [0.2])
     assert results.full_scale_records(tmp_path)["model2"]["batch_size"] == 128  # the study's row: the profile's run
@@ -242,9 +251,12 @@ def test_a_precision_the_books_check_found_within_noise_does_not_set_a_run_aside
     assert list(diagnose.by_batch("model4", tmp_path)) == [32, 128]
     story = diagnose.batch_story("model4", tmp_path)
     assert "The runs differ in their arithmetic too (batch 32 in float32, batch 128 in mixed_bfloat16)." in story
-    assert ("found mixed_bfloat16 within noise of float32 over the first 2 epochs on Model 2 at full scale "
-            "(13.20% against 13.10% at best), so they are compared") in story
+    assert ("They are compared because the book's precision check (chapter 13) found no difference beyond noise "
+            "between mixed_bfloat16 and float32 over the first 2 epochs of Model 2 at full scale (13.20% against "
+            "13.10% at best); the comparison assumes that this holds for Model 4 too") in story
     assert "set aside" not in story
+    assert list(diagnose.batch_curves("model4", tmp_path)) == ["batch 32 (float32)", "batch 128 (mixed_bfloat16)"]
+    assert list(diagnose.batch_curves("model2", tmp_path)) == ["batch 128"]  # one arithmetic: the batch alone
     # A check that found the two arithmetics apart sets the run aside again.
     _at_batch(tmp_path, "check.json", 128, [0.101, 0.20], dtype_policy="mixed_bfloat16", comparison="precision")
     assert list(diagnose.by_batch("model4", tmp_path)) == [128]

@@ -263,6 +263,13 @@ def test_compare_optimizers_draws_the_weights_from_the_callers_seed(tmp_path, ds
     assert compared["adam"].path.name == f"model1-full-{keras.backend.backend()}-adam-seed7"  # not the profile's
 
 
+def test_a_comparison_refuses_one_name_for_all_its_optimizers():
+    from tinylib import train
+
+    with pytest.raises(ValueError, match="suffix=... instead of name="):
+        train.compare_optimizers("model1", None, _profile(epochs=1), name="mine")
+
+
 def test_a_comparison_on_another_batch_trains_in_folders_of_its_own(tmp_path, ds):
     """As fit's own runs: the profile's comparison neither resumes nor refuses one on batch 4."""
     from tinylib import train

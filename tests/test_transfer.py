@@ -59,3 +59,23 @@ def test_a_run_without_pretrained_weights_says_so(tmp_path, tiny_env, synthetic,
     assert "WITHOUT pretrained weights" in capsys.readouterr().out
     with pytest.raises(ValueError, match="stages"):
         transfer.fine_tune(ds, PROFILE, weights=None, stages=("backbone",), runs=tmp_path)
+
+
+def test_a_seed_given_to_fine_tune_draws_the_heads_initial_weights_too(monkeypatch):
+    """As train_model and compare_optimizers: not the profile's seed for the weights and the
+    caller's for the batches."""
+    seeds = []
+
+    class Built(Exception):
+        pass
+
+    def build(*args, **kwargs):
+        raise Built
+
+    monkeypatch.setattr(keras.utils, "set_random_seed", seeds.append)
+    monkeypatch.setattr(transfer, "build", build)
+    with pytest.raises(Built):
+        transfer.fine_tune(None, PROFILE, weights=None, seed=7)
+    with pytest.raises(Built):
+        transfer.fine_tune(None, PROFILE, weights=None)
+    assert seeds == [7, PROFILE.seed]

@@ -165,16 +165,25 @@ def _refuse_to_restart_a_published_run(folder: Path, results: Path) -> None:
 
 @contextlib.contextmanager
 def _published_however_it_ends(folder: Path, results: str | None):
-    """A sitting cut short (Ctrl-C, a SIGTERM at a session's end) still publishes the epochs it
-    finished: ``fit`` saves the record on its way out, and without this the next sitting, on a
-    machine that may not come, would be the first to copy it.  An error is not an interruption
-    (a refusal such as a run in use must leave the results alone): the next sitting publishes."""
-    from tinylib import reproduce, runs
+    """A sitting cut short (Ctrl-C, a SIGTERM at a session's end: from here on it unwinds as
+    Ctrl-C does) still publishes the epochs it finished: ``fit`` saves the record on its way
+    out, and without this the next sitting, on a machine that may not come, would be the first
+    to copy it.  Only what this sitting trained is published: a record it found in the folder
+    and left as it was (an interruption while the data loads, a run about to be started over
+    with --fresh) is not.  An error is not an interruption (a refusal such as a run in use
+    must leave the results alone): the next sitting publishes."""
+    from tinylib import processes, reproduce, runs
 
+    def progress(record: dict) -> tuple:
+        return record.get("date"), record.get("epochs_run"), record.get("finished")
+
+    found = progress(runs.read_record(folder))
     try:
-        yield
+        with processes.sigterm_as_exit():
+            yield
     except (KeyboardInterrupt, SystemExit):
-        if results and runs.read_record(folder).get("epochs_run"):
+        record = runs.read_record(folder)
+        if results and record.get("epochs_run") and progress(record) != found:
             try:
                 print(reproduce.publish(folder, Path(results)), flush=True)
             except Exception as err:  # the interruption, not this, is what the user must see

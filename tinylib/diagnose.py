@@ -200,7 +200,8 @@ def precision_checked(model: str, policies, folder=None) -> dict | None:
     16-bit policy among ``policies`` against float32, if it found the two within noise:
     {'policy', 'model', 'epochs', 'best': {policy: best val top-1}, 'n'}; else None (no
     check, a check beyond noise, or two policies that neither is float32). The check of
-    ``model`` itself where there is one, else the book's, on Model 2."""
+    ``model`` itself where it can be read (``results.precision_check``: its record and a
+    float32 run of at least its epochs), else the book's, on Model 2."""
     from tinylib import stats
 
     other = set(policies) - {"float32"}
@@ -241,12 +242,15 @@ def _precision_note(model: str, runs: dict[int, dict], folder=None) -> list[str]
         return []
     which = ", ".join(f"batch {batch} in {policy}" for batch, policy in policies.items())
     policy, best = checked["policy"], checked["best"]
-    where = "on this model" if checked["model"] == model else f"on {results._model_title(checked['model'])}"
-    return [f"The runs differ in their arithmetic too ({which}). The book's precision check "
-            f"(chapter 13) found {policy} within noise of float32 over the first "
-            f"{checked['epochs']} epochs {where} at full scale ({pct(best[policy])} against "
-            f"{pct(best['float32'])} at best), so they are compared; that check covered those epochs, not a "
-            "whole run."]
+    own = checked["model"] == model
+    title = results._model_title(model)
+    of = title if own else results._model_title(checked["model"])
+    assumes = ("over a whole run, which that check did not test" if own else
+               f"for {title} too, over a whole run, which that check on another model did not test")
+    return [f"The runs differ in their arithmetic too ({which}). They are compared because the book's precision "
+            f"check (chapter 13) found no difference beyond noise between {policy} and float32 over the first "
+            f"{checked['epochs']} epochs of {of} at full scale ({pct(best[policy])} against "
+            f"{pct(best['float32'])} at best); the comparison assumes that this holds {assumes}."]
 
 
 def by_batch(model: str, folder=None) -> dict[int, dict]:
@@ -264,6 +268,15 @@ def by_batch(model: str, folder=None) -> dict[int, dict]:
         if batch not in best or record["best_val_top1"] > best[batch]["best_val_top1"]:
             best[batch] = record
     return dict(sorted(best.items()))
+
+
+def batch_curves(model: str, folder=None) -> dict[str, dict]:
+    """``by_batch``'s records labelled for a figure (``plots.curves_by_steps``): 'batch 32', and
+    the arithmetic too where the runs differ in it ('batch 32 (float32)')."""
+    runs = by_batch(model, folder)
+    policies = {record.get("dtype_policy") for record in runs.values()}
+    return {f"batch {batch}" + (f" ({record.get('dtype_policy')})" if len(policies) > 1 else ""): record
+            for batch, record in runs.items()}
 
 
 def record_steps_per_epoch(record: dict) -> int:

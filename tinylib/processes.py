@@ -1,4 +1,5 @@
-"""Child processes that die with tinylib: decoding workers, ``npm pack``.
+"""How tinylib's processes end: child processes that die with it (decoding workers,
+``npm pack``), and a polite kill that unwinds like Ctrl-C (``sigterm_as_exit``).
 
 A killed parent (``kill -9``, a job limit) runs no cleanup, so each child sees to it
 itself: on Linux the kernel sends it SIGKILL when its parent dies (``prctl``), and a
@@ -7,6 +8,7 @@ thread polling the parent's pid covers other systems and a parent that died firs
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -47,3 +49,25 @@ def exit_when_orphaned(parent: int, interval: float = 0.2) -> None:
     while os.getppid() == parent:
         time.sleep(interval)
     os._exit(1)
+
+
+@contextlib.contextmanager
+def sigterm_as_exit():
+    """Let a polite kill (SIGTERM: a job limit, ``timeout``) unwind like Ctrl-C does.
+
+    Python's default dies at once and skips ``finally`` blocks; raising SystemExit
+    instead saves the record and releases the run folder.  Only the main thread can
+    set handlers: elsewhere this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -8,6 +8,7 @@ is ever filled in by hand.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from tinylib.budget import AFTERNOON_HOURS, AFTERNOON_MODEL, AFTERNOON_RECIPE, AFTERNOON_RUN
@@ -20,6 +21,7 @@ STUDY_RESULTS = {
     "model4": {"train": 0.3752, "val": 0.3861},
     "model5": {"train": 0.6861, "val": 0.4314},
 }
+STUDY_LEARNING_RATE = 1e-4  # the slides' Adam, and every optimizer of its comparison
 NOT_YET_RUN = "not yet run"
 
 
@@ -34,23 +36,39 @@ def record_key(record: dict) -> str:
     'model5' is the study's way; 'model5-finetune-128px-all' a fine-tuning stage
     (``tinylib.transfer``); 'resnet18-modern' a run with a named recipe; 'model2-batch32'
     the study's way on batches other than its profile's (chapter 7 compares them), as any
-    of the others is on another batch ('resnet18-modern-batch256'). So a beyond-the-study
-    run never stands in for a reproduction of the study's table, a run on another batch
-    never for the profile's, and the row of the table is the profile's own run, to which
-    the other records compare.
+    of the others is on another batch or seed ('resnet18-modern-batch256', 'model2-seed1');
+    an optimizer compared at another rate than the study's, and a stage fine-tuned from
+    random weights, are rows of their own too. So a beyond-the-study run never stands in
+    for a reproduction of the study's table, a run on another batch or seed never for the
+    profile's, and the row of the table is the profile's own run, to which the other
+    records compare.
     """
     model = record["model"]
     recipe = (record.get("recipe") or {}).get("name")
     if record.get("comparison") == "optimizers":  # chapter 5's runs, never the study's row
-        key = f"{model}-optimizer-{str(record.get('optimizer')).lower()}"
+        rate = record.get("learning_rate")
+        other_rate = isinstance(rate, (int, float)) and not math.isclose(rate, STUDY_LEARNING_RATE, rel_tol=1e-6)
+        key = f"{model}-optimizer-{str(record.get('optimizer')).lower()}" + (f"-lr{rate:g}" if other_rate else "")
     elif record.get("comparison") == "precision":  # chapter 13's check of a faster arithmetic
         key = f"{model}-precision-{record.get('dtype_policy')}"
     elif record.get("stage"):
-        key = f"{model}-finetune-{record.get('image_size', 64)}px-{record['stage']}"
+        random = "-random" if record.get("pretrained") is False else ""
+        key = f"{model}-finetune-{record.get('image_size', 64)}px{random}-{record['stage']}"
     else:
         key = f"{model}-{recipe}" if recipe else model
     batch, expected = record.get("batch_size"), profile_batch(record)
-    return f"{key}-batch{batch}" if batch and expected and batch != expected else key
+    if batch and expected and batch != expected:
+        key += f"-batch{batch}"
+    seed, profile_seed = record.get("seed"), _profile_seed(record)
+    return key + (f"-seed{seed}" if seed is not None and profile_seed is not None and seed != profile_seed else "")
+
+
+def _profile_seed(record: dict) -> int | None:
+    """The seed the record's profile trains with (None for a profile this version lacks)."""
+    from tinylib.profiles import PROFILES
+
+    profile = PROFILES.get(record.get("profile"))
+    return profile.seed if profile else None
 
 
 def profile_batch(record: dict) -> int | None:

@@ -9,10 +9,7 @@ precision through ``tinylib.environment``.
 
 from __future__ import annotations
 
-import contextlib
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -20,7 +17,7 @@ import keras
 import numpy as np
 
 from tinylib import budget as budget_lib
-from tinylib import environment, files
+from tinylib import environment, files, processes
 from tinylib import models as models_lib
 from tinylib.batches import ShuffledBatches, steps_per_epoch
 from tinylib.checkpointing import CHECKPOINT_EVERY, Checkpointer
@@ -304,7 +301,7 @@ def _train(run: Run, model, data, seed, epochs, batch_size, callbacks, extra_cal
     first = run.partial["epoch"] if run.partial else run.epochs_done
     run.started = time.perf_counter()
     try:
-        with _sigterm_as_exit():
+        with processes.sigterm_as_exit():
             # One fit per epoch: each epoch's batches are a dataset of their own, built from
             # (seed, epoch), and a resumed epoch starts at the batch where it stopped.
             for epoch in range(first, epochs if not run.stopped else first):
@@ -438,26 +435,6 @@ def _finish(run: Run, same_as: Path | None = None) -> None:
     run.write_record()
 
 
-@contextlib.contextmanager
-def _sigterm_as_exit():
-    """Let a polite kill (SIGTERM: a job limit, ``timeout``) unwind like Ctrl-C does.
-
-    Python's default dies at once and skips ``finally`` blocks; raising SystemExit
-    instead saves the record and releases the run folder.  Only the main thread can
-    set handlers: elsewhere this does nothing.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def stop(signum, frame):
-        raise SystemExit(128 + signum)
-
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _verbosity(verbose):
@@ -599,6 +576,9 @@ def compare_optimizers(model_name: str, data, profile=None, optimizers=("adam", 
 
     Data-parallel over several GPUs where there are, as ``train_model``."""
     profile = get_profile(profile)
+    if "name" in fit_kwargs:  # one name would be one folder for every optimizer
+        raise ValueError("compare_optimizers names each optimizer's run folder itself (-adam, -sgd...): "
+                         "set its runs apart with suffix=... instead of name=...")
     seed = fit_kwargs.get("seed")  # as train_model: the caller's seed draws the weights and trains
     extra_suffix = fit_kwargs.pop("suffix", "")
     runs = {}

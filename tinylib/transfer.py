@@ -64,6 +64,10 @@ def fine_tune(data, profile=None, *, weights="imagenet", image_size: int | None 
     default to the profile's 'transfer_head' and 'transfer_all' entries.
     Returns ``{"head": run, "all": run}`` (the stages asked for); each stage
     resumes on its own, and stage 'all' starts from stage 'head''s final weights.
+    The stages train in folders named after the run (``-finetune-128px-head``, with
+    ``-batch<N>``/``-seed<N>`` on another batch or seed, and a ``suffix`` if given);
+    a ``name`` is used as given (``<name>-head``): another batch or seed then needs
+    another name. A ``seed`` draws the head's initial weights too, as in ``train_model``.
     Where several GPUs are visible (or ``devices`` names several), both stages train
     data-parallel over all of them, as ``train.train_model`` does.
     """
@@ -82,7 +86,8 @@ def _fine_tune(data, profile, *, weights, image_size, head_epochs, all_epochs, h
     unknown = set(stages) - set(STAGES)
     if unknown or not stages:
         raise ValueError(f"stages must be taken from {STAGES}, got {stages}")
-    keras.utils.set_random_seed(profile.seed)
+    seed = fit_kwargs.get("seed")  # as train_model: the caller's seed draws the weights and trains
+    keras.utils.set_random_seed(profile.seed if seed is None else seed)
     model = build("model5", data, profile, augment=augment, weights=weights, preprocess="imagenet",
                   image_size=image_size, compile=False)
     origin = model.tinylib_weights
