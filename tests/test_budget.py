@@ -4,6 +4,8 @@ the schedule it had reached (the same weights as a run never interrupted)."""
 
 from __future__ import annotations
 
+import json
+
 import keras
 import numpy as np
 import pytest
@@ -100,6 +102,12 @@ def test_a_run_on_a_budget_replans_ends_at_zero_and_is_scored_with_flips(tmp_pat
     assert learning_rates[-1] <= RECIPES["fast"].learning_rate / steps  # the last step's rate: nearly zero
     assert 0.0 <= record["val_top1_flips"] <= 1.0
     assert record["val_top1_plain"] == pytest.approx(record["final_val_top1"], abs=1e-6)
+    # Killed while the flips were scored (the run finished, its record without them): asked again, it scores them.
+    saved = json.loads((run.path / "record.json").read_text())
+    flips = {key: saved.pop(key) for key in ("val_top1_flips", "val_top1_plain")}
+    (run.path / "record.json").write_text(json.dumps(saved))
+    again = _budget_run(data.load(), tmp_path).record
+    assert again["epochs_run"] == 3 and again["val_top1_flips"] == pytest.approx(flips["val_top1_flips"], abs=1e-6)
 
 
 @pytest.mark.slow

@@ -143,6 +143,16 @@ def test_a_run_on_another_batch_than_its_profiles_is_a_row_of_its_own(tmp_path):
                                "learning_rate": 9.999999747378752e-05}) == "model2-optimizer-sgd"  # float32's 1e-4
     assert results.record_key({"model": "model5", "stage": "all", "image_size": 64, "pretrained": False}) == \
         "model5-finetune-64px-random-all"
+    assert results.record_key({"model": "model5", "stage": "all", "image_size": 64, "freeze_batchnorm": False}) == \
+        "model5-finetune-64px-bn-training-all"
+    assert results.record_key({"model": "model5", "stage": "all", "image_size": 64, "freeze_batchnorm": True}) == \
+        "model5-finetune-64px-all"
+    # A study's model trained another way than Adam at 1e-4 (--optimizer, --learning-rate) is not its row.
+    assert results.record_key({"model": "model2", "optimizer": "SGD", "learning_rate": 1e-4}) == "model2-sgd"
+    assert results.record_key({"model": "model3", "optimizer": "Adam", "learning_rate": 1e-3}) == "model3-lr0.001"
+    assert results.record_key({"model": "model3", "optimizer": "Adam", "learning_rate": 1e-4}) == "model3"
+    # The seed the record's own profile had, before the profile's as this version defines it.
+    assert results.record_key({"model": "model2", "profile": "full", "seed": 3, "dataset": {"seed": 3}}) == "model2"
     small = _at_batch(tmp_path, "small.json", 32, [0.3])
     _at_batch(tmp_path, "large.json", 128, [0.2])
     assert results.full_scale_records(tmp_path)["model2"]["batch_size"] == 128  # the study's row: the profile's run

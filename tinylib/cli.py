@@ -107,7 +107,7 @@ def _train(args) -> int:
             _refuse_to_restart_a_published_run(folder, Path(args.results))
         # A resumed run keeps the precision it began in where 'auto' would now choose another.
         with environment.resumed_run_precision(None if args.fresh else runs.recorded_precision(folder)):
-            with _published_however_it_ends(folder, args.results):
+            with _published_however_it_ends(folder, args.results, args.fresh):
                 run = _build_and_fit(args, profile, recipe, deadline, folder)
     record = run.record
     print(f"\nrun folder: {run.path}")
@@ -164,18 +164,19 @@ def _refuse_to_restart_a_published_run(folder: Path, results: Path) -> None:
 
 
 @contextlib.contextmanager
-def _published_however_it_ends(folder: Path, results: str | None):
+def _published_however_it_ends(folder: Path, results: str | None, fresh: bool = False):
     """A sitting cut short (Ctrl-C, a SIGTERM at a session's end: from here on it unwinds as
     Ctrl-C does) still publishes the epochs it finished: ``fit`` saves the record on its way
     out, and without this the next sitting, on a machine that may not come, would be the first
-    to copy it.  Only what this sitting trained is published: a record it found in the folder
-    and left as it was (an interruption while the data loads, a run about to be started over
-    with --fresh) is not.  An error is not an interruption (a refusal such as a run in use
-    must leave the results alone): the next sitting publishes."""
+    to copy it.  Only what this sitting trained is published: an epoch more, or the run's end
+    (with --fresh, a new run's first epoch); a record found in the folder and not trained
+    further (an interruption while the data loads or before an epoch ends, a run about to be
+    started over with --fresh) is not.  An error is not an interruption (a refusal such as a
+    run in use must leave the results alone): the next sitting publishes."""
     from tinylib import processes, reproduce, runs
 
-    def progress(record: dict) -> tuple:
-        return record.get("date"), record.get("epochs_run"), record.get("finished")
+    def progress(record: dict) -> tuple:  # a fresh run is told from the one it replaces by its start
+        return record.get("epochs_run"), record.get("finished"), record.get("date") if fresh else None
 
     found = progress(runs.read_record(folder))
     try:

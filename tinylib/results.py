@@ -37,8 +37,8 @@ def record_key(record: dict) -> str:
     (``tinylib.transfer``); 'resnet18-modern' a run with a named recipe; 'model2-batch32'
     the study's way on batches other than its profile's (chapter 7 compares them), as any
     of the others is on another batch or seed ('resnet18-modern-batch256', 'model2-seed1');
-    an optimizer compared at another rate than the study's, and a stage fine-tuned from
-    random weights, are rows of their own too. So a beyond-the-study run never stands in
+    another optimizer or rate than the study's Adam at 1e-4, and a stage fine-tuned from
+    random weights or with BatchNorm training, are rows of their own too. So a beyond-the-study run never stands in
     for a reproduction of the study's table, a run on another batch or seed never for the
     profile's, and the row of the table is the profile's own run, to which the other
     records compare.
@@ -46,16 +46,17 @@ def record_key(record: dict) -> str:
     model = record["model"]
     recipe = (record.get("recipe") or {}).get("name")
     if record.get("comparison") == "optimizers":  # chapter 5's runs, never the study's row
-        rate = record.get("learning_rate")
-        other_rate = isinstance(rate, (int, float)) and not math.isclose(rate, STUDY_LEARNING_RATE, rel_tol=1e-6)
-        key = f"{model}-optimizer-{str(record.get('optimizer')).lower()}" + (f"-lr{rate:g}" if other_rate else "")
+        key = f"{model}-optimizer-{str(record.get('optimizer')).lower()}" + _other_rate(record)
     elif record.get("comparison") == "precision":  # chapter 13's check of a faster arithmetic
         key = f"{model}-precision-{record.get('dtype_policy')}"
     elif record.get("stage"):
         random = "-random" if record.get("pretrained") is False else ""
-        key = f"{model}-finetune-{record.get('image_size', 64)}px{random}-{record['stage']}"
-    else:
-        key = f"{model}-{recipe}" if recipe else model
+        training_bn = "-bn-training" if record.get("freeze_batchnorm") is False else ""
+        key = f"{model}-finetune-{record.get('image_size', 64)}px{random}{training_bn}-{record['stage']}"
+    elif recipe:
+        key = f"{model}-{recipe}"
+    else:  # the study's way, unless another optimizer or rate was asked for (--optimizer, --learning-rate)
+        key = model + _other_optimizer(record)
     batch, expected = record.get("batch_size"), profile_batch(record)
     if batch and expected and batch != expected:
         key += f"-batch{batch}"
@@ -63,10 +64,29 @@ def record_key(record: dict) -> str:
     return key + (f"-seed{seed}" if seed is not None and profile_seed is not None and seed != profile_seed else "")
 
 
+def _other_rate(record: dict) -> str:
+    """'-lr0.001' for a learning rate other than the study's, '' otherwise (or for a schedule)."""
+    rate = record.get("learning_rate")
+    if isinstance(rate, (int, float)) and not math.isclose(rate, STUDY_LEARNING_RATE, rel_tol=1e-6):
+        return f"-lr{rate:g}"
+    return ""
+
+
+def _other_optimizer(record: dict) -> str:
+    """'-sgd', '-lr0.001' or both for a run of a study's model not trained with the study's Adam
+    at 1e-4; '' for the study's (or a record that does not say)."""
+    optimizer = str(record.get("optimizer") or "adam").lower()
+    return ("" if optimizer == "adam" else f"-{optimizer}") + _other_rate(record)
+
+
 def _profile_seed(record: dict) -> int | None:
-    """The seed the record's profile trains with (None for a profile this version lacks)."""
+    """The seed the record's profile trains with: as the record says it (its dataset's), else
+    the profile's as this version defines it; None for a profile this version lacks."""
     from tinylib.profiles import PROFILES
 
+    recorded = (record.get("dataset") or {}).get("seed")
+    if recorded is not None:
+        return recorded
     profile = PROFILES.get(record.get("profile"))
     return profile.seed if profile else None
 

@@ -121,13 +121,13 @@ def fit(model: keras.Model, data, profile: Profile | str | None = None, *, name:
         steps = steps_per_epoch(len(data.train), batch_size)
         build_optimizer(model)
         previous_budget = (read_record(path) or {}).get("time_budget") if hours is not None else None
-        if _resume(run, epochs, steps):
-            return run  # finished, and nothing more asked of it
-        if hours is not None:
-            run.record["time_budget"] = _budget(model, run, previous_budget, hours, steps, epochs, recipe)
-        run.write_record()  # the run's identity on disk from its first step, checked by any resume
-        _train(run, model, data, seed, epochs, batch_size, callbacks, extra_callbacks, verbose,
-               checkpoint_every, deadline)
+        if not _resume(run, epochs, steps):  # else finished, and nothing more asked of it
+            if hours is not None:
+                run.record["time_budget"] = _budget(model, run, previous_budget, hours, steps, epochs, recipe)
+            run.write_record()  # the run's identity on disk from its first step, checked by any resume
+            _train(run, model, data, seed, epochs, batch_size, callbacks, extra_callbacks, verbose,
+                   checkpoint_every, deadline)
+        # Also for a finished run found without them (killed while they were scored): its final weights are loaded.
         if hours is not None and run.record.get("finished") and "val_top1_flips" not in run.record:
             _score_with_flips(run, data, batch_size)
         return run
@@ -435,8 +435,6 @@ def _finish(run: Run, same_as: Path | None = None) -> None:
     run.write_record()
 
 
-
-
 def _verbosity(verbose):
     """Keras' progress bar in a terminal; tinylib's plain lines ('log') in a log file or a book."""
     if verbose != "auto":
@@ -576,7 +574,7 @@ def compare_optimizers(model_name: str, data, profile=None, optimizers=("adam", 
 
     Data-parallel over several GPUs where there are, as ``train_model``."""
     profile = get_profile(profile)
-    if "name" in fit_kwargs:  # one name would be one folder for every optimizer
+    if fit_kwargs.get("name") is not None:  # one name would be one folder for every optimizer
         raise ValueError("compare_optimizers names each optimizer's run folder itself (-adam, -sgd...): "
                          "set its runs apart with suffix=... instead of name=...")
     seed = fit_kwargs.get("seed")  # as train_model: the caller's seed draws the weights and trains

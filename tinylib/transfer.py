@@ -64,8 +64,9 @@ def fine_tune(data, profile=None, *, weights="imagenet", image_size: int | None 
     default to the profile's 'transfer_head' and 'transfer_all' entries.
     Returns ``{"head": run, "all": run}`` (the stages asked for); each stage
     resumes on its own, and stage 'all' starts from stage 'head''s final weights.
-    The stages train in folders named after the run (``-finetune-128px-head``, with
-    ``-batch<N>``/``-seed<N>`` on another batch or seed, and a ``suffix`` if given);
+    The stages train in folders named after the run (``-finetune-128px-head``; from
+    random weights ``-finetune-128px-random-head``; ``-batch<N>``/``-seed<N>`` added on
+    another batch or seed, and a ``suffix`` if given);
     a ``name`` is used as given (``<name>-head``): another batch or seed then needs
     another name. A ``seed`` draws the head's initial weights too, as in ``train_model``.
     Where several GPUs are visible (or ``devices`` names several), both stages train
@@ -114,7 +115,9 @@ def _fine_tune(data, profile, *, weights, image_size, head_epochs, all_epochs, h
         folder = {"name": f"{name}-{stage}"} if name else {"suffix": f"{suffix}-{stage}"}
         runs[stage] = fit(model, data, profile, **folder, epochs=epochs[stage],
                           callbacks=(), notes={**notes, "stage": stage,
-                                               "trainable_parameters": _trainable_count(model)},
+                                               "trainable_parameters": _trainable_count(model),
+                                               # BatchNorm trains or not in stage 'all' only (the head's is frozen whole)
+                                               **({"freeze_batchnorm": freeze_batchnorm} if stage == "all" else {})},
                           **fit_kwargs)
         if not runs[stage].record.get("finished"):  # out of time: stage 'all' needs 'head' whole
             break
