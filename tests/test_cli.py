@@ -228,3 +228,29 @@ def test_a_published_run_whose_folder_is_elsewhere_is_not_started_again(tmp_path
     err = capsys.readouterr().err
     assert "12 epochs trained" in err and "holds no run" in err and "--fresh for the first sitting only" in err
     assert not (tmp_path / "runs" / name).exists() and not tiny_env.exists()  # refused before the data
+
+
+@pytest.mark.parametrize("options, suffix", [(["--optimizer", "sgd"], "-sgd"),
+                                             (["--learning-rate", "0.001"], "-lr0.001"),
+                                             (["--optimizer", "RMSprop", "--learning-rate", "1e-3"], "-rmsprop-lr0.001"),
+                                             (["--learning-rate", "0.00010000000001"], "")])
+def test_another_optimizer_or_rate_trains_in_a_folder_of_its_own(tmp_path, tiny_env, capsys, options, suffix):
+    """The study's run and an SGD run of the same model are two rows of the results
+    (results.record_key): two folders, so neither resumes, nor is refused by, the other.
+    The published record stands in for the folder's name: the refusal names it, before the data."""
+    from tinylib import results as results_lib
+
+    results = tmp_path / "results"
+    results.mkdir()
+    name = f"model1-smoke-{keras.backend.backend()}{suffix}"
+    record = {"model": "model1", "epochs_run": 5, "epochs": 30, "finished": False}
+    (results / f"{name}.json").write_text(json.dumps(record))
+    command = ["train", "model1", "--profile", "smoke", "--runs", str(tmp_path / "runs"), "--results", str(results)]
+    assert cli.main([*command, *options]) == 2
+    assert f"{name}.json holds this run" in capsys.readouterr().err and not tiny_env.exists()
+    # The row the record stands for carries the same spelling as the folder.
+    optimizer = options[options.index("--optimizer") + 1] if "--optimizer" in options else "adam"
+    rate = float(options[options.index("--learning-rate") + 1]) if "--learning-rate" in options else 1e-4
+    assert results_lib.optimizer_suffix(optimizer, rate) == suffix
+    assert results_lib.record_key({**record, "profile": "smoke", "optimizer": optimizer,
+                                   "learning_rate": rate}).endswith("model1" + suffix)

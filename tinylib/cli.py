@@ -85,7 +85,7 @@ def _weights(value: str):
 def _train(args) -> int:
     import time
 
-    from tinylib import environment, runs, train
+    from tinylib import environment, results, runs, train
     from tinylib.profiles import get_profile
 
     from tinylib.models import normalize_name
@@ -101,8 +101,11 @@ def _train(args) -> int:
     environment.configure_precision(args.precision)
     # Every GPU visible, as train_model: the batch is the profile's times the devices.
     with environment.parallel_scope():
-        folder = train.run_folder(model_name, profile, recipe=recipe, batch_size=args.batch_size, name=args.name,
-                                  runs=args.runs)
+        # Another optimizer or rate than the study's Adam at 1e-4 trains in a folder of its own,
+        # as it is a row of its own in the results (results.record_key): '-sgd', '-lr0.001'.
+        suffix = "" if recipe is not None else results.optimizer_suffix(args.optimizer, args.learning_rate)
+        folder = train.run_folder(model_name, profile, recipe=recipe, batch_size=args.batch_size, suffix=suffix,
+                                  name=args.name, runs=args.runs)
         if args.results and not args.fresh:
             _refuse_to_restart_a_published_run(folder, Path(args.results))
         # A resumed run keeps the precision it began in where 'auto' would now choose another.
@@ -129,13 +132,13 @@ def _build_and_fit(args, profile, recipe, deadline, folder: Path):
     in ``folder``, the one the command checked against the results (``train.run_folder``)."""
     import keras
 
-    from tinylib import data, train
+    from tinylib import data, results, train
 
     dataset = data.load().subset(**profile.subset_kwargs())
     weights = {} if args.weights is None else {"weights": _weights(args.weights)}
     keras.utils.set_random_seed(profile.seed)  # the initial weights too, as the book's calls draw them
     if recipe is not None:  # the recipe sets the optimizer, its schedule, the loss and the augmentation
-        if args.optimizer != "adam" or args.learning_rate != 1e-4:
+        if results.optimizer_suffix(args.optimizer, args.learning_rate):
             print("--recipe sets the optimizer and learning rate: --optimizer/--learning-rate are ignored")
         if args.precision != recipe.precision:
             recipe = recipe.replace(precision=args.precision)
@@ -336,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-augment", action="store_true", help="train without augmentation")
     p.add_argument("--precision", default="auto", help="auto | float32 | mixed_bfloat16 | mixed_float16")
     p.add_argument("--name", help="run folder name (default MODEL-PROFILE-BACKEND, with -batchN on another batch than "
-                   "the profile's)")
+                   "the profile's, -OPTIMIZER and -lrRATE for another than Adam at 1e-4)")
     p.add_argument("--runs", help="parent folder of run folders (default TINYLIB_RUNS or TINYLIB_HOME/runs)")
     p.add_argument("--fresh", action="store_true", help="start over instead of resuming: deletes the run "
                    "folder's checkpoints (for a run in sittings, the first sitting only)")

@@ -64,19 +64,27 @@ def record_key(record: dict) -> str:
     return key + (f"-seed{seed}" if seed is not None and profile_seed is not None and seed != profile_seed else "")
 
 
-def _other_rate(record: dict) -> str:
-    """'-lr0.001' for a learning rate other than the study's, '' otherwise (or for a schedule)."""
-    rate = record.get("learning_rate")
+def rate_suffix(rate) -> str:
+    """'-lr0.001' for a learning rate other than the study's 1e-4, '' otherwise (or for a
+    schedule): the one spelling of run folders and result rows alike."""
     if isinstance(rate, (int, float)) and not math.isclose(rate, STUDY_LEARNING_RATE, rel_tol=1e-6):
         return f"-lr{rate:g}"
     return ""
 
 
+def optimizer_suffix(optimizer, rate) -> str:
+    """'-sgd', '-lr0.001' or both for a run of a study's model not trained with the study's
+    Adam at 1e-4; '' for the study's (or one that does not say)."""
+    optimizer = str(optimizer or "adam").lower()
+    return ("" if optimizer == "adam" else f"-{optimizer}") + rate_suffix(rate)
+
+
+def _other_rate(record: dict) -> str:
+    return rate_suffix(record.get("learning_rate"))
+
+
 def _other_optimizer(record: dict) -> str:
-    """'-sgd', '-lr0.001' or both for a run of a study's model not trained with the study's Adam
-    at 1e-4; '' for the study's (or a record that does not say)."""
-    optimizer = str(record.get("optimizer") or "adam").lower()
-    return ("" if optimizer == "adam" else f"-{optimizer}") + _other_rate(record)
+    return optimizer_suffix(record.get("optimizer"), record.get("learning_rate"))
 
 
 def _profile_seed(record: dict) -> int | None:

@@ -17,7 +17,7 @@ import keras
 import numpy as np
 
 from tinylib import budget as budget_lib
-from tinylib import environment, files, processes
+from tinylib import environment, files, processes, results
 from tinylib import models as models_lib
 from tinylib.batches import ShuffledBatches, steps_per_epoch
 from tinylib.checkpointing import CHECKPOINT_EVERY, Checkpointer
@@ -586,7 +586,7 @@ def compare_optimizers(model_name: str, data, profile=None, optimizers=("adam", 
             model = build(model_name, data, profile, augment=augmentation,
                           optimizer=optimizer, learning_rate=learning_rate)
             fit_kwargs.setdefault("epochs", profile.epochs_for("optimizers"))
-            suffix = f"-{optimizer}" + ("" if learning_rate == 1e-4 else f"-lr{learning_rate:g}") + extra_suffix
+            suffix = f"-{optimizer}" + results.rate_suffix(learning_rate) + extra_suffix
             # A suffix, not a name: another batch or seed then trains in a folder of its own.
             runs[optimizer] = fit(model, data, profile, suffix=suffix, notes={"comparison": "optimizers"},
                                   **fit_kwargs)
