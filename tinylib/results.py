@@ -142,6 +142,27 @@ def full_scale_records(folder: Path | str | None = None) -> dict[str, dict]:
     return best
 
 
+def at_best_epoch(record: dict) -> dict:
+    """The epoch of the record's best validation top-1 and that one epoch's figures:
+    {'epoch', 'epochs', 'train', 'val', 'val_top5'}, so that a training accuracy is never set
+    beside a validation accuracy of another epoch (the best weights kept are that epoch's).
+    The first of equal bests, as Keras' EarlyStopping keeps it; a record without a history
+    gives its summary fields and epoch None."""
+    history = record.get("history") or {}
+    val = list(history.get("val_accuracy") or [])
+    if not val:
+        return {"epoch": None, "epochs": record.get("epochs_run"), "train": record.get("final_train_top1"),
+                "val": record.get("best_val_top1"), "val_top5": record.get("best_val_top5")}
+    index = val.index(max(val))
+
+    def at(key: str):
+        values = history.get(key) or []
+        return values[index] if index < len(values) else None
+
+    return {"epoch": index + 1, "epochs": len(val), "train": at("accuracy"), "val": val[index],
+            "val_top5": at("val_top5")}
+
+
 def comparison_rows(folder: Path | str | None = None, models=None) -> list[dict]:
     """Rows for a table or ``plots.results_table_plot``: the study's and this book's figures.
 
@@ -158,7 +179,7 @@ def comparison_rows(folder: Path | str | None = None, models=None) -> list[dict]
         record = records.get(model)
         rows.append({
             "model": model, "source": "this book",
-            "train": record.get("final_train_top1") if record else None,
+            "train": at_best_epoch(record)["train"] if record else None,  # the epoch of "val"
             "val": record.get("best_val_top1") if record else None,
             "val_interval": _interval(record)[:2] if record else None,
             "note": _describe(record) if record else NOT_YET_RUN,
@@ -211,14 +232,41 @@ def full_scale_report(model: str, folder: Path | str | None = None) -> str:
         lines.append(f"this book, full scale: {NOT_YET_RUN} (python -m tinylib train {model} --profile full)")
         return "\n".join(lines)
     minutes = record.get("wall_seconds", 0.0) / 60
-    lines.append(f"this book, full scale: train {record['final_train_top1']:.2%}, "
-                 f"val {record['best_val_top1']:.2%}, top-5 {record['best_val_top5']:.2%}")
+    best = at_best_epoch(record)
+    lines.append(f"this book, full scale: {_figures(best)}" + _which_epoch(best))
+    last = _last_epoch(record)
+    if best["epoch"] is not None and last["epoch"] != best["epoch"]:
+        lines.append(f"    its last epoch ({last['epoch']}): {_figures(last)}")
     batch = f" on batches of {record['batch_size']}" if record.get("batch_size") else ""
     lines.append(f"    {epochs_text(record)}{batch} in {minutes:,.0f} minutes, "
                  f"{record.get('train_images_per_second', float('nan')):,.0f} train images/s, "
                  f"{record['backend']} on {record['device']}, weights: {_weights(record)} "
                  f"({record['record_file']})")
     return "\n".join(lines)
+
+
+def _last_epoch(record: dict) -> dict:
+    history = record.get("history") or {}
+
+    def last(key: str):
+        values = history.get(key) or []
+        return values[-1] if values else None
+
+    return {"epoch": len(history.get("val_accuracy") or []), "train": last("accuracy"),
+            "val": last("val_accuracy"), "val_top5": last("val_top5")}
+
+
+def _figures(epoch: dict) -> str:
+    """'train 23.39%, val 21.94%, top-5 46.40%': one epoch's figures (those it has)."""
+    parts = [f"{label} {epoch[key]:.2%}" for label, key in (("train", "train"), ("val", "val"), ("top-5", "val_top5"))
+             if epoch.get(key) is not None]
+    return ", ".join(parts)
+
+
+def _which_epoch(best: dict) -> str:
+    if best["epoch"] is None:
+        return " (best val; train at the last epoch)"
+    return f" (epoch {best['epoch']} of {best['epochs']}, its best)"
 
 
 BACKEND_NAMES = {"tensorflow": "TensorFlow", "jax": "JAX", "torch": "PyTorch"}
@@ -269,7 +317,7 @@ def full_scale_story(model: str, folder: Path | str | None = None) -> str:
     """A model chapter's full-scale paragraph (Markdown), every number read from the record.
 
     The best validation top-1 with its 95% interval against the study's, training
-    against validation accuracy, what ended the run, its minutes and device. Without a
+    against validation accuracy at that epoch (and at the last), what ended the run, its minutes and device. Without a
     record it says "not yet measured" and how to make one; a number is never typed in.
     """
     title, study = _model_title(model), STUDY_RESULTS.get(model)
@@ -282,10 +330,12 @@ def full_scale_story(model: str, folder: Path | str | None = None) -> str:
                 f"--results book/results` "
                 f"makes one); until then the comparison is with {study_text} alone.")
     low, high, n = _interval(record)
-    best, train = record["best_val_top1"], record["final_train_top1"]
+    epoch = at_best_epoch(record)  # train, val and top-5 of one epoch, the best one
+    best, train = record["best_val_top1"], epoch["train"]
     so_far = "" if record.get("finished", True) else " so far"
-    top5 = f"; top-5 {pct(record['best_val_top5'])}" if record.get("best_val_top5") is not None else ""
-    parts = [f"**This book at full scale:** {title} reached {pct(best)} validation top-1{so_far} "
+    top5 = f"; top-5 {pct(epoch['val_top5'])}" if epoch.get("val_top5") is not None else ""
+    at = f" at epoch {epoch['epoch']} of {epoch['epochs']}" if epoch["epoch"] is not None else ""
+    parts = [f"**This book at full scale:** {title} reached {pct(best)} validation top-1{so_far}{at} "
              f"(95% interval {low:.1%} to {high:.1%} on {n:,} images{top5})"]
     if study:
         stand = _against(best, n, study["val"], STUDY_VAL_IMAGES)
@@ -293,12 +343,18 @@ def full_scale_story(model: str, folder: Path | str | None = None) -> str:
                      + ("" if stand == "within noise of" else ", beyond noise") + ".")
     else:
         parts[0] += "."
-    side = "above" if train > best else "below" if train < best else "level with"
     study_side = ""
     if study:
         study_side = (f" (the study's: {pct(study['train'])} training, "
                       f"{'above' if study['train'] > study['val'] else 'below'} its {pct(study['val'])})")
-    parts.append(f"Its training accuracy ended at {pct(train)}, {side} its best validation accuracy{study_side}.")
+    if train is not None:
+        side = "above" if train > best else "below" if train < best else "level with"
+        when = "At that epoch its" if epoch["epoch"] is not None else "Its last"
+        parts.append(f"{when} training accuracy was {pct(train)}, {side} its validation accuracy{study_side}.")
+        last = _last_epoch(record)
+        if epoch["epoch"] is not None and last["epoch"] != epoch["epoch"] and None not in (last["train"], last["val"]):
+            parts.append(f"At its last epoch ({last['epoch']}) the two were {pct(last['train'])} training "
+                         f"and {pct(last['val'])} validation.")
     minutes = record.get("wall_seconds", 0.0) / 60
     weights = "ImageNet" if record.get("weights") == "imagenet" else str(record.get("weights"))
     source = record.get("weights_source")
@@ -515,7 +571,8 @@ def runs_table(records, *, changes: str | None = None, confidence: float = 0.95)
                            columns=columns)
     for label, r in records.items():
         table.loc[label, "best val top-5"] = f"{r['best_val_top5']:.1%}"
-        table.loc[label, "final train top-1"] = f"{r['final_train_top1']:.1%}"
+        train = at_best_epoch(r)["train"]  # beside the best val top-1: the same epoch's
+        table.loc[label, "train top-1 (best epoch)"] = "" if train is None else f"{train:.1%}"
         table.loc[label, "train images/s"] = r.get("train_images_per_second")
         table.loc[label, "minutes"] = round(r.get("wall_seconds", 0.0) / 60, 1)
     return table
