@@ -86,6 +86,21 @@ def test_augmentation_grid_has_a_row_per_image_and_a_column_per_transform(split)
     assert shown.dtype != np.uint8 and 0.0 <= shown.min() and shown.max() <= 1.0
 
 
+def test_augmentation_grid_shows_a_draw_of_its_own_in_each_column_of_one_kind_of_layer():
+    """Four random crops side by side are four draws, repeatably (the seed reseeds each)."""
+    from tinylib.augment import RandomResizedCrop
+
+    def shown(fig):
+        return [np.asarray(ax.images[0].get_array()) for ax in fig.axes[1:5]]
+
+    image = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)  # every crop shows
+    crops = {f"crop {i}": RandomResizedCrop(seed=i) for i in range(4)}
+    first = shown(plots.augmentation_grid(image, crops))
+    assert all(not np.array_equal(first[0], other) for other in first[1:])
+    again = shown(plots.augmentation_grid(image, {name: RandomResizedCrop() for name in crops}))
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+
+
 def test_augmentation_grid_takes_a_single_transform(split):
     fig = plots.augmentation_grid(split.images[0], lambda images: 255 - images)
     assert titles(fig) == ["original", "augmented"]

@@ -133,7 +133,9 @@ def augmentation_grid(images, transforms, seed: int | None = 0, figsize=None):
     ``transforms`` maps a name to a callable (uint8 images (N, H, W, 3) ->
     images, uint8 or float in [0, 1]) or to a Keras layer, such as the values
     of ``tinylib.augment.single_transform_layers()``; a single callable or
-    layer is shown as 'augmented'.  ``seed`` makes layers repeatable.
+    layer is shown as 'augmented'.  ``seed`` makes layers repeatable: the k-th column's
+    layer draws from ``seed + k``, so that columns of one kind of layer (four random crops)
+    show four draws, not one four times; None leaves each layer's own generator as it is.
     """
     images = np.asarray(images)
     if images.ndim == 3:
@@ -141,8 +143,8 @@ def augmentation_grid(images, transforms, seed: int | None = 0, figsize=None):
     if not isinstance(transforms, Mapping):
         transforms = {"augmented": transforms}
     columns = {"original": images}
-    for name, transform in transforms.items():
-        columns[name] = np.asarray(_as_transform(transform, seed)(images))
+    for k, (name, transform) in enumerate(transforms.items()):
+        columns[name] = np.asarray(_as_transform(transform, None if seed is None else seed + k)(images))
     fig, axes = _image_grid(len(images) * len(columns), len(columns), figsize=figsize)
     for col, (name, shown) in enumerate(columns.items()):
         for row in range(len(images)):
