@@ -234,3 +234,30 @@ def test_mixed_float16_wraps_the_optimizer_in_loss_scaling(tiny_env, synthetic, 
     assert model.get_layer("stem_conv").compute_dtype == "float16"
     record = runs.new_record(model, ds, smoke_profile(), 2, 8, ())
     assert record["optimizer"] == "Adam" and record["dtype_policy"] == "mixed_float16"
+
+
+def test_a_network_starts_from_the_same_weights_whatever_is_built_in_front_of_it():
+    """An ablation row changes one ingredient: a crop instead of the study's augmentation, no
+    augmentation, or MixUp/CutMix in front must not also change the network's initial weights
+    (Keras draws every unseeded layer's seed from Python's random: train.layers_in_front)."""
+    import types
+
+    fake = types.SimpleNamespace(num_classes=5, train=np.zeros(40))
+    profile = smoke_profile()
+
+    def first_kernel(**kwargs):
+        keras.utils.set_random_seed(7)
+        model = train.build("model1", fake, profile, **kwargs)
+        kernels = [v for v in model.trainable_variables if v.path.endswith("kernel")]
+        return keras.ops.convert_to_numpy(kernels[0]), keras.ops.convert_to_numpy(kernels[-1])
+
+    study = first_kernel()
+    mixing = RECIPES["modern"]
+    assert mixing.mixes_batches and mixing.augmentation != "study"
+    for kwargs in ({"augment": False}, {"recipe": mixing}, {"recipe": Recipe(augmentation="crop")}):
+        for ours, theirs in zip(first_kernel(**kwargs), study):
+            np.testing.assert_array_equal(ours, theirs, err_msg=str(kwargs))
+    # ...and the seed still draws them: another seed, other weights.
+    keras.utils.set_random_seed(8)
+    other = train.build("model1", fake, profile)
+    assert not np.array_equal(keras.ops.convert_to_numpy(other.trainable_variables[0]), study[0])

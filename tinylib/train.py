@@ -9,6 +9,8 @@ precision through ``tinylib.environment``.
 
 from __future__ import annotations
 
+import contextlib
+import random
 import sys
 import time
 from pathlib import Path
@@ -442,6 +444,23 @@ def _verbosity(verbose):
     return 1 if sys.stdout.isatty() else "log"
 
 
+@contextlib.contextmanager
+def layers_in_front():
+    """Build the layers in front of a network (augmentation, MixUp/CutMix) with seeds drawn
+    aside: Keras draws the seed of every unseeded layer and initializer from Python's
+    ``random``, so without this a recipe with a crop, or a run without augmentation, would
+    start its network from other initial weights than the same seed gives the study's
+    recipe, and an ablation row would change two things. Their seeds come from a stream of
+    their own, itself drawn from the current one (so repeatable under one seed); the
+    network then draws exactly what it would have drawn with nothing in front of it."""
+    state = random.getstate()
+    random.seed(f"tinylib layers in front {random.getrandbits(64)}")
+    try:
+        yield
+    finally:
+        random.setstate(state)
+
+
 def build(model_name: str, data, profile=None, augment: bool = True, recipe: Recipe | str | None = None,
           epochs: int | None = None, batch_size: int | None = None, **options) -> keras.Model:
     """Build a model for ``data`` with the study's augmentation and the profile's options.
@@ -457,15 +476,18 @@ def build(model_name: str, data, profile=None, augment: bool = True, recipe: Rec
     key = models_lib.normalize_name(model_name)
     options = {**profile.options_for(key), **options}
     if recipe is None:
-        return build_run_model(model_name, data.num_classes, augmentation=augmentation() if augment else None,
-                               **options)
+        with layers_in_front():
+            layer = augmentation() if augment else None
+        return build_run_model(model_name, data.num_classes, augmentation=layer, **options)
     recipe = get_recipe(recipe)
     epochs = epochs or profile.epochs_for(key)
     steps = steps_per_epoch(len(data.train), batch_size or profile.batch_size * environment.device_count())
     # The model keeps the recipe's precision; Keras' global policy is given back after.
     with environment.using_precision(recipe.precision):
+        with layers_in_front():
+            layer = recipe.augmentation_layer() if augment else None
         model = build_run_model(model_name, data.num_classes, recipe=recipe, steps=steps, epochs=epochs,
-                                augmentation=recipe.augmentation_layer() if augment else None, **options)
+                                augmentation=layer, **options)
     model.tinylib_epochs = epochs  # the schedule's length: fit trains this many epochs
     return model
 
@@ -481,8 +503,10 @@ def build_run_model(model_name: str, num_classes: int, *, recipe: Recipe | None 
     """
     if recipe is None:
         return models_lib.build_model(model_name, num_classes=num_classes, augmentation=augmentation, **options)
+    with layers_in_front():
+        mixing = recipe.mixing_layer()
     model = models_lib.build_model(model_name, num_classes=num_classes, compile=False, augmentation=augmentation,
-                                   mixing=recipe.mixing_layer(), **options)
+                                   mixing=mixing, **options)
     models_lib.compile_model(model, recipe.make_optimizer(steps, epochs), loss=recipe.make_loss())
     model.tinylib_recipe = recipe
     return model
