@@ -294,7 +294,10 @@ def fast_ablation_recipes() -> dict[str, Recipe]:
         ("- crops and flips", dict(augmentation="none")),
         ("- decay to zero (constant rate)", dict(schedule="constant")),
         ("- warmup", dict(warmup=0.0)),
-        ("- SGD (Adam at 1e-3)", dict(optimizer="adam", learning_rate=1e-3, weight_decay=0.0)),
+        # Keras' decoupled decay shrinks each weight by rate x decay a step: the same shrinkage at
+        # Adam's rate keeps the weight decay in, so that this row takes out the optimizer alone.
+        ("- SGD (Adam at 1e-3)", dict(optimizer="adam", learning_rate=1e-3,
+                                      weight_decay=fast.weight_decay * fast.learning_rate / 1e-3)),
     ):
         rows[label] = fast.replace(name="fast-" + _slug(label), **changes)
     return rows
