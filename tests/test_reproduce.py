@@ -93,9 +93,38 @@ def test_a_finished_record_of_another_epoch_count_is_trained_again(tmp_path):
     from tinylib.profiles import get_profile
 
     full = get_profile("full")
-    assert reproduce.planned_epochs(reproduce.select("model2")[0], full) == 100
-    assert reproduce.planned_epochs(reproduce.select("resnet18-modern")[0], full) == full.epochs_for("resnet18")
-    assert reproduce.planned_epochs(reproduce.select("optimizers")[0], full) is None
+    assert reproduce.expected_runs(reproduce.select("model2")[0], full, "tensorflow") == {
+        "model2-full-tensorflow": 100}
+    assert reproduce.expected_runs(reproduce.select("resnet18-modern")[0], full, "jax") == {
+        "resnet18-full-jax-modern": full.epochs_for("resnet18")}
+
+
+def test_every_planned_run_is_skipped_once_its_finished_records_are_published(tmp_path):
+    """A fresh machine with no run folders picks up with the first run not yet published:
+    the comparisons of several runs and the fine-tuning too, not hours of them again."""
+    from tinylib.profiles import get_profile
+
+    full = get_profile("full")
+    runs = {planned.name: reproduce.expected_runs(planned, full, "tensorflow") for planned in reproduce.PLAN}
+    assert runs["precision"] == {"model2-full-tensorflow-mixed_bfloat16-8ep": 8}  # the committed record's name
+    assert set(runs["optimizers"]) == {f"model2-full-tensorflow-{o}" for o in ("adam", "rmsprop", "sgd", "nadam")}
+    assert runs["model5-finetune"] == {"model5-full-tensorflow-finetune-128px-head": full.epochs_for("transfer_head"),
+                                       "model5-full-tensorflow-finetune-128px-all": full.epochs_for("transfer_all")}
+    results = tmp_path / "results"
+    results.mkdir()
+    for folders in runs.values():
+        for folder, epochs in folders.items():
+            (results / f"{folder}.json").write_text(json.dumps({"model": folder.split("-")[0], "profile": "full",
+                                                                "finished": True, "epochs": epochs,
+                                                                "best_val_top1": 0.1}))
+    plan = list(reproduce.PLAN)
+    outcome = reproduce.run_plan(plan, lambda: pytest.fail("nothing should load the data"), full, results=results)
+    assert outcome["done"] == [planned.name for planned in plan] and not outcome["left"]
+    # One stage missing: the fine-tuning is not skipped (its data is asked for).
+    (results / "model5-full-tensorflow-finetune-128px-all.json").unlink()
+    with pytest.raises(LookupError):
+        reproduce.run_plan(reproduce.select("model5-finetune"), lambda: (_ for _ in ()).throw(LookupError("data")),
+                           full, results=results)
 
 
 def test_optimizer_comparison_runs_never_stand_in_for_the_study_row(tmp_path, ds):
@@ -174,8 +203,8 @@ def test_the_beyond_the_study_runs_of_the_plan_train_and_summarize(tmp_path, ds)
     afternoon = book_results.full_scale_records(results)[budget.AFTERNOON_RUN]
     assert afternoon["time_budget"]["hours"] == budget.AFTERNOON_HOURS
     assert afternoon["recipe"]["name"] == budget.AFTERNOON_RECIPE and afternoon["model"] == budget.AFTERNOON_MODEL
-    assert reproduce.expected_folders(reproduce.select("resnet9-fast")[0], _profile(), "tensorflow") == [
-        "resnet9-full-tensorflow-fast"]
+    assert reproduce.expected_runs(reproduce.select("resnet9-fast")[0], _profile(), "tensorflow") == {
+        "resnet9-full-tensorflow-fast": None}
 
 
 BLOCKER = '''import os

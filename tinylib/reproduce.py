@@ -109,29 +109,39 @@ def _finished_in(results: Path | None, run_folder_name: str, epochs: int | None 
     return bool(record.get("finished"))
 
 
-def expected_folders(planned: PlannedRun, profile, backend: str) -> list[str] | None:
-    """The run folders a planned run writes, when they can be named before building anything."""
+def expected_runs(planned: PlannedRun, profile, backend: str) -> dict[str, int]:
+    """The run folders a planned run trains in, each with the epochs it plans, named before
+    anything is built, so that a run whose finished records are all in the results is
+    skipped (a fresh machine then picks up with the next run, not hours early).
+
+    Model 5's fine-tuning is named as with the ImageNet weights it asks for: on a machine
+    that cannot have them it trains from random weights in other folders, which no
+    finished ImageNet record stands in for."""
     from tinylib import models
+    from tinylib.optimizers import STUDY_OPTIMIZERS
     from tinylib.runs import run_name
+    from tinylib.train import PRECISION_CHECK_EPOCHS
+    from tinylib.transfer import STAGES
+
+    def name(model: str, suffix: str = "") -> str:
+        return run_name(model, profile, suffix, backend=backend)
 
     if planned.name in models.MODELS:
-        return [run_name(planned.name, profile, backend=backend)]
+        return {name(planned.name): profile.epochs_for(planned.name)}
     if planned.name == "resnet18-modern":
-        return [run_name("resnet18", profile, "-modern", backend=backend)]
-    if planned.name == AFTERNOON_RUN:
-        return [run_name(AFTERNOON_MODEL, profile, f"-{AFTERNOON_RECIPE}", backend=backend)]
-    return None  # the others depend on what is found (weights) or are several runs
-
-
-def planned_epochs(planned: PlannedRun, profile) -> int | None:
-    """The epochs a single-model planned run trains for in ``profile`` (None for the others)."""
-    from tinylib import models
-
-    if planned.name in models.MODELS:
-        return profile.epochs_for(planned.name)
-    if planned.name == "resnet18-modern":
-        return profile.epochs_for("resnet18")
-    return None
+        return {name("resnet18", "-modern"): profile.epochs_for("resnet18")}
+    if planned.name == AFTERNOON_RUN:  # a time budget ends it: its epochs are a cap, not a plan
+        return {name(AFTERNOON_MODEL, f"-{AFTERNOON_RECIPE}"): None}
+    if planned.name == "model5-finetune":
+        size = profile.options_for("transfer").get("image_size") or 64
+        return {name("model5", f"-finetune-{size}px-{stage}"): profile.epochs_for(f"transfer_{stage}")
+                for stage in STAGES}
+    if planned.name == "optimizers":  # train.compare_optimizers' folders, at the study's rate
+        return {name("model2", f"-{optimizer}"): profile.epochs_for("optimizers") for optimizer in STUDY_OPTIMIZERS}
+    if planned.name == "precision":  # train.compare_precisions' one run
+        epochs = min(PRECISION_CHECK_EPOCHS, profile.epochs_for("model2"))
+        return {name("model2", f"-mixed_bfloat16-{epochs}ep"): epochs}
+    raise ValueError(f"no run folders known for {planned.name!r}")  # a PLAN entry without a branch here
 
 
 def run_plan(plan, data, profile, *, budget_minutes: float | None = None, results: Path | None = None,
@@ -154,8 +164,8 @@ def run_plan(plan, data, profile, *, budget_minutes: float | None = None, result
     backend = keras.backend.backend()
     done, left, records = [], [], []
     for index, planned in enumerate(plan):
-        folders = expected_folders(planned, profile, backend)
-        if folders and all(_finished_in(results, f, planned_epochs(planned, profile)) for f in folders):
+        folders = expected_runs(planned, profile, backend)
+        if all(_finished_in(results, folder, epochs) for folder, epochs in folders.items()):
             print(f"=== {planned.name}: finished record already in {results}: skipped", flush=True)
             done.append(planned.name)
             records.extend(json.loads((results / f"{f}.json").read_text(encoding="utf-8")) for f in folders)
