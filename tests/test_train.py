@@ -170,3 +170,31 @@ def test_an_epoch_is_its_batches_counted_one_way_everywhere():
         assert sum(len(batches[i][0]) for i in range(len(batches))) == 10
     with pytest.raises(ValueError, match="no images"):
         ShuffledBatches(images[:0], labels[:0], 4)
+
+
+def test_a_batch_comes_in_random_order_not_sorted_by_the_class_the_images_are_stored_in():
+    """The images are stored class by class. MixUp/CutMix pair each image with the one at the
+    mirrored position of its batch: in a batch sorted by row, class 0 would be mixed with
+    the last classes almost only. Each image keeps its own label, wherever it lands."""
+    import numpy as np
+
+    from tinylib.batches import ShuffledBatches, epoch_order
+
+    classes, per_class, batch = 10, 100, 32
+    stored = np.repeat(np.arange(classes), per_class)  # class order, as the dataset keeps them
+    images = np.broadcast_to(stored[:, None, None, None], (len(stored), 1, 1, 1)).astype("uint8")
+    onehot = np.eye(classes, dtype="float32")[stored]
+    batches = ShuffledBatches(images, onehot, batch, seed=3, epoch=2)
+    order = epoch_order(len(stored), 3, 2)
+    mirrored_partner_classes, same = [], 0
+    for index in range(len(batches) - 1):  # full batches
+        x, y = batches[index]
+        np.testing.assert_array_equal(x[:, 0, 0, 0], stored[order[index * batch:(index + 1) * batch]])
+        np.testing.assert_array_equal(y.argmax(axis=1), x[:, 0, 0, 0])  # each image with its own label
+        labels = x[:, 0, 0, 0].astype(int)
+        mirrored_partner_classes += list(labels[::-1][labels == 0])
+        same += int(np.all(np.diff(labels) >= 0))
+    assert same == 0  # never sorted
+    # Class 0's partners spread over the classes, as random pairs do (sorted batches: ~70% class 9).
+    shares = np.bincount(mirrored_partner_classes, minlength=classes) / len(mirrored_partner_classes)
+    assert shares.max() < 0.3, shares

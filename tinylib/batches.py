@@ -62,13 +62,21 @@ class ShuffledBatches(keras.utils.PyDataset):
         return self.batches_per_epoch - self.start
 
     def rows(self, index: int) -> np.ndarray:
-        """The (sorted, for faster reads) rows of batch ``index`` of this dataset."""
+        """The rows of batch ``index`` of this dataset, in the epoch's random order.
+
+        The order within a batch is random too, not sorted: the images are stored class by
+        class, so a sorted batch would come ordered by label, and whatever pairs positions
+        (MixUp/CutMix mix each image with the one at the mirrored position) would pair
+        the first classes with the last, not images at random."""
         batch = self.start + index
-        return np.sort(self.order[batch * self.batch_size:(batch + 1) * self.batch_size])
+        return self.order[batch * self.batch_size:(batch + 1) * self.batch_size]
 
     def __getitem__(self, index):
         rows = self.rows(index)
-        return np.asarray(self.images[rows]), self.labels[rows]
+        ascending = np.argsort(rows, kind="stable")  # read in storage order (faster from a memory map)
+        images = np.empty((len(rows), *self.images.shape[1:]), dtype=self.images.dtype)
+        images[ascending] = self.images[rows[ascending]]
+        return images, self.labels[rows]
 
     def on_epoch_end(self):
         """Nothing: Keras calls this at moments that are not epoch ends (when an iterator is

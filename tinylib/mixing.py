@@ -7,8 +7,9 @@ the host, they cost a round trip per batch between the host and the device; here
 they are part of the compiled training step:
 
 * :class:`MixUpCutMix`, a layer of the model (active only in training), mixes each
-  image with the one at the mirrored position of the batch (the batches come in a
-  random order, so the pairs are random: timm's choice), and keeps the share of
+  image with the one at the mirrored position of the batch (``tinylib.batches`` serves
+  each batch in the epoch's random order, never sorted by row and so by class, so the
+  pairs are random: timm's choice), and keeps the share of
   every image that is still its own (one share per batch, as timm draws it);
 * :class:`MixingClassifier`, the model, mixes the labels with that share in its
   training loss (``compute_loss``), in the same step; evaluation uses the labels
