@@ -40,3 +40,27 @@ def test_model5_counts_its_nested_backbone():
     backbone = model5.get_layer("resnet50")
     head = flops.forward_flops(model5) - flops.forward_flops(backbone)
     assert flops.forward_flops(backbone) > 100 * head > 0  # ResNet-50 at 64x64 dwarfs the dense head
+
+
+def test_a_frozen_layer_costs_no_weight_gradient():
+    """Frozen before every trained layer: the forward pass alone; frozen after one: the
+    forward pass and its input's gradient. A backbone trained through its head only
+    (transfer's stage 'head') does about a third of a whole model's training work."""
+    inputs = keras.Input((8, 8, 3))
+    first = keras.layers.Conv2D(4, 3, padding="same")
+    x = keras.layers.Flatten()(first(inputs))
+    middle = keras.layers.Dense(10)
+    last = keras.layers.Dense(5)
+    net = keras.Model(inputs, last(middle(x)))
+    forward = {layer: flops.layer_flops(layer) for layer in (first, middle, last)}
+    first.trainable = False  # upstream of everything trained
+    assert flops.training_flops(net) == forward[first] + 3 * (forward[middle] + forward[last])
+    first.trainable, middle.trainable = True, False  # downstream of a trained layer
+    assert flops.training_flops(net) == 3 * forward[first] + 2 * forward[middle] + 3 * forward[last]
+
+    model5 = models.build_model("model5", weights=None, compile=False)
+    whole = flops.training_flops(model5)
+    assert whole == 3 * flops.forward_flops(model5)
+    model5.get_layer("resnet50").trainable = False
+    backbone = flops.forward_flops(model5.get_layer("resnet50"))
+    assert flops.training_flops(model5) == backbone + 3 * (flops.forward_flops(model5) - backbone)

@@ -9,7 +9,10 @@ Counted: the multiply-adds of convolutions and dense layers, two FLOPs each (wha
 papers and torchvision's tables count as one "FLOP" is a multiply-add). Pooling,
 normalization and activations are left out: they are a few percent of a CNN's work.
 A training step costs about three forward passes (the backward pass computes two
-products for each one of the forward pass).
+products for each one of the forward pass: the gradient of the layer's input, and of its
+weights). A frozen layer (a backbone trained only through its head) has no weight
+gradient: one forward and, where a trained layer comes before it, the input's gradient;
+upstream of every trained layer, the forward pass alone.
 """
 
 from __future__ import annotations
@@ -48,6 +51,23 @@ def forward_flops(model: keras.Model) -> int:
     return total
 
 
+def _layers_in_order(model: keras.Model):
+    """Every layer of ``model`` in the order the forward pass runs them, nested models' inline."""
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from _layers_in_order(layer)
+        else:
+            yield layer
+
+
 def training_flops(model: keras.Model) -> int:
-    """FLOPs per image of a training step: forward and backward, about three forward passes."""
-    return TRAINING_PER_FORWARD * forward_flops(model)
+    """FLOPs per image of a training step: forward and backward, about three forward passes
+    for a model trained whole; a frozen layer costs its forward pass, plus the gradient of
+    its input where a trained layer comes before it (two)."""
+    total, trained_before = 0, False
+    for layer in _layers_in_order(model):
+        flops = layer_flops(layer)
+        trained = bool(layer.trainable_weights)
+        total += flops * (TRAINING_PER_FORWARD if trained else 2 if trained_before else 1)
+        trained_before = trained_before or trained
+    return total
