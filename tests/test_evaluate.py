@@ -75,6 +75,17 @@ def test_top_k_counts_the_true_class_among_the_k_most_probable():
     assert result.top_k_accuracy(7) == result.top_k_accuracy(100) == 1.0  # k clamped
 
 
+def test_a_diverged_models_nan_row_is_a_miss_as_keras_counts_it():
+    """NaN compares false with everything: without care its true class beats no class and
+    would count as a top-5 hit, and argmax's first NaN as a top-1 hit for class 0."""
+    probabilities = np.array([[np.nan] * 6, [np.nan] * 6, [0.5, 0.1, 0.1, 0.1, 0.1, 0.1]], dtype="float32")
+    result = ev.evaluation_from_probabilities(probabilities, [0, 3, 0], list("abcdef"))
+    assert result.top1 == pytest.approx(1 / 3) and result.top5 == pytest.approx(1 / 3)
+    keras_hits = keras.ops.convert_to_numpy(keras.metrics.top_k_categorical_accuracy(
+        keras.utils.to_categorical([0, 3, 0], 6), probabilities, k=5))
+    assert result.top5 == pytest.approx(float(np.mean(keras_hits)))
+
+
 def test_top_k_and_confusion_agree_with_keras_and_a_plain_loop():
     rng = np.random.default_rng(0)
     probabilities = rng.dirichlet(np.ones(12), size=300).astype("float32")

@@ -91,12 +91,20 @@ class Evaluation:
         k = min(k, self.num_classes)
         true_probability = np.take_along_axis(self.probabilities, self.labels[:, None], axis=1)
         better_classes = (self.probabilities > true_probability).sum(axis=1)
-        return float(np.mean(better_classes < k))
+        return float(np.mean((better_classes < k) & self._finite))
+
+    @property
+    def _finite(self) -> np.ndarray:
+        """Images whose probabilities are all numbers: a diverged model's NaN row is a miss
+        (NaN compares false, so it would otherwise beat no class and count as a top-k hit),
+        as in Keras' top-k metric."""
+        return np.isfinite(self.probabilities).all(axis=1)
 
     @property
     def top1(self) -> float:
-        """Accuracy of the single prediction (consistent with the confusion matrix)."""
-        return float(np.mean(self.predictions == self.labels))
+        """Accuracy of the single prediction (consistent with the confusion matrix); an image
+        with a non-finite probability is a miss."""
+        return float(np.mean((self.predictions == self.labels) & self._finite))
 
     @property
     def top5(self) -> float:
