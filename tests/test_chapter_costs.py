@@ -137,3 +137,27 @@ def test_timing_some_models_keeps_the_others_with_what_they_were_measured_under(
     # Which BatchNorm each measurement used goes with it: the kept row's, and the new one's.
     assert conditions["fused_batchnorm"] is False and throughput.rate("model4", tmp_path)[1]["fused_batchnorm"]
     assert "float32, BatchNorm: Keras' own." in table and "mixed_bfloat16, BatchNorm: TensorFlow's fused kernel, batch" in table
+
+
+def test_a_profile_with_a_smaller_build_scales_the_full_scale_rate_by_its_flops(tmp_path):
+    """The small profiles' ResNets are a quarter as wide with a strided stem: the full-scale
+    rate would overstate their time tens of times over."""
+    from tinylib import flops, models
+    from tinylib.profiles import get_profile
+
+    (tmp_path / "resnet18-full.json").write_text(json.dumps({
+        "model": "resnet18", "profile": "full", "best_val_top1": 0.2, "train_images_per_second": 20.0,
+        "device": "CPU: x86_64 (2 cores)", "backend": "tensorflow", "weights": "random"}))
+    quick = get_profile("quick")
+
+    def cost(profile):
+        return flops.training_flops(models.build_model("resnet18", num_classes=200, compile=False,
+                                                       **get_profile(profile).options_for("resnet18")))
+
+    ratio = cost("full") / cost("quick")
+    assert ratio > 10 and chapter_costs.smaller_build("resnet18", quick) == pytest.approx(ratio)
+    line = chapter_costs.training_estimate("resnet18", quick, epochs=1, folder=tmp_path)
+    minutes = quick.train_images / (20.0 * ratio) / 60
+    assert f"at most about {minutes:,.1f} min" in line and f"({ratio:,.0f} times fewer FLOPs an image" in line
+    # Model 4's small profiles change its BatchNorm momentum only: the same network, no scaling.
+    assert chapter_costs.smaller_build("model4", quick) == 1.0

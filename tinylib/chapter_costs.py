@@ -108,13 +108,41 @@ def training_estimate(model: str, profile=None, epochs: int | None = None, folde
         if measured is None:
             return f"{what}: its speed is {NOT_YET_MEASURED} (no full-scale record of {model})."
         rate, data = measured
-        minutes = epochs * images / rate / 60
+        smaller = smaller_build(model, chosen)
+        minutes = epochs * images / (rate * smaller) / 60
         return (f"{what}: about {minutes:,.1f} min of training steps at the {rate:,.0f} train images/s that "
                 f"benchmarks/model_throughput.py measured on {data['device']} ({data['dtype_policy']}, "
-                f"{data['measured']}); {model} has no full-scale record yet.")
-    minutes = epochs * images / rate / 60
+                f"{data['measured']}){_scaled(model, smaller)}; {model} has no full-scale record yet.")
+    smaller = smaller_build(model, chosen)
+    minutes = epochs * images / (rate * smaller) / 60
     return (f"{what}: at most about {minutes:,.1f} min at the {rate:,.0f} train images/s that {model}'s "
-            f"full-scale record measured on {record['device']} (a finished run is read back instead).")
+            f"full-scale record measured on {record['device']}{_scaled(model, smaller)} "
+            f"(a finished run is read back instead).")
+
+
+def smaller_build(model: str, profile) -> float:
+    """How many times fewer training FLOPs an image the profile's build of ``model`` does than
+    the full profile's, whose rates the records and the benchmark measured (the small
+    profiles' ResNets are narrower, with a strided stem); 1.0 where they build one network."""
+    full = get_profile("full")
+    options, full_options = dict(get_profile(profile).options_for(model)), dict(full.options_for(model))
+    if options == full_options:
+        return 1.0
+    from tinylib import flops, models
+
+    def cost(build_options: dict) -> int:
+        network = models.build_model(model, num_classes=200, weights=None, compile=False, **build_options)
+        return flops.training_flops(network)
+
+    ratio = cost(full_options) / cost(options)
+    return 1.0 if abs(ratio - 1.0) < 0.05 else ratio
+
+
+def _scaled(model: str, smaller: float) -> str:
+    if smaller == 1.0:
+        return ""
+    return (f", scaled to this profile's smaller {model} ({smaller:,.0f} times fewer FLOPs an image; a small "
+            f"network uses the machine less well, so it may take longer)")
 
 
 def _run_cost(chapter: str, profile: str, folder) -> str:
