@@ -479,3 +479,53 @@ def test_idg_layer_on_the_jax_backend(run_on_jax):
     result = run_on_jax(JAX_SCRIPT, "jax_idg.py")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "JAX OK" in result.stdout
+
+
+def _torchvision_crop_fractions(rng, n, height, width, scale, ratio, attempts=10):
+    """torchvision.transforms.RandomResizedCrop.get_params, its algorithm in NumPy (the
+    oracle; torchvision itself is not a dependency), without its rounding to pixels."""
+    sizes, fallbacks = [], []
+    for _ in range(n):
+        for _ in range(attempts):
+            area = rng.uniform(*scale) * height * width
+            aspect = np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1])))
+            w, h = np.sqrt(area * aspect), np.sqrt(area / aspect)
+            if 0 < w <= width and 0 < h <= height:
+                sizes.append((w / width, h / height))
+                fallbacks.append(False)
+                break
+        else:
+            fallbacks.append(True)
+            in_ratio = width / height
+            if in_ratio < ratio[0]:
+                w, h = width, width / ratio[0]
+            elif in_ratio > ratio[1]:
+                h, w = height, height * ratio[1]
+            else:
+                w, h = width, height
+            sizes.append((w / width, h / height))
+    return np.array(sizes), np.array(fallbacks)
+
+
+@pytest.mark.parametrize("scale, ratio, shape", [((0.35, 1.0), (3 / 4, 4 / 3), (64, 64)),
+                                                 ((0.08, 1.0), (3 / 4, 4 / 3), (48, 96)),
+                                                 ((0.9, 1.0), (0.2, 5.0), (64, 64))])
+def test_crop_draws_areas_and_ratios_as_torchvision_does(scale, ratio, shape):
+    """No crop is clipped out of its ranges: a draw that does not fit is drawn again (ten
+    tries), then the whole image (narrowed to the ratio's range) is taken, as torchvision does."""
+    height, width = shape
+    layer = augment.RandomResizedCrop(scale=scale, ratio=ratio, seed=5)
+    w, h, found = (numpy(v) for v in layer.crop_sizes(4000, height, width))
+    area, aspect = w * h, (w * width) / (h * height)
+    assert np.all(w <= 1 + 1e-6) and np.all(h <= 1 + 1e-6)
+    drawn = found.astype(bool)
+    assert np.all(area[drawn] >= scale[0] - 1e-5) and np.all(area[drawn] <= scale[1] + 1e-5)
+    assert np.all(aspect[drawn] >= ratio[0] - 1e-4) and np.all(aspect[drawn] <= ratio[1] + 1e-4)
+    oracle, oracle_fallbacks = _torchvision_crop_fractions(np.random.default_rng(0), 4000, height, width,
+                                                           scale, ratio)
+    ours = np.stack([w, h], axis=1)
+    # The same distribution: means and quartiles of both fractions, and the share of fallbacks.
+    np.testing.assert_allclose(ours.mean(0), oracle.mean(0), atol=0.015)
+    np.testing.assert_allclose(np.percentile(ours, [25, 50, 75], axis=0),
+                               np.percentile(oracle, [25, 50, 75], axis=0), atol=0.03)
+    assert abs((~drawn).mean() - oracle_fallbacks.mean()) < 0.02  # how often no try fits

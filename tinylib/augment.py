@@ -294,8 +294,11 @@ class RandomResizedCrop(TrainingOnlyAugmentation):
     study's small rotations and shifts: each training image shows a different part of
     the object at a different scale, so the network cannot rely on where things are.
     The crop covers a fraction of the area drawn from ``scale`` and has a width/height
-    ratio drawn log-uniformly from ``ratio``; it always lies inside the image, so no
-    pixels are invented (no fill mode).  One resample, like ``RandomAffineAugment``;
+    ratio drawn log-uniformly from ``ratio``, as torchvision's ``RandomResizedCrop`` draws
+    them: a draw whose crop would not fit inside the image is drawn again, up to ten
+    times, and then the crop is the whole image (for a square image and ranges that
+    hold 1), so no draw is clipped out of its ranges. It always lies inside the image, so
+    no pixels are invented (no fill mode).  One resample, like ``RandomAffineAugment``;
     active only with ``training=True``.  Keras has ``RandomCrop`` (fixed size, no
     resize) but no random-resized crop, hence this layer.
     """
@@ -312,17 +315,37 @@ class RandomResizedCrop(TrainingOnlyAugmentation):
         self.flip = bool(flip)
         self.interpolation = interpolation
 
+    ATTEMPTS = 10  # torchvision's
+
+    def crop_sizes(self, batch, height, width):
+        """Each image's crop width and height, as fractions of the image's (torchvision's
+        draw: up to ``ATTEMPTS`` tries for a crop that fits, else the largest centred crop
+        whose ratio is in range)."""
+        shape = (batch, self.ATTEMPTS)
+        area = keras.random.uniform(shape, *self.scale, seed=self.seed_generator)
+        log_ratio = keras.random.uniform(shape, math.log(self.ratio[0]), math.log(self.ratio[1]),
+                                         seed=self.seed_generator)
+        aspect = ops.exp(log_ratio)  # width / height in pixels
+        crop_w = ops.sqrt(area * aspect * (height / width))
+        crop_h = ops.sqrt(area / aspect * (width / height))
+        fits = ops.logical_and(crop_w <= 1.0, crop_h <= 1.0)
+        first = ops.expand_dims(ops.argmax(ops.cast(fits, "int32"), axis=1), 1)
+        found = ops.any(fits, axis=1)
+        # None of the tries fits: the whole image, narrowed to the ratio's range (torchvision's fallback).
+        image_ratio = width / height
+        fallback_w = min(1.0, self.ratio[1] / image_ratio) if image_ratio > self.ratio[1] else 1.0
+        fallback_h = min(1.0, image_ratio / self.ratio[0]) if image_ratio < self.ratio[0] else 1.0
+        crop_w = ops.where(found, ops.squeeze(ops.take_along_axis(crop_w, first, axis=1), 1), fallback_w)
+        crop_h = ops.where(found, ops.squeeze(ops.take_along_axis(crop_h, first, axis=1), 1), fallback_h)
+        return crop_w, crop_h, found
+
     def augment(self, images, batch, height, width):
-        area = self._uniform(batch, *self.scale)
-        log_ratio = self._uniform(batch, math.log(self.ratio[0]), math.log(self.ratio[1]))
-        aspect = ops.exp(log_ratio)
-        # Crop size as fractions of the image; clipped so the crop fits inside it.
-        crop_w = ops.minimum(ops.sqrt(area * aspect), 1.0)
-        crop_h = ops.minimum(ops.sqrt(area / aspect), 1.0)
+        crop_w, crop_h, found = self.crop_sizes(batch, height, width)
         # Output pixel 0 reads input `left`, pixel W-1 reads `left + crop_w (W-1)`:
         # both inside the image, so no pixel is read from outside it.
-        left = self._uniform(batch, 0.0, 1.0) * (1.0 - crop_w) * (width - 1)
-        top = self._uniform(batch, 0.0, 1.0) * (1.0 - crop_h) * (height - 1)
+        # Anywhere inside the image; the fallback crop centred, as torchvision places it.
+        left = ops.where(found, self._uniform(batch, 0.0, 1.0), 0.5) * (1.0 - crop_w) * (width - 1)
+        top = ops.where(found, self._uniform(batch, 0.0, 1.0), 0.5) * (1.0 - crop_h) * (height - 1)
         sx, sy = crop_w, crop_h  # input pixels per output pixel
         if self.flip:
             mirror = ops.cast(self._uniform(batch, 0.0, 1.0) < 0.5, "float32")
