@@ -219,3 +219,21 @@ def test_first_layer_filters_draws_each_models_first_kernels_in_rgb():
     assert red.shape == (5, 5, 3) and np.allclose(red[..., 0], 1.0) and np.allclose(red[..., 1:], 0.5)
     assert "4 of 4 filters, 3x3" in fig.subfigs[0]._suptitle.get_text()
     plt.close(fig)
+
+
+def test_confused_pairs_shows_the_mistakes_first_and_tells_same_named_classes_apart():
+    """Row: images of the true class, those taken for the other one first (framed), then the
+    other class. Two classes with one name are told apart by index, not by name."""
+    labels = np.repeat(np.arange(3), 4)
+    predictions = labels.copy()
+    predictions[[2, 3]] = 2  # two images of class 0, its last two, taken for class 2
+    probabilities = np.eye(3)[predictions] * 0.9 + 0.1 / 3
+    images = np.zeros((len(labels), 8, 8, 3), np.uint8)
+    images[:, 0, 0, 0] = np.arange(len(labels))  # each image says which it is
+    evaluation = evaluate.evaluation_from_probabilities(probabilities, labels, ["cat", "dog", "cat"])
+    fig = plots.confused_pairs(evaluation, images, pairs=1, per_class=3)
+    shown = [int(np.asarray(ax.images[0].get_array())[0, 0, 0]) for ax in fig.axes[:6]]
+    assert shown == [2, 3, 0, 8, 9, 10]  # the two mistakes, one other of class 0; then class 2
+    framed = [any(isinstance(p, plt.Rectangle) for p in ax.patches) for ax in fig.axes[:6]]
+    assert framed == [True, True, False, False, False, False]
+    assert [fig.axes[i].get_title(loc="left") for i in (0, 3)] == ["true: cat", "taken for: cat"]

@@ -131,12 +131,16 @@ class Evaluation:
 
     def most_confused(self, n: int = 10) -> list[tuple[str, str, int]]:
         """The n most frequent mistakes: (true name, predicted name, count), largest first."""
+        return [(self.class_names[t], self.class_names[p], count) for t, p, count in self.most_confused_classes(n)]
+
+    def most_confused_classes(self, n: int = 10) -> list[tuple[int, int, int]]:
+        """``most_confused`` by class index: (true class, predicted class, count), largest
+        first (indices, as two classes may share a name)."""
         errors = self.confusion_matrix.copy()
         np.fill_diagonal(errors, 0)
         order = np.argsort(-errors, axis=None, kind="stable")[:n]
         pairs = zip(*np.unravel_index(order, errors.shape))
-        return [(self.class_names[t], self.class_names[p], int(errors[t, p]))
-                for t, p in pairs if errors[t, p] > 0]
+        return [(int(t), int(p), int(errors[t, p])) for t, p in pairs if errors[t, p] > 0]
 
     def misclassified(self, n: int | None = None) -> np.ndarray:
         """Indices of wrong predictions, the most confident mistakes first."""

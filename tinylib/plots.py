@@ -356,27 +356,34 @@ def confused_pairs(evaluation, images, pairs: int = 3, per_class: int = 4, figsi
     """The most confused pairs of classes, with images of both: what the mistakes look like.
 
     One row per pair (true class, the class it was taken for, and how often):
-    ``per_class`` images of each class side by side. ``images`` are those the
-    evaluation was computed on, in the same order.
+    ``per_class`` images of the true class, those taken for the other first (the
+    mistakes themselves, framed in red), then ``per_class`` images of the other class.
+    ``images`` are those the evaluation was computed on, in the same order.
     """
-    confused = evaluation.most_confused(pairs)
+    confused = evaluation.most_confused_classes(pairs)
     if not confused:
         fig, ax = plt.subplots(figsize=figsize or (4, 1))
         ax.set_axis_off()
         ax.text(0.5, 0.5, "no confused pairs: every image was classified correctly", ha="center", va="center")
         return fig
-    index = {name: i for i, name in enumerate(evaluation.class_names)}
     cols = 2 * per_class
     fig, axes = plt.subplots(len(confused), cols, figsize=figsize or (1.3 * cols, 1.75 * len(confused)),
                              squeeze=False)
+    labels, predictions = evaluation.labels, evaluation.predictions
     for row, (true, predicted, count) in enumerate(confused):
-        for half, name in enumerate((true, predicted)):
-            members = np.flatnonzero(evaluation.labels == index[name])[:per_class]
+        mistakes = np.flatnonzero((labels == true) & (predictions == predicted))
+        others = np.flatnonzero((labels == true) & (predictions != predicted))
+        for half, (cls, members) in enumerate(((true, np.concatenate([mistakes, others])),
+                                               (predicted, np.flatnonzero(labels == predicted)))):
             for j in range(per_class):
                 ax = axes[row, half * per_class + j]
                 ax.set_axis_off()
                 if j < len(members):
                     _show_image(ax, images[members[j]])
+                    if half == 0 and j < len(mistakes):  # taken for the other class: framed
+                        ax.add_patch(plt.Rectangle((0, 0), 1, 1, transform=ax.transAxes, fill=False,
+                                                   edgecolor="red", linewidth=2, clip_on=False))
+            name = evaluation.class_names[cls]
             axes[row, half * per_class].set_title(
                 ("true: " if half == 0 else "taken for: ") + name.split(",")[0], fontsize=8, loc="left")
         axes[row, cols - 1].text(1.05, 0.5, f"{count}x", transform=axes[row, cols - 1].transAxes,
