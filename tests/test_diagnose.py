@@ -53,9 +53,35 @@ def test_a_short_row_that_fit_less_than_the_study_says_so_and_the_hours_left(tmp
 
 
 def test_a_run_whose_training_accuracy_sits_further_below_validation_than_the_studys_is_told_so(tmp_path):
+    val = [0.10, 0.15, 0.17, 0.18, 0.19, 0.19, 0.20, 0.20, 0.21, 0.20]
+    augmentation = {"layer": "ImageDataGeneratorAugment"}
+    _record(tmp_path, "model4", val, [v - 0.08 for v in val], augmentation=augmentation,
+            build_options={"dropout": 0.5})
+    story = diagnose.gap_story("model4", tmp_path)
+    assert "8.00 points below its validation accuracy, the study's 1.09 points below. That is a sign" in story
+    assert "(stronger augmentation or dropout)" in story
+    assert "Its training accuracy (on augmented images, with dropout, as the study measured it)" in story
+    # Model 1 has no dropout: the story names the augmentation alone.
+    _record(tmp_path, "model4", val, [v - 0.08 for v in val], augmentation=augmentation, build_options={})
+    story = diagnose.gap_story("model4", tmp_path)
+    assert "(on augmented images, as the study measured it)" in story and "dropout" not in story
+
+
+def test_a_short_run_is_not_read_as_a_harder_task(tmp_path):
+    """Keras averages training accuracy over an epoch while the weights improve: early in any
+    run it sits below validation accuracy, whatever the augmentation."""
     _record(tmp_path, "model4", [0.10, 0.15, 0.20], [0.05, 0.10, 0.12])
-    assert "8.00 points below its validation accuracy, the study's 1.09 points below. That is a sign" in \
-        diagnose.gap_story("model4", tmp_path)
+    story = diagnose.gap_story("model4", tmp_path)
+    assert "8.00 points below its validation accuracy, the study's 1.09 points below. After 3 epochs that says" \
+        in story and "sign that" not in story
+
+
+def test_the_hours_left_of_a_run_that_early_stopping_may_end_are_a_cap(tmp_path):
+    _record(tmp_path, "model2", [0.10, 0.12, 0.15, 0.14], [0.09, 0.11, 0.14, 0.15], seconds=[400, 360, 360, 360],
+            epochs=100, finished=False, callbacks=["early_stopping", "reduce_lr_on_plateau"])
+    story = diagnose.gap_story("model2", tmp_path)
+    assert "At most 96 of its 100 epochs are left, a cap that early stopping may end sooner: at most about 9.6 h" \
+        in story
 
 
 def test_early_stopping_soon_after_the_rate_fell_is_told(tmp_path):
@@ -90,6 +116,9 @@ def test_a_run_on_larger_batches_than_keras_default_is_told_its_steps_against_th
     story = diagnose.gap_story("model4", tmp_path)
     assert "batches of 128 images: 782 optimizer steps an epoch at a learning rate of 0.0001" in story
     assert "is 32: 3,125 steps an epoch, 4.0 times as many updates" in story
+    _record(tmp_path, "model4", val, train, rates=[1e-4, 1e-4, 2e-5], batch_size=128, learning_rate=1e-4,
+            dataset={"train_images": 100_000})
+    assert "at a learning rate starting at 0.0001" in diagnose.gap_story("model4", tmp_path)  # then lowered
     _record(tmp_path, "model4", val, train, batch_size=32, learning_rate=1e-4, dataset={"train_images": 100_000})
     assert "optimizer steps" not in diagnose.gap_story("model4", tmp_path)  # the default: nothing to say
     _record(tmp_path, "model4", val, train, batch_size=16, learning_rate=1e-4, dataset={"train_images": 100_000})

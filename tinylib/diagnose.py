@@ -18,6 +18,7 @@ from tinylib.batches import steps_per_epoch
 from tinylib.results import pct
 
 TREND_EPOCHS = 5  # the recent stretch whose least-squares slope says "still rising"
+GAP_VERDICT_EPOCHS = 10  # fewer: the epoch-averaged training accuracy still lags, in any run
 # The batch Keras takes when a script names none: Model.fit's default, and that of
 # ImageDataGenerator's flow and flow_from_directory, with which the study fed its models.
 KERAS_DEFAULT_BATCH = 32
@@ -81,7 +82,8 @@ def gap_story(model: str, folder=None) -> str:
                 f"{pct(study['val'])} at epoch {reached} of the {facts['epochs']} it ran.")
     sentences = [*_gap_sentences(facts, study, record), *_fit_sentences(record, study), *_batch_sentences(record),
                  *_trend_sentences(facts),
-                 *_end_sentences(facts, *results.run_end(record))]
+                 *_end_sentences(facts, *results.run_end(record),
+                                 early_stopping="early_stopping" in (record.get("callbacks") or []))]
     return " ".join(sentences)
 
 
@@ -113,18 +115,38 @@ def _fit_sentences(record: dict, study: dict) -> list[str]:
                 f"images, this run validates {'lower' if val[at_study_fit - 1] < study['val'] else 'higher'}."]
     ours, theirs = train[-1] - val[-1], study["train"] - study["val"]
     side = lambda d: f"{_points(abs(d))} points {'above' if d > 0 else 'below'}"  # noqa: E731
-    verdict = ("That is no sign that this run's augmentation and dropout made its training task harder than the "
-               "study's: a harder one would hold training accuracy further below validation accuracy, and the "
-               "likelier difference is how many training steps each took" if ours >= theirs else
-               "That is a sign that this run's training task is harder than the study's was (stronger augmentation or "
-               "dropout): a harder one holds training accuracy further below validation accuracy")
-    return [f"Its training accuracy (on augmented images, with dropout, as the study measured it) reached "
+    regularizers = _regularizers(record)
+    harder = f"this run's {regularizers['which']}" if regularizers["which"] else "anything in this run"
+    if ours >= theirs:
+        verdict = (f"That is no sign that {harder} made its training task harder than the study's: a harder one "
+                   "would hold training accuracy further below validation accuracy, and the likelier difference "
+                   "is how many training steps each took")
+    elif len(train) < GAP_VERDICT_EPOCHS:
+        verdict = (f"After {len(train)} epochs that says little: Keras averages training accuracy over each epoch "
+                   "while the weights still improve, which holds it below validation accuracy early in any run, "
+                   "whatever the augmentation")
+    else:
+        verdict = (f"That is a sign that this run's training task is harder than the study's was (stronger "
+                   f"{regularizers['stronger']}): a harder one holds training accuracy further below validation accuracy")
+    measured = f" ({regularizers['measured']}, as the study measured it)" if regularizers["measured"] else ""
+    return [f"Its training accuracy{measured} reached "
             f"{pct(float(train.max()))}, below the study's {pct(study['train'])}: this run had not fit its "
             f"training images as far as the study's model did. Either the study's model took more training "
             f"steps (more epochs, or smaller batches), or its training task was easier (milder augmentation); "
             f"its slides give none of its epochs, its batch size or its augmentation's ranges.",
             f"At its last epoch its training accuracy sat {side(ours)} its validation accuracy, the "
             f"study's {side(theirs)}. {verdict}."]
+
+
+def _regularizers(record: dict) -> dict:
+    """What made the run's training task harder than its validation, in words: the
+    augmentation (when the record has one) and dropout (when the model has a rate above 0)."""
+    augmented = bool(record.get("augmentation"))
+    dropout = float((record.get("build_options") or {}).get("dropout") or 0.0) > 0
+    which = " and ".join(name for name, on in (("augmentation", augmented), ("dropout", dropout)) if on)
+    measured = ", ".join(text for text, on in (("on augmented images", augmented), ("with dropout", dropout)) if on)
+    return {"which": which, "measured": measured, "stronger": " or ".join(
+        name for name, on in (("augmentation", augmented), ("dropout", dropout)) if on) or "regularization"}
 
 
 def _batch_sentences(record: dict) -> list[str]:
@@ -136,7 +158,8 @@ def _batch_sentences(record: dict) -> list[str]:
         return []
     steps, default_steps = steps_per_epoch(images, batch), steps_per_epoch(images, KERAS_DEFAULT_BATCH)
     rate = record.get("learning_rate")
-    at = f" at a learning rate of {rate:g}" if rate else ""
+    lowered = bool(curve_facts(record)["lowered_at"]) if (record.get("history") or {}).get("val_accuracy") else False
+    at = f" at a learning rate {'starting at' if lowered else 'of'} {rate:g}" if rate else ""
     return [f"It trained on batches of {batch} images: {steps:,} optimizer steps an epoch{at}. The study's slides "
             f"give no batch size, and Keras' default (in `fit`, and in `ImageDataGenerator`'s `flow`) is "
             f"{KERAS_DEFAULT_BATCH}: {default_steps:,} steps an epoch, {default_steps / steps:.1f} times as many "
@@ -153,7 +176,7 @@ def _trend_sentences(facts: dict) -> list[str]:
             f"points an epoch (least-squares slope)."]
 
 
-def _end_sentences(facts: dict, end: str, run: int, planned: int) -> list[str]:
+def _end_sentences(facts: dict, end: str, run: int, planned: int, early_stopping: bool = False) -> list[str]:
     """Where the learning rate fell and how the run ended: early stopping, epochs run out,
     or unfinished with the hours left at its median epoch."""
     sentences = []
@@ -171,8 +194,12 @@ def _end_sentences(facts: dict, end: str, run: int, planned: int) -> list[str]:
         sentences.append(f"Early stopping ended it after epoch {run} without the learning rate ever being lowered.")
     if end == "unfinished" and facts["epoch_seconds"]:
         left = planned - run
-        sentences.append(f"{left} of its {planned} epochs are left: about {left * facts['epoch_seconds'] / 3600:.1f} h "
-                         f"at its median epoch of {facts['epoch_seconds'] / 60:.1f} min.")
+        hours = f"{left * facts['epoch_seconds'] / 3600:.1f} h at its median epoch of {facts['epoch_seconds'] / 60:.1f} min"
+        if early_stopping:  # its epochs are a cap: early stopping may end it long before
+            sentences.append(f"At most {left} of its {planned} epochs are left, a cap that early stopping may end "
+                             f"sooner: at most about {hours}.")
+        else:
+            sentences.append(f"{left} of its {planned} epochs are left: about {hours}.")
     elif end == "finished" and facts["trend"] is not None and facts["trend"] > 0:
         sentences.append("It was still rising when its planned epochs ran out.")
     return sentences
