@@ -39,6 +39,20 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
     assert not environment.cpu_has_bfloat16(environment.cpu_flags(arm))  # no measured kernel path there
 
 
+@pytest.mark.parametrize(("capability", "expected"), [
+    ((9, 0), "mixed_bfloat16"),  # H100, H200
+    ((8, 0), "mixed_bfloat16"),  # A100
+    ((8, 6), "mixed_bfloat16"),  # RTX 30xx, A10
+    ((7, 5), "mixed_float16"),   # T4 (Colab's free GPU), RTX 20xx: no bfloat16 arithmetic
+    ((7, 0), "mixed_float16"),   # V100
+    ((6, 0), "float32"),         # P100: no tensor cores
+    (None, "mixed_bfloat16"),    # a GPU that reports none (keeps the choice for accelerators that say nothing)
+])
+def test_a_gpu_gets_the_mixed_precision_its_tensor_cores_compute_in(capability, expected):
+    assert environment.automatic_precision("tensorflow", gpu=True, flags=AVX2_ONLY, capability=capability) == expected
+    assert environment.automatic_precision("jax", gpu=True, flags=ZEN5, capability=capability) == expected
+
+
 @pytest.mark.parametrize(("backend", "gpu", "flags", "onednn", "expected"), [
     ("tensorflow", False, ZEN5, None, "mixed_bfloat16"),
     ("tensorflow", False, SAPPHIRE_RAPIDS, None, "mixed_bfloat16"),
@@ -46,7 +60,7 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
     ("tensorflow", False, frozenset(), None, "float32"),  # flags unknown: the safe choice
     ("tensorflow", False, ZEN5, "0", "float32"),  # without oneDNN bfloat16 is 20 times slower
     ("jax", False, ZEN5, None, "float32"),  # XLA's CPU bfloat16 is slower than its float32
-    ("jax", True, AVX2_ONLY, None, "mixed_bfloat16"),
+    ("jax", True, AVX2_ONLY, None, "mixed_bfloat16"),  # a GPU: its own choice (below), here one that reports none
     ("tensorflow", True, AVX2_ONLY, "0", "mixed_bfloat16"),
 ])
 def test_the_automatic_precision_follows_the_device(monkeypatch, backend, gpu, flags, onednn, expected):
@@ -54,7 +68,7 @@ def test_the_automatic_precision_follows_the_device(monkeypatch, backend, gpu, f
         monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
     else:
         monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", onednn)
-    assert environment.automatic_precision(backend, gpu=gpu, flags=flags) == expected
+    assert environment.automatic_precision(backend, gpu=gpu, flags=flags, capability=None) == expected
 
 
 def test_configure_precision_auto_reads_the_cpu(monkeypatch, tmp_path, policy):
@@ -160,3 +174,24 @@ def test_augmentation_moves_pixels_in_float32_under_mixed_bfloat16(policy):
     assert conv and conv[0].compute_dtype == "bfloat16"
     images = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3)).astype("uint8")
     assert np.isfinite(keras.ops.convert_to_numpy(model(images, training=True))).all()
+
+
+def test_the_torch_backend_without_keras_distribution_still_lists_its_devices(monkeypatch):
+    """Keras' torch backend has no distribution library (list_devices raises
+    AttributeError): the devices come from torch itself, so profiles and precision work."""
+    import sys
+    import types
+
+    def no_distribution():
+        raise AttributeError("'NoneType' object has no attribute 'list_devices'")
+
+    monkeypatch.setattr(keras.distribution, "list_devices", no_distribution)
+    monkeypatch.setattr(keras.backend, "backend", lambda: "torch")
+    fake = types.SimpleNamespace(cuda=types.SimpleNamespace(device_count=lambda: 2, is_available=lambda: True,
+                                                            get_device_capability=lambda: (7, 5)))
+    monkeypatch.setitem(sys.modules, "torch", fake)
+    assert environment.devices_list() == ["cuda:0", "cuda:1"] and environment.gpu_available()
+    assert environment.gpu_compute_capability() == (7, 5)
+    assert environment.automatic_precision() == "mixed_float16"
+    fake.cuda.device_count = lambda: 0
+    assert environment.devices_list() == ["cpu:0"] and not environment.gpu_available()

@@ -25,7 +25,12 @@ def devices_list() -> list[str]:
     with startup.quiet_native_output():  # TensorFlow's first CUDA probe prints on a CPU machine
         try:
             return [str(d).lower() for d in keras.distribution.list_devices()]
-        except (NotImplementedError, RuntimeError, ValueError):
+        except (NotImplementedError, RuntimeError, ValueError, AttributeError):
+            # AttributeError: Keras' torch backend has no distribution library; ask torch itself.
+            if keras.backend.backend() == "torch":
+                import torch
+
+                return [f"cuda:{i}" for i in range(torch.cuda.device_count())] or ["cpu:0"]
             return ["cpu:0"]
 
 
@@ -129,18 +134,66 @@ def onednn_enabled() -> bool:
     return os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1").strip().lower() not in ("0", "false")
 
 
-def automatic_precision(backend: str | None = None, gpu: bool | None = None, flags=None) -> str:
+def gpu_compute_capability() -> tuple[int, int] | None:
+    """The first GPU's CUDA compute capability, (8, 0) for an A100, or None where the backend
+    cannot say (no GPU, or another kind of accelerator)."""
+    backend = keras.backend.backend()
+    try:
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            gpus = tf.config.list_physical_devices("GPU")
+            capability = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability") if gpus else None
+        elif backend == "jax":
+            import jax
+
+            capability = getattr(jax.devices()[0], "compute_capability", None)
+        elif backend == "torch":
+            import torch
+
+            capability = torch.cuda.get_device_capability() if torch.cuda.is_available() else None
+        else:
+            capability = None
+        if isinstance(capability, str):  # JAX: '8.0'
+            capability = tuple(int(part) for part in capability.split(".")[:2])
+        return (int(capability[0]), int(capability[1])) if capability else None
+    except Exception:  # a capability is a hint for the precision, never worth a crash
+        return None
+
+
+BFLOAT16_GPU_CAPABILITY = (8, 0)  # Ampere and later multiply bfloat16 in their tensor cores
+FLOAT16_GPU_CAPABILITY = (7, 0)  # Volta and Turing (a T4, Colab's free GPU): float16 only
+
+
+def gpu_precision(capability: tuple[int, int] | None) -> str:
+    """The mixed precision a GPU of this compute capability computes fastest in: bfloat16
+    from Ampere on (and where the capability is unknown: an accelerator that does not
+    report one), float16 with loss scaling (Keras adds it) on Volta and Turing, which have
+    no bfloat16 arithmetic and would emulate it more slowly than float32, float32 before."""
+    if capability is None or tuple(capability) >= BFLOAT16_GPU_CAPABILITY:
+        return "mixed_bfloat16"
+    if tuple(capability) >= FLOAT16_GPU_CAPABILITY:
+        return "mixed_float16"
+    return "float32"
+
+
+_UNKNOWN = object()
+
+
+def automatic_precision(backend: str | None = None, gpu: bool | None = None, flags=None,
+                        capability=_UNKNOWN) -> str:
     """The dtype policy 'auto' means here, and why: the fastest that learns as float32 does.
 
-    Mixed bfloat16 (bfloat16 arithmetic, float32 weights) on a GPU, and on a CPU with
-    bfloat16 instructions under TensorFlow with oneDNN: there a training step of Model 2
-    takes about 0.6 of float32's (``benchmarks/speed_choices.py``) and a full-scale run
-    learns the same curve (chapter 13). Elsewhere float32: JAX's CPU bfloat16 and CPUs
-    without the instructions are slower than float32.
+    On a GPU, its own: mixed bfloat16 (bfloat16 arithmetic, float32 weights) from Ampere on,
+    mixed float16 on Volta and Turing, float32 before (``gpu_precision``). On a CPU with
+    bfloat16 instructions under TensorFlow with oneDNN, mixed bfloat16: there a training step
+    of Model 2 takes about 0.6 of float32's (``benchmarks/speed_choices.py``) and a
+    full-scale run learns the same curve (chapter 13). Elsewhere float32: JAX's CPU
+    bfloat16 and CPUs without the instructions are slower than float32.
     """
     backend = backend or keras.backend.backend()
     if gpu_available() if gpu is None else gpu:
-        return "mixed_bfloat16"
+        return gpu_precision(gpu_compute_capability() if capability is _UNKNOWN else capability)
     if backend == "tensorflow" and onednn_enabled() and cpu_has_bfloat16(flags):
         return "mixed_bfloat16"
     return "float32"
@@ -154,8 +207,9 @@ def configure_precision(policy: str = "auto") -> str:
     """Set Keras' global dtype policy; call it before building a model.
 
     'auto' is ``TINYLIB_PRECISION`` when set (CI uses it to run the chapters with the
-    precision a GPU gets), else :func:`automatic_precision`: mixed bfloat16 on a GPU and
-    on a CPU with bfloat16 instructions (TensorFlow), float32 elsewhere. While a resumed
+    precision a GPU gets), else :func:`automatic_precision`: a GPU's own mixed precision
+    (bfloat16 from Ampere on, ``gpu_precision``), mixed bfloat16 on a CPU with bfloat16
+    instructions (TensorFlow), float32 elsewhere. While a resumed
     run trains (:func:`resumed_run_precision`), 'auto' is the policy that run began with.
     """
     _AUTOMATIC[0] = policy == "auto"
