@@ -44,6 +44,28 @@ def wait_for(condition, timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
+# --- 0. a script without a main guard is told, not left waiting ------------------------------
+
+UNGUARDED = """
+from tinylib import data
+from tinylib.data import decoding
+
+decoding.POOL_MIN_IMAGES = 0
+decoding.START_METHOD = "spawn"  # as on macOS and Windows, or once TensorFlow is imported
+data.load()  # no `if __name__ == "__main__":`: each spawned worker runs this line again
+print("loaded")
+"""
+
+
+def test_a_script_without_a_main_guard_is_told_what_to_do_instead_of_hanging(tmp_path, synthetic):
+    script = tmp_path / "unguarded.py"
+    script.write_text(textwrap.dedent(UNGUARDED))
+    run = subprocess.run([sys.executable, str(script)], env=child_env(tmp_path / "home", synthetic),
+                         capture_output=True, text=True, timeout=240)
+    assert run.returncode != 0 and "loaded" not in run.stdout
+    assert 'if __name__ == "__main__":' in run.stderr and "python -m tinylib prepare" in run.stderr
+
+
 # --- 1. a killed preparation takes its decoding workers with it -----------------------------
 
 KILL_CHILD = """

@@ -230,6 +230,21 @@ def _remove_stale_temporaries(parent: Path) -> None:
 # --- preparing ---------------------------------------------------------------------------------
 
 
+def _refuse_in_a_spawned_copy_of_a_script() -> None:
+    """A decoding worker started by 'spawn' (macOS, Windows, or once TensorFlow or JAX is
+    imported) runs the script's top level again, as module ``__mp_main__``: a script without an
+    ``if __name__ == "__main__":`` guard would prepare again there and wait forever for
+    the lock its own parent holds. Said at once instead, with what to do."""
+    import multiprocessing
+
+    # The test Python's own spawn check makes (multiprocessing.spawn._check_not_importing_main).
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        raise DataError(
+            "the dataset is being prepared from a worker process that re-ran your script's top level: "
+            "put the script's code under `if __name__ == \"__main__\":` (Python's rule for scripts that "
+            "start processes), or prepare the data once first with `python -m tinylib prepare`")
+
+
 def prepare(source=None, force: bool = False, workers: int | None = None) -> Path:
     """Decode the dataset once into the cache; returns the cache folder.
 
@@ -237,6 +252,7 @@ def prepare(source=None, force: bool = False, workers: int | None = None) -> Pat
     becomes the cache, with its manifest, when complete.  Safe to run twice at
     once: the second waits for the first, then uses its cache.
     """
+    _refuse_in_a_spawned_copy_of_a_script()
     target = cache_dir()
     _make_folder(target.parent)
     _refuse_a_file_in_the_way(target)
