@@ -309,6 +309,21 @@ def test_missing_class_folder(tiny_env, synthetic, monkeypatch):
     _expect_error(tiny_env, monkeypatch, synthetic, f"train/{WNIDS[2]}")
 
 
+def test_a_training_folder_short_of_its_boxes_file_is_refused(tiny_env, synthetic, monkeypatch):
+    """An interrupted extraction or copy: the cache would silently train on fewer images."""
+    (synthetic / "train" / WNIDS[1] / "images" / f"{WNIDS[1]}_3.JPEG").unlink()
+    _expect_error(tiny_env, monkeypatch, synthetic, f"train/{WNIDS[1]}/images", f"lacks 1 of the",
+                  f"{WNIDS[1]}_3.JPEG", "interrupted")
+
+
+def test_hidden_files_beside_the_images_are_not_images(tiny_env, synthetic, monkeypatch):
+    """macOS writes '._name.JPEG' metadata files when it copies to some drives."""
+    (synthetic / "train" / WNIDS[1] / "images" / f"._{WNIDS[1]}_3.JPEG").write_bytes(b"\x00\x05\x16\x07")
+    monkeypatch.setenv("TINYLIB_DATA", str(synthetic))
+    ds = data.load()
+    assert not any(name.startswith("._") for name in ds.train.files)
+
+
 def test_undecodable_jpeg(tiny_env, synthetic, monkeypatch):
     (synthetic / "train" / WNIDS[1] / "images" / f"{WNIDS[1]}_3.JPEG").write_bytes(b"not a jpeg at all")
     _expect_error(tiny_env, monkeypatch, synthetic, f"{WNIDS[1]}_3.JPEG", "not a decodable JPEG")

@@ -38,6 +38,23 @@ def _box(fields: list[str], where: str) -> tuple[int, int, int, int]:
         raise DataError(f"{where}: expected four integer box coordinates, got {fields}") from None
 
 
+def _is_image(name: str) -> bool:
+    """A JPEG of the dataset; not a hidden file such as macOS's '._x.JPEG' (a copy's metadata)."""
+    return name.upper().endswith((".JPEG", ".JPG")) and not name.startswith(".")
+
+
+def _refuse_missing_images(source, wnid: str, class_boxes: dict, found: list[str]) -> None:
+    """The boxes file names every training image of its class (500 in the official set): a
+    folder with fewer is an interrupted extraction or copy, whose cache would silently
+    train on less."""
+    missing = sorted(set(class_boxes) - set(found))
+    if missing:
+        raise DataError(
+            f"train/{wnid}/images in {source.describe()} lacks {len(missing)} of the {len(class_boxes)} images "
+            f"that train/{wnid}/{wnid}_boxes.txt lists ({missing[0]}, ...): an interrupted extraction or copy? "
+            "Extract the official zip again (or point TINYLIB_DATA at the zip itself).")
+
+
 def parse_layout(source) -> Layout:
     """Read wnids, words, train folders, val annotations and test images."""
     wnids = sorted(w.strip() for w in _text(source, "wnids.txt").split() if w.strip())
@@ -58,11 +75,12 @@ def parse_layout(source) -> Layout:
             fields = line.split()
             if fields:
                 class_boxes[fields[0]] = _box(fields[1:], f"{box_rel}: line {line!r}")
-        for name in source.list_dir(f"train/{wnid}/images"):
-            if name.upper().endswith((".JPEG", ".JPG")):
-                files["train"].append(f"train/{wnid}/images/{name}")
-                labels["train"].append(index[wnid])
-                boxes["train"].append(class_boxes.get(name, (-1, -1, -1, -1)))
+        found = [name for name in source.list_dir(f"train/{wnid}/images") if _is_image(name)]
+        _refuse_missing_images(source, wnid, class_boxes, found)
+        for name in found:
+            files["train"].append(f"train/{wnid}/images/{name}")
+            labels["train"].append(index[wnid])
+            boxes["train"].append(class_boxes.get(name, (-1, -1, -1, -1)))
 
     annotations = "val/val_annotations.txt"
     if not source.exists(annotations):
@@ -89,7 +107,7 @@ def parse_layout(source) -> Layout:
 
     if source.is_dir("test/images"):
         for name in source.list_dir("test/images"):
-            if name.upper().endswith((".JPEG", ".JPG")):
+            if _is_image(name):
                 files["test"].append(f"test/images/{name}")
                 labels["test"].append(-1)
                 boxes["test"].append((-1, -1, -1, -1))
