@@ -324,6 +324,20 @@ def test_hidden_files_beside_the_images_are_not_images(tiny_env, synthetic, monk
     assert not any(name.startswith("._") for name in ds.train.files)
 
 
+def test_a_complete_cache_serves_while_the_data_it_was_built_from_is_unreachable(tiny_env, synthetic, monkeypatch,
+                                                                                   capsys):
+    """A drive unplugged, or a Drive not mounted in this Colab session: the cache is whole."""
+    monkeypatch.setenv("TINYLIB_DATA", str(synthetic))
+    first = data.load()
+    moved = synthetic.with_name("elsewhere")
+    synthetic.rename(moved)
+    again = data.load()
+    assert len(again.train) == len(first.train) and "cannot be reached now" in capsys.readouterr().err
+    monkeypatch.setenv("TINYLIB_DATA", str(moved.parent / "never-there"))  # not the cache's source: refused
+    with pytest.raises(data.DataError, match="does not exist"):
+        data.load()
+
+
 def test_undecodable_jpeg(tiny_env, synthetic, monkeypatch):
     (synthetic / "train" / WNIDS[1] / "images" / f"{WNIDS[1]}_3.JPEG").write_bytes(b"not a jpeg at all")
     _expect_error(tiny_env, monkeypatch, synthetic, f"{WNIDS[1]}_3.JPEG", "not a decodable JPEG")

@@ -356,9 +356,20 @@ def _cache_matches(manifest: dict | None, source) -> bool:
 
 
 def other_source(manifest: dict) -> str | None:
-    """``TINYLIB_DATA`` when it names another dataset than the cache was built from."""
+    """``TINYLIB_DATA`` when it names another dataset than the cache was built from.
+
+    The path the cache was built from, unreachable now (a drive unplugged, a Drive not
+    mounted in this Colab session), is not another dataset: the cache serves, with a note."""
     env = os.environ.get(DATA_ENV)
-    return env if env and manifest["source"] != str(locate(env)[1]) else None
+    if not env:
+        return None
+    path = Path(env).expanduser()
+    if not path.exists():
+        candidates = {str(p.resolve(strict=False)) for p in (path, path / FOLDER_NAME)}
+        if manifest["source"] in candidates:
+            print(f"{DATA_ENV}={env} cannot be reached now; the cache built from it serves", file=sys.stderr)
+            return None
+    return env if manifest["source"] != str(locate(env)[1]) else None
 
 
 def _source_for_cache(target: Path):
