@@ -164,6 +164,26 @@ def test_download_resumes_after_interruption_and_is_checked(tiny_env, served_zip
     assert ds.num_classes == len(WNIDS)
 
 
+def test_a_whole_download_is_not_fetched_again(tiny_env, served_zip):
+    """Killed during the checksum (the .part whole), or after it (the zip checked, its
+    extraction failed): the next try checks what it has and asks the server for nothing."""
+    payload, md5 = served_zip
+    server = _ZipServer(payload)
+    downloads = tiny_env / "downloads"
+    downloads.mkdir(parents=True)
+    from tinylib.data import fetch
+
+    dest = downloads / "tiny-imagenet-200.zip"
+    try:
+        (downloads / "tiny-imagenet-200.zip.part").write_bytes(payload)
+        assert fetch.download_file(server.url, dest, md5=md5, size=len(payload), progress=False) == dest
+        assert dest.read_bytes() == payload and not (downloads / "tiny-imagenet-200.zip.part").exists()
+        assert fetch.download_file(server.url, dest, md5=md5, size=len(payload), progress=False) == dest
+        assert server.ranges == []  # no request at all
+    finally:
+        server.close()
+
+
 def test_download_with_wrong_checksum_is_refused(tiny_env, served_zip):
     payload, _ = served_zip
     server = _ZipServer(payload)

@@ -40,31 +40,13 @@ def download_file(url: str, dest: Path, md5: str | None = None, size: int | None
     """Download ``url`` to ``dest``, resuming a ``.part`` file left by an interruption."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.is_file() and (size is None or dest.stat().st_size == size) and (
+            md5 is None or file_digest(dest, "md5") == md5):
+        return dest  # downloaded and checked before (an extraction failed after it): not again
     part = dest.with_name(dest.name + ".part")
     have = part.stat().st_size if part.exists() else 0
-    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
-    start = time.time()
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            if have and response.status != 206:  # server ignored the range: start over
-                have = 0
-            length = response.headers.get("Content-Length")
-            total = have + int(length) if length is not None else size
-            with open(part, "ab" if have else "wb") as out:
-                done = have
-                for block in iter(lambda: response.read(1 << 20), b""):
-                    out.write(block)
-                    done += len(block)
-                    if progress:
-                        report_bytes(f"downloading {dest.name}", done, total, start, len(block))
-    except (urllib.error.URLError, OSError) as err:
-        raise DataError(
-            f"could not download {url} ({err}). What was fetched is kept in {part} and the "
-            f"next try resumes from it. {HOW_TO_GET_DATA}"
-        ) from None
-    finally:
-        if progress and sys.stderr.isatty():
-            print(file=sys.stderr)  # end the line redrawn in place
+    if size is None or have < size:  # else whole already: a kill came during its check
+        _fetch(url, dest, part, have, size, progress)
     if size is not None and part.stat().st_size != size:
         got = part.stat().st_size
         if got > size:
@@ -82,6 +64,39 @@ def download_file(url: str, dest: Path, md5: str | None = None, size: int | None
             )
     os.replace(part, dest)
     return dest
+
+
+def _fetch(url: str, dest: Path, part: Path, have: int, size: int | None, progress: bool) -> None:
+    """Append what the server has past ``have`` bytes to ``part`` (all of it, where the server
+    ignores the range)."""
+    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    start = time.time()
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            if have and response.status != 206:  # server ignored the range: start over
+                have = 0
+            length = response.headers.get("Content-Length")
+            total = have + int(length) if length is not None else size
+            with open(part, "ab" if have else "wb") as out:
+                done = have
+                for block in iter(lambda: response.read(1 << 20), b""):
+                    out.write(block)
+                    done += len(block)
+                    if progress:
+                        report_bytes(f"downloading {dest.name}", done, total, start, len(block))
+    except urllib.error.HTTPError as err:
+        if err.code == 416 and have:  # nothing past what is kept: it is whole, and checked next
+            return
+        raise DataError(f"could not download {url} ({err}). What was fetched is kept in {part} and the "
+                        f"next try resumes from it. {HOW_TO_GET_DATA}") from None
+    except (urllib.error.URLError, OSError) as err:
+        raise DataError(
+            f"could not download {url} ({err}). What was fetched is kept in {part} and the "
+            f"next try resumes from it. {HOW_TO_GET_DATA}"
+        ) from None
+    finally:
+        if progress and sys.stderr.isatty():
+            print(file=sys.stderr)  # end the line redrawn in place
 
 
 def extract_zip(zip_path: Path, dest_parent: Path) -> Path:
