@@ -507,3 +507,16 @@ def test_prepare_benchmark_loads_again_from_the_cache(tiny_env, synthetic, monke
     bench.main()
     assert len(decoded) == ALL_IMAGES  # once, by the timed preparation
     assert "load again (memory map):" in capsys.readouterr().out
+
+
+def test_the_decoding_workers_are_this_processs_cpus_at_most_eight(monkeypatch):
+    """A container or a batch job sees the host's cores in os.cpu_count(), not its share."""
+    if hasattr(os, "sched_getaffinity"):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2})
+        monkeypatch.setattr(os, "cpu_count", lambda: 96)
+        assert cache.default_workers() == 3
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
+        assert cache.default_workers() == cache.MAX_DEFAULT_WORKERS
+    else:
+        monkeypatch.setattr(os, "cpu_count", lambda: 96)
+        assert cache.default_workers() == cache.MAX_DEFAULT_WORKERS

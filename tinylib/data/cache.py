@@ -230,6 +230,16 @@ def _remove_stale_temporaries(parent: Path) -> None:
 # --- preparing ---------------------------------------------------------------------------------
 
 
+MAX_DEFAULT_WORKERS = 8  # decoding 110,000 small JPEGs gains little beyond; each worker costs memory
+
+
+def default_workers() -> int:
+    """The decoding workers to start: the CPUs this process may run on (a container's or a
+    batch job's share, not the host's count), at most ``MAX_DEFAULT_WORKERS``."""
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(available or 1, MAX_DEFAULT_WORKERS))
+
+
 def _refuse_in_a_spawned_copy_of_a_script() -> None:
     """A decoding worker started by 'spawn' (macOS, Windows, or once TensorFlow or JAX is
     imported) runs the script's top level again, as module ``__mp_main__``: a script without an
@@ -261,7 +271,7 @@ def prepare(source=None, force: bool = False, workers: int | None = None) -> Pat
         if source is None:
             return target
         _remove_stale_temporaries(target.parent)
-        return _build(source, target, workers or os.cpu_count() or 1)
+        return _build(source, target, workers or default_workers())
 
 
 def _source_to_build(target: Path, source, force: bool):
