@@ -59,9 +59,13 @@ def test_cosine_schedule_warms_up_linearly_then_decays_to_zero():
     recipe = Recipe(optimizer="sgd", learning_rate=0.1, schedule="cosine", warmup=0.1)
     schedule = recipe.learning_rate_schedule(steps_per_epoch=10, epochs=10)  # 100 steps, 10 warmup
     rate = [float(keras.ops.convert_to_numpy(schedule(step))) for step in range(101)]
-    assert rate[0] == pytest.approx(0.0)
-    assert rate[5] == pytest.approx(0.05)
-    assert rate[10] == pytest.approx(0.1)
+    assert rate[0] == pytest.approx(0.01)  # the first step trains, as in the other schedules' warmup
+    assert rate[4] == pytest.approx(0.05)
+    assert rate[9] == rate[10] == pytest.approx(0.1)
+    # After the warmup, Keras' own cosine decay is the oracle.
+    keras_cosine = keras.optimizers.schedules.CosineDecay(0.1, decay_steps=90)
+    for step in (10, 30, 55, 99, 100):
+        assert rate[step] == pytest.approx(float(keras.ops.convert_to_numpy(keras_cosine(step - 10))), abs=1e-7)
     assert all(a >= b for a, b in zip(rate[10:], rate[11:]))
     assert rate[55] == pytest.approx(0.05, rel=1e-3)  # half way down the cosine
     assert rate[100] == pytest.approx(0.0, abs=1e-7)

@@ -301,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", nargs="?", help="dataset folder or zip (default: TINYLIB_DATA, cache, download)")
     p.add_argument("--force", action="store_true", help="decode again even if the cache is complete")
     p.add_argument("--verify", action="store_true", help="recompute the cache checksums afterwards")
-    p.add_argument("--workers", type=int, help="decoding processes (default: all cores)")
+    p.add_argument("--workers", type=int, help="decoding processes (default: the CPUs this process may use, at most 8)")
     p.set_defaults(func=_prepare)
 
     p = commands.add_parser("weights", help="make ResNet50's ImageNet weights available offline",

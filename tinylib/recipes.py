@@ -27,6 +27,7 @@ Where each ingredient acts:
 from __future__ import annotations
 
 import dataclasses
+import math
 from types import MappingProxyType
 
 import keras
@@ -115,12 +116,7 @@ class Recipe:
             return _WarmupConstant(self.learning_rate, warmup_steps)
         if self.schedule == "linear":
             return _WarmupLinearDecay(self.learning_rate, warmup_steps, total)
-        return keras.optimizers.schedules.CosineDecay(
-            initial_learning_rate=0.0 if warmup_steps else self.learning_rate,
-            decay_steps=max(1, total - warmup_steps),
-            warmup_target=self.learning_rate if warmup_steps else None,
-            warmup_steps=warmup_steps,
-        )
+        return _WarmupCosineDecay(self.learning_rate, warmup_steps, total)
 
     def make_optimizer(self, steps_per_epoch: int = 1, epochs: int = 1):
         """The optimizer, with its schedule and weight decay."""
@@ -174,6 +170,30 @@ class _WarmupConstant(keras.optimizers.schedules.LearningRateSchedule):
 
     def get_config(self):
         return {"learning_rate": self.learning_rate, "warmup_steps": self.warmup_steps}
+
+
+@keras.saving.register_keras_serializable(package="tinylib")
+class _WarmupCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warmup to the peak, then half a cosine down to zero at ``total_steps``: Keras'
+    ``CosineDecay`` with its warmup counted as the other schedules count it, from the first
+    step's rate (peak / warmup steps) rather than from zero, which would spend the first
+    step on a rate of 0."""
+
+    def __init__(self, learning_rate, warmup_steps, total_steps):
+        self.learning_rate = float(learning_rate)
+        self.warmup_steps = int(warmup_steps)
+        self.total_steps = max(int(total_steps), self.warmup_steps + 1)
+
+    def __call__(self, step):
+        step = keras.ops.cast(step, "float32")
+        warmup = self.learning_rate * keras.ops.minimum(1.0, (step + 1.0) / max(1, self.warmup_steps))
+        progress = keras.ops.clip((step - self.warmup_steps) / (self.total_steps - self.warmup_steps), 0.0, 1.0)
+        cosine = 0.5 * self.learning_rate * (1.0 + keras.ops.cos(math.pi * progress))
+        return keras.ops.where(step >= self.warmup_steps, cosine, warmup)
+
+    def get_config(self):
+        return {"learning_rate": self.learning_rate, "warmup_steps": self.warmup_steps,
+                "total_steps": self.total_steps}
 
 
 @keras.saving.register_keras_serializable(package="tinylib")
