@@ -59,6 +59,8 @@ def test_a_run_without_pretrained_weights_says_so(tmp_path, tiny_env, synthetic,
     assert "WITHOUT pretrained weights" in capsys.readouterr().out
     with pytest.raises(ValueError, match="stages"):
         transfer.fine_tune(ds, PROFILE, weights=None, stages=("backbone",), runs=tmp_path)
+    with pytest.raises(ValueError, match="starts from stage 'head'"):  # else from a random head
+        transfer.fine_tune(ds, PROFILE, weights=None, stages=("all",), runs=tmp_path)
 
 
 def test_a_seed_given_to_fine_tune_draws_the_heads_initial_weights_too(monkeypatch):

@@ -87,6 +87,9 @@ def _fine_tune(data, profile, *, weights, image_size, head_epochs, all_epochs, h
     unknown = set(stages) - set(STAGES)
     if unknown or not stages:
         raise ValueError(f"stages must be taken from {STAGES}, got {stages}")
+    if "all" in stages and "head" not in stages:  # else 'all' would start from a random head
+        raise ValueError("stage 'all' starts from stage 'head''s final weights: ask for both, "
+                         "stages=('head', 'all') (a finished head stage is read back, not trained again)")
     seed = fit_kwargs.get("seed")  # as train_model: the caller's seed draws the weights and trains
     keras.utils.set_random_seed(profile.seed if seed is None else seed)
     model = build("model5", data, profile, augment=augment, weights=weights, preprocess="imagenet",
