@@ -67,6 +67,10 @@ def find_target_layer(model) -> str:
     The last feature map before the classifier has the most semantic and
     still some spatial information: Grad-CAM's usual choice.  The head
     (input, rescaling, augmentation) is skipped: its "feature map" is the image.
+    In Models 1 to 4 that map is the last max-pooling's output, half the size of the
+    last convolution's (the paper takes the convolution's own): the map the classifier
+    reads. Pass ``layer=`` to ``gradcam`` (the convolution's name, ``conv2`` in Model 1)
+    for the finer map.
     """
     body = list(model.layers)
     while body and _is_head(model, body[0]):
