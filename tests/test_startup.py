@@ -152,3 +152,11 @@ def test_relative_path_settings_and_non_ascii_names_under_an_ascii_locale(tmp_pa
     assert "Traceback" not in err, err[-3000:]
     assert list((work / "runs").glob("model1-smoke-*/record.json"))
     assert (work / "home" / "arrays-v1" / "manifest.json").is_file()
+
+
+def test_gpu_memory_is_taken_on_demand_unless_set_otherwise(tmp_path):
+    """Two chapters open on one GPU: neither backend may take nearly all of its memory at start."""
+    show = "import os, tinylib; print(os.environ['TF_FORCE_GPU_ALLOW_GROWTH'], os.environ['XLA_PYTHON_CLIENT_PREALLOCATE'])"
+    assert _python(NO_TENSORFLOW + show, tmp_path).stdout.split() == ["true", "false"]
+    assert _python(NO_TENSORFLOW + show, tmp_path, XLA_PYTHON_CLIENT_PREALLOCATE="true").stdout.split() == [
+        "true", "true"]  # a setting of one's own stays

@@ -188,6 +188,20 @@ def printable_output() -> None:
                 pass
 
 
+GPU_MEMORY_SETTINGS = {
+    "TF_FORCE_GPU_ALLOW_GROWTH": "true",      # TensorFlow: take GPU memory as it is needed
+    "XLA_PYTHON_CLIENT_PREALLOCATE": "false",  # JAX: the same (it takes 75% at start otherwise)
+}
+
+
+def gpu_memory_on_demand() -> None:
+    """Let each process take GPU memory as it needs it instead of nearly all of it at start,
+    so that two chapters open in JupyterLab can share one GPU. Set before the backend
+    starts (it cannot change after); a value already set is left as it is."""
+    for name, value in GPU_MEMORY_SETTINGS.items():
+        os.environ.setdefault(name, value)
+
+
 def install() -> None:
     """Pick a backend if needed, make path settings absolute, keep printing safe and
     filter TensorFlow's start-up lines; idempotent."""
@@ -196,6 +210,7 @@ def install() -> None:
     choose_backend()
     # INFO lines off; TensorFlow's warnings and errors stay visible.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    gpu_memory_on_demand()
     if "tensorflow" in sys.modules or _configured_backend() not in (None, "tensorflow"):
         return
     if not any(isinstance(finder, _QuietTensorFlowImport) for finder in sys.meta_path):
