@@ -479,6 +479,11 @@ def test_progress_on_a_terminal_is_redrawn_in_place(tiny_env, synthetic, monkeyp
     monkeypatch.setattr(sys, "stderr", terminal)
     data.prepare()
     assert "\rdecoding train: 24/24 images" in terminal.getvalue()
+    # A shorter report after a longer one leaves none of the longer one's tail on the line.
+    terminal.seek(0), terminal.truncate()
+    progress.report("a long line, 123,456 images/s", final=False, due=True)
+    progress.report("short", final=True, due=True)
+    assert terminal.getvalue() == "\ra long line, 123,456 images/s\x1b[K\rshort\x1b[K\n"
 
 
 def test_a_log_gets_a_line_every_20000_images(monkeypatch, capsys):

@@ -572,6 +572,7 @@ def test_progress_lines_read_well_in_a_log(tmp_path, smoke, capsys):
     assert "epoch 1/100 done in" in last and "; run left at most " in last
     assert progress.duration(42) == "42s" and progress.duration(785) == "13m05s"
     assert progress.duration(5 * 3600 + 12 * 60) == "5h12m"
+    assert progress.duration(float("nan")) == progress.duration(float("inf")) == "?"
 
 
 @pytest.mark.parametrize("backend", ["tensorflow", "jax"])
@@ -814,3 +815,26 @@ def test_each_epochs_learning_rate_is_the_one_it_trained_with(tmp_path, smoke, m
                     extra_callbacks=[Seen()], verbose=0)
     assert seen == pytest.approx([1e-3, 1e-3, 5e-4])
     assert run.record["history"]["learning_rate"] == pytest.approx(seen)
+
+
+def test_a_sigterm_handler_set_from_c_is_given_back_as_the_default(monkeypatch):
+    """signal.signal returns None for a handler that C code set; Python cannot put None back."""
+    import signal
+
+    from tinylib import processes
+
+    real, before = signal.signal, signal.getsignal(signal.SIGTERM)
+    given = []
+
+    def recording(signum, handler):
+        given.append(handler)
+        previous = real(signum, handler)
+        return None if len(given) == 1 else previous
+
+    monkeypatch.setattr(signal, "signal", recording)
+    try:
+        with processes.sigterm_as_exit():
+            pass
+        assert given[-1] is signal.SIG_DFL
+    finally:
+        real(signal.SIGTERM, before)

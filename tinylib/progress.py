@@ -20,6 +20,8 @@ __all__ = ["ProgressLog", "duration", "report", "report_bytes", "report_count"] 
 
 def duration(seconds: float) -> str:
     """'42s', '13m05s', '5h12m': short and unambiguous."""
+    if seconds != seconds or seconds == float("inf"):  # NaN or infinite: no estimate yet
+        return "?"
     seconds = max(0, int(round(seconds)))
     if seconds < 60:
         return f"{seconds}s"
@@ -43,8 +45,8 @@ def report(text: str, final: bool, due: bool) -> None:
     Carriage returns make a log unreadable, so without a terminal only the
     reports marked ``due`` (and the final one) are printed, each on its own line.
     """
-    if sys.stderr.isatty():
-        print(f"\r{text}", end="\n" if final else "", file=sys.stderr, flush=True)
+    if sys.stderr.isatty():  # \x1b[K clears what a longer line before left at the end
+        print(f"\r{text}\x1b[K", end="\n" if final else "", file=sys.stderr, flush=True)
     elif due or final:
         print(text, file=sys.stderr, flush=True)
 
