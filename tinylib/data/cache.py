@@ -354,11 +354,13 @@ def _install(tmp: Path, target: Path) -> None:
     it before decoding anything; this is the last guard).
     """
     _refuse_a_file_in_the_way(target)
+    old = None
     if target.exists() or target.is_symlink():
         old = target.parent / f".{CACHE_DIR_NAME}.tmp-old-{os.getpid()}"
         os.replace(target, old)
+    os.replace(tmp, target)  # the new cache in place first: no cache is missing for longer than a rename
+    if old is not None:
         _remove(old)
-    os.replace(tmp, target)
 
 
 def _cache_matches(manifest: dict | None, source) -> bool:
