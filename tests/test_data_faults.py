@@ -209,10 +209,15 @@ def test_stale_temporaries_are_removed_only_holding_the_lock(tiny_env, synthetic
 
     monkeypatch.setattr(cache, "_remove_stale_temporaries", remove)
     tiny_env.mkdir()
-    stale = tiny_env / f".{data.CACHE_DIR_NAME}.tmp-99999"
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid whose process has ended
+    stale = tiny_env / f".{data.CACHE_DIR_NAME}.tmp-{gone.pid}"
     stale.mkdir()
+    # Another preparation's folder, its process alive (where there is no lock: Windows, no flock).
+    live = tiny_env / f".{data.CACHE_DIR_NAME}.tmp-{os.getppid()}"
+    live.mkdir()
     data.prepare()
-    assert held == [True] and not stale.exists()
+    assert held == [True] and not stale.exists() and live.exists()
     assert not (tiny_env / data.LOCK_NAME).exists()  # the holder removes it when done
 
 
@@ -525,3 +530,19 @@ def test_the_decoding_workers_are_this_processs_cpus_at_most_eight(monkeypatch):
     else:
         monkeypatch.setattr(os, "cpu_count", lambda: 96)
         assert cache.default_workers() == cache.MAX_DEFAULT_WORKERS
+
+
+def test_a_file_system_without_locks_prepares_without_one(tmp_path, monkeypatch):
+    """NFS without its lock daemon answers flock with ENOLCK: the cache's optional lock goes
+    without (as on a read-only folder); a run folder's lock, which is not optional, says so."""
+    fcntl = pytest.importorskip("fcntl")
+    from tinylib import files
+
+    def no_locks(handle, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with files.FolderLock(tmp_path, "cache.lock", remove=True, optional=True).acquire(wait=True):
+        pass
+    with pytest.raises(OSError, match="No locks available"):
+        files.FolderLock(tmp_path / "run").acquire()

@@ -106,6 +106,12 @@ class LockedError(RuntimeError):
     """Another process holds the lock."""
 
 
+# flock's answers on a file system that has no locks (NFS without its lock daemon, some
+# parallel file systems): an optional lock then goes without, as on a read-only folder.
+_NO_LOCKS_HERE = frozenset(code for code in (getattr(errno, name, None) for name in ("ENOLCK", "ENOSYS", "EOPNOTSUPP"))
+                           if code is not None)
+
+
 class FolderLock:
     """An exclusive lock on a folder, held through a lock file inside it.
 
@@ -144,7 +150,8 @@ class FolderLock:
         while True:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                handle = os.fdopen(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644), "r+")
+                # 0o666: the umask decides, so a cache folder shared by a group stays lockable by all.
+                handle = os.fdopen(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666), "r+")
             except OSError as err:
                 if self.optional and err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
                     return self
@@ -159,6 +166,11 @@ class FolderLock:
                         print(message.format(pid=self.holder()), file=sys.stderr, flush=True)
                         announced = True
                     fcntl.flock(handle, fcntl.LOCK_EX)
+                except OSError as err:
+                    if self.optional and err.errno in _NO_LOCKS_HERE:  # a file system without flock
+                        handle.close()
+                        return self
+                    raise
                 if not self._holds_the_path(handle):
                     handle.close()  # the holder removed it as we waited: lock the new one
                     continue
