@@ -544,5 +544,6 @@ def test_a_file_system_without_locks_prepares_without_one(tmp_path, monkeypatch)
     monkeypatch.setattr(fcntl, "flock", no_locks)
     with files.FolderLock(tmp_path, "cache.lock", remove=True, optional=True).acquire(wait=True):
         pass
+    assert not (tmp_path / "cache.lock").exists()  # nothing left behind
     with pytest.raises(OSError, match="No locks available"):
         files.FolderLock(tmp_path / "run").acquire()

@@ -169,6 +169,9 @@ class FolderLock:
                 except OSError as err:
                     if self.optional and err.errno in _NO_LOCKS_HERE:  # a file system without flock
                         handle.close()
+                        if self.remove:
+                            with contextlib.suppress(OSError):
+                                self.path.unlink()
                         return self
                     raise
                 if not self._holds_the_path(handle):
