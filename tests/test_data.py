@@ -332,7 +332,7 @@ def test_missing_class_folder(tiny_env, synthetic, monkeypatch):
 def test_a_training_folder_short_of_its_boxes_file_is_refused(tiny_env, synthetic, monkeypatch):
     """An interrupted extraction or copy: the cache would silently train on fewer images."""
     (synthetic / "train" / WNIDS[1] / "images" / f"{WNIDS[1]}_3.JPEG").unlink()
-    _expect_error(tiny_env, monkeypatch, synthetic, f"train/{WNIDS[1]}/images", f"lacks 1 of the",
+    _expect_error(tiny_env, monkeypatch, synthetic, f"train/{WNIDS[1]}/images", "lacks 1 of the",
                   f"{WNIDS[1]}_3.JPEG", "interrupted")
 
 
