@@ -785,6 +785,9 @@ def test_a_full_disk_during_training_is_one_clear_error_and_the_last_checkpoint_
     assert "\n" not in message
     assert json.loads((run.path / "state.json").read_text())["checkpoint"] == state["checkpoint"]
     assert (run.path / state["checkpoint"]).is_file()
+    # The record written as it unwound holds no epoch that no checkpoint has.
+    record = json.loads((run.path / "record.json").read_text())
+    assert record["epochs_run"] == 1 and len(record["history"]["val_accuracy"]) == 1
     monkeypatch.undo()
     again = train.fit(_tiny(ds.num_classes), ds, profile, epochs=2, runs=tmp_path, callbacks=[], verbose=0)
     assert again.epochs_done == 2

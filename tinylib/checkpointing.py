@@ -124,14 +124,26 @@ class Checkpointer(keras.callbacks.Callback):
         rate = self.epoch_rate if self.epoch_rate is not None else self._learning_rate()
         if rate is not None:
             logs["learning_rate"] = rate
-        for key, value in logs.items():
-            self.run.history.setdefault(key, []).append(float(value))
-        checkpoint = self.run.path / epoch_checkpoint_name(epoch + 1)
-        save_weights(self.model, checkpoint)
-        self.run.epochs_done = epoch + 1
-        self.run.partial, self.offset = None, 0
-        self._save_best_weights(epoch)
-        self._write_state(checkpoint.name)
+        # The epoch joins the run only once state.json names its checkpoint: a failure or an
+        # interruption before (a full disk, a SIGTERM during a long save) gives the run back as
+        # it was, so the record written as it unwinds holds no epoch that no checkpoint has.
+        before = ({key: len(values) for key, values in self.run.history.items()}, self.run.epochs_done,
+                  self.run.partial, self.offset, self.run.best_weights, self.run.callback_state)
+        written = False
+        try:
+            for key, value in logs.items():
+                self.run.history.setdefault(key, []).append(float(value))
+            checkpoint = self.run.path / epoch_checkpoint_name(epoch + 1)
+            save_weights(self.model, checkpoint)
+            self.run.epochs_done = epoch + 1
+            self.run.partial, self.offset = None, 0
+            self._save_best_weights(epoch)
+            self._write_state(checkpoint.name)
+            written = True
+        except BaseException:
+            if not written:
+                self._give_back(*before)
+            raise
         # Only now that state.json names the new unit: the files of the units before it.
         for old in sorted(self.run.path.glob(EPOCH_PATTERN))[:-KEEP_CHECKPOINTS]:
             old.unlink()
@@ -145,6 +157,16 @@ class Checkpointer(keras.callbacks.Callback):
     def _learning_rate(self) -> float | None:
         rate = getattr(getattr(self.model, "optimizer", None), "learning_rate", None)
         return None if rate is None else float(keras.ops.convert_to_numpy(rate))
+
+    def _give_back(self, lengths, epochs_done, partial, offset, best_weights, callback_state) -> None:
+        """The run as it was before an epoch end that did not reach state.json."""
+        for key in list(self.run.history):
+            if key in lengths:
+                del self.run.history[key][lengths[key]:]
+            else:
+                del self.run.history[key]
+        self.run.epochs_done, self.run.partial, self.offset = epochs_done, partial, offset
+        self.run.best_weights, self.run.callback_state = best_weights, callback_state
 
     def _save_best_weights(self, epoch: int) -> None:
         """Early stopping's best weights live in memory: keep them on disk for a resume."""
