@@ -327,3 +327,21 @@ def test_a_published_record_gives_way_only_to_its_own_run_further_along():
     assert reproduce.why_keep(finished, {**base, "epochs": 150, "epochs_run": 60, "finished": True}) is None
     assert "time budget" in reproduce.why_keep({**finished, "time_budget": {"hours": 3.0}},
                                                {**finished, "time_budget": {"hours": 1.0}})
+
+
+def test_a_comparison_stops_at_the_run_the_deadline_stopped(monkeypatch):
+    """The next optimizer, recipe or precision would start its first epoch past the deadline."""
+    import types
+
+    from tinylib import train
+
+    trained = []
+
+    def fake_fit(model, data, profile, **kwargs):
+        trained.append(kwargs.get("suffix"))
+        return types.SimpleNamespace(out_of_time=len(trained) == 2, record={})
+
+    monkeypatch.setattr(train, "build", lambda *args, **kwargs: None)
+    monkeypatch.setattr(train, "fit", fake_fit)
+    runs = train.compare_optimizers("model2", types.SimpleNamespace(num_classes=5), "smoke")
+    assert list(runs) == ["adam", "rmsprop"] and trained == ["-adam", "-rmsprop"]

@@ -163,7 +163,7 @@ def _score_with_flips(run: Run, data, batch_size: int) -> None:
 
 def _budget(model, run: Run, previous: dict | None, hours: float, steps: int, epochs: int, recipe) -> dict:
     """A run's time budget: a new plan, or the schedule a resumed run had reached."""
-    if previous and run.epochs_done:
+    if previous and (run.epochs_done or run.partial):  # resumed, at an epoch's end or inside the first
         budget_lib.resume(model, previous)
         return {**previous, "hours": float(hours)}
     return budget_lib.start(model, run.record, hours, steps, epochs, recipe.warmup if recipe else 0.0)
@@ -564,6 +564,8 @@ def compare_recipes(model_name: str, data, profile=None, recipes: dict | None = 
         recipe = get_recipe(recipe)
         print(f"--- {label}: {recipe.describe()}", flush=True)
         runs[label] = train_model(key, data, profile, recipe=recipe, **fit_kwargs)
+        if runs[label].out_of_time:  # the deadline came: the next recipe would start past it
+            break
     return runs
 
 
@@ -588,6 +590,8 @@ def compare_precisions(model_name: str, data, profile=None, precisions=("mixed_b
         with environment.using_precision(policy):
             runs[policy] = train_model(model_name, data, profile, epochs=epochs, suffix=f"-{policy}-{epochs}ep",
                                        notes={"comparison": "precision"}, **fit_kwargs)
+        if runs[policy].out_of_time:
+            break
     return runs
 
 
@@ -614,4 +618,6 @@ def compare_optimizers(model_name: str, data, profile=None, optimizers=("adam", 
             # A suffix, not a name: another batch or seed then trains in a folder of its own.
             runs[optimizer] = fit(model, data, profile, suffix=suffix, notes={"comparison": "optimizers"},
                                   **fit_kwargs)
+        if runs[optimizer].out_of_time:  # the deadline came: the next optimizer would start past it
+            break
     return runs
