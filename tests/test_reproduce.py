@@ -322,6 +322,11 @@ def test_a_published_record_gives_way_only_to_its_own_run_further_along():
         published, {**base, "optimizer": "SGD", "epochs_run": 30, "finished": True})
     assert "not the continuation" in reproduce.why_keep(  # --fresh --epochs 20 over an unfinished run of 100
         published, {**base, "epochs": 20, "epochs_run": 20, "finished": True})
+    # The same run asked for more epochs after the 17 published (a raised cap): its continuation.
+    raised = {**base, "epochs": 150, "epochs_changed": [{"from": 100, "to": 150, "at_epoch": 19}]}
+    assert reproduce.why_keep(published, {**raised, "epochs_run": 21, "finished": False}) is None
+    assert "not the continuation" in reproduce.why_keep(  # a change from another length is another run
+        published, {**raised, "epochs_changed": [{"from": 30, "to": 150, "at_epoch": 19}], "epochs_run": 21})
     finished = {**base, "epochs_run": 37, "finished": True, "stopped_early": True}
     assert "finished" in reproduce.why_keep(finished, {**base, "epochs_run": 40, "finished": False})
     assert reproduce.why_keep(finished, {**base, "epochs": 150, "epochs_run": 60, "finished": True}) is None

@@ -235,10 +235,18 @@ def why_keep(published: dict | None, record: dict) -> str | None:
         return f"it holds the run further along ({done[0]} epochs trained, this record {done[1]})"
     if finished[0] and not finished[1]:
         return f"it holds the run finished ({done[0]} epochs), this record unfinished"
-    if not finished[0] and published.get("epochs") != record.get("epochs"):
+    if not finished[0] and published.get("epochs") != record.get("epochs") and not _continues(published, record):
         return (f"it holds an unfinished run of {published.get('epochs')} epochs, of which this one "
                 f"({record.get('epochs')} epochs) is not the continuation")
     return None
+
+
+def _continues(published: dict, record: dict) -> bool:
+    """Whether ``record`` is ``published``'s run asked for another number of epochs after the
+    epochs published (its ``epochs_changed`` says from what, and at which epoch)."""
+    return any(change.get("from") == published.get("epochs")
+               and int(change.get("at_epoch") or 0) >= int(published.get("epochs_run") or 0)
+               for change in record.get("epochs_changed") or [])
 
 
 def publish(run_path: Path, results: Path) -> str:

@@ -145,7 +145,9 @@ def full_scale_records(folder: Path | str | None = None) -> dict[str, dict]:
 def at_best_epoch(record: dict) -> dict:
     """The epoch of the record's best validation top-1 and that one epoch's figures:
     {'epoch', 'epochs', 'train', 'val', 'val_top5'}, so that a training accuracy is never set
-    beside a validation accuracy of another epoch (the best weights kept are that epoch's).
+    beside a validation accuracy of another epoch. (The weights a run keeps as its best are
+    that epoch's, but for early stopping's, which are its lowest validation loss's: usually,
+    not always, the same epoch.)
     The first of equal bests, as Keras' EarlyStopping keeps it; a record without a history
     gives its summary fields and epoch None."""
     history = record.get("history") or {}
