@@ -13,6 +13,7 @@ profile nobody has timed.
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 from pathlib import Path
 from types import MappingProxyType
@@ -103,17 +104,16 @@ def training_estimate(model: str, profile=None, epochs: int | None = None, folde
     what = f"This cell trains {model} for {epochs} epoch{'s' * (epochs != 1)} on {images:,} images ({chosen.name})"
     record = full_scale_records(folder).get(model)
     rate = (record or {}).get("train_images_per_second")
+    measured = None if rate else throughput.rate(model, folder)
+    if not rate and measured is None:
+        return f"{what}: its speed is {NOT_YET_MEASURED} (no full-scale record of {model})."
+    smaller = smaller_build(model, chosen)
     if not rate:
-        measured = throughput.rate(model, folder)
-        if measured is None:
-            return f"{what}: its speed is {NOT_YET_MEASURED} (no full-scale record of {model})."
         rate, data = measured
-        smaller = smaller_build(model, chosen)
         minutes = epochs * images / (rate * smaller) / 60
         return (f"{what}: about {minutes:,.1f} min of training steps at the {rate:,.0f} train images/s that "
                 f"benchmarks/model_throughput.py measured on {data['device']} ({data['dtype_policy']}, "
                 f"{data['measured']}){_scaled(model, smaller)}; {model} has no full-scale record yet.")
-    smaller = smaller_build(model, chosen)
     minutes = epochs * images / (rate * smaller) / 60
     return (f"{what}: at most about {minutes:,.1f} min at the {rate:,.0f} train images/s that {model}'s "
             f"full-scale record measured on {record['device']}{_scaled(model, smaller)} "
@@ -128,14 +128,18 @@ def smaller_build(model: str, profile) -> float:
     options, full_options = dict(get_profile(profile).options_for(model)), dict(full.options_for(model))
     if options == full_options:
         return 1.0
+    ratio = _training_flops(model, tuple(sorted(full_options.items()))) / _training_flops(
+        model, tuple(sorted(options.items())))
+    return 1.0 if abs(ratio - 1.0) < 0.05 else ratio
+
+
+@functools.lru_cache(maxsize=None)
+def _training_flops(model: str, options: tuple) -> int:
+    """A build's training FLOPs an image; kept, as a chapter asks again for each training cell."""
     from tinylib import flops, models
 
-    def cost(build_options: dict) -> int:
-        network = models.build_model(model, num_classes=200, weights=None, compile=False, **build_options)
-        return flops.training_flops(network)
-
-    ratio = cost(full_options) / cost(options)
-    return 1.0 if abs(ratio - 1.0) < 0.05 else ratio
+    network = models.build_model(model, num_classes=200, weights=None, compile=False, **dict(options))
+    return flops.training_flops(network)
 
 
 def _scaled(model: str, smaller: float) -> str:

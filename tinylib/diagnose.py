@@ -80,7 +80,7 @@ def gap_story(model: str, folder=None) -> str:
     if reached is not None:
         return (f"**Against the study's figure:** its validation accuracy first reached the study's "
                 f"{pct(study['val'])} at epoch {reached} of the {facts['epochs']} it ran.")
-    sentences = [*_gap_sentences(facts, study, record), *_fit_sentences(record, study), *_batch_sentences(record),
+    sentences = [*_gap_sentences(facts, study, record), *_fit_sentences(record, study), *_batch_sentences(record, facts),
                  *_trend_sentences(facts),
                  *_end_sentences(facts, *results.run_end(record),
                                  early_stopping="early_stopping" in (record.get("callbacks") or []))]
@@ -141,15 +141,15 @@ def _fit_sentences(record: dict, study: dict) -> list[str]:
 def _regularizers(record: dict) -> dict:
     """What made the run's training task harder than its validation, in words: the
     augmentation (when the record has one) and dropout (when the model has a rate above 0)."""
-    augmented = bool(record.get("augmentation"))
-    dropout = float((record.get("build_options") or {}).get("dropout") or 0.0) > 0
-    which = " and ".join(name for name, on in (("augmentation", augmented), ("dropout", dropout)) if on)
-    measured = ", ".join(text for text, on in (("on augmented images", augmented), ("with dropout", dropout)) if on)
-    return {"which": which, "measured": measured, "stronger": " or ".join(
-        name for name, on in (("augmentation", augmented), ("dropout", dropout)) if on) or "regularization"}
+    present = [(name, measured) for name, measured, on in (
+        ("augmentation", "on augmented images", bool(record.get("augmentation"))),
+        ("dropout", "with dropout", float((record.get("build_options") or {}).get("dropout") or 0.0) > 0)) if on]
+    names = [name for name, _ in present]
+    return {"which": " and ".join(names), "stronger": " or ".join(names) or "regularization",
+            "measured": ", ".join(measured for _, measured in present)}
 
 
-def _batch_sentences(record: dict) -> list[str]:
+def _batch_sentences(record: dict, facts: dict) -> list[str]:
     """The optimizer steps an epoch took, against those of Keras' default batch: at one
     learning rate, four times the steps is four times the updates an epoch."""
     batch = record.get("batch_size")
@@ -158,8 +158,7 @@ def _batch_sentences(record: dict) -> list[str]:
         return []
     steps, default_steps = steps_per_epoch(images, batch), steps_per_epoch(images, KERAS_DEFAULT_BATCH)
     rate = record.get("learning_rate")
-    lowered = bool(curve_facts(record)["lowered_at"]) if (record.get("history") or {}).get("val_accuracy") else False
-    at = f" at a learning rate {'starting at' if lowered else 'of'} {rate:g}" if rate else ""
+    at = f" at a learning rate {'starting at' if facts['lowered_at'] else 'of'} {rate:g}" if rate else ""
     return [f"It trained on batches of {batch} images: {steps:,} optimizer steps an epoch{at}. The study's slides "
             f"give no batch size, and Keras' default (in `fit`, and in `ImageDataGenerator`'s `flow`) is "
             f"{KERAS_DEFAULT_BATCH}: {default_steps:,} steps an epoch, {default_steps / steps:.1f} times as many "

@@ -93,7 +93,7 @@ class Evaluation:
         better_classes = (self.probabilities > true_probability).sum(axis=1)
         return float(np.mean((better_classes < k) & self._finite))
 
-    @property
+    @functools.cached_property
     def _finite(self) -> np.ndarray:
         """Images whose probabilities are all numbers: a diverged model's NaN row is a miss
         (NaN compares false, so it would otherwise beat no class and count as a top-k hit),

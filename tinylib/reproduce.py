@@ -120,8 +120,8 @@ def expected_runs(planned: PlannedRun, profile, backend: str) -> dict[str, int]:
     from tinylib import models
     from tinylib.optimizers import STUDY_OPTIMIZERS
     from tinylib.runs import run_name
-    from tinylib.train import PRECISION_CHECK_EPOCHS
-    from tinylib.transfer import STAGES
+    from tinylib.train import optimizer_run_suffix, precision_check_epochs, precision_run_suffix
+    from tinylib.transfer import STAGES, stage_suffix
 
     def name(model: str, suffix: str = "") -> str:
         return run_name(model, profile, suffix, backend=backend)
@@ -133,14 +133,15 @@ def expected_runs(planned: PlannedRun, profile, backend: str) -> dict[str, int]:
     if planned.name == AFTERNOON_RUN:  # a time budget ends it: its epochs are a cap, not a plan
         return {name(AFTERNOON_MODEL, f"-{AFTERNOON_RECIPE}"): None}
     if planned.name == "model5-finetune":
-        size = profile.options_for("transfer").get("image_size") or 64
-        return {name("model5", f"-finetune-{size}px-{stage}"): profile.epochs_for(f"transfer_{stage}")
+        size = profile.options_for("transfer").get("image_size")
+        return {name("model5", stage_suffix(size, True, stage)): profile.epochs_for(f"transfer_{stage}")
                 for stage in STAGES}
     if planned.name == "optimizers":  # train.compare_optimizers' folders, at the study's rate
-        return {name("model2", f"-{optimizer}"): profile.epochs_for("optimizers") for optimizer in STUDY_OPTIMIZERS}
+        return {name("model2", optimizer_run_suffix(optimizer)): profile.epochs_for("optimizers")
+                for optimizer in STUDY_OPTIMIZERS}
     if planned.name == "precision":  # train.compare_precisions' one run
-        epochs = min(PRECISION_CHECK_EPOCHS, profile.epochs_for("model2"))
-        return {name("model2", f"-mixed_bfloat16-{epochs}ep"): epochs}
+        epochs = precision_check_epochs("model2", profile)
+        return {name("model2", precision_run_suffix("mixed_bfloat16", epochs)): epochs}
     raise ValueError(f"no run folders known for {planned.name!r}")  # a PLAN entry without a branch here
 
 

@@ -150,18 +150,25 @@ def at_best_epoch(record: dict) -> dict:
     not always, the same epoch.)
     The first of equal bests, as Keras' EarlyStopping keeps it; a record without a history
     gives its summary fields and epoch None."""
-    history = record.get("history") or {}
-    val = list(history.get("val_accuracy") or [])
+    val = list((record.get("history") or {}).get("val_accuracy") or [])
     if not val:
         return {"epoch": None, "epochs": record.get("epochs_run"), "train": record.get("final_train_top1"),
                 "val": record.get("best_val_top1"), "val_top5": record.get("best_val_top5")}
-    index = val.index(max(val))
+    return {**_epoch_figures(record, val.index(max(val))), "epochs": len(val)}
+
+
+def _epoch_figures(record: dict, index: int) -> dict:
+    """One epoch's figures from the record's history (``index`` from 0; -1 for the last):
+    {'epoch', 'train', 'val', 'val_top5'}, None where the history lacks one."""
+    history = record.get("history") or {}
+    epochs = len(history.get("val_accuracy") or [])
+    index = index % epochs if epochs else 0
 
     def at(key: str):
         values = history.get(key) or []
         return values[index] if index < len(values) else None
 
-    return {"epoch": index + 1, "epochs": len(val), "train": at("accuracy"), "val": val[index],
+    return {"epoch": index + 1 if epochs else 0, "train": at("accuracy"), "val": at("val_accuracy"),
             "val_top5": at("val_top5")}
 
 
@@ -236,7 +243,7 @@ def full_scale_report(model: str, folder: Path | str | None = None) -> str:
     minutes = record.get("wall_seconds", 0.0) / 60
     best = at_best_epoch(record)
     lines.append(f"this book, full scale: {_figures(best)}" + _which_epoch(best))
-    last = _last_epoch(record)
+    last = _epoch_figures(record, -1)
     if best["epoch"] is not None and last["epoch"] != best["epoch"]:
         lines.append(f"    its last epoch ({last['epoch']}): {_figures(last)}")
     batch = f" on batches of {record['batch_size']}" if record.get("batch_size") else ""
@@ -245,17 +252,6 @@ def full_scale_report(model: str, folder: Path | str | None = None) -> str:
                  f"{record['backend']} on {record['device']}, weights: {_weights(record)} "
                  f"({record['record_file']})")
     return "\n".join(lines)
-
-
-def _last_epoch(record: dict) -> dict:
-    history = record.get("history") or {}
-
-    def last(key: str):
-        values = history.get(key) or []
-        return values[-1] if values else None
-
-    return {"epoch": len(history.get("val_accuracy") or []), "train": last("accuracy"),
-            "val": last("val_accuracy"), "val_top5": last("val_top5")}
 
 
 def _figures(epoch: dict) -> str:
@@ -353,7 +349,7 @@ def full_scale_story(model: str, folder: Path | str | None = None) -> str:
         side = "above" if train > best else "below" if train < best else "level with"
         when = "At that epoch its" if epoch["epoch"] is not None else "Its last"
         parts.append(f"{when} training accuracy was {pct(train)}, {side} its validation accuracy{study_side}.")
-        last = _last_epoch(record)
+        last = _epoch_figures(record, -1)
         if epoch["epoch"] is not None and last["epoch"] != epoch["epoch"] and None not in (last["train"], last["val"]):
             parts.append(f"At its last epoch ({last['epoch']}) the two were {pct(last['train'])} training "
                          f"and {pct(last['val'])} validation.")

@@ -23,6 +23,7 @@ from tinylib import environment, files, processes, results
 from tinylib import models as models_lib
 from tinylib.batches import ShuffledBatches, steps_per_epoch
 from tinylib.checkpointing import CHECKPOINT_EVERY, Checkpointer
+from tinylib.optimizers import STUDY_OPTIMIZERS
 from tinylib.profiles import Profile, get_profile
 from tinylib.progress import ProgressLog
 from tinylib.recipes import Recipe, ablation_recipes, get_recipe
@@ -572,6 +573,21 @@ def compare_recipes(model_name: str, data, profile=None, recipes: dict | None = 
 PRECISION_CHECK_EPOCHS = 8  # enough for the curves to part if bfloat16 learned less (chapter 13)
 
 
+def precision_check_epochs(model_name: str, profile) -> int:
+    """The epochs a precision check trains: 8, or the profile's epochs for the model where fewer."""
+    return min(PRECISION_CHECK_EPOCHS, get_profile(profile).epochs_for(models_lib.normalize_name(model_name)))
+
+
+def precision_run_suffix(policy: str, epochs: int) -> str:
+    """A precision check's run folder suffix, '-mixed_bfloat16-8ep' (reproduce names it too)."""
+    return f"-{policy}-{epochs}ep"
+
+
+def optimizer_run_suffix(optimizer: str, learning_rate: float = results.STUDY_LEARNING_RATE) -> str:
+    """An optimizer comparison's run folder suffix, '-sgd' or '-sgd-lr0.001' (reproduce names it too)."""
+    return f"-{optimizer}" + results.rate_suffix(learning_rate)
+
+
 def compare_precisions(model_name: str, data, profile=None, precisions=("mixed_bfloat16",),
                        epochs: int | None = None, **fit_kwargs) -> dict[str, Run]:
     """Train the study's model for ``epochs`` in each precision, the study's way otherwise:
@@ -584,18 +600,19 @@ def compare_precisions(model_name: str, data, profile=None, precisions=("mixed_b
     trained its first epochs from the same seed on the same batches.
     """
     profile = get_profile(profile)
-    epochs = epochs or min(PRECISION_CHECK_EPOCHS, profile.epochs_for(models_lib.normalize_name(model_name)))
+    epochs = epochs or precision_check_epochs(model_name, profile)
     runs = {}
     for policy in precisions:
         with environment.using_precision(policy):
-            runs[policy] = train_model(model_name, data, profile, epochs=epochs, suffix=f"-{policy}-{epochs}ep",
+            runs[policy] = train_model(model_name, data, profile, epochs=epochs,
+                                       suffix=precision_run_suffix(policy, epochs),
                                        notes={"comparison": "precision"}, **fit_kwargs)
         if runs[policy].out_of_time:
             break
     return runs
 
 
-def compare_optimizers(model_name: str, data, profile=None, optimizers=("adam", "rmsprop", "sgd", "nadam"),
+def compare_optimizers(model_name: str, data, profile=None, optimizers=STUDY_OPTIMIZERS,
                        learning_rate: float = 1e-4, augmentation: bool = True, devices=None,
                        **fit_kwargs) -> dict[str, Run]:
     """Train the same model once per optimizer (the study's comparison), one call for the book.
@@ -614,7 +631,7 @@ def compare_optimizers(model_name: str, data, profile=None, optimizers=("adam", 
             model = build(model_name, data, profile, augment=augmentation,
                           optimizer=optimizer, learning_rate=learning_rate)
             fit_kwargs.setdefault("epochs", profile.epochs_for("optimizers"))
-            suffix = f"-{optimizer}" + results.rate_suffix(learning_rate) + extra_suffix
+            suffix = optimizer_run_suffix(optimizer, learning_rate) + extra_suffix
             # A suffix, not a name: another batch or seed then trains in a folder of its own.
             runs[optimizer] = fit(model, data, profile, suffix=suffix, notes={"comparison": "optimizers"},
                                   **fit_kwargs)

@@ -79,6 +79,12 @@ def fine_tune(data, profile=None, *, weights="imagenet", image_size: int | None 
                           augment=augment, name=name, stages=stages, **fit_kwargs)
 
 
+def stage_suffix(image_size: int | None, pretrained: bool, stage: str, extra: str = "") -> str:
+    """A stage's run folder suffix, '-finetune-128px-head' ('-random' before the stage from
+    random weights; ``extra`` before it too); reproduce names the planned stages with it."""
+    return f"-finetune-{image_size or 64}px" + ("" if pretrained else "-random") + extra + f"-{stage}"
+
+
 def _fine_tune(data, profile, *, weights, image_size, head_epochs, all_epochs, head_learning_rate,
                all_learning_rate, freeze_batchnorm, augment, name, stages, **fit_kwargs) -> dict[str, Run]:
     profile = get_profile(profile)
@@ -97,7 +103,7 @@ def _fine_tune(data, profile, *, weights, image_size, head_epochs, all_epochs, h
     origin = model.tinylib_weights
     pretrained = weights is not None
     # A suffix unless named: another batch or seed then trains in folders of its own (run_folder).
-    suffix = f"-finetune-{image_size or 64}px" + ("" if pretrained else "-random") + fit_kwargs.pop("suffix", "")
+    extra = fit_kwargs.pop("suffix", "")
     notes = {"pretrained": pretrained, "image_size": image_size or 64, "preprocess": "imagenet"}
     epochs = {"head": head_epochs or profile.epochs_for("transfer_head"),
               "all": all_epochs or profile.epochs_for("transfer_all")}
@@ -115,7 +121,7 @@ def _fine_tune(data, profile, *, weights, image_size, head_epochs, all_epochs, h
         model.tinylib_weights = origin
         if not pretrained:
             print(f"Stage '{stage}' WITHOUT pretrained weights: the backbone starts from random weights.")
-        folder = {"name": f"{name}-{stage}"} if name else {"suffix": f"{suffix}-{stage}"}
+        folder = {"name": f"{name}-{stage}"} if name else {"suffix": stage_suffix(image_size, pretrained, stage, extra)}
         runs[stage] = fit(model, data, profile, **folder, epochs=epochs[stage],
                           callbacks=(), notes={**notes, "stage": stage,
                                                "trainable_parameters": _trainable_count(model),
