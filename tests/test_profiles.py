@@ -47,3 +47,11 @@ def test_chapter_9s_batch_exercise_reads_true_of_the_profiles():
 
     quick, full = profiles.get_profile("quick"), profiles.get_profile("full")
     assert quick.batch_size == diagnose.KERAS_DEFAULT_BATCH and full.batch_size == 4 * quick.batch_size
+
+
+def test_the_profile_line_shows_the_epochs_and_batch_a_command_overrides():
+    full = profiles.PROFILES["full"]
+    assert full.describe().endswith("30 epochs, batch 128")
+    assert full.describe(epochs=30, batch_size=128).endswith("30 epochs, batch 128")
+    assert full.describe(epochs=12, batch_size=32).endswith(
+        "12 epochs (the profile's: 30), batch 32 (the profile's: 128)")

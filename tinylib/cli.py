@@ -95,7 +95,10 @@ def _train(args) -> int:
     model_name = normalize_name(args.model)  # an unknown model fails now, not after the data has loaded
     recipe = get_recipe(args.recipe) if args.recipe else None
     profile = get_profile(args.profile)
-    print(profile.describe(), flush=True)
+    # The epochs and batch this command trains with, where they are not the profile's (a recipe's
+    # epochs are its own: the line 'Training ...' gives them).
+    epochs = args.epochs or (profile.epochs_for(model_name) if recipe is None else None)
+    print(profile.describe(epochs=epochs, batch_size=args.batch_size), flush=True)
     # Fail before minutes of loading and building when the runs folder cannot be made.
     Path(args.runs or runs.runs_dir()).mkdir(parents=True, exist_ok=True)
     environment.configure_precision(args.precision)

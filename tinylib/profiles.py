@@ -71,13 +71,25 @@ class Profile:
         """How many training images an epoch sees (all 100,000 where the counts are None)."""
         return (self.classes or 200) * (self.train_per_class or 500)
 
-    def describe(self) -> str:
-        """One line a student can read: what this profile trains on."""
+    def describe(self, *, epochs: int | None = None, batch_size: int | None = None) -> str:
+        """One line a student can read: what this profile trains on.
+
+        ``epochs``/``batch_size`` are what a command trains with where they differ from the
+        profile's (a model's own epochs, ``--batch-size``), so the line never shows a figure
+        the run does not use without saying so.
+        """
         classes = self.classes or 200
         val = self.val_per_class or 50
+
+        def changed(value, default):
+            return f" (the profile's: {default})" if value is not None and value != default else ""
+
+        epochs_used = epochs if epochs is not None else self.epochs
+        batch_used = batch_size if batch_size is not None else self.batch_size
         return (
             f"profile '{self.name}': {classes} classes, {self.train_images:,} train / "
-            f"{classes * val:,} val images, {self.epochs} epochs, batch {self.batch_size}"
+            f"{classes * val:,} val images, {epochs_used} epochs{changed(epochs, self.epochs)}, "
+            f"batch {batch_used}{changed(batch_size, self.batch_size)}"
         )
 
 
