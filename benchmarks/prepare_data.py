@@ -70,4 +70,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from tinylib.processes import sigterm_as_exit
+
+    with sigterm_as_exit():  # a polite kill removes the scratch folder too
+        main()

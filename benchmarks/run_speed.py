@@ -24,6 +24,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from tinylib.processes import sigterm_as_exit, tied_to_this_process
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
@@ -43,7 +45,8 @@ def train_once(variant: str, model: str, profile: str, epochs: int) -> dict:
         command = [sys.executable, "-m", "tinylib", "train", model, "--profile", profile, "--epochs", str(epochs),
                    "--runs", folder, "--name", f"speed-{variant}", "--fresh", *arguments]
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **environment}
-        result = subprocess.run(command, env=env, capture_output=True, text=True, cwd=HERE.parent)
+        result = subprocess.run(command, env=env, capture_output=True, text=True, cwd=HERE.parent,
+                                preexec_fn=tied_to_this_process)  # a killed benchmark stops its run
         record_file = Path(folder) / f"speed-{variant}" / "record.json"
         if result.returncode != 0 or not record_file.is_file():
             tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
@@ -87,4 +90,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    with sigterm_as_exit():  # a polite kill removes the scratch folders too
+        main()

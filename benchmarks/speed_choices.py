@@ -26,6 +26,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from tinylib.processes import sigterm_as_exit, tied_to_this_process
+
 HERE = Path(__file__).resolve().parent
 
 UNFUSED = {"TINYLIB_FUSED_BATCHNORM": "0"}  # Keras' own BatchNorm (see tinylib.batchnorm)
@@ -56,7 +58,8 @@ def measure(variant: str, models: str, steps: int, peak_size: int) -> dict:
         command = [sys.executable, str(HERE / "model_throughput.py"), "--models", models, "--steps", str(steps),
                    "--no-mixing", "--peak-size", str(peak_size), "--save", folder, *arguments]
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **environment}
-        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=3600)
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=3600,
+                                preexec_fn=tied_to_this_process)  # a killed benchmark stops its child
         saved_file = Path(folder) / "throughput.json"  # tinylib.throughput.THROUGHPUT_FILE
         saved = json.loads(saved_file.read_text(encoding="utf-8")) if result.returncode == 0 and \
             saved_file.is_file() else {}
@@ -128,4 +131,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    with sigterm_as_exit():  # a polite kill removes the scratch folders too
+        main()

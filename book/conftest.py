@@ -137,10 +137,11 @@ def pytest_runtest_teardown(item, nextitem):
         return
     import nbformat
 
+    from tinylib import files
+
     target = Path(item.config.stash[EXECUTED]) / Path(str(item.parent.fspath)).name
-    tmp = target.with_name(f".tmp-{target.name}")
-    nbformat.write(item.parent.nb, str(tmp))
-    os.replace(tmp, target)
+    with files.atomic_path(target) as tmp:
+        nbformat.write(item.parent.nb, str(tmp))
 
 
 def notebook_environment(config) -> dict[str, str]:

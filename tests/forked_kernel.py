@@ -82,7 +82,7 @@ class KernelServer:
         if self.process is None:
             with open(self.folder / "server.log", "w") as log:  # what the imports print
                 self.process = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "serve",
-                                                 str(self.socket)], stdout=subprocess.PIPE, stderr=log,
+                                                 str(self.socket), str(os.getpid())], stdout=subprocess.PIPE, stderr=log,
                                                 stdin=subprocess.DEVNULL, env=env, text=True)
 
     def ready(self) -> bool:
@@ -126,21 +126,26 @@ def wait_for_ready(stream, timeout: float) -> bool:
     return bool(found)
 
 
-def die_with_parent() -> None:
-    """Linux: this process is killed with the one that started it, not orphaned."""
+def die_with_parent(parent: int | None = None) -> None:
+    """Linux: this process is killed with the one that started it, not orphaned.
+
+    ``parent``: the pid that started it; if that one died before the signal was set, the
+    process has been handed to another and exits at once."""
     import ctypes
 
     try:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+    if parent is not None and os.getppid() != parent:
+        os._exit(1)
 
 
 def serve(path: str) -> None:
     """Import once, then fork a kernel for each launcher that connects."""
     import importlib
 
-    die_with_parent()
+    die_with_parent(int(sys.argv[3]) if len(sys.argv) > 3 else None)
     server = os.getpid()
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)  # left by a server that was killed
@@ -186,9 +191,7 @@ def _kernel(conn: socket.socket, request: dict, fds: list[int], server: int) -> 
     import random
 
     os.setsid()  # a group of its own, so the launcher's death takes what the kernel started too
-    die_with_parent()  # the server dies with pytest's worker, and its kernels with it
-    if os.getppid() != server:  # it died before that took hold
-        os._exit(1)
+    die_with_parent(server)  # the server dies with pytest's worker, and its kernels with it
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # subprocess needs its children back
     for target, fd in zip((0, 1, 2), fds):
         os.dup2(fd, target)

@@ -26,6 +26,8 @@ from pathlib import Path
 
 from forked_kernel import usable, wait_for_ready
 
+from tinylib import processes
+
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
 READY_TIMEOUT = 300  # seconds for the server's imports
@@ -42,7 +44,8 @@ SERVER = textwrap.dedent("""
     sys.path.insert(0, sys.argv[2])  # tests/, for one import; a child's sys.path is a fresh process's
     from forked_kernel import die_with_parent  # a child that outlives its parent is killed, not orphaned
     del sys.path[0], sys.modules["forked_kernel"]  # a child's modules and sys.path are a fresh process's
-    die_with_parent()
+    die_with_parent(int(sys.argv[3]))
+    server = os.getpid()
     cache = sys.argv[1]
     import keras, numpy as np  # what the children import, imported here once
     from tinylib import augment, data, models, startup, train
@@ -85,7 +88,7 @@ SERVER = textwrap.dedent("""
             code = 1
             try:
                 os.setsid()  # a group of its own: a kill reaches the processes it starts too
-                die_with_parent()
+                die_with_parent(server)
                 signal.alarm(request["timeout"])  # a hung child ends with SIGALRM, not the test session
                 out = os.open(request["stdout"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
                 err = os.open(request["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
@@ -137,7 +140,7 @@ class ForkServer:
             index = len(self.servers)
             with open(self.folder / f"server-{index}.log", "w") as log:  # what its imports print
                 server = subprocess.Popen([sys.executable, str(self.folder / "server.py"),
-                                           str(self.folder / f"jax-cache-{index}"), str(TESTS)],
+                                           str(self.folder / f"jax-cache-{index}"), str(TESTS), str(os.getpid())],
                                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
                                           env=env, cwd=REPO)
             if not wait_for_ready(server.stdout, READY_TIMEOUT):
@@ -180,12 +183,17 @@ class ForkServer:
         """``run`` in a fresh interpreter: the same arguments, the same kills, the same results."""
         command = [sys.executable, *[str(a) for a in argv]]
         process = subprocess.Popen(command, env=env, cwd=str(cwd or os.getcwd()), stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True, start_new_session=True)
+                                   stderr=subprocess.PIPE, text=True, start_new_session=True,
+                                   preexec_fn=processes.tied_to_this_process)
         try:
             out, err = process.communicate(timeout=timeout if kill_after is None else min(timeout, kill_after))
         except subprocess.TimeoutExpired:  # a job limit's SIGKILL (or the hung child's end), to its whole group
             os.killpg(process.pid, signal.SIGKILL)
             out, err = process.communicate()
+        except BaseException:  # Ctrl-C does not reach a session of its own: the child goes with the test
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+            raise
         return subprocess.CompletedProcess(command, process.returncode, out, err)
 
     def close(self):

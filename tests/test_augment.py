@@ -311,11 +311,14 @@ except ImportError:  # Keras 3 keeps it only under keras.src
     from keras.src.legacy.preprocessing.image import ImageDataGenerator
 
 IDG_MODES = ("nearest", "constant", "reflect", "wrap")
-# Pixels (values) allowed to differ by more than one grey level: those whose source
-# point lies within float32 noise (~1e-5 px) of a place where IDG's float64 result
-# jumps (the image border in 'constant', wrap's seam) or of a whole grey level that
-# IDG truncates before brightness.  In practice about 2 values in 100,000.
-STRAY_FRACTION = 5e-4
+# Values allowed to differ from IDG's by more than half a grey level: those whose source
+# point lies within float32 noise (~1e-5 px) of a place where IDG's float64 result jumps
+# (the image border in 'constant', wrap's seam) or of a whole grey level that IDG
+# truncates before brightness.  Measured: about 15 values in 100,000, none off by more
+# than two levels.  Rounding where IDG truncates, or a bias of half a level, would put a
+# third of the values off.
+STRAY_FRACTION = 1e-3
+WORST_LEVELS = 2.0
 
 
 def idg_parameters(rng, trial):
@@ -328,7 +331,7 @@ def idg_parameters(rng, trial):
 
 
 def compare_with_idg(images_uint8, trials, seed=0, modes=IDG_MODES):
-    """Largest difference (grey levels) and the fraction of values off by more than one."""
+    """Largest difference (grey levels) and the fraction of values off by more than half a level."""
     rng = np.random.RandomState(seed)
     worst, stray, total = 0.0, 0, 0
     for mode in modes:
@@ -339,7 +342,7 @@ def compare_with_idg(images_uint8, trials, seed=0, modes=IDG_MODES):
             expected = generator.apply_transform(image.copy(), params)
             ours = numpy(augment.apply_idg_transform(image / 255.0, params, fill_mode=mode, cval=40 / 255))
             diff = np.abs(ours * 255.0 - expected)
-            worst, stray, total = max(worst, diff.max()), stray + (diff > 1.0 + 1e-3).sum(), total + diff.size
+            worst, stray, total = max(worst, diff.max()), stray + (diff > 0.5 + 1e-3).sum(), total + diff.size
     return worst, stray / total
 
 
@@ -351,14 +354,14 @@ def synthetic_uint8(n=3, size=64, seed=0):
 
 def test_idg_parameters_give_idg_images_on_synthetic_images():
     worst, stray = compare_with_idg(synthetic_uint8(), trials=12)
-    assert stray <= STRAY_FRACTION, (worst, stray)
+    assert stray <= STRAY_FRACTION and worst <= WORST_LEVELS + 1e-3, (worst, stray)
 
 
 def test_idg_match_holds_for_non_square_images_and_with_pixel_shifts():
     """Non-square: IDG centres its first (column) axis with the height; we follow it."""
     images = np.round(random_images(n=2, size=64)[:, :40, :56] * 255).astype("uint8")
     worst, stray = compare_with_idg(images, trials=6, seed=1)
-    assert stray <= STRAY_FRACTION, (worst, stray)
+    assert stray <= STRAY_FRACTION and worst <= WORST_LEVELS + 1e-3, (worst, stray)
     # Whole-pixel shifts alone (what an int shift range draws): no interpolation, exact.
     image = synthetic_uint8(n=2)[1]
     for params in ({"tx": 3, "ty": -5}, {"tx": -7, "flip_horizontal": 1}, {"flip_horizontal": 1}):
@@ -388,7 +391,7 @@ def test_idg_parameters_give_idg_images_on_real_images(real_data_path):
     assert files, f"no training JPEGs under {real_data_path}"
     images = np.stack([decode_image(f.read_bytes(), f.name) for f in files])
     worst, stray = compare_with_idg(images, trials=12, seed=2)
-    assert stray <= STRAY_FRACTION, (worst, stray)
+    assert stray <= STRAY_FRACTION and worst <= WORST_LEVELS + 1e-3, (worst, stray)
 
 
 def test_random_layer_applies_the_parameters_it_draws():
@@ -460,7 +463,7 @@ import numpy as np, keras
 assert keras.backend.backend() == "jax"
 import test_augment as t
 worst, stray = t.compare_with_idg(t.synthetic_uint8(), trials=4, modes=("nearest", "wrap"))
-assert stray <= t.STRAY_FRACTION, (worst, stray)
+assert stray <= t.STRAY_FRACTION and worst <= t.WORST_LEVELS + 1e-3, (worst, stray)
 model = keras.Sequential([keras.Input((16, 16, 3)), t.augment.augmentation(seed=0),
                           keras.layers.Flatten(), keras.layers.Dense(2, activation="softmax")])
 model.compile(optimizer="sgd", loss="categorical_crossentropy")  # fit jit-compiles the layer

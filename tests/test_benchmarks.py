@@ -63,6 +63,7 @@ def test_speed_choices_reads_each_variants_measurement_and_compares_it_with_the_
 
     def fake_run(command, env, **kwargs):
         variant = "new" if "auto" in command else "old"
+        assert kwargs["preexec_fn"] is module.tied_to_this_process  # a killed benchmark stops its child
         assert env["TF_CPP_MIN_LOG_LEVEL"] == "3" and "--no-mixing" in command
         assert env.get("TINYLIB_FUSED_BATCHNORM") == ("0" if variant == "old" else None)
         folder = Path(command[command.index("--save") + 1])
@@ -107,6 +108,7 @@ def test_run_speed_reads_each_runs_record_and_compares_it_with_the_first_variant
 
     def fake_run(command, env, **kwargs):
         variant = command[command.index("--name") + 1].removeprefix("speed-")
+        assert kwargs["preexec_fn"] is module.tied_to_this_process  # a killed benchmark stops its run
         assert command[:4] == [module.sys.executable, "-m", "tinylib", "train"] and "--fresh" in command
         assert env.get("TINYLIB_FUSED_BATCHNORM") == ("0" if variant == "old" else None)
         run = Path(command[command.index("--runs") + 1]) / f"speed-{variant}"

@@ -213,11 +213,13 @@ def test_stale_temporaries_are_removed_only_holding_the_lock(tiny_env, synthetic
     gone.wait()  # a pid whose process has ended
     stale = tiny_env / f".{data.CACHE_DIR_NAME}.tmp-{gone.pid}"
     stale.mkdir()
+    unzipping = tiny_env / f".{data.FOLDER_NAME}.extracting-{gone.pid}"  # a killed download's unzip
+    (unzipping / data.FOLDER_NAME).mkdir(parents=True)
     # Another preparation's folder, its process alive (where there is no lock: Windows, no flock).
     live = tiny_env / f".{data.CACHE_DIR_NAME}.tmp-{os.getppid()}"
     live.mkdir()
     data.prepare()
-    assert held == [True] and not stale.exists() and live.exists()
+    assert held == [True] and not stale.exists() and not unzipping.exists() and live.exists()
     assert not (tiny_env / data.LOCK_NAME).exists()  # the holder removes it when done
 
 

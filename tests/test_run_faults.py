@@ -6,6 +6,7 @@ they check is the run folder's bookkeeping, which is the same for every model.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -459,12 +460,36 @@ def test_describe_os_error_says_what_to_do_for_each_kind():
         assert "/some/where" in text and advice in text, text
 
 
+def _ended_pid() -> int:
+    """The pid of a process that has ended (and been reaped)."""
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    return ended.pid
+
+
+def test_a_sweep_removes_what_ended_writers_left_and_keeps_a_live_writers_temporary(tmp_path):
+    gone = _ended_pid()
+    stale_file = tmp_path / f"{files.TEMPORARY_PREFIX}{gone}-evaluation-val.json"
+    stale_file.write_text("{half")
+    stale_folder = tmp_path / f"{files.TEMPORARY_PREFIX}{gone}-npm-x1y2"  # a killed fetch's scratch
+    (stale_folder / "package").mkdir(parents=True)
+    (stale_folder / "package" / "weights.bin").write_bytes(b"x")
+    # Another process's, writing now (an evaluate in a run folder that train opens).
+    live = tmp_path / f"{files.TEMPORARY_PREFIX}{os.getppid()}-evaluation-val.json"
+    live.write_text("{being writ")
+    kept = tmp_path / "record.json"
+    kept.write_text("{}")
+    removed = files.remove_stale_temporaries(tmp_path)
+    assert sorted(removed) == sorted([stale_file, stale_folder])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, kept.name])
+
+
 def test_stale_temporaries_of_a_killed_writer_are_cleared_when_the_run_resumes(tmp_path, smoke):
     from tinylib import train
 
     ds, profile = smoke
     run = train.fit(_tiny(ds.num_classes), ds, profile, epochs=1, runs=tmp_path, callbacks=[], verbose=0)
-    stale = run.path / ".tmp-99999-checkpoint-epoch-002.weights.h5"
+    stale = run.path / f".tmp-{_ended_pid()}-checkpoint-epoch-002.weights.h5"
     stale.write_bytes(b"half")
     time.sleep(0.01)
     train.fit(_tiny(ds.num_classes), ds, profile, epochs=1, runs=tmp_path, callbacks=[], verbose=0)
@@ -841,3 +866,43 @@ def test_a_sigterm_handler_set_from_c_is_given_back_as_the_default(monkeypatch):
         assert given[-1] is signal.SIG_DFL
     finally:
         real(signal.SIGTERM, before)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_a_child_started_with_tied_to_this_process_dies_when_its_parent_is_killed(tmp_path):
+    """The rule: every process tinylib starts dies with it, even under ``kill -9`` (no cleanup runs)."""
+    parent_code = (
+        "import subprocess, sys, threading, time\n"
+        "from tinylib import processes\n"
+        # A thread of its own, as TensorFlow's would be, when the child is forked.
+        "threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'],\n"
+        "                         preexec_fn=processes.tied_to_this_process)\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", parent_code], stdout=subprocess.PIPE, text=True,
+                              cwd=Path(__file__).resolve().parents[1])
+    child = int(parent.stdout.readline())
+    try:
+        os.kill(child, 0)  # alive while its parent is
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.kill(child, 0)
+            except ProcessLookupError:
+                break
+            # A dead child the init process has not reaped yet counts as gone.
+            state = Path(f"/proc/{child}/stat").read_text().split(") ")[-1][:1] \
+                if Path(f"/proc/{child}/stat").exists() else "X"
+            if state in "ZX":
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the child outlived its killed parent")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
+        parent.kill()

@@ -477,7 +477,7 @@ def _resample(images, transform, fill_mode="nearest", cval=0.0):
     boundary rules Keras does not share with scipy, :func:`_resample_like_scipy`."""
     if fill_mode == "nearest" and keras.backend.backend() == "tensorflow":
         return ops.image.affine_transform(images, ops.cast(transform, "float32"), interpolation="bilinear",
-                                          fill_mode="nearest")
+                                          fill_mode="nearest", data_format="channels_last")
     return _resample_like_scipy(images, transform, fill_mode=fill_mode, cval=cval)
 
 

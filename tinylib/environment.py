@@ -17,7 +17,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from tinylib import startup
+from tinylib import processes, startup
 
 
 def devices_list() -> list[str]:
@@ -314,8 +314,8 @@ def git_commit() -> str | None:
     """The commit of the tinylib checkout, when it is one; '+dirty' with uncommitted changes."""
     try:
         def git(*args):
-            return subprocess.run(["git", *args], cwd=Path(__file__).parent, capture_output=True,
-                                  text=True, timeout=10).stdout.strip()
+            return subprocess.run(["git", *args], cwd=Path(__file__).parent, capture_output=True, text=True,
+                                  timeout=10, preexec_fn=processes.tied_to_this_process).stdout.strip()
 
         commit = git("rev-parse", "HEAD")
         if commit and git("status", "--porcelain", "--untracked-files=no"):

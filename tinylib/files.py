@@ -14,6 +14,7 @@ import contextlib
 import errno
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -89,17 +90,46 @@ def write_json(path: str | os.PathLike, payload, **dumps_kwargs) -> Path:
 
 
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
-    """Delete temporaries that a killed writer left in ``folder``; returns what was removed.
+    """Delete the temporaries (files or folders) that killed writers left in ``folder``;
+    returns what was removed.
 
-    Call it only while holding the folder's lock: another live writer's temporary
-    looks the same.
+    A temporary's name carries its writer's pid (``.tmp-PID-name``): one whose writer
+    still runs on this machine is left alone, so a sweep never takes a file from under a
+    live writer (an ``evaluate`` writing into a run folder that ``train`` opens).
     """
     removed = []
     for tmp in Path(folder).glob(f"{TEMPORARY_PREFIX}*"):
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+        pid = tmp.name[len(TEMPORARY_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and process_running(int(pid)):
+            continue
+        if remove_path(tmp):
             removed.append(tmp)
     return removed
+
+
+def remove_path(path: Path) -> bool:
+    """Delete a folder or a file, whichever is there; whether it is gone."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink()
+    return not os.path.lexists(path)
+
+
+def process_running(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine (a zombie counts as gone where it can be told)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # it exists, another user's (or this platform cannot say: keep its files)
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            return stat.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:
+        return True
 
 
 class LockedError(RuntimeError):

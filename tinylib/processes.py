@@ -18,14 +18,27 @@ import time
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
-def set_parent_death_signal(sig: int) -> None:
-    """Linux: have the kernel send ``sig`` to this process when its parent dies."""
+def _find_prctl():
+    """libc's ``prctl``, looked up once in the parent: a child forked from a process with
+    threads (TensorFlow's, JAX's) should make one C call, not load libraries (``dlopen``
+    takes locks another thread may have held at the fork)."""
+    if not sys.platform.startswith("linux"):
+        return None
     try:
         import ctypes
 
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+        return ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
-        pass  # the polling thread (where there is one) still covers it
+        return None
+
+
+_PRCTL = _find_prctl()
+
+
+def set_parent_death_signal(sig: int) -> None:
+    """Linux: have the kernel send ``sig`` to this process when its parent dies."""
+    if _PRCTL is not None:  # elsewhere the polling thread (where there is one) still covers it
+        _PRCTL(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
 
 
 def tied_to_this_process() -> None:

@@ -214,37 +214,20 @@ def _make_folder(folder: Path) -> None:
 
 def _remove(path: Path) -> None:
     """Delete a folder or a file, whichever is there."""
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        with contextlib.suppress(OSError):
-            path.unlink()
+    files.remove_path(path)
 
 
 def _remove_stale_temporaries(parent: Path) -> None:
-    """Folders left by a killed preparation; only call it holding the lock. A folder whose
-    process (its name ends in the pid) still runs on this machine is left alone: where
-    there is no lock (Windows, a file system without one) it is a preparation under way."""
-    for tmp in parent.glob(f".{CACHE_DIR_NAME}.tmp-*"):
-        pid = tmp.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and int(pid) != os.getpid() and _running(int(pid)):
-            continue
-        _remove(tmp)
-
-
-def _running(pid: int) -> bool:
-    """Whether process ``pid`` exists on this machine (a zombie counts as gone where it can be told)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True  # it exists, another user's (or this platform cannot say: keep its folder)
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-            return stat.read().rsplit(")", 1)[-1].split()[0] != "Z"
-    except OSError:
-        return True
+    """Folders left by a killed preparation or extraction; only call it holding the lock. A
+    folder whose process (its name ends in the pid) still runs on this machine is left
+    alone: where there is no lock (Windows, a file system without one) it is a preparation
+    under way."""
+    for pattern in (f".{CACHE_DIR_NAME}.tmp-*", f".{FOLDER_NAME}.extracting-*"):
+        for tmp in parent.glob(pattern):
+            pid = tmp.name.rsplit("-", 1)[-1]
+            if pid.isdigit() and int(pid) != os.getpid() and files.process_running(int(pid)):
+                continue
+            _remove(tmp)
 
 
 # --- preparing ---------------------------------------------------------------------------------
