@@ -73,6 +73,17 @@ def test_a_budget_needs_the_linear_schedule_and_says_which_recipe_has_it():
         budget.schedule_of(model)
 
 
+def test_the_schedule_is_found_inside_mixed_float16s_loss_scale_optimizer():
+    """Keras wraps the optimizer under mixed_float16 (a GPU of compute capability 7.x): the
+    wrapper's own rate is a dummy, the schedule is its inner optimizer's."""
+    from tinylib.recipes import _WarmupLinearDecay
+
+    schedule = _WarmupLinearDecay(0.1, warmup_steps=2, total_steps=10)
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
+    model.compile(keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(schedule)), "mse")
+    assert budget.schedule_of(model) is schedule
+
+
 def _budget_run(ds, tmp_path, **fit_kwargs):
     profile = Profile("smoke", classes=None, train_per_class=None, val_per_class=None, epochs=10, batch_size=8)
     keras.utils.set_random_seed(0)

@@ -71,6 +71,18 @@ def test_the_automatic_precision_follows_the_device(monkeypatch, backend, gpu, f
     assert environment.automatic_precision(backend, gpu=gpu, flags=flags, capability=None) == expected
 
 
+@pytest.mark.parametrize(("backend", "gpu", "expected"), [
+    ("tensorflow", True, environment.GPU_STEPS_PER_EXECUTION),
+    ("jax", True, environment.GPU_STEPS_PER_EXECUTION),
+    ("torch", True, 1),  # Keras' torch trainer refuses more than one step a call
+    ("tensorflow", False, 1),
+])
+def test_steps_per_execution_follow_the_device_and_the_backend(monkeypatch, backend, gpu, expected):
+    monkeypatch.setattr(keras.backend, "backend", lambda: backend)
+    monkeypatch.setattr(environment, "gpu_available", lambda: gpu)
+    assert environment.steps_per_execution() == expected
+
+
 def test_configure_precision_auto_reads_the_cpu(monkeypatch, tmp_path, policy):
     if keras.backend.backend() != "tensorflow" or environment.gpu_available():
         pytest.skip("the CPU's bfloat16 choice is TensorFlow's on a CPU")

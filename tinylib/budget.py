@@ -64,7 +64,9 @@ def schedule_of(model):
     """The model's re-plannable schedule, or a ValueError saying which recipe has one."""
     from tinylib.recipes import _WarmupLinearDecay
 
-    schedule = getattr(model.optimizer, "_learning_rate", None)
+    # Under mixed float16 Keras wraps the optimizer in a LossScaleOptimizer, whose own rate is a dummy.
+    optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)
+    schedule = getattr(optimizer, "_learning_rate", None)
     if not isinstance(schedule, _WarmupLinearDecay):
         raise ValueError("training to a time budget needs a recipe with the 'linear' schedule (its learning "
                          "rate is re-planned to reach zero when the time is up): use recipe='fast', or "

@@ -67,7 +67,10 @@ GPU_STEPS_PER_EXECUTION = 16
 
 def steps_per_execution() -> int:
     """Training steps per compiled call: several on a GPU, where a small model's step is
-    shorter than Python's round trip to launch it; one on a CPU, where it is not."""
+    shorter than Python's round trip to launch it; one on a CPU, where it is not, and on
+    the torch backend, whose trainer takes one step a call."""
+    if keras.backend.backend() == "torch":
+        return 1
     return GPU_STEPS_PER_EXECUTION if gpu_available() else 1
 
 
