@@ -254,3 +254,99 @@ def test_another_optimizer_or_rate_trains_in_a_folder_of_its_own(tmp_path, tiny_
     assert results_lib.optimizer_suffix(optimizer, rate) == suffix
     assert results_lib.record_key({**record, "profile": "smoke", "optimizer": optimizer,
                                    "learning_rate": rate}).endswith("model1" + suffix)
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--learning-rate", "0"], "must be a positive number, got 0"),
+    (["--learning-rate=-1e-3"], "must be a positive number, got -1e-3"),
+    (["--precision", "float16"], "invalid choice: 'float16'"),
+])
+def test_train_refuses_a_rate_or_precision_that_cannot_train(tmp_path, capsys, options, message):
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["train", "model1", "--profile", "smoke", "--runs", str(tmp_path), *options])
+    assert exited.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("model, options, message", [
+    ("model1", ["--weights", "imagenet"], "--weights is for model5 only: model1 trains from scratch"),
+    ("resnet50", ["--weights", "imagenet"], "the ImageNet-pretrained ResNet50 is model5"),
+    ("model5", ["--weights", "/no/such/file.weights.h5"], "no such file"),
+    ("model1", ["--optimizer", "adagrad"], "Unknown optimizer 'adagrad'"),
+    ("model1", ["--hours", "1"], "add --recipe fast"),
+    ("resnet18", ["--recipe", "modern", "--hours", "1"], "add --recipe fast"),
+    ("model1", ["--batch-size", "41"], "more than the 40 training images of profile 'smoke'"),
+])
+def test_train_refuses_options_that_contradict_the_model_recipe_or_data_before_the_data(
+        tmp_path, tiny_env, capsys, model, options, message):
+    assert cli.main(["train", model, "--profile", "smoke", "--runs", str(tmp_path / "runs"), *options]) == 2
+    assert message in capsys.readouterr().err
+    assert not tiny_env.exists()  # refused before the data was looked for
+
+
+def test_a_results_folder_that_cannot_take_a_record_is_refused_before_training(tmp_path, tiny_env, capsys):
+    blocked = tmp_path / "results.json"
+    blocked.write_text("{}")
+    for command in (["train", "model1", "--profile", "smoke"], ["reproduce", "--only", "model1", "--profile", "smoke"]):
+        assert cli.main([*command, "--runs", str(tmp_path / "runs"), "--results", str(blocked)]) == 2
+        assert "is a file: give a folder" in capsys.readouterr().err
+    assert not tiny_env.exists()
+
+
+def test_a_results_folder_that_did_not_exist_is_made_and_said_so(tmp_path, tiny_env, capsys, monkeypatch):
+    """A typo (results for book/results) would find no published run to skip: the student is told."""
+    from tinylib import data
+
+    def no_data():
+        raise data.DataError("stop here")
+
+    monkeypatch.setattr(data, "load", no_data)
+    made = tmp_path / "results"
+    assert cli.main(["train", "model1", "--profile", "smoke", "--runs", str(tmp_path / "runs"),
+                     "--results", str(made)]) == 2
+    out = capsys.readouterr().out
+    assert f"--results {made} did not exist: made it" in out and made.is_dir() and not any(made.iterdir())
+
+
+def test_evaluate_names_what_it_takes_when_given_a_record_file_or_an_unknown_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TINYLIB_RUNS", str(tmp_path / "runs"))
+    (tmp_path / "runs" / "model1-smoke-tensorflow").mkdir(parents=True)
+    (tmp_path / "runs" / "model1-smoke-tensorflow" / "record.json").write_text("{}")
+    published = tmp_path / "model4-full-tensorflow.json"
+    published.write_text("{}")
+    assert cli.main(["evaluate", str(published)]) == 2
+    assert "is a file: evaluate takes a run folder" in capsys.readouterr().err
+    assert cli.main(["evaluate", str(tmp_path / "nosuch")]) == 2
+    err = capsys.readouterr().err
+    assert "no run folder" in err and "model1-smoke-tensorflow" in err  # the runs there, named
+    assert cli._run_folder("model1-smoke-tensorflow") == tmp_path / "runs" / "model1-smoke-tensorflow"
+
+
+def test_reproduce_only_takes_names_in_any_case_and_refuses_an_empty_list():
+    from tinylib import reproduce
+
+    assert [p.name for p in reproduce.select("Model4, MODEL2")] == ["model2", "model4"]
+    with pytest.raises(ValueError, match="names no run"):
+        reproduce.select(" , ")
+
+
+def test_fresh_names_the_run_it_is_about_to_delete(tmp_path, tiny_env, capsys, monkeypatch):
+    from tinylib import data
+
+    def no_data():
+        raise data.DataError("stop here")
+
+    monkeypatch.setattr(data, "load", no_data)
+    folder = tmp_path / "runs" / f"model1-smoke-{keras.backend.backend()}"
+    folder.mkdir(parents=True)
+    (folder / "record.json").write_text(json.dumps({"epochs_run": 2, "finished": True, "best_val_top1": 0.25}))
+    assert cli.main(["train", "model1", "--profile", "smoke", "--runs", str(tmp_path / "runs"), "--fresh"]) == 2
+    out = capsys.readouterr().out
+    assert f"--fresh: {folder} holds a finished run of 2 epochs (best val top-1 25.00%): it is deleted" in out
+
+
+def test_a_notebook_call_with_zero_epochs_or_a_negative_batch_is_refused():
+    from tinylib import train
+
+    for counts in ({"epochs": 0}, {"batch_size": -8}, {"epochs": 2.5}):
+        with pytest.raises(ValueError, match="must be a whole number of at least 1"):
+            train.fit(None, None, "smoke", **counts)

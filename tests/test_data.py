@@ -184,6 +184,43 @@ def test_a_whole_download_is_not_fetched_again(tiny_env, served_zip):
         server.close()
 
 
+def test_a_full_disk_during_the_download_is_not_called_a_network_fault(tiny_env, served_zip, monkeypatch):
+    import builtins
+    import errno
+
+    payload, md5 = served_zip
+    server = _ZipServer(payload)
+    real_open = builtins.open
+
+    class FullDisk:
+        def __init__(self, file):
+            self.file = file
+
+        def write(self, block):
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.file.name))
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.file.close()
+
+    def opening(path, mode="r", *args, **kwargs):
+        handle = real_open(path, mode, *args, **kwargs)
+        return FullDisk(handle) if str(path).endswith(".part") and "b" in mode else handle
+
+    monkeypatch.setattr(builtins, "open", opening)
+    try:
+        with pytest.raises(data.DataError) as raised:
+            data.download(server.url, md5=md5, size=len(payload))
+    finally:
+        monkeypatch.undo()
+        server.close()
+    message = str(raised.value)
+    assert "No space left on device" in message and "next try resumes" in message
+    assert "connect to the internet" not in message and "could not download" not in message
+
+
 def test_download_with_wrong_checksum_is_refused(tiny_env, served_zip):
     payload, _ = served_zip
     server = _ZipServer(payload)
@@ -373,6 +410,23 @@ def test_truncated_zip(tiny_env, synthetic, tmp_path, monkeypatch):
     cut = tmp_path / "cut.zip"
     cut.write_bytes(whole[: len(whole) // 2])
     _expect_error(tiny_env, monkeypatch, cut, "cut.zip", "not a complete zip")
+
+
+def test_an_archive_that_is_not_a_zip_is_not_called_a_broken_download(tiny_env, synthetic, tmp_path, monkeypatch):
+    """A .tar.xz (the form this course's data may come in) is a good archive of another kind:
+    unpack it, not delete it."""
+    import tarfile
+
+    archive = tmp_path / "tiny-imagenet-200.tar.xz"
+    with tarfile.open(archive, "w:xz") as tar:
+        tar.add(synthetic / "wnids.txt", arcname="tiny-imagenet-200/wnids.txt")
+    _expect_error(tiny_env, monkeypatch, archive, "is not a zip", f"tar xf {archive}")
+    _expect_error(tiny_env, monkeypatch, synthetic / "wnids.txt", "point at the folder that holds it")
+
+
+def test_a_relative_data_path_that_is_not_found_says_where_it_was_looked_for(tiny_env, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _expect_error(tiny_env, monkeypatch, "data/tiny-imagenet-200", "a relative path, looked up from", "absolute")
 
 
 def test_zip_escaping_its_folder_is_refused_before_anything_is_written(tiny_env, synthetic, tmp_path, monkeypatch):

@@ -42,6 +42,12 @@ def test_beyond_the_study_runs_never_stand_in_for_the_study_reproduction(tmp_pat
     assert row["val"] == 0.40 and "seedway.json" in row["note"]
 
 
+def test_a_damaged_record_file_is_named_with_the_way_out(tmp_path):
+    (tmp_path / "model2-full-tensorflow.json").write_text('{"model": "model2",\n<<<<<<< HEAD\n')
+    with pytest.raises(ValueError, match=r"model2-full-tensorflow.json is not a JSON record .*git checkout"):
+        results.full_scale_records(tmp_path)
+
+
 def test_full_scale_report_says_how_far_a_run_got(tmp_path):
     assert "not yet run (python -m tinylib train model4 --profile full)" in results.full_scale_report(
         "model4", tmp_path)

@@ -906,3 +906,17 @@ def test_a_child_started_with_tied_to_this_process_dies_when_its_parent_is_kille
         with contextlib.suppress(ProcessLookupError):
             os.kill(child, signal.SIGKILL)
         parent.kill()
+
+
+def test_a_run_folder_that_cannot_be_made_says_which_setting_moves_it(tmp_path):
+    """A notebook shows the exception's last line: it names the folder and what to do."""
+    import keras
+
+    from tinylib import train
+
+    blocked = tmp_path / "runs"
+    blocked.write_text("")  # a file where the runs folder should be
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)], name="model1")
+    with pytest.raises(OSError, match=r"making the run folder: .*runs.*a file stands where a folder should be") as raised:
+        train.fit(model, None, "smoke", runs=blocked, epochs=1)
+    assert raised.value.errno is None  # the command line prints it as it is, not described again

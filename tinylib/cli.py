@@ -24,6 +24,9 @@ from pathlib import Path
 
 from tinylib import files
 
+# What --precision takes (Keras' dtype policies the book trains in); 'auto' is environment's choice.
+PRECISION_CHOICES = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+
 
 def _prepare(args) -> int:
     from tinylib import data
@@ -99,6 +102,8 @@ def _train(args) -> int:
     # epochs are its own: the line 'Training ...' gives them).
     epochs = args.epochs or (profile.epochs_for(model_name) if recipe is None else None)
     print(profile.describe(epochs=epochs, batch_size=args.batch_size), flush=True)
+    _check_train_options(args, model_name, recipe, profile)
+    _check_results_folder(args.results)
     # Fail before minutes of loading and building when the runs folder cannot be made.
     Path(args.runs or runs.runs_dir()).mkdir(parents=True, exist_ok=True)
     environment.configure_precision(args.precision)
@@ -111,6 +116,8 @@ def _train(args) -> int:
                                   name=args.name, runs=args.runs)
         if args.results and not args.fresh:
             _refuse_to_restart_a_published_run(folder, Path(args.results))
+        if args.fresh:
+            _say_what_fresh_deletes(folder)
         # A resumed run keeps the precision it began in where 'auto' would now choose another.
         with environment.resumed_run_precision(None if args.fresh else runs.recorded_precision(folder)):
             with _published_however_it_ends(folder, args.results, args.fresh):
@@ -152,6 +159,59 @@ def _build_and_fit(args, profile, recipe, deadline, folder: Path):
                             optimizer=args.optimizer, learning_rate=args.learning_rate, **weights)
     return train.fit(model, dataset, profile, name=folder.name, epochs=args.epochs, batch_size=args.batch_size,
                      resume=not args.fresh, runs=folder.parent, hours=args.hours, deadline=deadline)
+
+
+def _check_train_options(args, model_name: str, recipe, profile) -> None:
+    """Options that contradict the model, the recipe or the data, refused before minutes of
+    loading and building (and before hours of training, for --results)."""
+    from tinylib import models, optimizers
+
+    if args.weights is not None and model_name not in models.PRETRAINED:
+        also = (" (tinylib's resnet50 is a ResNet-50 for 64x64 images trained from scratch; the "
+                "ImageNet-pretrained ResNet50 is model5)" if model_name == "resnet50" else "")
+        raise ValueError(f"--weights is for {', '.join(sorted(models.PRETRAINED))} only: {model_name} trains "
+                         f"from scratch{also}")
+    weights = _weights(args.weights) if args.weights is not None else None
+    if weights not in (None, "imagenet") and not Path(weights).expanduser().is_file():
+        raise ValueError(f"--weights {weights}: no such file (imagenet, none, or the path of a weights file)")
+    if recipe is None:
+        optimizers.make_optimizer(args.optimizer, args.learning_rate)  # an unknown name fails now
+    if args.hours is not None and (recipe is None or recipe.schedule != "linear"):
+        raise ValueError("--hours plans a learning rate that reaches zero when the time is up, which needs a "
+                         "recipe with the 'linear' schedule: add --recipe fast")
+    if args.batch_size is not None and args.batch_size > profile.train_images:
+        raise ValueError(f"--batch-size {args.batch_size} is more than the {profile.train_images:,} training "
+                         f"images of profile '{profile.name}': give at most {profile.train_images:,}")
+
+
+def _check_results_folder(results: str | None) -> None:
+    """``--results`` is first written when a sitting ends, hours later: a folder that cannot
+    take a record fails now.  A folder that did not exist is made, and said so (a typo would
+    otherwise find no published run to skip or protect)."""
+    if not results:
+        return
+    folder = Path(results)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"--results {folder} is a file: give a folder (book/results is the natural target)")
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    files.write_text(folder / ".write-check", "").unlink(missing_ok=True)  # an unwritable folder fails here, explained
+    if created:
+        print(f"--results {folder} did not exist: made it; it holds no published records yet "
+              "(the book's are in book/results)", flush=True)
+
+
+def _say_what_fresh_deletes(folder: Path) -> None:
+    """--fresh deletes a run's checkpoints and record: a finished or long run is named first."""
+    from tinylib import runs
+
+    record = runs.read_record(folder)
+    if record.get("epochs_run"):
+        state = "finished" if record.get("finished") else "unfinished"
+        best = record.get("best_val_top1")
+        print(f"--fresh: {folder} holds a {state} run of {record['epochs_run']} epochs"
+              + (f" (best val top-1 {best:.2%})" if isinstance(best, (int, float)) else "")
+              + ": it is deleted, and training starts again at epoch 1", flush=True)
 
 
 def _refuse_to_restart_a_published_run(folder: Path, results: Path) -> None:
@@ -214,16 +274,40 @@ def _evaluate(args) -> int:
     from tinylib import data, evaluate, runs
     from tinylib.profiles import get_profile
 
-    record = runs.load_run(args.run)
-    model = evaluate.load_trained_model(args.run)  # before the data: a damaged checkpoint fails fast
+    run = _run_folder(args.run)
+    record = runs.load_run(run)
+    model = evaluate.load_trained_model(run)  # before the data: a damaged checkpoint fails fast
     dataset = data.load().subset(**get_profile(record["profile"]).subset_kwargs())
     if list(dataset.wnids) != record["dataset"]["wnids"]:
-        raise SystemExit("the dataset subset differs from the one this run trained on")
-    result = evaluate.evaluate(model, getattr(dataset, args.split), dataset.class_names)
+        raise ValueError(f"the data found now ({(data.read_manifest() or {}).get('source', '?')}) gives other "
+                         f"classes than {run.name} trained on: point TINYLIB_DATA (and TINYLIB_HOME) at the "
+                         "dataset it trained on")
+    split = getattr(dataset, args.split)
+    print(f"Scoring {run.name} on {len(split):,} {args.split} images...", flush=True)
+    result = evaluate.evaluate(model, split, dataset.class_names)
     print(result.summary())
-    out = files.write_json(Path(args.run) / f"evaluation-{args.split}.json", result.to_dict())
+    out = files.write_json(run / f"evaluation-{args.split}.json", result.to_dict())
     print(f"written: {out}")
     return 0
+
+
+def _run_folder(given: str) -> Path:
+    """The run folder ``evaluate`` was given: a path, or a run's name in the runs folder."""
+    from tinylib import runs
+
+    path = Path(given).expanduser()
+    if path.is_dir():
+        return path
+    if not path.exists() and (runs.runs_dir() / given).is_dir():
+        return runs.runs_dir() / given
+    if path.is_file():
+        raise ValueError(f"{path} is a file: evaluate takes a run folder (its record.json and checkpoints), as "
+                         "`train` prints it; book/results/*.json are published records, without the weights")
+    names = sorted(p.name for p in runs.runs_dir().glob("*") if (p / runs.RECORD_FILE).is_file()) \
+        if runs.runs_dir().is_dir() else []
+    hint = f"; the runs in {runs.runs_dir()}: {', '.join(names)}" if names else \
+        f"; {runs.runs_dir()} holds no runs"
+    raise ValueError(f"no run folder {path}: give the folder `train` printed, or a run's name{hint}")
 
 
 def _reproduce(args) -> int:
@@ -233,6 +317,7 @@ def _reproduce(args) -> int:
     plan = reproduce.select(args.only)
     profile = get_profile(args.profile)
     results = Path(args.results) if args.results else None
+    _check_results_folder(args.results)
     print(profile.describe(), flush=True)
     # Mixed bfloat16 on a GPU for every run of the plan, not only the recipes that ask for it.
     print("precision:", environment.configure_precision("auto"), flush=True)
@@ -304,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", nargs="?", help="dataset folder or zip (default: TINYLIB_DATA, cache, download)")
     p.add_argument("--force", action="store_true", help="decode again even if the cache is complete")
     p.add_argument("--verify", action="store_true", help="recompute the cache checksums afterwards")
-    p.add_argument("--workers", type=int, help="decoding processes (default: the CPUs this process may use, at most 8)")
+    p.add_argument("--workers", type=_positive_int, help="decoding processes (default: the CPUs this process may use, at most 8)")
     p.set_defaults(func=_prepare)
 
     p = commands.add_parser("weights", help="make ResNet50's ImageNet weights available offline",
@@ -337,10 +422,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=_positive_int, help="override the profile's epochs")
     p.add_argument("--batch-size", type=_positive_int, help="override the profile's batch size")
     p.add_argument("--optimizer", default="adam", help="adam | rmsprop | sgd | nadam (default adam)")
-    p.add_argument("--learning-rate", type=float, default=1e-4, help="default 1e-4, as the study")
+    p.add_argument("--learning-rate", type=_positive_float, default=1e-4, help="default 1e-4, as the study")
     p.add_argument("--weights", help="model5 only: imagenet (default) | PATH to a weights file | none")
     p.add_argument("--no-augment", action="store_true", help="train without augmentation")
-    p.add_argument("--precision", default="auto", help="auto | float32 | mixed_bfloat16 | mixed_float16")
+    p.add_argument("--precision", default="auto", choices=PRECISION_CHOICES,
+                   help="auto (default: this device's choice) | " + " | ".join(PRECISION_CHOICES[1:]))
     p.add_argument("--name", help="run folder name (default MODEL-PROFILE-BACKEND, with -batchN on another batch than "
                    "the profile's, -OPTIMIZER and -lrRATE for another than Adam at 1e-4)")
     p.add_argument("--runs", help="parent folder of run folders (default TINYLIB_RUNS or TINYLIB_HOME/runs)")

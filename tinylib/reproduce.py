@@ -58,9 +58,11 @@ PLAN_NAMES = tuple(planned.name for planned in PLAN)
 
 def select(only: str | None) -> list[PlannedRun]:
     """The plan, or the runs named in ``only`` ('model1,model3'), in the plan's order."""
-    if not only:
+    if only is None or not only.strip():
         return list(PLAN)
-    names = [n.strip() for n in only.split(",") if n.strip()]
+    names = [n.strip().lower() for n in only.split(",") if n.strip()]
+    if not names:
+        raise ValueError(f"--only {only!r} names no run: choose from {', '.join(PLAN_NAMES)}")
     unknown = [n for n in names if n not in PLAN_NAMES]
     if unknown:
         raise ValueError(f"unknown run(s) {', '.join(unknown)}: choose from {', '.join(PLAN_NAMES)}")

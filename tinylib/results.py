@@ -124,7 +124,11 @@ def every_full_scale_record(folder: Path | str | None = None) -> list[dict]:
     """Every full-profile record in ``folder``, in file-name order, each with its ``record_file``."""
     found = []
     for path in sorted(Path(folder or default_results_dir()).glob("*.json")):
-        record = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as err:  # every chapter reads this folder: the file is named, with the way out
+            raise ValueError(f"{path} is not a JSON record ({err}): a merge conflict or a copy cut short? "
+                             f"Restore it (git checkout -- {path}) or move it away") from None
         if not isinstance(record, dict) or record.get("profile") != "full" or "best_val_top1" not in record:
             continue  # a summary, or a record of another profile
         record["record_file"] = path.name

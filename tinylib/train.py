@@ -53,6 +53,16 @@ def _one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
     return keras.utils.to_categorical(labels, num_classes).astype("float32")
 
 
+def _check_counts(**counts) -> None:
+    """``epochs=0`` or ``batch_size=-1`` in a notebook call is a slip, not 'the profile's'
+    (None is): refused with what to pass."""
+    for name, value in counts.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))
+                                  or value < 1):
+            raise ValueError(f"{name} must be a whole number of at least 1 (or None: the profile's), "
+                             f"got {value!r}")
+
+
 def fit(model: keras.Model, data, profile: Profile | str | None = None, *, name: str | None = None,
         epochs: int | None = None, batch_size: int | None = None, callbacks="study",
         extra_callbacks=(), resume: bool = True, runs: Path | None = None,
@@ -95,6 +105,7 @@ def fit(model: keras.Model, data, profile: Profile | str | None = None, *, name:
     ``run.record`` and in ``record.json`` in the run folder.
     """
     profile = get_profile(profile)
+    _check_counts(epochs=epochs, batch_size=batch_size)
     epochs = epochs or getattr(model, "tinylib_epochs", None) or profile.epochs_for(model.name)
     batch_size = batch_size or profile.batch_size * environment.device_count()
     recipe = getattr(model, "tinylib_recipe", None)
@@ -103,7 +114,10 @@ def fit(model: keras.Model, data, profile: Profile | str | None = None, *, name:
     seed = profile.seed if seed is None else int(seed)
     path = run_folder(model.name, profile, recipe=recipe, seed=seed, batch_size=batch_size, suffix=suffix, name=name,
                       runs=runs)
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a notebook shows this line: the folder, and the setting that moves it
+        raise OSError(files.describe_os_error(err, "making the run folder")) from None
     if callbacks == "study":
         as_the_study = model.name in models_lib.MODELS and recipe in (None, get_recipe("study"))
         callbacks = models_lib.study_callbacks(model.name) if as_the_study else ()
@@ -481,6 +495,7 @@ def build(model_name: str, data, profile=None, augment: bool = True, recipe: Rec
             layer = augmentation() if augment else None
         return build_run_model(model_name, data.num_classes, augmentation=layer, **options)
     recipe = get_recipe(recipe)
+    _check_counts(epochs=epochs, batch_size=batch_size)
     epochs = epochs or profile.epochs_for(key)
     steps = steps_per_epoch(len(data.train), batch_size or profile.batch_size * environment.device_count())
     # The model keeps the recipe's precision; Keras' global policy is given back after.

@@ -4,6 +4,7 @@ extraction, a download)."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
@@ -18,7 +19,12 @@ from pathlib import Path, PurePosixPath
 from tinylib.data.common import (DATA_ENV, FOLDER_NAME, HOW_TO_GET_DATA, OFFICIAL_MD5, OFFICIAL_SIZE,
                                   OFFICIAL_URL, DataError, home)
 from tinylib.data.sources import FolderSource, ZipSource, check_zip_members, open_source, open_zip
+from tinylib import files
 from tinylib.progress import report_bytes
+
+# A download that fails writing the file: the disk is full or not ours, and the network is fine.
+_WRITE_ERRORS = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EACCES, errno.EROFS,
+                           errno.EPERM})
 
 
 # ----------------------------------------------------------------------------
@@ -90,6 +96,9 @@ def _fetch(url: str, dest: Path, part: Path, have: int, size: int | None, progre
         raise DataError(f"could not download {url} ({err}). What was fetched is kept in {part} and the "
                         f"next try resumes from it. {HOW_TO_GET_DATA}") from None
     except (urllib.error.URLError, OSError) as err:
+        if not isinstance(err, urllib.error.URLError) and err.errno in _WRITE_ERRORS:  # this disk, not the network
+            raise DataError(f"{files.describe_os_error(err, f'writing {part}')} What was fetched is kept in "
+                            f"{part} and the next try resumes from it.") from None
         raise DataError(
             f"could not download {url} ({err}). What was fetched is kept in {part} and the "
             f"next try resumes from it. {HOW_TO_GET_DATA}"

@@ -128,9 +128,20 @@ def locate(path: str | os.PathLike) -> tuple[str, Path]:
     """Where a path's dataset is, without reading it: ("folder" | "zip", path)."""
     path = Path(path).expanduser()
     if not path.exists():
-        raise DataError(f"{path} does not exist. {HOW_TO_GET_DATA}")
+        relative = ("" if path.is_absolute() else
+                    f" (a relative path, looked up from {Path.cwd()}: a notebook runs in book/, so give an "
+                    "absolute one)")
+        raise DataError(f"{path} does not exist{relative}. {HOW_TO_GET_DATA}")
     if path.is_file():
-        return "zip", path.resolve()
+        # A .zip cut short is still a zip (open_zip says to download it again); another file is not.
+        if path.suffix.lower() == ".zip" or zipfile.is_zipfile(path):
+            return "zip", path.resolve()
+        if path.name == "wnids.txt":
+            raise DataError(f"{path} is a file of the dataset: point at the folder that holds it, {path.parent}")
+        unpack = (f" Unpack it first (tar xf {path}) and point at the folder that makes, the one holding "
+                  "wnids.txt." if ".tar" in path.name.lower() or path.suffix.lower() in (".tgz", ".txz") else "")
+        raise DataError(f"{path} is not a zip: tinylib reads the official {FOLDER_NAME}.zip, or the folder "
+                        f"unpacked from it.{unpack}")
     for root in (path, path / FOLDER_NAME):
         if (root / "wnids.txt").is_file():
             return "folder", root.resolve()
