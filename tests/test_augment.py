@@ -84,9 +84,12 @@ def test_composed_transform_equals_sequential_transforms_inside():
 
 
 def test_affine_matrix_takes_one_parameter_set_per_image():
-    matrix = numpy(augment.affine_matrix(8, 8, angle=[0.0, 0.1, 0.2], zoom=1.1))
+    angles = [0.0, 0.1, 0.2]
+    matrix = numpy(augment.affine_matrix(8, 8, angle=angles, zoom=1.1))
     assert matrix.shape == (3, 8)
-    np.testing.assert_allclose(matrix[:, 6:], 0)
+    for row, angle in zip(matrix, angles):  # row i is image i's own transform
+        np.testing.assert_allclose(row, numpy(augment.affine_matrix(8, 8, angle=angle, zoom=1.1))[0], atol=1e-6)
+    assert not np.allclose(matrix[0], matrix[2])
 
 
 # --- the random layer -------------------------------------------------------
@@ -220,8 +223,8 @@ def test_layer_trains_inside_model_fit():
     y = np.eye(2, dtype="float32")[np.arange(8) % 2]
     before = [w.copy() for w in model.get_weights()]
     history = model.fit(x, y, batch_size=4, epochs=1, verbose=0)
-    # Two classes and a fresh dense layer: a loss near ln 2, and the step moved the weights.
-    assert abs(history.history["loss"][0] - np.log(2)) < 1.0
+    # The compiled step ran with the layer in it: a finite loss, and the step moved the weights.
+    assert np.isfinite(history.history["loss"][0]) and history.history["loss"][0] > 0
     assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
 
 
@@ -252,11 +255,12 @@ def test_single_transform_layers_share_the_ranges():
 
 
 def test_single_transform_layers_run_in_training_mode():
-    images = random_images(n=2, size=16)
+    images = random_images(n=8, size=16)  # eight: a coin flip that flips none of them is unlikely
     for name, layer in augment.single_transform_layers(seed=0).items():
-        out = augment.apply(layer, images, seed=1)
+        out = numpy(augment.apply(layer, images, seed=1))
         assert out.shape == images.shape, name
         assert out.min() >= 0.0 and out.max() <= 1.0 + 1e-6, name
+        assert np.abs(out - images).max() > 1e-3, name  # it transformed them: training mode, not a pass-through
 
 
 # --- random-resized crop (the modern recipe's augmentation) ------------------------

@@ -203,12 +203,20 @@ def test_gradcam_grid_one_row_per_image_one_column_per_model(build, images):
 def test_gradcam_under_mixed_precision(images, policy):
     """What a GPU run uses: the maps and gradients come in half precision."""
     previous = keras.config.dtype_policy()
+    keras.utils.set_random_seed(0)
+    exact = models.build_model("model2", num_classes=len(NAMES), compile=False)
     keras.config.set_dtype_policy(policy)
     try:
-        keras.utils.set_random_seed(0)
         model = models.build_model("model2", num_classes=len(NAMES), compile=False)
+        model.set_weights(exact.get_weights())  # the same network, computed in half precision
         maps = gradcam.gradcam(model, images)
     finally:
         keras.config.set_dtype_policy(previous)
     assert maps.dtype == np.float32 and maps.shape == (len(images), 64, 64)
     assert np.isfinite(maps).all() and 0.0 <= maps.min() and maps.max() <= 1.0
+    # Not a map of zeros (what gradients lost to float16's range would give): each peaks at 1,
+    # and it is the float32 map up to half precision's rounding.
+    np.testing.assert_allclose(maps.max(axis=(1, 2)), 1.0, atol=1e-6)
+    reference = gradcam.gradcam(exact, images)
+    for ours, theirs in zip(maps, reference):
+        assert np.corrcoef(ours.ravel(), theirs.ravel())[0, 1] > 0.9

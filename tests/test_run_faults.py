@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 #                  calls that change a folder, not by knowing tinylib's file names)
 #   CHANGES=path   write there how many changes the run made
 #   EARLY=1        the study's early stopping, made to stop after epoch 2 (best: epoch 1)
+#   FROM_DISK=1    report the final weights file's weights (as KILL_AT does), not the model's in memory
 DRIVER = textwrap.dedent("""
     import builtins, os, signal, sys, time
     import keras
@@ -113,7 +114,7 @@ DRIVER = textwrap.dedent("""
         with real_open(os.environ["CHANGES"], "w") as f:
             f.write(str(changes[0]))
     saved = os.path.join(run.path, "final.weights.h5")
-    if os.environ.get("KILL_AT"):  # what the run left on disk, not what this process holds
+    if os.environ.get("KILL_AT") or os.environ.get("FROM_DISK"):  # what the run left on disk, not what this process holds
         model.load_weights(saved)
     np.save(os.path.join(os.path.dirname(runs), os.path.basename(run.path) + "-weights-at-end.npy"),
             np.concatenate([w.ravel() for w in model.get_weights()]))
@@ -176,7 +177,7 @@ def test_a_kill_while_saving_the_final_weights_is_finished_by_the_next_call(fork
     assert not (run_dir / "final.weights.h5").exists()
     assert list(run_dir.glob(".tmp-*"))
 
-    again = _drive(forks, tmp_path, EARLY=1)
+    again = _drive(forks, tmp_path, EARLY=1, FROM_DISK=1)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "is finished" in again.stdout
     assert (run_dir / "final.weights.h5").is_file() and not list(run_dir.glob(".tmp-*"))
@@ -184,16 +185,14 @@ def test_a_kill_while_saving_the_final_weights_is_finished_by_the_next_call(fork
     assert state["checkpoint"] == "final.weights.h5"
     assert not list(run_dir.glob("checkpoint-epoch-*"))
 
-    import keras
+    # The final weights on disk are the ones an uninterrupted run ends with (early stopping's
+    # best epoch restored), not the last epoch's: a chapter that reloads the run gets that model.
+    import numpy as np
 
-
-    # The final weights load: the model a chapter reloads predicts as the trained one did.
-    inputs = keras.Input((64, 64, 3))
-    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Rescaling(1 / 255)(inputs))
-    model = keras.Model(inputs, keras.layers.Dense(4, activation="softmax")(x))
-    model.compile("adam", "categorical_crossentropy")
-    model.optimizer.build(model.trainable_variables)
-    runs.load_checkpoint(model, run_dir / "final.weights.h5")
+    straight = _drive(forks, tmp_path, EARLY=1, NAME="straight")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    np.testing.assert_allclose(np.load(tmp_path / f"{run_dir.name}-weights-at-end.npy"),
+                               np.load(tmp_path / "straight-weights-at-end.npy"), rtol=1e-5, atol=1e-6)
 
 
 def test_a_damaged_checkpoint_is_named_with_what_to_do(tmp_path):
@@ -255,9 +254,20 @@ def test_a_second_training_of_the_same_run_folder_is_refused(forks, tmp_path, ru
     assert _drive(forks, tmp_path, epochs=1).returncode == 0  # the lock died with its holder
 
 
-def test_the_lock_is_released_when_a_run_ends(forks, tmp_path, run_dir):
-    assert _drive(forks, tmp_path, epochs=1).returncode == 0
-    files.FolderLock(run_dir).acquire().release()  # would raise LockedError if still held
+def test_the_lock_is_released_when_a_run_ends(tmp_path, smoke):
+    """In this process, which lives on (a notebook's kernel): the exit of a process would
+    release its locks whatever fit did.  A second flock on the folder, even from this same
+    process, is refused while the run's is held."""
+    from tinylib import train
+
+    ds, profile = smoke
+    for _ in range(2):  # trained, then found finished and returned as it is
+        run = train.fit(_tiny(ds.num_classes), ds, profile, epochs=1, runs=tmp_path, callbacks=[], verbose=0)
+        files.FolderLock(run.path).acquire().release()  # would raise LockedError if still held
+    with pytest.raises(ValueError):  # a refusal (another batch size) gives it back too
+        train.fit(_tiny(ds.num_classes), ds, profile, epochs=1, batch_size=4, runs=tmp_path, callbacks=[],
+                  verbose=0, name=run.path.name)
+    files.FolderLock(run.path).acquire().release()
 
 
 # --- resuming with other settings ------------------------------------------------------------
@@ -614,6 +624,16 @@ from tinylib.profiles import Profile
 profile = Profile("smoke", classes=None, train_per_class=None, val_per_class=None, epochs=2, batch_size=4)
 ds = data.load()
 out = {}
+
+class Watch(keras.callbacks.Callback):  # after the checkpointer: what its state.json names, call by call
+    def __init__(self, folder):
+        super().__init__()
+        self.folder, self.seen = folder, []
+    def on_train_batch_end(self, batch, logs=None):
+        partial = json.loads((self.folder / "state.json").read_text()).get("partial") or {}
+        self.seen.append([partial.get("batches"), partial.get("checkpoint")])
+
+from pathlib import Path
 for steps in (1, 3):
     keras.utils.set_random_seed(0)
     inputs = keras.Input((64, 64, 3))
@@ -621,9 +641,12 @@ for steps in (1, 3):
     x = keras.layers.GlobalAveragePooling2D()(x)
     model = keras.Model(inputs, keras.layers.Dense(ds.num_classes, activation="softmax")(x), name=f"tiny{steps}")
     model.compile("adam", "categorical_crossentropy", metrics=["accuracy"])
+    watch = Watch(Path(sys.argv[1]) / f"tiny{steps}-smoke-{keras.backend.backend()}")
     run = train.fit(model, ds, profile, runs=sys.argv[1], callbacks=[], verbose=0, checkpoint_every=0.0,
-                    steps_per_execution=steps)
-    out[steps] = {"loss": run.record["history"]["loss"], "recorded": run.record["steps_per_execution"]}
+                    steps_per_execution=steps, extra_callbacks=[watch])
+    assert run.path == watch.folder, run.path
+    out[steps] = {"loss": run.record["history"]["loss"], "recorded": run.record["steps_per_execution"],
+                  "seen": watch.seen}
 print(json.dumps(out))
 '''
     env = {**os.environ, "KERAS_BACKEND": backend, "TINYLIB_DATA": str(synthetic), "TINYLIB_HOME": str(tiny_env),
@@ -633,6 +656,13 @@ print(json.dumps(out))
     runs = json.loads(result.stdout.strip().splitlines()[-1])
     assert runs["1"]["recorded"] == 1 and runs["3"]["recorded"] == 3
     assert runs["3"]["loss"] == pytest.approx(runs["1"]["loss"], rel=1e-4)
+    # 24 images in batches of 4: calls of 3 steps end at batches 3 and 6, and 6 ends the epoch
+    # (its checkpoint is the epoch's): each epoch's one mid-epoch checkpoint names batch 3.
+    def at(epoch, batches):
+        return [batches, f"partial-epoch-{epoch:03d}-batch-{batches:06d}.weights.h5"]
+
+    assert runs["1"]["seen"] == [at(e, b) for e in (1, 2) for b in (1, 2, 3, 4, 5, 5)], runs["1"]["seen"]
+    assert runs["3"]["seen"] == [at(1, 3), at(1, 3), at(2, 3), at(2, 3)], runs["3"]["seen"]
 
 
 def test_early_stopping_restores_the_best_weights_only_when_the_run_ends(tmp_path, smoke):
