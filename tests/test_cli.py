@@ -350,3 +350,30 @@ def test_a_notebook_call_with_zero_epochs_or_a_negative_batch_is_refused():
     for counts in ({"epochs": 0}, {"batch_size": -8}, {"epochs": 2.5}):
         with pytest.raises(ValueError, match="must be a whole number of at least 1"):
             train.fit(None, None, "smoke", **counts)
+
+
+def test_a_device_out_of_memory_says_to_halve_the_batch():
+    class ResourceExhaustedError(Exception):  # TensorFlow's, by name: the check must not import TensorFlow
+        pass
+
+    class XlaRuntimeError(Exception):
+        pass
+
+    for err in (ResourceExhaustedError("OOM when allocating tensor"),
+                XlaRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 1073741824 bytes")):
+        assert "--batch-size, half the one used" in cli.explain_error(err)
+    assert cli.explain_error(XlaRuntimeError("INTERNAL: something else")) is None  # a bug: the traceback
+
+
+def test_evaluate_says_what_to_pass_for_a_run_or_a_whole_dataset():
+    from types import SimpleNamespace
+
+    from tinylib import evaluate
+
+    run = SimpleNamespace(model=object(), record={})
+    with pytest.raises(TypeError, match=r"pass run\.model"):
+        evaluate.evaluate(run, None, [])
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
+    dataset = SimpleNamespace(val=None, train=None)
+    with pytest.raises(TypeError, match=r"pass one split, such as ds\.val"):
+        evaluate.evaluate(model, dataset, [])

@@ -153,6 +153,12 @@ def test_misclassified_examples_titles_true_predicted_and_confidence(evaluation,
     assert len(plots.misclassified_examples(evaluation, split.images, n=1).axes) == 1
 
 
+def test_pictures_of_other_images_than_the_ones_scored_are_refused(evaluation, split):
+    for draw in (plots.misclassified_examples, plots.guesses, plots.confused_pairs):
+        with pytest.raises(ValueError, match="pass the images the evaluation scored"):
+            draw(evaluation, split.images[:-1])
+
+
 def test_guesses_colour_right_green_and_wrong_red():
     probabilities = np.array([[0.9, 0.1, 0.0], [0.2, 0.7, 0.1], [0.6, 0.3, 0.1]])
     guessed = evaluate.evaluation_from_probabilities(probabilities, [0, 1, 2], ("cat", "dog", "owl"))

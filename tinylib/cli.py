@@ -480,6 +480,12 @@ def main(argv=None) -> int:
         return 2
 
 
+def _out_of_device_memory(err: BaseException) -> bool:
+    """TensorFlow's ResourceExhaustedError, JAX's RESOURCE_EXHAUSTED, torch's OutOfMemoryError."""
+    return type(err).__name__ in ("ResourceExhaustedError", "OutOfMemoryError") or \
+        (type(err).__name__ == "XlaRuntimeError" and "RESOURCE_EXHAUSTED" in str(err))
+
+
 def explain_error(err: BaseException) -> str | None:
     """What to tell the user about an error they can act on; None for a bug (a traceback helps)."""
     from tinylib.data import DataError
@@ -493,6 +499,9 @@ def explain_error(err: BaseException) -> str | None:
         expected += (pretrained.WeightsError,)
     if runs is not None:
         expected += (runs.RunInUse,)
+    if _out_of_device_memory(err):
+        return (f"the device ran out of memory ({type(err).__name__}): train with a smaller batch "
+                "(--batch-size, half the one used), or in mixed precision (--precision auto on a GPU)")
     if not isinstance(err, expected):
         return None
     if isinstance(err, OSError) and err.errno is not None:

@@ -202,8 +202,20 @@ def evaluation_from_probabilities(probabilities, labels, class_names, files=None
 def evaluate(model, split, class_names, batch_size: int = 256, flips: bool = False) -> Evaluation:
     """Run ``model`` on a labelled split (``tinylib.data.Split``) and evaluate it
     (``flips``: with each image's mirror image too, see ``predict_probabilities``)."""
+    _check_model_and_split(model, split)
     probabilities = predict_probabilities(model, split.images, batch_size, flips=flips)
     return evaluation_from_probabilities(probabilities, split.labels, class_names, split.files)
+
+
+def _check_model_and_split(model, split) -> None:
+    """The easy slips in a chapter's call, said in the chapter's terms: a Run (which the
+    plots take) for its model, a dataset for one of its splits."""
+    if not hasattr(model, "predict"):
+        hint = " (a training run: pass run.model)" if hasattr(model, "model") and hasattr(model, "record") else ""
+        raise TypeError(f"evaluate takes a Keras model, got {type(model).__name__}{hint}")
+    if not (hasattr(split, "images") and hasattr(split, "labels")):
+        hint = " (the whole dataset: pass one split, such as ds.val)" if hasattr(split, "val") else ""
+        raise TypeError(f"evaluate takes a labelled split, got {type(split).__name__}{hint}")
 
 
 def predict_test(model, test_split, class_names, top: int = 5,

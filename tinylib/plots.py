@@ -360,6 +360,7 @@ def confused_pairs(evaluation, images, pairs: int = 3, per_class: int = 4, figsi
     mistakes themselves, framed in red), then ``per_class`` images of the other class.
     ``images`` are those the evaluation was computed on, in the same order.
     """
+    _check_same_images(evaluation, images)
     confused = evaluation.most_confused_classes(pairs)
     if not confused:
         fig, ax = plt.subplots(figsize=figsize or (4, 1))
@@ -392,11 +393,19 @@ def confused_pairs(evaluation, images, pairs: int = 3, per_class: int = 4, figsi
     return fig
 
 
+def _check_same_images(evaluation, images) -> None:
+    """Pictures of other images than the ones scored would be titled with the wrong answers."""
+    if len(images) != len(evaluation.labels):
+        raise ValueError(f"{len(images):,} images for an evaluation of {len(evaluation.labels):,}: pass the "
+                         "images the evaluation scored, in its order (the split's .images)")
+
+
 def misclassified_examples(evaluation, images, n: int = 12, cols: int = 6, figsize=None):
     """The model's most confident mistakes, titled 'true -> predicted (p=0.83)'.
 
     ``images`` are those the evaluation was computed on, in the same order.
     """
+    _check_same_images(evaluation, images)
     wrong = evaluation.misclassified(n)
     if len(wrong) == 0:
         fig, ax = plt.subplots(figsize=figsize or (4, 1))
@@ -414,6 +423,7 @@ def misclassified_examples(evaluation, images, n: int = 12, cols: int = 6, figsi
 
 def guesses(evaluation, images, n: int = 12, cols: int = 6, seed: int = 0, figsize=None):
     """``n`` random images with the true class and the model's guess: green right, red wrong."""
+    _check_same_images(evaluation, images)
     rng = np.random.default_rng(seed)
     picked = np.sort(rng.choice(len(evaluation.labels), size=min(n, len(evaluation.labels)), replace=False))
     names, predictions, confidences = evaluation.class_names, evaluation.predictions, evaluation.confidences
