@@ -101,7 +101,7 @@ def test_a_gap_within_the_noise_of_the_two_validation_sets_is_not_called_a_short
             dataset={"val_images": 10_000})
     story = diagnose.gap_story("model2", tmp_path)
     assert story.startswith("**Below the study's 22.72%, within noise:** its best epoch (2 of 3) is 1.08 points "
-                            "below it, a gap the validation sets cannot tell from chance.")
+                            "below it, a gap these validation sets do not show beyond noise (the intervals overlap).")
 
 
 def test_no_record_or_no_study_row_tells_nothing(tmp_path):
@@ -317,3 +317,14 @@ def test_a_models_own_precision_check_comes_before_model_2s(tmp_path):
     assert diagnose.precision_checked("model2", policies, tmp_path)["epochs"] == 2
     assert diagnose.precision_checked("model2", {"float32"}, tmp_path) is None
     assert diagnose.precision_checked("model2", {"mixed_float16", "mixed_bfloat16"}, tmp_path) is None
+
+
+def test_an_epoch_at_the_studys_exact_count_reaches_it_though_float32_rounds_below():
+    import numpy as np
+
+    from tinylib.diagnose import _first_epoch_at
+
+    as_keras_keeps_it = float(np.float32(0.3861))  # 0.38609999418258667
+    assert as_keras_keeps_it < 0.3861
+    assert _first_epoch_at(np.array([0.30, as_keras_keeps_it]), 0.3861) == 2
+    assert _first_epoch_at(np.array([0.30, 0.3860]), 0.3861) is None  # one image short is short

@@ -84,6 +84,9 @@ def test_a_diverged_models_nan_row_is_a_miss_as_keras_counts_it():
     keras_hits = keras.ops.convert_to_numpy(keras.metrics.top_k_categorical_accuracy(
         keras.utils.to_categorical([0, 3, 0], 6), probabilities, k=5))
     assert result.top5 == pytest.approx(float(np.mean(keras_hits)))
+    # The per-class figures and the mistakes agree with top1: the NaN image of class 0 is a miss.
+    assert result.per_class_accuracy[0] == pytest.approx(1 / 2) and result.per_class_accuracy[3] == 0.0
+    assert result.confusion_matrix.sum() == 1 and sorted(result.misclassified()) == [0, 1]
 
 
 def test_top_k_and_confusion_agree_with_keras_and_a_plain_loop():
@@ -205,7 +208,9 @@ def test_load_trained_model_predicts_like_the_trained_model(trained_run):
     images = np.concatenate([dataset.val.images, dataset.test.images])
     np.testing.assert_allclose(ev.predict_probabilities(loaded, images),
                                ev.predict_probabilities(run.model, images), rtol=1e-5, atol=1e-6)
-    steps = len(dataset.train) // 4
+    from tinylib.batches import steps_per_epoch
+
+    steps = steps_per_epoch(len(dataset.train), 4)  # a last, partial batch is a step too
     assert int(keras.ops.convert_to_numpy(loaded.optimizer.iterations)) == steps  # optimizer restored
 
 

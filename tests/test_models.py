@@ -486,8 +486,8 @@ def test_one_optimizer_factory_serves_the_study_and_the_recipes():
 
     assert models.make_optimizer is optimizers.make_optimizer is recipes.make_optimizer
     assert set(recipes.OPTIMIZERS) == set(optimizers.OPTIMIZERS)
-    study_sgd = models.make_optimizer("sgd")
-    assert study_sgd.momentum == 0.0 and not study_sgd.nesterov
+    comparison_sgd = models.make_optimizer("sgd")  # plain SGD, Keras' default: the slides give no settings
+    assert comparison_sgd.momentum == 0.0 and not comparison_sgd.nesterov
     recipe_sgd = recipes.Recipe(optimizer="sgd", momentum=0.9).make_optimizer()
     assert recipe_sgd.momentum == 0.9 and recipe_sgd.nesterov
     assert type(recipes.Recipe(optimizer="adamw").make_optimizer()) is type(models.make_optimizer("adamw"))

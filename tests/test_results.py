@@ -159,7 +159,7 @@ def test_the_full_scale_story_reads_every_number_from_the_record(tmp_path):
 
 def test_training_accuracy_is_set_beside_the_validation_accuracy_of_its_own_epoch(tmp_path):
     """A run that went on after its best epoch: the train figure beside the best val top-1 is
-    that epoch's (whose weights are kept), not the last one's; the last epoch is said apart."""
+    that epoch's, not the last one's; the last epoch is said apart."""
     from tinylib import reproduce
 
     history = {"accuracy": [0.10, 0.18, 0.21, 0.26], "val_accuracy": [0.12, 0.20, 0.22, 0.19],
@@ -198,7 +198,7 @@ def test_the_comparison_story_says_which_order_and_whether_it_is_the_studys(tmp_
     assert "the reverse order" in sentence
     _record(tmp_path, "m2.json", model="model2", best_val_top1=0.2164, finished=True)
     tied = results.comparison_story("model1", "model2", tmp_path)  # ahead by 0.3 points: not an order
-    assert "cannot be told apart" in tied and "an order these runs cannot confirm" in tied and "same order" not in tied
+    assert "are not shown apart (their intervals overlap)" in tied and "an order these runs cannot confirm" in tied and "same order" not in tied
     _record(tmp_path, "m2.json", model="model2", best_val_top1=0.2500, finished=True)
     assert "Model 1 is behind Model 2, beyond noise" in results.comparison_story("model1", "model2", tmp_path)
     assert "the same order" in results.comparison_story("model1", "model2", tmp_path)

@@ -112,16 +112,18 @@ class Evaluation:
 
     @functools.cached_property
     def confusion_matrix(self) -> np.ndarray:
-        """Counts (C, C): rows are true classes, columns predicted classes."""
+        """Counts (C, C): rows are true classes, columns predicted classes.  An image whose
+        probabilities are not all numbers has no prediction and is in no column."""
         c = self.num_classes
-        return np.bincount(self.labels * c + self.predictions, minlength=c * c).reshape(c, c)
+        finite = self._finite
+        return np.bincount(self.labels[finite] * c + self.predictions[finite], minlength=c * c).reshape(c, c)
 
     @property
     def per_class_accuracy(self) -> np.ndarray:
-        """Accuracy of each class (C,); NaN for a class with no images here."""
-        matrix = self.confusion_matrix
-        support = matrix.sum(axis=1)
-        correct = np.diag(matrix).astype(float)
+        """Accuracy of each class (C,), every image of it counted (one without a prediction is
+        a miss, as in ``top1``); NaN for a class with no images here."""
+        support = np.bincount(self.labels, minlength=self.num_classes)
+        correct = np.diag(self.confusion_matrix).astype(float)
         return np.divide(correct, support, out=np.full(len(support), np.nan), where=support > 0)
 
     @property
@@ -144,7 +146,7 @@ class Evaluation:
 
     def misclassified(self, n: int | None = None) -> np.ndarray:
         """Indices of wrong predictions, the most confident mistakes first."""
-        wrong = np.flatnonzero(self.predictions != self.labels)
+        wrong = np.flatnonzero((self.predictions != self.labels) | ~self._finite)
         order = np.argsort(-self.confidences[wrong], kind="stable")
         return wrong[order][:n]
 

@@ -1,7 +1,8 @@
 """Every optimizer a run uses, made in one place.
 
-The study compared Adam, RMSprop, SGD and Nadam at Keras' defaults (learning rate
-1e-4); the recipes of ``tinylib.recipes`` add AdamW, momentum and decoupled weight
+The study chose Adam at a learning rate of 1e-4 and assessed RMSprop, SGD and Nadam as
+alternatives (its slides give no rate or setting for those; this book runs them at
+Keras' defaults, at the same 1e-4); the recipes of ``tinylib.recipes`` add AdamW, momentum and decoupled weight
 decay. One factory makes both, so a name means the same optimizer everywhere and the
 record's optimizer can be rebuilt from its name.
 """
@@ -31,8 +32,8 @@ def make_optimizer(name: str = "adam", learning_rate=1e-4, *, momentum: float = 
                    weight_decay: float = 0.0):
     """The optimizer ``name`` at ``learning_rate`` (a float or a Keras schedule).
 
-    ``momentum`` is SGD's (Nesterov when set; 0, Keras' default, is the study's plain
-    SGD). ``weight_decay`` is decoupled, as Keras applies it, and spares BatchNorm's
+    ``momentum`` is SGD's (Nesterov when set; 0, Keras' default, is plain SGD, which the
+    optimizer comparison uses: the slides give no SGD settings). ``weight_decay`` is decoupled, as Keras applies it, and spares BatchNorm's
     scale and shift and the biases; AdamW gets 0 unless given, so that its own default
     (0.004) cannot hide in a record.
     """

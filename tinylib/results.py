@@ -21,7 +21,7 @@ STUDY_RESULTS = {
     "model4": {"train": 0.3752, "val": 0.3861},
     "model5": {"train": 0.6861, "val": 0.4314},
 }
-STUDY_LEARNING_RATE = 1e-4  # the slides' Adam, and every optimizer of its comparison
+STUDY_LEARNING_RATE = 1e-4  # the slides' Adam (they give no rate for the alternatives; this book uses it for all)
 NOT_YET_RUN = "not yet run"
 
 
@@ -149,9 +149,9 @@ def full_scale_records(folder: Path | str | None = None) -> dict[str, dict]:
 def at_best_epoch(record: dict) -> dict:
     """The epoch of the record's best validation top-1 and that one epoch's figures:
     {'epoch', 'epochs', 'train', 'val', 'val_top5'}, so that a training accuracy is never set
-    beside a validation accuracy of another epoch. (The weights a run keeps as its best are
-    that epoch's, but for early stopping's, which are its lowest validation loss's: usually,
-    not always, the same epoch.)
+    beside a validation accuracy of another epoch. (No run keeps this epoch's weights as
+    such: a run keeps its last epoch's, or, with early stopping, those of its lowest
+    validation loss, usually but not always this epoch.)
     The first of equal bests, as Keras' EarlyStopping keeps it; a record without a history
     gives its summary fields and epoch None."""
     val = list((record.get("history") or {}).get("val_accuracy") or [])
@@ -379,7 +379,7 @@ def comparison_story(first: str, second: str, folder: Path | str | None = None) 
     low_a, high_a, n_a = _interval(a)
     _, _, n_b = _interval(b)
     stand = _against(a["best_val_top1"], n_a, b["best_val_top1"], n_b)
-    verdict = {"within noise of": f"{name_a} and {name_b} cannot be told apart",
+    verdict = {"within noise of": f"{name_a} and {name_b} are not shown apart (their intervals overlap)",
                "above": f"{name_a} is ahead of {name_b}, beyond noise",
                "below": f"{name_a} is behind {name_b}, beyond noise"}[stand]
     sentence = (f"In this book's full-scale runs {verdict} ({pct(a['best_val_top1'])} against "

@@ -52,9 +52,13 @@ def accuracy_interval(correct, n, confidence=0.95) -> tuple[float, float]:
 
 
 def within_noise(acc_a, n_a, acc_b, n_b, confidence=0.95) -> bool:
-    """True when accuracies ``acc_a`` (on ``n_a`` images) and ``acc_b`` (on ``n_b``) cannot be told apart.
+    """True when the difference between accuracies ``acc_a`` (on ``n_a`` images) and ``acc_b``
+    (on ``n_b``) is not shown beyond noise: their Wilson intervals (``accuracy_interval``) overlap.
 
-    The test: do their Wilson intervals (``accuracy_interval``) overlap? Chosen over a
+    "Within noise" means "not shown", never "the same": intervals can overlap while a
+    two-proportion z-test calls the difference significant at 5% (z between 1.96 and about
+    2.8 for intervals of equal width), so the book words it as a difference not shown,
+    not as two equal accuracies.  The overlap test was chosen over a
     two-proportion z-test for three reasons. The verdict can be checked by eye against
     the intervals the book prints, with no second statistic to explain. It is cautious:
     two 95% intervals of equal width that just fail to overlap correspond to a

@@ -35,7 +35,8 @@ from tinylib.runs import (BEST_WEIGHTS, EPOCH_PATTERN, FINAL_CHECKPOINT, PARTIAL
 
 
 def make_callbacks(names) -> list:
-    """Keras callbacks by name: 'early_stopping' and 'reduce_lr_on_plateau', as the study used."""
+    """Keras callbacks by name: 'early_stopping' and 'reduce_lr_on_plateau', the two the study
+    used for Model 2; their settings (patience, factor, floor) are this book's, as the slides give none."""
     made = []
     for name in names:
         if name == "early_stopping":

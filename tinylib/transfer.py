@@ -1,8 +1,8 @@
 """Transfer learning with Model 5: fine-tune the pretrained backbone in stages.
 
-The study trained all of Model 5 from the first step: the randomly initialized head
-sends large, noisy gradients into the pretrained backbone and spoils some of what
-it knew. The usual remedy (Keras' transfer-learning guide; Kornblith et al. 2019)
+Chapter 10 trains all of Model 5 from the first step (the slides do not say whether
+the study froze any layers): the randomly initialized head sends large, noisy
+gradients into the pretrained backbone and spoils some of what it knew. The usual remedy (Keras' transfer-learning guide; Kornblith et al. 2019)
 runs in two stages:
 
 1. **head**: the backbone is frozen (``trainable = False``, which in Keras also
