@@ -31,7 +31,9 @@ REPO = Path(__file__).resolve().parents[1]
 #                  made, linked, renamed or removed, or a file opened for writing (found by watching the
 #                  calls that change a folder, not by knowing tinylib's file names)
 #   CHANGES=path   write there how many changes the run made
-#   EARLY=1        the study's early stopping, made to stop after epoch 2 (best: epoch 1)
+#   EARLY=1        the study's early stopping, made to stop after epoch 2 (best: epoch 1); EARLY=patient:
+#                  the same best epoch, but patient enough not to stop (its end still restores epoch 1)
+#   DIE_AFTER_STATE=n  SIGKILL itself right after the n-th rename onto state.json (epoch n's end)
 #   FROM_DISK=1    report the final weights file's weights (as KILL_AT does), not the model's in memory
 DRIVER = textwrap.dedent("""
     import builtins, os, signal, sys, time
@@ -44,11 +46,17 @@ DRIVER = textwrap.dedent("""
     watched = os.path.realpath(runs) + os.sep
     kill_at, changes = int(os.environ.get("KILL_AT", 0)), [0]
 
+    die_after_state, states = int(os.environ.get("DIE_AFTER_STATE", 0)), [0]
+
     def changed(*paths):
         if any(os.path.realpath(os.fspath(p)).startswith(watched) for p in paths if isinstance(p, (str, os.PathLike))):
             changes[0] += 1
             if changes[0] == kill_at:
                 os.kill(os.getpid(), signal.SIGKILL)
+            if die_after_state and any(str(p).endswith("state.json") for p in paths[1:]):
+                states[0] += 1
+                if states[0] == die_after_state:
+                    os.kill(os.getpid(), signal.SIGKILL)
 
     def watch(module, name, paths=1):
         real = getattr(module, name)
@@ -70,8 +78,9 @@ DRIVER = textwrap.dedent("""
     builtins.open = open_watched
     if os.environ.get("EARLY"):
         made = train.make_callbacks
-        def early(names):  # patience 1, and no epoch after the first counts as better
-            return [keras.callbacks.EarlyStopping(monitor="val_loss", patience=1, min_delta=10.0,
+        patience = 5 if os.environ["EARLY"] == "patient" else 1  # patient: never stops in 2 epochs
+        def early(names):  # no epoch after the first counts as better
+            return [keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, min_delta=10.0,
                                                   restore_best_weights=True, verbose=0)
                     if n == "early_stopping" else made([n])[0] for n in names]
         train.make_callbacks = early
@@ -193,6 +202,40 @@ def test_a_kill_while_saving_the_final_weights_is_finished_by_the_next_call(fork
     assert straight.returncode == 0, straight.stderr[-3000:]
     np.testing.assert_allclose(np.load(tmp_path / f"{run_dir.name}-weights-at-end.npy"),
                                np.load(tmp_path / "straight-weights-at-end.npy"), rtol=1e-5, atol=1e-6)
+
+
+def test_a_kill_between_the_last_epochs_state_and_its_record_is_finished_with_the_best_weights(
+        forks, tmp_path, run_dir):
+    """The last epoch's checkpoint is named, the record not yet written (it says one epoch
+    fewer, unfinished): the next call has no epoch to train, and early stopping, which never
+    began in it, cannot restore its best epoch: the run's end is done from the disk."""
+    import numpy as np
+
+    straight = _drive(forks, tmp_path, EARLY="patient", NAME="straight")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    died = _drive(forks, tmp_path, EARLY="patient", DIE_AFTER_STATE=2)
+    assert died.returncode == -signal.SIGKILL, died.stderr[-3000:]
+    assert json.loads((run_dir / "state.json").read_text())["epochs_done"] == 2
+    assert not _record(run_dir)["finished"] and _record(run_dir)["epochs_run"] == 1
+
+    again = _drive(forks, tmp_path, EARLY="patient", FROM_DISK=1)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "restored the best epoch's weights" in again.stdout and "is finished" in again.stdout
+    record = _record(run_dir)
+    assert record["finished"] and record["epochs_run"] == 2
+    np.testing.assert_allclose(np.load(tmp_path / f"{run_dir.name}-weights-at-end.npy"),
+                               np.load(tmp_path / "straight-weights-at-end.npy"), rtol=1e-5, atol=1e-6)
+
+
+def test_a_kill_mid_epoch_keeps_the_time_spent_up_to_the_last_checkpoint(forks, tmp_path, run_dir):
+    """Wall time counts every invocation: a kill -9 loses only the time since the last
+    checkpoint inside the epoch, not the whole epoch's."""
+    died = _drive(forks, tmp_path, epochs=2, BATCH=4, EVERY=0, SLEEP=0.25, DIE_IN=2, DIE_AT_BATCH=3)
+    assert died.returncode == -signal.SIGKILL, died.stderr[-3000:]
+    record = _record(run_dir)
+    assert record["epochs_run"] == 1 and not record["finished"]
+    # Epoch 2's first three batches (a quarter second each) are in the time kept.
+    assert record["wall_seconds"] >= record["history"]["seconds"][0] + 0.6, record["wall_seconds"]
 
 
 def test_a_damaged_checkpoint_is_named_with_what_to_do(tmp_path):

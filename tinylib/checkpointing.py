@@ -100,6 +100,7 @@ class Checkpointer(keras.callbacks.Callback):
         self._write_state(name)
         remove_unnamed(self.run.path, PARTIAL_PATTERN, keep=name)
         (self.run.path / PARTIAL_CHECKPOINT).unlink(missing_ok=True)
+        self.run.write_record()  # the time spent so far, which a kill -9 would otherwise lose
         self.last_save = time.perf_counter()
 
     # --- at the end of an epoch ----------------------------------------------------------

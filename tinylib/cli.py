@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 from pathlib import Path
 
@@ -187,19 +188,23 @@ def _check_train_options(args, model_name: str, recipe, profile) -> None:
 
 def _check_results_folder(results: str | None) -> None:
     """``--results`` is first written when a sitting ends, hours later: a folder that cannot
-    take a record fails now.  A folder that did not exist is made, and said so (a typo would
-    otherwise find no published run to skip or protect)."""
+    take a record fails now.  One that does not exist yet is said so (a typo would otherwise
+    find no published run to skip or protect); it is made only when a record is published."""
     if not results:
         return
     folder = Path(results)
-    if folder.exists() and not folder.is_dir():
-        raise ValueError(f"--results {folder} is a file: give a folder (book/results is the natural target)")
-    created = not folder.exists()
-    folder.mkdir(parents=True, exist_ok=True)
-    files.write_text(folder / ".write-check", "").unlink(missing_ok=True)  # an unwritable folder fails here, explained
-    if created:
-        print(f"--results {folder} did not exist: made it; it holds no published records yet "
-              "(the book's are in book/results)", flush=True)
+    if folder.exists():
+        if not folder.is_dir():
+            raise ValueError(f"--results {folder} is a file: give a folder (book/results is the natural target)")
+        files.write_text(folder / ".write-check", "").unlink(missing_ok=True)  # unwritable: fails here, explained
+        return
+    parent = next(p for p in folder.absolute().parents if p.exists())
+    if not parent.is_dir():
+        raise ValueError(f"--results {folder} cannot be made: {parent} is a file")
+    if not os.access(parent, os.W_OK):
+        raise ValueError(f"--results {folder} cannot be made: no permission to write in {parent}")
+    print(f"--results {folder} does not exist: it will be made when a record is published, and holds no "
+          "published records to skip or protect (the book's are in book/results)", flush=True)
 
 
 def _say_what_fresh_deletes(folder: Path) -> None:

@@ -215,8 +215,11 @@ class Run:
                 record[f"final_{name}"] = values[-1]
         if self.history.get("accuracy"):
             record["final_train_top1"] = self.history["accuracy"][-1]
-        record["finished"] = (self.epochs_done >= record["epochs"] or record.get("stopped_early", False)
-                              or record.get("ended_by") == "time budget")
+        # Finished once its end is saved (the final checkpoint named in the state), not at its
+        # last epoch: a kill in between leaves a run the next call finishes, not one it skips.
+        ended = (self.epochs_done >= record["epochs"] or record.get("stopped_early", False)
+                 or record.get("ended_by") == "time budget")
+        record["finished"] = bool(ended and (read_state(self.path) or {}).get("checkpoint") == FINAL_CHECKPOINT)
         write_run_json(self.path / RECORD_FILE, record)
         return record
 

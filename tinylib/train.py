@@ -251,8 +251,13 @@ def _resume(run: Run, epochs: int, steps: int) -> bool:
     run.history, run.epochs_done = state["history"], state["epochs_done"]
     run.callback_state = state.get("callbacks") or {}
     run.best_weights = state.get("best_weights") or (BEST_WEIGHTS if (path / BEST_WEIGHTS).is_file() else None)
-    if previous.get("finished") and change is None:
-        if state["checkpoint"] != FINAL_CHECKPOINT:  # killed while finishing: finish now
+    # Killed between its last epoch's checkpoint and its final one (a record that may not say
+    # finished yet): early stopping's end is done from the best weights on disk, as a held
+    # callback that never began could not do it.
+    finishing = change is None and state["checkpoint"] != FINAL_CHECKPOINT and (
+        previous.get("finished") or (state["epochs_done"] >= epochs and not partial))
+    if finishing or (previous.get("finished") and change is None):
+        if finishing:  # killed while finishing: finish now
             run.record = previous
             _end_and_finish(run, lambda: _restore_best_weights(run),
                             loaded=path / checkpoint if checkpoint else None)
