@@ -350,6 +350,21 @@ def test_a_changed_batch_size_is_refused_with_what_differs(tmp_path, smoke):
     assert fresh.record["batch_size"] == 4 and "resumed_at_epoch" not in fresh.record
 
 
+def test_other_callbacks_or_another_backend_are_another_run(tmp_path, smoke):
+    """Early stopping's and the plateau's state come back by position, and each backend keeps
+    its own random generators: a resume that changes either would continue a different run."""
+    from tinylib import train
+
+    ds, profile = smoke
+    first = train.fit(_tiny(ds.num_classes), ds, profile, epochs=1, runs=tmp_path, callbacks=["early_stopping"],
+                      verbose=0)
+    with pytest.raises(runs.RunConflict, match=r"callbacks: \['early_stopping'\] -> \[\]"):
+        train.fit(_tiny(ds.num_classes), ds, profile, epochs=2, runs=tmp_path, callbacks=[], verbose=0)
+    other = {**runs.read_record(first.path), "backend": "jax" if first.record["backend"] != "jax" else "torch"}
+    assert runs.identity_differences(other, first.record) == [
+        f"backend: {other['backend']!r} -> {first.record['backend']!r}"]
+
+
 def test_a_changed_build_option_is_refused(tmp_path, smoke):
     from tinylib import models, train
 

@@ -295,8 +295,10 @@ def epochs_change(path: Path, previous: dict, done: int, epochs: int) -> dict | 
 
 
 # What must be equal for a folder's run to be continued: anything else is another run.
+# The callbacks' state is restored by position, and a backend's random generators and
+# optimizer variables are its own: either changed is another run too.
 IDENTITY = ("model", "parameters", "weights", "augmentation", "optimizer", "learning_rate", "recipe",
-            "batch_size", "build_options", "dataset", "seed", "dtype_policy")
+            "batch_size", "build_options", "dataset", "seed", "dtype_policy", "callbacks", "backend")
 
 
 def recorded_precision(path: Path) -> str | None:
