@@ -60,11 +60,11 @@ def test_a_run_whose_training_accuracy_sits_further_below_validation_than_the_st
     story = diagnose.gap_story("model4", tmp_path)
     assert "8.00 points below its validation accuracy, the study's 1.09 points below. That is a sign" in story
     assert "(stronger augmentation or dropout)" in story
-    assert "Its training accuracy (on augmented images, with dropout, as the study measured it)" in story
+    assert "Its training accuracy (on augmented images, with dropout, as Keras measures it)" in story
     # Model 1 has no dropout: the story names the augmentation alone.
     _record(tmp_path, "model4", val, [v - 0.08 for v in val], augmentation=augmentation, build_options={})
     story = diagnose.gap_story("model4", tmp_path)
-    assert "(on augmented images, as the study measured it)" in story and "dropout" not in story
+    assert "(on augmented images, as Keras measures it)" in story and "dropout" not in story
 
 
 def test_a_short_run_is_not_read_as_a_harder_task(tmp_path):

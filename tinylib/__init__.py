@@ -9,7 +9,7 @@ Data
     ``profiles``        what smoke, quick and full mean (classes, images, epochs, batch)
     ``batches``         training batches in an order fixed by (seed, epoch)
 Models
-    ``augment``         the study's ImageDataGenerator augmentation, and others, as layers
+    ``augment``         ImageDataGenerator's augmentation (the transforms the study names), and others, as layers
     ``mixing``          MixUp and CutMix inside the compiled training step
     ``models``          the study's five CNNs and the ResNets (``models.build_model``)
     ``batchnorm``       Keras' BatchNormalization through TensorFlow's fused kernel

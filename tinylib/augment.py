@@ -1,7 +1,7 @@
 """Data augmentation as in-graph Keras layers.
 
-The study used Keras' ``ImageDataGenerator`` (IDG), which transforms one image
-at a time in NumPy/SciPy on the CPU.  :class:`ImageDataGeneratorAugment` is
+The study's slides name the transforms of Keras' ``ImageDataGenerator`` (IDG), which
+transforms one image at a time in NumPy/SciPy on the CPU.  :class:`ImageDataGeneratorAugment` is
 that augmentation, exactly: IDG's argument names and units, its parameters
 drawn per image with the distributions of ``get_random_transform``, composed
 as ``apply_transform`` composes them (``rotation @ shift @ shear @ zoom`` about
@@ -291,7 +291,7 @@ class RandomResizedCrop(TrainingOnlyAugmentation):
     """Random crop of random area and aspect ratio, resized back to full size, plus flip.
 
     The "Inception-style" crop that modern ImageNet recipes use instead of the
-    study's small rotations and shifts: each training image shows a different part of
+    affine augmentation of the study's recipe: each training image shows a different part of
     the object at a different scale, so the network cannot rely on where things are.
     The crop covers a fraction of the area drawn from ``scale`` and has a width/height
     ratio drawn log-uniformly from ``ratio``, as torchvision's ``RandomResizedCrop`` draws
@@ -372,13 +372,13 @@ class RandomResizedCrop(TrainingOnlyAugmentation):
 # --- the study's augmentation: exactly Keras' ImageDataGenerator ---------------------
 
 # The study's augmentation settings, in ImageDataGenerator's own names and units.
-# The slides name the transforms (rescale, shear, zoom, horizontal flip, rotation,
+# The slides name the transforms (rescale, shear, zoom, flip (this book: horizontal), rotation,
 # shift, brightness, fill_mode='nearest') but give no ranges.  These are the common
 # ImageDataGenerator recipe of the Keras documentation and tutorials (rotation 20,
 # shifts 0.2, zoom 0.2, flips, nearest fill; brightness 0.8-1.2), not values from
 # the slides.  shear_range=0.2 is what those tutorials write: ImageDataGenerator
 # reads it in DEGREES, so it is a shear of at most 0.2 degrees, i.e. practically
-# none.  We keep it because it is what the study's code most likely said; a
+# none.  We keep it because it is what the common recipe writes; a
 # visible shear would be e.g. shear_range=11.3 (= atan(0.2) in degrees, the
 # largest shear of RandomAffineAugment's shear=0.2).
 STUDY_AUGMENTATION = dict(

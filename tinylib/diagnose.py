@@ -20,7 +20,7 @@ from tinylib.results import pct
 TREND_EPOCHS = 5  # the recent stretch whose least-squares slope says "still rising"
 GAP_VERDICT_EPOCHS = 10  # fewer: the epoch-averaged training accuracy still lags, in any run
 # The batch Keras takes when a script names none: Model.fit's default, and that of
-# ImageDataGenerator's flow and flow_from_directory, with which the study fed its models.
+# ImageDataGenerator's flow and flow_from_directory, the loaders of the transforms the study names.
 KERAS_DEFAULT_BATCH = 32
 
 
@@ -130,7 +130,7 @@ def _fit_sentences(record: dict, study: dict) -> list[str]:
     else:
         verdict = (f"That is a sign that this run's training task is harder than the study's was (stronger "
                    f"{regularizers['stronger']}): a harder one holds training accuracy further below validation accuracy")
-    measured = f" ({regularizers['measured']}, as the study measured it)" if regularizers["measured"] else ""
+    measured = f" ({regularizers['measured']}, as Keras measures it)" if regularizers["measured"] else ""
     return [f"Its training accuracy{measured} reached "
             f"{pct(float(train.max()))}, below the study's {pct(study['train'])}: this run had not fit its "
             f"training images as far as the study's model did. Either the study's model took more training "

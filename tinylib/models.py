@@ -128,7 +128,8 @@ def model5(x, num_classes, weights="imagenet", dropout=0.5, bn_momentum=None,
     """ResNet50 backbone (ImageNet weights by default), GAP, dense 1024, dropout.
 
     ``bn_momentum`` overrides the backbone's BatchNorm momentum (0.99) for short runs.
-    The defaults are the study's: [0, 1] inputs at 64x64.  ``preprocess="imagenet"``
+    The defaults follow the slides, which rescale every input to [0, 1] and name no other
+    preprocessing: [0, 1] inputs at 64x64.  ``preprocess="imagenet"``
     feeds the backbone what its ImageNet weights were trained on, and ``image_size``
     (e.g. 128) upsamples inside the model, so the pretrained filters see objects
     nearer the size they learned them at (see ``tinylib.transfer``).
@@ -136,7 +137,7 @@ def model5(x, num_classes, weights="imagenet", dropout=0.5, bn_momentum=None,
     if preprocess == "imagenet":
         x = ImageNetPreprocess(name="imagenet_preprocess")(x)
     elif preprocess != "unit":
-        raise ValueError(f"preprocess must be 'unit' (the study's) or 'imagenet', got {preprocess!r}")
+        raise ValueError(f"preprocess must be 'unit' ([0, 1], as the slides rescale) or 'imagenet', got {preprocess!r}")
     if image_size:
         x = layers.Resizing(int(image_size), int(image_size), interpolation="bilinear",
                             name="upsample")(x)

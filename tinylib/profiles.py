@@ -144,8 +144,8 @@ PROFILES: MappingProxyType = MappingProxyType(
             epochs=30,
             batch_size=128,
             model_epochs=MappingProxyType(
-                # Model 2 trains as the study trained it, until its early stopping ends
-                # the run: 100 epochs is only a cap, high enough not to be what stops it.
+                # Model 2 trains until its early stopping (the study's callback; the slides give
+                # no epoch count) ends the run: 100 epochs is only a cap, high enough not to stop it.
                 # ResNet-9's 40 bound chapter 13's run on a time budget, which stops sooner.
                 {"model2": 100, "resnet18": 60, "resnet34": 60, "resnet50": 60, "resnet9": 40,
                  "transfer_head": 3, "transfer_all": 15}

@@ -1,7 +1,8 @@
 """Training recipes: every ingredient of a modern recipe as one named, tested setting.
 
-The study trained every model the same way: Adam at a constant 1e-4, plain
-cross-entropy, small random rotations, shifts, shears and zooms. A ``Recipe``
+The study trained every model with Adam at 1e-4 (with learning-rate reduction for
+Model 2), plain cross-entropy, and affine and brightness augmentation whose ranges
+its slides do not give (this book's are ``augment.STUDY_AUGMENTATION``). A ``Recipe``
 says all of that in one value, and each field can be changed on its own, which is
 what an ablation needs (``ablation_recipes``)::
 

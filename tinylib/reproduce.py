@@ -50,7 +50,7 @@ PLAN = (
     PlannedRun("resnet18-modern", "ResNet-18 for 64x64 with the modern recipe"),
     PlannedRun(AFTERNOON_RUN, "ResNet-9 from scratch with the fast recipe, in a 3-hour budget over every sitting"),
     PlannedRun("model5-finetune", "Model 5 fine-tuned in stages (head, then all), upsampled"),
-    PlannedRun("optimizers", "the study's optimizer comparison on Model 2"),
+    PlannedRun("optimizers", "the study's optimizer comparison, rerun on Model 2"),
     PlannedRun("precision", "Model 2 for 8 epochs in mixed bfloat16, against its float32 record's first 8"),
 )
 PLAN_NAMES = tuple(planned.name for planned in PLAN)
