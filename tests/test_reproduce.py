@@ -42,20 +42,47 @@ def test_the_plan_is_in_order_of_value_and_only_picks_from_it():
         reproduce.select("model9")
 
 
-def test_a_deadline_stops_at_an_epoch_boundary_and_the_run_resumes(tmp_path, ds):
+def test_a_deadline_stops_at_an_epoch_boundary_and_the_run_resumes(tmp_path, ds, monkeypatch):
     from tinylib import train
 
     profile = _profile(epochs=3)
     keras.utils.set_random_seed(0)
     model = train.build("model2", ds, profile)
-    run = train.fit(model, ds, profile, runs=tmp_path, verbose=0, deadline=time.monotonic() + 0.5)
-    # The first epoch has no estimate and runs; after it, another would overrun the deadline.
-    assert run.out_of_time and run.epochs_done == 1
+    # Another epoch, judged by the last one's length, would overrun the deadline after the first:
+    monkeypatch.setattr(train, "_would_overrun", lambda run, deadline: run.epochs_done >= 1)
+    run = train.fit(model, ds, profile, runs=tmp_path, verbose=0, deadline=time.monotonic() + 3600)
+    assert run.out_of_time and run.epochs_done == 1 and run.partial is None
     record = json.loads((run.path / "record.json").read_text())
     assert record["epochs_run"] == 1 and not record["finished"] and not record.get("stopped_early")
     assert not (run.path / "final.weights.h5").exists()
+    monkeypatch.undo()
     again = train.fit(train.build("model2", ds, profile), ds, profile, runs=tmp_path, verbose=0)
     assert again.record["finished"] and again.record["epochs_run"] == 3 and again.record["resumed_at_epoch"] == 1
+
+
+def test_a_deadline_inside_an_epoch_stops_at_a_checkpoint_there_and_the_run_resumes_at_that_batch(tmp_path, ds,
+                                                                                                   capsys):
+    """A first epoch has no length to judge by (Model 3's lasts two hours on a CPU): it is not
+    run past the sitting's end but stopped at a checkpoint, taken there, at the batch reached."""
+    from tinylib import train
+
+    class Slow(keras.callbacks.Callback):  # each step a little over the deadline's reach
+        def on_train_batch_end(self, batch, logs=None):
+            time.sleep(0.6)
+
+    profile = _profile(epochs=2)  # 24 images in batches of 8: 3 steps an epoch
+    keras.utils.set_random_seed(0)
+    run = train.fit(train.build("model2", ds, profile), ds, profile, runs=tmp_path, verbose=0,
+                    checkpoint_every=None, deadline=time.monotonic() + 0.5, extra_callbacks=[Slow()])
+    assert run.out_of_time and run.epochs_done == 0
+    state = json.loads((run.path / "state.json").read_text())
+    assert state["partial"]["epoch"] == 0 and 1 <= state["partial"]["batches"] < 3
+    assert "stopped inside epoch 1, at batch" in capsys.readouterr().out
+    record = json.loads((run.path / "record.json").read_text())
+    assert record["epochs_run"] == 0 and not record["finished"] and record["wall_seconds"] >= 0.5
+    again = train.fit(train.build("model2", ds, profile), ds, profile, runs=tmp_path, verbose=0)
+    assert again.record["finished"] and again.record["epochs_run"] == 2
+    assert f"batch {state['partial']['batches']} of epoch 1" in capsys.readouterr().out
 
 
 def test_results_get_the_finished_records_and_a_summary_and_finished_runs_are_skipped(tmp_path, ds, capsys):

@@ -29,6 +29,11 @@ CALLBACK_STATE = {
 CHECKPOINT_EVERY = 300.0  # seconds between checkpoints inside an epoch
 
 
+class OutOfTime(Exception):
+    """Raised out of ``fit`` once a checkpoint inside an epoch has saved the run at the
+    sitting's deadline: the run resumes at that batch."""
+
+
 class Checkpointer(keras.callbacks.Callback):
     """Save the run as it goes: after each epoch, and every few minutes inside one.
 
@@ -49,6 +54,11 @@ class Checkpointer(keras.callbacks.Callback):
         self.keras_callbacks = [c for c in keras_callbacks if type(c) in CALLBACK_STATE]
         self.epoch_start = 0.0
         self.offset = 0  # batches of the first epoch done before this fit call (a mid-epoch resume)
+        # A sitting's end (time.monotonic()): reached inside an epoch (a first one, with no
+        # length to judge by, or one slower than the last), the run stops at a checkpoint
+        # there instead of running past it; save_seconds is how long the last save took.
+        self.deadline: float | None = None
+        self.save_seconds = 0.0
 
     # --- resume -------------------------------------------------------------------------
 
@@ -86,10 +96,12 @@ class Checkpointer(keras.callbacks.Callback):
                     saved = np.asarray(self.carried_metrics[variable.path])
                     variable.assign(keras.ops.convert_to_numpy(variable) + saved.astype(variable.dtype))
             self.carried_metrics = None
-        if self.every is None or time.perf_counter() - self.last_save < self.every:
+        due = self.deadline is not None and time.monotonic() + self.save_seconds >= self.deadline
+        if not due and (self.every is None or time.perf_counter() - self.last_save < self.every):
             return
         if batch + 1 >= (self.params.get("steps") or float("inf")):
             return  # the epoch's last batch: its end (validation, then a checkpoint) comes next
+        started = time.perf_counter()
         name = partial_checkpoint_name(self.epoch, self.offset + batch + 1)
         save_weights(self.model, self.run.path / name)
         self.run.partial = {
@@ -102,6 +114,10 @@ class Checkpointer(keras.callbacks.Callback):
         (self.run.path / PARTIAL_CHECKPOINT).unlink(missing_ok=True)
         self.run.write_record()  # the time spent so far, which a kill -9 would otherwise lose
         self.last_save = time.perf_counter()
+        self.save_seconds = self.last_save - started
+        if due:
+            raise OutOfTime(f"the sitting's time is up inside epoch {self.epoch + 1}, after batch "
+                            f"{self.offset + batch + 1}")
 
     # --- at the end of an epoch ----------------------------------------------------------
 

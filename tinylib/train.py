@@ -22,7 +22,7 @@ from tinylib import budget as budget_lib
 from tinylib import environment, files, processes, results
 from tinylib import models as models_lib
 from tinylib.batches import ShuffledBatches, steps_per_epoch
-from tinylib.checkpointing import CHECKPOINT_EVERY, Checkpointer
+from tinylib.checkpointing import CHECKPOINT_EVERY, Checkpointer, OutOfTime
 from tinylib.optimizers import STUDY_OPTIMIZERS
 from tinylib.profiles import Profile, get_profile
 from tinylib.progress import ProgressLog
@@ -92,8 +92,9 @@ def fit(model: keras.Model, data, profile: Profile | str | None = None, *, name:
     so a kill costs minutes, not an epoch; ``verbose='auto'`` prints Keras' bar in
     a terminal and plain progress lines (``tinylib.progress``) elsewhere.
     ``deadline`` (a ``time.monotonic()`` value) stops the run at the last epoch
-    boundary that the next epoch, timed like the last one, would overrun: the run
-    is then resumable and ``run.out_of_time`` is True.  ``seed`` (the profile's by
+    boundary that the next epoch, timed like the last one, would overrun, or, inside an
+    epoch that reaches it (a first epoch, a slower one), at a checkpoint taken there: the
+    run is then resumable and ``run.out_of_time`` is True.  ``seed`` (the profile's by
     default) orders the batches; a run with another seed is
     another run, in a folder of its own (``-seed<N>``), as is one on another ``batch_size``
     than the profile's (``-batch<N>``) and one given a ``suffix``.
@@ -316,6 +317,7 @@ def _train(run: Run, model, data, seed, epochs, batch_size, callbacks, extra_cal
     study_callbacks = make_callbacks(callbacks)
     run_end = _hold_train_end(study_callbacks)
     checkpointer = Checkpointer(run, checkpoint_every, study_callbacks)
+    checkpointer.deadline = deadline
     verbosity = _verbosity(verbose)
     may_stop_early = any(isinstance(c, keras.callbacks.EarlyStopping) for c in study_callbacks)
     progress = [ProgressLog(epochs, batch_size, may_stop_early=may_stop_early)] if verbosity == "log" else []
@@ -344,15 +346,19 @@ def _train(run: Run, model, data, seed, epochs, batch_size, callbacks, extra_cal
                 checkpointer.offset = start
                 for line in progress:
                     line.offset = start
-                model.fit(
-                    # shuffle=False: the batches come in their own (seed, epoch) order; Keras would
-                    # shuffle them again with Python's global random state, which no resume recreates.
-                    batches(epoch, start), shuffle=False,
-                    validation_data=(np.asarray(data.val.images), y_val), validation_batch_size=batch_size,
-                    epochs=epoch + 1, initial_epoch=epoch,
-                    callbacks=[*study_callbacks, checkpointer, *progress, *extra_callbacks],
-                    verbose=0 if verbosity == "log" else verbosity,
-                )
+                try:
+                    model.fit(
+                        # shuffle=False: the batches come in their own (seed, epoch) order; Keras would
+                        # shuffle them again with Python's global random state, which no resume recreates.
+                        batches(epoch, start), shuffle=False,
+                        validation_data=(np.asarray(data.val.images), y_val), validation_batch_size=batch_size,
+                        epochs=epoch + 1, initial_epoch=epoch,
+                        callbacks=[*study_callbacks, checkpointer, *progress, *extra_callbacks],
+                        verbose=0 if verbosity == "log" else verbosity,
+                    )
+                except OutOfTime:  # the deadline came inside the epoch: saved at the batch reached
+                    run.out_of_time = True
+                    break
                 if model.stop_training:
                     break
     except BaseException:
@@ -361,8 +367,10 @@ def _train(run: Run, model, data, seed, epochs, batch_size, callbacks, extra_cal
     finally:
         run.wall_before, run.started = run.wall_seconds, None
     if run.out_of_time:
-        print(f"{run.path.name}: stopped after epoch {run.epochs_done} of {epochs} to keep within the "
-              "time budget; run the same command again to continue", flush=True)
+        where = (f"inside epoch {run.partial['epoch'] + 1}, at batch {run.partial['batches']} (a checkpoint)"
+                 if run.partial else f"after epoch {run.epochs_done}")
+        print(f"{run.path.name}: stopped {where} to keep within the time budget, {run.epochs_done} of "
+              f"{epochs} epochs done; run the same command again to continue", flush=True)
         run.write_record()
         return
     stopped = model.stop_training or run.stopped
