@@ -5,6 +5,7 @@ the schedule it had reached (the same weights as a run never interrupted)."""
 from __future__ import annotations
 
 import json
+import time
 
 import keras
 import numpy as np
@@ -127,9 +128,9 @@ def test_a_budget_run_resumed_trains_the_same_weights_as_one_never_interrupted(t
     monkeypatch.setenv("TINYLIB_DATA", str(synthetic))
     ds = data.load()
     whole = _budget_run(ds, tmp_path / "whole")
-    with monkeypatch.context() as patch:  # a deadline reached after the first epoch
+    with monkeypatch.context() as patch:  # a deadline (an hour away) judged to come after the first epoch
         patch.setattr(train, "_would_overrun", lambda run, deadline: run.epochs_done >= 1)
-        first = _budget_run(ds, tmp_path / "parts", deadline=1.0)
+        first = _budget_run(ds, tmp_path / "parts", deadline=time.monotonic() + 3600)
     assert first.out_of_time and first.epochs_done == 1 and not first.record["finished"]
     resumed = _budget_run(ds, tmp_path / "parts")
     assert resumed.record["epochs_run"] == 3 and resumed.record["ended_by"] == "time budget"
