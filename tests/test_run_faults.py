@@ -182,9 +182,11 @@ def test_atomic_path_leaves_the_old_file_when_the_writer_dies(tmp_path):
 def test_a_kill_while_saving_the_final_weights_is_finished_by_the_next_call(forks, tmp_path, run_dir):
     died = _drive(forks, tmp_path, DIE_SAVING=1, EARLY=1)
     assert died.returncode == -signal.SIGKILL, died.stderr[-3000:]
-    # The simulated kill left half a file under the temporary name, never under the real one.
+    # The simulated kill left half a file under the temporary name, never under the real one,
+    # and a record that does not say finished (its end was not saved: reproduce must not skip it).
     assert not (run_dir / "final.weights.h5").exists()
     assert list(run_dir.glob(".tmp-*"))
+    assert _record(run_dir)["epochs_run"] == 2 and not _record(run_dir)["finished"]
 
     again = _drive(forks, tmp_path, EARLY=1, FROM_DISK=1)
     assert again.returncode == 0, again.stderr[-3000:]
