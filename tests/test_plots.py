@@ -204,6 +204,27 @@ def test_results_table_plot_draws_a_rows_interval_as_an_error_bar():
     plt.close(fig)
 
 
+def test_accuracy_against_hours_puts_each_epoch_at_the_hours_trained_by_its_end():
+    fast = {"history": {"val_accuracy": [0.2, 0.4, 0.45], "seconds": [1800, 1800, 3600]}}
+    slow = {"history": {"val_accuracy": [0.1, 0.3], "seconds": [7200, 3600, 99]}}  # a longer seconds list is cut
+    fig = plots.accuracy_against_hours({"fast": fast, "slow": slow}, references={"the study": 0.4314},
+                                       budget_hours=3)
+    (ax,) = fig.axes
+    first, second, study, budget = ax.lines
+    assert list(first.get_xdata()) == pytest.approx([0.5, 1.0, 2.0])
+    assert list(second.get_xdata()) == pytest.approx([2.0, 3.0])
+    assert list(second.get_ydata()) == [0.1, 0.3]
+    assert list(study.get_ydata()) == [0.4314, 0.4314] and list(budget.get_xdata()) == [3, 3]
+    assert [line.get_label() for line in ax.lines] == ["fast", "slow", "the study", "3 hours"]
+    plt.close(fig)
+
+
+def test_accuracy_against_hours_names_a_record_without_its_epochs_seconds():
+    with pytest.raises(ValueError, match="old run: .*history\\['seconds'\\]"):
+        plots.accuracy_against_hours({"old run": {"history": {"val_accuracy": [0.2, 0.3], "seconds": [60]}}})
+    plt.close("all")
+
+
 def test_first_layer_filters_draws_each_models_first_kernels_in_rgb():
     import keras
 

@@ -242,6 +242,22 @@ def test_the_precision_check_is_its_own_row_and_reads_both_curves_from_records(t
     assert "not a measurement" in story
 
 
+def test_the_hours_figure_gets_the_studys_rows_and_the_budget_run_labelled_with_their_precision(tmp_path):
+    _record(tmp_path, "model4-full-tensorflow.json", dtype_policy="mixed_bfloat16")
+    _record(tmp_path, "model1-full-tensorflow.json", model="model1")  # an older record: no policy, float32
+    _record(tmp_path, "model5-full-tensorflow.json", model="model5", weights="imagenet", dtype_policy="float32")
+    _record(tmp_path, "resnet9-full-tensorflow-fast.json", model="resnet9", recipe={"name": "fast"},
+            dtype_policy="mixed_bfloat16")
+    _record(tmp_path, "resnet18-full-tensorflow-modern.json", model="resnet18", recipe={"name": "modern"})
+    _record(tmp_path, "model2-full-tensorflow-batch32.json", model="model2", batch_size=32,
+            profile_batch_size=128)  # another batch than the profile's: not the study's row
+    records = results.hours_records(tmp_path)
+    assert list(records) == ["Model 1 (float32)", "Model 4 (mixed_bfloat16)", "Model 5 (float32, ImageNet weights)",
+                             "resnet9-fast (mixed_bfloat16)"]
+    assert records["Model 4 (mixed_bfloat16)"]["record_file"] == "model4-full-tensorflow.json"
+    assert results.study_best() == {"the study's best (Model 5, ImageNet weights)": 0.4314}
+
+
 def test_the_budget_story_reads_the_run_or_says_not_yet_measured(tmp_path):
     text = results.budget_story(folder=tmp_path)
     assert "not yet measured" in text and "--hours 3" in text and "43.14%" in text

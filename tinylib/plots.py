@@ -20,6 +20,7 @@ import seaborn as sns
 from matplotlib.ticker import PercentFormatter
 
 __all__ = [
+    "accuracy_against_hours",
     "augmentation_grid",
     "confused_pairs",
     "confusion_heatmap",
@@ -312,6 +313,42 @@ def curves_by_steps(records, metric: str = "val_accuracy", references: Mapping |
         ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def accuracy_against_hours(records, metric: str = "val_accuracy", references: Mapping | None = None,
+                           budget_hours: float | None = None, ax=None, figsize=None):
+    """One metric of runs against the hours each had trained at the end of every epoch
+    (the sum of its epochs' own seconds, so a run's start-up is left out), one colour per
+    run: what an afternoon of a CPU buys with each network.
+
+    ``records`` maps a label to a run record (it needs ``history[metric]`` and
+    ``history['seconds']``), as ``results.hours_records`` gives them; ``references`` maps
+    a label to a level drawn across (``results.study_best``); ``budget_hours`` draws the
+    budget's end. Hours on different machines or precisions are not one scale: say which
+    each run had (the labels of ``results.hours_records`` name the precision).
+    """
+    if ax is None:
+        _, ax = plt.subplots(figsize=figsize or (7, 4))
+    for colour, (label, record) in enumerate(records.items()):
+        history = record.get("history") or {}
+        values, seconds = history.get(metric), history.get("seconds")
+        if not values or not seconds or len(seconds) < len(values):
+            raise ValueError(f"{label}: its record has no '{metric}' with the seconds of each epoch "
+                             "(history['seconds']); records written by tinylib.train.fit have both")
+        hours = np.cumsum(np.asarray(seconds[:len(values)], dtype=float)) / 3600
+        ax.plot(hours, values, color=f"C{colour}", marker=".", label=label)
+    for label, level in (references or {}).items():
+        ax.axhline(level, color="grey", linestyle=":", label=label)
+    if budget_hours is not None:
+        ax.axvline(budget_hours, color="black", linestyle="--", linewidth=1, label=f"{budget_hours:g} hours")
+    ax.set_xlabel("hours of training (each epoch's own time, summed)")
+    ax.set_ylabel({"val_accuracy": "validation top-1"}.get(metric, metric.replace("_", " ")))
+    if "accuracy" in metric:
+        ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.figure.tight_layout()
+    return ax.figure
 
 
 # ----------------------------------------------------------------------------

@@ -420,6 +420,26 @@ def budget_story(key: str = AFTERNOON_RUN, folder: Path | str | None = None) -> 
             f"({ended}), on {record['device']}, with no pretrained weights (`{record['record_file']}`).")
 
 
+def study_best() -> dict[str, float]:
+    """The study's best validation accuracy, labelled with its row, as a figure's reference level."""
+    model, row = max(STUDY_RESULTS.items(), key=lambda item: item[1]["val"])
+    return {f"the study's best ({_model_title(model)}, ImageNet weights)": row["val"]}
+
+
+def hours_records(folder: Path | str | None = None) -> dict[str, dict]:
+    """The study's models' full-scale rows and the from-scratch run on a budget, labelled
+    with their precision (and ImageNet weights where they started from them), to set against
+    the hours they took (``plots.accuracy_against_hours``)."""
+    records = full_scale_records(folder)
+
+    def label(key: str) -> str:
+        record = records[key]
+        pretrained = ", ImageNet weights" if record.get("weights") == "imagenet" else ""
+        return f"{_model_title(key)} ({record.get('dtype_policy', 'float32')}{pretrained})"
+
+    return {label(key): records[key] for key in (*STUDY_RESULTS, AFTERNOON_RUN) if key in records}
+
+
 def show_markdown(text: str) -> None:
     """Show Markdown as the cell's output: rendered alike in JupyterLab, Colab and the book
     (myst-nb's ``{glue:md}`` renders only in the built book), printed outside IPython."""
