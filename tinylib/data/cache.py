@@ -212,11 +212,6 @@ def _make_folder(folder: Path) -> None:
         raise _write_error(err, folder) from None
 
 
-def _remove(path: Path) -> None:
-    """Delete a folder or a file, whichever is there."""
-    files.remove_path(path)
-
-
 def _remove_stale_temporaries(parent: Path) -> None:
     """Folders left by a killed preparation or extraction; only call it holding the lock. A
     folder whose process (its name ends in the pid) still runs on this machine is left
@@ -227,7 +222,7 @@ def _remove_stale_temporaries(parent: Path) -> None:
             pid = tmp.name.rsplit("-", 1)[-1]
             if pid.isdigit() and int(pid) != os.getpid() and files.process_running(int(pid)):
                 continue
-            _remove(tmp)
+            files.remove_path(tmp)
 
 
 # --- preparing ---------------------------------------------------------------------------------
@@ -312,7 +307,7 @@ def _build(source, target: Path, workers: int) -> Path:
     except OSError as err:
         raise _write_error(err, tmp, need) from None
     finally:
-        _remove(tmp)
+        files.remove_path(tmp)
     print(f"Prepared {', '.join(f'{n:,} {s}' for s, n in counts.items())} images "
           f"in {time.time() - start:.1f} s", file=sys.stderr)
     return target
@@ -363,7 +358,7 @@ def _install(tmp: Path, target: Path) -> None:
         os.replace(target, old)
     os.replace(tmp, target)  # the new cache in place first: no cache is missing for longer than a rename
     if old is not None:
-        _remove(old)
+        files.remove_path(old)
 
 
 def _cache_matches(manifest: dict | None, source) -> bool:
