@@ -266,6 +266,16 @@ def test_the_budget_story_reads_the_run_or_says_not_yet_measured(tmp_path):
             ended_by="time budget", time_budget={"hours": 3.0}, val_top1_flips=0.4602, val_top1_plain=0.4488,
             device="CPU: x86_64 (2 cores)")
     text = results.budget_story(folder=tmp_path)
-    assert "reached 45.10% validation top-1" in text and "above the study's best, 43.14%" in text
+    assert "reached 45.10% validation top-1" in text and "above, beyond noise, the study's best, 43.14%" in text
     assert "with test-time flips its final weights score 46.02% (plain: 44.88%)" in text
-    assert "21 epochs in 2.95 hours of 3 (the budget ended it)" in text and "no pretrained weights" in text
+    assert "21 epochs in 2.95 hours of a 3-hour budget (the budget ended it)" in text
+    assert "(2 cores) in float32, with no pretrained weights" in text
+
+
+def test_the_budget_figures_hours_are_the_records_own_else_the_books_default(tmp_path):
+    from tinylib.budget import AFTERNOON_HOURS
+
+    assert results.budget_hours(folder=tmp_path) == AFTERNOON_HOURS  # no record yet
+    _record(tmp_path, "resnet9-full-tensorflow-fast.json", model="resnet9", recipe={"name": "fast"},
+            time_budget={"hours": 2.2})
+    assert results.budget_hours(folder=tmp_path) == 2.2

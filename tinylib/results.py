@@ -408,7 +408,7 @@ def budget_story(key: str = AFTERNOON_RUN, folder: Path | str | None = None) -> 
     low, high, n = _interval(record)
     budget = record.get("time_budget") or {}
     hours = record.get("wall_seconds", 0.0) / 3600
-    stand = _against(record["best_val_top1"], n, best_study, STUDY_VAL_IMAGES)
+    stand = against_phrase(record["best_val_top1"], n, best_study, STUDY_VAL_IMAGES)
     flips = (f"; with test-time flips its final weights score {pct(record['val_top1_flips'])} "
              f"(plain: {pct(record['val_top1_plain'])})" if "val_top1_flips" in record else "")
     ended = ("the budget ended it" if record.get("ended_by") == "time budget"
@@ -416,14 +416,22 @@ def budget_story(key: str = AFTERNOON_RUN, folder: Path | str | None = None) -> 
     return (f"**From scratch on a time budget:** `{record['model']}` with the `{(record.get('recipe') or {}).get('name')}` "
             f"recipe reached {pct(record['best_val_top1'])} validation top-1 (95% interval {low:.1%} to "
             f"{high:.1%}), {stand} the study's best, {pct(best_study)}{flips}. It trained "
-            f"{record['epochs_run']} epochs in {hours:.2f} hours of {budget.get('hours', float('nan')):g} "
-            f"({ended}), on {record['device']}, with no pretrained weights (`{record['record_file']}`).")
+            f"{record['epochs_run']} epochs in {hours:.2f} hours of a {budget.get('hours', float('nan')):g}-hour "
+            f"budget ({ended}), every sitting counted, on {record['device']} in {record.get('dtype_policy', 'float32')}, "
+            f"with no pretrained weights (`{record['record_file']}`).")
 
 
 def study_best() -> dict[str, float]:
     """The study's best validation accuracy, labelled with its row, as a figure's reference level."""
     model, row = max(STUDY_RESULTS.items(), key=lambda item: item[1]["val"])
     return {f"the study's best ({_model_title(model)}, ImageNet weights)": row["val"]}
+
+
+def budget_hours(key: str = AFTERNOON_RUN, folder: Path | str | None = None) -> float:
+    """The time budget of the from-scratch run's record, in hours; the book's default
+    (``budget.AFTERNOON_HOURS``) while there is no record."""
+    record = full_scale_records(folder).get(key) or {}
+    return float((record.get("time_budget") or {}).get("hours") or AFTERNOON_HOURS)
 
 
 def hours_records(folder: Path | str | None = None) -> dict[str, dict]:
