@@ -90,7 +90,8 @@ def _budget_run(ds, tmp_path, **fit_kwargs):
     keras.utils.set_random_seed(0)
     recipe = RECIPES["fast"].replace(precision="float32")
     model = train.build("resnet9", ds, profile, recipe=recipe, width=8)
-    return train.fit(model, ds, profile, runs=tmp_path, verbose=0, hours=0.1, **fit_kwargs)
+    return train.fit(model, ds, profile, runs=tmp_path, verbose=fit_kwargs.pop("verbose", 0), hours=0.1,
+                     **fit_kwargs)
 
 
 @pytest.fixture
@@ -102,9 +103,12 @@ def clock(monkeypatch):
 
 @pytest.mark.slow
 def test_a_run_on_a_budget_replans_ends_at_zero_and_is_scored_with_flips(tmp_path, tiny_env, synthetic,
-                                                                          monkeypatch, clock):
+                                                                          monkeypatch, clock, capsys):
     monkeypatch.setenv("TINYLIB_DATA", str(synthetic))
-    run = _budget_run(data.load(), tmp_path)
+    run = _budget_run(data.load(), tmp_path, verbose="log")
+    # The progress lines count to the plan's end (3 epochs), not to the profile's cap of 10.
+    log = capsys.readouterr().out
+    assert "epoch 2/3 done" in log and "epoch 3/3 done" in log and "/10 done" not in log.split("epoch 1/")[-1]
     record = run.record
     assert record["finished"] and record["ended_by"] == "time budget" and record["epochs_run"] == 3
     plans = record["time_budget"]["plans"]

@@ -334,6 +334,8 @@ def _train(run: Run, model, data, seed, epochs, batch_size, callbacks, extra_cal
                     planned = budget_lib.replan(model, budget, run.history, run.wall_seconds, run.epochs_done,
                                                 steps)
                     run.write_record()  # the plan, and the schedule a resume continues on
+                    for line in progress:  # the run's length is the plan's, not the cap of epochs
+                        line.epochs = max(planned, run.epochs_done + 1)
                     if run.epochs_done >= planned:
                         run.record["ended_by"] = "time budget"
                         print(f"{run.path.name}: the time budget of {budget['hours']:g} h is spent after "
