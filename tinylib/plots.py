@@ -328,7 +328,7 @@ def accuracy_against_hours(records, metric: str = "val_accuracy", references: Ma
     each run had (the labels of ``results.hours_records`` name the precision).
     """
     if ax is None:
-        _, ax = plt.subplots(figsize=figsize or (7, 4))
+        _, ax = plt.subplots(figsize=figsize or (9, 4))
     for colour, (label, record) in enumerate(records.items()):
         history = record.get("history") or {}
         values, seconds = history.get(metric), history.get("seconds")
@@ -346,7 +346,7 @@ def accuracy_against_hours(records, metric: str = "val_accuracy", references: Ma
     if "accuracy" in metric:
         ax.yaxis.set_major_formatter(PercentFormatter(1.0))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside: the curves end high
     ax.figure.tight_layout()
     return ax.figure
 
