@@ -299,20 +299,30 @@ def curves_by_steps(records, metric: str = "val_accuracy", references: Mapping |
         steps = epochs * record_steps_per_epoch(record)
         by_epoch.plot(epochs, values, color=f"C{colour}", marker=".", label=label)
         by_step.plot(steps / 1000, values, color=f"C{colour}", marker=".", label=label)
-    for label, level in (references or {}).items():
-        for ax in (by_epoch, by_step):
-            ax.axhline(level, color="grey", linestyle=":", label=label)
+    for ax in (by_epoch, by_step):
+        _reference_levels(ax, references)
     by_epoch.set_xlabel("epoch")
     by_epoch.xaxis.get_major_locator().set_params(integer=True)
     by_step.set_xlabel("optimizer steps (thousands)")
-    by_epoch.set_ylabel(metric.replace("_", " "))
-    if "accuracy" in metric:
-        by_epoch.yaxis.set_major_formatter(PercentFormatter(1.0))
+    _metric_axis(by_epoch, metric)
     for ax in (by_epoch, by_step):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def _reference_levels(ax, references: Mapping | None) -> None:
+    """Each ``references`` level (a label: a value, such as the study's figure) drawn across ``ax``."""
+    for label, level in (references or {}).items():
+        ax.axhline(level, color="grey", linestyle=":", label=label)
+
+
+def _metric_axis(ax, metric: str) -> None:
+    """The y axis named after ``metric``, in percent where it is an accuracy."""
+    ax.set_ylabel({"val_accuracy": "validation top-1"}.get(metric, metric.replace("_", " ")))
+    if "accuracy" in metric:
+        ax.yaxis.set_major_formatter(PercentFormatter(1.0))
 
 
 def accuracy_against_hours(records, metric: str = "val_accuracy", references: Mapping | None = None,
@@ -337,14 +347,11 @@ def accuracy_against_hours(records, metric: str = "val_accuracy", references: Ma
                              "(history['seconds']); records written by tinylib.train.fit have both")
         hours = np.cumsum(np.asarray(seconds[:len(values)], dtype=float)) / 3600
         ax.plot(hours, values, color=f"C{colour}", marker=".", label=label)
-    for label, level in (references or {}).items():
-        ax.axhline(level, color="grey", linestyle=":", label=label)
+    _reference_levels(ax, references)
     if budget_hours is not None:
         ax.axvline(budget_hours, color="black", linestyle="--", linewidth=1, label=f"{budget_hours:g} hours")
     ax.set_xlabel("hours of training (each epoch's own time, summed)")
-    ax.set_ylabel({"val_accuracy": "validation top-1"}.get(metric, metric.replace("_", " ")))
-    if "accuracy" in metric:
-        ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    _metric_axis(ax, metric)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside: the curves end high
     ax.figure.tight_layout()

@@ -399,7 +399,7 @@ BUDGET_COMMAND = f"python -m tinylib train {AFTERNOON_MODEL} --recipe {AFTERNOON
 def budget_story(key: str = AFTERNOON_RUN, folder: Path | str | None = None) -> str:
     """The from-scratch run on a time budget against the study's best (Markdown), every
     number read from its record; "not yet measured" and the command without one."""
-    best_study = max(STUDY_RESULTS.values(), key=lambda row: row["val"])["val"]
+    best_study = _study_best_row()[1]["val"]
     record = full_scale_records(folder).get(key)
     if record is None:
         return (f"**From scratch on a time budget:** not yet measured. `book/results/` holds no full-scale "
@@ -417,14 +417,28 @@ def budget_story(key: str = AFTERNOON_RUN, folder: Path | str | None = None) -> 
             f"recipe reached {pct(record['best_val_top1'])} validation top-1 (95% interval {low:.1%} to "
             f"{high:.1%}), {stand} the study's best, {pct(best_study)}{flips}. It trained "
             f"{record['epochs_run']} epochs in {hours:.2f} hours of a {budget.get('hours', float('nan')):g}-hour "
-            f"budget ({ended}), every sitting counted, on {record['device']} in {record.get('dtype_policy', 'float32')}, "
+            f"budget ({ended}), every sitting counted, on {record['device']} in {_precision(record)}, "
             f"with no pretrained weights (`{record['record_file']}`).")
 
 
+def _study_best_row() -> tuple[str, dict]:
+    """The study's row with the best validation accuracy: (model, its figures)."""
+    return max(STUDY_RESULTS.items(), key=lambda item: item[1]["val"])
+
+
+def _precision(record: dict) -> str:
+    """The dtype policy a record's run computed in: records older than the field were float32."""
+    return record.get("dtype_policy", "float32")
+
+
 def study_best() -> dict[str, float]:
-    """The study's best validation accuracy, labelled with its row, as a figure's reference level."""
-    model, row = max(STUDY_RESULTS.items(), key=lambda item: item[1]["val"])
-    return {f"the study's best ({_model_title(model)}, ImageNet weights)": row["val"]}
+    """The study's best validation accuracy, labelled with its row (and the ImageNet weights
+    it started from, where it did), as a figure's reference level."""
+    from tinylib.models import PRETRAINED
+
+    model, row = _study_best_row()
+    pretrained = ", ImageNet weights" if model in PRETRAINED else ""
+    return {f"the study's best ({_model_title(model)}{pretrained})": row["val"]}
 
 
 def budget_hours(key: str = AFTERNOON_RUN, folder: Path | str | None = None) -> float:
@@ -443,7 +457,7 @@ def hours_records(folder: Path | str | None = None) -> dict[str, dict]:
     def label(key: str) -> str:
         record = records[key]
         pretrained = ", ImageNet weights" if record.get("weights") == "imagenet" else ""
-        return f"{_model_title(key)} ({record.get('dtype_policy', 'float32')}{pretrained})"
+        return f"{_model_title(key)} ({_precision(record)}{pretrained})"
 
     return {label(key): records[key] for key in (*STUDY_RESULTS, AFTERNOON_RUN) if key in records}
 
