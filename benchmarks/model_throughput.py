@@ -12,6 +12,8 @@ hardware can do shows.
 
     python benchmarks/model_throughput.py [--models model1,resnet18] [--batch 128] [--steps 20]
     python benchmarks/model_throughput.py --models model2 --per-layer 12   # where the time goes
+    python benchmarks/model_throughput.py --models model2 --per-layer 12 --precision float32,mixed_bfloat16 \\
+        --no-mixing --save-layers book/results   # where bfloat16 pays, layer by layer (chapter 13)
     KERAS_BACKEND=jax python benchmarks/model_throughput.py        # on a GPU: mixed bfloat16
 
 Each model's line reads ``MODEL: N img/s, G GFLOP/s, P% of this machine's float32 matmul
@@ -38,6 +40,7 @@ import numpy as np  # noqa: E402
 from tinylib import flops, models, train  # noqa: E402
 from tinylib.augment import augmentation  # noqa: E402
 from tinylib.profiles import PROFILES  # noqa: E402
+from tinylib.layer_times import LAYERS_FILE  # noqa: E402
 from tinylib import environment  # noqa: E402
 from tinylib.batches import ShuffledBatches  # noqa: E402
 from tinylib.environment import configure_precision, device_name  # noqa: E402
@@ -153,24 +156,33 @@ def _flat_layers(model):
 
 
 def layer_times(model, batch: int, repeats: int = 3) -> list[dict]:
-    """Milliseconds of each layer's forward and backward pass alone, on random inputs of
-    its shape (TensorFlow): where a training step's time goes."""
+    """Seconds of each layer's forward and backward pass alone, on random inputs of
+    its shape (TensorFlow): where a training step's time goes.
+
+    The backward pass is the one a training step runs: the gradients of the layer's
+    weights, and of its input only where a layer with weights comes before it
+    (``input_gradient``). A step never differentiates the augmentation or the first
+    convolution's input, and timing those gradients made the first convolution look
+    twice as slow as it is."""
     import tensorflow as tf
 
     rows = []
+    weights_before = False
     for layer in _flat_layers(model):
         inputs = layer.input if isinstance(layer.input, (list, tuple)) else [layer.input]
+        input_gradient, weights_before = weights_before, weights_before or bool(layer.trainable_weights)
         if not all(hasattr(x, "shape") for x in inputs):
             continue
         xs = [tf.cast(tf.random.uniform((batch, *x.shape[1:])), x.dtype) for x in inputs]
 
         @tf.function
-        def step(*xs, layer=layer, several=len(inputs) > 1):
+        def step(*xs, layer=layer, several=len(inputs) > 1, input_gradient=input_gradient):
             with tf.GradientTape() as tape:
-                tape.watch(xs)
+                if input_gradient:
+                    tape.watch(xs)
                 out = layer(list(xs) if several else xs[0], training=True)
                 loss = tf.reduce_sum(tf.cast(out, "float32"))
-            return loss, tape.gradient(loss, [*xs, *layer.trainable_variables])
+            return loss, tape.gradient(loss, [*(xs if input_gradient else ()), *layer.trainable_variables])
 
         step(*xs)  # traces
         best = float("inf")
@@ -180,18 +192,23 @@ def layer_times(model, batch: int, repeats: int = 3) -> list[dict]:
             float(loss)
             best = min(best, time.perf_counter() - start)
         rows.append({"layer": layer.name, "kind": type(layer).__name__, "seconds": best,
-                     "gflop": flops.TRAINING_PER_FORWARD * flops.layer_flops(layer) * batch / 1e9})
+                     # the forward product, then the weights' gradient and the input's where computed
+                     "gflop": (1 + bool(layer.trainable_weights) + input_gradient)
+                     * flops.layer_flops(layer) * batch / 1e9,
+                     "input_gradient": input_gradient, "input_channels": int(inputs[0].shape[-1])})
     return rows
 
 
-def print_layer_times(name, batch, augment, step_seconds, top):
+def print_layer_times(name, batch, augment, step_seconds, top) -> list[dict]:
+    """Print the ``top`` slowest layers of ``name`` and the share of each kind; return every layer's row."""
     fresh_session()
     model = build(name, augment)
-    rows = sorted(layer_times(model, batch), key=lambda r: -r["seconds"])
+    rows = layer_times(model, batch)
+    ranked = sorted(rows, key=lambda r: -r["seconds"])
     total = sum(r["seconds"] for r in rows)
     print(f"{name}: where a training step's {step_seconds * 1e3:.0f} ms go, each layer's forward and backward "
           f"alone (sum {total * 1e3:.0f} ms):", flush=True)
-    for r in rows[:top]:
+    for r in ranked[:top]:
         rate = f"{r['gflop'] / r['seconds']:8,.0f} GFLOP/s" if r["gflop"] else " " * 16
         print(f"  {r['layer']:28s} {r['kind']:24s} {r['seconds'] * 1e3:8.1f} ms {100 * r['seconds'] / total:5.1f}% "
               f"{rate}", flush=True)
@@ -201,6 +218,7 @@ def print_layer_times(name, batch, augment, step_seconds, top):
     print("  by kind: " + ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in sorted(kinds.items(),
                                                                                    key=lambda kv: -kv[1])),
           flush=True)
+    return rows
 
 
 def main(argv=None):
@@ -211,7 +229,8 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation), at least 1")
     parser.add_argument("--precision", default="auto",
-                        help="auto (tinylib's choice for this device) | float32 | mixed_bfloat16 | ...")
+                        help="auto (tinylib's choice for this device) | float32 | mixed_bfloat16 | ...; "
+                             "several, comma-separated, are measured one after the other in this run")
     parser.add_argument("--peak-size", type=int, default=4096, help="matrix size of the peak measurement")
     parser.add_argument("--per-layer", type=int, default=0, metavar="N",
                         help="also show the N slowest layers of each model (TensorFlow)")
@@ -220,60 +239,80 @@ def main(argv=None):
                         help="write throughput.json and throughput.md there (book/results: the chapters' "
                              "training estimates read it where a model has no full-scale record); models "
                              "measured before and not now are kept, with when and how they were measured")
+    parser.add_argument("--save-layers", metavar="FOLDER",
+                        help=f"with --per-layer: write every layer's time, per model and precision, to "
+                             f"FOLDER/{LAYERS_FILE} (book/results: chapter 13 draws where bfloat16 pays)")
     parser.add_argument("--jit-compile", action="store_true", help="compile the training step with XLA")
     parser.add_argument("--steps-per-execution", type=int, default=None,
                         help="training steps per compiled call (default: tinylib's for this device)")
     args = parser.parse_args(argv)
     if args.warmup < 1 or args.steps < 1:
         parser.error("--steps and --warmup must be at least 1 (the first step compiles)")
+    precisions = args.precision.split(",")
+    if args.save and len(precisions) > 1:
+        parser.error("--save writes one precision's rates (throughput.json holds one): give one --precision")
+    if args.save_layers and not (args.per_layer and keras.backend.backend() == "tensorflow"):
+        parser.error("--save-layers saves the per-layer times: add --per-layer N (TensorFlow only)")
 
-    policy = configure_precision(args.precision)
     SETTINGS.update(jit_compile=args.jit_compile, steps_per_execution=args.steps_per_execution)
     batch, steps = args.batch, args.steps
     rng = np.random.default_rng(0)
     n = batch * (steps + args.warmup)
     images = rng.integers(0, 256, (n, 64, 64, 3), dtype=np.uint8)
     labels = np.eye(NUM_CLASSES, dtype="float32")[rng.integers(0, NUM_CLASSES, n)]
-    print(f"device: {device_name()}; backend {keras.backend.backend()}; dtype policy {policy}; "
-          f"batch {batch}; {steps} timed steps after {args.warmup} warm-up steps", flush=True)
-    peak = peaks(args.peak_size)
-    print("matmul peak (" + f"{args.peak_size}x{args.peak_size}): "
-          + ", ".join(f"{dtype} {value:,.0f} GFLOP/s" for dtype, value in peak.items()), flush=True)
-    feed = time_input(images, labels, batch, steps)
-    print(f"input alone (gather a batch, copy it to the device): {feed * 1e3:.1f} ms/batch, "
-          f"{batch / feed:,.0f} images/s", flush=True)
-    if not args.no_mixing:
-        first = models.normalize_name(args.models.split(",")[0])
-        mixed, plain = time_mixing(first, images, labels, batch, steps, args.warmup)
-        print(f"MixUp/CutMix inside the compiled step ({first}, no other augmentation): "
-              f"{(mixed - plain) * 1e3:+.1f} ms/step ({mixed * 1e3:.1f} with, {plain * 1e3:.1f} without)",
-              flush=True)
-    measured = {}
-    for name in args.models.split(","):
-        name = models.normalize_name(name)
-        for augment in (True, False):
-            fresh_session()
-            keras.utils.set_random_seed(0)
-            model = build(name, augment)
-            seconds = time_training(model, images, labels, batch, steps, args.warmup)
-            work = flops.training_flops(model)
-            arithmetic = [layer.compute_dtype for layer in model.layers if layer.weights][0]
-            del model
-            label = name if augment else f"{name} without augmentation"
-            measured.setdefault(name, {})["images_per_second" if augment else "images_per_second_without_augmentation"] \
-                = round(batch / seconds, 1)
-            measured[name]["train_gflop_per_image"] = float(f"{work / 1e9:.4g}")
-            print(speed_line(label, seconds, batch, work, peak) + f"; {seconds * 1e3:.1f} ms/step, "
-                  f"{work / 1e9:.3f} GFLOP/image, computed in {arithmetic}", flush=True)
-            if augment and args.per_layer and keras.backend.backend() == "tensorflow":
-                print_layer_times(name, batch, augment, seconds, args.per_layer)
+    measured, layers, peak = {}, {}, None
+    for precision in precisions:
+        policy = configure_precision(precision)
+        print(f"device: {device_name()}; backend {keras.backend.backend()}; dtype policy {policy}; "
+              f"batch {batch}; {steps} timed steps after {args.warmup} warm-up steps", flush=True)
+        if peak is None:  # once a run: every precision's figures against the same peaks
+            peak = peaks(args.peak_size)
+            print("matmul peak (" + f"{args.peak_size}x{args.peak_size}): "
+                  + ", ".join(f"{dtype} {value:,.0f} GFLOP/s" for dtype, value in peak.items()), flush=True)
+            feed = time_input(images, labels, batch, steps)
+            print(f"input alone (gather a batch, copy it to the device): {feed * 1e3:.1f} ms/batch, "
+                  f"{batch / feed:,.0f} images/s", flush=True)
+            if not args.no_mixing:
+                first = models.normalize_name(args.models.split(",")[0])
+                mixed, plain = time_mixing(first, images, labels, batch, steps, args.warmup)
+                print(f"MixUp/CutMix inside the compiled step ({first}, no other augmentation): "
+                      f"{(mixed - plain) * 1e3:+.1f} ms/step ({mixed * 1e3:.1f} with, {plain * 1e3:.1f} without)",
+                      flush=True)
+        for name in args.models.split(","):
+            name = models.normalize_name(name)
+            for augment in (True, False):
+                fresh_session()
+                keras.utils.set_random_seed(0)
+                model = build(name, augment)
+                seconds = time_training(model, images, labels, batch, steps, args.warmup)
+                work = flops.training_flops(model)
+                arithmetic = [layer.compute_dtype for layer in model.layers if layer.weights][0]
+                del model
+                label = name if augment else f"{name} without augmentation"
+                row = measured.setdefault(policy, {}).setdefault(name, {})
+                row["images_per_second" if augment else "images_per_second_without_augmentation"] \
+                    = round(batch / seconds, 1)
+                row["train_gflop_per_image"] = float(f"{work / 1e9:.4g}")
+                print(speed_line(label, seconds, batch, work, peak) + f"; {seconds * 1e3:.1f} ms/step, "
+                      f"{work / 1e9:.3f} GFLOP/image, computed in {arithmetic}", flush=True)
+                if augment and args.per_layer and keras.backend.backend() == "tensorflow":
+                    rows = print_layer_times(name, batch, augment, seconds, args.per_layer)
+                    layers.setdefault(name, {})[policy] = {"step_seconds": seconds, "computed_in": arithmetic,
+                                                           "layers": rows}
     if args.save:
         from tinylib import throughput
 
         saved = throughput.save(args.save, device=device_name(), backend=keras.backend.backend(), dtype_policy=policy,
-                                batch=batch, peak=peak, models=measured,
+                                batch=batch, peak=peak, models=measured[policy],
                                 fused_batchnorm=environment.speed_settings().get("fused_batchnorm"))
         print(f"wrote {saved[0]} and {saved[1]}", flush=True)
+    if args.save_layers:
+        from tinylib import layer_times as layer_record
+
+        saved = layer_record.save(args.save_layers, device=device_name(), backend=keras.backend.backend(),
+                                  batch=batch, peak=peak, models=layers,
+                                  fused_batchnorm=environment.speed_settings().get("fused_batchnorm"))
+        print(f"wrote {saved}", flush=True)
 
 
 if __name__ == "__main__":

@@ -57,6 +57,42 @@ def test_model_throughput_prints_the_device_the_peak_and_a_line_per_model(capsys
     assert out.count("computed in bfloat16") == 4, out
 
 
+@pytest.mark.slow
+def test_model_throughput_times_each_layer_in_both_precisions_in_one_run(tmp_path, capsys):
+    """--save-layers keeps every layer's time per precision; each layer's backward pass is the
+    one a step runs: no gradient for the input of the augmentation or of the first convolution."""
+    import keras
+
+    from tinylib import layer_times as layer_record
+
+    module = load("model_throughput")
+    previous = keras.config.dtype_policy()
+    try:
+        module.main(["--models", "model2", "--batch", "4", "--steps", "1", "--warmup", "1", "--no-mixing",
+                     "--precision", "float32,mixed_bfloat16", "--peak-size", "64", "--per-layer", "3",
+                     "--save-layers", str(tmp_path)])
+        with pytest.raises(SystemExit):  # throughput.json holds one precision's rates
+            module.main(["--models", "model2", "--precision", "float32,mixed_bfloat16", "--save", str(tmp_path)])
+        with pytest.raises(SystemExit):  # nothing per layer to save
+            module.main(["--models", "model2", "--save-layers", str(tmp_path)])
+    finally:
+        keras.config.set_dtype_policy(previous)
+    out = capsys.readouterr().out
+    assert out.count("device: ") == 2 and out.count("matmul peak (64x64)") == 1  # one peak for both precisions
+    entry = layer_record.measurement("model2", tmp_path)
+    assert entry["batch_size"] == 4
+    for policy, computed in (("float32", "float32"), ("mixed_bfloat16", "bfloat16")):
+        side = entry["policies"][policy]
+        assert side["computed_in"] == computed and side["step_seconds"] > 0
+        rows = {row["layer"]: row for row in side["layers"]}
+        assert not rows["augmentation"]["input_gradient"] and not rows["conv1"]["input_gradient"]
+        assert rows["pool1"]["input_gradient"] and rows["conv2"]["input_gradient"]
+        conv1 = 62 * 62 * 3 * 3 * 3 * 32 * 2 * 4 / 1e9  # forward FLOPs of the batch
+        assert rows["conv1"]["gflop"] == pytest.approx(2 * conv1, rel=1e-3)  # forward and the weights' gradient
+        assert rows["conv1"]["input_channels"] == 3 and rows["pool1"]["gflop"] == 0
+    assert "not yet measured" not in layer_record.story("model2", tmp_path)
+
+
 def test_speed_choices_reads_each_variants_measurement_and_compares_it_with_the_old_defaults(monkeypatch, capsys):
     module = load("speed_choices")
     rates = {"old": 700, "new": 1400}

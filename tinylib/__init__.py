@@ -35,6 +35,7 @@ Reading the results
     ``gradcam``         which pixels a prediction rests on
     ``chapter_costs``   what running each chapter costs, from measured builds
     ``throughput``      each model's measured training rate, saved by the benchmark
+    ``layer_times``     each layer's time in float32 and bfloat16: where a faster arithmetic pays
 Plumbing
     ``files``           atomic writes, folder locks, readable OS errors
     ``processes``       child processes that die with tinylib

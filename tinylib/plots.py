@@ -358,6 +358,27 @@ def accuracy_against_hours(records, metric: str = "val_accuracy", references: Ma
     return ax.figure
 
 
+def layer_times_by_precision(entry: dict, ax=None, figsize=None):
+    """Each layer's milliseconds in a training step (forward and backward, timed alone), one
+    bar per precision, in the network's order: the layers that multiply matrices shrink with
+    bfloat16, the ones that move memory hardly do. ``entry`` is one model's measurement
+    (``layer_times.measurement``)."""
+    import pandas as pd
+
+    frame = pd.DataFrame([
+        {"layer": f"{row['layer']} ({row['kind']})", "ms": 1e3 * row["seconds"], "precision": policy}
+        for policy, side in entry["policies"].items() for row in side["layers"]])
+    if ax is None:
+        _, ax = plt.subplots(figsize=figsize or (8, 0.32 * frame["layer"].nunique() + 1.2))
+    sns.barplot(frame, x="ms", y="layer", hue="precision", orient="h", ax=ax)
+    ax.set_xlabel("milliseconds a step (each layer's forward and backward, timed alone)")
+    ax.set_ylabel("")
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_title(f"{entry['device']}, batch {entry['batch_size']}, measured {entry['measured']}", fontsize=9)
+    ax.figure.tight_layout()
+    return ax.figure
+
+
 # ----------------------------------------------------------------------------
 # Evaluation
 # ----------------------------------------------------------------------------

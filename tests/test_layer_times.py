@@ -1,0 +1,100 @@
+"""Where bfloat16 pays, layer by layer: the record the benchmark writes and what the book says of it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tinylib import layer_times
+
+PEAK = {"float32": 200.0, "bfloat16": 400.0}
+
+
+def _row(layer, kind, seconds, gflop=0.0, channels=3):
+    return {"layer": layer, "kind": kind, "seconds": seconds, "gflop": gflop, "input_gradient": False,
+            "input_channels": channels}
+
+
+def _measured():
+    """Four layers whose figures are easy to follow by hand: the products halve or better,
+    the others hardly move."""
+    return {"model2": {
+        "float32": {"step_seconds": 0.2, "computed_in": "float32", "layers": [
+            _row("augmentation", "ImageDataGeneratorAugment", 0.010), _row("conv1", "Conv2D", 0.030, 1.7),
+            _row("conv2", "Conv2D", 0.060, 6.0, 32), _row("pool2", "MaxPooling2D", 0.010, 0.0, 64)]},
+        "mixed_bfloat16": {"step_seconds": 0.1, "computed_in": "bfloat16", "layers": [
+            _row("augmentation", "ImageDataGeneratorAugment", 0.008), _row("conv1", "Conv2D", 0.020, 1.7),
+            _row("conv2", "Conv2D", 0.030, 6.0, 32), _row("pool2", "MaxPooling2D", 0.008, 0.0, 64)]}}}
+
+
+def _save(folder, models=None):
+    return layer_times.save(folder, device="CPU: test (2 cores)", backend="tensorflow", batch=128, peak=PEAK,
+                            models=models or _measured(), fused_batchnorm=True)
+
+
+def test_the_measurement_is_saved_with_its_conditions_and_earlier_models_are_kept(tmp_path):
+    path = _save(tmp_path)
+    assert path.name == layer_times.LAYERS_FILE
+    data = json.loads(path.read_text())
+    entry = data["models"]["model2"]
+    assert entry["device"] == "CPU: test (2 cores)" and entry["batch_size"] == 128
+    assert entry["matmul_peak_gflops_per_second"] == PEAK and set(entry["policies"]) == {"float32", "mixed_bfloat16"}
+    other = {"model4": {"float32": _measured()["model2"]["float32"]}}
+    _save(tmp_path, other)
+    data = layer_times.read(tmp_path)
+    assert set(data["models"]) == {"model2", "model4"}
+    assert layer_times.measurement("model2", tmp_path) is not None
+    assert layer_times.measurement("model4", tmp_path) is None  # one precision only: nothing to compare
+    assert layer_times.read(tmp_path / "nowhere") == {}
+
+
+def test_the_gain_is_worked_out_from_the_layers_as_by_hand(tmp_path):
+    _save(tmp_path)
+    gain = layer_times.precision_gain(layer_times.measurement("model2", tmp_path))
+    assert gain["peak_ratio"] == pytest.approx(2.0)
+    assert gain["step_ratio"] == pytest.approx(2.0)
+    assert gain["images_per_second"] == pytest.approx((640, 1280))
+    assert gain["products_ratio"] == pytest.approx(0.090 / 0.050)
+    assert gain["others_ratio"] == pytest.approx(0.020 / 0.016)
+    assert gain["others_share"] == pytest.approx((0.020 / 0.110, 0.016 / 0.066))
+    assert gain["others"] == ["augmentation", "pool2"]  # slowest first
+    assert gain["furthest"]["layer"] == "conv1" and gain["furthest_rate"] == pytest.approx(85.0)
+    assert gain["layers_ratio"] == pytest.approx(0.110 / 0.066)
+    # the products at 400 GFLOP/s: 7.7 GFLOP in 19.25 ms, the others as measured (16 ms)
+    assert gain["bound"] == pytest.approx(0.110 / (0.016 + 0.01925))
+
+
+def test_the_story_reads_every_figure_from_the_record(tmp_path):
+    _save(tmp_path)
+    text = layer_times.story("model2", tmp_path)
+    assert text.startswith("**Where bfloat16 pays (Model 2; CPU: test (2 cores), tensorflow, batch 128, measured ")
+    for figure in ("2.00× as fast in bfloat16 as in float32 (400 against 200 GFLOP/s)",
+                   "became 2.00× as fast (640 to 1,280 images/s)", "dense layers became 1.80× as fast",
+                   "the other layers 1.25×", "`augmentation` and `pool2` move memory",
+                   "the augmentation stays float32 on purpose", "from 18% to 24%",
+                   "`conv1`, at 85 GFLOP/s in bfloat16: its 3 input channels make a matrix product too thin",
+                   "became 1.67× as fast", "they would have become 3.12× as fast"):
+        assert figure in text, figure
+
+
+def test_without_both_precisions_the_story_says_not_yet_measured_and_how(tmp_path):
+    text = layer_times.story("model2", tmp_path)
+    assert "not yet measured" in text
+    assert "--precision float32,mixed_bfloat16" in text and "--save-layers book/results" in text
+
+
+def test_the_figure_draws_a_bar_per_layer_and_precision(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from tinylib import plots
+
+    _save(tmp_path)
+    fig = plots.layer_times_by_precision(layer_times.measurement("model2", tmp_path))
+    ax = fig.axes[0]
+    assert [label.get_text() for label in ax.get_yticklabels()] == [
+        "augmentation (ImageDataGeneratorAugment)", "conv1 (Conv2D)", "conv2 (Conv2D)", "pool2 (MaxPooling2D)"]
+    widths = sorted(round(bar.get_width(), 6) for bar in ax.patches if bar.get_width())
+    assert widths == sorted([10.0, 30.0, 60.0, 10.0, 8.0, 20.0, 30.0, 8.0])
+    assert {text.get_text() for text in ax.get_legend().get_texts()} == {"float32", "mixed_bfloat16"}

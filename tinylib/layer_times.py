@@ -1,0 +1,139 @@
+"""Where a training step's time goes, layer by layer, in float32 and in bfloat16.
+
+A faster arithmetic speeds up only the layers that do arithmetic. On a CPU with
+bfloat16 instructions the matrix products of convolutions and dense layers run
+nearly twice as fast, while the layers that mostly move memory (the augmentation,
+which stays float32 on purpose, pooling, dropout) gain far less: Amdahl's law caps
+the whole step's gain below the matrix products'. ``benchmarks/model_throughput.py
+--per-layer N --precision float32,mixed_bfloat16 --save-layers book/results`` times
+every layer of a model in both precisions in one run; this module keeps that
+measurement (``layer-times.json``) and says what it shows.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from pathlib import Path
+
+from tinylib import files
+
+LAYERS_FILE = "layer-times.json"
+SLOW, FAST = "float32", "mixed_bfloat16"  # the precisions compared
+COMMAND = ("python benchmarks/model_throughput.py --models {model} --per-layer 12 "
+           "--precision float32,mixed_bfloat16 --no-mixing --save-layers book/results")
+THIN_PRODUCT_CHANNELS = 4  # a convolution with this few input channels makes a thin matrix product
+
+
+def save(folder: Path | str, *, device: str, backend: str, batch: int, peak: dict, models: dict,
+         fused_batchnorm: bool | None = None) -> Path:
+    """Write the measurement atomically: ``models`` maps a model to {policy: {"step_seconds",
+    "computed_in", "layers": [rows of ``model_throughput.layer_times``]}}. Models measured
+    before and not now are kept, each with its own device and date."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    earlier = read(folder)
+    conditions = {"device": device, "backend": backend, "batch_size": batch, "fused_batchnorm": fused_batchnorm,
+                  "matmul_peak_gflops_per_second": {k: round(v, 1) for k, v in peak.items()},
+                  "measured": datetime.date.today().isoformat()}
+    kept = {name: entry for name, entry in (earlier.get("models") or {}).items() if name not in models}
+    fresh = {name: {**conditions, "policies": {policy: _rounded(entry) for policy, entry in by_policy.items()}}
+             for name, by_policy in models.items()}
+    path = folder / LAYERS_FILE
+    files.write_json(path, {"models": {**kept, **fresh}}, indent=1)
+    return path
+
+
+def _rounded(entry: dict) -> dict:
+    rows = [{**row, "seconds": round(row["seconds"], 6), "gflop": float(f"{row['gflop']:.4g}")}
+            for row in entry["layers"]]
+    return {**entry, "step_seconds": round(entry["step_seconds"], 6), "layers": rows}
+
+
+def read(folder: Path | str | None = None) -> dict:
+    """The saved measurement, or {} when none was saved."""
+    from tinylib.results import default_results_dir
+
+    try:
+        data = json.loads((Path(folder or default_results_dir()) / LAYERS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def measurement(model: str, folder: Path | str | None = None) -> dict | None:
+    """``model``'s entry, when it was timed in both precisions; else None."""
+    entry = (read(folder).get("models") or {}).get(model)
+    policies = (entry or {}).get("policies") or {}
+    return entry if SLOW in policies and FAST in policies else None
+
+
+def _split(rows: list[dict]) -> tuple[float, float]:
+    """(seconds of the layers with matrix products, seconds of the others)."""
+    products = sum(row["seconds"] for row in rows if row["gflop"])
+    return products, sum(row["seconds"] for row in rows) - products
+
+
+def precision_gain(entry: dict) -> dict:
+    """What bfloat16 bought one model, from its entry (``measurement``): the ratios of the
+    matrix-product peaks, of the whole step and of each kind of layer, the others' share of
+    the layers' time, the product furthest from the peak, and the step the layers alone
+    would add up to had every product run at the bfloat16 peak (against float32's)."""
+    slow, fast = entry["policies"][SLOW], entry["policies"][FAST]
+    peak = entry["matmul_peak_gflops_per_second"]
+    products = {policy: _split(side["layers"]) for policy, side in ((SLOW, slow), (FAST, fast))}
+    (slow_products, slow_others), (fast_products, fast_others) = products[SLOW], products[FAST]
+    work = sum(row["gflop"] for row in fast["layers"])
+    furthest = min((row for row in fast["layers"] if row["gflop"]), key=lambda row: row["gflop"] / row["seconds"])
+    others = sorted((row for row in fast["layers"] if not row["gflop"]), key=lambda row: -row["seconds"])
+    batch = entry["batch_size"]
+    return {
+        "peak": (peak["float32"], peak["bfloat16"]),
+        "peak_ratio": peak["bfloat16"] / peak["float32"],
+        "images_per_second": (batch / slow["step_seconds"], batch / fast["step_seconds"]),
+        "step_ratio": slow["step_seconds"] / fast["step_seconds"],
+        "products_ratio": slow_products / fast_products,
+        "others_ratio": slow_others / fast_others if fast_others else None,
+        "others_share": (slow_others / (slow_products + slow_others), fast_others / (fast_products + fast_others)),
+        "others": [row["layer"] for row in others],
+        "furthest": furthest,
+        "furthest_rate": furthest["gflop"] / furthest["seconds"],
+        "layers_ratio": (slow_products + slow_others) / (fast_products + fast_others),
+        "bound": (slow_products + slow_others) / (fast_others + work / peak["bfloat16"]),
+    }
+
+
+def story(model: str = "model2", folder: Path | str | None = None) -> str:
+    """What mixed bfloat16 bought ``model``'s training step and why not more (Markdown),
+    every number read from ``layer-times.json``; "not yet measured" and the command without it."""
+    from tinylib.results import _model_title
+
+    title = _model_title(model)
+    entry = measurement(model, folder)
+    if entry is None:
+        return (f"**Where bfloat16 pays ({title}):** not yet measured. `book/results/{LAYERS_FILE}` holds no "
+                f"timing of {title}'s layers in both precisions; on a CPU with bfloat16 instructions (or a GPU) "
+                f"`{COMMAND.format(model=model)}` makes one.")
+    gain = precision_gain(entry)
+    (peak32, peak16), (rate32, rate16) = gain["peak"], gain["images_per_second"]
+    named = [f"`{name}`" for name in gain["others"][:3]]
+    others = ", ".join(named[:-1]) + f" and {named[-1]}" if len(named) > 1 else "".join(named)
+    float32_kept = " (the augmentation stays float32 on purpose)" if "augmentation" in gain["others"] else ""
+    furthest = gain["furthest"]
+    thin = (f": its {furthest['input_channels']} input channels make a matrix product too thin to keep the cores "
+            "busy" if furthest.get("kind") == "Conv2D" and 0 < furthest.get("input_channels", 0)
+            <= THIN_PRODUCT_CHANNELS else "")
+    others_ratio = (f"{gain['others_ratio']:.2f}×" if gain["others_ratio"] else "no faster")
+    return (
+        f"**Where bfloat16 pays ({title}; {entry['device']}, {entry['backend']}, batch {entry['batch_size']}, "
+        f"measured {entry['measured']}):** this machine multiplies large matrices {gain['peak_ratio']:.2f}× as fast "
+        f"in bfloat16 as in float32 ({peak16:,.0f} against {peak32:,.0f} GFLOP/s), and {title}'s training step "
+        f"became {gain['step_ratio']:.2f}× as fast ({rate32:,.0f} to {rate16:,.0f} images/s). Timed one layer at a "
+        f"time, its convolutions and dense layers became {gain['products_ratio']:.2f}× as fast and the other layers "
+        f"{others_ratio}: {others} move memory rather than multiply{float32_kept}, and their share of the layers' "
+        f"time grew from {gain['others_share'][0]:.0%} to {gain['others_share'][1]:.0%}. The product furthest from "
+        f"the peak is `{furthest['layer']}`, at {gain['furthest_rate']:,.0f} GFLOP/s in bfloat16{thin}. All the "
+        f"layers together, timed alone, became {gain['layers_ratio']:.2f}× as fast; had every convolution and dense "
+        f"layer run at the bfloat16 peak, with the other layers as measured, they would have become "
+        f"{gain['bound']:.2f}× as fast. What lies between the two is the kernels' distance from the peak, not the "
+        f"precision's.")
