@@ -72,7 +72,7 @@ def test_reproduce_refuses_a_negative_budget(capsys):
 
 def test_train_stops_within_its_budget_and_publishes_the_record_as_it_stands(tmp_path, tiny_env, synthetic,
                                                                               monkeypatch, capsys):
-    """A long run in stretches: each sitting stops at an epoch boundary (exit status 3), its
+    """A long run in stretches: each sitting stops at an epoch's end (exit status 3), its
     record goes to the results folder unfinished, and the same command later finishes it."""
     from tinylib import profiles, reproduce, train
 

@@ -42,13 +42,13 @@ def test_the_plan_is_in_order_of_value_and_only_picks_from_it():
         reproduce.select("model9")
 
 
-def test_a_deadline_stops_at_an_epoch_boundary_and_the_run_resumes(tmp_path, ds, monkeypatch):
+def test_a_sitting_with_too_little_left_for_another_epoch_stops_at_its_end_and_the_run_resumes(tmp_path, ds, monkeypatch):
     from tinylib import train
 
     profile = _profile(epochs=3)
     keras.utils.set_random_seed(0)
     model = train.build("model2", ds, profile)
-    # Another epoch, judged by the last one's length, would overrun the deadline after the first:
+    # Too little of the sitting is left for another epoch after the first:
     monkeypatch.setattr(train, "_would_overrun", lambda run, deadline: run.epochs_done >= 1)
     run = train.fit(model, ds, profile, runs=tmp_path, verbose=0, deadline=time.monotonic() + 3600)
     assert run.out_of_time and run.epochs_done == 1 and run.partial is None
@@ -58,6 +58,28 @@ def test_a_deadline_stops_at_an_epoch_boundary_and_the_run_resumes(tmp_path, ds,
     monkeypatch.undo()
     again = train.fit(train.build("model2", ds, profile), ds, profile, runs=tmp_path, verbose=0)
     assert again.record["finished"] and again.record["epochs_run"] == 3 and again.record["resumed_at_epoch"] == 1
+
+
+def test_an_epoch_longer_than_the_sitting_left_still_starts_and_a_short_remainder_does_not(monkeypatch):
+    """Judged by the last epoch's whole length, a sitting left up to an epoch of its time
+    unused (half an hour of Model 3's); an epoch now starts whenever a couple of minutes (or,
+    for short epochs, one epoch's time) are left, and the checkpointer stops it where the
+    deadline comes."""
+    from tinylib import train
+
+    class Run:
+        def __init__(self, *seconds):
+            self.history = {"seconds": list(seconds)} if seconds else {}
+
+    now = 1000.0
+    monkeypatch.setattr(train.time, "monotonic", lambda: now)
+    long = Run(12.0, 1800.0)  # the last epoch took half an hour
+    assert not train._would_overrun(long, None)
+    assert not train._would_overrun(long, now + 600)  # ten minutes left: start, stop at a checkpoint
+    assert not train._would_overrun(long, now + train.MIN_SITTING_SECONDS + 1)
+    assert train._would_overrun(long, now + train.MIN_SITTING_SECONDS - 1)  # not worth a start
+    assert not train._would_overrun(Run(5.0), now + 6) and train._would_overrun(Run(5.0), now + 4)  # short epochs
+    assert not train._would_overrun(Run(), now + 1)  # a first epoch: nothing to judge by
 
 
 def test_a_deadline_inside_an_epoch_stops_at_a_checkpoint_there_and_the_run_resumes_at_that_batch(tmp_path, ds,

@@ -442,9 +442,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train to a time budget: as many epochs (of --epochs at most) as fit in H hours of "
                         "training over every invocation, the learning rate reaching zero at the end; needs a "
                         "recipe with the 'linear' schedule (--recipe fast). Scored with test-time flips too")
-    p.add_argument("--budget", type=_minutes, help="minutes of this sitting: stop at an epoch boundary before "
-                   "they are spent, judging by the last epoch's length, or inside an epoch that reaches them at a "
-                   "checkpoint there (exit status 3; the same command continues)")
+    p.add_argument("--budget", type=_minutes, help="minutes of this sitting: stop before they are spent, at an "
+                   "epoch's end or inside an epoch that reaches them, at a checkpoint there (exit status 3; the same "
+                   "command continues at that batch)")
     p.add_argument("--results", help="copy the run's record here as it stands, finished or not, and write "
                    "summary.md/json (book/results is the natural target)")
     p.set_defaults(func=_train)
@@ -457,8 +457,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", help="comma-separated runs from the plan (default: all): "
                    + ", ".join(reproduce_plan_names()))
     p.add_argument("--profile", help="smoke | quick | full (default: TINYLIB_PROFILE, else full on a GPU)")
-    p.add_argument("--budget", type=_minutes, help="minutes: stop at an epoch boundary before they are spent (inside an "
-                   "epoch that reaches them, at a checkpoint there)")
+    p.add_argument("--budget", type=_minutes, help="minutes: stop before they are spent, at an epoch's end or "
+                   "inside an epoch that reaches them, at a checkpoint there (the same command continues at that batch)")
     p.add_argument("--results", help="copy finished records here and write summary.md/json "
                    "(book/results is the natural target); runs finished there are skipped")
     p.add_argument("--runs", help="parent folder of run folders (default TINYLIB_RUNS or TINYLIB_HOME/runs)")

@@ -9,8 +9,8 @@ a fixed order of value, each an ordinary resumable run, within a time budget:
     fine-tuned in stages; the optimizer comparison (Model 2 with each optimizer);
     the precision check (Model 2's first epochs in mixed bfloat16)
 
-A run stops at an epoch boundary before the budget is spent (inside an epoch that
-reaches it, at a checkpoint there); the command then
+A run stops before the budget is spent, at an epoch's end or inside an epoch that
+reaches it, at a checkpoint there (it resumes at that batch); the command then
 says what is done and what is left and exits with status 3 (0 when all is done).
 With ``results``, each finished run's record is copied there (``publish``: never over
 another run's record, or over one further along) and a summary is written beside the

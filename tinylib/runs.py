@@ -180,7 +180,7 @@ class Run:
     callback_state: dict = dataclasses.field(default_factory=dict)  # early stopping's patience, ...
     best_weights: str | None = None  # the file of early stopping's best weights that state.json names
     stopped: bool = False  # early stopping had ended the run when it was interrupted: only the end is left
-    out_of_time: bool = False  # stopped by a deadline (at an epoch boundary or a checkpoint): resumable
+    out_of_time: bool = False  # stopped by a deadline (at an epoch's end or a checkpoint inside one): resumable
     started: float | None = None  # perf_counter() when this invocation began training
 
     @property

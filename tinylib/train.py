@@ -33,6 +33,10 @@ from tinylib.runs import (BEST_WEIGHTS, EPOCH_PATTERN, FINAL_CHECKPOINT, PARTIAL
                           recorded_precision, restore_random_state, run_name, runs_dir, save_weights,
                           write_run_json)
 
+# Less than this left of a sitting (or than the last epoch took, if less): stop at the epoch's
+# end rather than set up another epoch (a trace, the first batches) only to save it at once.
+MIN_SITTING_SECONDS = 120.0
+
 
 def make_callbacks(names) -> list:
     """Keras callbacks by name: 'early_stopping' and 'reduce_lr_on_plateau', the two the study
@@ -91,10 +95,10 @@ def fit(model: keras.Model, data, profile: Profile | str | None = None, *, name:
     one is taken every ``checkpoint_every`` seconds inside an epoch (None: never),
     so a kill costs minutes, not an epoch; ``verbose='auto'`` prints Keras' bar in
     a terminal and plain progress lines (``tinylib.progress``) elsewhere.
-    ``deadline`` (a ``time.monotonic()`` value) stops the run at the last epoch
-    boundary that the next epoch, timed like the last one, would overrun, or, inside an
-    epoch that reaches it (a first epoch, a slower one), at a checkpoint taken there: the
-    run is then resumable and ``run.out_of_time`` is True.  ``seed`` (the profile's by
+    ``deadline`` (a ``time.monotonic()`` value) stops the run before it: inside the
+    epoch that reaches it, at a checkpoint taken there (at an epoch's end where too little
+    is left to start another, ``_would_overrun``): the run is then resumable at that batch and
+    ``run.out_of_time`` is True.  ``seed`` (the profile's by
     default) orders the batches; a run with another seed is
     another run, in a folder of its own (``-seed<N>``), as is one on another ``batch_size``
     than the profile's (``-batch<N>``) and one given a ``suffix``.
@@ -422,14 +426,21 @@ def _hold_train_end(callbacks) -> list:
 
 
 def _would_overrun(run: Run, deadline: float | None) -> bool:
-    """Whether another epoch, as long as the last one, would end after ``deadline``."""
+    """Whether too little of the sitting is left to start (or go on with) an epoch: less than
+    the last epoch took, or ``MIN_SITTING_SECONDS`` where epochs are longer (a run's first
+    epoch, with nothing to judge by, starts).
+
+    An epoch that cannot end before the deadline still starts: the checkpointer stops it
+    where the deadline comes, at a checkpoint from which the run resumes at that batch with
+    the result an uninterrupted run would have. Judging the next epoch by the last one's
+    whole length left up to an epoch of every sitting unused (half an hour of Model 3's on
+    a CPU).
+    """
     if deadline is None:
         return False
     seconds = run.history.get("seconds") or []
-    estimate = seconds[-1] if seconds else 0.0  # a run's first epoch: no estimate, go
-    if run.partial:
-        estimate = max(estimate - run.partial["train_seconds"], 0.0)
-    return time.monotonic() + estimate > deadline
+    needed = min(MIN_SITTING_SECONDS, seconds[-1]) if seconds else 0.0
+    return time.monotonic() + needed > deadline
 
 
 def _end_and_finish(run: Run, end, loaded: Path | None) -> None:
