@@ -160,10 +160,10 @@ def layer_times(model, batch: int, repeats: int = 3) -> list[dict]:
     its shape (TensorFlow): where a training step's time goes.
 
     The backward pass is the one a training step runs: the gradients of the layer's
-    weights, and of its input only where a layer with weights comes before it
-    (``input_gradient``). A step never differentiates the augmentation or the first
-    convolution's input, and timing those gradients made the first convolution look
-    twice as slow as it is."""
+    weights, and of its input only where a layer with weights comes before it in the
+    model's order (``input_gradient``; right for a chain, and for the ResNets, whose
+    branches all come after the stem): a step never differentiates the augmentation or
+    the first convolution's input."""
     import tensorflow as tf
 
     rows = []
@@ -248,11 +248,14 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.warmup < 1 or args.steps < 1:
         parser.error("--steps and --warmup must be at least 1 (the first step compiles)")
-    precisions = args.precision.split(",")
+    precisions = [part.strip() for part in args.precision.split(",") if part.strip()]
     if args.save and len(precisions) > 1:
         parser.error("--save writes one precision's rates (throughput.json holds one): give one --precision")
     if args.save_layers and not (args.per_layer and keras.backend.backend() == "tensorflow"):
         parser.error("--save-layers saves the per-layer times: add --per-layer N (TensorFlow only)")
+    if args.save_layers and not {"float32", "mixed_bfloat16"} <= set(precisions):
+        parser.error("--save-layers compares float32 with mixed bfloat16 in one run: "
+                     "--precision float32,mixed_bfloat16")
 
     SETTINGS.update(jit_compile=args.jit_compile, steps_per_execution=args.steps_per_execution)
     batch, steps = args.batch, args.steps

@@ -32,7 +32,8 @@ def test_a_small_network_is_counted_by_hand():
     outputs = keras.layers.Dense(10)(x)                           # 64*10 = 640 MACs
     net = keras.Model(inputs, outputs)
     assert flops.forward_flops(net) == 2 * (6912 + 640)
-    assert flops.training_flops(net) == 3 * flops.forward_flops(net)
+    # the convolution: forward and its weights' gradient (its input, the image, has none); the dense layer: three
+    assert flops.training_flops(net) == 2 * (2 * 6912) + 3 * (2 * 640)
 
 
 def test_model5_counts_its_nested_backbone():
@@ -53,14 +54,18 @@ def test_a_frozen_layer_costs_no_weight_gradient():
     last = keras.layers.Dense(5)
     net = keras.Model(inputs, last(middle(x)))
     forward = {layer: flops.layer_flops(layer) for layer in (first, middle, last)}
-    first.trainable = False  # upstream of everything trained
-    assert flops.training_flops(net) == forward[first] + 3 * (forward[middle] + forward[last])
+    first.trainable = False  # upstream of everything trained; the middle layer is the first trained one
+    assert flops.training_flops(net) == forward[first] + 2 * forward[middle] + 3 * forward[last]
     first.trainable, middle.trainable = True, False  # downstream of a trained layer
-    assert flops.training_flops(net) == 3 * forward[first] + 2 * forward[middle] + 3 * forward[last]
+    assert flops.training_flops(net) == 2 * forward[first] + 2 * forward[middle] + 3 * forward[last]
 
     model5 = models.build_model("model5", weights=None, compile=False)
+    stem = flops.layer_flops(model5.get_layer("resnet50").get_layer("conv1_conv"))  # the image: no input gradient
     whole = flops.training_flops(model5)
-    assert whole == 3 * flops.forward_flops(model5)
+    assert whole == 3 * flops.forward_flops(model5) - stem
     model5.get_layer("resnet50").trainable = False
     backbone = flops.forward_flops(model5.get_layer("resnet50"))
-    assert flops.training_flops(model5) == backbone + 3 * (flops.forward_flops(model5) - backbone)
+    # the head's first dense layer is now the first trained one
+    head = [layer for layer in model5.layers if layer.trainable_weights and flops.layer_flops(layer)]
+    assert flops.training_flops(model5) == backbone + 3 * (flops.forward_flops(model5) - backbone) \
+        - flops.layer_flops(head[0])

@@ -98,3 +98,32 @@ def test_the_figure_draws_a_bar_per_layer_and_precision(tmp_path):
     widths = sorted(round(bar.get_width(), 6) for bar in ax.patches if bar.get_width())
     assert widths == sorted([10.0, 30.0, 60.0, 10.0, 8.0, 20.0, 30.0, 8.0])
     assert {text.get_text() for text in ax.get_legend().get_texts()} == {"float32", "mixed_bfloat16"}
+
+
+def test_without_a_bfloat16_peak_the_story_gives_the_steps_and_layers_it_has(tmp_path):
+    """A CPU without bfloat16 instructions measures no bfloat16 peak (its bfloat16 is emulated):
+    no ratio of peaks, no bound, and no KeyError."""
+    layer_times.save(tmp_path, device="CPU: avx2 (2 cores)", backend="tensorflow", batch=128,
+                     peak={"float32": 150.0}, models=_measured())
+    gain = layer_times.precision_gain(layer_times.measurement("model2", tmp_path))
+    assert gain["peak_ratio"] is None and gain["bound"] is None
+    text = layer_times.story("model2", tmp_path)
+    assert "no bfloat16 instructions" in text and "became 2.00× as fast (640 to 1,280 images/s)" in text
+    assert "peak, with the other layers as measured" not in text and text.endswith("became 1.67× as fast.")
+
+
+def test_the_story_says_fell_where_the_other_layers_share_fell_and_names_a_lone_layer(tmp_path):
+    measured = _measured()
+    for side in measured["model2"].values():
+        side["layers"] = [row for row in side["layers"] if row["layer"] != "augmentation"]
+    measured["model2"]["mixed_bfloat16"]["layers"][-1]["seconds"] = 0.004  # pool2: 10 ms -> 4 ms
+    _save(tmp_path, measured)
+    text = layer_times.story("model2", tmp_path)
+    assert "`pool2` moves memory rather than multiply, and their share of the layers' time fell from 10% to 7%" \
+        in text, text
+    assert "on purpose" not in text  # no augmentation among them
+    only_products = _measured()
+    for side in only_products["model2"].values():
+        side["layers"] = [row for row in side["layers"] if row["gflop"]]
+    _save(tmp_path, only_products)
+    assert "dense layers became 1.80× as fast. The product furthest" in layer_times.story("model2", tmp_path)

@@ -10,9 +10,11 @@ papers and torchvision's tables count as one "FLOP" is a multiply-add). Pooling,
 normalization and activations are left out: they are a few percent of a CNN's work.
 A training step costs about three forward passes (the backward pass computes two
 products for each one of the forward pass: the gradient of the layer's input, and of its
-weights). A frozen layer (a backbone trained only through its head) has no weight
-gradient: one forward and, where a trained layer comes before it, the input's gradient;
-upstream of every trained layer, the forward pass alone.
+weights). The input's gradient is computed only where a trained layer comes before it:
+the first trained layer (the first convolution, whose input is the image) costs two. A
+frozen layer (a backbone trained only through its head) has no weight gradient: one
+forward and, where a trained layer comes before it, the input's gradient; upstream of
+every trained layer, the forward pass alone.
 """
 
 from __future__ import annotations
@@ -20,8 +22,6 @@ from __future__ import annotations
 import math
 
 import keras
-
-TRAINING_PER_FORWARD = 3
 
 
 def _spatial(shape) -> int:
@@ -62,12 +62,13 @@ def _layers_in_order(model: keras.Model):
 
 def training_flops(model: keras.Model) -> int:
     """FLOPs per image of a training step: forward and backward, about three forward passes
-    for a model trained whole; a frozen layer costs its forward pass, plus the gradient of
-    its input where a trained layer comes before it (two)."""
+    for a model trained whole. Each layer costs its forward pass, plus its weights' gradient
+    where it is trained, plus its input's gradient where a trained layer comes before it:
+    the first trained layer two forward passes, a frozen one after a trained one two, a
+    frozen one upstream of every trained layer one."""
     total, trained_before = 0, False
     for layer in _layers_in_order(model):
-        flops = layer_flops(layer)
         trained = bool(layer.trainable_weights)
-        total += flops * (TRAINING_PER_FORWARD if trained else 2 if trained_before else 1)
+        total += layer_flops(layer) * (1 + trained + trained_before)
         trained_before = trained_before or trained
     return total

@@ -2,9 +2,9 @@
 
 A faster arithmetic speeds up only the layers that do arithmetic. On a CPU with
 bfloat16 instructions the matrix products of convolutions and dense layers run
-nearly twice as fast, while the layers that mostly move memory (the augmentation,
-which stays float32 on purpose, pooling, dropout) gain far less: Amdahl's law caps
-the whole step's gain below the matrix products'. ``benchmarks/model_throughput.py
+faster, while the layers that mostly move memory (the augmentation, which stays
+float32 on purpose, pooling, dropout) gain far less: Amdahl's law caps the whole
+step's gain below the matrix products'. ``benchmarks/model_throughput.py
 --per-layer N --precision float32,mixed_bfloat16 --save-layers book/results`` times
 every layer of a model in both precisions in one run; this module keeps that
 measurement (``layer-times.json``) and says what it shows.
@@ -37,7 +37,8 @@ def save(folder: Path | str, *, device: str, backend: str, batch: int, peak: dic
                   "matmul_peak_gflops_per_second": {k: round(v, 1) for k, v in peak.items()},
                   "measured": datetime.date.today().isoformat()}
     kept = {name: entry for name, entry in (earlier.get("models") or {}).items() if name not in models}
-    fresh = {name: {**conditions, "policies": {policy: _rounded(entry) for policy, entry in by_policy.items()}}
+    fresh = {name: {"model": name, **conditions,
+                    "policies": {policy: _rounded(entry) for policy, entry in by_policy.items()}}
              for name, by_policy in models.items()}
     path = folder / LAYERS_FILE
     files.write_json(path, {"models": {**kept, **fresh}}, indent=1)
@@ -78,18 +79,22 @@ def precision_gain(entry: dict) -> dict:
     """What bfloat16 bought one model, from its entry (``measurement``): the ratios of the
     matrix-product peaks, of the whole step and of each kind of layer, the others' share of
     the layers' time, the product furthest from the peak, and the step the layers alone
-    would add up to had every product run at the bfloat16 peak (against float32's)."""
+    would add up to had every product run at the bfloat16 peak (against float32's). The
+    figures that need a bfloat16 peak are None where the machine has none (a CPU without
+    bfloat16 instructions, where mixed bfloat16 is emulated)."""
     slow, fast = entry["policies"][SLOW], entry["policies"][FAST]
     peak = entry["matmul_peak_gflops_per_second"]
+    native = peak.get("bfloat16")
     products = {policy: _split(side["layers"]) for policy, side in ((SLOW, slow), (FAST, fast))}
     (slow_products, slow_others), (fast_products, fast_others) = products[SLOW], products[FAST]
     work = sum(row["gflop"] for row in fast["layers"])
-    furthest = min((row for row in fast["layers"] if row["gflop"]), key=lambda row: row["gflop"] / row["seconds"])
+    furthest = min((row for row in fast["layers"] if row["gflop"]), key=lambda row: row["gflop"] / row["seconds"],
+                   default=None)
     others = sorted((row for row in fast["layers"] if not row["gflop"]), key=lambda row: -row["seconds"])
     batch = entry["batch_size"]
     return {
-        "peak": (peak["float32"], peak["bfloat16"]),
-        "peak_ratio": peak["bfloat16"] / peak["float32"],
+        "peak": (peak["float32"], native),
+        "peak_ratio": native / peak["float32"] if native else None,
         "images_per_second": (batch / slow["step_seconds"], batch / fast["step_seconds"]),
         "step_ratio": slow["step_seconds"] / fast["step_seconds"],
         "products_ratio": slow_products / fast_products,
@@ -97,9 +102,9 @@ def precision_gain(entry: dict) -> dict:
         "others_share": (slow_others / (slow_products + slow_others), fast_others / (fast_products + fast_others)),
         "others": [row["layer"] for row in others],
         "furthest": furthest,
-        "furthest_rate": furthest["gflop"] / furthest["seconds"],
+        "furthest_rate": furthest["gflop"] / furthest["seconds"] if furthest else None,
         "layers_ratio": (slow_products + slow_others) / (fast_products + fast_others),
-        "bound": (slow_products + slow_others) / (fast_others + work / peak["bfloat16"]),
+        "bound": (slow_products + slow_others) / (fast_others + work / native) if native else None,
     }
 
 
@@ -116,24 +121,41 @@ def story(model: str = "model2", folder: Path | str | None = None) -> str:
                 f"`{COMMAND.format(model=model)}` makes one.")
     gain = precision_gain(entry)
     (peak32, peak16), (rate32, rate16) = gain["peak"], gain["images_per_second"]
-    named = [f"`{name}`" for name in gain["others"][:3]]
-    others = ", ".join(named[:-1]) + f" and {named[-1]}" if len(named) > 1 else "".join(named)
-    float32_kept = " (the augmentation stays float32 on purpose)" if "augmentation" in gain["others"] else ""
+    head = (f"**Where bfloat16 pays ({title}; {entry['device']}, {entry['backend']}, batch {entry['batch_size']}, "
+            f"measured {entry['measured']}):** ")
+    peaks = (f"this machine multiplies large matrices {gain['peak_ratio']:.2f}× as fast in bfloat16 as in float32 "
+             f"({peak16:,.0f} against {peak32:,.0f} GFLOP/s), and " if peak16 else
+             "this machine has no bfloat16 instructions (no bfloat16 peak was measured: its bfloat16 is "
+             "emulated), and ")
+    step = f"{title}'s training step became {gain['step_ratio']:.2f}× as fast ({rate32:,.0f} to {rate16:,.0f} images/s)."
+    return head + peaks + step + _layers_sentences(gain)
+
+
+def _layers_sentences(gain: dict) -> str:
+    """The layer-by-layer part of ``story``: each kind of layer, the product furthest from
+    the peak, and the bound, each only where the measurement has it."""
+    text = f" Timed one layer at a time, its convolutions and dense layers became {gain['products_ratio']:.2f}× as fast"
+    others = [f"`{name}`" for name in gain["others"][:3]]
+    if others:
+        named = ", ".join(others[:-1]) + f" and {others[-1]}" if len(others) > 1 else others[0]
+        verb = "moves" if len(gain["others"]) == 1 else "move"
+        kept = " (the augmentation stays float32 on purpose)" if "augmentation" in gain["others"] else ""
+        before, after = gain["others_share"]
+        trend = "grew" if after > before else "fell" if after < before else "stayed"
+        text += (f" and the other layers {gain['others_ratio']:.2f}×: {named} {verb} memory rather than multiply"
+                 f"{kept}, and their share of the layers' time {trend} from {before:.0%} to {after:.0%}.")
+    else:
+        text += "."
     furthest = gain["furthest"]
-    thin = (f": its {furthest['input_channels']} input channels make a matrix product too thin to keep the cores "
-            "busy" if furthest.get("kind") == "Conv2D" and 0 < furthest.get("input_channels", 0)
-            <= THIN_PRODUCT_CHANNELS else "")
-    others_ratio = (f"{gain['others_ratio']:.2f}×" if gain["others_ratio"] else "no faster")
-    return (
-        f"**Where bfloat16 pays ({title}; {entry['device']}, {entry['backend']}, batch {entry['batch_size']}, "
-        f"measured {entry['measured']}):** this machine multiplies large matrices {gain['peak_ratio']:.2f}× as fast "
-        f"in bfloat16 as in float32 ({peak16:,.0f} against {peak32:,.0f} GFLOP/s), and {title}'s training step "
-        f"became {gain['step_ratio']:.2f}× as fast ({rate32:,.0f} to {rate16:,.0f} images/s). Timed one layer at a "
-        f"time, its convolutions and dense layers became {gain['products_ratio']:.2f}× as fast and the other layers "
-        f"{others_ratio}: {others} move memory rather than multiply{float32_kept}, and their share of the layers' "
-        f"time grew from {gain['others_share'][0]:.0%} to {gain['others_share'][1]:.0%}. The product furthest from "
-        f"the peak is `{furthest['layer']}`, at {gain['furthest_rate']:,.0f} GFLOP/s in bfloat16{thin}. All the "
-        f"layers together, timed alone, became {gain['layers_ratio']:.2f}× as fast; had every convolution and dense "
-        f"layer run at the bfloat16 peak, with the other layers as measured, they would have become "
-        f"{gain['bound']:.2f}× as fast. What lies between the two is the kernels' distance from the peak, not the "
-        f"precision's.")
+    if furthest is not None:
+        thin = (f": its {furthest['input_channels']} input channels make a matrix product too thin to keep the "
+                "cores busy" if furthest.get("kind") == "Conv2D"
+                and 0 < furthest.get("input_channels", 0) <= THIN_PRODUCT_CHANNELS else "")
+        text += f" The product furthest from the peak is `{furthest['layer']}`, at {gain['furthest_rate']:,.0f} " \
+                f"GFLOP/s in bfloat16{thin}."
+    text += f" All the layers together, timed alone, became {gain['layers_ratio']:.2f}× as fast"
+    if gain["bound"] is None:
+        return text + "."
+    return text + (f"; had every convolution and dense layer run at the bfloat16 peak, with the other layers as "
+                   f"measured, they would have become {gain['bound']:.2f}× as fast. What lies between the two is "
+                   f"the kernels' distance from the peak, not the precision's.")

@@ -370,11 +370,15 @@ def layer_times_by_precision(entry: dict, ax=None, figsize=None):
         for policy, side in entry["policies"].items() for row in side["layers"]])
     if ax is None:
         _, ax = plt.subplots(figsize=figsize or (8, 0.32 * frame["layer"].nunique() + 1.2))
-    sns.barplot(frame, x="ms", y="layer", hue="precision", orient="h", ax=ax)
+    order = sorted(entry["policies"], key=lambda policy: policy != "float32")  # float32 first, in one colour
+    sns.barplot(frame, x="ms", y="layer", hue="precision", hue_order=order, orient="h", ax=ax)
     ax.set_xlabel("milliseconds a step (each layer's forward and backward, timed alone)")
     ax.set_ylabel("")
     ax.grid(axis="x", alpha=0.3)
-    ax.set_title(f"{entry['device']}, batch {entry['batch_size']}, measured {entry['measured']}", fontsize=9)
+    model = entry.get("model", "")
+    title = f"Model {model[5:]}" if model.startswith("model") and model[5:].isdigit() else model
+    ax.set_title(f"{title}: {entry['device']}, batch {entry['batch_size']}, measured {entry['measured']}",
+                 fontsize=9)
     ax.figure.tight_layout()
     return ax.figure
 
