@@ -68,8 +68,9 @@ def test_an_epoch_longer_than_the_sitting_left_still_starts_and_a_short_remainde
     from tinylib import train
 
     class Run:
-        def __init__(self, *seconds):
+        def __init__(self, *seconds, partial=None):
             self.history = {"seconds": list(seconds)} if seconds else {}
+            self.partial = partial
 
     now = 1000.0
     monkeypatch.setattr(train.time, "monotonic", lambda: now)
@@ -80,6 +81,37 @@ def test_an_epoch_longer_than_the_sitting_left_still_starts_and_a_short_remainde
     assert train._would_overrun(long, now + train.MIN_SITTING_SECONDS - 1)  # not worth a start
     assert not train._would_overrun(Run(5.0), now + 6) and train._would_overrun(Run(5.0), now + 4)  # short epochs
     assert not train._would_overrun(Run(), now + 1)  # a first epoch: nothing to judge by
+    assert not train._would_overrun(Run(50.0, partial={"train_seconds": 45.0}), now + 6)  # 5 s of it left
+
+
+def test_inside_an_epoch_that_cannot_end_in_time_the_stop_is_saved_before_the_deadline(monkeypatch):
+    """Batches of 10 s, a save of 5 s, a validation of 10 s (the last epoch's), 10 batches an
+    epoch: the checkpoint is taken at the last batch after which a save still ends in time,
+    and an epoch whose batches, validation and save all fit is never stopped."""
+    from tinylib import checkpointing
+
+    class Run:
+        history = {"seconds": [110.0], "train_seconds": [100.0]}
+
+    clock = {"now": 0.0}
+    monkeypatch.setattr(checkpointing.time, "monotonic", lambda: clock["now"])
+    monkeypatch.setattr(checkpointing.time, "perf_counter", lambda: clock["now"])
+    saver = checkpointing.Checkpointer(Run())
+    saver.params = {"steps": 10}
+    saver.save_seconds, saver.batches_start = 5.0, 0.0
+    assert not saver._due(4)  # no deadline
+    clock["now"] = 50.0  # five batches done, five left: 50 s, then 10 s of validation and a 5-s save
+    saver.deadline = 115.0
+    assert not saver._due(4)  # the epoch ends at 115 s: in time
+    saver.deadline = 114.0
+    assert not saver._due(4)  # cannot end in time, but another batch and a save still fit (65 s)
+    saver.deadline = 64.0
+    assert saver._due(4)  # another batch and its save would end at 65 s: save now, at 55 s
+    Run.history = {}  # a first epoch: no validation to judge by
+    saver.deadline = 100.0
+    assert not saver._due(4)  # at 50 s: the epoch cannot end by 100 s (105), but a batch and a save fit
+    clock["now"] = 90.0
+    assert saver._due(8)  # at 90 s: the last batch and a save would end at 105 s, and no save follows it
 
 
 def test_a_deadline_inside_an_epoch_stops_at_a_checkpoint_there_and_the_run_resumes_at_that_batch(tmp_path, ds,
@@ -403,3 +435,32 @@ def test_a_comparison_stops_at_the_run_the_deadline_stopped(monkeypatch):
     monkeypatch.setattr(train, "fit", fake_fit)
     runs = train.compare_optimizers("model2", types.SimpleNamespace(num_classes=5), "smoke")
     assert list(runs) == ["adam", "rmsprop"] and trained == ["-adam", "-rmsprop"]
+
+
+@pytest.mark.slow
+def test_a_sitting_stopped_inside_its_first_epoch_says_where_and_exits_cleanly(tmp_path, tiny_env, synthetic):
+    """The deadline comes inside the first epoch: the command says where the run stands (not
+    'nothing trained'), and the epoch's batch generator is freed before Python exits, where
+    TensorFlow's finalizer of it printed 'Python interpreter state is not initialized'. A
+    fresh interpreter, not a fork of the tests' server: a fork leaves without finalizing."""
+    from tinylib.processes import tied_to_this_process
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TINYLIB_DATA": str(synthetic), "TINYLIB_HOME": str(tiny_env)}
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # TensorFlow's warnings shown, as a student's terminal shows them
+    command = ("import sys; from tinylib import checkpointing, cli, profiles\n"
+               "profiles.PROFILES = {**profiles.PROFILES, 'smoke': profiles.Profile('smoke', classes=None, "
+               "train_per_class=None, val_per_class=None, epochs=2, batch_size=2)}\n"  # 12 steps an epoch
+               # The deadline comes at the sixth batch, however long the setup took.
+               "batch_end = checkpointing.Checkpointer.on_train_batch_end\n"
+               "def at_the_sixth(self, batch, logs=None):\n"
+               "    self.deadline = 0.0 if batch >= 5 else float('inf')\n"
+               "    return batch_end(self, batch, logs)\n"
+               "checkpointing.Checkpointer.on_train_batch_end = at_the_sixth\n"
+               f"sys.exit(cli.main(['train', 'model1', '--profile', 'smoke', '--budget', '60', "
+               f"'--runs', {str(tmp_path / 'runs')!r}]))")
+    result = subprocess.run([sys.executable, "-c", command], env=env, cwd=REPO, capture_output=True, text=True,
+                            timeout=600, preexec_fn=tied_to_this_process)
+    assert result.returncode == reproduce.WORK_REMAINS, result.stderr[-3000:]
+    assert "stopped inside epoch 1, at batch 6 (a checkpoint)" in result.stdout, result.stdout
+    assert "no epoch finished yet: the run stands inside epoch 1, at batch 6 (a checkpoint)" in result.stdout
+    assert "interpreter state is not initialized" not in result.stderr, result.stderr[-3000:]

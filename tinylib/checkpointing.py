@@ -54,11 +54,12 @@ class Checkpointer(keras.callbacks.Callback):
         self.keras_callbacks = [c for c in keras_callbacks if type(c) in CALLBACK_STATE]
         self.epoch_start = 0.0
         self.offset = 0  # batches of the first epoch done before this fit call (a mid-epoch resume)
-        # A sitting's end (time.monotonic()): reached inside an epoch (a first one, with no
-        # length to judge by, or one slower than the last), the run stops at a checkpoint
-        # there instead of running past it; save_seconds is how long the last save took.
+        # A sitting's end (time.monotonic()): where an epoch cannot end before it, the run
+        # stops at a checkpoint inside the epoch, taken before the deadline (``_due``);
+        # save_seconds is how long the last save took.
         self.deadline: float | None = None
         self.save_seconds = 0.0
+        self.batches_start = 0.0  # when this fit call's first batch began
 
     # --- resume -------------------------------------------------------------------------
 
@@ -75,7 +76,7 @@ class Checkpointer(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
-        self.epoch_start = self.last_save = time.perf_counter()
+        self.epoch_start = self.last_save = self.batches_start = time.perf_counter()
         self.train_end = None
         self.epoch_rate = None
         self.carried_metrics = None
@@ -96,7 +97,7 @@ class Checkpointer(keras.callbacks.Callback):
                     saved = np.asarray(self.carried_metrics[variable.path])
                     variable.assign(keras.ops.convert_to_numpy(variable) + saved.astype(variable.dtype))
             self.carried_metrics = None
-        due = self.deadline is not None and time.monotonic() + self.save_seconds >= self.deadline
+        due = self._due(batch)
         if not due and (self.every is None or time.perf_counter() - self.last_save < self.every):
             return
         if batch + 1 >= (self.params.get("steps") or float("inf")):
@@ -118,6 +119,22 @@ class Checkpointer(keras.callbacks.Callback):
         if due:
             raise OutOfTime(f"the sitting's time is up inside epoch {self.epoch + 1}, after batch "
                             f"{self.offset + batch + 1}")
+
+    def _due(self, batch: int) -> bool:
+        """Whether to stop at this batch, for the sitting's deadline: when the epoch cannot end
+        before it (its batches left at this call's pace, then its validation, as long as the
+        last epoch's, and a save), stop at the last batch after which a save still ends before
+        it, rather than at the first batch past it."""
+        if self.deadline is None:
+            return False
+        now, done = time.monotonic(), batch + 1
+        per_batch = (time.perf_counter() - self.batches_start) / done
+        left = ((self.params.get("steps") or float("inf")) - done) * per_batch
+        seconds, train_seconds = (self.run.history.get(key) or [] for key in ("seconds", "train_seconds"))
+        validation = seconds[-1] - train_seconds[-1] if seconds and train_seconds else 0.0
+        if now + left + validation + self.save_seconds <= self.deadline:
+            return False  # the epoch ends in time
+        return now + per_batch + self.save_seconds >= self.deadline
 
     # --- at the end of an epoch ----------------------------------------------------------
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import os
 import sys
 from pathlib import Path
@@ -126,7 +127,9 @@ def _train(args) -> int:
     record = run.record
     print(f"\nrun folder: {run.path}")
     if not run.epochs_done:
-        print("nothing trained: the budget was spent before the first epoch")
+        print(f"no epoch finished yet: the run stands inside epoch {run.partial['epoch'] + 1}, at batch "
+              f"{run.partial['batches']} (a checkpoint), where the same command continues" if run.partial
+              else "nothing trained: the budget was spent before the first epoch")
         return _publish(run, args.results, args.fresh)
     print(f"best val top-1 {record.get('best_val_top1', float('nan')):.2%}, "
           f"top-5 {record.get('best_val_top5', float('nan')):.2%}; "
@@ -478,14 +481,23 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     except KeyboardInterrupt:
-        print("\ninterrupted: run the same command again to resume", file=sys.stderr)
-        return 130
+        status = 130
+    except SystemExit as stop:  # a SIGTERM unwinds as one (processes.sigterm_as_exit)
+        if not isinstance(stop.code, int) or stop.code < 128:
+            raise
+        status = stop.code
     except Exception as err:
         message = explain_error(err)
         if message is None:
             raise
         print(f"error: {message}", file=sys.stderr)
         return 2
+    print("\ninterrupted: run the same command again to resume", file=sys.stderr)
+    # Past the except clause its traceback is gone, and with it the frames that held the
+    # interrupted epoch's batches: free their generator while Python runs, not at exit, where
+    # TensorFlow's finalizer of it fails ("Python interpreter state is not initialized").
+    gc.collect()
+    return status
 
 
 def _out_of_device_memory(err: BaseException) -> bool:

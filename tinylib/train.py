@@ -10,6 +10,7 @@ precision through ``tinylib.environment``.
 from __future__ import annotations
 
 import contextlib
+import gc
 import random
 import sys
 import time
@@ -373,6 +374,10 @@ def _train(run: Run, model, data, seed, epochs, batch_size, callbacks, extra_cal
     finally:
         run.wall_before, run.started = run.wall_seconds, None
     if run.out_of_time:
+        # The epoch's batches were being served when the deadline stopped it: free their
+        # generator now, while Python runs, not at exit, where TensorFlow's finalizer of it fails
+        # with "Python interpreter state is not initialized".
+        gc.collect()
         where = (f"inside epoch {run.partial['epoch'] + 1}, at batch {run.partial['batches']} (a checkpoint)"
                  if run.partial else f"after epoch {run.epochs_done}")
         print(f"{run.path.name}: stopped {where} to keep within the time budget, {run.epochs_done} of "
@@ -439,8 +444,8 @@ def _would_overrun(run: Run, deadline: float | None) -> bool:
     if deadline is None:
         return False
     seconds = run.history.get("seconds") or []
-    needed = min(MIN_SITTING_SECONDS, seconds[-1]) if seconds else 0.0
-    return time.monotonic() + needed > deadline
+    epoch = seconds[-1] - (run.partial["train_seconds"] if run.partial else 0.0) if seconds else 0.0
+    return time.monotonic() + min(MIN_SITTING_SECONDS, max(epoch, 0.0)) > deadline
 
 
 def _end_and_finish(run: Run, end, loaded: Path | None) -> None:
