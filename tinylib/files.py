@@ -89,6 +89,16 @@ def write_json(path: str | os.PathLike, payload, **dumps_kwargs) -> Path:
     return write_text(path, json.dumps(payload, **dumps_kwargs))
 
 
+def read_json_object(path: str | os.PathLike) -> dict:
+    """The JSON object saved at ``path``; {} where none was saved (or it is not one), so a
+    reader of an optional measurement has nothing to special-case."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     """Delete the temporaries (files or folders) that killed writers left in ``folder``;
     returns what was removed.

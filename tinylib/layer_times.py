@@ -13,7 +13,6 @@ measurement (``layer-times.json``) and says what it shows.
 from __future__ import annotations
 
 import datetime
-import json
 from pathlib import Path
 
 from tinylib import files
@@ -55,11 +54,7 @@ def read(folder: Path | str | None = None) -> dict:
     """The saved measurement, or {} when none was saved."""
     from tinylib.results import default_results_dir
 
-    try:
-        data = json.loads((Path(folder or default_results_dir()) / LAYERS_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+    return files.read_json_object(Path(folder or default_results_dir()) / LAYERS_FILE)
 
 
 def measurement(model: str, folder: Path | str | None = None) -> dict | None:
