@@ -38,6 +38,9 @@ def test_the_expected_rate_is_the_benchmarks_on_this_device_else_half_the_peak(t
                                                                  "train_gflop_per_image": 2.3}})
     gflops, basis = budget.expected_gflops(record, tmp_path)
     assert gflops == pytest.approx(230.0) and "benchmark" in basis
+    # The benchmark's images/s with this run's FLOPs per image (counted another way before):
+    counted = {**record, "speed": {**record["speed"], "train_gflop_per_image": 2.29}}
+    assert budget.expected_gflops(counted, tmp_path)[0] == pytest.approx(229.0)
     other = {**record, "device": "CPU: b"}  # measured elsewhere: not this machine's rate
     assert budget.expected_gflops(other, tmp_path) == (150.0, "half the matmul peak")
 

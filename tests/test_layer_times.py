@@ -127,3 +127,19 @@ def test_the_story_says_fell_where_the_other_layers_share_fell_and_names_a_lone_
         side["layers"] = [row for row in side["layers"] if row["gflop"]]
     _save(tmp_path, only_products)
     assert "dense layers became 1.80× as fast. The product furthest" in layer_times.story("model2", tmp_path)
+
+
+def test_equal_shares_stay_and_the_figure_is_titled_with_the_model(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from tinylib import plots
+
+    measured = _measured()
+    fast = measured["model2"]["mixed_bfloat16"]["layers"]
+    # bfloat16: the others 10 ms and the products 45 ms, 18% of 55, as float32's 20 ms of 110
+    fast[0]["seconds"], fast[2]["seconds"], fast[3]["seconds"] = 0.005, 0.025, 0.005
+    _save(tmp_path, measured)
+    assert "their share of the layers' time stayed at 18%" in layer_times.story("model2", tmp_path)
+    fig = plots.layer_times_by_precision(layer_times.measurement("model2", tmp_path))
+    assert fig.axes[0].get_title().startswith("Model 2: CPU: test (2 cores), batch 128, measured ")

@@ -112,6 +112,11 @@ def test_inside_an_epoch_that_cannot_end_in_time_the_stop_is_saved_before_the_de
     assert not saver._due(4)  # at 50 s: the epoch cannot end by 100 s (105), but a batch and a save fit
     clock["now"] = 90.0
     assert saver._due(8)  # at 90 s: the last batch and a save would end at 105 s, and no save follows it
+    Run.history = {"seconds": [110.0], "train_seconds": [100.0]}
+    saver.deadline = 110.0
+    assert saver._due(8)  # the epoch would end at 115 s, past 110, and no save follows its last batch: save now
+    saver.deadline = 116.0
+    assert not saver._due(8)  # the last batch, its validation and the epoch's save end at 115 s: in time
 
 
 def test_a_deadline_inside_an_epoch_stops_at_a_checkpoint_there_and_the_run_resumes_at_that_batch(tmp_path, ds,

@@ -124,17 +124,20 @@ class Checkpointer(keras.callbacks.Callback):
         """Whether to stop at this batch, for the sitting's deadline: when the epoch cannot end
         before it (its batches left at this call's pace, then its validation, as long as the
         last epoch's, and a save), stop at the last batch after which a save still ends before
-        it, rather than at the first batch past it."""
+        it, rather than at the first batch past it: at the one before the epoch's last at the
+        latest, since no save follows the last. (The callback runs once per compiled call:
+        with several steps per call, the next chance to save is that many steps away.)"""
         if self.deadline is None:
             return False
         now, done = time.monotonic(), batch + 1
-        per_batch = (time.perf_counter() - self.batches_start) / done
-        left = ((self.params.get("steps") or float("inf")) - done) * per_batch
+        steps = self.params.get("steps") or float("inf")
+        per_step = (time.perf_counter() - self.batches_start) / done
+        between = max(1, int(getattr(self.model, "steps_per_execution", None) or 1))  # steps to the next chance
         seconds, train_seconds = (self.run.history.get(key) or [] for key in ("seconds", "train_seconds"))
         validation = seconds[-1] - train_seconds[-1] if seconds and train_seconds else 0.0
-        if now + left + validation + self.save_seconds <= self.deadline:
+        if now + (steps - done) * per_step + validation + self.save_seconds <= self.deadline:
             return False  # the epoch ends in time
-        return now + per_batch + self.save_seconds >= self.deadline
+        return done + between >= steps or now + between * per_step + self.save_seconds >= self.deadline
 
     # --- at the end of an epoch ----------------------------------------------------------
 

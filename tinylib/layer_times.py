@@ -92,7 +92,7 @@ def precision_gain(entry: dict) -> dict:
         "peak_ratio": native / peak["float32"] if native else None,
         "images_per_second": (batch / slow["step_seconds"], batch / fast["step_seconds"]),
         "step_ratio": slow["step_seconds"] / fast["step_seconds"],
-        "products_ratio": slow_products / fast_products,
+        "products_ratio": slow_products / fast_products if fast_products else None,
         "others_ratio": slow_others / fast_others if fast_others else None,
         "others_share": (slow_others / (slow_products + slow_others), fast_others / (fast_products + fast_others)),
         "others": [row["layer"] for row in others],
@@ -129,16 +129,20 @@ def story(model: str = "model2", folder: Path | str | None = None) -> str:
 def _layers_sentences(gain: dict) -> str:
     """The layer-by-layer part of ``story``: each kind of layer, the product furthest from
     the peak, and the bound, each only where the measurement has it."""
-    text = f" Timed one layer at a time, its convolutions and dense layers became {gain['products_ratio']:.2f}× as fast"
+    products = gain["products_ratio"]
+    text = (f" Timed one layer at a time, its convolutions and dense layers became {products:.2f}× as fast"
+            if products else " Timed one layer at a time, it has no convolution or dense layer")
     others = [f"`{name}`" for name in gain["others"][:3]]
     if others:
         named = ", ".join(others[:-1]) + f" and {others[-1]}" if len(others) > 1 else others[0]
         verb = "moves" if len(gain["others"]) == 1 else "move"
         kept = " (the augmentation stays float32 on purpose)" if "augmentation" in gain["others"] else ""
-        before, after = gain["others_share"]
-        trend = "grew" if after > before else "fell" if after < before else "stayed"
-        text += (f" and the other layers {gain['others_ratio']:.2f}×: {named} {verb} memory rather than multiply"
-                 f"{kept}, and their share of the layers' time {trend} from {before:.0%} to {after:.0%}.")
+        before, after = (round(100 * share) for share in gain["others_share"])
+        trend = (f"grew from {before}% to {after}%" if after > before else
+                 f"fell from {before}% to {after}%" if after < before else f"stayed at {after}%")
+        ratio = f"{gain['others_ratio']:.2f}×" if gain["others_ratio"] else "no faster"
+        text += (f" and the other layers {ratio}: {named} {verb} memory rather than multiply"
+                 f"{kept}, and their share of the layers' time {trend}.")
     else:
         text += "."
     furthest = gain["furthest"]
