@@ -59,7 +59,9 @@ def test_the_gain_is_worked_out_from_the_layers_as_by_hand(tmp_path):
     assert gain["others_ratio"] == pytest.approx(0.020 / 0.016)
     assert gain["others_share"] == pytest.approx((0.020 / 0.110, 0.016 / 0.066))
     assert gain["others"] == ["augmentation", "pool2"]  # slowest first
+    # conv1 loses 20 - 1.7/400 = 15.75 ms to the peak, conv2 30 - 6/400 = 15 ms
     assert gain["furthest"]["layer"] == "conv1" and gain["furthest_rate"] == pytest.approx(85.0)
+    assert gain["furthest_at_peak"] == pytest.approx(1.7 / 400)
     assert gain["layers_ratio"] == pytest.approx(0.110 / 0.066)
     # the products at 400 GFLOP/s: 7.7 GFLOP in 19.25 ms, the others as measured (16 ms)
     assert gain["bound"] == pytest.approx(0.110 / (0.016 + 0.01925))
@@ -73,7 +75,8 @@ def test_the_story_reads_every_figure_from_the_record(tmp_path):
                    "became 2.00× as fast (640 to 1,280 images/s)", "dense layers became 1.80× as fast",
                    "the other layers 1.25×", "`augmentation` and `pool2` move memory",
                    "the augmentation stays float32 on purpose", "from 18% to 24%",
-                   "`conv1`, at 85 GFLOP/s in bfloat16: its 3 input channels make a matrix product too thin",
+                   "loses the most time to the peak is `conv1`: 20.0 ms where the peak would take 4.2 (85 GFLOP/s): "
+                   "its 3 input channels make a matrix product too thin",
                    "became 1.67× as fast", "they would have become 3.12× as fast"):
         assert figure in text, figure
 
@@ -126,7 +129,7 @@ def test_the_story_says_fell_where_the_other_layers_share_fell_and_names_a_lone_
     for side in only_products["model2"].values():
         side["layers"] = [row for row in side["layers"] if row["gflop"]]
     _save(tmp_path, only_products)
-    assert "dense layers became 1.80× as fast. The product furthest" in layer_times.story("model2", tmp_path)
+    assert "dense layers became 1.80× as fast. The product that loses the most time" in layer_times.story("model2", tmp_path)
 
 
 def test_equal_shares_stay_and_the_figure_is_titled_with_the_model(tmp_path):

@@ -83,8 +83,11 @@ def precision_gain(entry: dict) -> dict:
     products = {policy: _split(side["layers"]) for policy, side in ((SLOW, slow), (FAST, fast))}
     (slow_products, slow_others), (fast_products, fast_others) = products[SLOW], products[FAST]
     work = sum(row["gflop"] for row in fast["layers"])
-    furthest = min((row for row in fast["layers"] if row["gflop"]), key=lambda row: row["gflop"] / row["seconds"],
-                   default=None)
+    products_rows = [row for row in fast["layers"] if row["gflop"]]
+    if native:  # the product that loses the most time to the peak, not merely the slowest per FLOP
+        furthest = max(products_rows, key=lambda row: row["seconds"] - row["gflop"] / native, default=None)
+    else:
+        furthest = min(products_rows, key=lambda row: row["gflop"] / row["seconds"], default=None)
     others = sorted((row for row in fast["layers"] if not row["gflop"]), key=lambda row: -row["seconds"])
     batch = entry["batch_size"]
     return {
@@ -98,6 +101,7 @@ def precision_gain(entry: dict) -> dict:
         "others": [row["layer"] for row in others],
         "furthest": furthest,
         "furthest_rate": furthest["gflop"] / furthest["seconds"] if furthest else None,
+        "furthest_at_peak": furthest["gflop"] / native if furthest and native else None,
         "layers_ratio": (slow_products + slow_others) / (fast_products + fast_others),
         "bound": (slow_products + slow_others) / (fast_others + work / native) if native else None,
     }
@@ -150,8 +154,13 @@ def _layers_sentences(gain: dict) -> str:
         thin = (f": its {furthest['input_channels']} input channels make a matrix product too thin to keep the "
                 "cores busy" if furthest.get("kind") == "Conv2D"
                 and 0 < furthest.get("input_channels", 0) <= THIN_PRODUCT_CHANNELS else "")
-        text += f" The product furthest from the peak is `{furthest['layer']}`, at {gain['furthest_rate']:,.0f} " \
-                f"GFLOP/s in bfloat16{thin}."
+        if gain["furthest_at_peak"] is not None:
+            text += (f" The product that loses the most time to the peak is `{furthest['layer']}`: "
+                     f"{1e3 * furthest['seconds']:.1f} ms where the peak would take "
+                     f"{1e3 * gain['furthest_at_peak']:.1f} ({gain['furthest_rate']:,.0f} GFLOP/s){thin}.")
+        else:
+            text += (f" The product furthest from the float32 one's pace is `{furthest['layer']}`, at "
+                     f"{gain['furthest_rate']:,.0f} GFLOP/s in bfloat16{thin}.")
     text += f" All the layers together, timed alone, became {gain['layers_ratio']:.2f}× as fast"
     if gain["bound"] is None:
         return text + "."

@@ -372,7 +372,7 @@ def layer_times_by_precision(entry: dict, ax=None, figsize=None):
         _, ax = plt.subplots(figsize=figsize or (8, 0.32 * frame["layer"].nunique() + 1.2))
     order = sorted(entry["policies"], key=lambda policy: policy != "float32")  # float32 first, in one colour
     sns.barplot(frame, x="ms", y="layer", hue="precision", hue_order=order, orient="h", ax=ax)
-    ax.set_xlabel("milliseconds a step (each layer's forward and backward, timed alone)")
+    ax.set_xlabel("ms a step: each layer's forward and backward, timed alone")
     ax.set_ylabel("")
     ax.grid(axis="x", alpha=0.3)
     from tinylib.results import _model_title
