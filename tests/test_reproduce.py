@@ -92,13 +92,14 @@ def test_inside_an_epoch_that_cannot_end_in_time_the_stop_is_saved_before_the_de
 
     class Run:
         history = {"seconds": [110.0], "train_seconds": [100.0]}
+        save_seconds = 5.0  # the run's last save, read from its state.json
 
     clock = {"now": 0.0}
     monkeypatch.setattr(checkpointing.time, "monotonic", lambda: clock["now"])
     monkeypatch.setattr(checkpointing.time, "perf_counter", lambda: clock["now"])
     saver = checkpointing.Checkpointer(Run())
     saver.params = {"steps": 10}
-    saver.save_seconds, saver.batches_start = 5.0, 0.0
+    saver.batches_start = 0.0
     assert not saver._due(4)  # no deadline
     clock["now"] = 50.0  # five batches done, five left: 50 s, then 10 s of validation and a 5-s save
     saver.deadline = 115.0
@@ -139,10 +140,15 @@ def test_a_deadline_inside_an_epoch_stops_at_a_checkpoint_there_and_the_run_resu
     assert run.out_of_time and run.epochs_done == 0
     state = json.loads((run.path / "state.json").read_text())
     assert state["partial"]["epoch"] == 0 and 1 <= state["partial"]["batches"] < 3
+    assert state["save_seconds"] > 0  # the next sitting's first stop allows for a save as long
     assert "stopped inside epoch 1, at batch" in capsys.readouterr().out
     record = json.loads((run.path / "record.json").read_text())
     assert record["epochs_run"] == 0 and not record["finished"] and record["wall_seconds"] > 0
     monkeypatch.undo()
+    from tinylib.runs import Run
+
+    resumed = Run(path=run.path, model=train.build("model2", ds, profile), record=dict(run.record))
+    assert not train._resume(resumed, 2, 3) and resumed.save_seconds == state["save_seconds"]
     again = train.fit(train.build("model2", ds, profile), ds, profile, runs=tmp_path, verbose=0)
     assert again.record["finished"] and again.record["epochs_run"] == 2
     assert f"batch {state['partial']['batches']} of epoch 1" in capsys.readouterr().out

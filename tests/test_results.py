@@ -188,6 +188,12 @@ def test_training_accuracy_is_set_beside_the_validation_accuracy_of_its_own_epoc
     _record(tmp_path, "m1.json", model="model1", best_val_top1=0.25, epochs_run=2,
             history={key: values[:2] for key, values in tied.items()})
     assert "its last epoch" not in results.full_scale_report("model1", tmp_path)
+    # An unfinished run counts the epochs it has trained, not the ones it will train.
+    _record(tmp_path, "m1.json", model="model1", best_val_top1=0.22, epochs_run=4, epochs=30, finished=False,
+            history=history, dataset={"val_images": 10_000}, record_file="m1.json")
+    story = results.full_scale_story("model1", tmp_path)
+    assert "22.00% validation top-1 at epoch 3 of the 4 trained so far (95% interval" in story
+    assert "4 of 30 epochs so far" in story
 
 
 def test_the_comparison_story_says_which_order_and_whether_it_is_the_studys(tmp_path):

@@ -55,10 +55,9 @@ class Checkpointer(keras.callbacks.Callback):
         self.epoch_start = 0.0
         self.offset = 0  # batches of the first epoch done before this fit call (a mid-epoch resume)
         # A sitting's end (time.monotonic()): where an epoch cannot end before it, the run
-        # stops at a checkpoint inside the epoch, taken before the deadline (``_due``);
-        # save_seconds is how long the last save took.
+        # stops at a checkpoint inside the epoch, taken before the deadline (``_due``), allowing
+        # for a save as long as the run's last one (``Run.save_seconds``, kept in state.json).
         self.deadline: float | None = None
-        self.save_seconds = 0.0
         self.batches_start = 0.0  # when this fit call's first batch began
 
     # --- resume -------------------------------------------------------------------------
@@ -105,6 +104,7 @@ class Checkpointer(keras.callbacks.Callback):
         started = time.perf_counter()
         name = partial_checkpoint_name(self.epoch, self.offset + batch + 1)
         save_weights(self.model, self.run.path / name)
+        self.run.save_seconds = time.perf_counter() - started  # state.json keeps it for the next sitting
         self.run.partial = {
             "epoch": self.epoch, "batches": self.offset + batch + 1, "checkpoint": name,
             "train_seconds": time.perf_counter() - self.epoch_start,
@@ -115,7 +115,6 @@ class Checkpointer(keras.callbacks.Callback):
         (self.run.path / PARTIAL_CHECKPOINT).unlink(missing_ok=True)
         self.run.write_record()  # the time spent so far, which a kill -9 would otherwise lose
         self.last_save = time.perf_counter()
-        self.save_seconds = self.last_save - started
         if due:
             raise OutOfTime(f"the sitting's time is up inside epoch {self.epoch + 1}, after batch "
                             f"{self.offset + batch + 1}")
@@ -135,9 +134,10 @@ class Checkpointer(keras.callbacks.Callback):
         between = max(1, int(getattr(self.model, "steps_per_execution", None) or 1))  # steps to the next chance
         seconds, train_seconds = (self.run.history.get(key) or [] for key in ("seconds", "train_seconds"))
         validation = seconds[-1] - train_seconds[-1] if seconds and train_seconds else 0.0
-        if now + (steps - done) * per_step + validation + self.save_seconds <= self.deadline:
+        save = self.run.save_seconds
+        if now + (steps - done) * per_step + validation + save <= self.deadline:
             return False  # the epoch ends in time
-        return done + between >= steps or now + between * per_step + self.save_seconds >= self.deadline
+        return done + between >= steps or now + between * per_step + save >= self.deadline
 
     # --- at the end of an epoch ----------------------------------------------------------
 
@@ -171,7 +171,9 @@ class Checkpointer(keras.callbacks.Callback):
             for key, value in logs.items():
                 self.run.history.setdefault(key, []).append(float(value))
             checkpoint = self.run.path / epoch_checkpoint_name(epoch + 1)
+            started = time.perf_counter()
             save_weights(self.model, checkpoint)
+            self.run.save_seconds = time.perf_counter() - started
             self.run.epochs_done = epoch + 1
             self.run.partial, self.offset = None, 0
             self._save_best_weights(epoch)
@@ -225,6 +227,7 @@ class Checkpointer(keras.callbacks.Callback):
             "epochs_done": self.run.epochs_done, "checkpoint": checkpoint, "history": self.run.history,
             "partial": self.run.partial, "callbacks": self.run.callback_state,
             "best_weights": self.run.best_weights, "random_state": random_state(self.model),
+            "save_seconds": round(self.run.save_seconds, 3),
         })
 
 

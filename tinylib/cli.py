@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import gc
 import os
 import sys
 from pathlib import Path
@@ -493,10 +492,9 @@ def main(argv=None) -> int:
         print(f"error: {message}", file=sys.stderr)
         return 2
     print("\ninterrupted: run the same command again to resume", file=sys.stderr)
-    # Past the except clause its traceback is gone, and with it the frames that held the
-    # interrupted epoch's batches: free their generator while Python runs, not at exit, where
-    # TensorFlow's finalizer of it fails ("Python interpreter state is not initialized").
-    gc.collect()
+    from tinylib.processes import free_stopped_work
+
+    free_stopped_work()  # past the except clause, the traceback that held the epoch's frames is gone
     return status
 
 

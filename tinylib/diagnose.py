@@ -94,7 +94,7 @@ def _gap_sentences(facts: dict, study: dict, record: dict) -> list[str]:
     swings, and whether that is beyond the noise of the two validation sets."""
     gap = study["val"] - facts["best_val"]
     n = int((record.get("dataset") or {}).get("val_images") or results.STUDY_VAL_IMAGES)
-    noise = results._against(facts["best_val"], n, study["val"], results.STUDY_VAL_IMAGES) == "within noise of"
+    noise = results.standing(facts["best_val"], n, study["val"], results.STUDY_VAL_IMAGES) == "within noise of"
     heading = (f"Below the study's {pct(study['val'])}, within noise" if noise
                else f"Why it is short of the study's {pct(study['val'])}")
     sentences = [f"**{heading}:** its best epoch ({facts['best_epoch']} of {facts['epochs']}) is {_points(gap)} "
@@ -271,8 +271,8 @@ def _precision_note(model: str, runs: dict[int, dict], folder=None) -> list[str]
     which = ", ".join(f"batch {batch} in {policy}" for batch, policy in policies.items())
     policy, best = checked["policy"], checked["best"]
     own = checked["model"] == model
-    title = results._model_title(model)
-    of = title if own else results._model_title(checked["model"])
+    title = results.model_title(model)
+    of = title if own else results.model_title(checked["model"])
     assumes = ("over a whole run, which that check did not test" if own else
                f"for {title} too, over a whole run, which that check on another model did not test")
     return [f"The runs differ in their arithmetic too ({which}). They are compared because the book's precision "
@@ -350,16 +350,16 @@ def _where_both_ended(model: str, small: int, a: dict, large: int, b: dict, n: i
     study = results.STUDY_RESULTS.get(model, {}).get("val")
     if study is None:
         return said
-    against = {batch: results._against(best, n, study, results.STUDY_VAL_IMAGES)
+    standings = {batch: results.standing(best, n, study, results.STUDY_VAL_IMAGES)
                for batch, best in ((small, best_a), (large, best_b))}
-    verdicts = set(against.values())
+    verdicts = set(standings.values())
     if verdicts == {"below"}:
         said.append(f"Both are below, beyond noise, the study's {pct(study)}: the batch does not account for "
                     "that gap, at the study's learning rate.")
     elif "below" not in verdicts:
         said.append(f"Neither is below, beyond noise, the study's {pct(study)}.")
     else:
-        better = small if against[small] != "below" else large
+        better = small if standings[small] != "below" else large
         said.append(f"Only batch {better} is not below, beyond noise, the study's {pct(study)}.")
     return said
 
@@ -383,7 +383,7 @@ def batch_story(model: str, folder=None) -> str:
     where each run at any batch ended; with a record at one batch only, which run is not
     yet measured and the command that measures it."""
     runs = by_batch(model, folder)
-    title = results._model_title(model)
+    title = results.model_title(model)
     if len(runs) < 2:
         return _batch_not_yet_measured(model, title, runs) + _set_aside(model, folder)
     (small, a), (large, b) = next(iter(runs.items())), list(runs.items())[-1]

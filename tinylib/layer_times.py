@@ -64,10 +64,13 @@ def measurement(model: str, folder: Path | str | None = None) -> dict | None:
     return entry if SLOW in policies and FAST in policies else None
 
 
-def _split(rows: list[dict]) -> tuple[float, float]:
-    """(seconds of the layers with matrix products, seconds of the others)."""
-    products = sum(row["seconds"] for row in rows if row["gflop"])
-    return products, sum(row["seconds"] for row in rows) - products
+def _partition(rows: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(the layers with matrix products, the others)."""
+    return [row for row in rows if row["gflop"]], [row for row in rows if not row["gflop"]]
+
+
+def _seconds(rows: list[dict]) -> float:
+    return sum(row["seconds"] for row in rows)
 
 
 def precision_gain(entry: dict) -> dict:
@@ -80,15 +83,15 @@ def precision_gain(entry: dict) -> dict:
     slow, fast = entry["policies"][SLOW], entry["policies"][FAST]
     peak = entry["matmul_peak_gflops_per_second"]
     native = peak.get("bfloat16")
-    products = {policy: _split(side["layers"]) for policy, side in ((SLOW, slow), (FAST, fast))}
-    (slow_products, slow_others), (fast_products, fast_others) = products[SLOW], products[FAST]
-    work = sum(row["gflop"] for row in fast["layers"])
-    products_rows = [row for row in fast["layers"] if row["gflop"]]
+    slow_products, slow_others = map(_seconds, _partition(slow["layers"]))
+    products_rows, other_rows = _partition(fast["layers"])
+    fast_products, fast_others = _seconds(products_rows), _seconds(other_rows)
+    work = sum(row["gflop"] for row in products_rows)
     if native:  # the product that loses the most time to the peak, not merely the slowest per FLOP
         furthest = max(products_rows, key=lambda row: row["seconds"] - row["gflop"] / native, default=None)
     else:
         furthest = min(products_rows, key=lambda row: row["gflop"] / row["seconds"], default=None)
-    others = sorted((row for row in fast["layers"] if not row["gflop"]), key=lambda row: -row["seconds"])
+    others = sorted(other_rows, key=lambda row: -row["seconds"])
     batch = entry["batch_size"]
     return {
         "peak": (peak["float32"], native),
@@ -110,9 +113,9 @@ def precision_gain(entry: dict) -> dict:
 def story(model: str = "model2", folder: Path | str | None = None) -> str:
     """What mixed bfloat16 bought ``model``'s training step and why not more (Markdown),
     every number read from ``layer-times.json``; "not yet measured" and the command without it."""
-    from tinylib.results import _model_title
+    from tinylib.results import model_title
 
-    title = _model_title(model)
+    title = model_title(model)
     entry = measurement(model, folder)
     if entry is None:
         return (f"**Where bfloat16 pays ({title}):** not yet measured. `book/results/{LAYERS_FILE}` holds no "

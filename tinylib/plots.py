@@ -375,9 +375,9 @@ def layer_times_by_precision(entry: dict, ax=None, figsize=None):
     ax.set_xlabel("ms a step: each layer's forward and backward, timed alone")
     ax.set_ylabel("")
     ax.grid(axis="x", alpha=0.3)
-    from tinylib.results import _model_title
+    from tinylib.results import model_title
 
-    model = f"{_model_title(entry['model'])}: " if entry.get("model") else ""
+    model = f"{model_title(entry['model'])}: " if entry.get("model") else ""
     ax.set_title(f"{model}{entry['device']}, batch {entry['batch_size']}, measured {entry['measured']}", fontsize=9)
     ax.figure.tight_layout()
     return ax.figure

@@ -9,6 +9,7 @@ thread polling the parent's pid covers other systems and a parent that died firs
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import signal
 import sys
@@ -84,3 +85,11 @@ def sigterm_as_exit():
         yield
     finally:  # None: the handler before was set from C, which Python cannot put back; the default then
         signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def free_stopped_work() -> None:
+    """Free what a stopped epoch left behind (its batches' generator, held by the frames of
+    a deadline's stop or of a Ctrl-C's traceback) while Python still runs: left for exit,
+    TensorFlow's finalizer of that generator fails with "Python interpreter state is not
+    initialized"."""
+    gc.collect()

@@ -279,7 +279,7 @@ def pct(value: float) -> str:
     return f"{value:.2%}"
 
 
-def _model_title(model: str) -> str:
+def model_title(model: str) -> str:
     """'model2' -> 'Model 2' (the study's names); other names as they are."""
     return f"Model {model[5:]}" if model.startswith("model") and model[5:].isdigit() else model
 
@@ -292,7 +292,7 @@ def _interval(record: dict) -> tuple[float, float, int]:
     return low, high, n
 
 
-def _against(value: float, n: int, other: float, other_n: int) -> str:
+def standing(value: float, n: int, other: float, other_n: int) -> str:
     """'within noise of', 'above' or 'below' (beyond noise): how ``value`` stands to ``other``."""
     from tinylib.stats import within_noise
 
@@ -302,10 +302,10 @@ def _against(value: float, n: int, other: float, other_n: int) -> str:
 
 
 def against_phrase(value: float, n: int, other: float, other_n: int) -> str:
-    """``_against`` for the middle of a sentence: 'within noise of', 'above, beyond noise,' or
+    """``standing`` for the middle of a sentence: 'within noise of', 'above, beyond noise,' or
     'below, beyond noise,' (then the other figure)."""
     return {"within noise of": "within noise of", "above": "above, beyond noise,",
-            "below": "below, beyond noise,"}[_against(value, n, other, other_n)]
+            "below": "below, beyond noise,"}[standing(value, n, other, other_n)]
 
 
 def _how_it_ended(record: dict) -> str:
@@ -322,7 +322,7 @@ def full_scale_story(model: str, folder: Path | str | None = None) -> str:
     against validation accuracy at that epoch (and at the last), what ended the run, its minutes and device. Without a
     record it says "not yet measured" and how to make one; a number is never typed in.
     """
-    title, study = _model_title(model), STUDY_RESULTS.get(model)
+    title, study = model_title(model), STUDY_RESULTS.get(model)
     record = full_scale_records(folder).get(model)
     study_text = (f"the study's {pct(study['val'])} validation and {pct(study['train'])} training accuracy"
                   if study else "no figure from the study")
@@ -334,13 +334,16 @@ def full_scale_story(model: str, folder: Path | str | None = None) -> str:
     low, high, n = _interval(record)
     epoch = at_best_epoch(record)  # train, val and top-5 of one epoch, the best one
     best, train = record["best_val_top1"], epoch["train"]
-    so_far = "" if record.get("finished", True) else " so far"
+    finished = record.get("finished", True)
     top5 = f"; top-5 {pct(epoch['val_top5'])}" if epoch.get("val_top5") is not None else ""
-    at = f" at epoch {epoch['epoch']} of {epoch['epochs']}" if epoch["epoch"] is not None else ""
-    parts = [f"**This book at full scale:** {title} reached {pct(best)} validation top-1{so_far}{at} "
+    if epoch["epoch"] is None:
+        at = "" if finished else " so far"
+    else:  # an unfinished run's epochs are those trained so far, not the run's
+        at = f" at epoch {epoch['epoch']} of {'' if finished else 'the '}{epoch['epochs']}" + ("" if finished else " trained so far")
+    parts = [f"**This book at full scale:** {title} reached {pct(best)} validation top-1{at} "
              f"(95% interval {low:.1%} to {high:.1%} on {n:,} images{top5})"]
     if study:
-        stand = _against(best, n, study["val"], STUDY_VAL_IMAGES)
+        stand = standing(best, n, study["val"], STUDY_VAL_IMAGES)
         parts[0] += (f", {stand} the study's {pct(study['val'])}"
                      + ("" if stand == "within noise of" else ", beyond noise") + ".")
     else:
@@ -372,13 +375,13 @@ def comparison_story(first: str, second: str, folder: Path | str | None = None) 
     """One sentence: how two models' full-scale runs in this book compare, and how the study's did."""
     records = full_scale_records(folder)
     a, b = records.get(first), records.get(second)
-    name_a, name_b = _model_title(first), _model_title(second)
+    name_a, name_b = model_title(first), model_title(second)
     if a is None or b is None:
-        missing = " and ".join(_model_title(m) for m, r in ((first, a), (second, b)) if r is None)
+        missing = " and ".join(model_title(m) for m, r in ((first, a), (second, b)) if r is None)
         return f"This book cannot compare {name_a} with {name_b} at full scale yet: {missing} is not yet measured."
     low_a, high_a, n_a = _interval(a)
     _, _, n_b = _interval(b)
-    stand = _against(a["best_val_top1"], n_a, b["best_val_top1"], n_b)
+    stand = standing(a["best_val_top1"], n_a, b["best_val_top1"], n_b)
     verdict = {"within noise of": f"{name_a} and {name_b} are not shown apart (their intervals overlap)",
                "above": f"{name_a} is ahead of {name_b}, beyond noise",
                "below": f"{name_a} is behind {name_b}, beyond noise"}[stand]
@@ -438,7 +441,7 @@ def study_best() -> dict[str, float]:
 
     model, row = _study_best_row()
     pretrained = ", ImageNet weights" if model in PRETRAINED else ""
-    return {f"the study's best ({_model_title(model)}{pretrained})": row["val"]}
+    return {f"the study's best ({model_title(model)}{pretrained})": row["val"]}
 
 
 def budget_hours(key: str = AFTERNOON_RUN, folder: Path | str | None = None) -> float:
@@ -457,7 +460,7 @@ def hours_records(folder: Path | str | None = None) -> dict[str, dict]:
     def label(key: str) -> str:
         record = records[key]
         pretrained = ", ImageNet weights" if record.get("weights") == "imagenet" else ""
-        return f"{_model_title(key)} ({_precision(record)}{pretrained})"
+        return f"{model_title(key)} ({_precision(record)}{pretrained})"
 
     return {label(key): records[key] for key in (*STUDY_RESULTS, AFTERNOON_RUN) if key in records}
 
@@ -643,7 +646,7 @@ def precision_story(model: str = "model2", policy: str = "mixed_bfloat16",
     """Chapter 13's sentence on the check: the two curves' best validation top-1 over the
     same epochs, whether they differ beyond noise, and the device and rate of each."""
     check = precision_check(model, policy, folder)
-    title = _model_title(model)
+    title = model_title(model)
     if check is None:
         return (f"The check of {policy} against float32 on {title} at full scale is not yet measured: "
                 f"`python -m tinylib reproduce --only precision --profile full --results book/results`.")

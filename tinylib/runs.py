@@ -179,6 +179,7 @@ class Run:
     partial: dict | None = None  # where inside an epoch the last mid-epoch checkpoint was taken
     callback_state: dict = dataclasses.field(default_factory=dict)  # early stopping's patience, ...
     best_weights: str | None = None  # the file of early stopping's best weights that state.json names
+    save_seconds: float = 0.0  # how long the run's last checkpoint took to save: a stop allows for one
     stopped: bool = False  # early stopping had ended the run when it was interrupted: only the end is left
     out_of_time: bool = False  # stopped by a deadline (at an epoch's end or a checkpoint inside one): resumable
     started: float | None = None  # perf_counter() when this invocation began training

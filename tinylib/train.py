@@ -10,7 +10,6 @@ precision through ``tinylib.environment``.
 from __future__ import annotations
 
 import contextlib
-import gc
 import random
 import sys
 import time
@@ -256,6 +255,7 @@ def _resume(run: Run, epochs: int, steps: int) -> bool:
         restore_random_state(model, state.get("random_state"))
     run.history, run.epochs_done = state["history"], state["epochs_done"]
     run.callback_state = state.get("callbacks") or {}
+    run.save_seconds = float(state.get("save_seconds") or 0.0)  # a sitting's first stop allows for a save
     run.best_weights = state.get("best_weights") or (BEST_WEIGHTS if (path / BEST_WEIGHTS).is_file() else None)
     # Killed between its last epoch's checkpoint and its final one (a record that may not say
     # finished yet): early stopping's end is done from the best weights on disk, as a held
@@ -374,10 +374,7 @@ def _train(run: Run, model, data, seed, epochs, batch_size, callbacks, extra_cal
     finally:
         run.wall_before, run.started = run.wall_seconds, None
     if run.out_of_time:
-        # The epoch's batches were being served when the deadline stopped it: free their
-        # generator now, while Python runs, not at exit, where TensorFlow's finalizer of it fails
-        # with "Python interpreter state is not initialized".
-        gc.collect()
+        processes.free_stopped_work()  # the epoch's batches were being served
         where = (f"inside epoch {run.partial['epoch'] + 1}, at batch {run.partial['batches']} (a checkpoint)"
                  if run.partial else f"after epoch {run.epochs_done}")
         print(f"{run.path.name}: stopped {where} to keep within the time budget, {run.epochs_done} of "
