@@ -82,7 +82,8 @@ def gap_story(model: str, folder=None) -> str:
     if reached is not None:
         return (f"**Against the study's figure:** its validation accuracy first reached the study's "
                 f"{pct(study['val'])} at epoch {reached} of the {facts['epochs']} it ran.")
-    sentences = [*_gap_sentences(facts, study, record), *_fit_sentences(record, study), *_batch_sentences(record, facts),
+    sentences = [*_gap_sentences(facts, study, record), *_fit_sentences(record, study),
+                 *_batch_sentences(record, facts),
                  *_trend_sentences(facts),
                  *_end_sentences(facts, *results.run_end(record),
                                  early_stopping="early_stopping" in (record.get("callbacks") or []))]
@@ -95,8 +96,9 @@ def _gap_sentences(facts: dict, study: dict, record: dict) -> list[str]:
     gap = study["val"] - facts["best_val"]
     n = int((record.get("dataset") or {}).get("val_images") or results.STUDY_VAL_IMAGES)
     noise = results.standing(facts["best_val"], n, study["val"], results.STUDY_VAL_IMAGES) == "within noise of"
-    heading = (f"Below the study's {pct(study['val'])}, within noise" if noise
-               else f"Why it is short of the study's {pct(study['val'])}")
+    so_far = " so far" if results.run_end(record)[0] == "unfinished" else ""
+    heading = (f"Below the study's {pct(study['val'])}{so_far}, within noise" if noise
+               else f"Why it is short of the study's {pct(study['val'])}{so_far}")
     sentences = [f"**{heading}:** its best epoch ({facts['best_epoch']} of {facts['epochs']}) is {_points(gap)} "
                  f"points below it{', a gap these validation sets do not show beyond noise (the intervals overlap)' if noise else ''}."]
     if facts["swing"]:
@@ -131,11 +133,18 @@ def _fit_sentences(record: dict, study: dict) -> list[str]:
         verdict = (f"That is a sign that this run's training task is harder than the study's was (stronger "
                    f"{regularizers['stronger']}): a harder one holds training accuracy further below validation accuracy")
     measured = f" ({regularizers['measured']}, as Keras measures it)" if regularizers["measured"] else ""
-    return [f"Its training accuracy{measured} reached "
-            f"{pct(float(train.max()))}, below the study's {pct(study['train'])}: this run had not fit its "
-            f"training images as far as the study's model did. Either the study's model took more training "
-            f"steps (more epochs, or smaller batches), or its training task was easier (milder augmentation); "
-            f"its slides give none of its epochs, its batch size or its augmentation's ranges.",
+    end, run, planned = results.run_end(record)
+    if end == "unfinished":  # the epochs it has left come first, before any other reason
+        fit = (f"Its training accuracy{measured} reached {pct(float(train.max()))} so far, below the study's "
+               f"{pct(study['train'])}: after {run} of its {planned} epochs this run had not yet fit its training "
+               f"images as far as the study's model did.")
+    else:
+        fit = (f"Its training accuracy{measured} reached "
+               f"{pct(float(train.max()))}, below the study's {pct(study['train'])}: this run had not fit its "
+               f"training images as far as the study's model did. Either the study's model took more training "
+               f"steps (more epochs, or smaller batches), or its training task was easier (milder augmentation); "
+               f"its slides give none of its epochs, its batch size or its augmentation's ranges.")
+    return [fit,
             f"At its last epoch its training accuracy sat {side(ours)} its validation accuracy, the "
             f"study's {side(theirs)}. {verdict}."]
 
