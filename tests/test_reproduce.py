@@ -149,6 +149,7 @@ def test_a_deadline_inside_an_epoch_stops_at_a_checkpoint_there_and_the_run_resu
 
     resumed = Run(path=run.path, model=train.build("model2", ds, profile), record=dict(run.record))
     assert not train._resume(resumed, 2, 3) and resumed.save_seconds == state["save_seconds"]
+    capsys.readouterr()  # what _resume printed: the line below must come from fit's own resume
     again = train.fit(train.build("model2", ds, profile), ds, profile, runs=tmp_path, verbose=0)
     assert again.record["finished"] and again.record["epochs_run"] == 2
     assert f"batch {state['partial']['batches']} of epoch 1" in capsys.readouterr().out

@@ -194,6 +194,11 @@ def test_training_accuracy_is_set_beside_the_validation_accuracy_of_its_own_epoc
     story = results.full_scale_story("model1", tmp_path)
     assert "22.00% validation top-1 at epoch 3 of the 4 trained so far (95% interval" in story
     assert "4 of 30 epochs so far" in story
+    # Killed while writing its end (finished not yet set) after all its epochs: not "so far".
+    _record(tmp_path, "m1.json", model="model1", best_val_top1=0.22, epochs_run=4, epochs=4, finished=False,
+            history=history, dataset={"val_images": 10_000}, record_file="m1.json")
+    story = results.full_scale_story("model1", tmp_path)
+    assert "22.00% validation top-1 at epoch 3 of 4 (95% interval" in story and "so far" not in story
 
 
 def test_the_comparison_story_says_which_order_and_whether_it_is_the_studys(tmp_path):

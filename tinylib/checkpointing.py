@@ -104,12 +104,12 @@ class Checkpointer(keras.callbacks.Callback):
         started = time.perf_counter()
         name = partial_checkpoint_name(self.epoch, self.offset + batch + 1)
         save_weights(self.model, self.run.path / name)
-        self.run.save_seconds = time.perf_counter() - started  # state.json keeps it for the next sitting
         self.run.partial = {
             "epoch": self.epoch, "batches": self.offset + batch + 1, "checkpoint": name,
             "train_seconds": time.perf_counter() - self.epoch_start,
             "metrics": {v.path: keras.ops.convert_to_numpy(v).tolist() for v in self.model.metrics_variables},
         }
+        self.run.save_seconds = time.perf_counter() - started  # state.json keeps it for the next sitting
         self._write_state(name)
         remove_unnamed(self.run.path, PARTIAL_PATTERN, keep=name)
         (self.run.path / PARTIAL_CHECKPOINT).unlink(missing_ok=True)
@@ -173,10 +173,10 @@ class Checkpointer(keras.callbacks.Callback):
             checkpoint = self.run.path / epoch_checkpoint_name(epoch + 1)
             started = time.perf_counter()
             save_weights(self.model, checkpoint)
-            self.run.save_seconds = time.perf_counter() - started
             self.run.epochs_done = epoch + 1
             self.run.partial, self.offset = None, 0
             self._save_best_weights(epoch)
+            self.run.save_seconds = time.perf_counter() - started
             self._write_state(checkpoint.name)
             written = True
         except BaseException:

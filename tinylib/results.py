@@ -334,7 +334,7 @@ def full_scale_story(model: str, folder: Path | str | None = None) -> str:
     low, high, n = _interval(record)
     epoch = at_best_epoch(record)  # train, val and top-5 of one epoch, the best one
     best, train = record["best_val_top1"], epoch["train"]
-    finished = record.get("finished", True)
+    finished = run_end(record)[0] != "unfinished"
     top5 = f"; top-5 {pct(epoch['val_top5'])}" if epoch.get("val_top5") is not None else ""
     if epoch["epoch"] is None:
         at = "" if finished else " so far"
