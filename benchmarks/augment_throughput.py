@@ -17,8 +17,9 @@ It prints images/s of each and, for tinylib, both ratios.
 
     python benchmarks/augment_throughput.py [--images 2048] [--batch 128]
 
-Images: the first N training JPEGs of ``$TINYLIB_DATA/train`` (round-robin over
-classes); without ``TINYLIB_DATA``, N random images written as JPEGs.
+Images: N training JPEGs of ``$TINYLIB_DATA`` (the dataset folder, the folder holding
+it, or the zip; round-robin over classes), copied into a temporary folder; without
+``TINYLIB_DATA``, N random images written as JPEGs.
 """
 
 from __future__ import annotations
@@ -38,18 +39,29 @@ import numpy as np  # noqa: E402
 from tinylib.augment import STUDY_AUGMENTATION, augmentation  # noqa: E402
 
 
-def training_jpegs(n):
-    """(paths, description): N real training JPEGs, round-robin over classes, or None."""
+def copy_training_jpegs(n, folder):
+    """Copy N real training JPEGs, round-robin over classes, into ``folder``/class/; return a
+    description, or None and why not. ``$TINYLIB_DATA`` is read as tinylib reads it: the
+    dataset folder, the folder holding it, or the zip."""
+    from tinylib.data import DataError, open_source
+
     root = os.environ.get("TINYLIB_DATA")
     if not root:
         return None, "TINYLIB_DATA is not set"
-    classes = sorted(p for p in (Path(root) / "train").glob("*/images") if p.is_dir())
-    per_class = [sorted(c.glob("*.JPEG")) for c in classes]
-    paths = [files[i] for i in range(max(map(len, per_class), default=0))
-             for files in per_class if i < len(files)][:n]
-    if len(paths) < n:
-        return None, f"only {len(paths)} JPEGs under {root}/train"
-    return paths, f"{n} Tiny ImageNet train JPEGs ($TINYLIB_DATA)"
+    try:
+        source = open_source(root)
+        per_class = [[(wnid, name) for name in source.list_dir(f"train/{wnid}/images") if name.endswith(".JPEG")]
+                     for wnid in source.list_dir("train")]
+    except DataError as err:
+        return None, str(err)
+    chosen = [names[i] for i in range(max(map(len, per_class), default=0)) for names in per_class
+              if i < len(names)][:n]
+    if len(chosen) < n:
+        return None, f"only {len(chosen)} training JPEGs in {source.describe()}"
+    for wnid, name in chosen:
+        (folder / wnid).mkdir(exist_ok=True)
+        (folder / wnid / name).write_bytes(source.read(f"train/{wnid}/images/{name}"))
+    return f"{n} Tiny ImageNet train JPEGs ($TINYLIB_DATA)", None
 
 
 def image_folder(n, folder):
@@ -58,22 +70,17 @@ def image_folder(n, folder):
 
     from tinylib.data import decode_image
 
-    paths, source = training_jpegs(n)
-    if paths is None:
-        print(f"note: {source}; using random images written as JPEGs")
+    source, why_not = copy_training_jpegs(n, folder)
+    if source is None:
+        print(f"note: {why_not}; using random images written as JPEGs")
         rng = np.random.default_rng(0)
         images = rng.integers(0, 256, (n, 64, 64, 3), dtype=np.uint8)
         for i, image in enumerate(images):
             (folder / f"c{i % 10}").mkdir(exist_ok=True)
             Image.fromarray(image).save(folder / f"c{i % 10}" / f"{i}.JPEG", quality=90)
-        paths = sorted(folder.glob("*/*.JPEG"))
         source = f"{n} random images as JPEGs (set TINYLIB_DATA for real ones)"
-    else:
-        for path in paths:
-            wnid = path.parent.parent.name
-            (folder / wnid).mkdir(exist_ok=True)
-            (folder / wnid / path.name).symlink_to(path.resolve())
-    images = np.stack([decode_image(Path(p).read_bytes(), Path(p).name) for p in paths])
+    paths = sorted(folder.glob("*/*.JPEG"))
+    images = np.stack([decode_image(p.read_bytes(), p.name) for p in paths])
     return images, source
 
 

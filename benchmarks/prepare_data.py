@@ -34,7 +34,7 @@ def official_zip(folder: Path, scratch: Path) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workers", type=int, default=None, help="decoding processes (default: all cores)")
+    parser.add_argument("--workers", type=int, default=None, help="decoding processes (default: the CPUs this process may use, at most 8)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
     args = parser.parse_args()
 
