@@ -30,7 +30,7 @@ def test_the_first_plan_divides_the_work_by_the_expected_rate_within_the_cap():
 def test_the_expected_rate_is_the_benchmarks_on_this_device_else_half_the_peak(tmp_path):
     from tinylib import throughput
 
-    record = {"model": "resnet9", "device": "CPU: a", "dtype_policy": "mixed_bfloat16",
+    record = {"model": "resnet9", "device": "CPU: a", "dtype_policy": "mixed_bfloat16", "batch_size": 128,
               "speed": {"matmul_peak_gflops_per_second": 300.0}}
     assert budget.expected_gflops(record, tmp_path) == (150.0, "half the matmul peak")
     throughput.save(tmp_path, device="CPU: a", backend="tensorflow", dtype_policy="mixed_bfloat16", batch=128,
@@ -43,6 +43,8 @@ def test_the_expected_rate_is_the_benchmarks_on_this_device_else_half_the_peak(t
     assert budget.expected_gflops(counted, tmp_path)[0] == pytest.approx(229.0)
     other = {**record, "device": "CPU: b"}  # measured elsewhere: not this machine's rate
     assert budget.expected_gflops(other, tmp_path) == (150.0, "half the matmul peak")
+    smaller = {**record, "batch_size": 32}  # a rate measured on batches of 128 does not hold for 32
+    assert budget.expected_gflops(smaller, tmp_path) == (150.0, "half the matmul peak")
 
 
 def test_the_epochs_that_fit_count_what_is_left_after_the_reserve():

@@ -40,6 +40,7 @@ def test_a_recorded_build_gives_each_chapter_its_time(tmp_path):
     line = chapter_costs.cost_line("06_model1", folder=tmp_path)
     assert "quick profile: 3.1 min on CPU: x86_64 (2 cores) (tensorflow, measured " in line
     assert "full profile on a GPU or, for hours, a CPU: not yet measured" in line
+    assert "quick profile: 30 s on CPU" in chapter_costs.cost_line("07_model2", folder=tmp_path)  # under a minute
     # A chapter that build did not run stays unmeasured.
     assert "quick profile on a 2-core CPU: not yet measured" in chapter_costs.cost_line("13_x", folder=tmp_path)
 
@@ -85,9 +86,11 @@ def test_a_training_cell_gives_its_cost_at_the_records_measured_rate(tmp_path):
         "train_images_per_second": 500.0, "device": "CPU: x86_64 (2 cores)", "backend": "tensorflow",
         "weights": "random"}))
     profile = Profile("p", classes=10, train_per_class=300, val_per_class=10, epochs=4, batch_size=8)
-    line = chapter_costs.training_estimate("model2", profile, folder=tmp_path)
-    assert line.startswith("This cell trains model2 for 4 epochs on 3,000 images (p): at most about 0.4 min "
-                           "at the 500 train images/s that model2's full-scale record measured on CPU: x86_64")
+    line = chapter_costs.training_estimate("model2", profile, folder=tmp_path, policy="float32")
+    assert line.startswith("This cell trains model2 for 4 epochs on 3,000 images (p): about 0.4 min of training "
+                           "steps (validation not included) at the 500 train images/s that model2's full-scale "
+                           "record measured on CPU: x86_64 (2 cores) (float32); this run trains in batches of 8, "
+                           "so expect another time")
     assert "1 epoch on 3,000" in chapter_costs.training_estimate("model2", profile, epochs=1, folder=tmp_path)
     assert "not yet measured (no full-scale record of model4)" in chapter_costs.training_estimate(
         "model4", profile, folder=tmp_path)
@@ -105,11 +108,12 @@ def test_a_model_without_a_record_is_estimated_from_the_saved_benchmark(tmp_path
         peak={"float32": 210.4, "bfloat16": 384.0},
         models={"model4": {"images_per_second": 150.0, "images_per_second_without_augmentation": 160.0,
                            "train_gflop_per_image": 1.03}})
-    line = chapter_costs.training_estimate("model4", profile, folder=tmp_path)
+    line = chapter_costs.training_estimate("model4", profile, folder=tmp_path, policy="mixed_bfloat16")
     assert line.startswith("This cell trains model4 for 4 epochs on 3,000 images (p): about 1.3 min of training "
-                           "steps at the 150 train images/s that benchmarks/model_throughput.py measured on "
-                           "CPU: x86_64 (2 cores) (mixed_bfloat16, ")
-    assert line.endswith("model4 has no full-scale record yet.")
+                           "steps (validation not included) at the 150 train images/s that "
+                           "benchmarks/model_throughput.py (")
+    assert "measured on CPU: x86_64 (2 cores) (mixed_bfloat16, batch 128); this run trains in batches of 8" in line
+    assert line.endswith("model4 has no full-scale record yet (a finished run is read back instead).")
     assert "not yet measured" in chapter_costs.training_estimate("model3", profile, folder=tmp_path)
     table = table_path.read_text()
     assert "| model4 | 150 | 160 | 1.030 | 154 | 11.1 min |" in table  # 100,000 / 150 / 60
@@ -136,7 +140,7 @@ def test_timing_some_models_keeps_the_others_with_what_they_were_measured_under(
     assert "| model3 [1] | 100 |" in table and "[1] model3: measured" in table and "on CPU: old" in table
     # Which BatchNorm each measurement used goes with it: the kept row's, and the new one's.
     assert conditions["fused_batchnorm"] is False and throughput.rate("model4", tmp_path)[1]["fused_batchnorm"]
-    assert "float32, BatchNorm: Keras' own." in table and "mixed_bfloat16, BatchNorm: TensorFlow's fused kernel, batch" in table
+    assert "float32, BatchNorm: Keras' own, batch 128." in table and "mixed_bfloat16, BatchNorm: TensorFlow's fused kernel, batch" in table
 
 
 def test_a_profile_with_a_smaller_build_scales_the_full_scale_rate_by_its_flops(tmp_path):
@@ -158,6 +162,35 @@ def test_a_profile_with_a_smaller_build_scales_the_full_scale_rate_by_its_flops(
     assert ratio > 10 and chapter_costs.smaller_build("resnet18", quick) == pytest.approx(ratio)
     line = chapter_costs.training_estimate("resnet18", quick, epochs=1, folder=tmp_path)
     minutes = quick.train_images / (20.0 * ratio) / 60
-    assert f"at most about {minutes:,.1f} min" in line and f"({ratio:,.0f} times fewer FLOPs an image" in line
+    assert f"about {minutes:,.1f} min of training steps" in line and f"({ratio:,.0f} times fewer FLOPs an image" in line
     # Model 4's small profiles change its BatchNorm momentum only: the same network, no scaling.
     assert chapter_costs.smaller_build("model4", quick) == 1.0
+
+
+def test_the_estimate_takes_the_rate_measured_in_this_runs_precision_and_batch(tmp_path):
+    """A float32 record and a mixed-bfloat16 benchmark of one model: a mixed-bfloat16 run is
+    estimated at the benchmark's rate, a float32 run at the record's, and a run on another
+    batch is told that its rate was measured on another."""
+    from tinylib import throughput
+    from tinylib.profiles import Profile
+
+    (tmp_path / "model2-full.json").write_text(json.dumps({
+        "model": "model2", "profile": "full", "best_val_top1": 0.2, "final_train_top1": 0.19, "batch_size": 128,
+        "train_images_per_second": 500.0, "device": "CPU: x86_64 (2 cores)", "backend": "tensorflow",
+        "weights": "random", "dtype_policy": "float32"}))
+    throughput.save(tmp_path, device="CPU: x86_64 (2 cores)", backend="tensorflow", dtype_policy="mixed_bfloat16",
+                    batch=128, peak={"float32": 200.0, "bfloat16": 400.0},
+                    models={"model2": {"images_per_second": 1000.0, "images_per_second_without_augmentation": 1100.0,
+                                       "train_gflop_per_image": 0.18}})
+    profile = Profile("p", classes=10, train_per_class=300, val_per_class=10, epochs=4, batch_size=128)
+    fast = chapter_costs.training_estimate("model2", profile, folder=tmp_path, policy="mixed_bfloat16")
+    assert "at the 1,000 train images/s that benchmarks/model_throughput.py" in fast and "0.2 min" in fast
+    assert "(mixed_bfloat16, batch 128)" in fast and "expect another time" not in fast
+    slow = chapter_costs.training_estimate("model2", profile, folder=tmp_path, policy="float32")
+    assert "at the 500 train images/s that model2's full-scale record" in slow and "0.4 min" in slow
+    assert "(float32, batch 128)" in slow and "expect another time" not in slow
+    other = chapter_costs.training_estimate("model2", Profile("q", classes=10, train_per_class=300, val_per_class=10,
+                                                              epochs=4, batch_size=32), folder=tmp_path,
+                                            policy="float16")
+    assert "this run trains in float16 on batches of 32, so expect another time" in other
+

@@ -179,7 +179,7 @@ def test_results_table_plot_draws_missing_results_as_notes_not_bars():
     rows = [
         {"model": "model1", "source": "study", "train": 0.62, "val": 0.21},
         {"model": "model1", "source": "this book", "train": None, "val": None},
-        {"model": "model2", "source": "this book", "train": 0.40, "val": None},
+        {"model": "model2", "source": "this book", "train": 0.40, "val": None, "unfinished": True},
     ]
     fig = plots.results_table_plot(rows)
     (ax,) = fig.axes
@@ -188,7 +188,7 @@ def test_results_table_plot_draws_missing_results_as_notes_not_bars():
     notes = [t for t in ax.texts if t.get_text() == "not yet run"]
     assert len(notes) == 3
     ticks = [t.get_text() for t in ax.get_xticklabels()]
-    assert ticks == ["model1\n(study)", "model1\n(this book)", "model2\n(this book)"]
+    assert ticks == ["model1\n(study)", "model1\n(this book)", "model2\n(this book, so far)"]
     assert {t.get_text() for t in ax.texts} >= {"62%", "21%", "40%"}
 
 
@@ -219,10 +219,27 @@ def test_accuracy_against_hours_puts_each_epoch_at_the_hours_trained_by_its_end(
     plt.close(fig)
 
 
-def test_accuracy_against_hours_names_a_record_without_its_epochs_seconds():
-    with pytest.raises(ValueError, match="old run: .*history\\['seconds'\\]"):
-        plots.accuracy_against_hours({"old run": {"history": {"val_accuracy": [0.2, 0.3], "seconds": [60]}}})
-    plt.close("all")
+def test_accuracy_against_hours_leaves_out_a_record_without_its_epochs_seconds_and_says_so():
+    fig = plots.accuracy_against_hours({"old run": {"history": {"val_accuracy": [0.2, 0.3], "seconds": [60]}},
+                                        "new run": {"history": {"val_accuracy": [0.2], "seconds": [60]}}})
+    ax = fig.axes[0]
+    assert [line.get_label() for line in ax.lines] == ["new run"]
+    assert any("left out, no seconds per epoch in the record: old run" in text.get_text() for text in ax.texts)
+    plt.close(fig)
+
+
+def test_training_curves_label_their_axes_start_a_second_stage_after_the_first_and_show_one_epoch():
+    first = {"loss": [2.0, 1.5], "accuracy": [0.1, 0.2], "val_accuracy": [0.12, 0.22]}
+    second = {"loss": [1.2], "accuracy": [0.3], "val_accuracy": [0.31]}
+    fig = plots.training_curves({"head": first, "all": second}, metrics=("loss", "accuracy"),
+                                first_epochs={"all": 2})
+    loss, accuracy = fig.axes
+    assert accuracy.get_ylabel() == "top-1 accuracy" and loss.get_ylabel() == "loss"
+    assert accuracy.yaxis.get_major_formatter().__class__.__name__ == "PercentFormatter"
+    line = next(line for line in accuracy.lines if line.get_label() == "all val")
+    assert list(line.get_xdata()) == [3] and line.get_marker() == "o"  # after the head's 2 epochs, a dot
+    assert next(line for line in accuracy.lines if line.get_label() == "head val").get_marker() in ("None", None, "")
+    plt.close(fig)
 
 
 def test_first_layer_filters_draws_each_models_first_kernels_in_rgb():

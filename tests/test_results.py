@@ -39,7 +39,10 @@ def test_beyond_the_study_runs_never_stand_in_for_the_study_reproduction(tmp_pat
     records = results.full_scale_records(tmp_path)
     assert set(records) == {"model5", "model5-finetune-128px-all", "resnet18-modern"}
     row = next(r for r in results.comparison_rows(tmp_path) if r["model"] == "model5" and r["source"] == "this book")
-    assert row["val"] == 0.40 and "seedway.json" in row["note"]
+    assert row["val"] == 0.40 and "seedway.json" in row["note"] and not row["unfinished"]
+    _record(tmp_path, "seedway.json", model="model5", best_val_top1=0.40, epochs_run=3, epochs=30, finished=False)
+    row = next(r for r in results.comparison_rows(tmp_path) if r["model"] == "model5" and r["source"] == "this book")
+    assert row["unfinished"]  # the figure says "so far" under its bars
 
 
 def test_a_damaged_record_file_is_named_with_the_way_out(tmp_path):
@@ -251,6 +254,13 @@ def test_the_precision_check_is_its_own_row_and_reads_both_curves_from_records(t
     assert "final training loss 4.570 against 4.500" in story
     assert "1,100 images/s on CPU: b" in story and "594 images/s on CPU: a" in story
     assert "not a measurement" in story
+    # A record without its rate says so, not "nan images/s".
+    _record(tmp_path, "model2-full-tensorflow.json", model="model2", best_val_top1=0.2164, epochs_run=10,
+            dtype_policy="float32", device="CPU: a",
+            history=history([0.04, 0.06, 0.08, 0.10, 0.12, 0.14, 0.16, 0.18, 0.20, 0.2164],
+                            [5.1, 4.8, 4.6, 4.5, 4.4, 4.3, 4.2, 4.1, 4.0, 3.9]))
+    story = results.precision_story("model2", folder=tmp_path)
+    assert "the float32 record at a rate not yet measured on CPU: a" in story and "nan" not in story
 
 
 def test_the_hours_figure_gets_the_studys_rows_and_the_budget_run_labelled_with_their_precision(tmp_path):
@@ -290,3 +300,9 @@ def test_the_budget_figures_hours_are_the_records_own_else_the_books_default(tmp
     _record(tmp_path, "resnet9-full-tensorflow-fast.json", model="resnet9", recipe={"name": "fast"},
             time_budget={"hours": 2.2})
     assert results.budget_hours(folder=tmp_path) == 2.2
+    # A run trained without a budget has none to draw, and its story says so (not "a nan-hour budget").
+    _record(tmp_path, "resnet9-full-tensorflow-fast.json", model="resnet9", best_val_top1=0.45, epochs_run=9,
+            recipe={"name": "fast"}, dataset={"val_images": 10_000}, wall_seconds=7200.0, finished=True)
+    assert results.budget_hours(folder=tmp_path) is None
+    text = results.budget_story(folder=tmp_path)
+    assert "9 epochs in 2.00 hours with no time budget (it ran all its epochs)" in text and "nan" not in text

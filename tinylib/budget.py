@@ -82,7 +82,7 @@ def set_schedule(model, schedule) -> None:
 
 def expected_gflops(record: dict, folder=None) -> tuple[float, str]:
     """The GFLOP/s to plan with, and where the figure comes from: the benchmark's for this
-    model on this device and precision (``tinylib.throughput``), else half the peak. The
+    model on this device, precision and batch (``tinylib.throughput``), else half the peak. The
     benchmark's images/s count, times this run's FLOPs per image (the benchmark may have
     counted them otherwise), so that the plan is the benchmark's images/s."""
     from tinylib import throughput
@@ -91,8 +91,8 @@ def expected_gflops(record: dict, folder=None) -> tuple[float, str]:
     if measured is not None:
         rate, conditions = measured
         row = (conditions.get("models") or {}).get(record["model"]) or {}
-        if (conditions.get("device"), conditions.get("dtype_policy")) == (record["device"], record["dtype_policy"]) \
-                and row.get("train_gflop_per_image"):
+        same = ("device", "dtype_policy", "batch_size")  # a rate holds for its device, precision and batch
+        if all(conditions.get(key) == record.get(key) for key in same) and row.get("train_gflop_per_image"):
             work = (record.get("speed") or {}).get("train_gflop_per_image") or row["train_gflop_per_image"]
             return rate * work, f"the benchmark's {record['model']} on this device"
     peak = (record.get("speed") or {}).get("matmul_peak_gflops_per_second") or 1.0

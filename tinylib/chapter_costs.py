@@ -87,37 +87,65 @@ def cost_line(chapter: str, profiles=("quick", "full"), folder: Path | str | Non
         if seconds is None:
             parts.append(f"{profile} profile on {where}: {NOT_YET_MEASURED}" + _run_cost(chapter, profile, folder))
         else:
-            minutes = max(seconds / 60, 0.1)
-            parts.append(f"{profile} profile: {minutes:.1f} min on {build['device']} "
+            took = f"{seconds / 60:.1f} min" if seconds >= 60 else f"{max(seconds, 1):.0f} s"
+            parts.append(f"{profile} profile: {took} on {build['device']} "
                          f"({build['backend']}, measured {build['measured']})")
     line = "Running this chapter: " + "; ".join(parts) + "."
     return line + (" " + CHOOSE_QUICK if get_profile().name == "full" else "")
 
 
-def training_estimate(model: str, profile=None, epochs: int | None = None, folder: Path | str | None = None) -> str:
-    """One line for a cell that trains: how long ``epochs`` of ``model`` take in ``profile``,
-    at the training rate that ``model``'s full-scale record measured (and on which device),
-    or "not yet measured". A run that is already finished costs nothing: it is read back."""
+def measured_rates(model: str, folder: Path | str | None = None) -> list[tuple[float, dict]]:
+    """Each measured training rate of ``model`` at full scale: (train images/s, {"source",
+    "device", "dtype_policy", "batch_size"}), its full-scale record's first, then the
+    benchmark's (``tinylib.throughput``)."""
+    from tinylib.results import record_precision
+
+    rates = []
+    record = full_scale_records(folder).get(model)
+    if record and record.get("train_images_per_second"):
+        rates.append((float(record["train_images_per_second"]), {
+            "source": f"{model}'s full-scale record", "device": record.get("device"),
+            "dtype_policy": record_precision(record), "batch_size": record.get("batch_size")}))
+    measured = throughput.rate(model, folder)
+    if measured is not None:
+        value, data = measured
+        rates.append((value, {"source": f"benchmarks/model_throughput.py ({data.get('measured')})",
+                              "device": data.get("device"), "dtype_policy": data.get("dtype_policy"),
+                              "batch_size": data.get("batch_size")}))
+    return rates
+
+
+def training_estimate(model: str, profile=None, epochs: int | None = None, folder: Path | str | None = None,
+                      policy: str | None = None) -> str:
+    """One line for a cell that trains: how long ``epochs`` of ``model``'s training steps take in
+    ``profile``, at a measured full-scale rate (``measured_rates``), or "not yet measured".
+
+    Of the rates, the one measured in this run's precision (``policy``, default: Keras' policy
+    in force) and on the profile's batch is preferred, then one in its precision; the line
+    names the rate's precision and batch, and says so where they are not this run's."""
     chosen = get_profile(profile)
     epochs = chosen.epochs_for(model) if epochs is None else epochs
     images = chosen.train_images
     what = f"This cell trains {model} for {epochs} epoch{'s' * (epochs != 1)} on {images:,} images ({chosen.name})"
-    record = full_scale_records(folder).get(model)
-    rate = (record or {}).get("train_images_per_second")
-    measured = None if rate else throughput.rate(model, folder)
-    if not rate and measured is None:
+    rates = measured_rates(model, folder)
+    if not rates:
         return f"{what}: its speed is {NOT_YET_MEASURED} (no full-scale record of {model})."
+    if policy is None:
+        import keras
+
+        policy = keras.config.dtype_policy().name
+    batch = chosen.batch_size
+    rate, where = max(rates, key=lambda item: (item[1]["dtype_policy"] == policy, item[1]["batch_size"] == batch))
     smaller = smaller_build(model, chosen)
-    if not rate:
-        rate, data = measured
-        minutes = epochs * images / (rate * smaller) / 60
-        return (f"{what}: about {minutes:,.1f} min of training steps at the {rate:,.0f} train images/s that "
-                f"benchmarks/model_throughput.py measured on {data['device']} ({data['dtype_policy']}, "
-                f"{data['measured']}){_scaled(model, smaller)}; {model} has no full-scale record yet.")
     minutes = epochs * images / (rate * smaller) / 60
-    return (f"{what}: at most about {minutes:,.1f} min at the {rate:,.0f} train images/s that {model}'s "
-            f"full-scale record measured on {record['device']}{_scaled(model, smaller)} "
-            f"(a finished run is read back instead).")
+    differs = [text for text, same in ((policy, where["dtype_policy"] == policy),
+                                       (f"batches of {batch}", where["batch_size"] == batch)) if not same]
+    caveat = f"; this run trains in {' on '.join(differs)}, so expect another time" if differs else ""
+    no_record = "" if where["source"].endswith("full-scale record") else f"; {model} has no full-scale record yet"
+    conditions = where["dtype_policy"] + (f", batch {where['batch_size']}" if where["batch_size"] else "")
+    return (f"{what}: about {minutes:,.1f} min of training steps (validation not included) at the {rate:,.0f} "
+            f"train images/s that {where['source']} measured on {where['device']} ({conditions})"
+            f"{_scaled(model, smaller)}{caveat}{no_record} (a finished run is read back instead).")
 
 
 def smaller_build(model: str, profile) -> float:

@@ -3,9 +3,9 @@
 Every function draws from arrays, histories or an ``Evaluation`` that already
 exist (plots never train or predict; the Grad-CAM figures at the end are the
 exception: they run the model they explain), returns the matplotlib ``Figure`` and
-never calls ``plt.show()``.  In a notebook, end the cell with the call (or
-``fig``) to show the figure once; assigning it and ending with something else
-also shows it, since pyplot draws open figures at the end of a cell.
+never calls ``plt.show()``.  In a notebook, assign it (``fig = plots...``): pyplot
+draws the open figures at the end of a cell, once. A cell that ends with the bare
+call shows the figure twice (pyplot's drawing, then IPython's display of the value).
 """
 
 from __future__ import annotations
@@ -26,9 +26,12 @@ __all__ = [
     "confusion_heatmap",
     "curves_by_steps",
     "explain_prediction",
+    "first_layer_filters",
     "gradcam_grid",
+    "guesses",
     "idg_side_by_side",
     "images_per_class",
+    "layer_times_by_precision",
     "learning_rate_schedules",
     "mixed_batch",
     "misclassified_examples",
@@ -252,14 +255,17 @@ def _labelled_histories(histories) -> dict:
     return {label: _history_of(h) for label, h in histories.items()}
 
 
-def training_curves(histories, metrics=("loss", "accuracy"), figsize=None):
+def training_curves(histories, metrics=("loss", "accuracy"), figsize=None, first_epochs: Mapping | None = None):
     """One panel per metric; train solid, validation dashed; one colour per run.
 
     ``histories`` maps a label to a history dict, a ``tinylib.runs.Run`` or
     a run record (``runs.load_run``); a single one of those works too.
-    Epochs count from 1, as Keras prints them.
+    Epochs count from 1, as Keras prints them. ``first_epochs`` maps a label to the
+    epochs trained before its history began (a fine-tuning's second stage, after its
+    first): its curve starts after them. A run of one epoch is a dot.
     """
     labelled = _labelled_histories(histories)
+    before = dict(first_epochs or {})
     metrics = [metrics] if isinstance(metrics, str) else list(metrics)
     fig, axes = plt.subplots(1, len(metrics), figsize=figsize or (4.5 * len(metrics), 3.5),
                              squeeze=False)
@@ -268,10 +274,12 @@ def training_curves(histories, metrics=("loss", "accuracy"), figsize=None):
             for key, style, part in ((metric, TRAIN_STYLE, "train"), (f"val_{metric}", VAL_STYLE, "val")):
                 values = history.get(key)
                 if values:
-                    epochs = np.arange(1, len(values) + 1)
-                    ax.plot(epochs, values, color=f"C{colour}", label=f"{label} {part}", **style)
+                    epochs = np.arange(1, len(values) + 1) + before.get(label, 0)
+                    ax.plot(epochs, values, color=f"C{colour}", label=f"{label} {part}",
+                            marker="o" if len(values) == 1 else None, **style)
         ax.set_title(metric)
         ax.set_xlabel("epoch")
+        _metric_axis(ax, metric)
         if ax.lines:
             ax.xaxis.get_major_locator().set_params(integer=True)
             ax.legend(fontsize=8)
@@ -319,9 +327,11 @@ def _reference_levels(ax, references: Mapping | None) -> None:
 
 
 def _metric_axis(ax, metric: str) -> None:
-    """The y axis named after ``metric``, in percent where it is an accuracy."""
-    ax.set_ylabel({"val_accuracy": "validation top-1"}.get(metric, metric.replace("_", " ")))
-    if "accuracy" in metric:
+    """The y axis named after ``metric``, in percent where it is an accuracy (top-5 too)."""
+    names = {"val_accuracy": "validation top-1", "accuracy": "top-1 accuracy", "top5": "top-5 accuracy",
+             "val_top5": "validation top-5"}
+    ax.set_ylabel(names.get(metric, metric.replace("_", " ")))
+    if "accuracy" in metric or metric.endswith("top5"):
         ax.yaxis.set_major_formatter(PercentFormatter(1.0))
 
 
@@ -339,14 +349,18 @@ def accuracy_against_hours(records, metric: str = "val_accuracy", references: Ma
     """
     if ax is None:
         _, ax = plt.subplots(figsize=figsize or (9, 4))
+    left_out = []
     for colour, (label, record) in enumerate(records.items()):
         history = record.get("history") or {}
         values, seconds = history.get(metric), history.get("seconds")
         if not values or not seconds or len(seconds) < len(values):
-            raise ValueError(f"{label}: its record has no '{metric}' with the seconds of each epoch "
-                             "(history['seconds']); records written by tinylib.train.fit have both")
+            left_out.append(label)  # an older record: no hours to place its epochs at
+            continue
         hours = np.cumsum(np.asarray(seconds[:len(values)], dtype=float)) / 3600
         ax.plot(hours, values, color=f"C{colour}", marker=".", label=label)
+    if left_out:
+        ax.text(0.99, 0.02, f"left out, no seconds per epoch in the record: {', '.join(left_out)}", ha="right",
+                va="bottom", transform=ax.transAxes, fontsize=7, color="grey")
     _reference_levels(ax, references)
     if budget_hours is not None:
         ax.axvline(budget_hours, color="black", linestyle="--", linewidth=1, label=f"{budget_hours:g} hours")
@@ -512,7 +526,8 @@ def results_table_plot(rows, ax=None, figsize=None):
     ``rows`` are dicts with 'model', 'source' ('study' or 'this book'),
     'train' and 'val' (accuracies in [0, 1], or None), and optionally 'val_interval'
     (low, high), drawn as an error bar.  A None is drawn as no
-    bar with a 'not yet run' note: a missing result never looks like a zero.
+    bar with a 'not yet run' note: a missing result never looks like a zero; a row
+    with ``unfinished`` says "so far" under its bars.
     """
     rows = list(rows)
     if ax is None:
@@ -532,7 +547,8 @@ def results_table_plot(rows, ax=None, figsize=None):
         for i in sorted(set(range(len(rows))) - set(present)):
             ax.text(positions[i] + offset, 0.02, "not yet run", rotation=90, ha="center",
                     va="bottom", fontsize=7, color="grey")
-    ax.set_xticks(positions, [f"{row['model']}\n({row.get('source', '?')})" for row in rows], fontsize=8)
+    ax.set_xticks(positions, [f"{row['model']}\n({row.get('source', '?')}"
+                              + (", so far)" if row.get("unfinished") else ")") for row in rows], fontsize=8)
     ax.set_ylim(0, 1.05)
     ax.yaxis.set_major_formatter(PercentFormatter(1.0))
     ax.set_ylabel("top-1 accuracy")

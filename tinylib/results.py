@@ -23,6 +23,7 @@ STUDY_RESULTS = {
 }
 STUDY_LEARNING_RATE = 1e-4  # the slides' Adam (they give no rate for the alternatives; this book uses it for all)
 NOT_YET_RUN = "not yet run"
+NOT_YET_MEASURED = "not yet measured"
 
 
 def default_results_dir() -> Path:
@@ -180,7 +181,7 @@ def comparison_rows(folder: Path | str | None = None, models=None) -> list[dict]
     """Rows for a table or ``plots.results_table_plot``: the study's and this book's figures.
 
     This book's row holds None (shown as "not yet run") where no full-scale record exists,
-    and the 95% interval of its validation accuracy (``val_interval``) where one does; the
+    ``unfinished`` where its run has epochs left, and the 95% interval of its validation accuracy (``val_interval``) where one does; the
     study's rows have none. ``models`` keeps only those models (default: all five).
     """
     records = full_scale_records(folder)
@@ -196,6 +197,7 @@ def comparison_rows(folder: Path | str | None = None, models=None) -> list[dict]
             "val": record.get("best_val_top1") if record else None,
             "val_interval": _interval(record)[:2] if record else None,
             "note": _describe(record) if record else NOT_YET_RUN,
+            "unfinished": bool(record) and run_end(record)[0] == "unfinished",
         })
     return rows
 
@@ -409,18 +411,19 @@ def budget_story(key: str = AFTERNOON_RUN, folder: Path | str | None = None) -> 
                 f"record of `{key}` yet; `{BUDGET_COMMAND}` makes one (then copy its `record.json` there). "
                 f"The mark to beat is the study's {pct(best_study)}, from ImageNet-pretrained weights.")
     low, high, n = _interval(record)
-    budget = record.get("time_budget") or {}
+    budget_hours_given = (record.get("time_budget") or {}).get("hours")
     hours = record.get("wall_seconds", 0.0) / 3600
     stand = against_phrase(record["best_val_top1"], n, best_study, STUDY_VAL_IMAGES)
     flips = (f"; with test-time flips its final weights score {pct(record['val_top1_flips'])} "
              f"(plain: {pct(record['val_top1_plain'])})" if "val_top1_flips" in record else "")
     ended = ("the budget ended it" if record.get("ended_by") == "time budget"
              else "it ran all its epochs" if record.get("finished") else "it is unfinished")
+    budget = (f"of a {budget_hours_given:g}-hour budget ({ended})" if budget_hours_given
+              else f"with no time budget ({ended})")
     return (f"**From scratch on a time budget:** `{record['model']}` with the `{(record.get('recipe') or {}).get('name')}` "
             f"recipe reached {pct(record['best_val_top1'])} validation top-1 (95% interval {low:.1%} to "
             f"{high:.1%}), {stand} the study's best, {pct(best_study)}{flips}. It trained "
-            f"{record['epochs_run']} epochs in {hours:.2f} hours of a {budget.get('hours', float('nan')):g}-hour "
-            f"budget ({ended}), every sitting counted, on {record['device']} in {_precision(record)}, "
+            f"{record['epochs_run']} epochs in {hours:.2f} hours {budget}, every sitting counted, on {record['device']} in {record_precision(record)}, "
             f"with no pretrained weights (`{record['record_file']}`).")
 
 
@@ -429,7 +432,7 @@ def _study_best_row() -> tuple[str, dict]:
     return max(STUDY_RESULTS.items(), key=lambda item: item[1]["val"])
 
 
-def _precision(record: dict) -> str:
+def record_precision(record: dict) -> str:
     """The dtype policy a record's run computed in: records older than the field were float32."""
     return record.get("dtype_policy", "float32")
 
@@ -444,11 +447,14 @@ def study_best() -> dict[str, float]:
     return {f"the study's best ({model_title(model)}{pretrained})": row["val"]}
 
 
-def budget_hours(key: str = AFTERNOON_RUN, folder: Path | str | None = None) -> float:
+def budget_hours(key: str = AFTERNOON_RUN, folder: Path | str | None = None) -> float | None:
     """The time budget of the from-scratch run's record, in hours; the book's default
-    (``budget.AFTERNOON_HOURS``) while there is no record."""
-    record = full_scale_records(folder).get(key) or {}
-    return float((record.get("time_budget") or {}).get("hours") or AFTERNOON_HOURS)
+    (``budget.AFTERNOON_HOURS``) while there is no record, None for a record trained without one."""
+    record = full_scale_records(folder).get(key)
+    if record is None:
+        return AFTERNOON_HOURS
+    hours = (record.get("time_budget") or {}).get("hours")
+    return float(hours) if hours else None
 
 
 def hours_records(folder: Path | str | None = None) -> dict[str, dict]:
@@ -460,7 +466,7 @@ def hours_records(folder: Path | str | None = None) -> dict[str, dict]:
     def label(key: str) -> str:
         record = records[key]
         pretrained = ", ImageNet weights" if record.get("weights") == "imagenet" else ""
-        return f"{model_title(key)} ({_precision(record)}{pretrained})"
+        return f"{model_title(key)} ({record_precision(record)}{pretrained})"
 
     return {label(key): records[key] for key in (*STUDY_RESULTS, AFTERNOON_RUN) if key in records}
 
@@ -659,11 +665,17 @@ def precision_story(model: str = "model2", policy: str = "mixed_bfloat16",
             f"top-1 at best, {verdict} the {pct(plain)} of its float32 run over the same epochs "
             f"(from the same initial weights and batches); final training loss "
             f"{check[policy]['loss'][-1]:.3f} against {check['float32']['loss'][-1]:.3f}. The {policy} run "
-            f"trained {run.get('train_images_per_second', float('nan')):,.0f} images/s on "
+            f"trained {_images_per_second(run)} on "
             f"{run.get('device')} (`{run['record_file']}`); the float32 record "
-            f"{reference.get('train_images_per_second', float('nan')):,.0f} images/s on "
+            f"{_images_per_second(reference)} on "
             f"{reference.get('device')}, in another session, so the ratio of these two rates is not a "
             "measurement: `benchmarks/speed_choices.py` times both side by side.")
+
+
+def _images_per_second(record: dict) -> str:
+    """'1,070 images/s', or 'at a rate not yet measured' for a record without one."""
+    rate = record.get("train_images_per_second")
+    return f"{rate:,.0f} images/s" if rate else f"at a rate {NOT_YET_MEASURED}"
 
 
 def show_precision_story(model: str = "model2", policy: str = "mixed_bfloat16",

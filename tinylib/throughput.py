@@ -19,9 +19,9 @@ THROUGHPUT_TABLE = "throughput.md"
 FULL_SCALE_TRAIN_IMAGES = 100_000
 
 
-# What a rate was measured under; ``fused_batchnorm``: whether BatchNorm went through
+# What a rate was measured under (a rate depends on the batch too); ``fused_batchnorm``: whether BatchNorm went through
 # TensorFlow's fused kernel (``tinylib.batchnorm``), None where the file does not say.
-CONDITIONS = ("device", "backend", "dtype_policy", "fused_batchnorm", "measured")
+CONDITIONS = ("device", "backend", "dtype_policy", "fused_batchnorm", "batch_size", "measured")
 
 
 def save(folder: Path | str, *, device: str, backend: str, dtype_policy: str, batch: int, peak: dict,
@@ -88,8 +88,9 @@ def table(data: dict) -> str:
         plain = row.get("images_per_second_without_augmentation")
         mark = ""
         if row.get("measured"):  # kept from an earlier measurement
+            batch = f", batch {row['batch_size']}" if row.get("batch_size") else ""
             earlier.append(f"{name}: measured {row['measured']} on {row.get('device')}, {row.get('backend')}, "
-                           f"{row.get('dtype_policy')}, {_batchnorm(row)}.")
+                           f"{row.get('dtype_policy')}, {_batchnorm(row)}{batch}.")
             mark = f" [{len(earlier)}]"
         lines.append(f"| {name}{mark} | {per_second:,.0f} | {plain:,.0f} | {row['train_gflop_per_image']:.3f} "
                      f"| {per_second * row['train_gflop_per_image']:,.0f} "
