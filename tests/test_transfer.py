@@ -81,3 +81,47 @@ def test_a_seed_given_to_fine_tune_draws_the_heads_initial_weights_too(monkeypat
     with pytest.raises(Built):
         transfer.fine_tune(None, PROFILE, weights=None)
     assert seeds == [7, PROFILE.seed]
+
+
+def test_each_way_of_fine_tuning_has_folders_of_its_own_named_as_its_result_rows():
+    """The inputs and stage 'all''s BatchNorm change the run: each has its folders, named as
+    results.record_key names its rows (a BatchNorm that trains shares the head stage)."""
+    from tinylib import results
+
+    assert transfer.stage_suffix(None, True, "head") == "-finetune-64px-head"
+    assert transfer.stage_suffix(128, False, "all", preprocess="unit") == "-finetune-128px-random-unit-all"
+    assert transfer.stage_suffix(64, True, "head", freeze_batchnorm=False) == "-finetune-64px-head"
+    assert transfer.stage_suffix(64, True, "all", freeze_batchnorm=False) == "-finetune-64px-bn-training-all"
+    record = {"model": "model5", "stage": "all", "image_size": 64, "pretrained": True, "preprocess": "unit",
+              "freeze_batchnorm": False}
+    assert results.record_key(record) == "model5" + transfer.stage_suffix(
+        64, True, "all", preprocess="unit", freeze_batchnorm=False)
+
+
+def test_fine_tuning_builds_in_the_precision_its_head_stage_began_in(tmp_path, monkeypatch):
+    """As train_model's runs: stages begun in float32 go on in float32 where 'auto' now means
+    another precision, instead of being refused as another run."""
+    import json
+
+    from tinylib import environment, train
+
+    head = train.run_folder("model5", PROFILE, runs=tmp_path, suffix=transfer.stage_suffix(None, False, "head"))
+    head.mkdir(parents=True)
+    (head / "record.json").write_text(json.dumps({"dtype_policy": "mixed_bfloat16"}))
+    seen = []
+
+    class Built(Exception):
+        pass
+
+    def build(*args, **kwargs):
+        seen.append(keras.config.dtype_policy().name)
+        raise Built
+
+    monkeypatch.setattr(transfer, "build", build)
+    monkeypatch.setenv("TINYLIB_PRECISION", "float32")
+    with environment.using_precision("auto"):
+        with pytest.raises(Built):
+            transfer.fine_tune(None, PROFILE, weights=None, runs=tmp_path)
+        with pytest.raises(Built):  # another way of fine-tuning: no stage begun, the precision in force
+            transfer.fine_tune(None, PROFILE, weights=None, runs=tmp_path, preprocess="unit")
+    assert seen == ["mixed_bfloat16", "float32"]

@@ -52,8 +52,9 @@ def record_key(record: dict) -> str:
         key = f"{model}-precision-{record.get('dtype_policy')}"
     elif record.get("stage"):
         random = "-random" if record.get("pretrained") is False else ""
+        unit = "-unit" if record.get("preprocess") == "unit" else ""  # the study's [0, 1] inputs
         training_bn = "-bn-training" if record.get("freeze_batchnorm") is False else ""
-        key = f"{model}-finetune-{record.get('image_size', 64)}px{random}{training_bn}-{record['stage']}"
+        key = f"{model}-finetune-{record.get('image_size', 64)}px{random}{unit}{training_bn}-{record['stage']}"
     elif recipe:
         key = f"{model}-{recipe}"
     else:  # the study's way, unless another optimizer or rate was asked for (--optimizer, --learning-rate)

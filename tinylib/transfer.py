@@ -28,7 +28,8 @@ import keras
 
 from tinylib import environment, models
 from tinylib.profiles import get_profile
-from tinylib.train import Run, build, fit
+from tinylib.runs import recorded_precision
+from tinylib.train import Run, build, fit, run_folder
 
 __all__ = ["STAGES", "backbone_of", "fine_tune", "set_backbone_trainable"]
 
@@ -54,7 +55,7 @@ def fine_tune(data, profile=None, *, weights="imagenet", image_size: int | None 
               head_epochs: int | None = None, all_epochs: int | None = None,
               head_learning_rate: float = 1e-3, all_learning_rate: float = 1e-4,
               freeze_batchnorm: bool = True, augment: bool = True, name: str | None = None,
-              stages=STAGES, devices=None, **fit_kwargs) -> dict[str, Run]:
+              stages=STAGES, devices=None, preprocess: str = "imagenet", **fit_kwargs) -> dict[str, Run]:
     """Train Model 5 in stages: the head on a frozen backbone, then all layers.
 
     ``weights`` is 'imagenet' (Keras' download), a weights file, or None (random:
@@ -64,11 +65,15 @@ def fine_tune(data, profile=None, *, weights="imagenet", image_size: int | None 
     default to the profile's 'transfer_head' and 'transfer_all' entries.
     Returns ``{"head": run, "all": run}`` (the stages asked for); each stage
     resumes on its own, and stage 'all' starts from stage 'head''s final weights.
+    ``preprocess`` is the backbone's inputs: 'imagenet' (what its weights expect) or 'unit'
+    (the study's [0, 1], to separate the inputs from the stages).
     The stages train in folders named after the run (``-finetune-128px-head``; from
-    random weights ``-finetune-128px-random-head``; ``-batch<N>``/``-seed<N>`` added on
-    another batch or seed, and a ``suffix`` if given);
+    random weights ``-finetune-128px-random-head``; on [0, 1] inputs ``-unit`` before
+    the stage, and stage 'all' with BatchNorm training ``-bn-training-all``;
+    ``-batch<N>``/``-seed<N>`` added on another batch or seed, and a ``suffix`` if given);
     a ``name`` is used as given (``<name>-head``): another batch or seed then needs
-    another name. A ``seed`` draws the head's initial weights too, as in ``train_model``.
+    another name. A ``seed`` draws the head's initial weights too, as in ``train_model``. Stages begun
+    in another precision than 'auto' now gives go on in theirs, as ``train_model``'s runs do.
     Where several GPUs are visible (or ``devices`` names several), both stages train
     data-parallel over all of them, as ``train.train_model`` does.
     """
@@ -76,17 +81,23 @@ def fine_tune(data, profile=None, *, weights="imagenet", image_size: int | None 
         return _fine_tune(data, profile, weights=weights, image_size=image_size, head_epochs=head_epochs,
                           all_epochs=all_epochs, head_learning_rate=head_learning_rate,
                           all_learning_rate=all_learning_rate, freeze_batchnorm=freeze_batchnorm,
-                          augment=augment, name=name, stages=stages, **fit_kwargs)
+                          augment=augment, name=name, stages=stages, preprocess=preprocess, **fit_kwargs)
 
 
-def stage_suffix(image_size: int | None, pretrained: bool, stage: str, extra: str = "") -> str:
-    """A stage's run folder suffix, '-finetune-128px-head' ('-random' before the stage from
-    random weights; ``extra`` before it too); reproduce names the planned stages with it."""
-    return f"-finetune-{image_size or 64}px" + ("" if pretrained else "-random") + extra + f"-{stage}"
+def stage_suffix(image_size: int | None, pretrained: bool, stage: str, extra: str = "", *,
+                 preprocess: str = "imagenet", freeze_batchnorm: bool = True) -> str:
+    """A stage's run folder suffix, '-finetune-128px-head': before the stage, '-random' from
+    random weights, '-unit' on [0, 1] inputs, '-bn-training' for stage 'all' with its
+    BatchNorm training (as ``results.record_key`` names the rows), and ``extra``;
+    reproduce names the planned stages with it."""
+    return (f"-finetune-{image_size or 64}px" + ("" if pretrained else "-random")
+            + ("-unit" if preprocess == "unit" else "")
+            + ("-bn-training" if stage == "all" and not freeze_batchnorm else "") + extra + f"-{stage}")
 
 
 def _fine_tune(data, profile, *, weights, image_size, head_epochs, all_epochs, head_learning_rate,
-               all_learning_rate, freeze_batchnorm, augment, name, stages, **fit_kwargs) -> dict[str, Run]:
+               all_learning_rate, freeze_batchnorm, augment, name, stages, preprocess,
+               **fit_kwargs) -> dict[str, Run]:
     profile = get_profile(profile)
     if image_size == "profile":
         image_size = profile.options_for("transfer").get("image_size")
@@ -97,17 +108,35 @@ def _fine_tune(data, profile, *, weights, image_size, head_epochs, all_epochs, h
         raise ValueError("stage 'all' starts from stage 'head''s final weights: ask for both, "
                          "stages=('head', 'all') (a finished head stage is read back, not trained again)")
     seed = fit_kwargs.get("seed")  # as train_model: the caller's seed draws the weights and trains
-    keras.utils.set_random_seed(profile.seed if seed is None else seed)
-    model = build("model5", data, profile, augment=augment, weights=weights, preprocess="imagenet",
-                  image_size=image_size, compile=False)
-    origin = model.tinylib_weights
     pretrained = weights is not None
     # A suffix unless named: another batch or seed then trains in folders of its own (run_folder).
     extra = fit_kwargs.pop("suffix", "")
-    notes = {"pretrained": pretrained, "image_size": image_size or 64, "preprocess": "imagenet"}
-    epochs = {"head": head_epochs or profile.epochs_for("transfer_head"),
-              "all": all_epochs or profile.epochs_for("transfer_all")}
-    rates = {"head": head_learning_rate, "all": all_learning_rate}
+
+    def folder_of(stage: str) -> dict:
+        if name:
+            return {"name": f"{name}-{stage}"}
+        return {"suffix": stage_suffix(image_size, pretrained, stage, extra, preprocess=preprocess,
+                                       freeze_batchnorm=freeze_batchnorm)}
+
+    # Both stages build on one model: the precision the head stage began in, if it has begun.
+    head = run_folder("model5", profile, seed=seed, batch_size=fit_kwargs.get("batch_size"),
+                      runs=fit_kwargs.get("runs"), **{"suffix": "", **folder_of("head")})
+    with environment.resumed_run_precision(recorded_precision(head)):
+        keras.utils.set_random_seed(profile.seed if seed is None else seed)
+        model = build("model5", data, profile, augment=augment, weights=weights, preprocess=preprocess,
+                      image_size=image_size, compile=False)
+        return _train_stages(model, data, profile, stages=stages, folder_of=folder_of, pretrained=pretrained,
+                             notes={"pretrained": pretrained, "image_size": image_size or 64, "preprocess": preprocess},
+                             epochs={"head": head_epochs or profile.epochs_for("transfer_head"),
+                                     "all": all_epochs or profile.epochs_for("transfer_all")},
+                             rates={"head": head_learning_rate, "all": all_learning_rate},
+                             freeze_batchnorm=freeze_batchnorm, **fit_kwargs)
+
+
+def _train_stages(model, data, profile, *, stages, folder_of, pretrained, notes, epochs, rates,
+                  freeze_batchnorm, **fit_kwargs) -> dict[str, Run]:
+    """Each stage asked for, in order, on ``model``: frozen or not, recompiled, fit."""
+    origin = model.tinylib_weights
     runs = {}
     for stage in STAGES:
         if stage == "head":
@@ -121,8 +150,7 @@ def _fine_tune(data, profile, *, weights, image_size, head_epochs, all_epochs, h
         model.tinylib_weights = origin
         if not pretrained:
             print(f"Stage '{stage}' WITHOUT pretrained weights: the backbone starts from random weights.")
-        folder = {"name": f"{name}-{stage}"} if name else {"suffix": stage_suffix(image_size, pretrained, stage, extra)}
-        runs[stage] = fit(model, data, profile, **folder, epochs=epochs[stage],
+        runs[stage] = fit(model, data, profile, **folder_of(stage), epochs=epochs[stage],
                           callbacks=(), notes={**notes, "stage": stage,
                                                "trainable_parameters": _trainable_count(model),
                                                # BatchNorm trains or not in stage 'all' only (the head's is frozen whole)
