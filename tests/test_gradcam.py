@@ -53,6 +53,20 @@ def check_tiny_model(model):
     np.testing.assert_array_equal(cams[1], 0.0)  # negative weights: ReLU leaves nothing, no NaN
 
 
+def test_a_prediction_too_confident_for_float32_still_has_its_map():
+    """Logits 2,500 apart: the rival's probability underflows to 0 and the class's rounds to
+    1, so the probability's gradient is 0 everywhere; the logits' contrast still points at
+    the block, and the model's softmax is back in place afterwards."""
+    model = tiny_model()
+    model.get_layer("predictions").kernel.assign([[100.0, -100.0]])
+    probabilities = gradcam.class_probabilities(model, block_image())
+    assert probabilities[0, 0] == 1.0 and probabilities[0, 1] == 0.0
+    cams = gradcam.gradcam(model, np.stack([block_image(), block_image()]), class_index=[0, 1])
+    np.testing.assert_allclose(cams[0], block_mask(), atol=1e-6)
+    np.testing.assert_array_equal(cams[1], 0.0)
+    assert model.get_layer("predictions").activation.__name__ == "softmax"
+
+
 @pytest.fixture(autouse=True)
 def close_figures():
     yield

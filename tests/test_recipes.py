@@ -187,6 +187,17 @@ def test_the_training_loss_mixes_the_labels_and_evaluation_does_not():
         MixUpCutMix()
 
 
+def test_the_images_are_cropped_before_they_are_mixed():
+    """A crop after CutMix would keep another part of the box than the share the labels are
+    weighed by: the augmentation comes first, the mixing right after it (timm's order)."""
+    from tinylib.augment import RandomResizedCrop
+
+    model = models.build_model("model1", num_classes=4, mixing=MixUpCutMix(cutmix=1.0, seed=0),
+                               augmentation=RandomResizedCrop(seed=0), compile=False, l2=0.0)
+    names = [type(layer).__name__ for layer in model.layers]
+    assert names.index("RandomResizedCrop") + 1 == names.index("MixUpCutMix")
+
+
 def smoke_profile(epochs=2):
     return Profile("smoke", classes=None, train_per_class=None, val_per_class=None,
                    epochs=epochs, batch_size=8)

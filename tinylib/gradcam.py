@@ -8,11 +8,14 @@ weighted maps and keeps the positive part, ReLU(sum_k w_k A_k).  Regions that
 raise the class score light up; upsampled to the image size, the map shows
 where the model "looked".  It needs no retraining and works for any model
 whose graph has a 4D (batch, height, width, channels) feature map.
-Here the score is the class *probability* (the models end in a softmax), not
-the pre-softmax logit as in the paper: its gradient is p_c times (the logit's
-gradient minus the probability-weighted mean of all logits' gradients), so the
-map shows evidence for the class *against* its rivals.  Each map is scaled to
-a maximum of 1, which also removes the factor p_c.
+Here the score is the class's logit *against its rivals*, z_c minus the mean of
+the other logits weighted by their probabilities among themselves: the direction of
+the class probability's gradient (p_c times the logit's gradient minus the
+probability-weighted mean of all logits' gradients; the paper differentiates the
+logit alone), so the map shows evidence for the class *against* its rivals. It is
+computed from the logits (the softmax of the ``predictions`` layer set aside), not
+from the probability, whose gradient vanishes where a confident prediction rounds
+p_c to 1 in float32 (the map would go blank). Each map is scaled to a maximum of 1.
 
 ``gradcam(model, images)`` works on the TensorFlow and JAX backends (torch:
 a simple, untested branch).  Models are always run with ``training=False``:
@@ -20,6 +23,8 @@ augmentation off, BatchNorm in inference mode, dropout off.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import keras
 import numpy as np
@@ -148,12 +153,46 @@ def _class_indices(class_index, probabilities) -> np.ndarray:
 # --- gradients, per backend ----------------------------------------------------
 
 
+@contextlib.contextmanager
+def _logits_out(head):
+    """The head giving logits while the block runs: the softmax of its ``predictions``
+    layer (tinylib's models all end in one) set aside. Yields whether it could be."""
+    layer = next((layer for layer in head.layers if layer.name == "predictions"), None)
+    activation = getattr(layer, "activation", None)
+    if getattr(activation, "__name__", None) != "softmax":
+        yield False
+        return
+    layer.activation = keras.activations.linear
+    try:
+        yield True
+    finally:
+        layer.activation = activation
+
+
+def _class_contrast(logits, mask):
+    """Each selected class's logit against its rivals, summed over the batch: z_c minus the
+    rivals' logits weighted by their softmax among themselves (held constant). Computed
+    from logits, it stays of order one however confident the prediction."""
+    rivals = ops.where(mask > 0, float("-inf"), logits)
+    weights = ops.stop_gradient(ops.softmax(rivals, axis=-1))
+    return ops.sum(mask * logits) - ops.sum(weights * logits)
+
+
 def _score_gradients(head, feature_maps, mask):
-    """d(sum of the selected probabilities)/d(feature maps).
+    """d(score)/d(feature maps): the class contrast of the logits (``_class_contrast``), or,
+    for a model without a softmax ``predictions`` layer, the sum of the selected outputs.
 
     Images do not interact in inference mode, so the gradient of the sum is
     each image's own gradient: one backward pass for the whole batch.
     """
+    with _logits_out(head) as logits:
+        def score_of(outputs):
+            return _class_contrast(outputs, mask) if logits else ops.sum(outputs * mask)
+
+        return _gradients(head, feature_maps, score_of)
+
+
+def _gradients(head, feature_maps, score_of):
     backend = keras.backend.backend()
     if backend == "tensorflow":
         import tensorflow as tf
@@ -161,7 +200,7 @@ def _score_gradients(head, feature_maps, mask):
         feature_maps = tf.convert_to_tensor(feature_maps)
         with tf.GradientTape() as tape:
             tape.watch(feature_maps)
-            score = tf.reduce_sum(head(feature_maps, training=False) * mask)
+            score = score_of(head(feature_maps, training=False))
         return tape.gradient(score, feature_maps)
     if backend == "jax":
         import jax
@@ -170,15 +209,15 @@ def _score_gradients(head, feature_maps, mask):
         non_trainable = [v.value for v in head.non_trainable_variables]
 
         def score(maps):
-            probabilities, _ = head.stateless_call(trainable, non_trainable, maps, training=False)
-            return (probabilities * mask).sum()
+            outputs, _ = head.stateless_call(trainable, non_trainable, maps, training=False)
+            return score_of(outputs)
 
         return jax.grad(score)(feature_maps)
     if backend == "torch":  # untested: torch is not installed where this was written
         import torch
 
         feature_maps = torch.as_tensor(feature_maps).detach().requires_grad_(True)
-        score = (head(feature_maps, training=False) * torch.as_tensor(mask)).sum()
+        score = score_of(head(feature_maps, training=False))
         return torch.autograd.grad(score, feature_maps)[0]
     raise NotImplementedError(f"Grad-CAM is not implemented for the {backend!r} backend")
 

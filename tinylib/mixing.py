@@ -15,7 +15,9 @@ they are part of the compiled training step:
   training loss (``compute_loss``), in the same step; evaluation uses the labels
   as they are. Training accuracy is measured against each image's own label.
 
-The model's own augmentation (crop, flip) then runs on the mixed images. The draws
+The model's own augmentation (crop, flip) runs first, image by image, and the mixing
+after it, as timm orders them: a crop after CutMix would keep another part of the box
+than the share the labels were weighed by. The draws
 come from the layer's seed generator, whose state a run's checkpoints keep, so a
 resumed run draws what an uninterrupted one would have drawn.
 """

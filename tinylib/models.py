@@ -513,7 +513,7 @@ def build_model(
     architecture (``l2`` for model1, ``dropout`` for models 2, 4 and 5,
     ``preprocess`` and ``image_size`` for model5, ``width``, ``dropout`` and
     ``bn_momentum`` for the ResNets).  ``mixing`` is a ``tinylib.mixing.MixUpCutMix``
-    layer, placed before the augmentation; the model is then a ``MixingClassifier``,
+    layer, placed after the augmentation; the model is then a ``MixingClassifier``,
     whose training loss mixes the labels as the layer mixed the images.
     """
     key = normalize_name(name)
@@ -532,10 +532,10 @@ def build_model(
 
     inputs = keras.Input(shape=tuple(input_shape), name="images")
     x = layers.Rescaling(1.0 / 255, name="rescale", dtype="float32")(inputs)
-    if mixing is not None:
-        x = mixing(x)
     if augmentation is not None:
         x = augmentation(x)
+    if mixing is not None:  # after the crops: a CutMix box's share is then the share the network sees
+        x = mixing(x)
     outputs = MODELS[key](x, num_classes, **options)
     if mixing is not None:
         from tinylib.mixing import MixingClassifier
