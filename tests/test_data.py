@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import shutil
 import threading
 import zipfile
 from pathlib import Path
@@ -55,6 +56,19 @@ def test_folder_source_decodes_every_image_once(tiny_env, synthetic, monkeypatch
     # boxes parsed from <wnid>_boxes.txt and val_annotations.txt
     assert ds.train.boxes[1].tolist() == [1, 2, 59, 60]
     assert ds.val.boxes[0].tolist() == [1, 2, 50, 60]
+
+
+def test_the_files_are_found_where_the_cache_was_built_from_without_the_setting(tiny_env, synthetic, monkeypatch):
+    """A later session without TINYLIB_DATA: data.load() serves the cache, and find_source()
+    (chapters 2 and 3 read files) opens the dataset the cache was built from, not a download."""
+    monkeypatch.setenv("TINYLIB_DATA", str(synthetic))
+    data.load()
+    monkeypatch.delenv("TINYLIB_DATA")
+    source = data.find_source(download_if_missing=False)
+    assert source.describe() == data.open_source(synthetic).describe()
+    shutil.rmtree(synthetic)  # gone since: no source is found, and none is downloaded
+    with pytest.raises(data.DataError, match="No Tiny ImageNet found"):
+        data.find_source(download_if_missing=False)
 
 
 def test_grayscale_images_become_rgb(tiny_env, synthetic, monkeypatch):
@@ -441,12 +455,15 @@ def test_zip_escaping_its_folder_is_refused_before_anything_is_written(tiny_env,
 
 
 def test_val_laid_out_as_class_folders(tiny_env, synthetic, monkeypatch):
-    import shutil
-
+    # The usual reorganising script: the images moved into class folders, the annotations kept.
+    annotations = (synthetic / "val" / "val_annotations.txt").read_bytes()
     shutil.rmtree(synthetic / "val")
     for wnid in WNIDS:
         (synthetic / "val" / wnid / "images").mkdir(parents=True)
         (synthetic / "val" / wnid / "images" / "val_0.JPEG").write_bytes(jpeg_bytes(0))
+    (synthetic / "val" / "val_annotations.txt").write_bytes(annotations)
+    _expect_error(tiny_env, monkeypatch, synthetic, "class folders", "val_annotations.txt")
+    (synthetic / "val" / "val_annotations.txt").unlink()  # and without them
     _expect_error(tiny_env, monkeypatch, synthetic, "class folders", "val_annotations.txt")
 
 
@@ -456,3 +473,20 @@ def test_val_annotation_with_unknown_wnid(tiny_env, synthetic, monkeypatch):
     lines[4] = lines[4].replace(lines[4].split("\t")[1], "n99999999")
     annotations.write_text("\n".join(lines) + "\n")
     _expect_error(tiny_env, monkeypatch, synthetic, "line 5", "n99999999", "not in wnids.txt")
+
+
+def test_the_cache_is_on_disk_before_it_is_renamed_into_place(tiny_env, synthetic, monkeypatch):
+    """Its arrays are reserved at full size: renamed before their pages reach the disk, a
+    crash would leave a cache of the right sizes holding zeros, which the manifest passes."""
+    from tinylib import files
+    from tinylib.data import cache
+
+    order = []
+    flush, install = files.flush_folder, cache._install
+    monkeypatch.setattr(files, "flush_folder", lambda folder: (order.append(("flush", Path(folder).name)),
+                                                              flush(folder)))
+    monkeypatch.setattr(cache, "_install", lambda tmp, target: (order.append(("install", tmp.name)),
+                                                              install(tmp, target)))
+    monkeypatch.setenv("TINYLIB_DATA", str(synthetic))
+    data.load()
+    assert [step for step, _ in order] == ["flush", "install"] and order[0][1] == order[1][1]

@@ -76,6 +76,17 @@ def _fsync(path: Path) -> None:
             os.close(fd)
 
 
+def flush_folder(folder: str | os.PathLike) -> None:
+    """Flush every file of a finished folder, and the folder, to disk before it is renamed
+    into place: after a crash the folder is then whole, not files of the right size that
+    hold zeros where the pages never reached the disk."""
+    folder = Path(folder)
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            _fsync(path)
+    _fsync(folder)
+
+
 def write_text(path: str | os.PathLike, text: str) -> Path:
     """Write text atomically."""
     with atomic_path(path) as tmp:

@@ -303,6 +303,7 @@ def _build(source, target: Path, workers: int) -> Path:
         tmp.mkdir()
         _write_arrays(source, layout, counts, tmp, workers)
         _write_manifest(source, layout, counts, tmp, start)
+        files.flush_folder(tmp)  # the arrays were reserved at full size: on disk before the rename
         _install(tmp, target)
     except OSError as err:
         raise _write_error(err, tmp, need) from None

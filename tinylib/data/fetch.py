@@ -144,9 +144,13 @@ def download(url: str = OFFICIAL_URL, md5: str | None = OFFICIAL_MD5,
 
 
 def find_source(download_if_missing: bool = True) -> FolderSource | ZipSource:
-    """The first source that exists: ``TINYLIB_DATA``, the cache, or a download."""
+    """The first source that exists: ``TINYLIB_DATA``, the dataset the array cache was
+    built from, an extraction in the cache, or a download."""
     if os.environ.get(DATA_ENV):
         return open_source(os.environ[DATA_ENV])
+    built_from = _cache_source()
+    if built_from is not None:
+        return built_from
     extracted = home() / FOLDER_NAME
     if (extracted / "wnids.txt").is_file():
         return FolderSource(extracted)
@@ -155,3 +159,16 @@ def find_source(download_if_missing: bool = True) -> FolderSource | ZipSource:
     return FolderSource(download())
 
 
+def _cache_source() -> FolderSource | ZipSource | None:
+    """The dataset the array cache was built from, where it is still there: a chapter that
+    reads the files themselves finds it in a session without ``TINYLIB_DATA``, as
+    ``data.load`` finds the cache, instead of downloading the zip."""
+    from tinylib.data.cache import read_manifest  # the cache module imports this one
+
+    manifest = read_manifest()
+    if not manifest:
+        return None
+    try:
+        return open_source(manifest["source"])
+    except DataError:
+        return None

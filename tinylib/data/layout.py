@@ -83,14 +83,16 @@ def parse_layout(source) -> Layout:
             boxes["train"].append(class_boxes.get(name, (-1, -1, -1, -1)))
 
     annotations = "val/val_annotations.txt"
+    # Reorganised into class folders (scripts that do it often keep val_annotations.txt):
+    # said before any image is looked for where the official layout has it.
+    class_dirs = [d for d in source.list_dir("val") if d in index] if source.is_dir("val") else []
+    if class_dirs and (not source.exists(annotations) or not source.is_dir("val/images")):
+        raise DataError(
+            f"val/ in {source.describe()} is laid out as class folders ({class_dirs[0]}/, ...), "
+            "not the official val/images + val/val_annotations.txt. Labels must come from "
+            "val_annotations.txt; re-extract the official zip."
+        )
     if not source.exists(annotations):
-        class_dirs = [d for d in source.list_dir("val") if d in index] if source.is_dir("val") else []
-        if class_dirs:
-            raise DataError(
-                f"val/ in {source.describe()} is laid out as class folders ({class_dirs[0]}/, ...), "
-                "not the official val/images + val/val_annotations.txt. Labels must come from "
-                "val_annotations.txt; re-extract the official zip."
-            )
         raise DataError(f"missing file {annotations} in {source.describe()}")
     for number, line in enumerate(_text(source, annotations).splitlines(), 1):
         fields = line.split()
