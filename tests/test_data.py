@@ -71,6 +71,34 @@ def test_the_files_are_found_where_the_cache_was_built_from_without_the_setting(
         data.find_source(download_if_missing=False)
 
 
+def test_a_dataset_changed_at_the_caches_own_path_is_decoded_again(tiny_env, synthetic, tmp_path, monkeypatch,
+                                                                     capsys):
+    """The cache knows its source by path and by what it held: a zip replaced at the same
+    path, or a folder whose files changed, is decoded again; the same files are not."""
+    name = f"{WNIDS[0]}_1.JPEG"
+    image = synthetic / "train" / WNIDS[0] / "images" / name
+    monkeypatch.setenv("TINYLIB_DATA", str(synthetic))
+    before = data.load().train
+    capsys.readouterr()
+    data.load()  # nothing changed: served from the cache
+    assert "rebuilding" not in capsys.readouterr().err
+    image.write_bytes(jpeg_bytes(3))  # another picture under the same name
+    after = data.load().train
+    assert "holds other files than when the cache was built from it: rebuilding" in capsys.readouterr().err
+    index = before.files.index(name)
+    assert not np.array_equal(before.images[index], after.images[index])
+    # The zip: replaced at the same path by one with another member.
+    archive = zip_folder(synthetic, tmp_path / "tiny-imagenet-200.zip")
+    monkeypatch.setenv("TINYLIB_DATA", str(archive))
+    data.load()
+    image.write_bytes(jpeg_bytes(0))
+    zip_folder(synthetic, archive)
+    capsys.readouterr()
+    again = data.load().train
+    assert "holds other files" in capsys.readouterr().err
+    np.testing.assert_array_equal(again.images[index], before.images[index])
+
+
 def test_grayscale_images_become_rgb(tiny_env, synthetic, monkeypatch):
     monkeypatch.setenv("TINYLIB_DATA", str(synthetic))
     ds = data.load()

@@ -336,6 +336,7 @@ def _write_manifest(source, layout: Layout, counts: dict[str, int], tmp: Path, s
     manifest = {
         "version": CACHE_VERSION,
         "source": source.describe(),
+        "fingerprint": source.fingerprint(),  # what the dataset held: a changed one is rebuilt from
         "counts": counts,
         "classes": len(layout.wnids),
         "files": files,
@@ -363,11 +364,21 @@ def _install(tmp: Path, target: Path) -> None:
 
 
 def _cache_matches(manifest: dict | None, source) -> bool:
-    return manifest is not None and (source is None or manifest["source"] == source.describe())
+    return manifest is not None and (source is None or (manifest["source"] == source.describe()
+                                                        and not _changed_since(manifest, source)))
+
+
+def _changed_since(manifest: dict, source) -> bool:
+    """Whether the dataset at the cache's own path holds other files than when the cache was
+    built from it (a zip replaced, a folder edited); a cache older than the fingerprint is
+    taken as it is."""
+    built = manifest.get("fingerprint")
+    return built is not None and built != source.fingerprint()
 
 
 def other_source(manifest: dict) -> str | None:
-    """``TINYLIB_DATA`` when it names another dataset than the cache was built from.
+    """``TINYLIB_DATA`` when it names another dataset than the cache was built from: another
+    path, or the same path holding other files (``_changed_since``).
 
     The path the cache was built from, unreachable now (a drive unplugged, a Drive not
     mounted in this Colab session), is not another dataset: the cache serves, with a note."""
@@ -380,7 +391,9 @@ def other_source(manifest: dict) -> str | None:
         if manifest["source"] in candidates:
             print(f"{DATA_ENV}={env} cannot be reached now; the cache built from it serves", file=sys.stderr)
             return None
-    return env if manifest["source"] != str(locate(env)[1]) else None
+    if manifest["source"] != str(locate(env)[1]):
+        return env
+    return env if _changed_since(manifest, open_source(env)) else None
 
 
 def _source_for_cache(target: Path):
@@ -394,9 +407,11 @@ def _source_for_cache(target: Path):
         return find_source()
     env = other_source(manifest)
     if env:
-        print(f"{DATA_ENV} names a different dataset than the cache was built from: rebuilding",
-              file=sys.stderr)
-        return open_source(env)
+        source = open_source(env)
+        why = ("names a different dataset than the cache was built from" if manifest["source"] != source.describe()
+               else f"({source.describe()}) holds other files than when the cache was built from it")
+        print(f"{DATA_ENV} {why}: rebuilding", file=sys.stderr)
+        return source
     damage = damaged_file(target, manifest)
     return None if damage is None else source_for_repair(manifest, damage)
 

@@ -34,6 +34,15 @@ def _source_in_worker(kind: str, path: str):
     return _worker_sources[key]
 
 
+def _forget_sources() -> None:
+    """Close the sources this process opened to decode: a zip replaced at the same path
+    later is read afresh, and a pool forked later does not share this one's file offset."""
+    for source in _worker_sources.values():
+        if isinstance(source, ZipSource):
+            source.zip.close()
+    _worker_sources.clear()
+
+
 def decode_image(data: bytes, name: str) -> np.ndarray:
     """JPEG bytes -> (64, 64, 3) uint8; grayscale becomes RGB."""
     from PIL import Image, UnidentifiedImageError
@@ -116,10 +125,13 @@ def decode_all(source, names: list[str], out_path: Path, pool, label: str, worke
             for i in range(0, len(names), chunk)]
     start, done = time.time(), 0
     if pool is None:
-        for job in jobs:
-            step = _decode_chunk(*job)
-            done += step
-            report_count(label, done, len(names), start, step)
+        try:
+            for job in jobs:
+                step = _decode_chunk(*job)
+                done += step
+                report_count(label, done, len(names), start, step)
+        finally:
+            _forget_sources()
         return
     futures = [pool.submit(_decode_chunk, *job) for job in jobs]
     try:

@@ -3,6 +3,8 @@ read through the same three calls (``names``, ``read``, ``describe``)."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import zipfile
 from pathlib import Path, PurePosixPath
@@ -41,6 +43,20 @@ class FolderSource:
             return sorted(os.listdir(path))
         except OSError as err:
             raise DataError(f"cannot read folder {path} ({err.strerror or err})") from None
+
+    def fingerprint(self) -> str:
+        """What the dataset holds, cheaply: every file's path and size under the folder (a
+        listing, no image read). An identical extraction gives the same; a changed one not."""
+        digest, root = hashlib.sha256(), str(self.root)
+        for top, folders, names in os.walk(root):
+            folders[:] = sorted(f for f in folders if not f.startswith("."))  # .ipynb_checkpoints
+            relative = os.path.relpath(top, root).replace(os.sep, "/")
+            prefix = "" if relative == "." else relative + "/"  # 'train/n01443537/images/'
+            for name in sorted(n for n in names if not n.startswith(".")):  # .DS_Store
+                with contextlib.suppress(OSError):  # a file gone while listed counts as absent
+                    size = os.stat(os.path.join(top, name)).st_size
+                    digest.update(f"{prefix}{name}\0{size}\n".encode())
+        return digest.hexdigest()
 
     def read(self, rel: str) -> bytes:
         """A file's bytes; errors are DataError, so an OSError later means the cache side."""
@@ -114,6 +130,17 @@ class ZipSource:
             raise DataError(f"{self.path}: missing folder {self.prefix + rel}")
         return sorted(self.children[rel.strip("/")])
 
+    def fingerprint(self) -> str:
+        """What the dataset holds, from the zip's directory: every member's path under the
+        dataset folder, its size and CRC (no member read)."""
+        digest = hashlib.sha256()
+        for info in sorted(self.zip.infolist(), key=lambda info: info.filename):
+            name = PurePosixPath(info.filename)
+            if info.filename.startswith(self.prefix) and not info.is_dir() \
+                    and not any(part.startswith(".") for part in name.parts):
+                digest.update(f"{info.filename[len(self.prefix):]}\0{info.file_size}\0{info.CRC}\n".encode())
+        return digest.hexdigest()
+
     def read(self, rel: str) -> bytes:
         name = self.prefix + rel
         if name not in self.names:
@@ -155,3 +182,4 @@ def open_source(path: str | os.PathLike) -> FolderSource | ZipSource:
     """A source from a path: the dataset folder, the folder holding it, or the zip."""
     kind, root = locate(path)
     return ZipSource(root) if kind == "zip" else FolderSource(root)
+
