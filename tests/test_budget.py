@@ -72,6 +72,25 @@ def test_a_replanned_schedule_keeps_its_past_and_falls_straight_to_zero_at_the_n
     np.testing.assert_allclose(rates(again, range(0, 170, 7)), rates(longer, range(0, 170, 7)), rtol=1e-6)
 
 
+def test_a_replan_starts_the_new_line_at_the_step_the_schedule_reads(monkeypatch):
+    """Under loss scaling (mixed float16) the optimizer does not count the steps it skipped:
+    3 skipped in 100 batches, the line is re-drawn from step 97, so it still reaches zero
+    after the epochs that are left, not 3 steps before them."""
+    import keras
+
+    schedule = _WarmupLinearDecay(0.1, warmup_steps=10, total_steps=1000)
+    inner = type("Inner", (), {"iterations": keras.Variable(97, dtype="int64"), "_learning_rate": schedule})()
+    model = type("Model", (), {"optimizer": type("LossScale", (), {"inner_optimizer": inner})()})()
+    given = []
+    monkeypatch.setattr(budget, "set_schedule", lambda model, schedule: given.append(schedule))
+    plan = {"hours": 1.0, "cap": 30, "plans": [{"epochs": 10}]}
+    monkeypatch.setattr(budget, "epochs_that_fit", lambda *args: 5)
+    assert budget.replan(model, plan, {"seconds": [100.0, 100.0]}, 200.0, epochs_done=2, steps_per_epoch=50) == 5
+    (replanned,) = given
+    assert replanned.segments[-1][0] == 97 and replanned.total_steps == 97 + 3 * 50
+    assert budget._schedule_step(type("Fresh", (), {"optimizer": object()})(), 100) == 100  # no counter yet
+
+
 def test_a_budget_needs_the_linear_schedule_and_says_which_recipe_has_it():
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
     model.compile(keras.optimizers.SGD(0.1), "mse")

@@ -74,6 +74,16 @@ def schedule_of(model):
     return schedule
 
 
+def _schedule_step(model, batches: int) -> int:
+    """The optimizer step the learning-rate schedule is evaluated at (the inner optimizer's,
+    under loss scaling); ``batches`` where the model has no optimizer built yet."""
+    import keras
+
+    optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)
+    iterations = getattr(optimizer, "iterations", None)
+    return batches if iterations is None else int(keras.ops.convert_to_numpy(iterations))
+
+
 def set_schedule(model, schedule) -> None:
     """Give the optimizer ``schedule``; the compiled step, which holds the old one, is traced again."""
     model.optimizer.learning_rate = schedule
@@ -135,7 +145,10 @@ def replan(model, budget: dict, history: dict, spent_seconds: float, epochs_done
     fits = epochs_that_fit(budget["hours"] * 3600.0, spent_seconds, seconds, epochs_done, budget["cap"])
     fits = max(fits, epochs_done)
     if fits != planned:
-        schedule = schedule_of(model).replanned(epochs_done * steps_per_epoch, fits * steps_per_epoch)
+        # From the step the schedule reads: under loss scaling (mixed float16) the optimizer does not
+        # count a step it skipped for non-finite gradients, so it can stand behind the batches trained.
+        now = _schedule_step(model, epochs_done * steps_per_epoch)
+        schedule = schedule_of(model).replanned(now, now + (fits - epochs_done) * steps_per_epoch)
         set_schedule(model, schedule)
         budget["schedule"] = schedule.get_config()
         budget["plans"].append({"after_epoch": epochs_done, "epochs": fits,
