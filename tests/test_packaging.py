@@ -226,6 +226,29 @@ def test_make_tests_two_workers_keep_each_chapter_and_the_site_on_one_worker():
     assert "--dist loadgroup" in makefile and "-n $(PYTEST_WORKERS)" in makefile
 
 
+def test_the_chapters_are_skipped_saying_what_to_do_where_they_would_download(tiny_env, synthetic, monkeypatch):
+    """A test never fetches the dataset or the weights: without them (no TINYLIB_DATA and no
+    prepared cache; no installed weights for the chapters that load them) the chapters are
+    skipped with the command that provides them, and run where CI has provided them."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("book_conftest", BOOK / "conftest.py")
+    book_conftest = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(book_conftest)
+    why = book_conftest._not_runnable_offline
+    assert "set TINYLIB_DATA" in why("06_model1") and "tinylib prepare" in why("06_model1")
+    monkeypatch.setenv("TINYLIB_DATA", str(synthetic))
+    assert why("06_model1") is None
+    assert "python -m tinylib weights resnet50" in why("10_model5")
+    from tinylib import pretrained
+
+    for include_top in (False, True):  # both files, as `tinylib weights resnet50` installs them
+        path = pretrained.weights_path(include_top)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+    assert why("10_model5") is None and why("14_transfer_learning") is None
+
+
 def test_every_notebook_cell_has_an_id():
     """nbformat 4.5 cells carry ids; a cell added without one makes nbformat warn on every read."""
     for path in book_files(".ipynb"):

@@ -99,9 +99,9 @@ def main(argv=None) -> int:
         nb, changed = stale_cells(notebook)
         off.extend(changed)
         if changed and not args.check:
-            tmp = notebook.with_name(f".tmp-{notebook.name}")
-            tmp.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-            tmp.replace(notebook)
+            from tinylib import files  # written whole or not at all (flushed, then renamed)
+
+            files.write_text(notebook, json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
     for line in off:
         print(("differs: " if args.check else "rewrote: ") + line)
     return 1 if off and args.check else 0

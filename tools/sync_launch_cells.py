@@ -154,7 +154,10 @@ def sync(paths: list[Path], source: str, check: bool) -> list[tuple[Path, str]]:
         if not check:
             apply(nb, source)
             nbformat.validate(nb)
-            nbformat.write(nb, path)
+            from tinylib import files  # a chapter is written whole or not at all
+
+            text = nbformat.writes(nb)
+            files.write_text(path, text if text.endswith("\n") else text + "\n")
     return off
 
 
