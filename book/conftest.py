@@ -48,12 +48,8 @@ FRESH_KERNEL_CHAPTERS = ("01_introduction",)
 
 
 def _forked_kernel_module():
-    """tests/forked_kernel.py, by its path: `pytest book/` alone does not put tests/ on sys.path."""
-    path = Path(__file__).resolve().parents[1] / "tests" / "forked_kernel.py"
-    spec = importlib.util.spec_from_file_location("tinylib_tests_forked_kernel", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """tests/forked_kernel.py."""
+    return _tests_module("forked_kernel")
 
 
 try:
@@ -117,35 +113,27 @@ def _is_notebook_cell(item) -> bool:
 # A chapter rewrite interrupted before its rename (tinylib.files.atomic_path) is no chapter.
 collect_ignore_glob = [".tmp-*"]
 
-# Chapters that load the ImageNet weights; without them installed they would download them.
-NEEDS_WEIGHTS = ("10_model5", "14_transfer_learning", "15_inside_the_models")
-
-
-def _not_runnable_offline(chapter: str) -> str | None:
-    """Why ``chapter`` cannot run here without reaching the network (the chapters fetch
-    what is missing, a test never does), or None."""
-    from tinylib import pretrained
-    from tinylib.data import read_manifest
-
-    if not os.environ.get("TINYLIB_DATA") and read_manifest() is None:
-        return ("no dataset: set TINYLIB_DATA to Tiny ImageNet (its folder or the zip) or run "
-                "`python -m tinylib prepare` first; a test never downloads it")
-    if chapter in NEEDS_WEIGHTS and (pretrained.installed(False) is None or pretrained.installed(True) is None):
-        return ("the ImageNet weights are not installed: run `python -m tinylib weights resnet50` first "
-                "(CI does); a test never downloads them")
-    return None
+def _tests_module(name: str):
+    """tests/<name>.py, by its path: `pytest book/` alone does not put tests/ on sys.path."""
+    path = Path(__file__).resolve().parents[1] / "tests" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"tinylib_tests_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def pytest_collection_modifyitems(config, items):
-    """Skip, saying what to do, the chapters that would fetch the dataset or the weights."""
-    reasons = {}
+    """Skip, saying what to do, the chapters that would fetch the dataset or the weights
+    (tests/offline.py); a skipped chapter is not written as executed for the site test."""
+    offline, reasons = _tests_module("offline"), {}
     for item in items:
         if _is_notebook_cell(item):
             chapter = Path(str(item.parent.fspath)).stem
             if chapter not in reasons:
-                reasons[chapter] = _not_runnable_offline(chapter)
+                reasons[chapter] = offline.not_runnable_offline(chapter)
             if reasons[chapter]:
                 item.add_marker(pytest.mark.skip(reason=reasons[chapter]))
+                config.stash[FAILED].add(item.parent.nodeid)  # not run: never handed on as executed
 
 
 @pytest.hookimpl(wrapper=True)

@@ -193,4 +193,32 @@ def test_the_estimate_takes_the_rate_measured_in_this_runs_precision_and_batch(t
                                                               epochs=4, batch_size=32), folder=tmp_path,
                                             policy="float16")
     assert "this run trains in float16 on batches of 32, so expect another time" in other
+    larger = chapter_costs.training_estimate("model2", profile, folder=tmp_path, policy="float32", batch_size=512)
+    assert "this run trains in batches of 512, so expect another time" in larger  # chapter 9's larger batch
 
+
+
+def test_a_rate_kept_from_before_the_batch_was_recorded_has_an_unknown_batch(tmp_path):
+    """throughput.json kept rows with their own device, precision and date, but not their
+    batch until the batch joined the conditions: such a row's batch is unknown, not the
+    newer measurement's, and a budget's first plan does not take it for its own."""
+    from tinylib import budget, throughput
+
+    row = {"images_per_second": 100.0, "images_per_second_without_augmentation": 110.0,
+           "train_gflop_per_image": 1.0}
+    old = {"device": "CPU: a", "backend": "tensorflow", "dtype_policy": "mixed_bfloat16", "fused_batchnorm": None,
+           "measured": "2026-12-04"}
+    (tmp_path / throughput.THROUGHPUT_FILE).write_text(json.dumps({
+        "device": "CPU: a", "backend": "tensorflow", "dtype_policy": "mixed_bfloat16", "batch_size": 128,
+        "matmul_peak_gflops_per_second": {"float32": 200.0}, "measured": "2026-12-06",
+        "models": {"model3": row, "model2": {**row, **old}}}))
+    assert throughput.rate("model3", tmp_path)[1]["batch_size"] == 128  # measured with the file
+    assert throughput.rate("model2", tmp_path)[1]["batch_size"] is None  # kept, its batch unknown
+    record = {"model": "model2", "device": "CPU: a", "dtype_policy": "mixed_bfloat16", "batch_size": 128,
+              "speed": {"matmul_peak_gflops_per_second": 300.0}}
+    assert budget.expected_gflops(record, tmp_path)[1] == "half the matmul peak"
+    # Saved again, the kept row keeps its unknown batch rather than taking the new one.
+    throughput.save(tmp_path, device="CPU: a", backend="tensorflow", dtype_policy="mixed_bfloat16", batch=64,
+                    peak={"float32": 200.0}, models={"model3": row})
+    assert throughput.rate("model2", tmp_path)[1]["batch_size"] is None
+    assert throughput.rate("model3", tmp_path)[1]["batch_size"] == 64

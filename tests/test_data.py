@@ -82,6 +82,10 @@ def test_a_dataset_changed_at_the_caches_own_path_is_decoded_again(tiny_env, syn
     capsys.readouterr()
     data.load()  # nothing changed: served from the cache
     assert "rebuilding" not in capsys.readouterr().err
+    (synthetic / "my notes.md").write_text("mine")  # files the layout does not read change nothing
+    (image.parent / "Thumbs.db").write_bytes(b"windows")
+    data.load()
+    assert "rebuilding" not in capsys.readouterr().err
     image.write_bytes(jpeg_bytes(3))  # another picture under the same name
     after = data.load().train
     assert "holds other files than when the cache was built from it: rebuilding" in capsys.readouterr().err
@@ -97,6 +101,23 @@ def test_a_dataset_changed_at_the_caches_own_path_is_decoded_again(tiny_env, syn
     again = data.load().train
     assert "holds other files" in capsys.readouterr().err
     np.testing.assert_array_equal(again.images[index], before.images[index])
+
+
+def test_a_cache_older_than_the_fingerprint_or_a_source_unreadable_now_serves(tiny_env, synthetic, monkeypatch):
+    from tinylib.data import cache
+
+    monkeypatch.setenv("TINYLIB_DATA", str(synthetic))
+    older = {"source": str(synthetic.resolve())}  # written before the fingerprint: taken as it is
+    assert cache.other_source(older) is None
+    from tinylib.data import sources
+
+    def unreadable(top, onerror=None):  # a folder that cannot be listed whole: nothing is known
+        onerror(PermissionError(13, "Permission denied", str(top)))
+        return iter(())
+
+    monkeypatch.setattr(sources.os, "walk", unreadable)
+    assert data.open_source(synthetic).fingerprint() is None
+    assert cache.other_source({**older, "fingerprint": "built"}) is None
 
 
 def test_grayscale_images_become_rgb(tiny_env, synthetic, monkeypatch):

@@ -116,13 +116,14 @@ def measured_rates(model: str, folder: Path | str | None = None) -> list[tuple[f
 
 
 def training_estimate(model: str, profile=None, epochs: int | None = None, folder: Path | str | None = None,
-                      policy: str | None = None) -> str:
+                      policy: str | None = None, batch_size: int | None = None) -> str:
     """One line for a cell that trains: how long ``epochs`` of ``model``'s training steps take in
     ``profile``, at a measured full-scale rate (``measured_rates``), or "not yet measured".
 
     Of the rates, the one measured in this run's precision (``policy``, default: Keras' policy
-    in force) and on the profile's batch is preferred, then one in its precision; the line
-    names the rate's precision and batch, and says so where they are not this run's."""
+    in force) and on its batch (``batch_size``, default: the profile's, times the devices in
+    force, as ``train.fit`` trains) is preferred, then one in its precision; the line names the
+    rate's precision and batch, and says so where they are not this run's."""
     chosen = get_profile(profile)
     epochs = chosen.epochs_for(model) if epochs is None else epochs
     images = chosen.train_images
@@ -134,7 +135,11 @@ def training_estimate(model: str, profile=None, epochs: int | None = None, folde
         import keras
 
         policy = keras.config.dtype_policy().name
-    batch = chosen.batch_size
+    if batch_size is None:
+        from tinylib import environment
+
+        batch_size = chosen.batch_size * environment.device_count()
+    batch = batch_size
     rate, where = max(rates, key=lambda item: (item[1]["dtype_policy"] == policy, item[1]["batch_size"] == batch))
     smaller = smaller_build(model, chosen)
     minutes = epochs * images / (rate * smaller) / 60

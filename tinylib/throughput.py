@@ -37,7 +37,7 @@ def save(folder: Path | str, *, device: str, backend: str, dtype_policy: str, ba
     kept = {}
     for name, row in (earlier.get("models") or {}).items():
         if name not in models and isinstance(row, dict):
-            kept[name] = {**{key: earlier.get(key) for key in CONDITIONS}, **row}
+            kept[name] = {**_conditions_of(earlier, row), **row}
     data = {"device": device, "backend": backend, "dtype_policy": dtype_policy, "fused_batchnorm": fused_batchnorm,
             "batch_size": batch,
             "matmul_peak_gflops_per_second": {k: round(v, 1) for k, v in peak.items()},
@@ -60,7 +60,15 @@ def rate(model: str, folder: Path | str | None = None) -> tuple[float, dict] | N
     data = read(folder)
     row = (data.get("models") or {}).get(model) or {}
     value = row.get("images_per_second")
-    return (float(value), {**data, **{key: row[key] for key in CONDITIONS if key in row}}) if value else None
+    return (float(value), {**data, **_conditions_of(data, row)}) if value else None
+
+
+def _conditions_of(data: dict, row: dict) -> dict:
+    """What ``row`` was measured under: its own conditions where it keeps them (a row kept
+    from an earlier measurement), else the file's. A kept row written before the batch was
+    one of them has an unknown batch (None), not the file's newer one."""
+    kept = "measured" in row
+    return {key: row.get(key) if kept or key in row else data.get(key) for key in CONDITIONS}
 
 
 def _batchnorm(conditions: dict) -> str:

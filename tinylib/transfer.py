@@ -121,7 +121,8 @@ def _fine_tune(data, profile, *, weights, image_size, head_epochs, all_epochs, h
     # Both stages build on one model: the precision the head stage began in, if it has begun.
     head = run_folder("model5", profile, seed=seed, batch_size=fit_kwargs.get("batch_size"),
                       runs=fit_kwargs.get("runs"), **{"suffix": "", **folder_of("head")})
-    with environment.resumed_run_precision(recorded_precision(head)):
+    begun = recorded_precision(head) if fit_kwargs.get("resume", True) else None  # a fresh start: 'auto''s
+    with environment.resumed_run_precision(begun):
         keras.utils.set_random_seed(profile.seed if seed is None else seed)
         model = build("model5", data, profile, augment=augment, weights=weights, preprocess=preprocess,
                       image_size=image_size, compile=False)

@@ -294,6 +294,7 @@ def _build(source, target: Path, workers: int) -> Path:
     """Decode into a temporary folder, then move it into place; nothing half-written stays."""
     start = time.time()
     print(f"Preparing Tiny ImageNet from {source.describe()} into {target}", file=sys.stderr)
+    fingerprint = source.fingerprint()  # before decoding: what the arrays are decoded from
     layout = parse_layout(source)
     counts = {s: len(layout.files[s]) for s in SPLITS if s != "test" or layout.files[s]}
     need = _space_needed(counts)
@@ -302,7 +303,7 @@ def _build(source, target: Path, workers: int) -> Path:
     try:
         tmp.mkdir()
         _write_arrays(source, layout, counts, tmp, workers)
-        _write_manifest(source, layout, counts, tmp, start)
+        _write_manifest(source, layout, counts, tmp, start, fingerprint)
         files.flush_folder(tmp)  # the arrays were reserved at full size: on disk before the rename
         _install(tmp, target)
     except OSError as err:
@@ -323,7 +324,8 @@ def _write_arrays(source, layout: Layout, counts: dict[str, int], tmp: Path, wor
                     np.asarray(layout.boxes[split], dtype=np.int16).reshape(-1, 4))
 
 
-def _write_manifest(source, layout: Layout, counts: dict[str, int], tmp: Path, start: float) -> None:
+def _write_manifest(source, layout: Layout, counts: dict[str, int], tmp: Path, start: float,
+                    fingerprint: str | None) -> None:
     """meta.json, then the manifest with each file's checksum read back from disk, and
     the stamp saying those files, as they are now, were verified."""
     meta = {
@@ -336,7 +338,7 @@ def _write_manifest(source, layout: Layout, counts: dict[str, int], tmp: Path, s
     manifest = {
         "version": CACHE_VERSION,
         "source": source.describe(),
-        "fingerprint": source.fingerprint(),  # what the dataset held: a changed one is rebuilt from
+        "fingerprint": fingerprint,  # what the dataset held: a changed one is decoded again
         "counts": counts,
         "classes": len(layout.wnids),
         "files": files,
@@ -370,10 +372,13 @@ def _cache_matches(manifest: dict | None, source) -> bool:
 
 def _changed_since(manifest: dict, source) -> bool:
     """Whether the dataset at the cache's own path holds other files than when the cache was
-    built from it (a zip replaced, a folder edited); a cache older than the fingerprint is
-    taken as it is."""
+    built from it (a zip replaced, a folder edited); a cache older than the fingerprint, or a
+    source whose fingerprint cannot be taken now, is taken as it is."""
     built = manifest.get("fingerprint")
-    return built is not None and built != source.fingerprint()
+    if built is None:
+        return False
+    now = source.fingerprint()
+    return now is not None and now != built
 
 
 def other_source(manifest: dict) -> str | None:
@@ -393,7 +398,13 @@ def other_source(manifest: dict) -> str | None:
             return None
     if manifest["source"] != str(locate(env)[1]):
         return env
-    return env if _changed_since(manifest, open_source(env)) else None
+    if manifest.get("fingerprint") is None:  # a cache older than the fingerprint: taken as it is
+        return None
+    try:
+        source = open_source(env)
+    except DataError:  # unreadable now (a zip cut short): the cache built from it serves
+        return None
+    return env if _changed_since(manifest, source) else None
 
 
 def _source_for_cache(target: Path):

@@ -44,18 +44,25 @@ class FolderSource:
         except OSError as err:
             raise DataError(f"cannot read folder {path} ({err.strerror or err})") from None
 
-    def fingerprint(self) -> str:
-        """What the dataset holds, cheaply: every file's path and size under the folder (a
-        listing, no image read). An identical extraction gives the same; a changed one not."""
+    def fingerprint(self) -> str | None:
+        """What the dataset holds, cheaply: the name and size of every file the layout reads
+        (``dataset_file``; no image read). An identical extraction gives the same; a changed
+        one not; None where the folder cannot be read whole (then nothing is known)."""
+        def refuse(error):
+            raise error
+
         digest, root = hashlib.sha256(), str(self.root)
-        for top, folders, names in os.walk(root):
-            folders[:] = sorted(f for f in folders if not f.startswith("."))  # .ipynb_checkpoints
-            relative = os.path.relpath(top, root).replace(os.sep, "/")
-            prefix = "" if relative == "." else relative + "/"  # 'train/n01443537/images/'
-            for name in sorted(n for n in names if not n.startswith(".")):  # .DS_Store
-                with contextlib.suppress(OSError):  # a file gone while listed counts as absent
-                    size = os.stat(os.path.join(top, name)).st_size
-                    digest.update(f"{prefix}{name}\0{size}\n".encode())
+        try:
+            for top, folders, names in os.walk(root, onerror=refuse):
+                folders[:] = sorted(f for f in folders if not f.startswith("."))  # .ipynb_checkpoints
+                relative = os.path.relpath(top, root).replace(os.sep, "/")
+                prefix = "" if relative == "." else relative + "/"  # 'train/n01443537/images/'
+                for name in sorted(names):
+                    if dataset_file(prefix + name):
+                        size = os.stat(os.path.join(top, name)).st_size
+                        digest.update(f"{prefix}{name}\0{size}\n".encode())
+        except OSError:
+            return None
         return digest.hexdigest()
 
     def read(self, rel: str) -> bytes:
@@ -66,6 +73,18 @@ class FolderSource:
             raise DataError(f"missing file {self.root / rel}") from None
         except OSError as err:
             raise DataError(f"cannot read {self.root / rel} ({err.strerror or err})") from None
+
+
+def dataset_file(relative: str) -> bool:
+    """Whether a path under the dataset folder is one the layout reads: its text files and
+    its JPEGs, not a Thumbs.db, a hidden file or a user's notes (a fingerprint counts these)."""
+    parts = relative.split("/")
+    if any(part.startswith(".") for part in parts):
+        return False
+    name = parts[-1]
+    if len(parts) == 1:
+        return name in ("wnids.txt", "words.txt")
+    return parts[0] in ("train", "val", "test") and (name.endswith(".txt") or name.upper().endswith((".JPEG", ".JPG")))
 
 
 def check_zip_members(names: list[str], zip_path: Path) -> None:
@@ -130,15 +149,14 @@ class ZipSource:
             raise DataError(f"{self.path}: missing folder {self.prefix + rel}")
         return sorted(self.children[rel.strip("/")])
 
-    def fingerprint(self) -> str:
-        """What the dataset holds, from the zip's directory: every member's path under the
-        dataset folder, its size and CRC (no member read)."""
+    def fingerprint(self) -> str | None:
+        """What the dataset holds, from the zip's directory: every member the layout reads
+        (``dataset_file``), its path, size and CRC (no member read)."""
         digest = hashlib.sha256()
         for info in sorted(self.zip.infolist(), key=lambda info: info.filename):
-            name = PurePosixPath(info.filename)
-            if info.filename.startswith(self.prefix) and not info.is_dir() \
-                    and not any(part.startswith(".") for part in name.parts):
-                digest.update(f"{info.filename[len(self.prefix):]}\0{info.file_size}\0{info.CRC}\n".encode())
+            relative = info.filename[len(self.prefix):]
+            if info.filename.startswith(self.prefix) and not info.is_dir() and dataset_file(relative):
+                digest.update(f"{relative}\0{info.file_size}\0{info.CRC}\n".encode())
         return digest.hexdigest()
 
     def read(self, rel: str) -> bytes:
