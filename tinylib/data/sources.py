@@ -3,7 +3,6 @@ read through the same three calls (``names``, ``read``, ``describe``)."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import zipfile
