@@ -34,7 +34,8 @@ GIVEN_RUNS_ENV = "TINYLIB_NOTEBOOK_RUNS"
 # from these copies instead of executing every chapter a second time.
 EXECUTED_ENV = "TINYLIB_TEST_EXECUTED_NOTEBOOKS"
 EXECUTED = pytest.StashKey[str]()
-FAILED = pytest.StashKey[set]()
+# The chapters not to hand on as executed: a cell failed, or the chapter was skipped.
+NOT_EXECUTED = pytest.StashKey[set]()
 # The chapters' kernels are forks of one server that imported TensorFlow once
 # (tests/forked_kernel.py), not fifteen fresh kernels that each import it: set this to 1
 # for fresh ones.
@@ -94,7 +95,7 @@ def pytest_configure(config):
     config.stash[KEEP] = bool(given)
     os.environ[SESSION_RUNS_ENV] = config.stash[RUNS]
     config.stash[EXECUTED] = tempfile.mkdtemp(prefix="tinylib-test-executed-")
-    config.stash[FAILED] = set()
+    config.stash[NOT_EXECUTED] = set()
     os.environ[EXECUTED_ENV] = config.stash[EXECUTED]
     # --nbval-current-env (pyproject's addopts) asks for this Python's kernel: the forked
     # kernel is that kernel, forked by a server in this Python (where usable(): Linux, no NVIDIA GPU).
@@ -133,21 +134,21 @@ def pytest_collection_modifyitems(config, items):
                 reasons[chapter] = offline.not_runnable_offline(chapter)
             if reasons[chapter]:
                 item.add_marker(pytest.mark.skip(reason=reasons[chapter]))
-                config.stash[FAILED].add(item.parent.nodeid)  # not run: never handed on as executed
+                config.stash[NOT_EXECUTED].add(item.parent.nodeid)
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item, call):
-    """Keep each cell's outputs in the notebook nbval read, and which notebooks failed."""
+    """Keep each cell's outputs in the notebook nbval read, and which notebooks had a cell fail."""
     report = yield
     if _is_notebook_cell(item) and call.when == "call":
         if item.test_outputs is not None:
             item.cell.outputs = item.test_outputs
             item.cell.execution_count = item.cell_num + 1
         if report.failed:
-            item.config.stash[FAILED].add(item.parent.nodeid)
+            item.config.stash[NOT_EXECUTED].add(item.parent.nodeid)
     elif _is_notebook_cell(item) and report.failed:
-        item.config.stash[FAILED].add(item.parent.nodeid)
+        item.config.stash[NOT_EXECUTED].add(item.parent.nodeid)
     return report
 
 
@@ -155,7 +156,7 @@ def pytest_runtest_teardown(item, nextitem):
     """After a notebook's last cell: write it, with its outputs, if every cell passed."""
     if not _is_notebook_cell(item) or (nextitem is not None and nextitem.parent is item.parent):
         return
-    if item.parent.nodeid in item.config.stash[FAILED]:
+    if item.parent.nodeid in item.config.stash[NOT_EXECUTED]:
         return
     import nbformat
 

@@ -56,7 +56,7 @@ def check_tiny_model(model):
 def test_a_prediction_too_confident_for_float32_still_has_its_map():
     """Logits 2,500 apart: the rival's probability underflows to 0 and the class's rounds to
     1, so the probability's gradient is 0 everywhere; the logits' contrast still points at
-    the block, and the model's softmax is back in place afterwards."""
+    the block, and the model's softmax is never changed to get them."""
     model = tiny_model()
     model.get_layer("predictions").kernel.assign([[100.0, -100.0]])
     probabilities = gradcam.class_probabilities(model, block_image())

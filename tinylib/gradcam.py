@@ -24,7 +24,6 @@ augmentation off, BatchNorm in inference mode, dropout off.
 
 from __future__ import annotations
 
-import contextlib
 
 import keras
 import numpy as np
@@ -153,20 +152,31 @@ def _class_indices(class_index, probabilities) -> np.ndarray:
 # --- gradients, per backend ----------------------------------------------------
 
 
-@contextlib.contextmanager
-def _logits_out(head):
-    """The head giving logits while the block runs: the softmax of its ``predictions``
-    layer (tinylib's models all end in one) set aside. Yields whether it could be."""
-    layer = next((layer for layer in head.layers if layer.name == "predictions"), None)
-    activation = getattr(layer, "activation", None)
-    if getattr(activation, "__name__", None) != "softmax":
-        yield False
-        return
-    layer.activation = keras.activations.linear
-    try:
-        yield True
-    finally:
-        layer.activation = activation
+def _logits_score(model, target: str, head, mask):
+    """``(part, score_of)``: the part of ``head`` (``split_at(model, target)``'s) to
+    differentiate, and the score of its outputs whose gradient Grad-CAM weighs the maps by.
+
+    tinylib's models end in a Dense ``predictions`` layer with softmax: the part ends at
+    that layer's input, and the score is its logits' class contrast (``_class_contrast``),
+    the logits computed with the layer's own kernel and bias (no layer changed). For
+    another model, the part is the whole head and the score the sum of its selected
+    outputs. Images do not interact in inference mode, so the gradient of a sum over the
+    batch is each image's own gradient: one backward pass for the whole batch.
+    """
+    layer = next((layer for layer in model.layers if layer.name == "predictions"), None)
+    activation = getattr(getattr(layer, "activation", None), "__name__", None)
+    maps = _output_tensor(model, model.get_layer(target))
+    if activation != "softmax" or not isinstance(layer, keras.layers.Dense) or layer.input is maps:
+        return head, lambda outputs: ops.sum(outputs * mask)
+    part = keras.Model(maps, layer.input, name=f"{model.name}_{target}_to_logits")
+
+    def score_of(inputs):
+        logits = ops.matmul(ops.cast(inputs, "float32"), ops.cast(layer.kernel, "float32"))
+        if layer.use_bias:
+            logits = logits + ops.cast(layer.bias, "float32")
+        return _class_contrast(logits, mask)
+
+    return part, score_of
 
 
 def _class_contrast(logits, mask):
@@ -176,20 +186,6 @@ def _class_contrast(logits, mask):
     rivals = ops.where(mask > 0, float("-inf"), logits)
     weights = ops.stop_gradient(ops.softmax(rivals, axis=-1))
     return ops.sum(mask * logits) - ops.sum(weights * logits)
-
-
-def _score_gradients(head, feature_maps, mask):
-    """d(score)/d(feature maps): the class contrast of the logits (``_class_contrast``), or,
-    for a model without a softmax ``predictions`` layer, the sum of the selected outputs.
-
-    Images do not interact in inference mode, so the gradient of the sum is
-    each image's own gradient: one backward pass for the whole batch.
-    """
-    with _logits_out(head) as logits:
-        def score_of(outputs):
-            return _class_contrast(outputs, mask) if logits else ops.sum(outputs * mask)
-
-        return _gradients(head, feature_maps, score_of)
 
 
 def _gradients(head, feature_maps, score_of):
@@ -237,14 +233,16 @@ def gradcam(model, images, class_index=None, layer: str | None = None) -> np.nda
     class per image.  ``layer`` defaults to ``find_target_layer(model)``.
     """
     batch, _ = _as_batch(model, images)
-    features, head = split_at(model, layer or find_target_layer(model))
+    target = layer or find_target_layer(model)
+    features, head = split_at(model, target)
     feature_maps = features(batch, training=False)
     probabilities = ops.convert_to_numpy(head(feature_maps, training=False))
     classes = _class_indices(class_index, probabilities)
     mask = np.eye(probabilities.shape[1], dtype="float32")[classes]
+    part, score_of = _logits_score(model, target, head, mask)
     # float32 on the host: under mixed precision both come as bfloat16 (or float16),
     # which NumPy's einsum does not take.
-    gradients = ops.convert_to_numpy(_score_gradients(head, feature_maps, mask)).astype("float32")
+    gradients = ops.convert_to_numpy(_gradients(part, feature_maps, score_of)).astype("float32")
     weights = gradients.mean(axis=(1, 2))  # one weight per image and channel
     maps = np.maximum(np.einsum("nhwk,nk->nhw", ops.convert_to_numpy(feature_maps).astype("float32"),
                                 weights), 0.0)
