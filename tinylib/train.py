@@ -204,6 +204,20 @@ def run_folder(model_name: str, profile: Profile, *, recipe: Recipe | None = Non
     return Path(runs or runs_dir()).expanduser().absolute() / (name or run_name(model_name, profile, suffix))
 
 
+def begun_precision(model_name: str, profile: Profile, fit_kwargs: dict, *, recipe: Recipe | None = None,
+                    **folder) -> str | None:
+    """The precision the run ``fit(**fit_kwargs)`` would resume began in (its record's), or
+    None for a fresh start or a run not begun: what to build its model in
+    (``environment.resumed_run_precision``). ``folder`` overrides the folder's ``suffix``
+    or ``name`` (a fine-tuning stage's)."""
+    if not fit_kwargs.get("resume", True):
+        return None
+    where = {"suffix": fit_kwargs.get("suffix", ""), "name": fit_kwargs.get("name"), **folder}
+    return recorded_precision(run_folder(models_lib.normalize_name(model_name), profile, recipe=recipe,
+                                         seed=fit_kwargs.get("seed"), batch_size=fit_kwargs.get("batch_size"),
+                                         runs=fit_kwargs.get("runs"), **where))
+
+
 def _speed(model: keras.Model) -> dict:
     """The device-dependent choices of this run, its FLOPs per training image and this
     machine's matrix-product peak in the run's arithmetic (``runs.Run.write_record`` adds
@@ -571,13 +585,8 @@ def train_model(model_name: str, data, profile=None, *, augment: bool = True, bu
     seed = fit_kwargs.get("seed")
     keras.utils.set_random_seed(profile.seed if seed is None else seed)
     with environment.parallel_scope(devices):  # first: the devices in force name the run's folder
-        recorded = None
-        if fit_kwargs.get("resume", True):  # the folder fit will train in, as fit names it
-            folder = run_folder(models_lib.normalize_name(model_name), profile,
-                                recipe=get_recipe(recipe) if recipe is not None else None, seed=seed,
-                                batch_size=fit_kwargs.get("batch_size"), suffix=fit_kwargs.get("suffix", ""),
-                                name=fit_kwargs.get("name"), runs=fit_kwargs.get("runs"))
-            recorded = recorded_precision(folder)
+        recorded = begun_precision(model_name, profile, fit_kwargs,
+                                   recipe=get_recipe(recipe) if recipe is not None else None)
         with environment.resumed_run_precision(recorded):
             build_options = dict(build_options or {})
             if recipe is not None:

@@ -28,8 +28,7 @@ import keras
 
 from tinylib import environment, models
 from tinylib.profiles import get_profile
-from tinylib.runs import recorded_precision
-from tinylib.train import Run, build, fit, run_folder
+from tinylib.train import Run, begun_precision, build, fit
 
 __all__ = ["STAGES", "backbone_of", "fine_tune", "set_backbone_trainable"]
 
@@ -119,9 +118,7 @@ def _fine_tune(data, profile, *, weights, image_size, head_epochs, all_epochs, h
                                        freeze_batchnorm=freeze_batchnorm)}
 
     # Both stages build on one model: the precision the head stage began in, if it has begun.
-    head = run_folder("model5", profile, seed=seed, batch_size=fit_kwargs.get("batch_size"),
-                      runs=fit_kwargs.get("runs"), **{"suffix": "", **folder_of("head")})
-    begun = recorded_precision(head) if fit_kwargs.get("resume", True) else None  # a fresh start: 'auto''s
+    begun = begun_precision("model5", profile, fit_kwargs, **folder_of("head"))
     with environment.resumed_run_precision(begun):
         keras.utils.set_random_seed(profile.seed if seed is None else seed)
         model = build("model5", data, profile, augment=augment, weights=weights, preprocess=preprocess,
