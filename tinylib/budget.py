@@ -101,8 +101,7 @@ def expected_gflops(record: dict, folder=None) -> tuple[float, str]:
     if measured is not None:
         rate, conditions = measured
         row = (conditions.get("models") or {}).get(record["model"]) or {}
-        same = ("device", "dtype_policy", "batch_size")  # a rate holds for its device, precision and batch
-        if all(conditions.get(key) == record.get(key) for key in same) and row.get("train_gflop_per_image"):
+        if not throughput.differences(conditions, record) and row.get("train_gflop_per_image"):
             work = (record.get("speed") or {}).get("train_gflop_per_image") or row["train_gflop_per_image"]
             return rate * work, f"the benchmark's {record['model']} on this device"
     peak = (record.get("speed") or {}).get("matmul_peak_gflops_per_second") or 1.0

@@ -139,12 +139,12 @@ def training_estimate(model: str, profile=None, epochs: int | None = None, folde
         from tinylib import environment
 
         batch_size = chosen.batch_size * environment.device_count()
-    batch = batch_size
-    rate, where = max(rates, key=lambda item: (item[1]["dtype_policy"] == policy, item[1]["batch_size"] == batch))
+    run, keys = {"dtype_policy": policy, "batch_size": batch_size}, ("dtype_policy", "batch_size")
+    rate, where = max(rates, key=lambda item: [key not in throughput.differences(item[1], run, keys) for key in keys])
     smaller = smaller_build(model, chosen)
     minutes = epochs * images / (rate * smaller) / 60
-    differs = [text for text, same in ((policy, where["dtype_policy"] == policy),
-                                       (f"batches of {batch}", where["batch_size"] == batch)) if not same]
+    differs = [{"dtype_policy": policy, "batch_size": f"batches of {batch_size}"}[key]
+               for key in throughput.differences(where, run, keys)]
     caveat = f"; this run trains in {' on '.join(differs)}, so expect another time" if differs else ""
     no_record = "" if where["source"].endswith("full-scale record") else f"; {model} has no full-scale record yet"
     conditions = where["dtype_policy"] + (f", batch {where['batch_size']}" if where["batch_size"] else "")

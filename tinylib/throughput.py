@@ -63,6 +63,17 @@ def rate(model: str, folder: Path | str | None = None) -> tuple[float, dict] | N
     return (float(value), {**data, **_conditions_of(data, row)}) if value else None
 
 
+# What a rate holds for: a run on another device, in another precision or on another batch
+# trains at another rate.
+RATE_HOLDS_FOR = ("device", "dtype_policy", "batch_size")
+
+
+def differences(measured: dict, run: dict, keys: tuple[str, ...] = RATE_HOLDS_FOR) -> list[str]:
+    """Which of ``keys`` differ between the conditions a rate was measured under and a run's:
+    the one comparison the chapters' cost lines and a budget's first plan make."""
+    return [key for key in keys if measured.get(key) != run.get(key)]
+
+
 def _conditions_of(data: dict, row: dict) -> dict:
     """What ``row`` was measured under: its own conditions where it keeps them (a row kept
     from an earlier measurement), else the file's. A kept row written before the batch was
