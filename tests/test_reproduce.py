@@ -476,3 +476,35 @@ def test_a_sitting_stopped_inside_its_first_epoch_says_where_and_exits_cleanly(t
     assert "stopped inside epoch 1, at batch 6 (a checkpoint)" in result.stdout, result.stdout
     assert "no epoch finished yet: the run stands inside epoch 1, at batch 6 (a checkpoint)" in result.stdout
     assert "interpreter state is not initialized" not in result.stderr, result.stderr[-3000:]
+
+
+def test_a_sitting_starts_no_further_run_in_its_last_minutes(monkeypatch, capsys):
+    """After a run it trained, a sitting does not start the next one with less than a first
+    epoch's minimum left (it would build, load and checkpoint for a few batches); the
+    sitting's first run is started on the budget given."""
+    import types
+
+    from tinylib import train
+    from tinylib.profiles import get_profile
+
+    clock = [1000.0]
+    monkeypatch.setattr(reproduce.time, "monotonic", lambda: clock[0])
+    trained = []
+
+    def fake_train(planned, data, profile, deadline, runs_folder):
+        trained.append(planned.name)
+        clock[0] = deadline - train.MIN_SITTING_SECONDS + 1  # it ends with just under the minimum left
+        return [types.SimpleNamespace(record={"finished": True}, path=None)]
+
+    monkeypatch.setattr(reproduce, "_train", fake_train)
+    full = get_profile("full")
+    outcome = reproduce.run_plan(reproduce.select("model2,model4"), object(), full, budget_minutes=60)
+    assert trained == ["model2"] and outcome["done"] == ["model2"] and outcome["left"] == ["model4"]
+    assert "=== model4: under 2 minutes of the budget left: it starts in the next sitting" in capsys.readouterr().out
+    # With the minimum left, it starts; a sitting's first run starts on whatever budget it is given.
+    trained.clear()
+    monkeypatch.setattr(reproduce, "_train", lambda planned, *rest: trained.append(planned.name) or [
+        types.SimpleNamespace(record={"finished": True}, path=None)])
+    assert reproduce.run_plan(reproduce.select("model2,model4"), object(), full, budget_minutes=60)["left"] == []
+    assert reproduce.run_plan(reproduce.select("model4"), object(), full, budget_minutes=0.01)["left"] == []
+    assert trained == ["model2", "model4", "model4"]

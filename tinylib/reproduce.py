@@ -157,6 +157,8 @@ def run_plan(plan, data, profile, *, budget_minutes: float | None = None, result
     """
     import keras
 
+    from tinylib.train import MIN_SITTING_SECONDS
+
     loaded = []
 
     def dataset():
@@ -167,6 +169,7 @@ def run_plan(plan, data, profile, *, budget_minutes: float | None = None, result
     deadline = time.monotonic() + budget_minutes * 60 if budget_minutes is not None else None
     backend = keras.backend.backend()
     done, left, records = [], [], []
+    trained = False
     for index, planned in enumerate(plan):
         folders = expected_runs(planned, profile, backend)
         if all(_finished_in(results, folder, epochs) for folder, epochs in folders.items()):
@@ -174,10 +177,18 @@ def run_plan(plan, data, profile, *, budget_minutes: float | None = None, result
             done.append(planned.name)
             records.extend(json.loads((results / f"{f}.json").read_text(encoding="utf-8")) for f in folders)
             continue
-        if deadline is not None and time.monotonic() >= deadline:
+        # A run after one this sitting trained starts only with a first epoch's worth of minutes
+        # left (train.MIN_SITTING_SECONDS): seconds would buy a model built, data loaded and
+        # a checkpoint written for a few batches. The sitting's first run keeps the budget given.
+        reserve = MIN_SITTING_SECONDS if trained else 0.0
+        if deadline is not None and time.monotonic() + reserve >= deadline:
+            if trained:
+                print(f"=== {planned.name}: under {reserve / 60:.0f} minutes of the budget left: "
+                      "it starts in the next sitting", flush=True)
             left.extend(p.name for p in plan[index:])
             break
         print(f"=== {planned.name}: {planned.description}", flush=True)
+        trained = True
         runs = _train(planned, dataset(), profile, deadline, runs_folder)
         finished = bool(runs) and all(run.record.get("finished") for run in runs)
         if planned.name == "model5-finetune":  # stage 'all' is not started while 'head' is unfinished

@@ -443,9 +443,9 @@ def _hold_train_end(callbacks) -> list:
 
 def _would_overrun(run: Run, deadline: float | None) -> bool:
     """Whether too little of the sitting is left to start (or go on with) an epoch: less than
-    the last epoch took (what is left of it, for an epoch resumed half-way), or
-    ``MIN_SITTING_SECONDS`` where that is longer (a run's first epoch, with nothing to judge
-    by, starts).
+    ``MIN_SITTING_SECONDS``, or less than the last epoch took where that is shorter (what is
+    left of it, for an epoch resumed half-way). A run's first epoch, with nothing to judge
+    by, starts (``reproduce.run_plan`` starts no further run in a sitting's last minutes).
 
     An epoch that cannot end before the deadline still starts: the checkpointer stops it
     where the deadline comes, at a checkpoint from which the run resumes at that batch with
