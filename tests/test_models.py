@@ -308,6 +308,33 @@ def test_model5_missing_weights_file_names_it(tmp_path):
         models.build_model("model5", weights=missing)
 
 
+def test_a_damaged_keras_download_never_hides_the_converted_weights(monkeypatch, tmp_path):
+    """A download cut short (or a proxy's page) stays in Keras' cache under the weights'
+    name: the converted weights are used instead; without them the error says to delete it."""
+    from tinylib import pretrained
+
+    damaged = tmp_path / "keras" / "models" / models.RESNET50_NOTOP_FILE
+    damaged.parent.mkdir(parents=True)
+    damaged.write_bytes(b"<html>blocked by the proxy</html>")
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    assert models._keras_download() == (str(damaged), False)
+    converted = tmp_path / "converted.weights.h5"
+    keras.applications.ResNet50(include_top=False, weights=None, input_shape=(64, 64, 3)).save_weights(converted)
+    monkeypatch.setattr(pretrained, "installed", lambda include_top=False: converted)
+    model = models.build_model("model5", num_classes=3, compile=False)
+    assert model.get_layer("resnet50").tinylib_weights_source == pretrained.SOURCE
+
+    monkeypatch.setattr(pretrained, "installed", lambda include_top=False: None)
+
+    def corrupted(*args, **kwargs):  # what Keras' get_file raises when its download fails its hash
+        raise ValueError("Incomplete or corrupted file detected.")
+
+    monkeypatch.setattr("keras.src.utils.file_utils.get_file", corrupted)
+    with pytest.raises(models.PretrainedWeightsUnavailable, match="damaged") as caught:
+        models.build_model("model5", num_classes=3, compile=False)
+    assert str(damaged) in str(caught.value) and "python -m tinylib weights resnet50" in str(caught.value)
+
+
 def test_model5_imagenet_download_failure_raises_a_clear_error(monkeypatch, tmp_path):
     calls = []
     monkeypatch.setenv("TINYLIB_HOME", str(tmp_path / "home"))  # no converted weights either
@@ -491,3 +518,24 @@ def test_one_optimizer_factory_serves_the_study_and_the_recipes():
     recipe_sgd = recipes.Recipe(optimizer="sgd", momentum=0.9).make_optimizer()
     assert recipe_sgd.momentum == 0.9 and recipe_sgd.nesterov
     assert type(recipes.Recipe(optimizer="adamw").make_optimizer()) is type(models.make_optimizer("adamw"))
+
+
+@pytest.mark.parametrize("stem_stride", [1, 2])
+def test_a_strided_block_centres_its_windows_on_the_pixels_its_shortcut_takes(stem_stride):
+    """torchvision pads a strided 3x3 convolution by one pixel on every side, so output i is
+    centred on input 2i, the pixel the strided 1x1 shortcut takes (Keras' "same" would
+    centre it on 2i+1). A kernel that copies its centre shows where each window is centred."""
+    model = models.build_model("resnet18", num_classes=5, width=4, stem_stride=stem_stride, compile=False)
+    block = "stage2_block1"
+    pad, main = model.get_layer(f"{block}_conv1_pad"), model.get_layer(f"{block}_conv1")
+    shortcut = model.get_layer(f"{block}_proj_conv")
+    size, channels = shortcut.input.shape[1], shortcut.input.shape[-1]
+    centre = np.zeros(main.kernel.shape, "float32")
+    centre[1, 1, 0, 0] = 1.0
+    main.kernel.assign(centre)
+    shortcut.kernel.assign(centre[1:2, 1:2])
+    image = np.arange(size * size * channels, dtype="float32").reshape(1, size, size, channels)
+    through_main = keras.ops.convert_to_numpy(main(pad(image)))[0, ..., 0]
+    through_shortcut = keras.ops.convert_to_numpy(shortcut(image))[0, ..., 0]
+    np.testing.assert_array_equal(through_main, image[0, ::2, ::2, 0])
+    np.testing.assert_array_equal(through_shortcut, through_main)

