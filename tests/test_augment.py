@@ -536,3 +536,28 @@ def test_crop_draws_areas_and_ratios_as_torchvision_does(scale, ratio, shape):
     np.testing.assert_allclose(np.percentile(ours, [25, 50, 75], axis=0),
                                np.percentile(oracle, [25, 50, 75], axis=0), atol=0.03)
     assert abs((~drawn).mean() - oracle_fallbacks.mean()) < 0.02  # how often no try fits
+
+
+def test_where_xla_compiles_the_step_the_layers_resample_by_gathers_with_the_same_images(monkeypatch):
+    """On TensorFlow with a GPU Keras compiles the training step with XLA, which has no kernel
+    for TensorFlow's fused image transform: there (faked here) every layer resamples by
+    gathers, with the same images, and a layer that only the fused transform can serve
+    opts out of XLA, as Keras' own random image layers do."""
+    layers = {
+        "idg": lambda: augment.augmentation(seed=5),
+        "crop": lambda: augment.RandomResizedCrop(seed=5),
+        "affine": lambda: RandomAffineAugment(seed=5),
+    }
+    images = smooth_images(n=4)
+    fused = {name: numpy(make()(images, training=True)) for name, make in layers.items()}
+    monkeypatch.setattr(augment, "_xla_may_compile", lambda: True)
+    calls = []
+    real = ops.image.affine_transform
+    monkeypatch.setattr(ops.image, "affine_transform", lambda *a, **k: calls.append(a) or real(*a, **k))
+    for name, make in layers.items():
+        layer = make()
+        assert layer.supports_jit, name
+        np.testing.assert_allclose(numpy(layer(images, training=True)), fused[name], atol=1e-5, err_msg=name)
+    assert calls == []
+    assert not RandomAffineAugment(fill_mode="constant").supports_jit
+    assert not augment.RandomResizedCrop(interpolation="nearest").supports_jit

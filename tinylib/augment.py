@@ -220,6 +220,8 @@ class RandomAffineAugment(TrainingOnlyAugmentation):
             raise ValueError(f"zoom must be in [0, 1), got {zoom}")
         if self.brightness is not None and len(self.brightness) != 2:
             raise ValueError(f"brightness must be (low, high), got {brightness}")
+        if self._has_geometry and _xla_may_compile() and not _gathers_serve(interpolation, fill_mode):
+            self.supports_jit = False  # the fused transform only, which XLA cannot compile
 
     @property
     def _has_geometry(self):
@@ -256,13 +258,7 @@ class RandomAffineAugment(TrainingOnlyAugmentation):
                 zoom=self._uniform(batch, 1.0 - self.zoom, 1.0 + self.zoom),
                 flip=flip,
             )
-            images = ops.image.affine_transform(
-                images,
-                ops.cast(transform, images.dtype),
-                interpolation=self.interpolation,
-                fill_mode=self.fill_mode,
-                data_format="channels_last",
-            )
+            images = _affine_transform(images, transform, self.interpolation, self.fill_mode)
         if self._has_brightness:
             low, high = self.brightness
             factor = ops.cast(self._uniform(batch, low, high), images.dtype)
@@ -314,6 +310,8 @@ class RandomResizedCrop(TrainingOnlyAugmentation):
             raise ValueError(f"ratio must be (low, high) with 0 < low <= high, got {ratio}")
         self.flip = bool(flip)
         self.interpolation = interpolation
+        if _xla_may_compile() and not _gathers_serve(interpolation, "nearest"):
+            self.supports_jit = False  # the fused transform only, which XLA cannot compile
 
     ATTEMPTS = 10  # torchvision's
 
@@ -358,9 +356,7 @@ class RandomResizedCrop(TrainingOnlyAugmentation):
         b2 = top
         zeros = ops.zeros_like(a0)
         transform = ops.stack([a0, zeros, a2, zeros, b1, b2, zeros, zeros], axis=1)
-        return ops.image.affine_transform(
-            images, ops.cast(transform, images.dtype), interpolation=self.interpolation,
-            fill_mode="nearest", data_format="channels_last")
+        return _affine_transform(images, transform, self.interpolation, "nearest")
 
     def get_config(self):
         config = super().get_config()
@@ -470,12 +466,41 @@ def _scipy_coordinate(coordinate, size, fill_mode):
     return c, inside
 
 
+def _xla_may_compile() -> bool:
+    """Whether Keras may compile the training step with XLA where XLA has no kernel for
+    TensorFlow's fused image transform (``ImageProjectiveTransformV3``): TensorFlow with a
+    GPU, where ``jit_compile="auto"`` turns XLA on (on a CPU it never does). Keras' own
+    random image layers opt out of XLA for this op; these layers take the gathers of
+    :func:`_resample_like_scipy` there, which XLA compiles, or opt out where they cannot."""
+    if keras.backend.backend() != "tensorflow":
+        return False
+    from tinylib import environment
+
+    return environment.gpu_available()
+
+
+def _gathers_serve(interpolation: str, fill_mode: str) -> bool:
+    """Whether :func:`_resample_like_scipy` gives Keras' ``affine_transform``'s numbers:
+    bilinear, with coordinates clamped to the edge pixels ('nearest') in both."""
+    return interpolation == "bilinear" and fill_mode == "nearest"
+
+
+def _affine_transform(images, transform, interpolation="bilinear", fill_mode="nearest"):
+    """Keras' ``affine_transform`` of a batch, or the same resample by gathers where XLA
+    may compile the step (:func:`_xla_may_compile`)."""
+    if _xla_may_compile() and _gathers_serve(interpolation, fill_mode):
+        return _resample_like_scipy(images, transform, fill_mode="nearest")
+    return ops.image.affine_transform(images, ops.cast(transform, images.dtype), interpolation=interpolation,
+                                      fill_mode=fill_mode, data_format="channels_last")
+
+
 def _resample(images, transform, fill_mode="nearest", cval=0.0):
     """IDG's bilinear resample of a batch. For 'nearest' on TensorFlow, Keras' own
     ``affine_transform`` (one fused kernel, half the time of the gathers below, and the
-    same rule: coordinates clamped to the edge pixels); elsewhere, and for the modes whose
-    boundary rules Keras does not share with scipy, :func:`_resample_like_scipy`."""
-    if fill_mode == "nearest" and keras.backend.backend() == "tensorflow":
+    same rule: coordinates clamped to the edge pixels) where XLA will not compile the step;
+    elsewhere, and for the modes whose boundary rules Keras does not share with scipy,
+    :func:`_resample_like_scipy`."""
+    if fill_mode == "nearest" and keras.backend.backend() == "tensorflow" and not _xla_may_compile():
         return ops.image.affine_transform(images, ops.cast(transform, "float32"), interpolation="bilinear",
                                           fill_mode="nearest", data_format="channels_last")
     return _resample_like_scipy(images, transform, fill_mode=fill_mode, cval=cval)
