@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import keras
+import numpy as np
 import pytest
 
 from tinylib import reproduce
@@ -508,3 +509,39 @@ def test_a_sitting_starts_no_further_run_in_its_last_minutes(monkeypatch, capsys
     assert reproduce.run_plan(reproduce.select("model2,model4"), object(), full, budget_minutes=60)["left"] == []
     assert reproduce.run_plan(reproduce.select("model4"), object(), full, budget_minutes=0.01)["left"] == []
     assert trained == ["model2", "model4", "model4"]
+
+
+@pytest.mark.parametrize("callbacks", [[], ["early_stopping"]])
+def test_a_run_asked_to_end_at_the_epochs_it_finished_ends_with_their_weights(tmp_path, ds, monkeypatch, capsys,
+                                                                               callbacks):
+    """Stopped inside epoch 2, then asked for 1 epoch: the run ends with epoch 1's weights
+    (or, under early stopping, its best epoch's, as Keras' end of training puts them back),
+    not with the batches trained since, and no resume point is left behind."""
+    from tinylib import checkpointing, train
+    from tinylib.runs import epoch_checkpoint_name, load_checkpoint
+
+    profile = _profile(epochs=2)  # 24 images in batches of 8: 3 steps an epoch
+    batch_end = checkpointing.Checkpointer.on_train_batch_end
+
+    def inside_the_second_epoch(self, batch, logs=None):
+        self.deadline = 0.0 if self.epoch == 1 and batch >= 1 else float("inf")
+        return batch_end(self, batch, logs)
+
+    monkeypatch.setattr(checkpointing.Checkpointer, "on_train_batch_end", inside_the_second_epoch)
+    keras.utils.set_random_seed(0)
+    run = train.fit(train.build("model2", ds, profile), ds, profile, runs=tmp_path, verbose=0, callbacks=callbacks,
+                    checkpoint_every=None, deadline=time.monotonic() + 3600)
+    assert run.out_of_time and run.epochs_done == 1 and run.partial["epoch"] == 1
+    monkeypatch.undo()
+    expected = train.build("model2", ds, profile)
+    load_checkpoint(expected, run.path / epoch_checkpoint_name(1))
+    capsys.readouterr()
+    ended = train.fit(train.build("model2", ds, profile), ds, profile, runs=tmp_path, verbose=0, callbacks=callbacks,
+                      epochs=1)
+    assert ended.record["finished"] and ended.record["epochs_run"] == 1
+    assert "ending after epoch 1 as asked" in capsys.readouterr().out
+    for got, want in zip(ended.model.get_weights(), expected.get_weights()):
+        np.testing.assert_array_equal(got, want)
+    state = json.loads((run.path / "state.json").read_text())
+    assert state["checkpoint"] == "final.weights.h5" and state["partial"] is None
+    assert not list(run.path.glob("partial-*"))

@@ -264,6 +264,12 @@ def _resume(run: Run, epochs: int, steps: int) -> bool:
               "before its end; training that epoch again from its start", flush=True)
         partial = None
         checkpoint = epoch_checkpoint_name(state["epochs_done"]) if state["epochs_done"] else None
+    if partial and epochs == state["epochs_done"]:
+        # Asked to end at the epochs it has finished while it stands inside the next: the run
+        # of that length ends with the last finished epoch's weights, not the batches after it.
+        print(f"{path.name}: ending after epoch {epochs} as asked; the batches trained since in epoch "
+              f"{epochs + 1} are left out", flush=True)
+        partial, checkpoint = None, epoch_checkpoint_name(epochs) if epochs else None
     if checkpoint is not None:
         load_checkpoint(model, path / checkpoint)
         restore_random_state(model, state.get("random_state"))
@@ -399,7 +405,9 @@ def _train(run: Run, model, data, seed, epochs, batch_size, callbacks, extra_cal
     run.record["stopped_early"] = bool(stopped and run.epochs_done < epochs)
 
     def end():
-        if run.stopped:  # resumed after early stopping had ended the run: its end, from the disk
+        # Resumed after early stopping had ended the run, or with no epoch left to train (the
+        # held callbacks never began): early stopping's end, from the best weights on disk.
+        if run.stopped or first >= epochs:
             _restore_best_weights(run)
         else:
             for held in run_end:  # the run's end, once: early stopping puts its best epoch's weights back
@@ -487,7 +495,7 @@ def _finish(run: Run, same_as: Path | None = None) -> None:
     final = run.path / FINAL_CHECKPOINT
     if same_as is None or not files.atomic_link(same_as, final):
         save_weights(run.model, final)
-    write_run_json(run.path / STATE_FILE, {**read_state(run.path), "checkpoint": FINAL_CHECKPOINT})
+    write_run_json(run.path / STATE_FILE, {**read_state(run.path), "checkpoint": FINAL_CHECKPOINT, "partial": None})
     # A finished run needs no resume point; early stopping's best weights stay, for a run
     # asked later for more epochs.
     for finished in [*run.path.glob(EPOCH_PATTERN), *run.path.glob(PARTIAL_PATTERN),
