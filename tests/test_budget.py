@@ -114,8 +114,8 @@ def _budget_run(ds, tmp_path, **fit_kwargs):
     keras.utils.set_random_seed(0)
     recipe = RECIPES["fast"].replace(precision="float32")
     model = train.build("resnet9", ds, profile, recipe=recipe, width=8)
-    return train.fit(model, ds, profile, runs=tmp_path, verbose=fit_kwargs.pop("verbose", 0), hours=0.1,
-                     **fit_kwargs)
+    fit_kwargs.setdefault("hours", 0.1)
+    return train.fit(model, ds, profile, runs=tmp_path, verbose=fit_kwargs.pop("verbose", 0), **fit_kwargs)
 
 
 @pytest.fixture
@@ -152,7 +152,7 @@ def test_a_run_on_a_budget_replans_ends_at_zero_and_is_scored_with_flips(tmp_pat
 
 @pytest.mark.slow
 def test_a_budget_run_resumed_trains_the_same_weights_as_one_never_interrupted(tmp_path, tiny_env, synthetic,
-                                                                               monkeypatch, clock):
+                                                                               monkeypatch, clock, capsys):
     monkeypatch.setenv("TINYLIB_DATA", str(synthetic))
     ds = data.load()
     whole = _budget_run(ds, tmp_path / "whole")
@@ -160,10 +160,18 @@ def test_a_budget_run_resumed_trains_the_same_weights_as_one_never_interrupted(t
         patch.setattr(train, "_would_overrun", lambda run, deadline: run.epochs_done >= 1)
         first = _budget_run(ds, tmp_path / "parts", deadline=time.monotonic() + 3600)
     assert first.out_of_time and first.epochs_done == 1 and not first.record["finished"]
-    resumed = _budget_run(ds, tmp_path / "parts")
+    capsys.readouterr()
+    resumed = _budget_run(ds, tmp_path / "parts", hours=None)  # a later sitting that leaves the budget out
+    assert "on the time budget it began with, 0.1 h" in capsys.readouterr().out
     assert resumed.record["epochs_run"] == 3 and resumed.record["ended_by"] == "time budget"
     for a, b in zip(resumed.model.get_weights(), whole.model.get_weights(), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # A run begun without a budget does not take one half-way: its schedule would change.
+    with monkeypatch.context() as patch:
+        patch.setattr(train, "_would_overrun", lambda run, deadline: run.epochs_done >= 1)
+        _budget_run(ds, tmp_path / "plain", hours=None, deadline=time.monotonic() + 3600)
+    with pytest.raises(runs.RunConflict, match="began without a time budget"):
+        _budget_run(ds, tmp_path / "plain")
 
 
 def test_the_command_line_refuses_a_budget_that_is_not_a_positive_number(capsys):

@@ -28,7 +28,7 @@ from tinylib.profiles import Profile, get_profile
 from tinylib.progress import ProgressLog
 from tinylib.recipes import Recipe, ablation_recipes, get_recipe
 from tinylib.runs import (BEST_WEIGHTS, EPOCH_PATTERN, FINAL_CHECKPOINT, PARTIAL_CHECKPOINT, PARTIAL_PATTERN,
-                          STATE_FILE, CheckpointError, Run, check_same_run, clear_run, epoch_checkpoint_name,
+                          STATE_FILE, CheckpointError, Run, RunConflict, check_same_run, clear_run, epoch_checkpoint_name,
                           epochs_change, load_checkpoint, lock_run, new_record, read_record, read_state,
                           recorded_precision, restore_random_state, run_name, runs_dir, save_weights,
                           write_run_json)
@@ -143,7 +143,10 @@ def fit(model: keras.Model, data, profile: Profile | str | None = None, *, name:
             clear_run(path)
         steps = steps_per_epoch(len(data.train), batch_size)
         build_optimizer(model)
-        previous_budget = (read_record(path) or {}).get("time_budget") if hours is not None else None
+        previous_budget = (read_record(path) or {}).get("time_budget")
+        if hours is None and previous_budget:  # a later sitting that leaves the budget out keeps it
+            hours = float(previous_budget["hours"])
+            print(f"{path.name}: on the time budget it began with, {hours:g} h (hours=... changes it)", flush=True)
         if not _resume(run, epochs, steps):  # else finished, and nothing more asked of it
             if hours is not None:
                 run.record["time_budget"] = _budget(model, run, previous_budget, hours, steps, epochs, recipe)
@@ -183,7 +186,11 @@ def _score_with_flips(run: Run, data, batch_size: int) -> None:
 
 
 def _budget(model, run: Run, previous: dict | None, hours: float, steps: int, epochs: int, recipe) -> dict:
-    """A run's time budget: a new plan, or the schedule a resumed run had reached."""
+    """A run's time budget: a new plan, or the schedule a resumed run had reached. A run
+    begun without one is refused one half-way: its schedule would change mid-run."""
+    if not previous and (run.epochs_done or run.partial):
+        raise RunConflict(f"{run.path} began without a time budget ({run.epochs_done} epochs done); it cannot take "
+                          "one half-way. Start afresh (resume=False, --fresh) or use another name (name=..., --name).")
     if previous and (run.epochs_done or run.partial):  # resumed, at an epoch's end or inside the first
         budget_lib.resume(model, previous)
         return {**previous, "hours": float(hours)}
