@@ -545,3 +545,22 @@ def test_a_run_asked_to_end_at_the_epochs_it_finished_ends_with_their_weights(tm
     state = json.loads((run.path / "state.json").read_text())
     assert state["checkpoint"] == "final.weights.h5" and state["partial"] is None
     assert not list(run.path.glob("partial-*"))
+
+
+def test_a_row_finished_on_another_backend_is_not_trained_again(tmp_path):
+    """A GPU session on JAX goes on with the rows not yet done: the finished TensorFlow
+    records stand for their rows (and the other way round)."""
+    from tinylib.profiles import get_profile
+
+    full = get_profile("full")
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "model1-full-jax.json").write_text(json.dumps(
+        {"model": "model1", "profile": "full", "finished": True, "epochs": full.epochs_for("model1"),
+         "best_val_top1": 0.2}))
+    model1 = reproduce.select("model1")[0]
+    assert reproduce.published_folders(results, model1, full, "tensorflow") == {
+        "model1-full-jax": full.epochs_for("model1")}
+    assert reproduce.published_folders(results, reproduce.select("model2")[0], full, "tensorflow") is None
+    outcome = reproduce.run_plan([model1], lambda: pytest.fail("nothing should load the data"), full, results=results)
+    assert outcome["done"] == ["model1"] and outcome["records"][0]["best_val_top1"] == 0.2

@@ -148,6 +148,21 @@ def expected_runs(planned: PlannedRun, profile, backend: str) -> dict[str, int]:
     raise ValueError(f"no run folders known for {planned.name!r}")  # a PLAN entry without a branch here
 
 
+# Keras' backends, in the order a finished record of another backend is looked for.
+KERAS_BACKENDS = ("tensorflow", "jax", "torch")
+
+
+def published_folders(results: Path | None, planned: PlannedRun, profile, backend: str) -> dict[str, int] | None:
+    """The run folders of ``planned`` whose finished records ``results`` holds, all of them,
+    trained on this backend or on another (a study row trained on TensorFlow is that row on
+    JAX too: a GPU session on JAX goes on with the rows not yet done); None if none has all."""
+    for candidate in (backend, *(b for b in KERAS_BACKENDS if b != backend)):
+        folders = expected_runs(planned, profile, candidate)
+        if all(_finished_in(results, folder, epochs) for folder, epochs in folders.items()):
+            return folders
+    return None
+
+
 def run_plan(plan, data, profile, *, budget_minutes: float | None = None, results: Path | None = None,
              runs_folder=None) -> dict:
     """Train the plan within the budget; returns {'done': [...], 'left': [...], 'records': [...]}.
@@ -171,8 +186,8 @@ def run_plan(plan, data, profile, *, budget_minutes: float | None = None, result
     done, left, records = [], [], []
     trained = False
     for index, planned in enumerate(plan):
-        folders = expected_runs(planned, profile, backend)
-        if all(_finished_in(results, folder, epochs) for folder, epochs in folders.items()):
+        folders = published_folders(results, planned, profile, backend)
+        if folders is not None:
             print(f"=== {planned.name}: finished record already in {results}: skipped", flush=True)
             done.append(planned.name)
             records.extend(json.loads((results / f"{f}.json").read_text(encoding="utf-8")) for f in folders)
@@ -240,7 +255,8 @@ def why_keep(published: dict | None, record: dict) -> str | None:
         return None
     differences = identity_differences(published, record)
     if differences:
-        return f"it holds another run ({', '.join(differences)}): give this one its own --name"
+        return (f"it holds another run ({', '.join(differences)}); to publish this one in its place, delete the "
+                "record there and run the command again")
     hours = [(r.get("time_budget") or {}).get("hours") for r in (published, record)]
     if hours[0] != hours[1]:
         return f"it holds a run on a time budget of {hours[0]} h, this one {hours[1]} h"
