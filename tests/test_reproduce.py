@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import keras
@@ -434,8 +435,6 @@ def test_a_published_record_gives_way_only_to_its_own_run_further_along():
 
 def test_a_comparison_stops_at_the_run_the_deadline_stopped(monkeypatch):
     """The next optimizer, recipe or precision would start its first epoch past the deadline."""
-    import types
-
     from tinylib import train
 
     trained = []
@@ -483,8 +482,6 @@ def test_a_sitting_starts_no_further_run_in_its_last_minutes(monkeypatch, capsys
     """After a run it trained, a sitting does not start the next one with less than a first
     epoch's minimum left (it would build, load and checkpoint for a few batches); the
     sitting's first run is started on the budget given."""
-    import types
-
     from tinylib import train
     from tinylib.profiles import get_profile
 
@@ -564,3 +561,21 @@ def test_a_row_finished_on_another_backend_is_not_trained_again(tmp_path):
     assert reproduce.published_folders(results, reproduce.select("model2")[0], full, "tensorflow") is None
     outcome = reproduce.run_plan([model1], lambda: pytest.fail("nothing should load the data"), full, results=results)
     assert outcome["done"] == ["model1"] and outcome["records"][0]["best_val_top1"] == 0.2
+
+
+def test_model5_without_the_imagenet_weights_trains_in_a_folder_of_its_own(monkeypatch, tmp_path):
+    """Where the weights cannot be had, the planned Model 5 trains from random weights in a
+    '-random' folder: its record never takes the study's row, nor the folder a later
+    sitting with the weights trains in; a results folder not made yet is made."""
+    from tinylib import models, train
+
+    asked = []
+    monkeypatch.setattr(models, "resolve_pretrained", lambda weights: None)
+    monkeypatch.setattr(train, "train_model", lambda name, data, profile, **kwargs: asked.append(kwargs) or [])
+    reproduce._train(reproduce.select("model5")[0], None, _profile(), None, tmp_path)
+    assert asked[0]["suffix"] == "-random" and asked[0]["build_options"] == {"weights": None}
+    monkeypatch.setattr(models, "resolve_pretrained", lambda weights: weights)
+    reproduce._train(reproduce.select("model5")[0], None, _profile(), None, tmp_path)
+    assert asked[1]["suffix"] == "" and asked[1]["build_options"] == {"weights": "imagenet"}
+    reproduce.write_summary(tmp_path / "not" / "yet")
+    assert (tmp_path / "not" / "yet" / "summary.md").is_file()

@@ -32,7 +32,7 @@ def test_best_full_record_per_model_is_used_and_other_profiles_ignored(tmp_path)
 
 
 def test_beyond_the_study_runs_never_stand_in_for_the_study_reproduction(tmp_path):
-    _record(tmp_path, "seedway.json", model="model5", best_val_top1=0.40, recipe=None)
+    _record(tmp_path, "seedway.json", model="model5", best_val_top1=0.40, recipe=None, weights="imagenet")
     _record(tmp_path, "staged.json", model="model5", best_val_top1=0.60, stage="all", image_size=128)
     _record(tmp_path, "resnet.json", model="resnet18", best_val_top1=0.55,
             recipe={"name": "modern", "optimizer": "sgd"})
@@ -40,9 +40,26 @@ def test_beyond_the_study_runs_never_stand_in_for_the_study_reproduction(tmp_pat
     assert set(records) == {"model5", "model5-finetune-128px-all", "resnet18-modern"}
     row = next(r for r in results.comparison_rows(tmp_path) if r["model"] == "model5" and r["source"] == "this book")
     assert row["val"] == 0.40 and "seedway.json" in row["note"] and not row["unfinished"]
-    _record(tmp_path, "seedway.json", model="model5", best_val_top1=0.40, epochs_run=3, epochs=30, finished=False)
+    _record(tmp_path, "seedway.json", model="model5", best_val_top1=0.40, epochs_run=3, epochs=30, finished=False,
+            weights="imagenet")
     row = next(r for r in results.comparison_rows(tmp_path) if r["model"] == "model5" and r["source"] == "this book")
     assert row["unfinished"]  # the figure says "so far" under its bars
+
+
+def test_model5_from_random_weights_never_stands_for_the_studys_row(tmp_path):
+    _record(tmp_path, "model5-full-tensorflow.json", model="model5", best_val_top1=0.30, weights="random")
+    assert set(results.full_scale_records(tmp_path)) == {"model5-random"}
+    _record(tmp_path, "model5-full-jax.json", model="model5", best_val_top1=0.25, weights="imagenet")
+    assert results.full_scale_records(tmp_path)["model5"]["best_val_top1"] == 0.25
+    _record(tmp_path, "model4.json", model="model4", best_val_top1=0.30, weights="random")
+    assert "model4" in results.full_scale_records(tmp_path)  # trained from random weights as the study did
+
+
+def test_a_write_in_progress_is_never_read_as_a_record(tmp_path):
+    _record(tmp_path, "model4-full-tensorflow.json", best_val_top1=0.30)
+    (tmp_path / ".tmp-123-model4-full-tensorflow.json").write_text('{"model": "model4", "prof')
+    assert [p.name for p in results.record_paths(tmp_path)] == ["model4-full-tensorflow.json"]
+    assert results.full_scale_records(tmp_path)["model4"]["best_val_top1"] == 0.30
 
 
 def test_a_damaged_record_file_is_named_with_the_way_out(tmp_path):

@@ -76,10 +76,11 @@ def _train(planned: PlannedRun, data, profile, deadline: float | None, runs_fold
 
     common = dict(deadline=deadline, runs=runs_folder)
     if planned.name.startswith("model") and planned.name in models.MODELS:
-        options = {}
+        options, suffix = {}, ""
         if planned.name in models.PRETRAINED:
             options["weights"] = models.resolve_pretrained("imagenet")
-        return [train.train_model(planned.name, data, profile, build_options=options, **common)]
+            suffix = "" if options["weights"] else "-random"  # never in the folder of the study's row
+        return [train.train_model(planned.name, data, profile, build_options=options, suffix=suffix, **common)]
     if planned.name == "resnet18-modern":
         return [train.train_model("resnet18", data, profile, recipe="modern", **common)]
     if planned.name == AFTERNOON_RUN:
@@ -296,10 +297,10 @@ def publish(run_path: Path, results: Path) -> str:
 
 def summary_rows(results: Path) -> list[dict]:
     """One row per run record in ``results``, with the study's numbers beside them."""
-    from tinylib.results import at_best_epoch, record_key, study_figures
+    from tinylib.results import at_best_epoch, record_key, record_paths, study_figures
 
     rows = []
-    for path in sorted(Path(results).glob("*.json")):
+    for path in record_paths(results):
         if path.stem == SUMMARY_NAME:
             continue
         try:
@@ -328,6 +329,7 @@ def write_summary(results: Path) -> tuple[Path, Path]:
 
     The study's numbers stand beside its rows; they are comparable only at full scale.
     """
+    Path(results).mkdir(parents=True, exist_ok=True)  # a folder named before any record was published
     rows = summary_rows(results)
 
     def pct(value):

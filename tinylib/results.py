@@ -58,7 +58,7 @@ def record_key(record: dict) -> str:
     elif recipe:
         key = f"{model}-{recipe}"
     else:  # the study's way, unless another optimizer or rate was asked for (--optimizer, --learning-rate)
-        key = model + _other_optimizer(record)
+        key = model + _without_its_pretraining(record) + _other_optimizer(record)
     batch, expected = record.get("batch_size"), profile_batch(record)
     if batch and expected and batch != expected:
         key += f"-batch{batch}"
@@ -83,6 +83,14 @@ def optimizer_suffix(optimizer, rate) -> str:
 
 def _other_rate(record: dict) -> str:
     return rate_suffix(record.get("learning_rate"))
+
+
+def _without_its_pretraining(record: dict) -> str:
+    """'-random' for a run of a pretrained model (Model 5) from random weights: never the
+    study's row, which stands on ImageNet's weights."""
+    from tinylib.models import PRETRAINED
+
+    return "-random" if record.get("model") in PRETRAINED and record.get("weights") == "random" else ""
 
 
 def _other_optimizer(record: dict) -> str:
@@ -122,10 +130,17 @@ def study_figures(record: dict) -> dict:
     return {}
 
 
+def record_paths(folder: Path | str | None = None) -> list[Path]:
+    """The JSON files of a results folder, in name order, leaving out a write in progress
+    (``.tmp-*``, a writer's temporary name) and any other hidden file."""
+    return sorted(path for path in Path(folder or default_results_dir()).glob("*.json")
+                  if not path.name.startswith("."))
+
+
 def every_full_scale_record(folder: Path | str | None = None) -> list[dict]:
     """Every full-profile record in ``folder``, in file-name order, each with its ``record_file``."""
     found = []
-    for path in sorted(Path(folder or default_results_dir()).glob("*.json")):
+    for path in record_paths(folder):
         try:
             record = json.loads(path.read_text(encoding="utf-8"))
         except ValueError as err:  # every chapter reads this folder: the file is named, with the way out
