@@ -31,6 +31,11 @@ def test_the_curve_facts_are_the_curves_own_numbers(tmp_path):
     second_half = np.abs(np.diff(val[3:]))
     assert facts["swing"] == pytest.approx(np.median(second_half))
     assert facts["trend"] == pytest.approx(np.polyfit(np.arange(5), val[1:], 1)[0])
+    # The slope's standard error, as an ordinary least-squares fit gives it (n - 2 degrees of freedom).
+    x, y = np.arange(5.0), np.asarray(val[1:])
+    fitted = np.polyval(np.polyfit(x, y, 1), x)
+    expected = np.sqrt(np.sum((y - fitted) ** 2) / 3 / np.sum((x - x.mean()) ** 2))
+    assert facts["trend_error"] == pytest.approx(expected) and facts["trend_epochs"] == 5
     assert facts["epoch_seconds"] == pytest.approx(63.0)
 
 
@@ -331,3 +336,19 @@ def test_an_epoch_at_the_studys_exact_count_reaches_it_though_float32_rounds_bel
     assert as_keras_keeps_it < 0.3861
     assert _first_epoch_at(np.array([0.30, as_keras_keeps_it]), 0.3861) == 2
     assert _first_epoch_at(np.array([0.30, 0.3860]), 0.3861) is None  # one image short is short
+
+
+def test_still_rising_is_said_only_beyond_two_standard_errors(tmp_path):
+    """A finished run's last stretch: a steady rise is "still rising"; the same mean rise
+    through swings as large as the published Model 4's is not claimed."""
+    steady = [0.10 + 0.01 * i for i in range(10)]
+    _record(tmp_path, "model4", steady, [v - 0.01 for v in steady])
+    story = diagnose.gap_story("model4", tmp_path)
+    assert "It was still rising when its planned epochs ran out." in story
+    assert "Over its last 5 epochs validation accuracy rose by 1.00 points an epoch" in story
+    swinging = [0.10, 0.12, 0.14, 0.16, 0.18, 0.2561, 0.2705, 0.2743, 0.2513, 0.2902]  # Model 4's last five
+    _record(tmp_path, "model4", swinging, [v - 0.01 for v in swinging])
+    story = diagnose.gap_story("model4", tmp_path)
+    assert "It was still rising" not in story and "its last 5 epochs cannot say" in story
+    assert "rose by 0.49 points an epoch (least-squares slope, standard error 0.49), within two standard errors" \
+        in story

@@ -17,7 +17,7 @@ from tinylib import results
 from tinylib.batches import steps_per_epoch
 from tinylib.results import pct
 
-TREND_EPOCHS = 5  # the recent stretch whose least-squares slope says "still rising"
+TREND_EPOCHS = 5  # the shortest recent stretch whose least-squares slope says "still rising"
 GAP_VERDICT_EPOCHS = 10  # fewer: the epoch-averaged training accuracy still lags, in any run
 # The batch Keras takes when a script names none: Model.fit's default, and that of
 # ImageDataGenerator's flow and flow_from_directory, the loaders of the transforms the study names.
@@ -35,15 +35,17 @@ def curve_facts(record: dict) -> dict:
 
     ``swing`` is the median change of validation accuracy from one epoch to the next
     over the second half of the run (None with fewer than 4 epochs); ``trend`` the
-    least-squares slope of validation accuracy over the last ``TREND_EPOCHS`` epochs,
-    per epoch; ``lowered_at`` the epochs that began with a lower learning rate than the
+    least-squares slope of validation accuracy over the second half of the run (its last
+    ``TREND_EPOCHS`` epochs at least), per epoch, and ``trend_error`` the slope's standard
+    error (None with fewer than 3 epochs in the stretch); ``lowered_at`` the epochs that began with a lower learning rate than the
     one before; ``epoch_seconds`` the median epoch time, validation included.
     """
     history = record["history"]
     val, train = _curves(record)
     epochs = len(val)
     second_half = val[epochs // 2:]
-    recent = val[-TREND_EPOCHS:]
+    recent = val[-max(TREND_EPOCHS, epochs // 2):]
+    trend, trend_error = _slope(recent) if len(recent) >= 3 else (None, None)
     rates = np.asarray(history.get("learning_rate") or [], dtype=float)
     seconds = history.get("seconds") or []
     return {
@@ -52,10 +54,27 @@ def curve_facts(record: dict) -> dict:
         "best_val": float(val.max()),
         "max_train": float(train.max()),
         "swing": float(np.median(np.abs(np.diff(second_half)))) if epochs >= 4 else None,
-        "trend": float(np.polyfit(np.arange(len(recent)), recent, 1)[0]) if len(recent) >= 3 else None,
+        "trend": trend,
+        "trend_error": trend_error,
+        "trend_epochs": len(recent),
         "lowered_at": [int(i) + 1 for i in np.flatnonzero(rates[1:] < rates[:-1] * (1 - 1e-6)) + 1],
         "epoch_seconds": float(np.median(seconds)) if seconds else None,
     }
+
+
+def _slope(values: np.ndarray) -> tuple[float, float]:
+    """The least-squares slope of ``values`` against their index, and its standard error
+    (the residuals' variance on n - 2 degrees of freedom over the spread of the index)."""
+    x = np.arange(len(values), dtype=float)
+    slope, intercept = np.polyfit(x, values, 1)
+    residuals = values - (slope * x + intercept)
+    spread = float(np.sum((x - x.mean()) ** 2))
+    return float(slope), float(np.sqrt(np.sum(residuals ** 2) / (len(values) - 2) / spread))
+
+
+def rising_beyond_noise(facts: dict) -> bool:
+    """Whether the recent slope is above zero by more than two standard errors."""
+    return facts["trend"] is not None and facts["trend"] > 2 * facts["trend_error"]
 
 
 def _first_epoch_at(values: np.ndarray, level: float) -> int | None:
@@ -180,10 +199,11 @@ def _trend_sentences(facts: dict) -> list[str]:
     """The least-squares slope of validation accuracy over the last epochs."""
     if facts["trend"] is None:
         return []
-    recent = min(TREND_EPOCHS, facts["epochs"])
     direction = "rose" if facts["trend"] > 0 else "fell"
-    return [f"Over its last {recent} epochs validation accuracy {direction} by {_points(abs(facts['trend']))} "
-            f"points an epoch (least-squares slope)."]
+    beyond = abs(facts["trend"]) > 2 * facts["trend_error"]
+    return [f"Over its last {facts['trend_epochs']} epochs validation accuracy {direction} by "
+            f"{_points(abs(facts['trend']))} points an epoch (least-squares slope, standard error "
+            f"{_points(facts['trend_error'])}){'' if beyond else ', within two standard errors of zero'}."]
 
 
 def _end_sentences(facts: dict, end: str, run: int, planned: int, early_stopping: bool = False) -> list[str]:
@@ -210,8 +230,11 @@ def _end_sentences(facts: dict, end: str, run: int, planned: int, early_stopping
                              f"sooner: at most about {hours}.")
         else:
             sentences.append(f"{left} of its {planned} epochs are left: about {hours}.")
-    elif end == "finished" and facts["trend"] is not None and facts["trend"] > 0:
+    elif end == "finished" and rising_beyond_noise(facts):
         sentences.append("It was still rising when its planned epochs ran out.")
+    elif end == "finished" and facts["trend"] is not None and facts["trend"] > 0:
+        sentences.append(f"Whether it was still rising when its planned epochs ran out, its last "
+                         f"{facts['trend_epochs']} epochs cannot say.")
     return sentences
 
 
