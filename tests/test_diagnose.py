@@ -352,3 +352,14 @@ def test_still_rising_is_said_only_beyond_two_standard_errors(tmp_path):
     assert "It was still rising" not in story and "its last 5 epochs cannot say" in story
     assert "rose by 0.49 points an epoch (least-squares slope, standard error 0.49), within two standard errors" \
         in story
+
+
+def test_at_the_studys_fit_a_run_validates_lower_only_beyond_noise(tmp_path):
+    """Model 2's study row: 20.17% training, 22.72% validation. At the epoch this run's
+    training accuracy reaches 20.17%, its validation accuracy is set against 22.72% with
+    both validation sets' noise."""
+    train = [0.10, 0.15, 0.2017, 0.22]
+    _record(tmp_path, "model2", [0.12, 0.16, 0.2010, 0.2050], train)
+    assert "this run validates lower." in diagnose.gap_story("model2", tmp_path)
+    _record(tmp_path, "model2", [0.12, 0.16, 0.2250, 0.2260], train)
+    assert "this run validates about as well as the study's, within noise." in diagnose.gap_story("model2", tmp_path)

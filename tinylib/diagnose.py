@@ -133,9 +133,14 @@ def _fit_sentences(record: dict, study: dict) -> list[str]:
     val, train = _curves(record)
     at_study_fit = _first_epoch_at(train, study["train"])
     if at_study_fit is not None:
+        there = val[at_study_fit - 1]
+        n = int((record.get("dataset") or {}).get("val_images") or results.STUDY_VAL_IMAGES)
+        standing = results.standing(there, n, study["val"], results.STUDY_VAL_IMAGES)
+        validates = ("about as well as the study's, within noise" if standing == "within noise of"
+                     else "lower" if there < study["val"] else "higher")
         return [f"Its training accuracy reached the study's {pct(study['train'])} at epoch {at_study_fit}, where "
-                f"its validation accuracy was {pct(val[at_study_fit - 1])}: at the study's fit to the training "
-                f"images, this run validates {'lower' if val[at_study_fit - 1] < study['val'] else 'higher'}."]
+                f"its validation accuracy was {pct(there)}: at the study's fit to the training "
+                f"images, this run validates {validates}."]
     ours, theirs = train[-1] - val[-1], study["train"] - study["val"]
     side = lambda d: f"{_points(abs(d))} points {'above' if d > 0 else 'below'}"  # noqa: E731
     regularizers = _regularizers(record)
