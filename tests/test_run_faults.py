@@ -1010,3 +1010,15 @@ def test_a_run_folder_that_cannot_be_made_says_which_setting_moves_it(tmp_path):
     with pytest.raises(OSError, match=r"making the run folder: .*runs.*a file stands where a folder should be") as raised:
         train.fit(model, None, "smoke", runs=blocked, epochs=1)
     assert raised.value.errno is None  # the command line prints it as it is, not described again
+
+
+def test_a_run_early_stopping_ended_is_not_extended_before_its_end_was_saved(tmp_path):
+    """Early stopping ended the run (its saved state says at which epoch) and the run was
+    killed before its end wrote stopped_early into the record: more epochs are refused all
+    the same, as they are once the end is saved."""
+    from tinylib.runs import RunConflict, epochs_change
+
+    assert epochs_change(tmp_path, {"epochs": 5}, 3, 8) == {"at_epoch": 3, "from": 5, "to": 8}
+    for previous, stopped in (({"epochs": 5, "stopped_early": True}, False), ({"epochs": 5}, True)):
+        with pytest.raises(RunConflict, match="stopped early after epoch 3"):
+            epochs_change(tmp_path, previous, 3, 8, stopped=stopped)

@@ -281,15 +281,17 @@ def clear_run(path: Path) -> None:
         stale.unlink(missing_ok=True)
 
 
-def epochs_change(path: Path, previous: dict, done: int, epochs: int) -> dict | None:
-    """The change of planned epochs a resume asks for, or None; raises when it cannot be honoured."""
+def epochs_change(path: Path, previous: dict, done: int, epochs: int, stopped: bool = False) -> dict | None:
+    """The change of planned epochs a resume asks for, or None; raises when it cannot be honoured.
+    ``stopped``: early stopping had ended the run (its saved state says so), whether or not
+    the run's end, which writes ``stopped_early`` in the record, was reached."""
     planned = previous.get("epochs", epochs)
     if epochs == planned:
         return None
     fresh = "To train it with other settings, start afresh (resume=False, --fresh) or use another name (name=..., --name)."
     if epochs < done:
         raise RunConflict(f"{path} has already trained {done} epochs; asked for {epochs}. {fresh}")
-    if previous.get("stopped_early"):
+    if previous.get("stopped_early") or stopped:
         raise RunConflict(f"{path} stopped early after epoch {done} (early stopping found no more "
                           f"progress); asking for {epochs} epochs does not undo that. {fresh}")
     return {"at_epoch": done, "from": planned, "to": epochs}

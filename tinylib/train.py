@@ -262,7 +262,8 @@ def _resume(run: Run, epochs: int, steps: int) -> bool:
         run.wall_before = previous.get("wall_seconds", 0.0)
     if not state:
         return False
-    change = epochs_change(path, previous, state["epochs_done"], epochs)
+    stopped = any((saved or {}).get("stopped_epoch") for saved in (state.get("callbacks") or {}).values())
+    change = epochs_change(path, previous, state["epochs_done"], epochs, stopped=stopped)
     checkpoint, partial = state["checkpoint"], state.get("partial")
     if partial and partial["batches"] >= steps:
         # Taken after the epoch's last batch (older versions did), then interrupted before the
@@ -301,7 +302,7 @@ def _resume(run: Run, epochs: int, steps: int) -> bool:
     run.partial = partial
     # Early stopping had ended the run (its state says at which epoch) and the run was
     # interrupted before its end was saved: only the end is left to do.
-    run.stopped = change is None and any((saved or {}).get("stopped_epoch") for saved in run.callback_state.values())
+    run.stopped = change is None and stopped
     changes = list(previous.get("epochs_changed", []))
     if change is not None:
         changes.append(change)
