@@ -291,6 +291,18 @@ def test_a_results_folder_that_cannot_take_a_record_is_refused_before_training(t
     assert not tiny_env.exists()
 
 
+def test_the_books_results_folder_takes_full_scale_records_only(tmp_path, tiny_env, capsys):
+    """A quick or smoke run published beside the study's figures would pass for a row."""
+    from tinylib.results import default_results_dir
+
+    for command in (["train", "model1", "--profile", "smoke"], ["reproduce", "--only", "model1", "--profile", "quick"]):
+        assert cli.main([*command, "--runs", str(tmp_path / "runs"), "--results", str(default_results_dir())]) == 2
+        err = capsys.readouterr().err
+        assert "is the book's own results folder, which holds full-scale records only" in err
+        assert "Add --profile full, or give another folder" in err
+    assert not tiny_env.exists()
+
+
 def test_a_results_folder_that_does_not_exist_is_said_so_before_training(tmp_path, tiny_env, capsys, monkeypatch):
     """A typo (results for book/results) would find no published run to skip: the student is told."""
     from tinylib import data

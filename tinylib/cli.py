@@ -104,7 +104,7 @@ def _train(args) -> int:
     epochs = args.epochs or (profile.epochs_for(model_name) if recipe is None else None)
     print(profile.describe(epochs=epochs, batch_size=args.batch_size), flush=True)
     _check_train_options(args, model_name, recipe, profile)
-    _check_results_folder(args.results)
+    _check_results_folder(args.results, profile)
     # Fail before minutes of loading and building when the runs folder cannot be made.
     Path(args.runs or runs.runs_dir()).mkdir(parents=True, exist_ok=True)
     environment.configure_precision(args.precision)
@@ -188,13 +188,21 @@ def _check_train_options(args, model_name: str, recipe, profile) -> None:
                          f"images of profile '{profile.name}': give at most {profile.train_images:,}")
 
 
-def _check_results_folder(results: str | None) -> None:
+def _check_results_folder(results: str | None, profile) -> None:
     """``--results`` is first written when a sitting ends, hours later: a folder that cannot
     take a record fails now.  One that does not exist yet is said so (a typo would otherwise
-    find no published run to skip or protect); it is made only when a record is published."""
+    find no published run to skip or protect); it is made only when a record is published.
+    The book's own folder takes full-scale records only: the chapters and its summary set
+    them against the study's figures."""
     if not results:
         return
     folder = Path(results)
+    from tinylib.results import default_results_dir
+
+    if profile.name != "full" and folder.absolute().resolve() == default_results_dir():
+        raise ValueError(f"--results {folder} is the book's own results folder, which holds full-scale records "
+                         f"only (the study's figures stand beside them); this is the '{profile.name}' profile. "
+                         "Add --profile full, or give another folder")
     if folder.exists():
         if not folder.is_dir():
             raise ValueError(f"--results {folder} is a file: give a folder (book/results is the natural target)")
@@ -325,7 +333,7 @@ def _reproduce(args) -> int:
     plan = reproduce.select(args.only)
     profile = get_profile(args.profile)
     results = Path(args.results) if args.results else None
-    _check_results_folder(args.results)
+    _check_results_folder(args.results, profile)
     print(profile.describe(), flush=True)
     # Mixed bfloat16 on a GPU for every run of the plan, not only the recipes that ask for it.
     print("precision:", environment.configure_precision("auto"), flush=True)

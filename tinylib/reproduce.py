@@ -297,7 +297,7 @@ def publish(run_path: Path, results: Path) -> str:
 
 def summary_rows(results: Path) -> list[dict]:
     """One row per run record in ``results``, with the study's numbers beside them."""
-    from tinylib.results import at_best_epoch, record_key, record_paths, study_figures
+    from tinylib.results import at_best_epoch, record_key, record_paths, run_end, study_figures
 
     rows = []
     for path in record_paths(results):
@@ -313,7 +313,7 @@ def summary_rows(results: Path) -> list[dict]:
         study = study_figures(record)
         rows.append({
             "run": key, "record": path.name, "profile": record.get("profile"), "epochs": record.get("epochs_run"),
-            "finished": bool(record.get("finished")), "batch_size": record.get("batch_size"),
+            "finished": run_end(record)[0] != "unfinished", "batch_size": record.get("batch_size"),
             "best_val_top1": record.get("best_val_top1"), "best_val_top5": record.get("best_val_top5"),
             "train_top1_at_best": at_best_epoch(record)["train"],  # the best val top-1's epoch
             "images_per_second": record.get("train_images_per_second"),
