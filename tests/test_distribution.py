@@ -85,3 +85,18 @@ def test_fine_tuning_uses_every_device(forks, tmp_path, tiny_env, synthetic):
     head = _on_two_jax_devices(forks, FINE_TUNE_SCRIPT, tmp_path, tiny_env, synthetic)
     assert head["finished"] and (head["devices"], head["batch_size"]) == (2, 8)
     assert all(value == value for value in head["history"]["loss"])  # a number, not NaN
+
+
+def test_batches_the_devices_cannot_share_are_refused_before_training():
+    """A batch, or an epoch's last partial batch, that the devices do not divide fails at
+    that step under data parallelism: hours in, and again at every resume."""
+    from tinylib.train import _check_batches_split
+
+    _check_batches_split(1, 128, 100_000, 10_000)  # one device: anything goes
+    for devices in (2, 4, 8):  # the full profile on the usual counts: batches of 128 a device
+        _check_batches_split(devices, 128 * devices, 100_000, 10_000)
+    with pytest.raises(ValueError, match=r"3 devices cannot share the last training batch \(160 images\) or the "
+                                         r"last validation batch \(16 images\) equally"):
+        _check_batches_split(3, 384, 100_000, 10_000)
+    with pytest.raises(ValueError, match=r"cannot share a batch \(100 images\).*CUDA_VISIBLE_DEVICES"):
+        _check_batches_split(8, 100, 800, 80)

@@ -244,6 +244,23 @@ def test_default_compile_is_adam_1e4_crossentropy_top1_top5():
     assert result["loss"] == pytest.approx(np.log(7), rel=0.3)
 
 
+def test_the_compiled_top5_is_the_books_top5():
+    """With more than five classes, the metric Keras reports during training is the top-5
+    accuracy the book's evaluation computes from the same probabilities (numpy's argsort
+    as the oracle), not a top-k of fewer classes."""
+    from tinylib import evaluate
+
+    model = models.build_model("model2", num_classes=12, input_shape=(32, 32, 3))
+    images = uint8_batch(n=24, size=32)
+    labels = np.arange(24) % 12
+    keras_top5 = model.evaluate(images, np.eye(12, dtype="float32")[labels], return_dict=True, verbose=0)["top5"]
+    probabilities = model.predict(images, verbose=0)
+    by_hand = np.mean([label in np.argsort(-p)[:5] for p, label in zip(probabilities, labels)])
+    book = evaluate.evaluation_from_probabilities(probabilities, labels, [str(i) for i in range(12)]).top5
+    assert keras_top5 == pytest.approx(by_hand) and book == pytest.approx(by_hand)
+    assert 0 < by_hand < 1  # the check has something to tell apart
+
+
 def test_compiled_model_with_augmentation_trains_one_step():
     model = models.build_model(
         "model2",

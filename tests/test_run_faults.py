@@ -1053,3 +1053,22 @@ def test_more_epochs_after_early_stoppings_end_go_on_from_the_last_epoch(tmp_pat
                                rtol=1e-5)
     for got, want in zip(longer.model.get_weights(), straight.model.get_weights(), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_records_images_per_second_leave_out_the_first_epoch_and_take_the_median(tmp_path):
+    """The rate the chapters' cost lines, a budget's first plan and the hours figure read:
+    training images over the median epoch's training seconds, the first epoch (which also
+    compiles) left out where there are others; and the GFLOP/s and share of the peak from it."""
+    from tinylib.runs import Run
+
+    record = {"epochs": 4, "dataset": {"train_images": 1_000},
+              "speed": {"train_gflop_per_image": 2.0, "matmul_peak_gflops_per_second": 100.0}}
+    run = Run(path=tmp_path, model=None, record=record,
+              history={"train_seconds": [900.0, 100.0, 110.0, 120.0]}, epochs_done=4)
+    written = run.write_record()
+    assert written["train_images_per_second"] == 9.1  # 1,000 / 110 s, not / 100 or / the mean with 900
+    assert written["speed"]["train_gflops_per_second"] == pytest.approx(18.2)
+    assert written["speed"]["fraction_of_matmul_peak"] == pytest.approx(0.182)
+    alone = Run(path=tmp_path, model=None, record={"epochs": 1, "dataset": {"train_images": 1_000}},
+                history={"train_seconds": [250.0]}, epochs_done=1)
+    assert alone.write_record()["train_images_per_second"] == 4.0  # one epoch: it is all there is

@@ -100,10 +100,18 @@ def test_configure_precision_auto_reads_the_cpu(monkeypatch, tmp_path, policy):
     assert environment.speed_settings(flags=AVX2_ONLY)["automatic_precision"] == "float32"
 
 
-def test_the_automatic_precision_of_this_machine_is_stated_in_the_settings(policy):
+@pytest.mark.parametrize(("flags", "bfloat16"), [("fpu avx2 avx512f avx512_bf16", True), ("fpu avx2 fma", False)])
+def test_the_settings_state_what_this_machines_cpu_gives(policy, monkeypatch, tmp_path, flags, bfloat16):
+    """A run's record states the machine's own choice: read from its /proc/cpuinfo (a file
+    here), bfloat16 on TensorFlow with oneDNN where the CPU multiplies it, float32 elsewhere."""
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: a CPU\nflags\t\t: {flags}\n\n")
+    monkeypatch.setattr(environment, "CPU_FLAGS_FILE", cpuinfo)
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)  # oneDNN's default: on
     settings = environment.speed_settings()
-    assert settings["automatic_precision"] == environment.automatic_precision()
-    assert settings["cpu_bfloat16"] == environment.cpu_has_bfloat16()
+    assert settings["cpu_bfloat16"] is bfloat16
+    on_tensorflow = keras.backend.backend() == "tensorflow"
+    assert settings["automatic_precision"] == ("mixed_bfloat16" if bfloat16 and on_tensorflow else "float32")
 
 
 def test_a_matrix_product_peak_is_measured_once_per_process():

@@ -198,3 +198,36 @@ def test_a_batch_comes_in_random_order_not_sorted_by_the_class_the_images_are_st
     # Class 0's partners spread over the classes, as random pairs do (sorted batches: ~70% class 9).
     shares = np.bincount(mirrored_partner_classes, minlength=classes) / len(mirrored_partner_classes)
     assert shares.max() < 0.3, shares
+
+
+def test_an_epochs_batches_hold_every_image_once_with_its_label_and_resume_at_any_batch():
+    """Images with distinct values: one epoch's batches are a permutation of the images, each
+    with its own label; another epoch another order; batches from ``start=k`` are exactly
+    batches k... of the epoch from its start (what a resumed epoch is fed)."""
+    import numpy as np
+
+    from tinylib.batches import ShuffledBatches
+
+    n, classes = 23, 5  # a last, partial batch of 3
+    images = np.arange(n, dtype=np.uint8).reshape(n, 1, 1, 1) * np.ones((1, 2, 2, 3), np.uint8)
+    labels = np.eye(classes, dtype="float32")[np.arange(n) % classes]
+
+    def epoch(number, start=0):
+        batches = ShuffledBatches(images, labels, batch_size=5, seed=7, epoch=number, start=start)
+        return [batches[i] for i in range(len(batches))]
+
+    first = epoch(0)
+    seen = np.concatenate([x[:, 0, 0, 0] for x, _ in first]).astype(int)
+    assert sorted(seen) == list(range(n)) and [len(x) for x, _ in first] == [5, 5, 5, 5, 3]
+    for x, y in first:  # each image with its own label
+        np.testing.assert_array_equal(y.argmax(1), x[:, 0, 0, 0].astype(int) % classes)
+    again = np.concatenate([x[:, 0, 0, 0] for x, _ in epoch(0)]).astype(int)
+    other = np.concatenate([x[:, 0, 0, 0] for x, _ in epoch(1)]).astype(int)
+    np.testing.assert_array_equal(again, seen)
+    assert sorted(other) == list(range(n)) and not np.array_equal(other, seen)
+    for start in range(1, 5):
+        resumed = epoch(0, start)
+        assert len(resumed) == 5 - start
+        for (x, y), (x0, y0) in zip(resumed, first[start:], strict=True):
+            np.testing.assert_array_equal(x, x0)
+            np.testing.assert_array_equal(y, y0)

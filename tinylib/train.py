@@ -116,6 +116,7 @@ def fit(model: keras.Model, data, profile: Profile | str | None = None, *, name:
     _check_counts(epochs=epochs, batch_size=batch_size)
     epochs = epochs or getattr(model, "tinylib_epochs", None) or profile.epochs_for(model.name)
     batch_size = batch_size or profile.batch_size * environment.device_count()
+    _check_batches_split(environment.device_count(), batch_size, len(data.train), len(data.val))
     recipe = getattr(model, "tinylib_recipe", None)
     _check_schedule_length(model, recipe, epochs)
     _refuse_stateful_extras(extra_callbacks)
@@ -185,6 +186,22 @@ def _score_with_flips(run: Run, data, batch_size: int) -> None:
     run.write_record()
     print(f"{run.path.name}: val top-1 {run.record['val_top1_plain']:.2%}, with test-time flips "
           f"{run.record['val_top1_flips']:.2%}", flush=True)
+
+
+def _check_batches_split(devices: int, batch_size: int, train_images: int, val_images: int) -> None:
+    """Data-parallel training gives each device an equal share of every batch: a batch, or
+    an epoch's last partial batch, that the devices do not divide would fail at that step
+    (hours in, and again at every resume), so it is refused before anything trains."""
+    if devices < 2:
+        return
+    uneven = [f"{what} ({size:,} images)" for what, size in (
+        ("a batch", batch_size), ("the last training batch", train_images % batch_size),
+        ("the last validation batch", val_images % batch_size)) if size % devices]
+    if uneven:
+        raise ValueError(f"{devices} devices cannot share {' or '.join(uneven)} equally, as data-parallel "
+                         f"training needs: choose a batch size whose batches and last batches of {train_images:,} "
+                         f"training and {val_images:,} validation images are multiples of {devices}, or make "
+                         "fewer GPUs visible (CUDA_VISIBLE_DEVICES)")
 
 
 def _budget(model, run: Run, previous: dict | None, hours: float, steps: int, epochs: int, recipe) -> dict:
@@ -609,7 +626,7 @@ def train_model(model_name: str, data, profile=None, *, augment: bool = True, bu
     """Build and train one model in a profile: the one call each model chapter makes.
 
     ``seed`` (in ``fit_kwargs``; the profile's by default) also draws the initial weights.
-    Where several GPUs are visible (or ``devices`` names several), the model is built and
+    On the JAX backend, where several GPUs are visible (or ``devices`` names several), the model is built and
     trained data-parallel over all of them (``environment.data_parallel``), each batch
     the profile's batch times the devices; the record says how many.
     """

@@ -73,7 +73,7 @@ def fine_tune(data, profile=None, *, weights="imagenet", image_size: int | None 
     a ``name`` is used as given (``<name>-head``): another batch or seed then needs
     another name. A ``seed`` draws the head's initial weights too, as in ``train_model``. Stages begun
     in another precision than 'auto' now gives go on in theirs, as ``train_model``'s runs do.
-    Where several GPUs are visible (or ``devices`` names several), both stages train
+    On the JAX backend, where several GPUs are visible (or ``devices`` names several), both stages train
     data-parallel over all of them, as ``train.train_model`` does.
     """
     with environment.parallel_scope(devices):
