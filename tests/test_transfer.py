@@ -45,6 +45,21 @@ def test_stages_train_the_head_then_everything_from_a_weights_file(tmp_path, tin
                       if isinstance(layer, keras.layers.BatchNormalization) for w in layer.weights)
     assert everything["trainable_parameters"] == everything["parameters"] - backbone_bn
     assert not np.allclose(conv1_kernel(runs["all"].model), file_kernel)  # stage 2 moved the backbone
+    # Frozen BatchNorm normalises with the file's statistics in both stages, and never updates them
+    # (tinylib's fused layer falls back to Keras' inference call for a frozen layer).
+    def moving(model):
+        return {layer.name: [keras.ops.convert_to_numpy(v).copy() for v in (layer.moving_mean, layer.moving_variance)]
+                for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)}
+
+    trained_stats, file_stats = moving(transfer.backbone_of(runs["all"].model)), moving(saved)
+    assert trained_stats.keys() == file_stats.keys() and len(file_stats) == 53
+    for name, (mean, variance) in file_stats.items():
+        np.testing.assert_array_equal(trained_stats[name][0], mean)
+        np.testing.assert_array_equal(trained_stats[name][1], variance)
+    layer = transfer.backbone_of(runs["all"].model).get_layer("conv1_bn")
+    layer.trainable = True  # the control: a layer left to train moves its statistics on a training call
+    layer(np.random.default_rng(0).normal(size=(4, 8, 8, 64)).astype("float32"), training=True)
+    assert not np.array_equal(keras.ops.convert_to_numpy(layer.moving_mean), file_stats["conv1_bn"][0])
 
 
 @pytest.mark.slow
