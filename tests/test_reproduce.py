@@ -120,6 +120,13 @@ def test_inside_an_epoch_that_cannot_end_in_time_the_stop_is_saved_before_the_de
     assert saver._due(8)  # the epoch would end at 115 s, past 110, and no save follows its last batch: save now
     saver.deadline = 116.0
     assert not saver._due(8)  # the last batch, its validation and the epoch's save end at 115 s: in time
+    # A first epoch whose record gives its validation images: 300 of them at 100 images a batch
+    # are 3 batches of a forward pass each, a third of a 10-s step: 10 s, as the last epoch's above.
+    Run.history, Run.record = {}, {"dataset": {"train_images": 1_000, "val_images": 300}}
+    saver.deadline = 112.0
+    assert saver._due(8)  # 90 s + the last batch + 10 s of validation + a save end at 115 s: save now
+    saver.deadline = 116.0
+    assert not saver._due(8)
 
 
 def test_a_deadline_inside_an_epoch_stops_at_a_checkpoint_there_and_the_run_resumes_at_that_batch(tmp_path, ds,

@@ -122,7 +122,7 @@ class Checkpointer(keras.callbacks.Callback):
     def _due(self, batch: int) -> bool:
         """Whether to stop at this batch, for the sitting's deadline: when the epoch cannot end
         before it (its batches left at this call's pace, then its validation, as long as the
-        last epoch's, and a save), stop at the last batch after which a save still ends before
+        last epoch's or, in a first epoch, as ``_first_validation`` estimates it, and a save), stop at the last batch after which a save still ends before
         it, rather than at the first batch past it: at the one before the epoch's last at the
         latest, since no save follows the last. (The callback runs once per compiled call:
         with several steps per call, the next chance to save is that many steps away.)"""
@@ -133,11 +133,22 @@ class Checkpointer(keras.callbacks.Callback):
         per_step = (time.perf_counter() - self.batches_start) / done
         between = max(1, int(getattr(self.model, "steps_per_execution", None) or 1))  # steps to the next chance
         seconds, train_seconds = (self.run.history.get(key) or [] for key in ("seconds", "train_seconds"))
-        validation = seconds[-1] - train_seconds[-1] if seconds and train_seconds else 0.0
+        validation = (seconds[-1] - train_seconds[-1] if seconds and train_seconds
+                      else self._first_validation(per_step, steps))
         save = self.run.save_seconds
         if now + (steps - done) * per_step + validation + save <= self.deadline:
             return False  # the epoch ends in time
         return done + between >= steps or now + between * per_step + save >= self.deadline
+
+    def _first_validation(self, per_step: float, steps: float) -> float:
+        """A first epoch's validation, before one is timed: as many batches as the validation
+        images fill, each a third of a training step (a forward pass of the three passes a
+        step makes, as ``tinylib.flops`` counts them). 0 where the record does not say."""
+        dataset = (getattr(self.run, "record", None) or {}).get("dataset") or {}
+        train, val = dataset.get("train_images"), dataset.get("val_images")
+        if not train or not val or steps == float("inf"):
+            return 0.0
+        return val / (train / steps) * per_step / 3.0
 
     # --- at the end of an epoch ----------------------------------------------------------
 
