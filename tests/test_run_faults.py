@@ -167,6 +167,20 @@ def run_dir(tmp_path, tiny_env, synthetic, monkeypatch):
 # --- atomic writes ------------------------------------------------------------------------
 
 
+def test_an_atomic_write_flushes_the_file_then_its_folder(tmp_path, monkeypatch):
+    """The new file reaches the disk before its rename, and the rename before the writer goes
+    on (to delete the checkpoint the new state no longer names, say)."""
+    from tinylib import files
+
+    flushed = []
+    monkeypatch.setattr(files, "_fsync", lambda path: flushed.append(Path(path)))
+    target = tmp_path / "state.json"
+    files.write_text(target, "{}")
+    assert len(flushed) == 2 and flushed[0].name.startswith(".tmp-") and flushed[1] == tmp_path
+    flushed.clear()
+    assert files.atomic_link(target, tmp_path / "linked.json") and flushed == [tmp_path]
+
+
 def test_atomic_path_leaves_the_old_file_when_the_writer_dies(tmp_path):
     target = tmp_path / "final.weights.h5"
     target.write_bytes(b"old and whole")

@@ -35,6 +35,7 @@ def atomic_path(path: str | os.PathLike):
         yield tmp
         _fsync(tmp)
         os.replace(tmp, path)
+        _fsync(path.parent)  # the rename itself on disk before a caller deletes what it replaces
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -63,11 +64,14 @@ def atomic_link(source: str | os.PathLike, path: str | os.PathLike) -> bool:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+    _fsync(path.parent)
     return True
 
 
 def _fsync(path: Path) -> None:
-    """Flush a finished file to disk, so a crash after the rename finds it whole."""
+    """Flush a finished file to disk, so a crash after the rename finds it whole; or a folder,
+    so that a rename in it is on disk too. Where the file system cannot (some network and
+    FUSE mounts refuse a folder's fsync), nothing more can be done: it is let pass."""
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
         try:
