@@ -4,8 +4,9 @@ A count in a sentence ("about 140 million parameters") is a fact about the code,
 result: it is typed where the story needs it, and this test keeps it true. Each claim is
 registered below with the count it states; a sentence that states a count in millions of
 parameters or weights and is not registered fails the scan, so a new one cannot drift
-unchecked either. Results (accuracies, hours) are never typed: they are shown by the cells
-that compute them.
+unchecked either. This book's results (accuracies, hours) are never typed: they are shown by
+the cells that compute them; the study's figures are quoted from its slides
+(``results.STUDY_RESULTS``).
 """
 
 from __future__ import annotations

@@ -234,6 +234,12 @@ def test_the_comparison_story_says_which_order_and_whether_it_is_the_studys(tmp_
     assert "Model 1 is behind Model 2, beyond noise" in results.comparison_story("model1", "model2", tmp_path)
     assert "the same order" in results.comparison_story("model1", "model2", tmp_path)
     assert "not yet measured" in results.comparison_story("model1", "model4", tmp_path)
+    assert "unfinished" not in results.comparison_story("model1", "model2", tmp_path)
+    _record(tmp_path, "m3.json", model="model3", best_val_top1=0.3441, epochs_run=9, epochs=30, finished=False)
+    _record(tmp_path, "m4.json", model="model4", best_val_top1=0.2902, finished=True)
+    story = results.comparison_story("model3", "model4", tmp_path)
+    assert "Model 3 is ahead of Model 4, beyond noise" in story and "the reverse order" in story
+    assert story.endswith(" Model 3's run is unfinished (9 of 30 epochs so far).")
 
 
 def test_a_book_row_carries_the_wilson_interval_of_its_validation_accuracy(tmp_path):

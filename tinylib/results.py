@@ -411,7 +411,10 @@ def comparison_story(first: str, second: str, folder: Path | str | None = None) 
         order = ("an order these runs cannot confirm" if stand == "within noise of"
                  else "the same order" if same else "the reverse order")
         sentence += f"; in the study {name_a} scored {pct(sa['val'])} and {name_b} {pct(sb['val'])}, {order}"
-    return sentence + "."
+    unfinished = [f"{name}'s run is unfinished ({run} of {planned} epochs so far)"
+                  for name, (end, run, planned) in ((name_a, run_end(a)), (name_b, run_end(b)))
+                  if end == "unfinished"]
+    return sentence + "." + (f" {' and '.join(unfinished)}." if unfinished else "")
 
 
 BUDGET_COMMAND = f"python -m tinylib train {AFTERNOON_MODEL} --recipe {AFTERNOON_RECIPE} --profile full --hours {AFTERNOON_HOURS:g}"
