@@ -389,3 +389,15 @@ def test_evaluate_says_what_to_pass_for_a_run_or_a_whole_dataset():
     dataset = SimpleNamespace(val=None, train=None)
     with pytest.raises(TypeError, match=r"pass one split, such as ds\.val"):
         evaluate.evaluate(model, dataset, [])
+
+
+def test_model5_from_random_weights_trains_in_a_folder_of_its_own(tmp_path, tiny_env, capsys):
+    """--weights none: never the folder of the study's run from ImageNet's weights (whose
+    record here stands in for it), so neither resumes, nor is refused by, the other."""
+    results = tmp_path / "results"
+    results.mkdir()
+    name = f"model5-smoke-{keras.backend.backend()}-random"
+    (results / f"{name}.json").write_text(json.dumps({"model": "model5", "epochs_run": 2, "epochs": 30}))
+    command = ["train", "model5", "--profile", "smoke", "--runs", str(tmp_path / "runs"), "--results", str(results)]
+    assert cli.main([*command, "--weights", "none"]) == 2
+    assert f"{name}.json holds this run" in capsys.readouterr().err and not tiny_env.exists()

@@ -234,3 +234,16 @@ def test_gradcam_under_mixed_precision(images, policy):
     reference = gradcam.gradcam(exact, images)
     for ours, theirs in zip(maps, reference):
         assert np.corrcoef(ours.ravel(), theirs.ravel())[0, 1] > 0.9
+
+
+def test_resnet9s_softmax_activation_is_scored_on_its_logits_too(images):
+    """ResNet-9 ends in an Activation("softmax"), not a Dense: its input is the logits, and
+    a prediction too confident for float32 still has a map (scored on the probabilities,
+    the gradient would round to zero)."""
+    keras.utils.set_random_seed(0)
+    model = models.build_model("resnet9", num_classes=len(NAMES), width=8, compile=False)
+    model.get_layer("logit_scale").scale = 1e4  # logits thousands apart: a probability of exactly 1
+    probabilities = gradcam.class_probabilities(model, images)
+    assert np.all(probabilities.max(axis=1) == 1.0)
+    cams = gradcam.gradcam(model, images)
+    assert np.isfinite(cams).all() and all(cam.max() == pytest.approx(1.0) for cam in cams)

@@ -127,6 +127,11 @@ def test_inside_an_epoch_that_cannot_end_in_time_the_stop_is_saved_before_the_de
     assert saver._due(8)  # 90 s + the last batch + 10 s of validation + a save end at 115 s: save now
     saver.deadline = 116.0
     assert not saver._due(8)
+    # The same first epoch resumed at batch 5: this call serves the 5 batches left, its
+    # validation is still the whole epoch's 3 batches.
+    saver.offset, saver.params, saver.batches_start = 5, {"steps": 5}, 50.0
+    saver.deadline = 112.0
+    assert saver._due(3)  # at 90 s, 4 of the 5 done: the last, 10 s of validation and a save end at 115 s
 
 
 def test_a_deadline_inside_an_epoch_stops_at_a_checkpoint_there_and_the_run_resumes_at_that_batch(tmp_path, ds,
@@ -566,6 +571,11 @@ def test_a_row_finished_on_another_backend_is_not_trained_again(tmp_path):
     assert reproduce.published_folders(results, model1, full, "tensorflow") == {
         "model1-full-jax": full.epochs_for("model1")}
     assert reproduce.published_folders(results, reproduce.select("model2")[0], full, "tensorflow") is None
+    # A Model 5 record from random weights under the study's folder name is not the study's row.
+    (results / "model5-full-tensorflow.json").write_text(json.dumps(
+        {"model": "model5", "profile": "full", "finished": True, "epochs": full.epochs_for("model5"),
+         "best_val_top1": 0.2, "weights": "random"}))
+    assert reproduce.published_folders(results, reproduce.select("model5")[0], full, "tensorflow") is None
     outcome = reproduce.run_plan([model1], lambda: pytest.fail("nothing should load the data"), full, results=results)
     assert outcome["done"] == ["model1"] and outcome["records"][0]["best_val_top1"] == 0.2
 

@@ -148,7 +148,8 @@ class Checkpointer(keras.callbacks.Callback):
         train, val = dataset.get("train_images"), dataset.get("val_images")
         if not train or not val or steps == float("inf"):
             return 0.0
-        return val / (train / steps) * per_step / 3.0
+        batch = train / (self.offset + steps)  # an epoch resumed at batch offset serves the rest only
+        return val / batch * per_step / 3.0
 
     # --- at the end of an epoch ----------------------------------------------------------
 

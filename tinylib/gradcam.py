@@ -156,24 +156,29 @@ def _logits_score(model, target: str, head, mask):
     """``(part, score_of)``: the part of ``head`` (``split_at(model, target)``'s) to
     differentiate, and the score of its outputs whose gradient Grad-CAM weighs the maps by.
 
-    tinylib's models end in a Dense ``predictions`` layer with softmax: the part ends at
-    that layer's input, and the score is its logits' class contrast (``_class_contrast``),
-    the logits computed with the layer's own kernel and bias (no layer changed). For
-    another model, the part is the whole head and the score the sum of its selected
+    tinylib's models end in a ``predictions`` layer with softmax: a Dense (Models 1 to 5,
+    the ResNets), whose logits are its own kernel and bias applied to its input, or an
+    Activation (ResNet-9), whose input is the logits. The part ends at that layer's input,
+    and the score is the logits' class contrast (``_class_contrast``); no layer is changed.
+    For another model, the part is the whole head and the score the sum of its selected
     outputs. Images do not interact in inference mode, so the gradient of a sum over the
     batch is each image's own gradient: one backward pass for the whole batch.
     """
     layer = next((layer for layer in model.layers if layer.name == "predictions"), None)
     activation = getattr(getattr(layer, "activation", None), "__name__", None)
     maps = _output_tensor(model, model.get_layer(target))
-    if activation != "softmax" or not isinstance(layer, keras.layers.Dense) or layer.input is maps:
+    dense = isinstance(layer, keras.layers.Dense)
+    if activation != "softmax" or not isinstance(layer, (keras.layers.Dense, keras.layers.Activation)) \
+            or layer.input is maps:
         return head, lambda outputs: ops.sum(outputs * mask)
     part = keras.Model(maps, layer.input, name=f"{model.name}_{target}_to_logits")
 
     def score_of(inputs):
-        logits = ops.matmul(ops.cast(inputs, "float32"), ops.cast(layer.kernel, "float32"))
-        if layer.use_bias:
-            logits = logits + ops.cast(layer.bias, "float32")
+        logits = ops.cast(inputs, "float32")
+        if dense:
+            logits = ops.matmul(logits, ops.cast(layer.kernel, "float32"))
+            if layer.use_bias:
+                logits = logits + ops.cast(layer.bias, "float32")
         return _class_contrast(logits, mask)
 
     return part, score_of

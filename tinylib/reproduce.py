@@ -96,11 +96,14 @@ def _train(planned: PlannedRun, data, profile, deadline: float | None, runs_fold
     raise ValueError(f"no way to train {planned.name!r}")  # a PLAN entry without a branch here
 
 
-def _finished_in(results: Path | None, run_folder_name: str, epochs: int | None = None) -> bool:
+def _finished_in(results: Path | None, run_folder_name: str, epochs: int | None = None,
+                 pretrained: bool = False) -> bool:
     """Whether ``results`` already holds the finished record of this run folder.
 
     With ``epochs``, a record finished for another number of epochs (an older
-    profile's) does not count: the run is trained again to the plan's epochs.
+    profile's) does not count: the run is trained again to the plan's epochs. With
+    ``pretrained``, a record trained from random weights does not count either (an older
+    reproduce, or ``train --weights none``, published one under the study's folder name).
     """
     if results is None:
         return False
@@ -109,6 +112,8 @@ def _finished_in(results: Path | None, run_folder_name: str, epochs: int | None 
     except (OSError, ValueError):
         return False
     if epochs is not None and record.get("epochs") not in (None, epochs):
+        return False
+    if pretrained and record.get("weights") == "random":
         return False
     return bool(record.get("finished"))
 
@@ -157,9 +162,12 @@ def published_folders(results: Path | None, planned: PlannedRun, profile, backen
     """The run folders of ``planned`` whose finished records ``results`` holds, all of them,
     trained on this backend or on another (a study row trained on TensorFlow is that row on
     JAX too: a GPU session on JAX goes on with the rows not yet done); None if none has all."""
+    from tinylib.models import PRETRAINED
+
     for candidate in (backend, *(b for b in KERAS_BACKENDS if b != backend)):
         folders = expected_runs(planned, profile, candidate)
-        if all(_finished_in(results, folder, epochs) for folder, epochs in folders.items()):
+        if all(_finished_in(results, folder, epochs, pretrained=planned.name in PRETRAINED)
+               for folder, epochs in folders.items()):
             return folders
     return None
 

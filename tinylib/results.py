@@ -233,7 +233,8 @@ def _describe(record: dict) -> str:
 
 def run_end(record: dict) -> tuple[str, int, int]:
     """How a run ended: ('stopped early' | 'finished' | 'unfinished', epochs run, epochs planned)."""
-    run, planned = record["epochs_run"], record.get("epochs", record["epochs_run"])
+    run = int(record.get("epochs_run") or 0)
+    planned = record.get("epochs", run)
     if record.get("stopped_early"):
         return "stopped early", run, planned
     if record.get("finished", True) or run >= planned:

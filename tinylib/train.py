@@ -116,7 +116,8 @@ def fit(model: keras.Model, data, profile: Profile | str | None = None, *, name:
     _check_counts(epochs=epochs, batch_size=batch_size)
     epochs = epochs or getattr(model, "tinylib_epochs", None) or profile.epochs_for(model.name)
     batch_size = batch_size or profile.batch_size * environment.device_count()
-    _check_batches_split(environment.device_count(), batch_size, len(data.train), len(data.val))
+    if environment.device_count() > 1:
+        _check_batches_split(environment.device_count(), batch_size, len(data.train), len(data.val))
     recipe = getattr(model, "tinylib_recipe", None)
     _check_schedule_length(model, recipe, epochs)
     _refuse_stateful_extras(extra_callbacks)
@@ -297,9 +298,11 @@ def _resume(run: Run, epochs: int, steps: int) -> bool:
         print(f"{path.name}: ending after epoch {epochs} as asked; the batches trained since in epoch "
               f"{epochs + 1} are left out", flush=True)
         partial, checkpoint = None, epoch_checkpoint_name(epochs) if epochs else None
-    if change is not None and checkpoint == FINAL_CHECKPOINT and state.get("last_epoch") \
+    if epochs > state["epochs_done"] and checkpoint == FINAL_CHECKPOINT and state.get("last_epoch") \
             and (path / state["last_epoch"]).is_file():
-        checkpoint = state["last_epoch"]  # more epochs: from the last epoch, not the best one put back
+        # More epochs (asked now, or by a sitting that stopped before its first checkpoint):
+        # from the last epoch, not from the best one that early stopping put back at the end.
+        checkpoint = state["last_epoch"]
     if checkpoint is not None:
         load_checkpoint(model, path / checkpoint)
         restore_random_state(model, state.get("random_state"))
