@@ -556,3 +556,23 @@ def test_a_strided_block_centres_its_windows_on_the_pixels_its_shortcut_takes(st
     through_shortcut = keras.ops.convert_to_numpy(shortcut(image))[0, ..., 0]
     np.testing.assert_array_equal(through_main, image[0, ::2, ::2, 0])
     np.testing.assert_array_equal(through_shortcut, through_main)
+
+
+def test_a_resnet_run_begun_before_the_symmetric_padding_is_rebuilt_or_refused_as_it_began(tmp_path):
+    """A record written before ``strided_padding`` existed was built with Keras' "same"
+    padding: it is read so (rebuilt that way, or refused by a run built the new way), not
+    as the new default, which would resume it on another network without a word."""
+    from tinylib import runs
+
+    old = models.build_model("resnet18", num_classes=5, width=4, strided_padding="same", compile=False)
+    new = models.build_model("resnet18", num_classes=5, width=4, compile=False)
+    assert not any(isinstance(layer, keras.layers.ZeroPadding2D) for layer in old.layers)
+    assert any(isinstance(layer, keras.layers.ZeroPadding2D) for layer in new.layers)
+    recorded = {key: value for key, value in new.tinylib_build_options.items() if key != "strided_padding"}
+    assert models.recorded_options("resnet18", recorded)["strided_padding"] == "same"
+    assert models.recorded_options("resnet18", new.tinylib_build_options)["strided_padding"] == "symmetric"
+    assert "strided_padding" not in models.recorded_options("model4", {})  # only where the architecture has it
+    before = {"model": "resnet18", "build_options": recorded}
+    with pytest.raises(runs.RunConflict, match="build_options.strided_padding: 'same' -> 'symmetric'"):
+        runs.check_same_run(tmp_path, before, {"model": "resnet18", "build_options": new.tinylib_build_options})
+    runs.check_same_run(tmp_path, before, {"model": "resnet18", "build_options": old.tinylib_build_options})

@@ -246,7 +246,11 @@ def load_trained_model(run_dir):
     run_dir = Path(run_dir)
     record = runs.load_run(run_dir)
     checkpoint = runs.current_checkpoint(run_dir)
+    from tinylib.models import MODELS, recorded_options
+
     options = dict(record.get("build_options", {}))
+    if record["model"] in MODELS:  # an option the record predates: built as it was then
+        options = recorded_options(record["model"], options)
     recipe = _recorded_recipe(record)
     if recipe is None:
         if record.get("optimizer"):

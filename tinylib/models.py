@@ -189,12 +189,16 @@ RESNET_LAYOUTS = MappingProxyType({
 })
 
 
-def _conv(x, filters, kernel, strides, name):
+STRIDED_PADDINGS = ("symmetric", "same")
+
+
+def _conv(x, filters, kernel, strides, name, strided_padding="symmetric"):
     """A convolution without bias, padded as torchvision pads it: ``kernel // 2`` pixels on
     every side. Keras' "same" pads a strided convolution on an even-sized map after the
     image only, which centres its windows one pixel off the pixels a strided 1x1 shortcut
-    takes; padded on both sides, the two paths of a block see the same pixels."""
-    if strides > 1 and kernel > 1:
+    takes; padded on both sides, the two paths of a block see the same pixels.
+    ``strided_padding="same"`` builds the ResNets as tinylib did before (runs begun then)."""
+    if strides > 1 and kernel > 1 and strided_padding == "symmetric":
         x = layers.ZeroPadding2D(kernel // 2, name=f"{name}_pad")(x)
         return layers.Conv2D(filters, kernel, strides=strides, padding="valid", use_bias=False,
                              kernel_initializer="he_normal", name=name)(x)
@@ -209,19 +213,19 @@ def _bn(x, name, momentum, zero=False):
                                      gamma_initializer="zeros" if zero else "ones")(x)
 
 
-def _residual_block(x, filters, strides, kind, name, bn_momentum, zero_init_residual):
+def _residual_block(x, filters, strides, kind, name, bn_momentum, zero_init_residual, strided_padding="symmetric"):
     """One basic (two 3x3) or bottleneck (1x1, 3x3, 1x1 x4) block with its shortcut."""
     out_channels = filters * (4 if kind == "bottleneck" else 1)
     shortcut = x
     if strides != 1 or x.shape[-1] != out_channels:
-        shortcut = _conv(x, out_channels, 1, strides, f"{name}_proj_conv")
+        shortcut = _conv(x, out_channels, 1, strides, f"{name}_proj_conv", strided_padding)
         shortcut = _bn(shortcut, f"{name}_proj_bn", bn_momentum)
     if kind == "basic":
         convs = [(filters, 3, strides), (filters, 3, 1)]
     else:
         convs = [(filters, 1, 1), (filters, 3, strides), (out_channels, 1, 1)]
     for i, (f, k, s) in enumerate(convs, start=1):
-        x = _conv(x, f, k, s, f"{name}_conv{i}")
+        x = _conv(x, f, k, s, f"{name}_conv{i}", strided_padding)
         x = _bn(x, f"{name}_bn{i}", bn_momentum, zero=zero_init_residual and i == len(convs))
         if i < len(convs):
             x = layers.Activation("relu", name=f"{name}_relu{i}")(x)
@@ -230,22 +234,26 @@ def _residual_block(x, filters, strides, kind, name, bn_momentum, zero_init_resi
 
 
 def resnet(x, num_classes, depth=18, width=64, dropout=0.0, bn_momentum=0.9,
-           zero_init_residual=True, stem_stride=1):
+           zero_init_residual=True, stem_stride=1, strided_padding="symmetric"):
     """A ResNet with a 3x3 stride-1 stem and no max pooling, for 64x64 images.
 
     ``depth`` is 18, 34 or 50 (He et al. 2016's layouts); ``width`` the first
     stage's channels (64 as in the paper; a smaller width makes a faster, weaker
     network for CPU profiles).  ``stem_stride`` 2 halves the maps' side in the stem,
     a quarter of the arithmetic everywhere after it (another CPU-profile economy).
-    ``bn_momentum`` 0.9 is PyTorch's usual 0.1.
+    ``bn_momentum`` 0.9 is PyTorch's usual 0.1. ``strided_padding``: "symmetric" pads a
+    strided 3x3 convolution on every side, as torchvision does (``_conv``); "same" is how
+    tinylib built it before, kept so that a run begun then is rebuilt as it began.
     The classifier's softmax runs in float32 under mixed precision.
     """
+    if strided_padding not in STRIDED_PADDINGS:
+        raise ValueError(f"strided_padding must be one of {STRIDED_PADDINGS}, got {strided_padding!r}")
     if depth not in RESNET_LAYOUTS:
         raise ValueError(f"depth must be one of {sorted(RESNET_LAYOUTS)}, got {depth}")
     kind, blocks = RESNET_LAYOUTS[depth]
     if stem_stride not in (1, 2):
         raise ValueError(f"stem_stride must be 1 or 2, got {stem_stride}")
-    x = _conv(x, width, 3, stem_stride, "stem_conv")
+    x = _conv(x, width, 3, stem_stride, "stem_conv", strided_padding)
     x = _bn(x, "stem_bn", bn_momentum)
     x = layers.Activation("relu", name="stem_relu")(x)
     for stage, count in enumerate(blocks, start=1):
@@ -253,7 +261,7 @@ def resnet(x, num_classes, depth=18, width=64, dropout=0.0, bn_momentum=0.9,
         for block in range(1, count + 1):
             strides = 2 if stage > 1 and block == 1 else 1
             x = _residual_block(x, filters, strides, kind, f"stage{stage}_block{block}",
-                                bn_momentum, zero_init_residual)
+                                bn_momentum, zero_init_residual, strided_padding)
     x = layers.GlobalAveragePooling2D(name="gap")(x)
     if dropout:
         x = layers.Dropout(dropout, name="dropout")(x)
@@ -482,6 +490,20 @@ def compile_model(model, optimizer="adam", learning_rate=1e-4, loss="categorical
 
 
 # --- the public builder -----------------------------------------------------
+
+
+# Options added with a default that builds otherwise than tinylib did before them: a record
+# written before one existed was built the old way, so it is read with the old value.
+LEGACY_OPTIONS = MappingProxyType({"strided_padding": "same"})
+
+
+def recorded_options(name, options) -> dict:
+    """The options a run's record was built with, every one: those it keeps over the
+    architecture's defaults, and, for an option it predates, the behaviour before it
+    (``LEGACY_OPTIONS``), so that the run is rebuilt, or refused, as it began."""
+    defaults = architecture_options(name)
+    legacy = {key: value for key, value in LEGACY_OPTIONS.items() if key in defaults and key not in options}
+    return architecture_options(name, {**legacy, **options})
 
 
 def architecture_options(name, options=None) -> dict:

@@ -337,13 +337,14 @@ def _with_default_options(record: dict) -> dict:
     """``record`` with every build option its model has, a missing one at its default.
 
     Records written before every default was recorded, or before an option existed,
-    hold only the options given: a missing option was its default then, as it is now.
-    Filled in, a run asked for another value of it (say, a stride-2 stem) is refused.
+    hold only the options given: a missing option was its default then, as it is now,
+    except where the default changed what is built (``models.LEGACY_OPTIONS``). Filled
+    in, a run asked for another value of it (say, a stride-2 stem) is refused.
     """
     options = record.get("build_options")
     if not isinstance(options, dict) or record.get("model") not in models_lib.MODELS:
         return record
-    return {**record, "build_options": models_lib.architecture_options(record["model"], options)}
+    return {**record, "build_options": models_lib.recorded_options(record["model"], options)}
 
 
 def _difference(key: str, old, new) -> str:
