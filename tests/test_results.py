@@ -329,3 +329,11 @@ def test_the_budget_figures_hours_are_the_records_own_else_the_books_default(tmp
     assert results.budget_hours(folder=tmp_path) is None
     text = results.budget_story(folder=tmp_path)
     assert "9 epochs in 2.00 hours with no time budget (it ran all its epochs)" in text and "nan" not in text
+
+
+def test_an_unfinished_run_on_a_time_budget_counts_its_epochs_against_the_budget_not_the_cap():
+    budget = {"model": "resnet9", "epochs_run": 5, "epochs": 40, "finished": False, "time_budget": {"hours": 3.0}}
+    assert results.epochs_text(budget) == ("5 epochs so far of a 3-hour budget (at most 40; unfinished: the run "
+                                           "was stopped and can resume)")
+    assert results.epochs_text({**budget, "time_budget": None}).startswith("5 of 40 epochs (unfinished")
+    assert results.epochs_text({**budget, "finished": True, "epochs_run": 12}) == "12 epochs"

@@ -243,8 +243,13 @@ def run_end(record: dict) -> tuple[str, int, int]:
 
 
 def epochs_text(record: dict) -> str:
-    """'30 epochs', 'stopped early after 17 of 30 epochs', or '12 of 30 epochs (unfinished)'."""
+    """'30 epochs', 'stopped early after 17 of 30 epochs', or '12 of 30 epochs (unfinished)';
+    a run on a time budget, whose epochs are a cap: '5 epochs so far of a 3-hour budget'."""
     end, run, planned = run_end(record)
+    hours = (record.get("time_budget") or {}).get("hours")
+    if end == "unfinished" and hours:
+        return (f"{run} epoch{'s' * (run != 1)} so far of a {hours:g}-hour budget (at most {planned}; "
+                "unfinished: the run was stopped and can resume)")
     return {"stopped early": f"stopped early after {run} of {planned} epochs", "finished": f"{run} epochs",
             "unfinished": f"{run} of {planned} epochs (unfinished: the run was stopped and can resume)"}[end]
 
