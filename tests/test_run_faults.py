@@ -679,6 +679,18 @@ def test_progress_lines_read_well_in_a_log(tmp_path, smoke, capsys):
     capped.on_epoch_end(0, {"loss": 4.0})
     last = capsys.readouterr().out
     assert "epoch 1/100 done in" in last and "; run left at most " in last
+    # A resumed run's first line already has a time left: the median over the run's past epochs,
+    # which one slow epoch does not move (1,860 s twice and one of 2,600: 1,860 s an epoch).
+    resumed = progress.ProgressLog(epochs=30, batch_size=128, every=0.0, past_epochs=[1860.0, 2600.0, 1860.0])
+    resumed.set_params({"steps": 782})
+    resumed.on_epoch_begin(3)
+    resumed.first_step = (0, time.perf_counter() - 10.0)
+    resumed.last = 0.0
+    resumed.on_train_batch_end(99, {"loss": 2.0})
+    line = capsys.readouterr().out
+    assert "epoch 4/30 step 100/782" in line and "run left about" in line
+    left = line.split("run left about ")[1].strip()
+    assert left.startswith("13h") or left.startswith("14h"), line  # 26 epochs of 1,860 s, and this one's rest
     assert progress.duration(42) == "42s" and progress.duration(785) == "13m05s"
     assert progress.duration(5 * 3600 + 12 * 60) == "5h12m"
     assert progress.duration(float("nan")) == progress.duration(float("inf")) == "?"

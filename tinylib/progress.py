@@ -81,16 +81,19 @@ def _define_progress_log():
         steps into images/s; ``offset`` is the number of batches of the first epoch done
         before this call (a run resumed in the middle of an epoch). ``may_stop_early``:
         the run has early stopping, so its cap of epochs bounds the time left, "at most".
+        ``past_epochs``: the seconds of the epochs earlier sittings trained (the run's
+        history), so the time left is a median over the whole run from a sitting's start,
+        not over this sitting's epochs alone (one slow epoch would stand for all of them).
         """
 
         def __init__(self, epochs: int, batch_size: int, every: float = 30.0, offset: int = 0, stream=None,
-                     may_stop_early: bool = False):
+                     may_stop_early: bool = False, past_epochs=()):
             super().__init__()
             self.epochs, self.batch_size, self.every = int(epochs), int(batch_size), float(every)
             self.offset = int(offset)
             self.about = "at most" if may_stop_early else "about"
             self.stream = stream
-            self.epoch_times: list[float] = []
+            self.epoch_times: list[float] = [float(s) for s in past_epochs]
 
         def _print(self, text: str) -> None:
             print(text, file=self.stream or sys.stdout, flush=True)

@@ -378,7 +378,8 @@ def _train(run: Run, model, data, seed, epochs, batch_size, callbacks, extra_cal
     checkpointer.deadline = deadline
     verbosity = _verbosity(verbose)
     may_stop_early = any(isinstance(c, keras.callbacks.EarlyStopping) for c in study_callbacks)
-    progress = [ProgressLog(epochs, batch_size, may_stop_early=may_stop_early)] if verbosity == "log" else []
+    progress = ([ProgressLog(epochs, batch_size, may_stop_early=may_stop_early,
+                             past_epochs=run.history.get("seconds") or ())] if verbosity == "log" else [])
     budget = run.record.get("time_budget")
     steps = steps_per_epoch(len(data.train), batch_size)
     first = run.partial["epoch"] if run.partial else run.epochs_done
