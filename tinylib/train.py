@@ -180,10 +180,11 @@ def _score_with_flips(run: Run, data, batch_size: int) -> None:
     computed from the same two passes (``evaluate.predict_both_views``)."""
     from tinylib import evaluate
 
-    labels = np.asarray(data.val.labels)
+    labels, names = np.asarray(data.val.labels), [str(i) for i in range(data.num_classes)]
     plain, mirrored = evaluate.predict_both_views(run.model, data.val.images, batch_size)
-    run.record["val_top1_plain"] = float(np.mean(plain.argmax(axis=1) == labels))
-    run.record["val_top1_flips"] = float(np.mean((plain + mirrored).argmax(axis=1) == labels))
+    # Scored as every evaluation is (evaluate.Evaluation: a diverged model's NaN row is a miss).
+    run.record["val_top1_plain"] = evaluate.evaluation_from_probabilities(plain, labels, names).top1
+    run.record["val_top1_flips"] = evaluate.evaluation_from_probabilities(plain + mirrored, labels, names).top1
     run.write_record()
     print(f"{run.path.name}: val top-1 {run.record['val_top1_plain']:.2%}, with test-time flips "
           f"{run.record['val_top1_flips']:.2%}", flush=True)
