@@ -23,6 +23,7 @@ from conftest import TEST_IMAGES, TRAIN_PER_CLASS, VAL_PER_CLASS, WNIDS
 from test_data import assert_nothing_written
 from tinylib import data, progress
 from tinylib.data import cache, decoding
+from tinylib.processes import tied_to_this_process
 
 psutil = pytest.importorskip("psutil")
 
@@ -61,7 +62,7 @@ def test_a_script_without_a_main_guard_is_told_what_to_do_instead_of_hanging(tmp
     script = tmp_path / "unguarded.py"
     script.write_text(textwrap.dedent(UNGUARDED))
     run = subprocess.run([sys.executable, str(script)], env=child_env(tmp_path / "home", synthetic),
-                         capture_output=True, text=True, timeout=240)
+                         capture_output=True, text=True, timeout=240, preexec_fn=tied_to_this_process)
     assert run.returncode != 0 and "loaded" not in run.stdout
     assert 'if __name__ == "__main__":' in run.stderr and "python -m tinylib prepare" in run.stderr
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tinylib.processes import tied_to_this_process
+
 ROOT = Path(__file__).resolve().parents[1]
 BOOK = ROOT / "book"
 SKIP_DIRS = {"_build", ".ipynb_checkpoints", "results"}
@@ -259,5 +261,5 @@ def test_the_chapters_collect_with_pytest_xdist_switched_off():
 
     done = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:xdist",
                            str(BOOK / "01_introduction.ipynb")], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, preexec_fn=tied_to_this_process)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from tinylib import reproduce
+from tinylib.processes import tied_to_this_process
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -376,7 +377,8 @@ def test_every_planned_run_trains_on_jax_where_tensorflow_is_absent(real_data_pa
     result = subprocess.run([sys.executable, "-m", "tinylib", "reproduce", "--profile", "smoke",
                              "--only", JAX_PLAN,
                              "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results")],
-                            env=env, capture_output=True, text=True, timeout=1500, cwd=tmp_path)
+                            env=env, capture_output=True, text=True, timeout=1500, cwd=tmp_path,
+                            preexec_fn=tied_to_this_process)
     assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-3000:])
     rows = json.loads((tmp_path / "results" / "summary.json").read_text())
     names = {row["run"] for row in rows}
@@ -467,7 +469,6 @@ def test_a_sitting_stopped_inside_its_first_epoch_says_where_and_exits_cleanly(t
     'nothing trained'), and the epoch's batch generator is freed before Python exits, where
     TensorFlow's finalizer of it printed 'Python interpreter state is not initialized'. A
     fresh interpreter, not a fork of the tests' server: a fork leaves without finalizing."""
-    from tinylib.processes import tied_to_this_process
 
     env = {**os.environ, "PYTHONPATH": str(REPO), "TINYLIB_DATA": str(synthetic), "TINYLIB_HOME": str(tiny_env)}
     env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # TensorFlow's warnings shown, as a student's terminal shows them

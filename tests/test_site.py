@@ -32,6 +32,8 @@ from urllib.parse import urlparse
 
 import pytest
 
+from tinylib.processes import tied_to_this_process
+
 ROOT = Path(__file__).resolve().parents[1]
 BOOK = ROOT / "book"
 REPO_SCREENSHOTS = BOOK / "_build" / "screenshots"
@@ -186,7 +188,7 @@ def site(browser_tools, tmp_path_factory) -> Build:
     start = time.monotonic()
     with log.open("w") as stream:
         result = subprocess.run(command, cwd=ROOT, env=env, stdout=stream,
-                                stderr=subprocess.STDOUT, text=True)
+                                stderr=subprocess.STDOUT, text=True, preexec_fn=tied_to_this_process)
     seconds = time.monotonic() - start
     print(f"\njupyter-book build (TINYLIB_PROFILE={env['TINYLIB_PROFILE']}; {len(reused)} chapters "
           f"as nbval ran them, the rest executed): {seconds:.0f} s, exit {result.returncode}, log {log}")
@@ -235,7 +237,7 @@ def browser(browser_tools, tmp_path_factory):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     # Given a path, Selenium does not run Selenium Manager (which would download a driver).
-    service = Service(executable_path=CHROMEDRIVER)
+    service = Service(executable_path=CHROMEDRIVER, popen_kw={"preexec_fn": tied_to_this_process})
     driver = webdriver.Chrome(service=service, options=options)
     driver.set_page_load_timeout(PAGE_TIMEOUT_S)
     try:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tinylib import startup
+from tinylib.processes import tied_to_this_process
 
 from conftest import WNIDS  # noqa: E402
 
@@ -31,7 +32,7 @@ def _python(code: str, tmp_path: Path, **env_changes) -> subprocess.CompletedPro
     env = {k: v for k, v in os.environ.items() if k not in ("KERAS_BACKEND", "TF_CPP_MIN_LOG_LEVEL")}
     env.update({"KERAS_HOME": str(tmp_path / "keras-home"), "PYTHONPATH": str(REPO), **env_changes})
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                          timeout=300, cwd=tmp_path)
+                          timeout=300, cwd=tmp_path, preexec_fn=tied_to_this_process)
 
 
 def test_noise_is_dropped_and_every_other_line_is_written_back(capfd):
@@ -144,7 +145,8 @@ def test_relative_path_settings_and_non_ascii_names_under_an_ascii_locale(tmp_pa
     env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0",
            "TINYLIB_DATA": os.path.relpath(synthetic, work), "TINYLIB_HOME": "home", "TINYLIB_RUNS": "runs",
            "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    done = subprocess.run([sys.executable, "-c", script], cwd=work, env=env, capture_output=True, timeout=600)
+    done = subprocess.run([sys.executable, "-c", script], cwd=work, env=env, capture_output=True, timeout=600,
+                          preexec_fn=tied_to_this_process)
     out, err = done.stdout.decode("ascii", "replace"), done.stderr.decode("ascii", "replace")
     assert done.returncode == 0, err[-3000:]
     assert "poisson rouge \\xe0 l'\\xe9tang" in out, out  # what an ASCII terminal can show

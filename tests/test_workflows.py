@@ -29,6 +29,8 @@ from pathlib import Path
 
 import pytest
 
+from tinylib.processes import tied_to_this_process
+
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = ROOT / ".github" / "workflows"
 PAGES = WORKFLOWS / "pages.yml"
@@ -86,7 +88,8 @@ def actionlint() -> str:
                     "build downloads actionlint from GitHub's releases), or set ACTIONLINT to a "
                     "binary")
     try:
-        version = subprocess.run([binary, "-version"], capture_output=True, text=True, timeout=60)
+        version = subprocess.run([binary, "-version"], capture_output=True, text=True, timeout=60,
+                                 preexec_fn=tied_to_this_process)
     except OSError as err:
         pytest.fail(f"actionlint at {binary} does not run: {err}", pytrace=False)
     if version.returncode != 0:
@@ -97,7 +100,7 @@ def actionlint() -> str:
 
 def run_actionlint(binary: str, path: Path, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([binary, "-no-color", str(path)], cwd=cwd, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=300, preexec_fn=tied_to_this_process)
 
 
 def test_the_repository_has_workflows():
@@ -197,7 +200,7 @@ def test_the_commands_the_workflow_runs_exist():
     optional = declared["project"]["optional-dependencies"]
     assert "book" in extras and all(e in optional for e in extras), extras
     result = subprocess.run([sys.executable, "-m", "tinylib", "prepare", "--help"],
-                            capture_output=True, text=True, timeout=120)
+                            capture_output=True, text=True, timeout=120, preexec_fn=tied_to_this_process)
     assert result.returncode == 0, result.stderr
 
 
