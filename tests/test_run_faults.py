@@ -1050,42 +1050,6 @@ def test_a_run_early_stopping_ended_is_not_extended_before_its_end_was_saved(tmp
             epochs_change(tmp_path, previous, 3, 8, stopped=stopped)
 
 
-def test_more_epochs_after_early_stoppings_end_go_on_from_the_last_epoch(tmp_path, smoke, monkeypatch):
-    """A run with early stopping that ran out of epochs had its best epoch's weights put back
-    at its end; asked later for one more epoch, it goes on from its last epoch's weights, and
-    ends as one run of the longer length ends."""
-    import keras
-    import numpy as np
-
-    from tinylib import train
-
-    ds, profile = smoke
-
-    def unsteady():  # a rate this large makes the validation loss jump about: the best epoch is not the last
-        keras.utils.set_random_seed(0)
-        model = _tiny(ds.num_classes)
-        model.compile(keras.optimizers.SGD(learning_rate=1e4), "categorical_crossentropy", metrics=["accuracy"])
-        return model
-
-    kwargs = dict(profile=profile, callbacks=["early_stopping"], verbose=0)
-    straight = train.fit(unsteady(), ds, epochs=4, runs=tmp_path / "straight", **kwargs)
-    shorter = train.fit(unsteady(), ds, epochs=3, runs=tmp_path / "parted", **kwargs)
-    losses = shorter.record["history"]["val_loss"]
-    assert int(np.argmin(losses)) != len(losses) - 1, f"the scenario needs a best epoch before the last: {losses}"
-    state = json.loads((shorter.path / "state.json").read_text())
-    assert state["last_epoch"] == "last-epoch.weights.h5" and (shorter.path / state["last_epoch"]).is_file()
-    with monkeypatch.context() as patch:  # a first sitting of the longer run that stops before any checkpoint
-        patch.setattr(train, "_would_overrun", lambda run, deadline: True)
-        stopped = train.fit(unsteady(), ds, epochs=4, runs=tmp_path / "parted", deadline=time.monotonic() + 3600,
-                            **kwargs)
-    assert stopped.out_of_time and stopped.epochs_done == 3
-    longer = train.fit(unsteady(), ds, epochs=4, runs=tmp_path / "parted", **kwargs)
-    np.testing.assert_allclose(longer.record["history"]["val_loss"], straight.record["history"]["val_loss"],
-                               rtol=1e-5)
-    for got, want in zip(longer.model.get_weights(), straight.model.get_weights(), strict=True):
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-
-
 def test_a_records_images_per_second_leave_out_the_first_epoch_and_take_the_median(tmp_path):
     """The rate the chapters' cost lines, a budget's first plan and the hours figure read:
     training images over the median epoch's training seconds, the first epoch (which also

@@ -60,9 +60,6 @@ def epoch_checkpoint_name(epochs_done: int) -> str:
     return f"checkpoint-epoch-{epochs_done:03d}.weights.h5"
 
 
-# A finished run's last epoch, kept where its end put other weights back (early stopping's
-# best): a run asked later for more epochs goes on from it.
-LAST_EPOCH_CHECKPOINT = "last-epoch.weights.h5"
 PARTIAL_CHECKPOINT = "partial.weights.h5"  # before the checkpoints were named by step: still read
 PARTIAL_PATTERN = "partial-epoch-*-batch-*.weights.h5"
 
@@ -278,8 +275,7 @@ def lock_run(path: Path) -> files.FolderLock:
 
 def clear_run(path: Path) -> None:
     """Start a run folder afresh: forget its state, record and checkpoints."""
-    for stale in [path / STATE_FILE, path / RECORD_FILE, path / FINAL_CHECKPOINT, path / LAST_EPOCH_CHECKPOINT,
-                  path / PARTIAL_CHECKPOINT,
+    for stale in [path / STATE_FILE, path / RECORD_FILE, path / FINAL_CHECKPOINT, path / PARTIAL_CHECKPOINT,
                   path / BEST_WEIGHTS, *path.glob(EPOCH_PATTERN), *path.glob(PARTIAL_PATTERN),
                   *path.glob(BEST_PATTERN)]:
         stale.unlink(missing_ok=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import random
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ from tinylib.optimizers import STUDY_OPTIMIZERS
 from tinylib.profiles import Profile, get_profile
 from tinylib.progress import ProgressLog
 from tinylib.recipes import Recipe, ablation_recipes, get_recipe
-from tinylib.runs import (BEST_WEIGHTS, EPOCH_PATTERN, FINAL_CHECKPOINT, LAST_EPOCH_CHECKPOINT, PARTIAL_CHECKPOINT,
+from tinylib.runs import (BEST_WEIGHTS, EPOCH_PATTERN, FINAL_CHECKPOINT, PARTIAL_CHECKPOINT,
                           PARTIAL_PATTERN,
                           STATE_FILE, CheckpointError, Run, RunConflict, check_same_run, clear_run, epoch_checkpoint_name,
                           epochs_change, load_checkpoint, lock_run, new_record, read_record, read_state,
@@ -299,11 +298,6 @@ def _resume(run: Run, epochs: int, steps: int) -> bool:
         print(f"{path.name}: ending after epoch {epochs} as asked; the batches trained since in epoch "
               f"{epochs + 1} are left out", flush=True)
         partial, checkpoint = None, epoch_checkpoint_name(epochs) if epochs else None
-    if epochs > state["epochs_done"] and checkpoint == FINAL_CHECKPOINT and state.get("last_epoch") \
-            and (path / state["last_epoch"]).is_file():
-        # More epochs (asked now, or by a sitting that stopped before its first checkpoint):
-        # from the last epoch, not from the best one that early stopping put back at the end.
-        checkpoint = state["last_epoch"]
     if checkpoint is not None:
         load_checkpoint(model, path / checkpoint)
         restore_random_state(model, state.get("random_state"))
@@ -514,34 +508,23 @@ def _end_and_finish(run: Run, end, loaded: Path | None) -> None:
     unchanged = before is not None and all(
         np.array_equal(a, b) for a, b in zip(before, run.model.get_weights(), strict=True))
     del before
-    _finish(run, same_as=loaded if unchanged else None,
-            last=loaded if not unchanged and loaded is not None and loaded.is_file() else None)
+    _finish(run, same_as=loaded if unchanged else None)
 
 
-def _finish(run: Run, same_as: Path | None = None, last: Path | None = None) -> None:
+def _finish(run: Run, same_as: Path | None = None) -> None:
     """Save what the model ends with as the final checkpoint; drop the resume points.
 
     Early stopping may have put the best epoch's weights back: the final checkpoint
     holds what the model ends with, so a reloaded run predicts as this one does.
     Where the last epoch's checkpoint (``same_as``) holds exactly that, it becomes the
     final one under a second name, without writing it again (Model 3's is 1.7 GB).
-    Where it does not (``last``), it is kept as ``LAST_EPOCH_CHECKPOINT``: a run asked
-    later for more epochs goes on from its last epoch, as one fit of that length would,
-    not from the best epoch's weights put back at this end.
     Each step is atomic and the state names the final weights only once they are
     whole, so a kill anywhere in here is finished by the next call.
     """
     final = run.path / FINAL_CHECKPOINT
     if same_as is None or not files.atomic_link(same_as, final):
         save_weights(run.model, final)
-    kept = run.path / LAST_EPOCH_CHECKPOINT
-    if last is not None and last != kept and not files.atomic_link(last, kept):
-        with files.atomic_path(kept) as tmp:
-            shutil.copyfile(last, tmp)
-    elif last is None:
-        kept.unlink(missing_ok=True)
-    write_run_json(run.path / STATE_FILE, {**read_state(run.path), "checkpoint": FINAL_CHECKPOINT, "partial": None,
-                                           "last_epoch": LAST_EPOCH_CHECKPOINT if last is not None else None})
+    write_run_json(run.path / STATE_FILE, {**read_state(run.path), "checkpoint": FINAL_CHECKPOINT, "partial": None})
     # A finished run needs no resume point; early stopping's best weights stay, for a run
     # asked later for more epochs.
     for finished in [*run.path.glob(EPOCH_PATTERN), *run.path.glob(PARTIAL_PATTERN),
