@@ -155,6 +155,17 @@ def _flat_layers(model):
             yield layer
 
 
+def _fastest(run, repeats: int) -> float:
+    """Seconds of the fastest of ``repeats`` calls of ``run`` (traced first), each waited for."""
+    run()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
 def layer_times(model, batch: int, repeats: int = 3) -> list[dict]:
     """Seconds of each layer's forward and backward pass alone, on random inputs of
     its shape (TensorFlow): where a training step's time goes.
@@ -163,8 +174,18 @@ def layer_times(model, batch: int, repeats: int = 3) -> list[dict]:
     weights, and of its input only where a layer with weights comes before it in the
     model's order (``input_gradient``; right for a chain, and for the ResNets, whose
     branches all come after the stem): a step never differentiates the augmentation or
-    the first convolution's input."""
+    the first convolution's input.
+
+    Timed alone, a layer needs a loss to differentiate: a float32 sum of its output, whose
+    gradient fills a tensor of the output's shape. A training step does neither (the next
+    layer does that work), and for a layer with a large output and little arithmetic they
+    cost as much as the layer. So each row's ``seconds`` is net of that sum and its
+    gradient, timed on their own on an output of the same shape and dtype
+    (``baseline_seconds``); a layer cheaper than its own bookkeeping counts as 0."""
     import tensorflow as tf
+
+    def loss_of(out):
+        return tf.reduce_sum(tf.cast(out, "float32"))
 
     rows = []
     weights_before = False
@@ -181,17 +202,22 @@ def layer_times(model, batch: int, repeats: int = 3) -> list[dict]:
                 if input_gradient:
                     tape.watch(xs)
                 out = layer(list(xs) if several else xs[0], training=True)
-                loss = tf.reduce_sum(tf.cast(out, "float32"))
+                loss = loss_of(out)
             return loss, tape.gradient(loss, [*(xs if input_gradient else ()), *layer.trainable_variables])
 
-        step(*xs)  # traces
-        best = float("inf")
-        for _ in range(repeats):
-            start = time.perf_counter()
-            loss, _grads = step(*xs)
-            float(loss)
-            best = min(best, time.perf_counter() - start)
-        rows.append({"layer": layer.name, "kind": type(layer).__name__, "seconds": best,
+        out = layer(xs if len(inputs) > 1 else xs[0], training=True)
+
+        @tf.function
+        def bookkeeping(out):
+            with tf.GradientTape() as tape:
+                tape.watch(out)
+                loss = loss_of(out)
+            return loss, tape.gradient(loss, out)
+
+        seconds = _fastest(lambda: float(step(*xs)[0]), repeats)
+        baseline = _fastest(lambda: float(bookkeeping(out)[0]), repeats)
+        rows.append({"layer": layer.name, "kind": type(layer).__name__, "seconds": max(0.0, seconds - baseline),
+                     "baseline_seconds": baseline,
                      # the forward product, then the weights' gradient and the input's where computed
                      "gflop": (1 + bool(layer.trainable_weights) + input_gradient)
                      * flops.layer_flops(layer) * batch / 1e9,

@@ -177,3 +177,26 @@ def test_first_step_prints_the_first_batchs_seconds_both_ways_for_each_model(cap
     assert all(0 < seconds < 600 for seconds in best.values())
     assert float(row[3]) == pytest.approx(best["model1", module.VARIANTS[0]] / best["model1", module.VARIANTS[1]],
                                           abs=0.01)
+
+
+def test_each_layers_time_is_net_of_the_sum_and_gradient_that_stand_in_for_the_rest_of_the_step(monkeypatch):
+    """A layer timed alone is differentiated through a sum of its output that a training step
+    does not compute: its row subtracts that bookkeeping, timed on its own, and never goes
+    below zero. The timer is faked (each layer's step, then its bookkeeping, in turn)."""
+    from tinylib import models
+
+    module = load("model_throughput")
+    timings = iter([5.0, 2.0, 1.0, 3.0] * 20)  # a layer at 5 s with 2 s of bookkeeping; one at 1 s with 3
+    timed = []
+
+    def fake_fastest(run, repeats):
+        timed.append(run)
+        return next(timings)
+
+    monkeypatch.setattr(module, "_fastest", fake_fastest)
+    model = models.build_model("model2", num_classes=3, compile=False)
+    rows = module.layer_times(model, batch=2)
+    assert len(timed) == 2 * len(rows) and len(rows) >= 4
+    assert [(r["seconds"], r["baseline_seconds"]) for r in rows[:4]] == [(3.0, 2.0), (0.0, 3.0), (3.0, 2.0), (0.0, 3.0)]
+    for run in timed[:4]:  # the passes timed run: the first layer's step and bookkeeping, then the next's
+        run()

@@ -215,3 +215,25 @@ def test_the_torch_backend_without_keras_distribution_still_lists_its_devices(mo
     assert environment.automatic_precision() == "mixed_float16"
     fake.cuda.device_count = lambda: 0
     assert environment.devices_list() == ["cpu:0"] and not environment.gpu_available()
+
+
+def test_a_peak_counts_every_product_of_its_chain(monkeypatch):
+    """The peak times ``chain`` products per wait: its GFLOP/s count all of them, so a longer
+    chain at the same speed per product gives the same figure, not one ``chain`` times higher."""
+    seconds = {"now": 0.0}
+    calls = {"matmul": 0}
+    real = environment.keras.ops.matmul
+
+    def counting(a, b):
+        calls["matmul"] += 1
+        seconds["now"] += 0.5  # half a second a product
+        return real(a, b)
+
+    monkeypatch.setattr(environment.keras.ops, "matmul", counting)
+    monkeypatch.setattr(environment.time, "perf_counter", lambda: seconds["now"])
+    environment._PEAKS.clear()
+    one = environment.matmul_peak("float32", size=8, repeats=2, chain=1)
+    four = environment.matmul_peak("float32", size=8, repeats=2, chain=4)
+    assert one == pytest.approx(2 * 8 ** 3 / 0.5 / 1e9) and four == pytest.approx(one)
+    assert calls["matmul"] == 3 * 1 + 3 * 4  # a warm-up and two rounds each
+    environment._PEAKS.clear()

@@ -45,7 +45,8 @@ def save(folder: Path | str, *, device: str, backend: str, batch: int, peak: dic
 
 
 def _rounded(entry: dict) -> dict:
-    rows = [{**row, "seconds": round(row["seconds"], 6), "gflop": float(f"{row['gflop']:.4g}")}
+    rows = [{**row, "seconds": round(row["seconds"], 6), "gflop": float(f"{row['gflop']:.4g}"),
+             **({"baseline_seconds": round(row["baseline_seconds"], 6)} if "baseline_seconds" in row else {})}
             for row in entry["layers"]]
     return {**entry, "step_seconds": round(entry["step_seconds"], 6), "layers": rows}
 
