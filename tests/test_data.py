@@ -524,6 +524,60 @@ def test_val_annotation_with_unknown_wnid(tiny_env, synthetic, monkeypatch):
     _expect_error(tiny_env, monkeypatch, synthetic, "line 5", "n99999999", "not in wnids.txt")
 
 
+@pytest.mark.parametrize("damage, phrases", [
+    ("delete", ("val/images", "lacks 1 of the", "val_7.JPEG", "interrupted")),
+    ("unlisted", ("val/images", "does not list", "val_7.JPEG")),
+    ("short", ("val/images", "does not list", "Extract the official zip again")),
+    ("twice", ("val_annotations.txt", "val_3.JPEG", "more than once")),
+])
+def test_the_validation_images_and_their_annotations_must_match(tiny_env, synthetic, monkeypatch, damage, phrases):
+    """An image annotated but missing failed only after the training split was decoded; one
+    listed twice counted twice; and an annotations file cut short, or an image without a line,
+    left the validation split short without a word."""
+    annotations = synthetic / "val" / "val_annotations.txt"
+    lines = annotations.read_text().splitlines()
+    if damage == "delete":
+        (synthetic / "val" / "images" / "val_7.JPEG").unlink()
+    elif damage == "unlisted":
+        lines = [line for line in lines if not line.startswith("val_7.JPEG")]
+    elif damage == "short":
+        lines = lines[: len(lines) // 2]
+    else:
+        lines.append(lines[3])
+    annotations.write_text("\n".join(lines) + "\n")
+    _expect_error(tiny_env, monkeypatch, synthetic, *phrases)
+
+
+def test_a_class_listed_twice_in_wnids_is_refused(tiny_env, synthetic, monkeypatch):
+    """It made a class of 0 images (its label index taken by the second) and every image of
+    the class twice."""
+    wnids = synthetic / "wnids.txt"
+    wnids.write_text(wnids.read_text() + WNIDS[1] + "\n")
+    _expect_error(tiny_env, monkeypatch, synthetic, "wnids.txt", WNIDS[1], "more than once")
+
+
+def test_a_short_box_line_is_refused_before_decoding(tiny_env, synthetic, monkeypatch):
+    boxes = synthetic / "train" / WNIDS[0] / f"{WNIDS[0]}_boxes.txt"
+    lines = boxes.read_text().splitlines()
+    lines[2] = lines[2].split("\t")[0] + "\t0\t10"
+    boxes.write_text("\n".join(lines) + "\n")
+    _expect_error(tiny_env, monkeypatch, synthetic, f"{WNIDS[0]}_boxes.txt", "four integer box coordinates")
+
+
+def test_text_files_with_a_byte_order_mark_or_not_utf8(tiny_env, synthetic, monkeypatch):
+    """An editor's byte-order mark is not part of the first wnid; text that is not UTF-8 is
+    named, not a raw UnicodeDecodeError."""
+    from tinylib import data
+
+    wnids = synthetic / "wnids.txt"
+    wnids.write_bytes(b"\xef\xbb\xbf" + wnids.read_bytes())
+    monkeypatch.setenv("TINYLIB_DATA", str(synthetic))
+    assert list(data.load().wnids) == sorted(WNIDS)
+    (synthetic / "words.txt").write_bytes("n00001740\tentit\xe9\n".encode("cp1252"))
+    monkeypatch.setenv("TINYLIB_HOME", str(tiny_env.parent / "home2"))
+    _expect_error(tiny_env.parent / "home2", monkeypatch, synthetic, "words.txt", "not UTF-8")
+
+
 def test_the_cache_is_on_disk_before_it_is_renamed_into_place(tiny_env, synthetic, monkeypatch):
     """Its arrays are reserved at full size: renamed before their pages reach the disk, a
     crash would leave a cache of the right sizes holding zeros, which the manifest passes."""

@@ -49,14 +49,14 @@ def decode_image(data: bytes, name: str) -> np.ndarray:
 
     try:
         with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            if image.size != IMAGE_SHAPE[:2][::-1]:
+            if image.size != IMAGE_SHAPE[:2][::-1]:  # from the header: refused before decoding its pixels
                 raise DataError(
                     f"{name}: expected a {IMAGE_SHAPE[1]}x{IMAGE_SHAPE[0]} image, got "
                     f"{image.size[0]}x{image.size[1]}"
                 )
+            image.load()
             return np.asarray(image.convert("RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise DataError(f"{name}: not a decodable JPEG ({err})") from None
 
 

@@ -3,6 +3,7 @@ annotations.  The only code that knows Tiny ImageNet's file names."""
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 
 
@@ -28,10 +29,16 @@ class Layout:
 def _text(source, rel: str) -> str:
     if not source.exists(rel):
         raise DataError(f"missing file {rel} in {source.describe()}: expected the official layout")
-    return source.read(rel).decode("utf-8")
+    try:  # utf-8-sig: a byte-order mark (an editor's) is not part of the first wnid
+        return source.read(rel).decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{rel} in {source.describe()} is not UTF-8 text ({err.reason} at byte {err.start}): "
+                        "the official files are; extract the official zip again") from None
 
 
 def _box(fields: list[str], where: str) -> tuple[int, int, int, int]:
+    if len(fields) < 4:
+        raise DataError(f"{where}: expected four integer box coordinates, got {fields}")
     try:
         return tuple(int(v) for v in fields[:4])  # type: ignore[return-value]
     except ValueError:
@@ -55,11 +62,38 @@ def _refuse_missing_images(source, wnid: str, class_boxes: dict, found: list[str
             "Extract the official zip again (or point TINYLIB_DATA at the zip itself).")
 
 
+def _refuse_unmatched_validation(source, annotations: str, listed: list[str]) -> None:
+    """The annotations and ``val/images`` name the same images, each once (10,000 in the
+    official set): an image listed twice would count twice, one missing would fail only
+    after the whole training split is decoded, and one without a line (or an annotations
+    file cut short) would leave the validation split short without a word."""
+    seen, twice = set(), None
+    for name in listed:
+        if name in seen and twice is None:
+            twice = name
+        seen.add(name)
+    if twice is not None:
+        raise DataError(f"{annotations} in {source.describe()} lists {twice} more than once: "
+                        "extract the official zip again")
+    found = {name for name in source.list_dir("val/images") if _is_image(name)}
+    missing, unlisted = sorted(seen - found), sorted(found - seen)
+    if missing or unlisted:
+        what = (f"lacks {len(missing)} of the {len(seen)} images {annotations} lists ({missing[0]}, ...)"
+                if missing else f"holds {len(unlisted)} images {annotations} does not list ({unlisted[0]}, ...)")
+        raise DataError(f"val/images in {source.describe()} {what}: an interrupted extraction or copy, or an "
+                        "edited annotations file? Extract the official zip again (or point TINYLIB_DATA at the "
+                        "zip itself).")
+
+
 def parse_layout(source) -> Layout:
     """Read wnids, words, train folders, val annotations and test images."""
     wnids = sorted(w.strip() for w in _text(source, "wnids.txt").split() if w.strip())
     if not wnids:
         raise DataError(f"wnids.txt in {source.describe()} is empty")
+    repeated = sorted(w for w, count in collections.Counter(wnids).items() if count > 1)
+    if repeated:
+        raise DataError(f"wnids.txt in {source.describe()} lists {repeated[0]} more than once: each class "
+                        "once, as in the official file (extract the official zip again)")
     index = {w: i for i, w in enumerate(wnids)}
     words = {}
     for line in _text(source, "words.txt").splitlines():
@@ -106,6 +140,7 @@ def parse_layout(source) -> Layout:
         files["val"].append(f"val/images/{fields[0]}")
         labels["val"].append(index[fields[1]])
         boxes["val"].append(_box(fields[2:], where) if len(fields) >= 6 else (-1, -1, -1, -1))
+    _refuse_unmatched_validation(source, annotations, [rel.rpartition("/")[2] for rel in files["val"]])
 
     if source.is_dir("test/images"):
         for name in source.list_dir("test/images"):

@@ -6,10 +6,11 @@ from __future__ import annotations
 import hashlib
 import os
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 
 
-from tinylib.data.common import FOLDER_NAME, DataError, HOW_TO_GET_DATA, OFFICIAL_URL
+from tinylib.data.common import DATA_ENV, FOLDER_NAME, DataError, HOW_TO_GET_DATA, OFFICIAL_URL
 
 
 # ----------------------------------------------------------------------------
@@ -59,7 +60,8 @@ class FolderSource:
                 for name in sorted(names):
                     if dataset_file(prefix + name):
                         size = os.stat(os.path.join(top, name)).st_size
-                        digest.update(f"{prefix}{name}\0{size}\n".encode())
+                        # surrogateescape: a name that is not UTF-8 is hashed as its bytes
+                        digest.update(f"{prefix}{name}\0{size}\n".encode("utf-8", "surrogateescape"))
         except OSError:
             return None
         return digest.hexdigest()
@@ -164,13 +166,20 @@ class ZipSource:
             raise DataError(f"{self.path}: missing file {name}")
         try:
             return self.zip.read(name)
-        except (zipfile.BadZipFile, EOFError, OSError) as err:
+        except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as err:
             raise DataError(f"{self.path}: cannot read {name} ({err}); the zip is corrupt") from None
 
 
 def locate(path: str | os.PathLike) -> tuple[str, Path]:
     """Where a path's dataset is, without reading it: ("folder" | "zip", path)."""
     path = Path(path).expanduser()
+    try:
+        path.stat()
+    except PermissionError:
+        raise DataError(f"cannot read {path} (permission denied): point {DATA_ENV} at a dataset you can read, "
+                        "or give yourself read access to it") from None
+    except OSError:
+        pass  # missing: said below
     if not path.exists():
         relative = ("" if path.is_absolute() else
                     f" (a relative path, looked up from {Path.cwd()}: a notebook runs in book/, so give an "
