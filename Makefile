@@ -60,7 +60,7 @@ endif
 # machine (full with a GPU, quick without).
 book: $(STAMP)
 	@mkdir -p $(BUILD)
-	@now=$$(TF_CPP_MIN_LOG_LEVEL=3 $(BIN)/python -c 'import keras; from tinylib.profiles import get_profile; print(get_profile().name, keras.backend.backend())') || exit 1; \
+	@now=$$(TF_CPP_MIN_LOG_LEVEL=3 $(BIN)/python -c 'import tinylib, keras; from tinylib.profiles import get_profile; print(get_profile().name, keras.backend.backend())') || exit 1; \
 	before=$$(cat $(PROFILE_STAMP) 2>/dev/null || true); \
 	echo "Profile and backend: $$now"; \
 	if [ -n "$$before" ] && [ "$$now" != "$$before" ]; then \

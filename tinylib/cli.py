@@ -431,7 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("train", help="train a model (resumes an interrupted run)",
                             description="Train one model in a profile. Run it again after an interruption "
-                                        "and it continues from the last finished epoch.")
+                                        "and it continues from its last checkpoint: the end of every epoch, and "
+                                        "checkpoints a few minutes apart inside one.")
     p.add_argument("model", help="model1 ... model5, resnet18, resnet34, resnet50, resnet9 "
                    "(see `python -m tinylib models`)")
     p.add_argument("--recipe", help="study | modern | fast: train with a recipe from tinylib.recipes (default: the study's "
@@ -445,8 +446,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-augment", action="store_true", help="train without augmentation")
     p.add_argument("--precision", default="auto", choices=PRECISION_CHOICES,
                    help="auto (default: this device's choice) | " + " | ".join(PRECISION_CHOICES[1:]))
-    p.add_argument("--name", help="run folder name (default MODEL-PROFILE-BACKEND, with -batchN on another batch than "
-                   "the profile's, -OPTIMIZER and -lrRATE for another than Adam at 1e-4)")
+    p.add_argument("--name", help="run folder name (default MODEL-PROFILE-BACKEND, with a suffix for each way the run "
+                   "differs from the study's: -RECIPE for a recipe, -OPTIMIZER and -lrRATE for another than Adam "
+                   "at 1e-4, -batchN on another batch than the profile's, -random for model5 without ImageNet "
+                   "weights)")
     p.add_argument("--runs", help="parent folder of run folders (default TINYLIB_RUNS or TINYLIB_HOME/runs)")
     p.add_argument("--fresh", action="store_true", help="start over instead of resuming: deletes the run "
                    "folder's checkpoints (for a run in sittings, the first sitting only)")
@@ -468,7 +471,8 @@ def build_parser() -> argparse.ArgumentParser:
                                         "the budget ran out with work left: run it again to continue.")
     p.add_argument("--only", help="comma-separated runs from the plan (default: all): "
                    + ", ".join(reproduce_plan_names()))
-    p.add_argument("--profile", help="smoke | quick | full (default: TINYLIB_PROFILE, else full on a GPU)")
+    p.add_argument("--profile", help="smoke | quick | full (default: TINYLIB_PROFILE, else full on a GPU, quick "
+                   "on a CPU; book/results takes full-profile records only)")
     p.add_argument("--budget", type=_minutes, help="minutes: stop before they are spent, at an epoch's end or "
                    "inside an epoch that reaches them, at a checkpoint there (the same command continues at that batch)")
     p.add_argument("--results", help="copy finished records here and write summary.md/json "
