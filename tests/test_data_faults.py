@@ -224,6 +224,45 @@ def test_stale_temporaries_are_removed_only_holding_the_lock(tiny_env, synthetic
     assert not (tiny_env / data.LOCK_NAME).exists()  # the holder removes it when done
 
 
+def _dead_pid() -> int:
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    return gone.pid
+
+
+def test_a_killed_preparations_temporary_is_swept_when_the_cache_needs_no_rebuild(tiny_env, synthetic, monkeypatch):
+    """A kill during ``prepare(force=True)`` beside a good cache left 1.3 GB that no later
+    call removed: they returned before sweeping, the cache being good."""
+    monkeypatch.setenv("TINYLIB_DATA", str(synthetic))
+    data.prepare()
+    stale = tiny_env / f".{data.CACHE_DIR_NAME}.tmp-{_dead_pid()}"
+    (stale / "train_images.npy").parent.mkdir()
+    (stale / "train_images.npy").write_bytes(b"half a build")
+    data.prepare()
+    assert not stale.exists() and data.read_manifest() is not None
+
+
+def test_a_kill_between_the_installs_two_renames_loses_no_cache(tiny_env, synthetic, monkeypatch, capsys):
+    """The old cache renamed away, the new one not yet in place: the next call puts the new
+    one back instead of sweeping both and decoding the dataset again."""
+    import shutil
+
+    monkeypatch.setenv("TINYLIB_DATA", str(synthetic))
+    target = data.prepare()
+    manifest = data.read_manifest()
+    pid = _dead_pid()
+    new = tiny_env / f".{data.CACHE_DIR_NAME}.tmp-{pid}"
+    shutil.copytree(target, new)
+    os.replace(target, tiny_env / f".{data.CACHE_DIR_NAME}.tmp-old-{pid}")
+    (new / "marker").write_text("the new build")
+    capsys.readouterr()
+    assert data.prepare() == target
+    err = capsys.readouterr().err
+    assert "Recovered the cache" in err and "Preparing" not in err, err
+    assert (target / "marker").read_text() == "the new build" and data.read_manifest() == manifest
+    assert sorted(p.name for p in tiny_env.iterdir()) == [data.CACHE_DIR_NAME]  # the old one swept, no lock left
+
+
 # --- 3. a damaged cache: found when it matters, rebuilt or named ------------------------------
 
 

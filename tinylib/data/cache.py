@@ -219,10 +219,14 @@ def _remove_stale_temporaries(parent: Path) -> None:
     under way."""
     for pattern in (f".{CACHE_DIR_NAME}.tmp-*", f".{FOLDER_NAME}.extracting-*"):
         for tmp in parent.glob(pattern):
-            pid = tmp.name.rsplit("-", 1)[-1]
-            if pid.isdigit() and int(pid) != os.getpid() and files.process_running(int(pid)):
-                continue
-            files.remove_path(tmp)
+            if not _writer_alive(tmp):
+                files.remove_path(tmp)
+
+
+def _writer_alive(tmp: Path) -> bool:
+    """Whether the process a temporary's name ends in (its pid) is another that still runs."""
+    pid = tmp.name.rsplit("-", 1)[-1]
+    return pid.isdigit() and int(pid) != os.getpid() and files.process_running(int(pid))
 
 
 # --- preparing ---------------------------------------------------------------------------------
@@ -265,11 +269,27 @@ def prepare(source=None, force: bool = False, workers: int | None = None) -> Pat
     _make_folder(target.parent)
     _refuse_a_file_in_the_way(target)
     with _preparation_lock(target.parent):
+        _recover_a_finished_build(target)
+        _remove_stale_temporaries(target.parent)  # whether or not the cache is rebuilt: 1.3 GB each
         source = _source_to_build(target, source, force)
         if source is None:
             return target
-        _remove_stale_temporaries(target.parent)
         return _build(source, target, workers or default_workers())
+
+
+def _recover_a_finished_build(target: Path) -> None:
+    """Put back a complete cache that a kill between ``_install``'s two renames left beside
+    its place (the new one, else the old one): it would be swept as a temporary and the
+    dataset decoded again. Complete means a manifest whose files all have their sizes
+    (written last, after the arrays reached the disk); only call it holding the lock."""
+    if target.exists() or target.is_symlink():
+        return
+    left = [tmp for tmp in target.parent.glob(f".{CACHE_DIR_NAME}.tmp-*")
+            if not _writer_alive(tmp) and read_manifest(tmp) is not None]
+    for tmp in sorted(left, key=lambda folder: "-old-" in folder.name):  # the new build first
+        os.replace(tmp, target)
+        print(f"Recovered the cache an interrupted preparation left in {tmp.name}", file=sys.stderr)
+        return
 
 
 def _source_to_build(target: Path, source, force: bool):
