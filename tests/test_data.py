@@ -412,6 +412,16 @@ def test_missing_folder(tiny_env, tmp_path, monkeypatch):
     _expect_error(tiny_env, monkeypatch, tmp_path / "nowhere", "nowhere", "does not exist", "TINYLIB_DATA")
 
 
+def test_a_dataset_folder_this_user_cannot_read_is_named(tiny_env, synthetic, monkeypatch):
+    """A folder with mode 000 passes stat and then failed as a raw PermissionError (or as a
+    missing wnids.txt). Faked: as root, every folder is readable."""
+    from tinylib.data import sources
+
+    real = sources.os.access
+    monkeypatch.setattr(sources.os, "access", lambda path, mode: False if Path(path) == synthetic else real(path, mode))
+    _expect_error(tiny_env, monkeypatch, synthetic, str(synthetic), "permission denied", "TINYLIB_DATA")
+
+
 def test_missing_wnids(tiny_env, synthetic, monkeypatch):
     (synthetic / "wnids.txt").unlink()
     _expect_error(tiny_env, monkeypatch, synthetic, "wnids.txt", "official layout")

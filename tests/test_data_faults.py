@@ -263,6 +263,32 @@ def test_a_kill_between_the_installs_two_renames_loses_no_cache(tiny_env, synthe
     assert sorted(p.name for p in tiny_env.iterdir()) == [data.CACHE_DIR_NAME]  # the old one swept, no lock left
 
 
+def test_a_build_alone_is_not_known_to_be_on_disk_and_is_swept(tiny_env, synthetic, monkeypatch, capsys):
+    """Only the install's gap leaves the old cache renamed away beside the new build; a build
+    alone (a first one whose arrays a power cut may have left as zeros) is decoded again."""
+    monkeypatch.setenv("TINYLIB_DATA", str(synthetic))
+    target = data.prepare()
+    lone = tiny_env / f".{data.CACHE_DIR_NAME}.tmp-{_dead_pid()}"
+    os.replace(target, lone)
+    capsys.readouterr()
+    data.prepare()
+    err = capsys.readouterr().err
+    assert "Recovered" not in err and "Preparing" in err, err
+    assert not lone.exists() and data.read_manifest() is not None
+
+
+def test_whether_a_process_runs_is_never_asked_with_a_signal_on_windows(monkeypatch):
+    """os.kill(pid, 0) on Windows is TerminateProcess: the sweep would kill the preparation
+    (or whatever process now has the pid) that it asks about."""
+    from tinylib import files
+
+    asked = []
+    monkeypatch.setattr(files.os, "name", "nt")
+    monkeypatch.setattr(files.os, "kill", lambda *args: pytest.fail(f"os.kill{args} on Windows"))
+    monkeypatch.setattr(files, "_windows_process_running", lambda pid: asked.append(pid) or True)
+    assert files.process_running(4321) and asked == [4321]
+
+
 # --- 3. a damaged cache: found when it matters, rebuilt or named ------------------------------
 
 

@@ -146,3 +146,16 @@ def test_equal_shares_stay_and_the_figure_is_titled_with_the_model(tmp_path):
     assert "their share of the layers' time stayed at 18%" in layer_times.story("model2", tmp_path)
     fig = plots.layer_times_by_precision(layer_times.measurement("model2", tmp_path))
     assert fig.axes[0].get_title().startswith("Model 2: CPU: test (2 cores), batch 128, measured ")
+
+
+@pytest.mark.parametrize("peak", [PEAK, {"float32": 200.0}], ids=["bfloat16 peak", "no bfloat16 peak"])
+def test_a_product_timed_at_zero_is_no_candidate_for_the_slowest(tmp_path, peak):
+    """A layer's time is net of its bookkeeping and floored at 0: a product at 0 s (noise on a
+    tiny layer) divided its FLOPs by zero in the gain and in the story."""
+    measured = _measured()
+    measured["model2"]["mixed_bfloat16"]["layers"][2]["seconds"] = 0.0  # conv2
+    layer_times.save(tmp_path, device="CPU: test (2 cores)", backend="tensorflow", batch=128, peak=peak,
+                     models=measured)
+    gain = layer_times.precision_gain(layer_times.measurement("model2", tmp_path))
+    assert gain["furthest"]["layer"] == "conv1" and gain["furthest_rate"] == pytest.approx(85.0)
+    assert "`conv1`" in layer_times.story("model2", tmp_path)

@@ -447,9 +447,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="auto", choices=PRECISION_CHOICES,
                    help="auto (default: this device's choice) | " + " | ".join(PRECISION_CHOICES[1:]))
     p.add_argument("--name", help="run folder name (default MODEL-PROFILE-BACKEND, with a suffix for each way the run "
-                   "differs from the study's: -RECIPE for a recipe, -OPTIMIZER and -lrRATE for another than Adam "
-                   "at 1e-4, -batchN on another batch than the profile's, -random for model5 without ImageNet "
-                   "weights)")
+                   "differs from the study's, in this order: -RECIPE for a recipe, or -OPTIMIZER and -lrRATE "
+                   "for another than Adam at 1e-4; -random for model5 without ImageNet weights; -batchN on "
+                   "another batch than the profile's times the GPUs)")
     p.add_argument("--runs", help="parent folder of run folders (default TINYLIB_RUNS or TINYLIB_HOME/runs)")
     p.add_argument("--fresh", action="store_true", help="start over instead of resuming: deletes the run "
                    "folder's checkpoints (for a run in sittings, the first sitting only)")

@@ -144,6 +144,8 @@ def remove_path(path: Path) -> bool:
 
 def process_running(pid: int) -> bool:
     """Whether process ``pid`` exists on this machine (a zombie counts as gone where it can be told)."""
+    if os.name == "nt":  # os.kill(pid, 0) there is TerminateProcess: it would kill what it asks about
+        return _windows_process_running(pid)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -155,6 +157,23 @@ def process_running(pid: int) -> bool:
             return stat.read().rsplit(")", 1)[-1].split()[0] != "Z"
     except OSError:
         return True
+
+
+def _windows_process_running(pid: int) -> bool:  # pragma: no cover - Windows
+    """``process_running`` on Windows: a handle to the process, asking for its exit code."""
+    import ctypes
+
+    kernel32 = ctypes.windll.kernel32
+    handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+    if not handle:
+        return ctypes.GetLastError() == 5  # ERROR_ACCESS_DENIED: it exists, another user's
+    try:
+        code = ctypes.c_ulong()
+        if not kernel32.GetExitCodeProcess(handle, ctypes.byref(code)):
+            return True  # cannot say: keep its files
+        return code.value == 259  # STILL_ACTIVE
+    finally:
+        kernel32.CloseHandle(handle)
 
 
 class LockedError(RuntimeError):

@@ -88,10 +88,11 @@ def precision_gain(entry: dict) -> dict:
     products_rows, other_rows = _partition(fast["layers"])
     fast_products, fast_others = _seconds(products_rows), _seconds(other_rows)
     work = sum(row["gflop"] for row in products_rows)
+    timed = [row for row in products_rows if row["seconds"] > 0]  # one at 0 (net of its bookkeeping) is no candidate
     if native:  # the product that loses the most time to the peak, not merely the slowest per FLOP
-        furthest = max(products_rows, key=lambda row: row["seconds"] - row["gflop"] / native, default=None)
+        furthest = max(timed, key=lambda row: row["seconds"] - row["gflop"] / native, default=None)
     else:
-        furthest = min(products_rows, key=lambda row: row["gflop"] / row["seconds"], default=None)
+        furthest = min(timed, key=lambda row: row["gflop"] / row["seconds"], default=None)
     others = sorted(other_rows, key=lambda row: -row["seconds"])
     batch = entry["batch_size"]
     return {

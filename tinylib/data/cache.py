@@ -278,18 +278,26 @@ def prepare(source=None, force: bool = False, workers: int | None = None) -> Pat
 
 
 def _recover_a_finished_build(target: Path) -> None:
-    """Put back a complete cache that a kill between ``_install``'s two renames left beside
-    its place (the new one, else the old one): it would be swept as a temporary and the
-    dataset decoded again. Complete means a manifest whose files all have their sizes
-    (written last, after the arrays reached the disk); only call it holding the lock."""
+    """Put back the cache that a kill between ``_install``'s two renames left beside its place:
+    it would be swept as a temporary and the dataset decoded again. Only that gap leaves the
+    pair, the old cache renamed to ``.tmp-old-PID`` and PID's new build (its arrays on disk
+    before the first rename) in ``.tmp-PID``: the new one goes in, else the old. A build alone
+    (a first one, killed anywhere) is not known to be on disk, and is swept. Only call it
+    holding the lock."""
     if target.exists() or target.is_symlink():
         return
-    left = [tmp for tmp in target.parent.glob(f".{CACHE_DIR_NAME}.tmp-*")
-            if not _writer_alive(tmp) and read_manifest(tmp) is not None]
-    for tmp in sorted(left, key=lambda folder: "-old-" in folder.name):  # the new build first
-        os.replace(tmp, target)
-        print(f"Recovered the cache an interrupted preparation left in {tmp.name}", file=sys.stderr)
-        return
+    for old in target.parent.glob(f".{CACHE_DIR_NAME}.tmp-old-*"):
+        new = target.parent / old.name.replace(".tmp-old-", ".tmp-", 1)
+        if _writer_alive(old):
+            continue
+        for candidate in (new, old):
+            if read_manifest(candidate) is not None:
+                try:
+                    os.replace(candidate, target)
+                except OSError as err:
+                    raise _write_error(err, target) from None
+                print(f"Recovered the cache an interrupted preparation left in {candidate.name}", file=sys.stderr)
+                return
 
 
 def _source_to_build(target: Path, source, force: bool):

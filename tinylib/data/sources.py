@@ -173,13 +173,16 @@ class ZipSource:
 def locate(path: str | os.PathLike) -> tuple[str, Path]:
     """Where a path's dataset is, without reading it: ("folder" | "zip", path)."""
     path = Path(path).expanduser()
+    denied = DataError(f"cannot read {path} (permission denied): point {DATA_ENV} at a dataset you can read, "
+                       "or give yourself read access to it")
     try:
         path.stat()
     except PermissionError:
-        raise DataError(f"cannot read {path} (permission denied): point {DATA_ENV} at a dataset you can read, "
-                        "or give yourself read access to it") from None
+        raise denied from None
     except OSError:
         pass  # missing: said below
+    if path.is_dir() and not os.access(path, os.R_OK | os.X_OK):  # a folder that stat passes and no one lists
+        raise denied
     if not path.exists():
         relative = ("" if path.is_absolute() else
                     f" (a relative path, looked up from {Path.cwd()}: a notebook runs in book/, so give an "
