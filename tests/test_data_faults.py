@@ -332,6 +332,28 @@ def test_load_checksums_only_files_that_changed(tiny_env, synthetic, monkeypatch
     assert hashed == ["val_labels.npy"]  # checked once, then the stamp records it as verified
 
 
+def test_a_cache_that_cannot_take_its_stamp_is_hashed_once_per_process(tiny_env, synthetic, monkeypatch):
+    """A cache shared read-only (an instructor's, copied without its stamp) was hashed whole,
+    1.3 GB at full scale, at every load: the process remembers what it verified."""
+    monkeypatch.setenv("TINYLIB_DATA", str(synthetic))
+    folder = data.prepare()
+    (folder / data.STAMP_NAME).unlink()
+    monkeypatch.setattr(cache, "_VERIFIED_HERE", {})
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(cache, "write_json", read_only)
+    hashed = []
+    real_digest = data.file_digest
+    monkeypatch.setattr(cache, "file_digest", lambda path, *a: hashed.append(Path(path).name) or real_digest(path, *a))
+    data.load()
+    first = sorted(hashed)
+    assert "train_images.npy" in first and not (folder / data.STAMP_NAME).exists()
+    data.load()
+    assert sorted(hashed) == first  # the second load hashed nothing
+
+
 def test_flipped_byte_is_found_and_the_cache_rebuilt(tiny_env, synthetic, monkeypatch, capsys):
     monkeypatch.setenv("TINYLIB_DATA", str(synthetic))
     folder = data.prepare()

@@ -64,6 +64,7 @@ def verify_cache(folder: Path | None = None) -> None:
             # Forget that the files were checked, so the next load checks them all again and
             # repairs the damage instead of trusting the unchanged size and time.
             (folder / STAMP_NAME).unlink(missing_ok=True)
+            _VERIFIED_HERE.pop(str(folder), None)
             raise DataError(f"cache file {folder / name} is corrupt; run `python -m tinylib prepare --force` "
                             "(the next load rebuilds it from the source)")
     _write_stamp(folder, manifest)
@@ -87,10 +88,16 @@ def _file_stamp(path: Path) -> list[int]:
 
 
 def _write_stamp(folder: Path, manifest: dict) -> None:
-    """Record each file's (size, mtime_ns) as verified; best effort (the cache may be read-only)."""
+    """Record each file's (size, mtime_ns) as verified: in the cache, and in this process
+    for a cache it cannot write (one shared read-only), which would otherwise be hashed
+    whole, 1.3 GB, at every load."""
+    stamp = {name: _file_stamp(folder / name) for name in manifest["files"]}
+    _VERIFIED_HERE[str(folder)] = stamp
     with contextlib.suppress(OSError):
-        write_json(folder / STAMP_NAME,
-                           {name: _file_stamp(folder / name) for name in manifest["files"]})
+        write_json(folder / STAMP_NAME, stamp)
+
+
+_VERIFIED_HERE: dict = {}  # cache folder -> the stamp this process verified
 
 
 def damaged_file(folder: Path, manifest: dict) -> CacheDamaged | None:
@@ -104,10 +111,12 @@ def damaged_file(folder: Path, manifest: dict) -> CacheDamaged | None:
         stamp = json.loads((folder / STAMP_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         stamp = {}  # never verified (an older cache): check everything once
+    known = (stamp, _VERIFIED_HERE.get(str(folder), {}))  # either was taken after a full check
     changed = []
     for name in manifest["files"]:
         try:
-            if stamp.get(name) != _file_stamp(folder / name):
+            now = _file_stamp(folder / name)
+            if all(verified.get(name) != now for verified in known):
                 changed.append(name)
         except OSError as err:
             return CacheDamaged(folder / name, f"cannot read it: {err.strerror or err}")
