@@ -513,6 +513,36 @@ def test_zip_escaping_its_folder_is_refused_before_anything_is_written(tiny_env,
     assert not list(tmp_path.rglob("escaped.txt"))
 
 
+def test_a_folder_in_the_way_of_the_unpacked_zip_is_named(synthetic, tmp_path):
+    """A leftover dataset folder without wnids.txt (a copy cut short) made the rename fail with a
+    raw 'Directory not empty' after the whole download."""
+    archive = zip_folder(synthetic, tmp_path / "tiny.zip")
+    leftover = tmp_path / "unpacked" / "tiny-imagenet-200"
+    (leftover / "train").mkdir(parents=True)
+    (leftover / "train" / "half.JPEG").write_bytes(b"x")
+    with pytest.raises(data.DataError) as raised:
+        data.extract_zip(archive, tmp_path / "unpacked")
+    message = str(raised.value)
+    assert str(leftover) in message and "move it away or delete it" in message and str(archive) in message
+    assert sorted(p.name for p in (tmp_path / "unpacked").iterdir()) == ["tiny-imagenet-200"]  # no temporary left
+
+
+def test_a_full_disk_while_unpacking_says_what_failed_and_keeps_the_download(synthetic, tmp_path, monkeypatch):
+    import errno
+
+    archive = zip_folder(synthetic, tmp_path / "tiny.zip")
+
+    def full(self, path=None, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(zipfile.ZipFile, "extractall", full)
+    with pytest.raises(data.DataError) as raised:
+        data.extract_zip(archive, tmp_path / "unpacked")
+    message = str(raised.value)
+    assert "unpacking tiny.zip" in message and "No space left" in message and f"kept in {archive}" in message
+    assert archive.is_file()
+
+
 def test_val_laid_out_as_class_folders(tiny_env, synthetic, monkeypatch):
     # The usual reorganising script: the images moved into class folders, the annotations kept.
     annotations = (synthetic / "val" / "val_annotations.txt").read_bytes()

@@ -13,6 +13,7 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 
 
@@ -45,7 +46,11 @@ def download_file(url: str, dest: Path, md5: str | None = None, size: int | None
                   progress: bool = True) -> Path:
     """Download ``url`` to ``dest``, resuming a ``.part`` file left by an interruption."""
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DataError(f"{files.describe_os_error(err, 'making the download folder')} "
+                        f"(or set TINYLIB_HOME to a writable folder, or {DATA_ENV} to the dataset)") from None
     if dest.is_file() and (size is None or dest.stat().st_size == size) and (
             md5 is None or file_digest(dest, "md5") == md5):
         return dest  # downloaded and checked before (an extraction failed after it): not again
@@ -117,14 +122,21 @@ def extract_zip(zip_path: Path, dest_parent: Path) -> Path:
         check_zip_members(names, zip_path)  # before anything is written
         if not any(PurePosixPath(n).parts[:2] == (FOLDER_NAME, "wnids.txt") for n in names):
             raise DataError(f"{zip_path} is not the official zip: no {FOLDER_NAME}/wnids.txt")
-        dest_parent.mkdir(parents=True, exist_ok=True)
         tmp = dest_parent / f".{FOLDER_NAME}.extracting-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
         try:
+            dest_parent.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)
             archive.extractall(tmp)
             os.replace(tmp / FOLDER_NAME, target)
-        except zipfile.BadZipFile as err:
+        except (zipfile.BadZipFile, zlib.error, EOFError) as err:
             raise DataError(f"{zip_path} is corrupt ({err}); delete it and download again") from None
+        except OSError as err:
+            if target.is_dir() and any(target.iterdir()):  # os.replace onto a folder with files
+                raise DataError(f"{target} is in the way of the unpacked dataset (it has no wnids.txt: an "
+                                "extraction or copy cut short?): move it away or delete it, then run again; "
+                                f"the download is kept in {zip_path}") from None
+            raise DataError(f"{files.describe_os_error(err, f'unpacking {zip_path.name}')} The download is kept "
+                            f"in {zip_path}; run again once that is fixed.") from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return target
