@@ -227,6 +227,33 @@ def test_download_resumes_after_interruption_and_is_checked(tiny_env, served_zip
     assert ds.num_classes == len(WNIDS)
 
 
+def test_a_second_download_waits_for_the_first_and_uses_its_folder(tiny_env, synthetic, served_zip, capsys):
+    """Two chapters opened at once both find no data: the second waited for nothing, and both
+    wrote the same .part (a corrupt file, or a raw error when the first renamed it)."""
+    from tinylib import files
+    from tinylib.data import fetch
+
+    payload, md5 = served_zip
+    server = _ZipServer(payload)
+    tiny_env.mkdir()
+    first = files.FolderLock(tiny_env, fetch.DOWNLOAD_LOCK_NAME, remove=True).acquire()  # a download under way
+    result = {}
+    second = threading.Thread(target=lambda: result.update(folder=data.download(server.url, md5=md5,
+                                                                               size=len(payload))))
+    try:
+        second.start()
+        second.join(timeout=2)
+        assert second.is_alive()  # waiting for the first
+        shutil.copytree(synthetic, tiny_env / "tiny-imagenet-200")  # the first one's folder
+        first.release()
+        second.join(timeout=30)
+    finally:
+        first.release()
+        server.close()
+    assert result["folder"] == tiny_env / "tiny-imagenet-200" and server.ranges == []  # nothing fetched
+    assert "waiting for another download" in capsys.readouterr().err
+
+
 def test_a_whole_download_is_not_fetched_again(tiny_env, served_zip):
     """Killed during the checksum (the .part whole), or after it (the zip checked, its
     extraction failed): the next try checks what it has and asks the server for nothing."""

@@ -144,13 +144,30 @@ def extract_zip(zip_path: Path, dest_parent: Path) -> Path:
 
 def download(url: str = OFFICIAL_URL, md5: str | None = OFFICIAL_MD5,
              size: int | None = OFFICIAL_SIZE) -> Path:
-    """Download and unpack the official zip into the cache; returns the folder."""
+    """Download and unpack the official zip into the cache; returns the folder. One process
+    at a time (two chapters opened at once both find no data): the second waits, then uses
+    the first one's folder."""
     cache = home()
-    print(f"Tiny ImageNet not found locally: downloading {url} into {cache}", file=sys.stderr)
-    zip_path = download_file(url, cache / "downloads" / f"{FOLDER_NAME}.zip", md5=md5, size=size)
-    folder = extract_zip(zip_path, cache)
-    zip_path.unlink()
-    return folder
+    extracted = cache / FOLDER_NAME
+    lock = files.FolderLock(cache, DOWNLOAD_LOCK_NAME, remove=True, optional=True)
+    try:
+        lock.acquire(wait=True, message=f"waiting for another download of Tiny ImageNet (pid {{pid}}) into {cache} ...")
+    except OSError as err:
+        raise DataError(f"{files.describe_os_error(err, 'making the download folder')} (or set TINYLIB_HOME to "
+                        f"a writable folder, or {DATA_ENV} to the dataset)") from None
+    try:
+        if (extracted / "wnids.txt").is_file():
+            return extracted  # another process downloaded it while this one waited
+        print(f"Tiny ImageNet not found locally: downloading {url} into {cache}", file=sys.stderr)
+        zip_path = download_file(url, cache / "downloads" / f"{FOLDER_NAME}.zip", md5=md5, size=size)
+        folder = extract_zip(zip_path, cache)
+        zip_path.unlink()
+        return folder
+    finally:
+        lock.release()
+
+
+DOWNLOAD_LOCK_NAME = ".download.lock"
 
 
 
