@@ -97,17 +97,23 @@ def test_a_stated_count_is_the_models(built, chapter, phrase, holds):
 COUNT = re.compile(r"\b(?:[\d.,]+|a hundred|one|two|three|four|five|ten) million\b(?! images)")
 
 
-def test_every_stated_count_is_registered():
+def unregistered(claims, states, split=r"(?<=[.;])\s") -> list[str]:
+    """The sentences of the chapters' prose that ``states`` (a predicate) finds stating a fact
+    and that no claim's phrase covers, as 'chapter: sentence'."""
     registered = {}
-    for chapter, phrase, _ in CLAIMS:
+    for chapter, phrase, _ in claims:
         registered.setdefault(chapter, []).append(phrase)
     unchecked = []
     for path in sorted(BOOK.glob("*.ipynb")):
-        text = prose(path.stem)
-        for sentence in re.split(r"(?<=[.;])\s", text):
-            if not COUNT.search(sentence) or not re.search(r"parameter|weight|\bhold|\bsit\b", sentence):
-                continue
-            if not any(phrase in sentence or sentence in phrase for phrase in registered.get(path.stem, [])):
+        for sentence in re.split(split, prose(path.stem)):
+            if states(sentence) and not any(phrase in sentence or sentence in phrase
+                                             for phrase in registered.get(path.stem, [])):
                 unchecked.append(f"{path.stem}: {sentence[:160]}")
+    return unchecked
+
+
+def test_every_stated_count_is_registered():
+    unchecked = unregistered(CLAIMS, lambda sentence: bool(
+        COUNT.search(sentence) and re.search(r"parameter|weight|\bhold|\bsit\b", sentence)))
     assert not unchecked, ("a count stated in the prose and checked by no claim (add it to CLAIMS):\n"
                            + "\n".join(unchecked))

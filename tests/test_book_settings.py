@@ -21,7 +21,7 @@ import re
 import keras
 import pytest
 
-from test_book_counts import BOOK, prose
+from test_book_counts import prose, unregistered
 
 
 def default(function, argument):
@@ -156,15 +156,7 @@ CODE = re.compile(r"\w\(|\w=")  # library code the chapters include, which is th
 
 
 def test_every_stated_setting_is_registered():
-    registered = {}
-    for chapter, phrase, _ in CLAIMS:
-        registered.setdefault(chapter, []).append(phrase)
-    unchecked = []
-    for path in sorted(BOOK.glob("*.ipynb")):
-        text = prose(path.stem)
-        for sentence in re.split(r"(?<=[.;:?!])\s", text):
-            if SETTING.search(sentence) and not CODE.search(sentence) and not any(phrase in sentence or sentence in phrase
-                                                    for phrase in registered.get(path.stem, [])):
-                unchecked.append(f"{path.stem}: {sentence[:160]}")
+    unchecked = unregistered(CLAIMS, lambda sentence: bool(SETTING.search(sentence) and not CODE.search(sentence)),
+                             split=r"(?<=[.;:?!])\s")
     assert not unchecked, ("a setting stated in the prose and checked by no claim (add it to CLAIMS):\n"
                            + "\n".join(unchecked))
