@@ -21,7 +21,7 @@ import re
 import keras
 import pytest
 
-from test_book_counts import prose, unregistered
+from test_book_counts import BOOK, prose, unregistered
 
 
 def default(function, argument):
@@ -160,3 +160,17 @@ def test_every_stated_setting_is_registered():
                              split=r"(?<=[.;:?!])\s")
     assert not unchecked, ("a setting stated in the prose and checked by no claim (add it to CLAIMS):\n"
                            + "\n".join(unchecked))
+
+
+def test_every_percentage_to_two_decimals_in_the_prose_is_one_of_the_studys_figures():
+    """The prose quotes the study's accuracies from its slides (43.14%, 22.72%, ...), which
+    ``results.STUDY_RESULTS`` holds for the tables; this book's own accuracies are never typed
+    (cells and records show them). A percentage to two decimals that is neither the study's
+    nor kept in step with it fails here: a typed result, or a quoted figure gone stale."""
+    from tinylib.results import STUDY_RESULTS
+
+    quoted = {f"{100 * value:.2f}%" for row in STUDY_RESULTS.values() for value in row.values()}
+    stray = [f"{path.stem}: {figure}" for path in sorted(BOOK.glob("*.ipynb"))
+             for figure in re.findall(r"\b\d+\.\d\d\s?%", prose(path.stem)) if figure.replace(" ", "") not in quoted]
+    assert not stray, "percentages in the prose that are not the study's figures:\n" + "\n".join(stray)
+    assert "43.14%" in prose("01_introduction")  # the scan reads the chapters

@@ -55,3 +55,16 @@ def test_the_profile_line_shows_the_epochs_and_batch_a_command_overrides():
     assert full.describe(epochs=30, batch_size=128).endswith("30 epochs, batch 128")
     assert full.describe(epochs=12, batch_size=32).endswith(
         "12 epochs (the profile's: 30), batch 32 (the profile's: 128)")
+
+
+def test_the_profiles_table_gives_each_profiles_counts_with_none_meaning_all():
+    from tinylib import profiles
+
+    table = profiles.table()
+    assert list(table.index) == list(profiles.PROFILES)
+    full, smoke = table.loc["full"], table.loc["smoke"]
+    assert (full["classes"], full["train images"], full["val images"]) == (200, 100_000, 10_000)
+    chosen = profiles.PROFILES["smoke"]
+    assert (smoke["classes"], smoke["train images"], smoke["val images"]) == (
+        chosen.classes, chosen.classes * chosen.train_per_class, chosen.classes * chosen.val_per_class)
+    assert smoke["batch"] == chosen.batch_size and smoke["what it is for"] == chosen.description

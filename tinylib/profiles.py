@@ -67,9 +67,19 @@ class Profile:
         }
 
     @property
+    def num_classes(self) -> int:
+        """How many classes the profile trains on (all 200 where ``classes`` is None)."""
+        return self.classes or 200
+
+    @property
     def train_images(self) -> int:
         """How many training images an epoch sees (all 100,000 where the counts are None)."""
-        return (self.classes or 200) * (self.train_per_class or 500)
+        return self.num_classes * (self.train_per_class or 500)
+
+    @property
+    def val_images(self) -> int:
+        """How many validation images a run is scored on (all 10,000 where the counts are None)."""
+        return self.num_classes * (self.val_per_class or 50)
 
     def describe(self, *, epochs: int | None = None, batch_size: int | None = None) -> str:
         """One line a student can read: what this profile trains on.
@@ -78,17 +88,14 @@ class Profile:
         profile's (a model's own epochs, ``--batch-size``), so the line never shows a figure
         the run does not use without saying so.
         """
-        classes = self.classes or 200
-        val = self.val_per_class or 50
-
         def changed(value, default):
             return f" (the profile's: {default})" if value is not None and value != default else ""
 
         epochs_used = epochs if epochs is not None else self.epochs
         batch_used = batch_size if batch_size is not None else self.batch_size
         return (
-            f"profile '{self.name}': {classes} classes, {self.train_images:,} train / "
-            f"{classes * val:,} val images, {epochs_used} epochs{changed(epochs, self.epochs)}, "
+            f"profile '{self.name}': {self.num_classes} classes, {self.train_images:,} train / "
+            f"{self.val_images:,} val images, {epochs_used} epochs{changed(epochs, self.epochs)}, "
             f"batch {batch_used}{changed(batch_size, self.batch_size)}"
         )
 
@@ -156,6 +163,17 @@ PROFILES: MappingProxyType = MappingProxyType(
         ),
     }
 )
+
+
+def table():
+    """Every profile in one table (a pandas DataFrame, a row a profile): its classes, images,
+    epochs, batch and what it is for."""
+    import pandas as pd
+
+    return pd.DataFrame.from_dict({p.name: {
+        "classes": p.num_classes, "train images": p.train_images, "val images": p.val_images,
+        "epochs": p.epochs, "batch": p.batch_size, "what it is for": p.description,
+    } for p in PROFILES.values()}, orient="index")
 
 
 def gpu_available() -> bool:
