@@ -589,11 +589,13 @@ def test_model5_without_the_imagenet_weights_trains_in_a_folder_of_its_own(monke
 
     asked = []
     monkeypatch.setattr(models, "resolve_pretrained", lambda weights: None)
-    monkeypatch.setattr(train, "train_model", lambda name, data, profile, **kwargs: asked.append(kwargs) or [])
+    monkeypatch.setattr(train, "build", lambda name, data, profile, **options: options)
+    monkeypatch.setattr(train, "begun_precision", lambda *args, **kwargs: None)
+    monkeypatch.setattr(train, "fit", lambda model, data, profile, **kwargs: asked.append((model, kwargs)) or [])
     reproduce._train(reproduce.select("model5")[0], None, _profile(), None, tmp_path)
-    assert asked[0]["suffix"] == "-random" and asked[0]["build_options"] == {"weights": None}
+    assert asked[0][1].get("suffix") == "-random" and asked[0][0]["weights"] is None
     monkeypatch.setattr(models, "resolve_pretrained", lambda weights: weights)
     reproduce._train(reproduce.select("model5")[0], None, _profile(), None, tmp_path)
-    assert asked[1]["suffix"] == "" and asked[1]["build_options"] == {"weights": "imagenet"}
+    assert not asked[1][1].get("suffix") and asked[1][0]["weights"] == "imagenet"
     reproduce.write_summary(tmp_path / "not" / "yet")
     assert (tmp_path / "not" / "yet" / "summary.md").is_file()

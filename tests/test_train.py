@@ -231,3 +231,21 @@ def test_an_epochs_batches_hold_every_image_once_with_its_label_and_resume_at_an
         for (x, y), (x0, y0) in zip(resumed, first[start:], strict=True):
             np.testing.assert_array_equal(x, x0)
             np.testing.assert_array_equal(y, y0)
+
+
+def test_a_pretrained_model_built_without_its_weights_trains_in_a_random_folder(monkeypatch):
+    """The rule the chapters, reproduce and the command line wrote each for themselves: never
+    the folder, nor the row, of the study's run from ImageNet's weights."""
+    from tinylib import train
+
+    asked = []
+    monkeypatch.setattr(train, "build", lambda name, data, profile, **options: options)
+    monkeypatch.setattr(train, "begun_precision", lambda *args, **kwargs: None)
+    monkeypatch.setattr(train, "fit", lambda model, data, profile, **kwargs: asked.append(kwargs.get("suffix")))
+    for options, kwargs in (({"weights": None}, {}), ({"weights": "w.h5"}, {}), ({}, {}),
+                            ({"weights": None}, {"suffix": "-x"}), ({"weights": None}, {"suffix": "-random-x"})):
+        train.train_model("model5", None, "smoke", build_options=options, **kwargs)
+    train.train_model("model2", None, "smoke", build_options={"weights": None})
+    train.train_model("model5", None, "smoke", build_options={"weights": None}, name="mine")
+    assert asked == ["-random", None, None, "-x-random", "-random-x", None, None]
+    assert train.random_weights_suffix("Model 5", None) == "-random" and train.random_weights_suffix("model5", "w") == ""

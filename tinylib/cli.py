@@ -92,7 +92,7 @@ def _train(args) -> int:
     from tinylib import environment, results, runs, train
     from tinylib.profiles import get_profile
 
-    from tinylib.models import PRETRAINED, normalize_name
+    from tinylib.models import normalize_name
     from tinylib.recipes import get_recipe
 
     deadline = time.monotonic() + args.budget * 60 if args.budget is not None else None
@@ -113,8 +113,8 @@ def _train(args) -> int:
         # Another optimizer or rate than the study's Adam at 1e-4 trains in a folder of its own,
         # as it is a row of its own in the results (results.record_key): '-sgd', '-lr0.001'.
         suffix = "" if recipe is not None else results.optimizer_suffix(args.optimizer, args.learning_rate)
-        if model_name in PRETRAINED and args.weights is not None and _weights(args.weights) is None:
-            suffix += "-random"  # never the folder, nor the row, of the study's run from ImageNet's weights
+        if args.weights is not None:  # never the folder, nor the row, of the study's run from ImageNet's weights
+            suffix += train.random_weights_suffix(model_name, _weights(args.weights))
         folder = train.run_folder(model_name, profile, recipe=recipe, batch_size=args.batch_size, suffix=suffix,
                                   name=args.name, runs=args.runs)
         if args.results and not args.fresh:

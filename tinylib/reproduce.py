@@ -76,11 +76,10 @@ def _train(planned: PlannedRun, data, profile, deadline: float | None, runs_fold
 
     common = dict(deadline=deadline, runs=runs_folder)
     if planned.name.startswith("model") and planned.name in models.MODELS:
-        options, suffix = {}, ""
-        if planned.name in models.PRETRAINED:
+        options = {}
+        if planned.name in models.PRETRAINED:  # without them, train_model trains in a '-random' folder
             options["weights"] = models.resolve_pretrained("imagenet")
-            suffix = "" if options["weights"] else "-random"  # never in the folder of the study's row
-        return [train.train_model(planned.name, data, profile, build_options=options, suffix=suffix, **common)]
+        return [train.train_model(planned.name, data, profile, build_options=options, **common)]
     if planned.name == "resnet18-modern":
         return [train.train_model("resnet18", data, profile, recipe="modern", **common)]
     if planned.name == AFTERNOON_RUN:

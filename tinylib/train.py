@@ -609,11 +609,19 @@ def build_run_model(model_name: str, num_classes: int, *, recipe: Recipe | None 
     return model
 
 
+def random_weights_suffix(model_name: str, weights) -> str:
+    """'-random' for a pretrained model (Model 5) built without weights, else ''."""
+    return "-random" if models_lib.normalize_name(model_name) in models_lib.PRETRAINED and not weights else ""
+
+
 def train_model(model_name: str, data, profile=None, *, augment: bool = True, build_options=None,
                 recipe: Recipe | str | None = None, devices=None, **fit_kwargs) -> Run:
     """Build and train one model in a profile: the one call each model chapter makes.
 
     ``seed`` (in ``fit_kwargs``; the profile's by default) also draws the initial weights.
+    A pretrained model built without its weights (``build_options={"weights": None}``)
+    trains in a folder of its own, ``-random`` (``random_weights_suffix``): never in the
+    folder, nor the row, of the study's run from ImageNet's weights.
     On the JAX backend, where several GPUs are visible (or ``devices`` names several), the model is built and
     trained data-parallel over all of them (``environment.data_parallel``), each batch
     the profile's batch times the devices; the record says how many.
@@ -621,6 +629,10 @@ def train_model(model_name: str, data, profile=None, *, augment: bool = True, bu
     profile = get_profile(profile)
     seed = fit_kwargs.get("seed")
     keras.utils.set_random_seed(profile.seed if seed is None else seed)
+    if fit_kwargs.get("name") is None and "weights" in (build_options or {}):
+        extra = random_weights_suffix(model_name, build_options["weights"])
+        if extra not in fit_kwargs.get("suffix", ""):
+            fit_kwargs["suffix"] = fit_kwargs.get("suffix", "") + extra
     with environment.parallel_scope(devices):  # first: the devices in force name the run's folder
         recorded = begun_precision(model_name, profile, fit_kwargs,
                                    recipe=get_recipe(recipe) if recipe is not None else None)
