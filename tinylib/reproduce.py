@@ -336,7 +336,8 @@ def write_summary(results: Path) -> tuple[Path, Path]:
 
     The study's numbers stand beside its rows; they are comparable only at full scale.
     """
-    Path(results).mkdir(parents=True, exist_ok=True)  # a folder named before any record was published
+    results = Path(results)
+    results.mkdir(parents=True, exist_ok=True)  # a folder named before any record was published
     rows = summary_rows(results)
 
     def pct(value):
