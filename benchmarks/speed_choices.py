@@ -5,7 +5,7 @@ the thread pools and oneDNN are fixed when TensorFlow starts), one after another
 the same machine, and prints one table: images/s of the full-scale training step
 (augmentation inside the model) and its fraction of the float32 matrix-product peak
 measured in the same process, against tinylib's old defaults (float32, Keras'
-BatchNorm, TensorFlow, no XLA, one step per call). The float32 variants each change
+BatchNorm and Adam, TensorFlow, no XLA, one step per call). The float32 variants each change
 one of those defaults.
 
     python benchmarks/speed_choices.py                       # Models 2 and 4, every choice
@@ -30,16 +30,19 @@ from tinylib.processes import sigterm_as_exit, tied_to_this_process
 
 HERE = Path(__file__).resolve().parent
 
-UNFUSED = {"TINYLIB_FUSED_BATCHNORM": "0"}  # Keras' own BatchNorm (see tinylib.batchnorm)
+# Keras' own BatchNorm and Adam update, not TensorFlow's fused kernels (tinylib.batchnorm, tinylib.fused_adam)
+UNFUSED = {"TINYLIB_FUSED_BATCHNORM": "0", "TINYLIB_FUSED_ADAM": "0"}
 # name: (what it is, extra arguments, extra environment)
 VARIANTS = {
-    "old": ("old defaults: float32, Keras' BatchNorm, TensorFlow with oneDNN, no XLA, 1 step per call",
+    "old": ("old defaults: float32, Keras' BatchNorm and Adam, TensorFlow with oneDNN, no XLA, 1 step per call",
             ["--precision", "float32"], UNFUSED),
     "new": ("tinylib's choices for this device (environment.automatic_precision, tinylib.batchnorm)",
             ["--precision", "auto"], {}),
-    "bf16-unfused": ("mixed bfloat16 with Keras' BatchNorm (no fused kernel)", ["--precision", "mixed_bfloat16"],
-                     UNFUSED),
-    "fused-f32": ("float32 with the fused BatchNorm kernel", ["--precision", "float32"], {}),
+    "bf16-unfused": ("mixed bfloat16 with Keras' BatchNorm and Adam (no fused kernels)",
+                     ["--precision", "mixed_bfloat16"], UNFUSED),
+    "keras-adam": ("tinylib's choices but Keras' Adam update (no fused kernel)", ["--precision", "auto"],
+                   {"TINYLIB_FUSED_ADAM": "0"}),
+    "fused-f32": ("float32 with the fused BatchNorm and Adam kernels", ["--precision", "float32"], {}),
     "xla": ("float32 with XLA (jit_compile=True)", ["--precision", "float32", "--jit-compile"], UNFUSED),
     "spe4": ("float32, 4 steps per compiled call", ["--precision", "float32", "--steps-per-execution", "4"], UNFUSED),
     "threads-1-2": ("float32, 1 inter-op and 2 intra-op threads", ["--precision", "float32"],

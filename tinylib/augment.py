@@ -552,9 +552,12 @@ def _idg_brightness(images, brightness):
     factor (a blend with black, in float32) and truncates again, clipped to
     [0, 255]; reproduced here on the 0-255 scale of the [0, 1] input.
     """
-    factor = ops.cast(ops.reshape(brightness, (-1, 1, 1, 1)), "float32")
+    # Each operation below is a pass over the batch: the factor is made non-negative
+    # once per image, so that one bound (255) clips the product of the non-negative grey
+    # levels, and the result needs no clip to [0, 1] after it (bitwise the same values).
+    factor = ops.maximum(ops.cast(ops.reshape(brightness, (-1, 1, 1, 1)), "float32"), 0.0)
     grey = ops.floor(ops.clip(images, 0.0, 1.0) * 255.0 + _SNAP)
-    return ops.floor(ops.clip(grey * factor, 0.0, 255.0)) / 255.0
+    return ops.floor(ops.minimum(grey * factor, 255.0)) / 255.0
 
 
 def apply_idg_transform(images, params, fill_mode="nearest", cval=0.0, interpolation="bilinear"):
@@ -584,8 +587,9 @@ def apply_idg_transform(images, params, fill_mode="nearest", cval=0.0, interpola
     if params.get("brightness") is not None:
         brightness = ops.broadcast_to(ops.reshape(ops.cast(params["brightness"], "float32"), (-1,)),
                                       (batch,))
-        out = _idg_brightness(out, brightness)
-    out = ops.clip(out, 0.0, 1.0)
+        out = _idg_brightness(out, brightness)  # in [0, 1] already
+    else:
+        out = ops.clip(out, 0.0, 1.0)
     return out[0] if single else out
 
 

@@ -284,7 +284,7 @@ def _publish(run, results: str | None, fresh: bool = False) -> int:
     if results and run.epochs_done:
         print(reproduce.publish(run.path, Path(results)))
     if run.out_of_time and fresh:
-        print("next sitting: the same command without --fresh, which would start the run over again")
+        print("next sitting: the same command without --fresh (with --fresh, it would start the run over again)")
     return reproduce.WORK_REMAINS if run.out_of_time else 0
 
 

@@ -299,10 +299,11 @@ def speed_settings(flags=None) -> dict:
         "steps_per_execution": steps_per_execution(),
     }
     if backend == "tensorflow":
-        from tinylib import batchnorm
+        from tinylib import batchnorm, fused_adam
 
         settings["onednn"] = onednn_enabled()
         settings["fused_batchnorm"] = batchnorm.fused_available()
+        settings["fused_adam"] = fused_adam.fused_available()
     return settings
 
 

@@ -13,13 +13,16 @@ from types import MappingProxyType
 
 import keras
 
-# name -> Keras class; the first four are the study's comparison.
+from tinylib import fused_adam
+
+# name -> Keras class; the first four are the study's comparison. Adam and AdamW are
+# Keras' own, their update one fused kernel on TensorFlow (tinylib.fused_adam).
 OPTIMIZERS = MappingProxyType({
-    "adam": keras.optimizers.Adam,
+    "adam": fused_adam.Adam,
     "rmsprop": keras.optimizers.RMSprop,
     "sgd": keras.optimizers.SGD,
     "nadam": keras.optimizers.Nadam,
-    "adamw": keras.optimizers.AdamW,
+    "adamw": fused_adam.AdamW,
 })
 STUDY_OPTIMIZERS = ("adam", "rmsprop", "sgd", "nadam")
 
