@@ -134,3 +134,35 @@ def test_optimizer_state_is_keras_adams_both_ways(tmp_path, monkeypatch):
         assert len(read.optimizer.variables) == len(written.optimizer.variables)
         for a, b in zip(read.optimizer.variables, written.optimizer.variables):
             np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
+
+
+def _compiled(optimizer, gradients, variables, jit_compile):
+    """One update, traced once; the variables are captured (as arguments, TensorFlow would
+    take them for tensors)."""
+    import tensorflow as tf
+
+    return tf.function(lambda: optimizer.apply(gradients, variables), jit_compile=jit_compile)
+
+
+@pytest.mark.skipif(not TENSORFLOW, reason="the fused kernel is TensorFlow's")
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_a_compiled_update_matches_keras_and_reads_the_rate_at_each_call(jit_compile, monkeypatch):
+    """As a training step runs it: traced once (with XLA where a GPU run turns it on), the
+    rate changed between calls as ReduceLROnPlateau does, not frozen at tracing."""
+    import tensorflow as tf
+
+    monkeypatch.delenv(fused_adam.FUSED_ENV, raising=False)
+    rng = np.random.default_rng(0)
+    start = [rng.standard_normal(s).astype("float32") for s in SHAPES]
+    gradients = [tf.constant(rng.standard_normal(s).astype("float32")) for s in SHAPES]
+    results = []
+    for optimizer in (fused_adam.Adam(1e-2), keras.optimizers.Adam(1e-2)):
+        variables = [keras.Variable(v) for v in start]
+        optimizer.build(variables)
+        step = _compiled(optimizer, gradients, variables, jit_compile)
+        step()
+        optimizer.learning_rate.assign(1e-4)
+        step()
+        step()
+        results.append([keras.ops.convert_to_numpy(v) for v in variables])
+    _same(*results)

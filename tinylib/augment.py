@@ -554,7 +554,8 @@ def _idg_brightness(images, brightness):
     """
     # Each operation below is a pass over the batch: the factor is made non-negative
     # once per image, so that one bound (255) clips the product of the non-negative grey
-    # levels, and the result needs no clip to [0, 1] after it (bitwise the same values).
+    # levels, and the result needs no clip to [0, 1] after it (the same values for any
+    # finite factor).
     factor = ops.maximum(ops.cast(ops.reshape(brightness, (-1, 1, 1, 1)), "float32"), 0.0)
     grey = ops.floor(ops.clip(images, 0.0, 1.0) * 255.0 + _SNAP)
     return ops.floor(ops.minimum(grey * factor, 255.0)) / 255.0

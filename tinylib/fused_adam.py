@@ -46,7 +46,7 @@ class _FusedUpdate:
         import tensorflow as tf  # only on TensorFlow: JAX runs without it
 
         return (not isinstance(gradient, tf.IndexedSlices) and not tf.distribute.has_strategy()
-                and hasattr(variable, "handle") and variable.dtype.name in _KERNEL_DTYPES)
+                and hasattr(variable, "handle") and keras.backend.standardize_dtype(variable.dtype) in _KERNEL_DTYPES)
 
     def update_step(self, gradient, variable, learning_rate):
         if not self._fusable(gradient, variable):
