@@ -104,7 +104,8 @@ def test_speed_choices_reads_each_variants_measurement_and_compares_it_with_the_
         variant = "new" if "auto" in command else "old"
         assert kwargs["preexec_fn"] is module.tied_to_this_process  # a killed benchmark stops its child
         assert env["TF_CPP_MIN_LOG_LEVEL"] == "3" and "--no-mixing" in command
-        assert env.get("TINYLIB_FUSED_BATCHNORM") == ("0" if variant == "old" else None)
+        for kernel in ("TINYLIB_FUSED_BATCHNORM", "TINYLIB_FUSED_ADAM"):  # the old defaults: Keras' own
+            assert env.get(kernel) == ("0" if variant == "old" else None)
         folder = Path(command[command.index("--save") + 1])
         (folder / "throughput.json").write_text(json.dumps({
             "matmul_peak_gflops_per_second": {"float32": 210.0, "bfloat16": 384.0},
@@ -149,7 +150,8 @@ def test_run_speed_reads_each_runs_record_and_compares_it_with_the_first_variant
         variant = command[command.index("--name") + 1].removeprefix("speed-")
         assert kwargs["preexec_fn"] is module.tied_to_this_process  # a killed benchmark stops its run
         assert command[:4] == [module.sys.executable, "-m", "tinylib", "train"] and "--fresh" in command
-        assert env.get("TINYLIB_FUSED_BATCHNORM") == ("0" if variant == "old" else None)
+        for kernel in ("TINYLIB_FUSED_BATCHNORM", "TINYLIB_FUSED_ADAM"):  # the old defaults: Keras' own
+            assert env.get(kernel) == ("0" if variant == "old" else None)
         run = Path(command[command.index("--runs") + 1]) / f"speed-{variant}"
         run.mkdir()
         (run / "record.json").write_text(json.dumps({
@@ -211,3 +213,28 @@ def test_adam_update_times_both_ways_and_their_weights_agree(capsys):
     assert re.search(r"^model1 +[\d,]+ +[\d.]+ +[\d.]+ +[\d.]+x +[\d.e+-]+$", out, re.M), out
     assert rows["model1"]["keras_ms"] > 0 and rows["model1"]["fused_ms"] > 0
     assert rows["model1"]["apart"] < 1e-6  # four steps of 1e-4 each way: float rounding apart at most
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="it reads TensorFlow's profiler")
+def test_profile_step_sums_the_traces_kernels_per_layer_and_type(capsys):
+    figures = load("profile_step").main(["--model", "model1", "--steps", "2", "--batch", "4", "--precision",
+                                         "float32"])
+    out = capsys.readouterr().out
+    assert re.search(r"^model1, batch 4, float32, .*: [\d.]+ ms a step", out, re.M), out
+    layers = figures["layers"]
+    assert {"optimizer update", "conv1", "conv1 (backward)"} <= set(layers), layers
+    assert figures["types"].get("ImageProjectiveTransformV3", 0) > 0  # the augmentation, inside the step
+    assert sum(layers.values()) == pytest.approx(sum(figures["types"].values()))
+    assert 0 < figures["wall_seconds"] < 60
+
+
+def test_profile_step_names_each_kernels_row_from_its_scopes():
+    layer_of = load("profile_step").layer_of
+    assert layer_of("StatefulPartitionedCall/model2_1/conv1_1/Relu:_MklNativeFusedConv2D", "model2", "adam") == "conv1"
+    assert layer_of("StatefulPartitionedCall/gradient_tape/model2_1/conv2_1/convolution/Conv2DBackpropFilter:X",
+                    "model2", "adam") == "conv2 (backward)"
+    assert layer_of("StatefulPartitionedCall/adam/Sqrt_13:Sqrt", "model2", "adam") == "optimizer update"
+    assert layer_of("StatefulPartitionedCall/model2_1/Cast:Cast", "model2", "adam") == "loss, metrics and the rest"
+    assert layer_of("StatefulPartitionedCall/Equal:Equal", "model2", "adam") == "loss, metrics and the rest"
+    assert layer_of("StatefulPartitionedCall/model2_1/block_1/Relu:Relu", "model2", "adam", {"block_1"}) == "block_1"
+    assert layer_of("StatefulPartitionedCall/model2_1/block_1_1/Relu:Relu", "model2", "adam", {"block_1"}) == "block_1"
