@@ -32,23 +32,26 @@ HERE = Path(__file__).resolve().parent
 
 # Keras' own BatchNorm and Adam update, not TensorFlow's fused kernels (tinylib.batchnorm, tinylib.fused_adam)
 UNFUSED = {"TINYLIB_FUSED_BATCHNORM": "0", "TINYLIB_FUSED_ADAM": "0"}
+OLD = {**UNFUSED, "TINYLIB_STEPS_PER_EXECUTION": "1"}  # and one step per call
 # name: (what it is, extra arguments, extra environment)
 VARIANTS = {
     "old": ("old defaults: float32, Keras' BatchNorm and Adam, TensorFlow with oneDNN, no XLA, 1 step per call",
-            ["--precision", "float32"], UNFUSED),
-    "new": ("tinylib's choices for this device (environment.automatic_precision, tinylib.batchnorm)",
-            ["--precision", "auto"], {}),
-    "bf16-unfused": ("mixed bfloat16 with Keras' BatchNorm and Adam (no fused kernels)",
-                     ["--precision", "mixed_bfloat16"], UNFUSED),
+            ["--precision", "float32"], OLD),
+    "new": ("tinylib's choices for this device (environment.automatic_precision and steps_per_execution, "
+            "tinylib.batchnorm, tinylib.fused_adam)", ["--precision", "auto"], {}),
+    "new-1-step": ("tinylib's choices but 1 step per compiled call", ["--precision", "auto"],
+                   {"TINYLIB_STEPS_PER_EXECUTION": "1"}),
     "keras-adam": ("tinylib's choices but Keras' Adam update (no fused kernel)", ["--precision", "auto"],
                    {"TINYLIB_FUSED_ADAM": "0"}),
-    "fused-f32": ("float32 with the fused BatchNorm and Adam kernels", ["--precision", "float32"], {}),
-    "xla": ("float32 with XLA (jit_compile=True)", ["--precision", "float32", "--jit-compile"], UNFUSED),
+    "bf16-unfused": ("the old defaults in mixed bfloat16 (Keras' BatchNorm and Adam, 1 step per call)",
+                     ["--precision", "mixed_bfloat16"], OLD),
+    "fused-f32": ("tinylib's choices in float32 (fused kernels, its steps per call)", ["--precision", "float32"], {}),
+    "xla": ("float32 with XLA (jit_compile=True)", ["--precision", "float32", "--jit-compile"], OLD),
     "spe4": ("float32, 4 steps per compiled call", ["--precision", "float32", "--steps-per-execution", "4"], UNFUSED),
     "threads-1-2": ("float32, 1 inter-op and 2 intra-op threads", ["--precision", "float32"],
-                    {**UNFUSED, "TF_NUM_INTEROP_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "2"}),
+                    {**OLD, "TF_NUM_INTEROP_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "2"}),
     "no-onednn": ("float32 without oneDNN (TF_ENABLE_ONEDNN_OPTS=0)", ["--precision", "float32"],
-                  {**UNFUSED, "TF_ENABLE_ONEDNN_OPTS": "0"}),
+                  {**OLD, "TF_ENABLE_ONEDNN_OPTS": "0"}),
     "bf16-xla": ("mixed bfloat16 with XLA", ["--precision", "mixed_bfloat16", "--jit-compile"], {}),
     "jax": ("JAX (XLA), float32", ["--precision", "float32"], {"KERAS_BACKEND": "jax"}),
     "jax-bf16": ("JAX (XLA), mixed bfloat16", ["--precision", "mixed_bfloat16"], {"KERAS_BACKEND": "jax"}),
@@ -101,7 +104,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="model2,model4")
     parser.add_argument("--only", default=",".join(VARIANTS), help="variants, comma-separated: " + ", ".join(VARIANTS))
-    parser.add_argument("--steps", type=int, default=8, help="timed steps per model")
+    parser.add_argument("--steps", type=int, default=24, help="timed steps per model (several compiled calls)")
     parser.add_argument("--peak-size", type=int, default=4096)
     parser.add_argument("--rounds", type=int, default=2,
                         help="measure every variant this many times, in turn, and keep each one's fastest "

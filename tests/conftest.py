@@ -173,3 +173,16 @@ def _each_test_starts_in_the_default_precision():
     yield
     keras.config.set_dtype_policy("float32")
     environment._AUTOMATIC[0] = automatic
+
+
+@pytest.fixture(autouse=True)
+def _one_training_step_per_call(monkeypatch):
+    """The tests reason batch by batch (a kill, a checkpoint, a budget stop at batch k), which
+    Keras' callbacks see only at the end of each compiled call: they train one step a call
+    (``TINYLIB_STEPS_PER_EXECUTION=1``, inherited by the runs they start), not a CPU's default
+    of several. Several steps a call are tested where named
+    (``test_several_steps_per_execution_train_the_same_run``) and the default itself in
+    ``test_speed_choices``; the chapters run with the default."""
+    from tinylib import environment
+
+    monkeypatch.setenv(environment.STEPS_ENV, "1")

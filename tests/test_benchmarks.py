@@ -106,6 +106,7 @@ def test_speed_choices_reads_each_variants_measurement_and_compares_it_with_the_
         assert env["TF_CPP_MIN_LOG_LEVEL"] == "3" and "--no-mixing" in command
         for kernel in ("TINYLIB_FUSED_BATCHNORM", "TINYLIB_FUSED_ADAM"):  # the old defaults: Keras' own
             assert env.get(kernel) == ("0" if variant == "old" else None)
+        assert env.get("TINYLIB_STEPS_PER_EXECUTION") == ("1" if variant == "old" else None)
         folder = Path(command[command.index("--save") + 1])
         (folder / "throughput.json").write_text(json.dumps({
             "matmul_peak_gflops_per_second": {"float32": 210.0, "bfloat16": 384.0},
@@ -152,6 +153,7 @@ def test_run_speed_reads_each_runs_record_and_compares_it_with_the_first_variant
         assert command[:4] == [module.sys.executable, "-m", "tinylib", "train"] and "--fresh" in command
         for kernel in ("TINYLIB_FUSED_BATCHNORM", "TINYLIB_FUSED_ADAM"):  # the old defaults: Keras' own
             assert env.get(kernel) == ("0" if variant == "old" else None)
+        assert env.get("TINYLIB_STEPS_PER_EXECUTION") == ("1" if variant == "old" else None)
         run = Path(command[command.index("--runs") + 1]) / f"speed-{variant}"
         run.mkdir()
         (run / "record.json").write_text(json.dumps({

@@ -10,6 +10,7 @@ machine's matrix-product peak.
 from __future__ import annotations
 
 import keras
+import numpy as np
 import pytest
 
 from tinylib import environment, runs
@@ -75,12 +76,24 @@ def test_the_automatic_precision_follows_the_device(monkeypatch, backend, gpu, f
     ("tensorflow", True, environment.GPU_STEPS_PER_EXECUTION),
     ("jax", True, environment.GPU_STEPS_PER_EXECUTION),
     ("torch", True, 1),  # Keras' torch trainer refuses more than one step a call
-    ("tensorflow", False, 1),
+    ("tensorflow", False, environment.CPU_STEPS_PER_EXECUTION),
+    ("jax", False, environment.CPU_STEPS_PER_EXECUTION),
 ])
 def test_steps_per_execution_follow_the_device_and_the_backend(monkeypatch, backend, gpu, expected):
+    monkeypatch.delenv(environment.STEPS_ENV, raising=False)
     monkeypatch.setattr(keras.backend, "backend", lambda: backend)
     monkeypatch.setattr(environment, "gpu_available", lambda: gpu)
     assert environment.steps_per_execution() == expected
+
+
+def test_the_steps_per_call_setting_wins_and_a_bad_one_says_what_to_give(monkeypatch):
+    monkeypatch.setattr(environment, "gpu_available", lambda: False)
+    monkeypatch.setenv(environment.STEPS_ENV, "1")
+    assert environment.steps_per_execution() == 1
+    for bad in ("0", "four", "-2", "1.5"):
+        monkeypatch.setenv(environment.STEPS_ENV, bad)
+        with pytest.raises(ValueError, match="whole number of steps"):
+            environment.steps_per_execution()
 
 
 def test_configure_precision_auto_reads_the_cpu(monkeypatch, tmp_path, policy):
@@ -237,3 +250,22 @@ def test_a_peak_counts_every_product_of_its_chain(monkeypatch):
     assert one == pytest.approx(2 * 8 ** 3 / 0.5 / 1e9) and four == pytest.approx(one)
     assert calls["matmul"] == 3 * 1 + 3 * 4  # a warm-up and two rounds each
     environment._PEAKS.clear()
+
+
+@pytest.mark.slow
+def test_a_cpu_run_trains_its_default_steps_a_call_and_resumes_with_another(tiny_env, synthetic, monkeypatch,
+                                                                           tmp_path):
+    """The CPU's default of several steps a call, in a whole run: recorded, the epoch's
+    last short call included, and resumed one step a call (not part of the run's identity)."""
+    from tinylib import data
+
+    monkeypatch.setenv("TINYLIB_DATA", str(synthetic))
+    monkeypatch.setattr(environment, "gpu_available", lambda: False)
+    monkeypatch.delenv(environment.STEPS_ENV)
+    ds = data.load()
+    first = _train_smoke(ds, tmp_path, epochs=1)  # 24 images in batches of 4: calls of 4 and 2 steps
+    assert first.record["steps_per_execution"] == environment.CPU_STEPS_PER_EXECUTION == 4
+    assert first.record["epochs_run"] == 1 and np.isfinite(first.record["history"]["loss"][0])
+    monkeypatch.setenv(environment.STEPS_ENV, "1")
+    resumed = _train_smoke(ds, tmp_path, epochs=2)
+    assert resumed.record["epochs_run"] == 2 and resumed.record["steps_per_execution"] == 1

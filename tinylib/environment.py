@@ -63,15 +63,26 @@ def parallel_scope(devices=None):
 
 
 GPU_STEPS_PER_EXECUTION = 16
+CPU_STEPS_PER_EXECUTION = 4
+STEPS_ENV = "TINYLIB_STEPS_PER_EXECUTION"
 
 
 def steps_per_execution() -> int:
-    """Training steps per compiled call: several on a GPU, where a small model's step is
-    shorter than Python's round trip to launch it; one on a CPU, where it is not, and on
-    the torch backend, whose trainer takes one step a call."""
+    """Training steps per compiled call: ``TINYLIB_STEPS_PER_EXECUTION`` where set; else 16
+    on a GPU, where a small model's step is shorter than Python's round trip to launch it,
+    and 4 on a CPU, where that round trip (Keras' loop and the callbacks, a few
+    milliseconds) is still a few percent of a small model's step
+    (``benchmarks/speed_choices.py``, variants 'new' and 'new-spe4'); 1 on the torch
+    backend, whose trainer takes one step a call."""
     if keras.backend.backend() == "torch":
         return 1
-    return GPU_STEPS_PER_EXECUTION if gpu_available() else 1
+    setting = os.environ.get(STEPS_ENV, "").strip()
+    if setting:
+        if not setting.isdigit() or int(setting) < 1:
+            raise ValueError(f"{STEPS_ENV}={setting!r}: give a whole number of steps, 1 or more "
+                             f"(or unset it for this device's default)")
+        return int(setting)
+    return GPU_STEPS_PER_EXECUTION if gpu_available() else CPU_STEPS_PER_EXECUTION
 
 
 def device_count() -> int:
