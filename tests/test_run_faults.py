@@ -731,6 +731,7 @@ for steps in (1, 3):
     run = train.fit(model, ds, profile, runs=sys.argv[1], callbacks=[], verbose=0, checkpoint_every=0.0,
                     steps_per_execution=steps, extra_callbacks=[watch])
     assert run.path == watch.folder, run.path
+    assert run.record["speed"]["steps_per_execution"] == steps  # the run's own, not the device's default
     out[steps] = {"loss": run.record["history"]["loss"], "recorded": run.record["steps_per_execution"],
                   "seen": watch.seen}
 print(json.dumps(out))

@@ -252,6 +252,7 @@ def _speed(model: keras.Model) -> dict:
     from tinylib import flops
 
     settings = environment.speed_settings()
+    settings["steps_per_execution"] = model.steps_per_execution  # this run's, where it was given
     arithmetic = environment.compute_dtype(model.dtype_policy.name)
     settings["train_gflop_per_image"] = float(f"{flops.training_flops(model) / 1e9:.4g}")
     settings["matmul_peak_dtype"] = arithmetic
