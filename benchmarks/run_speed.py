@@ -29,7 +29,7 @@ from tinylib.processes import sigterm_as_exit, tied_to_this_process
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from speed_choices import VARIANTS, fastest_of_rounds  # noqa: E402
+from speed_choices import VARIANTS, clean_environment, fastest_of_rounds  # noqa: E402
 
 
 def runnable(variant: str) -> bool:
@@ -44,7 +44,7 @@ def train_once(variant: str, model: str, profile: str, epochs: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="run-speed-") as folder:
         command = [sys.executable, "-m", "tinylib", "train", model, "--profile", profile, "--epochs", str(epochs),
                    "--runs", folder, "--name", f"speed-{variant}", "--fresh", *arguments]
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **environment}
+        env = {**clean_environment(), "TF_CPP_MIN_LOG_LEVEL": "3", **environment}
         result = subprocess.run(command, env=env, capture_output=True, text=True, cwd=HERE.parent,
                                 preexec_fn=tied_to_this_process)  # a killed benchmark stops its run
         record_file = Path(folder) / f"speed-{variant}" / "record.json"

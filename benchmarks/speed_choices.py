@@ -5,8 +5,10 @@ the thread pools and oneDNN are fixed when TensorFlow starts), one after another
 the same machine, and prints one table: images/s of the full-scale training step
 (augmentation inside the model) and its fraction of the float32 matrix-product peak
 measured in the same process, against tinylib's old defaults (float32, Keras'
-BatchNorm and Adam, TensorFlow, no XLA, one step per call). The float32 variants each change
-one of those defaults.
+BatchNorm and Adam, TensorFlow, no XLA, one step per call). The float32 variants but
+'fused-f32' each change one of those defaults; the others change one of tinylib's own
+choices ('new'). Settings of tinylib's (``TINYLIB_*``) in the shell are left out, so that
+each variant measures what it names.
 
     python benchmarks/speed_choices.py                       # Models 2 and 4, every choice
     python benchmarks/speed_choices.py --models model1,model2,model3,model4,model5 --only old,new
@@ -33,6 +35,7 @@ HERE = Path(__file__).resolve().parent
 # Keras' own BatchNorm and Adam update, not TensorFlow's fused kernels (tinylib.batchnorm, tinylib.fused_adam)
 UNFUSED = {"TINYLIB_FUSED_BATCHNORM": "0", "TINYLIB_FUSED_ADAM": "0"}
 OLD = {**UNFUSED, "TINYLIB_STEPS_PER_EXECUTION": "1"}  # and one step per call
+SPEED_SETTINGS = ("TINYLIB_FUSED_BATCHNORM", "TINYLIB_FUSED_ADAM", "TINYLIB_STEPS_PER_EXECUTION", "TINYLIB_PRECISION")
 # name: (what it is, extra arguments, extra environment)
 VARIANTS = {
     "old": ("old defaults: float32, Keras' BatchNorm and Adam, TensorFlow with oneDNN, no XLA, 1 step per call",
@@ -47,15 +50,22 @@ VARIANTS = {
                      ["--precision", "mixed_bfloat16"], OLD),
     "fused-f32": ("tinylib's choices in float32 (fused kernels, its steps per call)", ["--precision", "float32"], {}),
     "xla": ("float32 with XLA (jit_compile=True)", ["--precision", "float32", "--jit-compile"], OLD),
-    "spe4": ("float32, 4 steps per compiled call", ["--precision", "float32", "--steps-per-execution", "4"], UNFUSED),
+    "spe4": ("float32, 4 steps per compiled call", ["--precision", "float32"],
+             {**UNFUSED, "TINYLIB_STEPS_PER_EXECUTION": "4"}),
     "threads-1-2": ("float32, 1 inter-op and 2 intra-op threads", ["--precision", "float32"],
                     {**OLD, "TF_NUM_INTEROP_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "2"}),
     "no-onednn": ("float32 without oneDNN (TF_ENABLE_ONEDNN_OPTS=0)", ["--precision", "float32"],
                   {**OLD, "TF_ENABLE_ONEDNN_OPTS": "0"}),
     "bf16-xla": ("mixed bfloat16 with XLA", ["--precision", "mixed_bfloat16", "--jit-compile"], {}),
-    "jax": ("JAX (XLA), float32", ["--precision", "float32"], {"KERAS_BACKEND": "jax"}),
+    "jax": ("JAX (XLA), float32, 1 step per call", ["--precision", "float32"],
+            {"KERAS_BACKEND": "jax", "TINYLIB_STEPS_PER_EXECUTION": "1"}),
     "jax-bf16": ("JAX (XLA), mixed bfloat16", ["--precision", "mixed_bfloat16"], {"KERAS_BACKEND": "jax"}),
 }
+def clean_environment() -> dict:
+    """This process's environment without tinylib's speed settings, which the variants set."""
+    return {key: value for key, value in os.environ.items() if key not in SPEED_SETTINGS}
+
+
 def measure(variant: str, models: str, steps: int, peak_size: int) -> dict:
     """{model: (images/s with augmentation, % of the float32 peak)} of one variant, read from
     the ``throughput.json`` that ``model_throughput.py --save`` writes."""
@@ -63,7 +73,7 @@ def measure(variant: str, models: str, steps: int, peak_size: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="speed-choices-") as folder:
         command = [sys.executable, str(HERE / "model_throughput.py"), "--models", models, "--steps", str(steps),
                    "--no-mixing", "--peak-size", str(peak_size), "--save", folder, *arguments]
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **environment}
+        env = {**clean_environment(), "TF_CPP_MIN_LOG_LEVEL": "3", **environment}
         result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=3600,
                                 preexec_fn=tied_to_this_process)  # a killed benchmark stops its child
         saved_file = Path(folder) / "throughput.json"  # tinylib.throughput.THROUGHPUT_FILE

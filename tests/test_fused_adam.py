@@ -168,9 +168,11 @@ def test_a_compiled_update_matches_keras_and_reads_the_rate_at_each_call(jit_com
     _same(*results)
 
 
-def test_training_with_the_fused_update_learns_what_keras_update_learns(monkeypatch):
+@pytest.mark.parametrize("steps_per_call", [1, 4])
+def test_training_with_the_fused_update_learns_what_keras_update_learns(monkeypatch, steps_per_call):
     """A speed setting only: a few steps of a study model's training, the same data and
-    seed, end at the same weights and loss both ways (to float noise)."""
+    seed, end at the same weights and loss both ways (to float noise), one step a compiled
+    call or a CPU's default of four (the last call short)."""
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (48, 32, 32, 3)).astype("uint8")
     y = np.eye(5, dtype="float32")[rng.integers(0, 5, 48)]
@@ -179,6 +181,7 @@ def test_training_with_the_fused_update_learns_what_keras_update_learns(monkeypa
         monkeypatch.setenv(fused_adam.FUSED_ENV, setting)
         keras.utils.set_random_seed(0)
         model = models.build_model("model2", num_classes=5, input_shape=(32, 32, 3), learning_rate=1e-3)
+        model.steps_per_execution = steps_per_call
         history = model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0).history
         ends.append((history["loss"], [keras.ops.convert_to_numpy(w) for w in model.trainable_weights]))
     (loss_fused, fused), (loss_keras, own) = ends

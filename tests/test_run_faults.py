@@ -691,6 +691,11 @@ def test_progress_lines_read_well_in_a_log(tmp_path, smoke, capsys):
     assert "epoch 4/30 step 100/782" in line and "run left about" in line
     left = line.split("run left about ")[1].strip()
     assert left.startswith("13h") or left.startswith("14h"), line  # 26 epochs of 1,860 s, and this one's rest
+    # Four steps a call: Keras numbers the epoch's last call (2 steps of 782) as if it ran 4.
+    resumed.last = 0.0
+    resumed.on_train_batch_end(783, {"loss": 2.0})
+    line = capsys.readouterr().out
+    assert "step 782/782" in line and "epoch left 0s" in line, line
     assert progress.duration(42) == "42s" and progress.duration(785) == "13m05s"
     assert progress.duration(5 * 3600 + 12 * 60) == "5h12m"
     assert progress.duration(float("nan")) == progress.duration(float("inf")) == "?"
@@ -750,6 +755,29 @@ print(json.dumps(out))
 
     assert runs["1"]["seen"] == [at(e, b) for e in (1, 2) for b in (1, 2, 3, 4, 5, 5)], runs["1"]["seen"]
     assert runs["3"]["seen"] == [at(1, 3), at(1, 3), at(2, 3), at(2, 3)], runs["3"]["seen"]
+
+
+def test_a_run_killed_mid_epoch_resumes_with_more_steps_a_call_from_a_batch_between_calls(forks, tmp_path, run_dir):
+    """A sitting of one step a call killed at batch 3 of epoch 2, resumed at a CPU's default of
+    4 steps a call (not a multiple of 4 away from the epoch's start, nor from its end): the
+    straight run's weights and history, to float noise."""
+    import numpy as np
+
+    straight = _drive(forks, tmp_path, epochs=2, BATCH=4, EVERY=0, NAME="straight")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    died = _drive(forks, tmp_path, epochs=2, BATCH=4, EVERY=0, NAME="killed", DIE_IN=2, DIE_AT_BATCH=2)
+    assert died.returncode == -signal.SIGKILL, died.stderr[-3000:]
+    killed = tmp_path / "runs" / "killed"
+    assert json.loads((killed / "state.json").read_text())["partial"]["batches"] == 3
+    resumed = _drive(forks, tmp_path, epochs=2, BATCH=4, EVERY=0, NAME="killed", TINYLIB_STEPS_PER_EXECUTION=4)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "after epoch 1 of 2 and batch 3 of epoch 2" in resumed.stdout
+    np.testing.assert_allclose(np.load(tmp_path / "killed-weights-at-end.npy"),
+                               np.load(tmp_path / "straight-weights-at-end.npy"), rtol=1e-4, atol=1e-5)
+    one, two = _record(tmp_path / "runs" / "straight"), _record(killed)
+    assert two["steps_per_execution"] == 4 and one["steps_per_execution"] == 1
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        np.testing.assert_allclose(two["history"][key], one["history"][key], rtol=1e-4, atol=1e-5)
 
 
 def test_early_stopping_restores_the_best_weights_only_when_the_run_ends(tmp_path, smoke):

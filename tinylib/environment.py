@@ -72,7 +72,7 @@ def steps_per_execution() -> int:
     on a GPU, where a small model's step is shorter than Python's round trip to launch it,
     and 4 on a CPU, where that round trip (Keras' loop and the callbacks, a few
     milliseconds) is still a few percent of a small model's step
-    (``benchmarks/speed_choices.py``, variants 'new' and 'new-spe4'); 1 on the torch
+    (``benchmarks/speed_choices.py``, variants 'new' and 'new-1-step'); 1 on the torch
     backend, whose trainer takes one step a call."""
     if keras.backend.backend() == "torch":
         return 1

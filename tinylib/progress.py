@@ -106,6 +106,8 @@ def _define_progress_log():
 
         def on_train_batch_end(self, batch, logs=None):
             now = time.perf_counter()
+            if self.steps:  # Keras numbers a short last call as a whole one: 784 of 782 at 4 a call
+                batch = min(batch, self.steps - 1)
             if self.first_step is None:
                 self.first_step = (batch, now)  # the first step also compiles: rates start after it
                 return

@@ -104,7 +104,7 @@ def fit(model: keras.Model, data, profile: Profile | str | None = None, *, name:
     another run, in a folder of its own (``-seed<N>``), as is one on another ``batch_size``
     than the profile's (``-batch<N>``) and one given a ``suffix``.
     ``steps_per_execution`` (default: ``environment.steps_per_execution()``, 16 on a
-    GPU) runs that many steps per compiled call; the result is the same.
+    GPU, 4 on a CPU) runs that many steps per compiled call; the result is the same.
     ``hours`` trains to a time budget (``tinylib.budget``): as many of ``epochs`` as fit
     in that many hours of training, over every invocation, with a recipe's 'linear'
     schedule re-planned after each epoch to reach zero when the time is up.
