@@ -10,7 +10,9 @@ kernel type, and prints the largest kernels.
 
 The kernel times are summed over the threads that ran them, so their total exceeds the
 step's wall time where two kernels ran at once, and falls short of it by the time the
-threads waited. ``model_throughput.py --per-layer`` times each layer alone instead.
+threads waited; and the profiler's own tracing lengthens the step, so the step's images/s
+here read below ``model_throughput.py``'s. ``model_throughput.py --per-layer`` times each
+layer alone instead.
 Keep the machine quiet: on a busy one every kernel takes longer, the small ones most.
 TensorFlow only.
 """

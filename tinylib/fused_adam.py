@@ -2,11 +2,12 @@
 
 Keras 3 writes Adam's update as about a dozen separate operations per variable
 (subtract, multiply, square, square root, divide, three assignments, ...), and on
-TensorFlow each one is a pass of its own over the variable: for Model 2's first dense
-layer, 2.4 million weights, a dozen passes at every step. ``ResourceApplyAdam`` is the
-same update in one pass (a profile of Model 2's training step on the 2-core CPU, and
-``benchmarks/adam_update.py``, give the figures). The arithmetic is the same formula
-as Keras':
+TensorFlow each one is a pass of its own over the variable: for Model 3's dense layers,
+140 million weights, a dozen passes at every step. ``ResourceApplyAdam`` is the same
+update in one pass (``benchmarks/adam_update.py`` times both ways; how much of it a
+training step gains depends on what else the cores do meanwhile:
+``benchmarks/speed_choices.py``, variants 'new' and 'keras-adam'). The arithmetic is the
+same formula as Keras':
 
     alpha = lr * sqrt(1 - beta_2**t) / (1 - beta_1**t)
     m += (g - m) * (1 - beta_1);  v += (g**2 - v) * (1 - beta_2)
@@ -46,7 +47,8 @@ class _FusedUpdate:
         import tensorflow as tf  # only on TensorFlow: JAX runs without it
 
         return (not isinstance(gradient, tf.IndexedSlices) and not tf.distribute.has_strategy()
-                and hasattr(variable, "handle") and keras.backend.standardize_dtype(variable.dtype) in _KERNEL_DTYPES)
+                and hasattr(variable, "handle")
+                and keras.backend.standardize_dtype(variable.dtype) in _KERNEL_DTYPES)
 
     def update_step(self, gradient, variable, learning_rate):
         if not self._fusable(gradient, variable):
