@@ -69,20 +69,21 @@ def kernel_times(trace_folder: str | Path) -> dict[str, float]:
 
 def layer_of(kernel: str, model_name: str, optimizer_name: str, layer_names=()) -> str:
     """The row a kernel counts in: 'conv1', 'conv1 (backward)', 'optimizer update' or
-    'loss, metrics and the rest', from the scopes of its name (TensorFlow numbers a scope
-    used twice, 'conv1_1'; a scope that is one of ``layer_names`` is taken as it is)."""
+    'loss, metrics and the rest', from the scopes of its name. TensorFlow numbers a scope
+    used twice ('conv1_1'), and Keras an optimizer or layer whose name is taken ('adam_3'):
+    a scope names ``name`` when it is ``name`` or ``name`` with such a number."""
     scopes = kernel.rsplit(":", 1)[0].split("/")
 
-    def plain(scope):
-        return scope if scope in layer_names else re.sub(r"_\d+$", "", scope)
+    def names(scope: str, name: str) -> bool:
+        return scope == name or re.sub(r"_\d+$", "", scope) == name
 
-    names = [plain(scope) for scope in scopes]
-    if optimizer_name in names:
+    if any(names(scope, optimizer_name) for scope in scopes):
         return "optimizer update"
-    if model_name in names:
-        index = names.index(model_name)
-        if index + 1 < len(names) - 1:  # a layer's scope, not an operation of the model itself
-            return names[index + 1] + (" (backward)" if "gradient_tape" in names else "")
+    index = next((i for i, scope in enumerate(scopes) if names(scope, model_name)), None)
+    if index is not None and index + 1 < len(scopes) - 1:  # a layer's scope, not an operation of the model
+        scope = scopes[index + 1]
+        layer = next((name for name in layer_names if names(scope, name)), re.sub(r"_\d+$", "", scope))
+        return layer + (" (backward)" if "gradient_tape" in scopes else "")
     return "loss, metrics and the rest"
 
 

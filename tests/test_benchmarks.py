@@ -219,6 +219,7 @@ def test_adam_update_times_both_ways_and_their_weights_agree(capsys):
 
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="it reads TensorFlow's profiler")
 def test_profile_step_sums_the_traces_kernels_per_layer_and_type(capsys):
+    keras.optimizers.Adam()  # as in a process that made optimizers before: this one's name is numbered
     figures = load("profile_step").main(["--model", "model1", "--steps", "2", "--batch", "4", "--precision",
                                          "float32"])
     out = capsys.readouterr().out
@@ -240,3 +241,7 @@ def test_profile_step_names_each_kernels_row_from_its_scopes():
     assert layer_of("StatefulPartitionedCall/Equal:Equal", "model2", "adam") == "loss, metrics and the rest"
     assert layer_of("StatefulPartitionedCall/model2_1/block_1/Relu:Relu", "model2", "adam", {"block_1"}) == "block_1"
     assert layer_of("StatefulPartitionedCall/model2_1/block_1_1/Relu:Relu", "model2", "adam", {"block_1"}) == "block_1"
+    # A process that made optimizers before names this one 'adam_3' (its scope 'adam_3' or 'adam_3_1').
+    for scope in ("adam_3", "adam_3_1"):
+        assert layer_of(f"StatefulPartitionedCall/{scope}/Sqrt:Sqrt", "model2", "adam_3") == "optimizer update"
+    assert layer_of("StatefulPartitionedCall/adam/Sqrt:Sqrt", "model2", "adam_3") != "optimizer update"
