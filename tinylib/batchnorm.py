@@ -17,7 +17,6 @@ renormalisation. Everything else, JAX included, is Keras' computation.
 
 from __future__ import annotations
 
-import os
 
 import keras
 
@@ -27,9 +26,9 @@ FUSED_ENV = "TINYLIB_FUSED_BATCHNORM"
 def fused_available() -> bool:
     """Whether training calls go through TensorFlow's fused kernel: on TensorFlow,
     unless ``TINYLIB_FUSED_BATCHNORM=0`` (for side-by-side timings)."""
-    if keras.backend.backend() != "tensorflow":
-        return False
-    return os.environ.get(FUSED_ENV, "1").strip().lower() not in ("0", "false")
+    from tinylib import environment
+
+    return environment.fused_kernel_enabled(FUSED_ENV)
 
 
 @keras.saving.register_keras_serializable(package="tinylib")

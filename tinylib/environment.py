@@ -62,6 +62,14 @@ def parallel_scope(devices=None):
     return distribution.scope() if distribution is not None else contextlib.nullcontext()
 
 
+def fused_kernel_enabled(setting: str) -> bool:
+    """Whether a fused TensorFlow kernel of tinylib's is used: on TensorFlow, unless its
+    environment ``setting`` is 0 or false (for side-by-side timings)."""
+    if keras.backend.backend() != "tensorflow":
+        return False
+    return os.environ.get(setting, "1").strip().lower() not in ("0", "false")
+
+
 GPU_STEPS_PER_EXECUTION = 16
 CPU_STEPS_PER_EXECUTION = 4
 STEPS_ENV = "TINYLIB_STEPS_PER_EXECUTION"

@@ -21,7 +21,6 @@ strategy. JAX compiles Keras' update into one fused loop already and keeps it.
 
 from __future__ import annotations
 
-import os
 
 import keras
 
@@ -32,9 +31,9 @@ _KERNEL_DTYPES = ("float16", "bfloat16", "float32", "float64")
 def fused_available() -> bool:
     """Whether Adam's updates go through TensorFlow's fused kernel: on TensorFlow,
     unless ``TINYLIB_FUSED_ADAM=0`` (for side-by-side timings)."""
-    if keras.backend.backend() != "tensorflow":
-        return False
-    return os.environ.get(FUSED_ENV, "1").strip().lower() not in ("0", "false")
+    from tinylib import environment
+
+    return environment.fused_kernel_enabled(FUSED_ENV)
 
 
 class _FusedUpdate:
