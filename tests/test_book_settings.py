@@ -57,6 +57,11 @@ def reduce():
     return callbacks()[1]
 
 
+def before(name):
+    """A callback's patience in the records from before their settings were recorded."""
+    return module("runs").SETTINGS_BEFORE_RECORDED[name]["patience"]
+
+
 def module(name):
     import importlib
 
@@ -79,20 +84,27 @@ CLAIMS = [
     ("06_model1", "taken inside an epoch every few minutes",
      lambda: 60 <= module("checkpointing").CHECKPOINT_EVERY <= 600),
     ("07_model2", "Dropout (0.5, this book's rate)", lambda: default(module("models").model2, "dropout") == 0.5),
-    ("07_model2", "loss has not improved for 5 epochs", lambda: early().patience == 5),
+    ("07_model2", "loss has not improved for 6 epochs", lambda: early().patience == 6),
     ("07_model2", "multiplies the learning rate by 0.2 when the validation", lambda: reduce().factor == 0.2),
     ("07_model2", "loss has not improved for 3 epochs", lambda: reduce().patience == 3),
     ("07_model2", "improves by less than 0.0001, the learning-rate reduction's threshold",
      lambda: reduce().min_delta == 1e-4 and early().min_delta == 0),
-    ("07_model2", "(5 − 3 = 2 epochs) before the run ends",
-     lambda: (early().patience, reduce().patience) == (5, 3)),
+    ("07_model2", "(6 − 3 = 3 epochs) before the run ends",
+     lambda: (early().patience, reduce().patience) == (6, 3)),
+    ("07_model2", "early stopping waits twice as long as its learning-rate reduction",
+     lambda: early().patience == 2 * reduce().patience),
+    ("07_model2", "first runs of Model 2 waited 5 epochs, which left the lowered rate as few as 5 − 3 = 2",
+     lambda: (before("early_stopping"), before("reduce_lr_on_plateau")) == (5, 3)),
+    ("07_model2", "`PLATEAU_PATIENCE` is 3 epochs, and `EARLY_STOPPING_PATIENCE` twice that",
+     lambda: module("train").PLATEAU_PATIENCE == reduce().patience == 3
+     and module("train").EARLY_STOPPING_PATIENCE == early().patience == 6),
     ("07_model2", "So in a run of fewer than 4 epochs the learning", lambda: 1 + reduce().patience == 4),
-    ("07_model2", "in a run of fewer than 6 nothing stops early", lambda: 1 + early().patience == 6),
+    ("07_model2", "in a run of fewer than 7 nothing stops early", lambda: 1 + early().patience == 7),
     ("07_model2", "So `ReduceLROnPlateau` (patience 3) can", lambda: reduce().patience == 3),
     ("07_model2", "first lower the learning rate at the end of epoch 4", lambda: 1 + reduce().patience == 4),
-    ("07_model2", "(patience 5) can first stop at the end of epoch 6", lambda: 1 + early().patience == 6),
-    ("07_model2", "learning-rate reduction can then act after 3 more epochs without improvement, early stopping after 5",
-     lambda: (reduce().patience, early().patience) == (3, 5)),
+    ("07_model2", "(patience 6) can first stop at the end of epoch 7", lambda: 1 + early().patience == 7),
+    ("07_model2", "learning-rate reduction can then act after 3 more epochs without improvement, early stopping after 6",
+     lambda: (reduce().patience, early().patience) == (3, 6)),
     ("07_model2", "a quarter of the optimizer steps an epoch, at the study's learning rate of $10^{-4}$",
      lambda: profile("full").batch_size == 4 * module("diagnose").KERAS_DEFAULT_BATCH
      and module("recipes").RECIPES["study"].learning_rate == 1e-4),
@@ -174,3 +186,27 @@ def test_every_percentage_to_two_decimals_in_the_prose_is_one_of_the_studys_figu
              for figure in re.findall(r"\b\d+\.\d\d\s?%", prose(path.stem)) if figure.replace(" ", "") not in quoted]
     assert not stray, "percentages in the prose that are not the study's figures:\n" + "\n".join(stray)
     assert "43.14%" in prose("01_introduction")  # the scan reads the chapters
+
+
+def test_chapter_5s_callbacks_in_plain_keras_are_set_as_tinylibs():
+    """Chapter 5 writes Model 2's two callbacks out in plain Keras, beside ``train_model``:
+    each argument it gives them is the setting ``train.make_callbacks`` gives the runs."""
+    import ast
+    import json
+
+    from tinylib import train
+
+    written = {}
+    for cell in json.loads((BOOK / "05_training_setup.ipynb").read_text(encoding="utf-8"))["cells"]:
+        if cell["cell_type"] != "code":
+            continue
+        code = "\n".join(line for line in "".join(cell["source"]).splitlines() if not line.lstrip().startswith(("%", "!")))
+        for node in ast.walk(ast.parse(code)):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", None) in ("EarlyStopping", "ReduceLROnPlateau"):
+                written[node.func.attr] = {arg.arg: ast.literal_eval(arg.value) for arg in node.keywords}
+    made = {type(callback).__name__: callback for callback in train.make_callbacks(["early_stopping", "reduce_lr_on_plateau"])}
+    assert set(written) == set(made), "chapter 5 no longer writes both callbacks out"
+    wrong = [f"{name}({key}={value!r}): tinylib's is {getattr(made[name], key)!r}"
+             for name, arguments in written.items() for key, value in arguments.items()
+             if getattr(made[name], key) != value]
+    assert not wrong, "chapter 5's plain-Keras callbacks differ from the runs':\n" + "\n".join(wrong)

@@ -95,12 +95,22 @@ def test_the_hours_left_of_a_run_that_early_stopping_may_end_are_a_cap(tmp_path)
 def test_early_stopping_soon_after_the_rate_fell_is_told(tmp_path):
     val = [0.10, 0.15, 0.18, 0.20, 0.21, 0.205, 0.208, 0.207]
     train = [0.1, 0.15, 0.18, 0.2, 0.205, 0.21, 0.215, 0.22]
-    _record(tmp_path, "model2", val, train, rates=[1e-4] * 6 + [2e-5] * 2, epochs=100, stopped_early=True)
+    names = ["early_stopping", "reduce_lr_on_plateau"]
+    _record(tmp_path, "model2", val, train, rates=[1e-4] * 6 + [2e-5] * 2, epochs=100, stopped_early=True,
+            callbacks=names)
     story = diagnose.gap_story("model2", tmp_path)
     assert "its best epoch (5 of 8) is 1.72 points below it" in story
     # The study's train accuracy (20.17%) first reached at epoch 5 (20.5%), where val was 21.0%.
     assert "reached the study's 20.17% at epoch 5, where its validation accuracy was 21.00%" in story
     assert "lowered for epoch 7; early stopping ended the run after epoch 8, so the last, lowest rate trained 2 epochs" in story
+    # A record from before the callbacks' settings were recorded: early stopping's patience was 5 then.
+    assert "trained 2 epochs (its early stopping waited 5 epochs without improvement, its rate reduction 3)." in story
+    from tinylib import train as train_lib
+
+    _record(tmp_path, "model2", val, train, rates=[1e-4] * 6 + [2e-5] * 2, epochs=100, stopped_early=True,
+            callbacks=names, callback_settings=train_lib.callback_settings(names))
+    assert "(its early stopping waited 6 epochs without improvement, its rate reduction 3)." \
+        in diagnose.gap_story("model2", tmp_path)
     assert story.startswith("**Why it is short of the study's 22.72%:**")  # 1.72 points on 10,000 images each
 
 

@@ -381,6 +381,38 @@ def test_other_callbacks_or_another_backend_are_another_run(tmp_path, smoke):
         f"backend: {other['backend']!r} -> {first.record['backend']!r}"]
 
 
+def test_a_record_keeps_its_callbacks_settings_and_a_run_with_other_ones_is_another_run(tmp_path, smoke):
+    """The record says which patience ended its run; a folder from before the settings were
+    recorded ran with early stopping's old patience (5), and today's is refused on it, where a
+    run without callbacks from then (Models 3 to 5 at full scale) resumes as it was."""
+    from tinylib import train
+
+    ds, profile = smoke
+    names = ["early_stopping", "reduce_lr_on_plateau"]
+    first = train.fit(_tiny(ds.num_classes), ds, profile, epochs=1, runs=tmp_path, callbacks=names, verbose=0)
+    settings = _record(first.path)["callback_settings"]
+    assert settings["early_stopping"]["patience"] == train.EARLY_STOPPING_PATIENCE == 2 * train.PLATEAU_PATIENCE
+    assert settings["reduce_lr_on_plateau"] == {"monitor": "val_loss", "patience": train.PLATEAU_PATIENCE,
+                                                "min_delta": 0.0001, "factor": 0.2, "min_lr": 1e-06, "cooldown": 0}
+    # The settings of the records from before: today's but for early stopping's patience.
+    assert runs.identity_differences({"callback_settings": runs.SETTINGS_BEFORE_RECORDED},
+                                     {"callback_settings": settings}) == [
+        f"callback_settings.early_stopping.patience: 5 -> {train.EARLY_STOPPING_PATIENCE}"]
+    old = {key: value for key, value in _record(first.path).items() if key != "callback_settings"}
+    (first.path / runs.RECORD_FILE).write_text(json.dumps(old), encoding="utf-8")
+    with pytest.raises(runs.RunConflict, match=r"callback_settings.early_stopping.patience: 5 -> 6.*--fresh"):
+        train.fit(_tiny(ds.num_classes), ds, profile, epochs=2, runs=tmp_path, callbacks=names, verbose=0)
+
+    plain = train.fit(_tiny(ds.num_classes), ds, profile, epochs=1, runs=tmp_path, callbacks=[], verbose=0,
+                      name="plain")
+    assert _record(plain.path)["callback_settings"] == {}
+    old = {key: value for key, value in _record(plain.path).items() if key != "callback_settings"}
+    (plain.path / runs.RECORD_FILE).write_text(json.dumps(old), encoding="utf-8")
+    again = train.fit(_tiny(ds.num_classes), ds, profile, epochs=2, runs=tmp_path, callbacks=[], verbose=0,
+                      name="plain")
+    assert again.record["resumed_at_epoch"] == 1 and again.record["epochs_run"] == 2
+
+
 def test_a_changed_build_option_is_refused(tmp_path, smoke):
     from tinylib import models, train
 

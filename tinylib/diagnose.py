@@ -105,7 +105,8 @@ def gap_story(model: str, folder=None) -> str:
                  *_batch_sentences(record, facts),
                  *_trend_sentences(facts),
                  *_end_sentences(facts, *results.run_end(record),
-                                 early_stopping="early_stopping" in (record.get("callbacks") or []))]
+                                 early_stopping="early_stopping" in (record.get("callbacks") or []),
+                                 patience=_patience(record))]
     return " ".join(sentences)
 
 
@@ -211,9 +212,20 @@ def _trend_sentences(facts: dict) -> list[str]:
             f"{_points(facts['trend_error'])}){'' if beyond else ', within two standard errors of zero'}."]
 
 
-def _end_sentences(facts: dict, end: str, run: int, planned: int, early_stopping: bool = False) -> list[str]:
-    """Where the learning rate fell and how the run ended: early stopping, epochs run out,
-    or unfinished with the hours left at its median epoch."""
+def _patience(record: dict) -> dict[str, int]:
+    """The patience of each of the record's callbacks that has one, by name (``runs.recorded_callback_settings``)."""
+    from tinylib.runs import recorded_callback_settings
+
+    settings = recorded_callback_settings(record) or {}
+    return {name: int(each["patience"]) for name, each in settings.items() if isinstance(each, dict) and "patience" in each}
+
+
+def _end_sentences(facts: dict, end: str, run: int, planned: int, early_stopping: bool = False,
+                   patience: dict | None = None) -> list[str]:
+    """Where the learning rate fell and how the run ended: early stopping (with the two
+    callbacks' patience, which bounds how long a lowered rate trains), epochs run out, or
+    unfinished with the hours left at its median epoch."""
+    patience = patience or {}
     sentences = []
     if facts["lowered_at"]:
         last = facts["lowered_at"][-1]
@@ -221,7 +233,12 @@ def _end_sentences(facts: dict, end: str, run: int, planned: int, early_stopping
         lowered = f"The learning rate was lowered for epoch{'s' if len(facts['lowered_at']) > 1 else ''} {epochs}"
         if end == "stopped early":
             lowered += f"; early stopping ended the run after epoch {run}, so the last, lowest rate trained {run - last + 1}"
-            lowered += " epoch." if run == last else " epochs."
+            lowered += " epoch" if run == last else " epochs"
+            if {"early_stopping", "reduce_lr_on_plateau"} <= set(patience):
+                stop, plateau = patience["early_stopping"], patience["reduce_lr_on_plateau"]
+                lowered += (f" (its early stopping waited {stop} epochs without improvement, its rate reduction "
+                            f"{plateau})")
+            lowered += "."
         else:
             lowered += "."
         sentences.append(lowered)

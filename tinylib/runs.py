@@ -301,7 +301,8 @@ def epochs_change(path: Path, previous: dict, done: int, epochs: int, stopped: b
 # The callbacks' state is restored by position, and a backend's random generators and
 # optimizer variables are its own: either changed is another run too.
 IDENTITY = ("model", "parameters", "weights", "augmentation", "optimizer", "learning_rate", "recipe",
-            "batch_size", "build_options", "dataset", "seed", "dtype_policy", "callbacks", "backend")
+            "batch_size", "build_options", "dataset", "seed", "dtype_policy", "callbacks", "callback_settings",
+            "backend")
 
 
 def recorded_precision(path: Path) -> str | None:
@@ -312,9 +313,32 @@ def recorded_precision(path: Path) -> str | None:
     return policy if isinstance(policy, str) else None
 
 
+# The callbacks' settings of every record written before they were recorded (``callback_settings``):
+# early stopping then waited 5 epochs, not twice the plateau's 3.
+SETTINGS_BEFORE_RECORDED = {
+    "early_stopping": {"monitor": "val_loss", "patience": 5, "min_delta": 0, "restore_best_weights": True,
+                       "start_from_epoch": 0, "baseline": None},
+    "reduce_lr_on_plateau": {"monitor": "val_loss", "patience": 3, "min_delta": 0.0001, "factor": 0.2,
+                             "min_lr": 1e-06, "cooldown": 0},
+}
+
+
+def recorded_callback_settings(record: dict) -> dict | None:
+    """The settings of the record's callbacks, by name: as recorded, or, for a record from before
+    they were, what they were then (``SETTINGS_BEFORE_RECORDED``); None for a record that names
+    no callbacks at all (not one of ``train.fit``'s)."""
+    if isinstance(record.get("callback_settings"), dict):
+        return record["callback_settings"]
+    names = record.get("callbacks")
+    if not isinstance(names, list):
+        return None
+    return {name: SETTINGS_BEFORE_RECORDED.get(name, {}) for name in names}
+
+
 def identity_differences(previous: dict, record: dict) -> list[str]:
     """What makes ``record`` another run than ``previous`` (``IDENTITY``), in words; [] if none."""
     previous, record = _with_default_options(previous), _with_default_options(record)
+    previous, record = _with_callback_settings(previous), _with_callback_settings(record)
     changed = [key for key in IDENTITY if key in previous and key in record and previous[key] != record[key]]
     return [_difference(key, previous[key], record[key]) for key in changed]
 
@@ -343,6 +367,13 @@ def _with_default_options(record: dict) -> dict:
     return {**record, "build_options": models_lib.recorded_options(record["model"], options)}
 
 
+def _with_callback_settings(record: dict) -> dict:
+    """``record`` with its callbacks' settings, filled in for a record from before they were
+    recorded: resuming such a run with today's settings is refused (they act at other epochs)."""
+    settings = recorded_callback_settings(record)
+    return record if settings is None else {**record, "callback_settings": settings}
+
+
 def _difference(key: str, old, new) -> str:
     """One changed setting in words; dicts show only the entries that differ."""
     if isinstance(old, dict) and isinstance(new, dict):
@@ -350,7 +381,7 @@ def _difference(key: str, old, new) -> str:
         if key == "dataset" and "wnids" in keys:
             keys = [k for k in keys if k != "wnids"] + ["classes chosen"]
             old, new = {**old, "classes chosen": "..."}, {**new, "classes chosen": "other"}
-        return ", ".join(f"{key}.{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys)
+        return ", ".join(_difference(f"{key}.{k}", old.get(k), new.get(k)) for k in keys)
     return f"{key}: {old!r} -> {new!r}"
 
 
