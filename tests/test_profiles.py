@@ -55,6 +55,13 @@ def test_the_profile_line_shows_the_epochs_and_batch_a_command_overrides():
     assert full.describe(epochs=30, batch_size=128).endswith("30 epochs, batch 128")
     assert full.describe(epochs=12, batch_size=32).endswith(
         "12 epochs (the profile's: 30), batch 32 (the profile's: 128)")
+    # A model's own epochs in the profile are the profile's, not an override (Model 2's cap).
+    assert full.epochs_for("model2") == 100
+    assert full.describe(model="model2").endswith("100 epochs (model2's in this profile; 30 for most models), batch 128")
+    assert full.describe(epochs=100, model="model2").endswith("100 epochs (model2's in this profile; 30 for most "
+                                                               "models), batch 128")
+    assert full.describe(epochs=40, model="model2").endswith("40 epochs (the profile's: 100), batch 128")
+    assert full.describe(model="model1").endswith("30 epochs, batch 128")
 
 
 def test_the_profiles_table_gives_each_profiles_counts_with_none_meaning_all():

@@ -101,8 +101,8 @@ def _train(args) -> int:
     profile = get_profile(args.profile)
     # The epochs and batch this command trains with, where they are not the profile's (a recipe's
     # epochs are its own: the line 'Training ...' gives them).
-    epochs = args.epochs or (profile.epochs_for(model_name) if recipe is None else None)
-    print(profile.describe(epochs=epochs, batch_size=args.batch_size), flush=True)
+    print(profile.describe(epochs=args.epochs, batch_size=args.batch_size,
+                           model=model_name if recipe is None else None), flush=True)
     _check_train_options(args, model_name, recipe, profile)
     _check_results_folder(args.results, profile)
     # Fail before minutes of loading and building when the runs folder cannot be made.

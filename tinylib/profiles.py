@@ -81,21 +81,26 @@ class Profile:
         """How many validation images a run is scored on (all 10,000 where the counts are None)."""
         return self.num_classes * (self.val_per_class or 50)
 
-    def describe(self, *, epochs: int | None = None, batch_size: int | None = None) -> str:
+    def describe(self, *, epochs: int | None = None, batch_size: int | None = None,
+                 model: str | None = None) -> str:
         """One line a student can read: what this profile trains on.
 
-        ``epochs``/``batch_size`` are what a command trains with where they differ from the
-        profile's (a model's own epochs, ``--batch-size``), so the line never shows a figure
-        the run does not use without saying so.
+        ``epochs``/``batch_size`` are what a command asks for where they differ from the
+        profile's (``--epochs``, ``--batch-size``); ``model`` the model it trains, whose epochs
+        in this profile may be its own (Model 2's cap): the line never shows a figure the run
+        does not use, nor calls the profile's own figure an override, without saying so.
         """
         def changed(value, default):
             return f" (the profile's: {default})" if value is not None and value != default else ""
 
-        epochs_used = epochs if epochs is not None else self.epochs
+        own = self.epochs_for(model) if model else self.epochs
+        epochs_used = epochs if epochs is not None else own
+        whose = (f" ({model}'s in this profile; {self.epochs} for most models)"
+                 if epochs_used == own != self.epochs else changed(epochs, own))
         batch_used = batch_size if batch_size is not None else self.batch_size
         return (
             f"profile '{self.name}': {self.num_classes} classes, {self.train_images:,} train / "
-            f"{self.val_images:,} val images, {epochs_used} epochs{changed(epochs, self.epochs)}, "
+            f"{self.val_images:,} val images, {epochs_used} epochs{whose}, "
             f"batch {batch_used}{changed(batch_size, self.batch_size)}"
         )
 
