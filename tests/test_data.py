@@ -103,6 +103,21 @@ def test_a_dataset_changed_at_the_caches_own_path_is_decoded_again(tiny_env, syn
     np.testing.assert_array_equal(again.images[index], before.images[index])
 
 
+def test_a_folder_linked_into_the_dataset_is_fingerprinted_through_its_link(synthetic, tmp_path):
+    """A dataset assembled from linked folders (a class kept elsewhere) is read through the
+    links, so a change there is a change of the dataset; a link back up is walked once."""
+    moved = tmp_path / "elsewhere"
+    shutil.move(str(synthetic / "train" / WNIDS[0]), moved)
+    (synthetic / "train" / WNIDS[0]).symlink_to(moved, target_is_directory=True)
+    (synthetic / "train" / WNIDS[1] / "loop").symlink_to(synthetic / "train", target_is_directory=True)
+    source = data.open_source(synthetic)
+    before = source.fingerprint()
+    assert before is not None
+    image = moved / "images" / f"{WNIDS[0]}_1.JPEG"
+    image.write_bytes(image.read_bytes() + b"\0")  # one more byte, in the linked folder
+    assert source.fingerprint() not in (None, before)
+
+
 def test_a_cache_older_than_the_fingerprint_or_a_source_unreadable_now_serves(tiny_env, synthetic, monkeypatch):
     from tinylib.data import cache
 
@@ -111,7 +126,7 @@ def test_a_cache_older_than_the_fingerprint_or_a_source_unreadable_now_serves(ti
     assert cache.other_source(older) is None
     from tinylib.data import sources
 
-    def unreadable(top, onerror=None):  # a folder that cannot be listed whole: nothing is known
+    def unreadable(top, onerror=None, **options):  # a folder that cannot be listed whole: nothing is known
         onerror(PermissionError(13, "Permission denied", str(top)))
         return iter(())
 

@@ -46,14 +46,22 @@ class FolderSource:
 
     def fingerprint(self) -> str | None:
         """What the dataset holds, cheaply: the name and size of every file the layout reads
-        (``dataset_file``; no image read). An identical extraction gives the same; a changed
-        one not; None where the folder cannot be read whole (then nothing is known)."""
+        (``dataset_file``; no image read), linked folders and files included. An identical
+        extraction gives the same; a changed one not (an image rewritten at its very size is
+        not seen); None where the folder cannot be read whole (then nothing is known)."""
         def refuse(error):
             raise error
 
         digest, root = hashlib.sha256(), str(self.root)
+        seen = set()  # the folders walked, as the disk knows them: a link back up is walked once
         try:
-            for top, folders, names in os.walk(root, onerror=refuse):
+            # Through links too: a dataset assembled from linked folders is read through them.
+            for top, folders, names in os.walk(root, onerror=refuse, followlinks=True):
+                here = os.stat(top)
+                if (here.st_dev, here.st_ino) in seen:
+                    folders[:] = []
+                    continue
+                seen.add((here.st_dev, here.st_ino))
                 folders[:] = sorted(f for f in folders if not f.startswith("."))  # .ipynb_checkpoints
                 relative = os.path.relpath(top, root).replace(os.sep, "/")
                 prefix = "" if relative == "." else relative + "/"  # 'train/n01443537/images/'
