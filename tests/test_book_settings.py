@@ -62,6 +62,18 @@ def before(name):
     return module("runs").SETTINGS_BEFORE_RECORDED[name]["patience"]
 
 
+def ended_as_the_old_patience_said(record_file):
+    """Whether a record from before the callbacks' settings were recorded stopped early with
+    its last, lowest rate trained as few epochs as the old patiences allowed (5 − 3)."""
+    import json
+
+    record = json.loads((BOOK / "results" / record_file).read_text(encoding="utf-8"))
+    rates = record["history"]["learning_rate"]
+    lowered = [epoch for epoch in range(2, len(rates) + 1) if rates[epoch - 1] < rates[epoch - 2]]
+    return ("callback_settings" not in record and bool(record.get("stopped_early")) and bool(lowered)
+            and record["epochs_run"] - lowered[-1] + 1 == before("early_stopping") - before("reduce_lr_on_plateau"))
+
+
 def module(name):
     import importlib
 
@@ -95,6 +107,8 @@ CLAIMS = [
      lambda: early().patience == 2 * reduce().patience),
     ("07_model2", "first runs of Model 2 waited 5 epochs, which left the lowered rate as few as 5 − 3 = 2",
      lambda: (before("early_stopping"), before("reduce_lr_on_plateau")) == (5, 3)),
+    ("07_model2", "5 − 3 = 2: too few, often, for a smaller step to pay off, and its first full-scale runs ended just so",
+     lambda: ended_as_the_old_patience_said("model2-full-tensorflow-batch32.json")),
     ("07_model2", "`PLATEAU_PATIENCE` is 3 epochs, and `EARLY_STOPPING_PATIENCE` twice that",
      lambda: module("train").PLATEAU_PATIENCE == reduce().patience == 3
      and module("train").EARLY_STOPPING_PATIENCE == early().patience == 6),

@@ -110,12 +110,17 @@ def test_a_folder_linked_into_the_dataset_is_fingerprinted_through_its_link(synt
     shutil.move(str(synthetic / "train" / WNIDS[0]), moved)
     (synthetic / "train" / WNIDS[0]).symlink_to(moved, target_is_directory=True)
     (synthetic / "train" / WNIDS[1] / "loop").symlink_to(synthetic / "train", target_is_directory=True)
+    (synthetic / "a view of train").symlink_to(synthetic / "train", target_is_directory=True)  # walked before it
     source = data.open_source(synthetic)
     before = source.fingerprint()
     assert before is not None
     image = moved / "images" / f"{WNIDS[0]}_1.JPEG"
     image.write_bytes(image.read_bytes() + b"\0")  # one more byte, in the linked folder
-    assert source.fingerprint() not in (None, before)
+    linked = source.fingerprint()
+    assert linked not in (None, before)
+    image = synthetic / "train" / WNIDS[1] / "images" / f"{WNIDS[1]}_1.JPEG"
+    image.write_bytes(image.read_bytes() + b"\0")  # and in a folder of the layout reached by a link too
+    assert source.fingerprint() not in (None, before, linked)
 
 
 def test_a_cache_older_than_the_fingerprint_or_a_source_unreadable_now_serves(tiny_env, synthetic, monkeypatch):

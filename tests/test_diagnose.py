@@ -297,6 +297,26 @@ def test_a_record_at_another_batch_and_another_precision_is_set_aside_with_the_r
             "(dtype_policy: 'mixed_bfloat16' -> 'float32').") in story
 
 
+def test_runs_that_waited_differently_before_stopping_early_are_compared_and_the_story_says_so(tmp_path):
+    """Early stopping's patience moves where a run ends, not what it trains before: a run from
+    before the settings were recorded (patience 5) is compared with one of today's (6), and the
+    story names both; another rate reduction changes the rates trained, and sets a run aside."""
+    from tinylib import train as train_lib
+
+    names = ["early_stopping", "reduce_lr_on_plateau"]
+    today = train_lib.callback_settings(names)
+    _at_batch(tmp_path, "large.json", 128, [0.10, 0.20], callbacks=names, callback_settings=today)
+    _at_batch(tmp_path, "small.json", 32, [0.12, 0.15], callbacks=names)  # from before: patience 5
+    assert list(diagnose.by_batch("model2", tmp_path)) == [32, 128]
+    story = diagnose.batch_story("model2", tmp_path)
+    assert (f"Their early stopping waited differently for an improvement (batch 32 5 epochs, batch 128 "
+            f"{train_lib.EARLY_STOPPING_PATIENCE} epochs; the rate's reduction the same)") in story
+    slower = {**today, "reduce_lr_on_plateau": {**today["reduce_lr_on_plateau"], "patience": 10}}
+    _at_batch(tmp_path, "small.json", 32, [0.12, 0.15], callbacks=names, callback_settings=slower)
+    assert list(diagnose.by_batch("model2", tmp_path)) == [128]
+    assert "callback_settings.reduce_lr_on_plateau.patience: 3 -> 10" in diagnose.batch_story("model2", tmp_path)
+
+
 def test_a_precision_the_books_check_found_within_noise_does_not_set_a_run_aside(tmp_path):
     """Model 4's batch-128 record trained in mixed bfloat16, its batch-32 run in float32 (a CPU
     without bfloat16): chapter 13's check, not a guess, says whether they can be compared."""

@@ -305,14 +305,40 @@ def precision_checked(model: str, policies, folder=None) -> dict | None:
 def _beyond_the_batch(reference: dict, record: dict, folder=None) -> list[str]:
     """How ``record`` differs from ``reference`` in more than its batch (``runs.IDENTITY``), in
     words. A precision that the book's precision check found to train within noise of float32
-    is not counted: the story names it (``_precision_note``) instead of setting the run aside."""
+    is not counted: the story names it (``_precision_note``) instead of setting the run aside.
+    Nor is early stopping's patience: it decides only where a run ends, not what it trains
+    before (the rate's reduction does, and counts), and the story says where each run ended
+    and with which patience (``_stopping_note``)."""
     from tinylib.runs import identity_differences
 
     same = {"batch_size": None}
     policies = {reference.get("dtype_policy"), record.get("dtype_policy")}
     if len(policies) == 2 and precision_checked(record.get("model"), policies, folder):
         same["dtype_policy"] = None
-    return identity_differences({**reference, **same}, {**record, **same})
+    return identity_differences({**reference, **same}, {**record, **same, **_stopping_as(reference, record)})
+
+
+def _stopping_as(reference: dict, record: dict) -> dict:
+    """``record``'s callback settings with ``reference``'s early-stopping patience, where both
+    stop early ({} otherwise): the one setting a comparison of their curves can leave aside."""
+    from tinylib.runs import recorded_callback_settings
+
+    ours, theirs = recorded_callback_settings(record), recorded_callback_settings(reference)
+    if not ours or not theirs or not isinstance(ours.get("early_stopping"), dict) \
+            or not isinstance(theirs.get("early_stopping"), dict) or "patience" not in theirs["early_stopping"]:
+        return {}
+    stopping = {**ours["early_stopping"], "patience": theirs["early_stopping"]["patience"]}
+    return {"callback_settings": {**ours, "early_stopping": stopping}}
+
+
+def _stopping_note(runs: dict[int, dict]) -> list[str]:
+    """Where the runs compared waited differently before stopping early: each one's patience."""
+    patience = {batch: _patience(record).get("early_stopping") for batch, record in runs.items()}
+    if None in patience.values() or len(set(patience.values())) < 2:
+        return []
+    each = ", ".join(f"batch {batch} {wait} epochs" for batch, wait in patience.items())
+    return [f"Their early stopping waited differently for an improvement ({each}; the rate's reduction the same), "
+            f"which moves where a run ends, not what it trained before."]
 
 
 def _precision_note(model: str, runs: dict[int, dict], folder=None) -> list[str]:
@@ -466,6 +492,7 @@ def batch_story(model: str, folder=None) -> str:
                     f"in `{record['record_file']}`")
     sentences.append(f"Best validation top-1 of each run: {'; '.join(ends)}.")
     sentences.extend(_precision_note(model, runs, folder))
+    sentences.extend(_stopping_note(runs))
     sentences.extend(_where_both_ended(model, small, a, large, b, n))
     if a.get("callbacks"):
         sentences.append(f"The study's callbacks count epochs, so at batch {small} their patience waits "

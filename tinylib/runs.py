@@ -340,6 +340,8 @@ def identity_differences(previous: dict, record: dict) -> list[str]:
     previous, record = _with_default_options(previous), _with_default_options(record)
     previous, record = _with_callback_settings(previous), _with_callback_settings(record)
     changed = [key for key in IDENTITY if key in previous and key in record and previous[key] != record[key]]
+    if "callbacks" in changed:  # other callbacks: their settings differ with them, said once
+        changed = [key for key in changed if key != "callback_settings"]
     return [_difference(key, previous[key], record[key]) for key in changed]
 
 

@@ -53,18 +53,22 @@ class FolderSource:
             raise error
 
         digest, root = hashlib.sha256(), str(self.root)
-        seen = set()  # the folders walked, as the disk knows them: a link back up is walked once
+        # Each folder's own and its ancestors' real paths: a link back up to one of them is not
+        # walked again (a folder reached twice by two paths is: the decoder reads both).
+        ancestry = {root: frozenset()}
         try:
             # Through links too: a dataset assembled from linked folders is read through them.
             for top, folders, names in os.walk(root, onerror=refuse, followlinks=True):
-                here = os.stat(top)
-                if (here.st_dev, here.st_ino) in seen:
+                real = os.path.realpath(top)
+                if real in ancestry[top]:
                     folders[:] = []
                     continue
-                seen.add((here.st_dev, here.st_ino))
-                folders[:] = sorted(f for f in folders if not f.startswith("."))  # .ipynb_checkpoints
                 relative = os.path.relpath(top, root).replace(os.sep, "/")
                 prefix = "" if relative == "." else relative + "/"  # 'train/n01443537/images/'
+                folders[:] = sorted(f for f in folders if not f.startswith(".")  # .ipynb_checkpoints
+                                    and (prefix or f in LAYOUT_FOLDERS))  # at the top, only what the layout reads
+                for folder in folders:
+                    ancestry[os.path.join(top, folder)] = ancestry[top] | {real}
                 for name in sorted(names):
                     if dataset_file(prefix + name):
                         size = os.stat(os.path.join(top, name)).st_size
@@ -84,6 +88,10 @@ class FolderSource:
             raise DataError(f"cannot read {self.root / rel} ({err.strerror or err})") from None
 
 
+# The folders of the official layout, the only ones at its top that ``dataset_file`` counts.
+LAYOUT_FOLDERS = ("train", "val", "test")
+
+
 def dataset_file(relative: str) -> bool:
     """Whether a path under the dataset folder is one the layout reads: its text files and
     its JPEGs, not a Thumbs.db, a hidden file or a user's notes (a fingerprint counts these)."""
@@ -93,7 +101,7 @@ def dataset_file(relative: str) -> bool:
     name = parts[-1]
     if len(parts) == 1:
         return name in ("wnids.txt", "words.txt")
-    return parts[0] in ("train", "val", "test") and (name.endswith(".txt") or name.upper().endswith((".JPEG", ".JPG")))
+    return parts[0] in LAYOUT_FOLDERS and (name.endswith(".txt") or name.upper().endswith((".JPEG", ".JPG")))
 
 
 def check_zip_members(names: list[str], zip_path: Path) -> None:
