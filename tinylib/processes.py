@@ -42,15 +42,38 @@ def set_parent_death_signal(sig: int) -> None:
         _PRCTL(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
 
 
+# The pid of the process that last forked, noted in it just before each fork (``os.register_at_fork``
+# runs for ``subprocess``'s ``preexec_fn`` forks and for ``multiprocessing``'s alike): a child reads
+# it in its copy of memory to learn which process started it.
+_forking_pid = os.getpid()
+
+
+def _note_forking_pid() -> None:
+    global _forking_pid
+    _forking_pid = os.getpid()
+
+
+os.register_at_fork(before=_note_forking_pid)
+
+
 def tied_to_this_process() -> None:
-    """``preexec_fn`` for ``subprocess``: the child is killed when the caller dies (Linux)."""
+    """``preexec_fn`` for ``subprocess``: the child is killed when the caller dies (Linux).
+
+    A caller killed between the fork and the ``prctl`` would leave the child re-parented and
+    never signalled, so after setting the signal the child checks that its parent is still the
+    process that forked it, and exits before its command starts where it is not."""
     if sys.platform.startswith("linux"):
         set_parent_death_signal(signal.SIGKILL)
+        if os.getppid() != _forking_pid:
+            os._exit(1)
 
 
 def die_with_parent(parent_pid: int | None) -> None:
-    """Pool initializer: a worker must not outlive the process that started it."""
-    tied_to_this_process()
+    """Pool initializer: a worker must not outlive the process that started it. (Not
+    ``tied_to_this_process``: a spawned worker is a fresh interpreter, which did not fork
+    itself; the pid it is handed says who its parent was.)"""
+    if sys.platform.startswith("linux"):
+        set_parent_death_signal(signal.SIGKILL)
     watched = os.getppid()
     if parent_pid is not None and watched != parent_pid:
         os._exit(1)  # the parent is already gone: we were handed to another process
