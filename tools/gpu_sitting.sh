@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Full-scale runs on a lent GPU machine that has Python 3.12 with JAX, no TensorFlow and no
+# internet, reached through calls that each carry at most 64 MiB and each end within 10 minutes,
+# the machine given back when idle for 30 s (so the calls go back to back). The dataset travels
+# in parts, one a call; the last call joins them, checks them against this machine's archive,
+# decodes, trains and leaves the records it published in $OUT.
+#
+# Here, once (needs PyPI):
+#   bash tools/gpu_sitting.sh prepare                        # the wheels, then `parts`: the data in parts
+# There, one call each, back to back (each carries .whl and one of .parts/part-*):
+#   bash tools/gpu_sitting.sh receive                        # calls 1 and 2: keep the part, install the wheels
+#   bash tools/gpu_sitting.sh train reproduce --only model3 --budget 8
+#                                                            # last call: its part, then the run
+# `train` passes its arguments to `python -m tinylib` and adds `--results book/results`; every
+# record that the run published there (and the summary) is copied into $OUT, which comes back.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+archive=${TINYLIB_ARCHIVE:-../shared/data/tiny-imagenet-200.tar.xz}
+part_size=${PART_SIZE:-50M}          # the data's share of the 64 MiB a call carries (3 parts)
+wheels=(keras namex optree)          # what the GPU image lacks (its package list has the rest)
+there=${GPU_SITTING_DIR:-/tmp/tinylib-gpu}  # outside the working tree, which each call replaces
+results=${GPU_SITTING_RESULTS:-book/results}  # the published records: what is finished is skipped
+
+prepare() {
+  rm -rf .whl
+  mkdir -p .whl
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+    -d .whl "${wheels[@]}"
+  parts
+}
+
+parts() {  # the archive in parts, with its MD5 (the joined parts must give it back)
+  rm -rf .parts
+  mkdir -p .parts
+  split -b "$part_size" "$archive" .parts/part-
+  (cd "$(dirname "$archive")" && md5sum "$(basename "$archive")") | cut -d' ' -f1 > .parts/md5
+  ls -l .parts
+  echo "calls: one per part, each with carry [\".whl\", \".parts/md5\", \".parts/<part>\"]"
+}
+
+receive() {  # keep the part this call carried; install the wheels once
+  mkdir -p "$there/parts"
+  cp .parts/md5 "$there/parts/md5"
+  for part in .parts/part-*; do
+    if [ -e "$part" ]; then cp "$part" "$there/parts/"; fi
+  done
+  if ! python3 -c "import keras, sys; sys.exit(tuple(map(int, keras.__version__.split('.')[:2])) < (3, 8))" \
+      2>/dev/null && [ ! -d "$there/site/keras" ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target "$there/site" .whl/*.whl
+  fi
+  ls -l "$there/parts"
+}
+
+unpack() {  # join the parts, check them, unpack and decode once
+  if [ ! -d "$there/data/tiny-imagenet-200" ]; then
+    cat "$there"/parts/part-* > "$there/tiny-imagenet-200.tar.xz"
+    local sum
+    sum=$(md5sum "$there/tiny-imagenet-200.tar.xz" | cut -d' ' -f1)
+    if [ "$sum" != "$(cat "$there/parts/md5")" ]; then
+      echo "the joined archive's MD5 is $sum, not this machine's $(cat "$there/parts/md5"): a part is missing or damaged" >&2
+      ls -l "$there/parts" >&2
+      exit 1
+    fi
+    mkdir -p "$there/data"
+    tar -xJf "$there/tiny-imagenet-200.tar.xz" -C "$there/data"
+    rm "$there/tiny-imagenet-200.tar.xz"
+  fi
+  python3 -m tinylib prepare
+}
+
+train() {
+  receive
+  export PYTHONPATH="$there/site${PYTHONPATH:+:$PYTHONPATH}" KERAS_BACKEND=jax PYTHONUNBUFFERED=1
+  export TINYLIB_HOME="$there/home" TINYLIB_DATA="$there/data/tiny-imagenet-200"
+  unpack
+  local stamp="$there/started" status=0
+  touch "$stamp"
+  python3 -m tinylib "$@" --results "$results" || status=$?
+  mkdir -p "${OUT:?set OUT to the folder whose files come back}/results"
+  find "$results" -maxdepth 1 -name '*.json' -newer "$stamp" -exec cp {} "$OUT/results/" \;
+  if [ "$results/summary.md" -nt "$stamp" ]; then cp "$results/summary.md" "$OUT/results/"; fi
+  ls -l "$OUT/results"
+  return "$status"
+}
+
+case "${1:-}" in
+  prepare) prepare ;;
+  parts) parts ;;
+  receive) receive ;;
+  train) shift; train "$@" ;;
+  *) echo "usage: bash tools/gpu_sitting.sh prepare | parts | receive | train TINYLIB-COMMAND..." >&2; exit 2 ;;
+esac
