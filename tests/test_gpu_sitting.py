@@ -93,7 +93,7 @@ def test_the_parts_join_into_the_archive_there_or_nothing_trains_and_the_records
         carry(kept / part.name)
         received = run_script(tree, env, "receive")
         assert received.returncode == 0, received.stderr
-    command = ("train", "reproduce", "--only", "model2", "--profile", "smoke")
+    command = ("run", "reproduce", "--only", "model2", "--profile", "smoke")
 
     carry(None)  # the third part never arrived: nothing is unpacked, trained or sent back
     short = run_script(tree, env, *command)

@@ -9,9 +9,9 @@
 #   bash tools/gpu_sitting.sh prepare                        # the wheels, then `parts`: the data in parts
 # There, one call each, back to back (each carries .whl and one of .parts/part-*):
 #   bash tools/gpu_sitting.sh receive                        # calls 1 and 2: keep the part, install the wheels
-#   bash tools/gpu_sitting.sh train reproduce --only model3 --budget 8
+#   bash tools/gpu_sitting.sh run reproduce --only model3 --budget 8
 #                                                            # last call: its part, then the run
-# `train` passes its arguments to `python -m tinylib` and adds `--results book/results`; every
+# `run` passes its arguments to `python -m tinylib` and adds `--results book/results`; every
 # record that the run published there (and the summary) is copied into $OUT, which comes back.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -71,7 +71,7 @@ unpack() {  # join the parts, check them, unpack and decode once
   python3 -m tinylib prepare
 }
 
-train() {
+run() {
   receive
   export PYTHONPATH="$there/site${PYTHONPATH:+:$PYTHONPATH}" KERAS_BACKEND=jax PYTHONUNBUFFERED=1
   export TINYLIB_HOME="$there/home" TINYLIB_DATA="$there/data/tiny-imagenet-200"
@@ -90,6 +90,6 @@ case "${1:-}" in
   prepare) prepare ;;
   parts) parts ;;
   receive) receive ;;
-  train) shift; train "$@" ;;
-  *) echo "usage: bash tools/gpu_sitting.sh prepare | parts | receive | train TINYLIB-COMMAND..." >&2; exit 2 ;;
+  run) shift; run "$@" ;;
+  *) echo "usage: bash tools/gpu_sitting.sh prepare | parts | receive | run TINYLIB-COMMAND..." >&2; exit 2 ;;
 esac
