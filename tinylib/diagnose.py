@@ -323,10 +323,12 @@ def _stopping_as(reference: dict, record: dict) -> dict:
     stop early ({} otherwise): the one setting a comparison of their curves can leave aside."""
     from tinylib.runs import recorded_callback_settings
 
-    wait, ours = _patience(reference).get("early_stopping"), recorded_callback_settings(record)
-    if wait is None or "early_stopping" not in _patience(record):
+    ours, theirs = recorded_callback_settings(record), recorded_callback_settings(reference)
+    if not ours or not theirs or not isinstance(ours.get("early_stopping"), dict) \
+            or not isinstance(theirs.get("early_stopping"), dict) or "patience" not in theirs["early_stopping"]:
         return {}
-    return {"callback_settings": {**ours, "early_stopping": {**ours["early_stopping"], "patience": wait}}}
+    stopping = {**ours["early_stopping"], "patience": theirs["early_stopping"]["patience"]}
+    return {"callback_settings": {**ours, "early_stopping": stopping}}
 
 
 def _stopping_note(runs: dict[int, dict]) -> list[str]:
