@@ -1087,25 +1087,40 @@ def test_a_child_started_with_tied_to_this_process_dies_when_its_parent_is_kille
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
-def test_a_child_whose_parent_died_before_its_prctl_exits_before_its_command_starts():
+def test_a_child_whose_parent_died_before_its_prctl_stops_before_its_command_starts():
     """A caller killed between the fork and the ``prctl`` leaves a re-parented child that no signal
-    will reach: ``tied_to_this_process`` checks its parent after setting the signal. The death is
-    staged: a hook that runs in the child after the fork (and before ``preexec_fn``) says another
-    process forked it. Run in a fresh interpreter, whose fork hooks the test leaves behind."""
+    will reach: ``tied_to_this_process`` checks its parent after setting the signal. The parent it
+    checks against is noted at each fork, so a child started by a forked process (whose copy of
+    the module was imported by its own parent) still runs. The death is staged last: a hook that
+    runs in the child after the fork (and before ``preexec_fn``) says another process forked it.
+    Run in a fresh interpreter, whose fork hooks the test leaves behind."""
     code = (
         "import os, subprocess, sys\n"
         "from tinylib import processes\n"
         "command = [sys.executable, '-c', 'print(\\'started\\')']\n"
-        "kept = subprocess.run(command, preexec_fn=processes.tied_to_this_process, capture_output=True, text=True)\n"
+        "def start():\n"
+        "    try:\n"
+        "        done = subprocess.run(command, preexec_fn=processes.tied_to_this_process, capture_output=True,\n"
+        "                              text=True)\n"
+        "        return f'{done.returncode}:{done.stdout.strip()}'\n"
+        "    except subprocess.SubprocessError:\n"
+        "        return 'refused'\n"
+        "here = start()\n"
+        "reader, writer = os.pipe()\n"
+        "if os.fork() == 0:\n"
+        "    os.write(writer, start().encode())\n"
+        "    os._exit(0)\n"
+        "os.close(writer)\n"
+        "forked = os.read(reader, 100).decode()\n"
+        "os.wait()\n"
         "def orphaned():\n"
         "    processes._forking_pid = -1\n"
         "os.register_at_fork(after_in_child=orphaned)\n"
-        "gone = subprocess.run(command, preexec_fn=processes.tied_to_this_process, capture_output=True, text=True)\n"
-        "print(kept.returncode, kept.stdout.strip(), gone.returncode, gone.stdout.strip() or '-')\n"
+        "print(here, forked, start())\n"
     )
     shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                            cwd=Path(__file__).resolve().parents[1])
-    assert shown.stdout.split() == ["0", "started", "1", "-"], shown.stdout + shown.stderr
+    assert shown.stdout.split() == ["0:started", "0:started", "refused"], shown.stdout + shown.stderr
 
 
 def test_a_run_folder_that_cannot_be_made_says_which_setting_moves_it(tmp_path):

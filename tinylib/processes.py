@@ -43,8 +43,8 @@ def set_parent_death_signal(sig: int) -> None:
 
 
 # The pid of the process that last forked, noted in it just before each fork (``os.register_at_fork``
-# runs for ``subprocess``'s ``preexec_fn`` forks and for ``multiprocessing``'s alike): a child reads
-# it in its copy of memory to learn which process started it.
+# runs for ``subprocess``'s forks that have a ``preexec_fn``, and for ``os.fork``): a child reads it in
+# its copy of memory to learn which process started it.
 _forking_pid = os.getpid()
 
 
@@ -61,11 +61,12 @@ def tied_to_this_process() -> None:
 
     A caller killed between the fork and the ``prctl`` would leave the child re-parented and
     never signalled, so after setting the signal the child checks that its parent is still the
-    process that forked it, and exits before its command starts where it is not."""
+    process that forked it, and where it is not, raises before its command starts (``subprocess``
+    then raises ``SubprocessError`` in the caller, were it alive to see it)."""
     if sys.platform.startswith("linux"):
         set_parent_death_signal(signal.SIGKILL)
         if os.getppid() != _forking_pid:
-            os._exit(1)
+            raise RuntimeError(f"the process that started this one ({_forking_pid}) is gone")
 
 
 def die_with_parent(parent_pid: int | None) -> None:
