@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 import os
 import shutil
 import zipfile
@@ -41,18 +42,22 @@ def jpeg_bytes(label: int, grey: bool = False, size: int = 64) -> bytes:
     return buffer.getvalue()
 
 
-def write_dataset(root: Path, with_test: bool = True) -> Path:
-    """Write the official layout under ``root/tiny-imagenet-200``; returns that folder."""
+def write_dataset(root: Path, with_test: bool = True, wnids: list[str] = WNIDS,
+                  train_per_class: int = TRAIN_PER_CLASS, val_per_class: int = VAL_PER_CLASS) -> Path:
+    """Write the official layout under ``root/tiny-imagenet-200``; returns that folder. A test
+    that trains needs as many classes and images as its profile takes: it passes its own counts."""
+    assert math.gcd(3, len(wnids)) == 1, "the val labels' interleaving needs a class count prime to 3"
     base = root / "tiny-imagenet-200"
     base.mkdir(parents=True)
-    (base / "wnids.txt").write_text("\n".join(reversed(WNIDS)) + "\n")  # unsorted on purpose
-    lines = ["n00001740\tentity"] + [f"{w}\t{WORDS[w]}" for w in WNIDS] + ["n09999999\tother"]
+    (base / "wnids.txt").write_text("\n".join(reversed(wnids)) + "\n")  # unsorted on purpose
+    lines = (["n00001740\tentity"] + [f"{w}\t{WORDS.get(w, f'class {w}')}" for w in wnids]
+             + ["n09999999\tother"])
     (base / "words.txt").write_text("\n".join(lines) + "\n")
-    for label, wnid in enumerate(WNIDS):
+    for label, wnid in enumerate(wnids):
         images = base / "train" / wnid / "images"
         images.mkdir(parents=True)
         boxes = []
-        for i in range(TRAIN_PER_CLASS):
+        for i in range(train_per_class):
             name = f"{wnid}_{i}.JPEG"
             (images / name).write_bytes(jpeg_bytes(label, grey=(i == 0)))
             boxes.append(f"{name}\t{i}\t{i + 1}\t{60 - i}\t{61 - i}")
@@ -60,16 +65,16 @@ def write_dataset(root: Path, with_test: bool = True) -> Path:
     val = base / "val" / "images"
     val.mkdir(parents=True)
     rows = []
-    for i in range(VAL_PER_CLASS * len(WNIDS)):
-        label = (i * 3) % len(WNIDS)  # val labels interleaved, unlike folders
+    for i in range(val_per_class * len(wnids)):
+        label = (i * 3) % len(wnids)  # val labels interleaved, unlike folders
         (val / f"val_{i}.JPEG").write_bytes(jpeg_bytes(label, grey=(i == 1)))
-        rows.append(f"val_{i}.JPEG\t{WNIDS[label]}\t1\t2\t50\t60")
+        rows.append(f"val_{i}.JPEG\t{wnids[label]}\t1\t2\t50\t60")
     (base / "val" / "val_annotations.txt").write_text("\n".join(rows) + "\n")
     if with_test:
         test = base / "test" / "images"
         test.mkdir(parents=True)
         for i in range(TEST_IMAGES):
-            (test / f"test_{i}.JPEG").write_bytes(jpeg_bytes(i % len(WNIDS)))
+            (test / f"test_{i}.JPEG").write_bytes(jpeg_bytes(i % len(wnids)))
     return base
 
 

@@ -15,7 +15,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from conftest import jpeg_bytes
+from conftest import WNIDS, write_dataset
 
 from tinylib.processes import tied_to_this_process
 
@@ -26,25 +26,7 @@ SCRIPT = ROOT / "tools" / "gpu_sitting.sh"
 def write_smoke_sized_dataset(root: Path) -> Path:
     """The official layout with as many classes and images as the smoke profile takes (5 classes,
     8 train and 4 val images each), so that a smoke run trains on it."""
-    base = root / "tiny-imagenet-200"
-    wnids = [f"n0{index}000000" for index in range(1, 6)]
-    (base / "val" / "images").mkdir(parents=True)
-    (base / "wnids.txt").write_text("\n".join(wnids) + "\n")
-    (base / "words.txt").write_text("".join(f"{wnid}\tclass {wnid}\n" for wnid in wnids))
-    rows = []
-    for label, wnid in enumerate(wnids):
-        (base / "train" / wnid / "images").mkdir(parents=True)
-        boxes = []
-        for i in range(8):
-            (base / "train" / wnid / "images" / f"{wnid}_{i}.JPEG").write_bytes(jpeg_bytes(label))
-            boxes.append(f"{wnid}_{i}.JPEG\t1\t2\t50\t60")
-        (base / "train" / wnid / f"{wnid}_boxes.txt").write_text("\n".join(boxes) + "\n")
-        for i in range(4):
-            name = f"val_{label * 4 + i}.JPEG"
-            (base / "val" / "images" / name).write_bytes(jpeg_bytes(label))
-            rows.append(f"{name}\t{wnid}\t1\t2\t50\t60")
-    (base / "val" / "val_annotations.txt").write_text("\n".join(rows) + "\n")
-    return base
+    return write_dataset(root, with_test=False, wnids=[*WNIDS, "n02999999"], train_per_class=8, val_per_class=4)
 
 
 def run_script(tree: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
