@@ -132,6 +132,33 @@ def test_runs_table_gives_intervals_and_says_when_a_change_is_within_noise(tmp_p
         results.runs_table(records, changes=True)
 
 
+def test_the_gap_table_sets_each_variant_beside_the_reference_at_the_epoch_both_reached():
+    from types import SimpleNamespace
+
+    from tinylib import stats
+
+    long_run = SimpleNamespace(history={"accuracy": [0.10, 0.20, 0.50], "val_accuracy": [0.12, 0.25, 0.40],
+                                        "loss": [3.0, 2.0, 1.0]})
+    chapters_run = results.first_epochs(long_run, 2)  # a variant had 2 epochs: the reference is cut to them
+    assert chapters_run == {"accuracy": [0.10, 0.20], "val_accuracy": [0.12, 0.25], "loss": [3.0, 2.0]}
+    assert long_run.history["accuracy"] == [0.10, 0.20, 0.50]  # the run's own history is left whole
+    variants = {"both": chapters_run,
+                "no dropout": {"history": {"accuracy": [0.2, 0.45], "val_accuracy": [0.2, 0.26]}},  # a record
+                "no augmentation": {"accuracy": [0.3, 0.70], "val_accuracy": [0.3, 0.45]}}  # a history
+    table = results.gap_table(variants, images=300)
+    assert list(table.index) == ["both", "no dropout", "no augmentation"]
+    assert table.loc["both", "epoch"] == 2 and table.loc["both", "train top-1"] == "20.0%"
+    assert table.loc["both", "val top-1"] == "25.0%"
+    low, high = stats.accuracy_interval(75, 300)
+    assert table.loc["both", "95% interval"] == f"{low:.1%} to {high:.1%}"
+    assert [table.loc[label, "gap"] for label in variants] == ["-5.0%", "+19.0%", "+25.0%"]
+    # each variant against the reference (the first row), not against the row above
+    assert table.loc["no dropout", "change"] == "+1.0%" and table.loc["no dropout", "within noise?"] == "yes"
+    assert table.loc["no augmentation", "change"] == "+20.0%" and table.loc["no augmentation", "within noise?"] == "no"
+    assert table.loc["both", "change"] == ""
+    assert list(table.columns[:5]) == ["epoch", "train top-1", "val top-1", "95% interval", "gap"]
+
+
 def test_accuracy_changes_name_each_row_against_the_row_above_or_the_first():
     accuracies = {"a": (0.30, 300), "b": (0.32, 300), "c": (0.60, 10_000)}
     previous = results.accuracy_changes(accuracies)

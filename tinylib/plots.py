@@ -19,6 +19,8 @@ import numpy as np
 import seaborn as sns
 from matplotlib.ticker import PercentFormatter
 
+from tinylib.results import history_of
+
 __all__ = [
     "accuracy_against_hours",
     "augmentation_grid",
@@ -234,15 +236,6 @@ def learning_rate_schedules(recipes, steps_per_epoch: int, epochs: int, ax=None,
 # ----------------------------------------------------------------------------
 
 
-def _history_of(source) -> dict:
-    """A per-epoch history dict from a ``Run``, a run record or a history dict."""
-    if hasattr(source, "history"):
-        return dict(source.history)
-    if isinstance(source, Mapping) and isinstance(source.get("history"), Mapping):
-        return dict(source["history"])
-    return dict(source)
-
-
 def _labelled_histories(histories) -> dict:
     """{label: history}; a single Run, record or history gets one label."""
     single = hasattr(histories, "history") or (
@@ -251,8 +244,8 @@ def _labelled_histories(histories) -> dict:
     )
     if single:
         label = histories.get("model", "run") if isinstance(histories, Mapping) else "run"
-        return {label: _history_of(histories)}
-    return {label: _history_of(h) for label, h in histories.items()}
+        return {label: history_of(histories)}
+    return {label: history_of(h) for label, h in histories.items()}
 
 
 def training_curves(histories, metrics=("loss", "accuracy"), figsize=None, first_epochs: Mapping | None = None):

@@ -569,6 +569,41 @@ def accuracies_of(records) -> dict:
     return {label: (r["best_val_top1"], r["dataset"]["val_images"]) for label, r in _records(records).items()}
 
 
+def history_of(source) -> dict:
+    """A per-epoch history dict from a ``Run``, a run record or a history dict."""
+    from collections.abc import Mapping
+
+    if hasattr(source, "history"):
+        return dict(source.history)
+    if isinstance(source, Mapping) and isinstance(source.get("history"), Mapping):
+        return dict(source["history"])
+    return dict(source)
+
+
+def first_epochs(source, epochs: int) -> dict:
+    """A run's history (from a ``Run``, a record or a history) cut to its first ``epochs``: a
+    variant trained for a couple of epochs is set beside the chapter's run at the same point,
+    not at the end of a run it never had."""
+    return {key: list(values[:epochs]) for key, values in history_of(source).items()}
+
+
+def gap_table(runs: dict, *, images: int, confidence: float = 0.95):
+    """Training against validation accuracy at each run's last epoch, a row per run: what
+    switching a regularizer off does. ``runs`` maps a label to a ``Run``, a record or a
+    history, the reference first; ``images`` is the validation set's size. Validation comes
+    with its interval, and each row after the first with its change from the first and whether
+    that is within noise (``accuracy_table``); the gap (train minus validation) is what
+    regularization narrows, measured on augmented, dropped-out training batches."""
+    histories = {label: history_of(run) for label, run in runs.items()}
+    table = accuracy_table({label: (h["val_accuracy"][-1], images) for label, h in histories.items()},
+                           changes="first", confidence=confidence, name="val top-1",
+                           columns={label: {"epoch": len(h["val_accuracy"]), "train top-1": f"{h['accuracy'][-1]:.1%}"}
+                                    for label, h in histories.items()})
+    table.insert(table.columns.get_loc(f"{confidence:.0%} interval") + 1, "gap",
+                 [f"{h['accuracy'][-1] - h['val_accuracy'][-1]:+.1%}" for h in histories.values()])
+    return table
+
+
 def accuracy_changes(accuracies: dict, *, against: str = "previous", confidence: float = 0.95) -> list:
     """``(label, change, within noise?)`` for every row after the first.
 
@@ -668,8 +703,7 @@ def precision_check(model: str = "model2", policy: str = "mixed_bfloat16",
     epochs = int(check["epochs_run"])
     if int(reference.get("epochs_run", 0)) < epochs:
         return None
-    cut = {key: list(values[:epochs]) for key, values in reference["history"].items()}
-    return {"float32": cut, policy: dict(check["history"]), "records": (reference, check)}
+    return {"float32": first_epochs(reference, epochs), policy: dict(check["history"]), "records": (reference, check)}
 
 
 def precision_story(model: str = "model2", policy: str = "mixed_bfloat16",
