@@ -28,7 +28,6 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -36,7 +35,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from tinylib.augment import STUDY_AUGMENTATION, augmentation  # noqa: E402
+from tinylib.augment import STUDY_AUGMENTATION  # noqa: E402
+from tinylib.augment_speed import (  # noqa: E402
+    best_rates,
+    generator_flow,
+    layer_compiled,
+    layer_eager,
+    model_head,
+    study_generator,
+)
 
 
 def copy_training_jpegs(n, folder):
@@ -84,93 +91,11 @@ def image_folder(n, folder):
     return images, source
 
 
-def image_data_generator_class():
-    """The legacy generator: public in Keras 2, only under keras.src in Keras 3."""
-    try:
-        from keras.preprocessing.image import ImageDataGenerator
-    except ImportError:
-        from keras.src.legacy.preprocessing.image import ImageDataGenerator
-    return ImageDataGenerator
-
-
-def idg():
-    return image_data_generator_class()(rescale=1 / 255, **STUDY_AUGMENTATION)
-
-
-def flow_pipeline(images, batch):
-    """The study's generator over decoded images in memory: ``flow(x, y, batch_size)``."""
-    labels = np.zeros(len(images), dtype="int32")
-    flow = idg().flow(images, labels, batch_size=batch, shuffle=False, seed=0)
-    return lambda _: next(flow)[0]
-
-
 def directory_pipeline(folder, batch):
     """The study's real pipeline: ``flow_from_directory`` (reads and decodes the JPEGs)."""
-    flow = idg().flow_from_directory(str(folder), target_size=(64, 64), batch_size=batch,
-                                     class_mode="sparse", shuffle=False, seed=0)
+    flow = study_generator().flow_from_directory(str(folder), target_size=(64, 64), batch_size=batch,
+                                                 class_mode="sparse", shuffle=False, seed=0)
     return lambda _: next(flow)[0]
-
-
-def tinylib_layer():
-    """Rescaling + the study's augmentation, exactly the model head used in training."""
-    rescale = keras.layers.Rescaling(1 / 255)
-    head = keras.Sequential([keras.Input((64, 64, 3)), rescale, augmentation(seed=0)])
-    return head
-
-
-def tinylib_eager(head):
-    return lambda x: keras.ops.convert_to_numpy(head(x, training=True))
-
-
-def tinylib_compiled(head):
-    """The head compiled the way model.fit compiles it, per backend."""
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        step = tf.function(lambda x: head(x, training=True))
-        return lambda x: step(x).numpy()
-    if backend == "jax":
-        import jax
-
-        @jax.jit
-        def stateless_step(state, x):
-            return head.stateless_call([], state, x, training=True)
-
-        state = [v.value for v in head.non_trainable_variables]
-
-        def run(x):
-            nonlocal state
-            out, state = stateless_step(state, x)
-            return np.asarray(out)
-
-        return run
-    return tinylib_eager(head)
-
-
-def throughput(run, images, batch):
-    """Images per second over one pass through all full batches."""
-    batches = [images[i : i + batch] for i in range(0, len(images) - batch + 1, batch)]
-    start = time.perf_counter()
-    for b in batches:
-        out = run(b)
-        assert out.shape == b.shape
-    return len(batches) * batch / (time.perf_counter() - start)
-
-
-def best_of(pipelines, images, batch, rounds):
-    """Best rate per pipeline over interleaved rounds, after one warm-up batch.
-
-    Interleaving and taking the best keeps the ratio fair when other work
-    shares the CPU.
-    """
-    for run in pipelines.values():
-        run(images[:batch])
-    best = dict.fromkeys(pipelines, 0.0)
-    for _ in range(rounds):
-        for name, run in pipelines.items():
-            best[name] = max(best[name], throughput(run, images, batch))
-    return best
 
 
 def describe_device():
@@ -203,14 +128,14 @@ def main(argv=None):
         print(describe_device())
         print(f"images: {source}; batch {args.batch}; best of {args.rounds} rounds")
         print(f"augmentation: {STUDY_AUGMENTATION}")
-        head = tinylib_layer()
+        head = model_head()
         pipelines = {
             "IDG.flow_from_directory (study)": directory_pipeline(Path(tmp), args.batch),
-            "IDG.flow (in memory)": flow_pipeline(images, args.batch),
-            "tinylib layer, eager": tinylib_eager(head),
-            "tinylib layer, compiled": tinylib_compiled(head),
+            "IDG.flow (in memory)": generator_flow(images, args.batch),
+            "tinylib layer, eager": layer_eager(head),
+            "tinylib layer, compiled": layer_compiled(head),
         }
-        results = best_of(pipelines, images, args.batch, args.rounds)
+        results = best_rates(pipelines, images, args.batch, args.rounds)
     directory, flow = results["IDG.flow_from_directory (study)"], results["IDG.flow (in memory)"]
     for name, rate in results.items():
         ratios = (f"   {rate / directory:6.1f}x flow_from_directory   {rate / flow:6.1f}x flow"

@@ -326,10 +326,7 @@ def test_crop_rejects_bad_ranges_and_round_trips_its_config():
 
 # --- the study's augmentation: ImageDataGenerator, with IDG itself as the oracle -----
 
-try:
-    from keras.preprocessing.image import ImageDataGenerator
-except ImportError:  # Keras 3 keeps it only under keras.src
-    from keras.src.legacy.preprocessing.image import ImageDataGenerator
+ImageDataGenerator = augment.image_data_generator_class()  # Keras' own, imported where each Keras keeps it
 
 IDG_MODES = ("nearest", "constant", "reflect", "wrap")
 # Values allowed to differ from IDG's by more than half a grey level: those whose source

@@ -10,6 +10,7 @@ Data
     ``batches``         training batches in an order fixed by (seed, epoch)
 Models
     ``augment``         ImageDataGenerator's augmentation (the transforms the study names), and others, as layers
+    ``augment_speed``   what that augmentation costs: ImageDataGenerator against the layer, timed
     ``mixing``          MixUp and CutMix inside the compiled training step
     ``models``          the study's five CNNs and the ResNets (``models.build_model``)
     ``batchnorm``       Keras' BatchNormalization through TensorFlow's fused kernel

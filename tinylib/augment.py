@@ -388,6 +388,17 @@ STUDY_AUGMENTATION = dict(
     fill_mode="nearest",
 )
 
+
+def image_data_generator_class():
+    """Keras' ``ImageDataGenerator``, the study's augmentation and this module's oracle: public in
+    Keras 2, kept by Keras 3 only as legacy code under ``keras.src``."""
+    try:
+        from keras.preprocessing.image import ImageDataGenerator
+    except ImportError:
+        from keras.src.legacy.preprocessing.image import ImageDataGenerator
+    return ImageDataGenerator
+
+
 IDG_FILL_MODES = ("nearest", "constant", "reflect", "wrap")
 IDG_PARAMETER_NAMES = ("theta", "tx", "ty", "shear", "zx", "zy", "flip_horizontal", "brightness")
 _SNAP = 1e-4  # coordinates this close to a whole pixel are read as that pixel (float32 noise)

@@ -171,11 +171,7 @@ def idg_side_by_side(images, params, fill_mode: str = "nearest", figsize=None):
     """
     from tinylib import augment
 
-    try:
-        from keras.preprocessing.image import ImageDataGenerator
-    except ImportError:  # Keras 3 keeps it only under keras.src
-        from keras.src.legacy.preprocessing.image import ImageDataGenerator
-
+    ImageDataGenerator = augment.image_data_generator_class()
     images = np.asarray(images)
     images = images[None] if images.ndim == 3 else images
     params = [params] * len(images) if isinstance(params, Mapping) else list(params)
