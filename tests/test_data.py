@@ -37,6 +37,23 @@ def label_from_pixels(image: np.ndarray) -> int:
 # --- sources --------------------------------------------------------------------------------
 
 
+def test_each_image_says_the_file_it_was_decoded_from(tiny_env, synthetic, monkeypatch):
+    monkeypatch.setenv("TINYLIB_DATA", str(synthetic))
+    ds = data.load()
+    source = data.find_source()
+    for split in ("train", "val", "test"):
+        for index in range(len(getattr(ds, split))):
+            path = ds.source_path(split, index)
+            assert (synthetic / path).is_file(), path
+            assert np.array_equal(data.decode_image(source.read(path), path), getattr(ds, split).images[index])
+    subset = ds.subset(classes=2, per_class=2, val_per_class=1)  # labels renumbered: the path still right
+    for index in range(len(subset.train)):
+        assert np.array_equal(data.decode_image(source.read(subset.source_path("train", index)), "image"),
+                              subset.train.images[index])
+    with pytest.raises(ValueError, match="'train', 'val' and 'test'"):
+        ds.source_path("validation", 0)
+
+
 def test_folder_source_decodes_every_image_once(tiny_env, synthetic, monkeypatch):
     monkeypatch.setenv("TINYLIB_DATA", str(synthetic))
     ds = data.load()

@@ -60,6 +60,17 @@ class TinyImageNet:
         """Short readable names: the first synonym in words.txt (n01443537 -> goldfish)."""
         return tuple(w.split(",")[0].strip() for w in self.words)
 
+    def source_path(self, split: str, index: int) -> str:
+        """Where image ``index`` of ``split`` lies in the official layout, relative to the
+        dataset folder (``train/<wnid>/images/<file>``, ``val/images/<file>``,
+        ``test/images/<file>``): the file ``data.decode_image`` decoded it from."""
+        part = getattr(self, split, None) if split in ("train", "val", "test") else None
+        if part is None:
+            raise ValueError(f"{split!r}: the splits are 'train', 'val' and 'test' (where the dataset has test images)")
+        if split == "train":
+            return f"train/{self.wnids[part.labels[index]]}/images/{part.files[index]}"
+        return f"{split}/images/{part.files[index]}"
+
     def subset(self, classes: int | None = None, per_class: int | None = None,
                val_per_class: int | None = None, seed: int = 0) -> "TinyImageNet":
         """``classes`` classes, ``per_class`` train and ``val_per_class`` val images each.
