@@ -47,6 +47,7 @@ def write_dataset(root: Path, with_test: bool = True, wnids: list[str] = WNIDS,
     """Write the official layout under ``root/tiny-imagenet-200``; returns that folder. A test
     that trains needs as many classes and images as its profile takes: it passes its own counts."""
     assert math.gcd(3, len(wnids)) == 1, "the val labels' interleaving needs a class count prime to 3"
+    assert len(wnids) <= 5, "class_colour gives five classes colours of their own (a sixth would overflow uint8)"
     base = root / "tiny-imagenet-200"
     base.mkdir(parents=True)
     (base / "wnids.txt").write_text("\n".join(reversed(wnids)) + "\n")  # unsorted on purpose

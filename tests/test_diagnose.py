@@ -149,8 +149,10 @@ def test_keras_default_batch_is_the_one_diagnose_names():
 
     import keras
 
-    legacy = pytest.importorskip("keras.src.legacy.preprocessing.image")
-    for method in (legacy.ImageDataGenerator.flow, legacy.ImageDataGenerator.flow_from_directory):
+    from tinylib.augment import image_data_generator_class
+
+    generator = image_data_generator_class()
+    for method in (generator.flow, generator.flow_from_directory):
         assert inspect.signature(method).parameters["batch_size"].default == diagnose.KERAS_DEFAULT_BATCH
     documented = next(c.fit.__doc__ for c in keras.Model.__mro__ if getattr(getattr(c, "fit", None), "__doc__", None))
     assert f"`batch_size` will default to {diagnose.KERAS_DEFAULT_BATCH}" in " ".join(documented.split())

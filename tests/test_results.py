@@ -132,7 +132,7 @@ def test_runs_table_gives_intervals_and_says_when_a_change_is_within_noise(tmp_p
         results.runs_table(records, changes=True)
 
 
-def test_the_gap_table_sets_each_variant_beside_the_reference_at_the_epoch_both_reached():
+def test_the_gap_table_sets_each_variant_beside_the_reference_at_the_same_epoch():
     from types import SimpleNamespace
 
     from tinylib import stats
@@ -157,6 +157,10 @@ def test_the_gap_table_sets_each_variant_beside_the_reference_at_the_epoch_both_
     assert table.loc["no augmentation", "change"] == "+20.0%" and table.loc["no augmentation", "within noise?"] == "no"
     assert table.loc["both", "change"] == ""
     assert list(table.columns[:5]) == ["epoch", "train top-1", "val top-1", "95% interval", "gap"]
+    # a longer run is read at the last epoch every run reached, not at its own end
+    uncut = results.gap_table({"both": long_run, "no dropout": variants["no dropout"]}, images=300)
+    assert uncut.loc["both", "epoch"] == 2 and uncut.loc["both", "val top-1"] == "25.0%"
+    assert uncut.loc["no dropout", "change"] == "+1.0%"
 
 
 def test_accuracy_changes_name_each_row_against_the_row_above_or_the_first():

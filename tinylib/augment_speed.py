@@ -39,15 +39,16 @@ def layer_eager(head=None):
     """tinylib's layer called eagerly, one batch a call (slower than inside ``fit``'s compiled step)."""
     import keras
 
-    head = head or model_head()
+    head = model_head() if head is None else head
     return lambda x: keras.ops.convert_to_numpy(head(x, training=True))
 
 
 def layer_compiled(head=None):
-    """tinylib's layer compiled the way ``Model.fit`` compiles it on each backend."""
+    """tinylib's layer compiled the way ``Model.fit`` compiles it, on TensorFlow and JAX (tinylib's
+    backends; on another, it is called eagerly)."""
     import keras
 
-    head = head or model_head()
+    head = model_head() if head is None else head
     backend = keras.backend.backend()
     if backend == "tensorflow":
         import tensorflow as tf

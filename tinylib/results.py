@@ -588,13 +588,15 @@ def first_epochs(source, epochs: int) -> dict:
 
 
 def gap_table(runs: dict, *, images: int, confidence: float = 0.95):
-    """Training against validation accuracy at each run's last epoch, a row per run: what
-    switching a regularizer off does. ``runs`` maps a label to a ``Run``, a record or a
-    history, the reference first; ``images`` is the validation set's size. Validation comes
+    """Training against validation accuracy at the last epoch every run reached, a row per run:
+    what switching a regularizer off does (a longer run is read there, so that a change is not
+    the extra epochs' doing). ``runs`` maps a label to a ``Run``, a record or a history, the
+    reference first; ``images`` is the validation set's size. Validation comes
     with its interval, and each row after the first with its change from the first and whether
     that is within noise (``accuracy_table``); the gap (train minus validation) is what
     regularization narrows, measured on augmented, dropped-out training batches."""
-    histories = {label: history_of(run) for label, run in runs.items()}
+    epoch = min(len(history_of(run)["val_accuracy"]) for run in runs.values())
+    histories = {label: first_epochs(run, epoch) for label, run in runs.items()}
     table = accuracy_table({label: (h["val_accuracy"][-1], images) for label, h in histories.items()},
                            changes="first", confidence=confidence, name="val top-1",
                            columns={label: {"epoch": len(h["val_accuracy"]), "train top-1": f"{h['accuracy'][-1]:.1%}"}
