@@ -62,6 +62,12 @@ def test_misclassified_lists_the_most_confident_mistakes_first(known):
     np.testing.assert_array_equal(known.misclassified(2), [3, 5])
 
 
+def test_correctly_classified_lists_the_most_confident_right_answers_first(known):
+    np.testing.assert_array_equal(known.correctly_classified(), [9, 0, 8, 1, 4, 6])  # 0 and 8 tie: index order
+    np.testing.assert_array_equal(known.correctly_classified(2), [9, 0])
+    assert sorted([*known.correctly_classified(), *known.misclassified()]) == list(range(len(LABELS)))
+
+
 def test_top_k_counts_the_true_class_among_the_k_most_probable():
     probabilities = np.array([
         [0.10, 0.30, 0.20, 0.15, 0.10, 0.10, 0.05],  # true class 0 is 4th: top-5 only

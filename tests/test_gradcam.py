@@ -124,6 +124,22 @@ def test_find_target_layer_refuses_a_model_without_feature_maps():
         gradcam.find_target_layer(mlp)
 
 
+def test_the_maps_table_gives_each_models_heat_map_resolution(build, images):
+    from types import SimpleNamespace
+
+    runs = {name: SimpleNamespace(model=build(name), record={"weights": weights})
+            for name, weights in (("model1", "random"), ("model5", "imagenet"))}
+    scores = {"model1": SimpleNamespace(top1=0.125, top5=0.5), "model5": SimpleNamespace(top1=0.5, top5=0.875)}
+    table = gradcam.maps_table(runs, scores)
+    # 64 -> conv 62 -> pool 31 -> conv 29 -> pool 14; ResNet50's five halvings leave 2
+    assert table.loc["model1"].tolist() == ["random", "pool2", "14×14", "12.5%", "50.0%"]
+    assert table.loc["model5"].tolist() == ["imagenet", "resnet50", "2×2", "50.0%", "87.5%"]
+    for name, run in runs.items():  # the size of the map the heat map is computed from
+        features, _ = gradcam.split_at(run.model, gradcam.find_target_layer(run.model))
+        assert gradcam.target_map_size(run.model) == tuple(features(images.astype(np.float32)).shape[1:3])
+    assert gradcam.target_map_size(runs["model1"].model, "conv2") == (29, 29)
+
+
 @pytest.mark.parametrize("name", ["model1", "model2", "model3", "model4", "model5"])
 def test_gradcam_on_every_study_model(build, images, name):
     cams = gradcam.gradcam(build(name), images)

@@ -150,6 +150,12 @@ class Evaluation:
         order = np.argsort(-self.confidences[wrong], kind="stable")
         return wrong[order][:n]
 
+    def correctly_classified(self, n: int | None = None) -> np.ndarray:
+        """Indices of right predictions, the most confident first (``misclassified``'s other half)."""
+        right = np.flatnonzero((self.predictions == self.labels) & self._finite)
+        order = np.argsort(-self.confidences[right], kind="stable")
+        return right[order][:n]
+
     def summary(self, classes: int = 3) -> str:
         """A few printable lines: accuracy, best and worst classes, top confusions."""
         accuracy = self.per_class_accuracy

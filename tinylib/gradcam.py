@@ -90,6 +90,28 @@ def find_target_layer(model) -> str:
     )
 
 
+def target_map_size(model, layer: str | None = None) -> tuple[int, int]:
+    """(height, width) of the feature map Grad-CAM explains (``find_target_layer``'s unless
+    ``layer`` is named): the resolution of the model's heat maps."""
+    output = _output_tensor(model, model.get_layer(layer or find_target_layer(model)))
+    return int(output.shape[1]), int(output.shape[2])
+
+
+def maps_table(runs: dict, evaluations: dict):
+    """A pandas DataFrame, a row per trained model: its initial weights, the layer Grad-CAM
+    explains, that map's size, and validation top-1 and top-5. ``runs`` maps a name to a
+    ``tinylib.runs.Run``, ``evaluations`` the same names to ``evaluate.Evaluation``s."""
+    import pandas as pd
+
+    rows = {}
+    for name, run in runs.items():
+        layer = find_target_layer(run.model)
+        rows[name] = {"initial weights": run.record.get("weights"), "feature map used": layer,
+                      "map size": "×".join(map(str, target_map_size(run.model, layer))),
+                      "val top-1": f"{evaluations[name].top1:.1%}", "val top-5": f"{evaluations[name].top5:.1%}"}
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("model")
+
+
 def split_at(model, layer_name):
     """``(features, head)``: images -> the layer's feature map -> probabilities.
 
