@@ -209,3 +209,22 @@ def test_the_fast_ablation_takes_out_one_ingredient_per_row():
             assert recipe.weight_decay * recipe.learning_rate == pytest.approx(fast.weight_decay * fast.learning_rate)
         else:
             assert len(changed) == 1, (label, changed)
+
+
+def test_the_candidates_table_gives_each_networks_work_and_the_epochs_it_fits():
+    from tinylib import flops, models
+
+    candidates = [("resnet9", {"width": 32}), ("resnet9", {})]
+    table = budget.candidates_table(candidates, 200.0, train_images=100_000, hours=3)
+    assert list(table.index) == ["resnet9 (width 32)", "resnet9"]
+    default = models.build_model("resnet9", compile=False)
+    work = flops.training_flops(default) / 1e9
+    assert table.loc["resnet9", "parameters"] == f"{default.count_params():,}"
+    assert table.loc["resnet9", "GFLOP per training image"] == round(work, 2)
+    assert table.loc["resnet9", "epochs in 3 h"] == budget.first_plan(work, 200.0, 100_000, 3 * 3600, cap=1000)
+    # chapter 13's claim: the width sizes the arithmetic as its square (half the width, about a quarter)
+    ratio = table.loc["resnet9 (width 32)", "GFLOP per training image"] / table.loc["resnet9", "GFLOP per training image"]
+    assert 0.2 < ratio < 0.3
+    assert table.loc["resnet9 (width 32)", "epochs in 3 h"] > table.loc["resnet9", "epochs in 3 h"]
+    unmeasured = budget.candidates_table(candidates[:1], None)
+    assert unmeasured.loc["resnet9 (width 32)", "epochs in 3 h"] == "not yet measured"

@@ -368,3 +368,25 @@ def test_an_unfinished_run_on_a_time_budget_counts_its_epochs_against_the_budget
                                            "was stopped and can resume)")
     assert results.epochs_text({**budget, "time_budget": None}).startswith("5 of 40 epochs (unfinished")
     assert results.epochs_text({**budget, "finished": True, "epochs_run": 12}) == "12 epochs"
+
+
+def test_training_rate_is_the_records_measured_gflops_and_device(tmp_path):
+    assert results.training_rate("model4", tmp_path) is None  # no record
+    _record(tmp_path, "model4-full.json")
+    assert results.training_rate("model4", tmp_path) is None  # a record that did not measure its rate
+    _record(tmp_path, "model4-full.json", speed={"train_gflops_per_second": 184.4})
+    assert results.training_rate("model4", tmp_path) == (184.4, "GPU: H100")
+
+
+def test_a_run_beyond_the_study_is_set_against_the_studys_best_row(tmp_path):
+    story = results.against_study_best("resnet18-modern", "ResNet-18, modern recipe", tmp_path)
+    assert "43.14% val top-1 on 10,000 images" in story and "ResNet-18, modern recipe, full scale: not yet run." in story
+    _record(tmp_path, "resnet18-modern-full.json", model="resnet18", recipe={"name": "modern"}, best_val_top1=0.5,
+            best_val_top5=0.75, dataset={"val_images": 10_000})
+    story = results.against_study_best("resnet18-modern", "ResNet-18, modern recipe", tmp_path)
+    assert ("val top-1 50.00%, top-5 75.00% (30 epochs, recipe modern, GPU: H100, `resnet18-modern-full.json`): "
+            "+6.86% against the study's best, above, beyond noise, it.") in story
+    _record(tmp_path, "resnet18-modern-full.json", model="resnet18", recipe={"name": "modern"}, best_val_top1=0.435,
+            best_val_top5=0.7, dataset={"val_images": 10_000})
+    assert "+0.36% against the study's best, within noise of it." in results.against_study_best(
+        "resnet18-modern", "ResNet-18, modern recipe", tmp_path)

@@ -44,6 +44,28 @@ def first_plan(train_gflop_per_image: float, gflops_per_second: float, train_ima
     return int(min(cap, max(1, math.floor((budget_seconds - RESERVE_SECONDS) / epoch_seconds))))
 
 
+def candidates_table(candidates, gflops_per_second: float | None, train_images: int = 100_000,
+                     hours: float = AFTERNOON_HOURS):
+    """A pandas DataFrame, a row per candidate network (``(model, build options)``): its
+    parameters, its training GFLOP per image (``tinylib.flops``) and, at ``gflops_per_second``
+    (a rate some run reached; None: not yet measured), the epochs ``first_plan`` fits in
+    ``hours`` of ``train_images`` an epoch. What the afternoon buys, network by network."""
+    import pandas as pd
+
+    from tinylib import flops, models
+
+    rows = {}
+    for name, options in candidates:
+        net = models.build_model(name, compile=False, **options)
+        work = flops.training_flops(net) / 1e9
+        label = name + "".join(f" ({key} {value})" for key, value in options.items())
+        fit = first_plan(work, gflops_per_second, train_images, hours * 3600, cap=1000) if gflops_per_second else None
+        rows[label] = {"parameters": f"{net.count_params():,}", "GFLOP per training image": round(work, 2),
+                       f"epochs in {hours:g} h": "not yet measured" if fit is None else fit}
+        del net
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("network")
+
+
 def epoch_seconds(history: dict) -> float | None:
     """Seconds of a recent epoch, validation included: the median of the last few, the
     first epoch (which also compiles) left out where there are others."""

@@ -457,6 +457,14 @@ def _study_best_row() -> tuple[str, dict]:
     return max(STUDY_RESULTS.items(), key=lambda item: item[1]["val"])
 
 
+def training_rate(model: str, folder: Path | str | None = None) -> tuple[float, str] | None:
+    """(training GFLOP/s, device) that ``model``'s full-scale record reached, or None where
+    there is no record or it did not measure its rate."""
+    record = full_scale_records(folder).get(model) or {}
+    reached = (record.get("speed") or {}).get("train_gflops_per_second")
+    return (float(reached), record.get("device")) if reached else None
+
+
 def record_precision(record: dict) -> str:
     """The dtype policy a record's run computed in: records older than the field were float32."""
     return record.get("dtype_policy", "float32")
@@ -470,6 +478,24 @@ def study_best() -> dict[str, float]:
     model, row = _study_best_row()
     pretrained = ", ImageNet weights" if model in PRETRAINED else ""
     return {f"the study's best ({model_title(model)}{pretrained})": row["val"]}
+
+
+def against_study_best(key: str, title: str, folder: Path | str | None = None) -> str:
+    """A full-scale run beyond the study's rows set against the study's best row: the study's
+    figure, then the run's best validation top-1 and top-5, epochs, recipe, device and record
+    file, and its difference, within noise or beyond it; 'not yet run' without a record."""
+    (label, best), = study_best().items()
+    study = f"{label}: {best:.2%} val top-1 on {STUDY_VAL_IMAGES:,} images."
+    record = full_scale_records(folder).get(key)
+    if not record:
+        return f"{study}\n\n{title}, full scale: {NOT_YET_RUN}."
+    recipe = (record.get("recipe") or {}).get("name", "none recorded")
+    n = int((record.get("dataset") or {}).get("val_images") or STUDY_VAL_IMAGES)
+    stand = against_phrase(record["best_val_top1"], n, best, STUDY_VAL_IMAGES)
+    return (f"{study}\n\n{title}, full scale: val top-1 {record['best_val_top1']:.2%}, top-5 "
+            f"{record['best_val_top5']:.2%} ({record['epochs_run']} epochs, recipe {recipe}, {record['device']}, "
+            f"`{record['record_file']}`): {record['best_val_top1'] - best:+.2%} against the study's best, "
+            f"{stand} it.")
 
 
 def budget_hours(key: str = AFTERNOON_RUN, folder: Path | str | None = None) -> float | None:
