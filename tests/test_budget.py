@@ -228,3 +228,7 @@ def test_the_candidates_table_gives_each_networks_work_and_the_epochs_it_fits():
     assert table.loc["resnet9 (width 32)", "epochs in 3 h"] > table.loc["resnet9", "epochs in 3 h"]
     unmeasured = budget.candidates_table(candidates[:1], None)
     assert unmeasured.loc["resnet9 (width 32)", "epochs in 3 h"] == "not yet measured"
+    # the budget's hours and an epoch's images are the caller's: half the images, two hours
+    other = budget.candidates_table(candidates[1:], 200.0, train_images=50_000, hours=2)
+    assert other.loc["resnet9", "epochs in 2 h"] == budget.first_plan(work, 200.0, 50_000, 2 * 3600, cap=1000)
+    assert other.loc["resnet9", "epochs in 2 h"] > table.loc["resnet9", "epochs in 3 h"]  # 2/3 the time, 1/2 the images

@@ -93,6 +93,7 @@ def test_a_diverged_models_nan_row_is_a_miss_as_keras_counts_it():
     # The per-class figures and the mistakes agree with top1: the NaN image of class 0 is a miss.
     assert result.per_class_accuracy[0] == pytest.approx(1 / 2) and result.per_class_accuracy[3] == 0.0
     assert result.confusion_matrix.sum() == 1 and sorted(result.misclassified()) == [0, 1]
+    assert result.correctly_classified().tolist() == [2]  # the NaN row's argmax is its label: still a miss
 
 
 def test_top_k_and_confusion_agree_with_keras_and_a_plain_loop():

@@ -385,8 +385,12 @@ def test_a_run_beyond_the_study_is_set_against_the_studys_best_row(tmp_path):
             best_val_top5=0.75, dataset={"val_images": 10_000})
     story = results.against_study_best("resnet18-modern", "ResNet-18, modern recipe", tmp_path)
     assert ("val top-1 50.00%, top-5 75.00% (30 epochs, recipe modern, GPU: H100, `resnet18-modern-full.json`): "
-            "+6.86% against the study's best, above, beyond noise, it.") in story
+            "above, beyond noise, the study's best (+6.86%).") in story
     _record(tmp_path, "resnet18-modern-full.json", model="resnet18", recipe={"name": "modern"}, best_val_top1=0.435,
             best_val_top5=0.7, dataset={"val_images": 10_000})
-    assert "+0.36% against the study's best, within noise of it." in results.against_study_best(
+    assert "within noise of the study's best (+0.36%)." in results.against_study_best(
         "resnet18-modern", "ResNet-18, modern recipe", tmp_path)
+    _record(tmp_path, "resnet18-modern-full.json", model="resnet18", recipe={"name": "modern"}, best_val_top1=0.40,
+            best_val_top5=0.7)  # a record that names no validation set size: the study's 10,000
+    assert "below, beyond noise, the study's best (-3.14%)." in results.against_study_best(
+        "resnet18-modern", "ResNet-18", tmp_path)

@@ -33,8 +33,10 @@ __all__ = [
     "class_probabilities",
     "find_target_layer",
     "gradcam",
+    "maps_table",
     "predict_top_k",
     "split_at",
+    "target_map_size",
 ]
 
 

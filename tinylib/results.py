@@ -494,8 +494,7 @@ def against_study_best(key: str, title: str, folder: Path | str | None = None) -
     stand = against_phrase(record["best_val_top1"], n, best, STUDY_VAL_IMAGES)
     return (f"{study}\n\n{title}, full scale: val top-1 {record['best_val_top1']:.2%}, top-5 "
             f"{record['best_val_top5']:.2%} ({record['epochs_run']} epochs, recipe {recipe}, {record['device']}, "
-            f"`{record['record_file']}`): {record['best_val_top1'] - best:+.2%} against the study's best, "
-            f"{stand} it.")
+            f"`{record['record_file']}`): {stand} the study's best ({record['best_val_top1'] - best:+.2%}).")
 
 
 def budget_hours(key: str = AFTERNOON_RUN, folder: Path | str | None = None) -> float | None:
