@@ -108,7 +108,7 @@ CLAIMS = [
     ("07_model2", "first runs of Model 2 waited 5 epochs, which left the lowered rate as few as 5 − 3 = 2",
      lambda: (before("early_stopping"), before("reduce_lr_on_plateau")) == (5, 3)),
     ("07_model2", "5 − 3 = 2: too few, often, for a smaller step to pay off, and its first full-scale runs ended just so",
-     lambda: ended_as_the_old_patience_said("model2-full-tensorflow-batch32.json")),
+     lambda: ended_as_the_old_patience_said("superseded/model2-full-tensorflow-batch32.json")),
     ("07_model2", "`PLATEAU_PATIENCE` is 3 epochs, and `EARLY_STOPPING_PATIENCE` twice that",
      lambda: module("train").PLATEAU_PATIENCE == reduce().patience == 3
      and module("train").EARLY_STOPPING_PATIENCE == early().patience == 6),
