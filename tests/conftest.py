@@ -152,9 +152,9 @@ def pytest_collection_modifyitems(config, items):
     """The browser test last: it builds the site from the chapters nbval ran earlier in
     the same session (book/conftest.py keeps them), instead of running them again.
 
-    Under pytest-xdist (``make test`` runs two workers) book/conftest.py sends the
+    Under pytest-xdist (``make test`` runs three workers) book/conftest.py sends the
     chapters and the browser test to one worker, in this order; the library's tests
-    share the other worker's time. The long tests (marked ``slow``: they train, or start fresh
+    share the other workers' time. The long tests (marked ``slow``: they train, or start fresh
     Pythons that import TensorFlow) come first, the longest work handed out first: left to
     the alphabet, Model 5's, the kill sweeps' and the JAX plan's minutes (tests/test_reproduce.py,
     test_run_faults.py, test_train.py) came last, one worker finishing them while the other
