@@ -273,6 +273,40 @@ def test_the_comparison_story_says_which_order_and_whether_it_is_the_studys(tmp_
     assert story.endswith(" Model 3's run is unfinished (9 of 30 epochs so far).")
 
 
+def test_a_run_on_another_batch_is_a_row_of_its_own_in_the_table_and_the_story(tmp_path):
+    """Model 2 at Keras' default batch of 32 shows beside its profile's run (batch 128), never in
+    its place, and chapter 12's comparison says where it stands against the other model."""
+    _record(tmp_path, "m1.json", model="model1", best_val_top1=0.2194, batch_size=128, profile_batch_size=128)
+    _record(tmp_path, "m2.json", model="model2", best_val_top1=0.1972, batch_size=128, profile_batch_size=128)
+    _record(tmp_path, "m2-b32.json", model="model2", best_val_top1=0.2300, batch_size=32, profile_batch_size=128,
+            dataset={"val_images": 10_000})
+    _record(tmp_path, "m2-b256-seed.json", model="model2", best_val_top1=0.5, batch_size=256,
+            profile_batch_size=128, seed=7, dataset={"seed": 1})  # another seed too: not a batch row
+    assert list(results.other_batch_records("model2", tmp_path)) == [32]
+    assert results.other_batch_records("model1", tmp_path) == {}
+    rows = results.comparison_rows(tmp_path, models=("model2",))
+    assert [r["source"] for r in rows] == ["study", "this book", "this book, batch 32"]
+    assert rows[1]["val"] == 0.1972 and rows[2]["val"] == 0.23 and "m2-b32.json" in rows[2]["note"]
+    assert "| model2 | this book, batch 32 | 50.00% | 23.00% |" in results.comparison_table(tmp_path)
+    story = results.comparison_story("model1", "model2", tmp_path)
+    assert "Model 1 is ahead of Model 2, beyond noise (21.94% against 19.72%" in story
+    assert story.endswith(" On batches of 32 instead of its profile's 128, Model 2 reached 23.00%, "
+                          "within noise of Model 1's 21.94% (`m2-b32.json`).")
+    _record(tmp_path, "m2-b32.json", model="model2", best_val_top1=0.2600, batch_size=32, profile_batch_size=128,
+            epochs_run=5, epochs=100, finished=False)
+    story = results.comparison_story("model2", "model1", tmp_path)  # either order
+    assert ("Model 2 reached 26.00% in the 5 of 100 epochs trained so far, above, beyond noise, "
+            "Model 1's 21.94%") in story
+    assert results.comparison_rows(tmp_path, models=("model2",))[2]["unfinished"]
+    plt = pytest.importorskip("matplotlib.pyplot")
+    from tinylib import plots
+
+    figure = plots.results_table_plot(results.comparison_rows(tmp_path, models=("model2",)))
+    labels = [tick.get_text() for tick in figure.axes[0].get_xticklabels()]
+    assert labels[2] == "model2\n(this book, batch 32, so far)"
+    plt.close(figure)
+
+
 def test_a_book_row_carries_the_wilson_interval_of_its_validation_accuracy(tmp_path):
     from tinylib.stats import accuracy_interval
 

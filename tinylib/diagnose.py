@@ -114,7 +114,7 @@ def _gap_sentences(facts: dict, study: dict, record: dict) -> list[str]:
     """How far the best epoch is below the study's figure, in points and in epoch-to-epoch
     swings, and whether that is beyond the noise of the two validation sets."""
     gap = study["val"] - facts["best_val"]
-    n = int((record.get("dataset") or {}).get("val_images") or results.STUDY_VAL_IMAGES)
+    n = results.val_images(record)
     noise = results.standing(facts["best_val"], n, study["val"], results.STUDY_VAL_IMAGES) == "within noise of"
     so_far = " so far" if results.run_end(record)[0] == "unfinished" else ""
     heading = (f"Below the study's {pct(study['val'])}{so_far}, within noise" if noise
@@ -135,7 +135,7 @@ def _fit_sentences(record: dict, study: dict) -> list[str]:
     at_study_fit = _first_epoch_at(train, study["train"])
     if at_study_fit is not None:
         there = val[at_study_fit - 1]
-        n = int((record.get("dataset") or {}).get("val_images") or results.STUDY_VAL_IMAGES)
+        n = results.val_images(record)
         standing = results.standing(there, n, study["val"], results.STUDY_VAL_IMAGES)
         validates = ("about as well as the study's, within noise" if standing == "within noise of"
                      else "lower" if there < study["val"] else "higher")
@@ -295,7 +295,7 @@ def precision_checked(model: str, policies, folder=None) -> dict | None:
     if check is None:
         return None
     run = check["records"][1]
-    n = int((run.get("dataset") or {}).get("val_images") or results.STUDY_VAL_IMAGES)
+    n = results.val_images(run)
     best = {label: max(check[label]["val_accuracy"]) for label in ("float32", policy)}
     if not stats.within_noise(best[policy], n, best["float32"], n):
         return None
@@ -469,7 +469,7 @@ def batch_story(model: str, folder=None) -> str:
     (small, a), (large, b) = next(iter(runs.items())), list(runs.items())[-1]
     val_a, val_b = _curves(a)[0], _curves(b)[0]
     steps_a, steps_b = record_steps_per_epoch(a), record_steps_per_epoch(b)
-    n = int(a["dataset"].get("val_images") or results.STUDY_VAL_IMAGES)
+    n = results.val_images(a)
     both = min(len(val_a), len(val_b))
     best_a, best_b = float(val_a[:both].max()), float(val_b[:both].max())
     sentences = [f"**The batch:** over the {both} epochs both runs trained, {title} at batch {small} "

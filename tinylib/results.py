@@ -206,16 +206,34 @@ def comparison_rows(folder: Path | str | None = None, models=None) -> list[dict]
         if models is not None and model not in models:
             continue
         rows.append({"model": model, "source": "study", "train": study["train"], "val": study["val"]})
-        record = records.get(model)
-        rows.append({
-            "model": model, "source": "this book",
-            "train": at_best_epoch(record)["train"] if record else None,  # the epoch of "val"
-            "val": record.get("best_val_top1") if record else None,
-            "val_interval": _interval(record)[:2] if record else None,
-            "note": _describe(record) if record else NOT_YET_RUN,
-            "unfinished": bool(record) and run_end(record)[0] == "unfinished",
-        })
+        rows.append(_book_row(model, "this book", records.get(model)))
+        rows += [_book_row(model, f"this book, batch {batch}", record)
+                 for batch, record in other_batch_records(model, records=records).items()]
     return rows
+
+
+def _book_row(model: str, source: str, record: dict | None) -> dict:
+    return {
+        "model": model, "source": source,
+        "train": at_best_epoch(record)["train"] if record else None,  # the epoch of "val"
+        "val": record.get("best_val_top1") if record else None,
+        "val_interval": _interval(record)[:2] if record else None,
+        "note": _describe(record) if record else NOT_YET_RUN,
+        "unfinished": bool(record) and run_end(record)[0] == "unfinished",
+    }
+
+
+def other_batch_records(model: str, folder: Path | str | None = None,
+                        records: dict[str, dict] | None = None) -> dict[int, dict]:
+    """{batch: record} of ``model`` trained the study's way on batches other than its
+    profile's ('model2-batch32': Keras' default, which the study's slides neither confirm nor
+    rule out), smallest batch first: rows of their own beside the profile's run, never in its
+    place. ``records`` (``full_scale_records``'s) saves reading the folder again."""
+    records = full_scale_records(folder) if records is None else records
+    prefix = f"{model}-batch"
+    found = {int(key[len(prefix):]): record for key, record in records.items()
+             if key.startswith(prefix) and key[len(prefix):].isdigit()}
+    return dict(sorted(found.items()))
 
 
 def _weights(record: dict) -> str:
@@ -308,10 +326,16 @@ def model_title(model: str) -> str:
     return f"Model {model[5:]}" if model.startswith("model") and model[5:].isdigit() else model
 
 
+def val_images(record: dict) -> int:
+    """How many validation images a record's accuracies were measured on: its dataset's count,
+    or the study's 10,000 for a record from before the count was kept."""
+    return int((record.get("dataset") or {}).get("val_images") or STUDY_VAL_IMAGES)
+
+
 def _interval(record: dict) -> tuple[float, float, int]:
     from tinylib.stats import accuracy_interval
 
-    n = int((record.get("dataset") or {}).get("val_images") or STUDY_VAL_IMAGES)
+    n = val_images(record)
     low, high = accuracy_interval(round(record["best_val_top1"] * n), n)
     return low, high, n
 
@@ -420,7 +444,27 @@ def comparison_story(first: str, second: str, folder: Path | str | None = None) 
     unfinished = [f"{name}'s run is unfinished ({run} of {planned} epochs so far)"
                   for name, (end, run, planned) in ((name_a, run_end(a)), (name_b, run_end(b)))
                   if end == "unfinished"]
-    return sentence + "." + (f" {' and '.join(unfinished)}." if unfinished else "")
+    sentence += "." + (f" {' and '.join(unfinished)}." if unfinished else "")
+    return sentence + _other_batches_against(((first, a), (second, b)), records)
+
+
+def _other_batches_against(pair, records: dict[str, dict]) -> str:
+    """Sentences setting each model's runs on other batches than its profile's against the
+    other model's profile run (chapter 12: does the order hold at Keras' default batch?)."""
+    (first, a), (second, b) = pair
+    sentences = []
+    for (model, own), (other_model, other) in (((first, a), (second, b)), ((second, b), (first, a))):
+        for batch, record in other_batch_records(model, records=records).items():
+            _, _, n = _interval(record)
+            _, _, other_n = _interval(other)
+            end, run, planned = run_end(record)
+            so_far = f" in the {run} of {planned} epochs trained so far" if end == "unfinished" else ""
+            sentences.append(
+                f"On batches of {batch} instead of its profile's {profile_batch(own)}, {model_title(model)} reached "
+                f"{pct(record['best_val_top1'])}{so_far}, "
+                f"{against_phrase(record['best_val_top1'], n, other['best_val_top1'], other_n)} "
+                f"{model_title(other_model)}'s {pct(other['best_val_top1'])} (`{record['record_file']}`).")
+    return "".join(f" {text}" for text in sentences)
 
 
 BUDGET_COMMAND = f"python -m tinylib train {AFTERNOON_MODEL} --recipe {AFTERNOON_RECIPE} --profile full --hours {AFTERNOON_HOURS:g}"
@@ -490,7 +534,7 @@ def against_study_best(key: str, title: str, folder: Path | str | None = None) -
     if not record:
         return f"{study}\n\n{title}, full scale: {NOT_YET_RUN}."
     recipe = (record.get("recipe") or {}).get("name", "none recorded")
-    n = int((record.get("dataset") or {}).get("val_images") or STUDY_VAL_IMAGES)
+    n = val_images(record)
     stand = against_phrase(record["best_val_top1"], n, best, STUDY_VAL_IMAGES)
     return (f"{study}\n\n{title}, full scale: val top-1 {record['best_val_top1']:.2%}, top-5 "
             f"{record['best_val_top5']:.2%} ({record['epochs_run']} epochs, recipe {recipe}, {record['device']}, "
@@ -620,8 +664,9 @@ def gap_table(runs: dict, *, images: int, confidence: float = 0.95):
     with its interval, and each row after the first with its change from the first and whether
     that is within noise (``accuracy_table``); the gap (train minus validation) is what
     regularization narrows, measured on augmented, dropped-out training batches."""
-    epoch = min(len(history_of(run)["val_accuracy"]) for run in runs.values())
-    histories = {label: first_epochs(run, epoch) for label, run in runs.items()}
+    whole = {label: history_of(run) for label, run in runs.items()}
+    epoch = min(len(history["val_accuracy"]) for history in whole.values())
+    histories = {label: first_epochs(history, epoch) for label, history in whole.items()}
     table = accuracy_table({label: (h["val_accuracy"][-1], images) for label, h in histories.items()},
                            changes="first", confidence=confidence, name="val top-1",
                            columns={label: {"epoch": len(h["val_accuracy"]), "train top-1": f"{h['accuracy'][-1]:.1%}"}
@@ -744,7 +789,7 @@ def precision_story(model: str = "model2", policy: str = "mixed_bfloat16",
                 f"`python -m tinylib reproduce --only precision --profile full --results book/results`.")
     reference, run = check["records"]
     epochs = int(run["epochs_run"])
-    n = int((run.get("dataset") or {}).get("val_images") or STUDY_VAL_IMAGES)
+    n = val_images(run)
     fast, plain = max(check[policy]["val_accuracy"]), max(check["float32"]["val_accuracy"])
     verdict = against_phrase(fast, n, plain, n)
     return (f"Over its first {epochs} epochs at full scale, {title} in {policy} reached {pct(fast)} validation "
