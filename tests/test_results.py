@@ -132,6 +132,21 @@ def test_runs_table_gives_intervals_and_says_when_a_change_is_within_noise(tmp_p
         results.runs_table(records, changes=True)
 
 
+def test_the_full_scale_table_lists_the_expected_runs_in_order_and_says_which_are_not_yet_run(tmp_path):
+    keys = ("model5", "model5-finetune-64px-all", "model5-finetune-128px-all")
+    empty = results.full_scale_table(keys, tmp_path)
+    assert list(empty.index) == list(keys) and set(empty["best val top-1"]) == {"not yet run"}
+    _record(tmp_path, "m5-all.json", model="model5", stage="all", image_size=128, best_val_top1=0.55,
+            best_val_top5=0.8, parameters=23_000_000, weights="imagenet", dataset={"val_images": 10_000})
+    _record(tmp_path, "m4.json", best_val_top1=0.3, best_val_top5=0.5, parameters=10)  # not asked for
+    table = results.full_scale_table(keys, tmp_path)
+    assert list(table.index) == list(keys)
+    assert table.loc["model5-finetune-128px-all", "best val top-1"] == "55.0%"
+    assert table.loc["model5-finetune-128px-all", "record"] == "m5-all.json"
+    assert table.loc["model5-finetune-128px-all", "parameters"] == 23_000_000  # a count, not a float
+    assert table.loc["model5", "best val top-1"] == "not yet run" and table.loc["model5", "record"] == ""
+
+
 def test_the_gap_table_sets_each_variant_beside_the_reference_at_the_same_epoch():
     from types import SimpleNamespace
 

@@ -763,6 +763,22 @@ def runs_table(records, *, changes: str | None = None, confidence: float = 0.95)
     return table
 
 
+def full_scale_table(keys, folder: Path | str | None = None, *, confidence: float = 0.95):
+    """``runs_table`` of the full-scale records of ``keys`` (``record_key``s, in that order),
+    with each record's file; a key without a record is a row that reads "not yet run", so a
+    chapter lists what it expects at full scale before any of it is measured."""
+    import pandas as pd
+
+    records = full_scale_records(folder)
+    found = {key: records[key] for key in keys if key in records}
+    table = (runs_table(found, confidence=confidence) if found else pd.DataFrame(columns=["best val top-1"])).astype(object)
+    table["record"] = pd.Series({key: record["record_file"] for key, record in found.items()}, dtype=object)
+    table = table.reindex(list(keys))
+    table.loc[[key for key in keys if key not in found], "best val top-1"] = NOT_YET_RUN
+    table.index.name = "full-scale run"
+    return table.fillna("")
+
+
 def precision_check(model: str = "model2", policy: str = "mixed_bfloat16",
                     folder: Path | str | None = None) -> dict | None:
     """The precision check's histories: {label: history} of the ``policy`` run
