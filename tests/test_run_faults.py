@@ -601,6 +601,34 @@ def test_a_sweep_removes_what_ended_writers_left_and_keeps_a_live_writers_tempor
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, kept.name])
 
 
+def test_a_temporary_whose_pid_a_later_process_was_given_is_stale(tmp_path, monkeypatch):
+    """A killed writer's pid given to a process started after the temporary was written: that
+    process cannot be its writer, so the sweep removes the temporary; one it can have written stays."""
+    import time as clock
+
+    later = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        started = files.process_started_at(later.pid)
+        assert started is not None and abs(started - clock.time()) < 60  # when it started, to the second
+        temporary = tmp_path / f"{files.TEMPORARY_PREFIX}{later.pid}-record.json"
+        temporary.write_text("{half")
+        assert files.remove_stale_temporaries(tmp_path) == [] and temporary.exists()  # it can be its writer's
+        # The same temporary, had the process started an hour after it was written (a reused pid).
+        monkeypatch.setattr(files, "process_started_at", lambda pid: clock.time() + 3600 if pid == later.pid else None)
+        assert files.remove_stale_temporaries(tmp_path) == [temporary]
+        # A modification time set to the past (a copy, an unpacked archive) is not read as its age.
+        monkeypatch.setattr(files, "process_started_at", lambda pid: started)
+        folder = tmp_path / f"{files.TEMPORARY_PREFIX}{later.pid}-npm-x1y2"
+        (folder / "package").mkdir(parents=True)
+        os.utime(folder, (0, 0))
+        assert files.remove_stale_temporaries(tmp_path) == [] and folder.exists()
+    finally:
+        later.kill()
+        later.wait()
+    monkeypatch.undo()
+    assert files.process_started_at(later.pid) is None  # gone: no start time to compare
+
+
 def test_stale_temporaries_of_a_killed_writer_are_cleared_when_the_run_resumes(tmp_path, smoke):
     from tinylib import train
 

@@ -120,16 +120,46 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
 
     A temporary's name carries its writer's pid (``.tmp-PID-name``): one whose writer
     still runs on this machine is left alone, so a sweep never takes a file from under a
-    live writer (an ``evaluate`` writing into a run folder that ``train`` opens).
+    live writer (an ``evaluate`` writing into a run folder that ``train`` opens). A live
+    process that started after the temporary was last written is not its writer but a later
+    process given the dead writer's pid, and does not keep it.
     """
     removed = []
     for tmp in Path(folder).glob(f"{TEMPORARY_PREFIX}*"):
         pid = tmp.name[len(TEMPORARY_PREFIX):].split("-", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and process_running(int(pid)):
+        if pid.isdigit() and writer_alive(tmp, int(pid)):
             continue
         if remove_path(tmp):
             removed.append(tmp)
     return removed
+
+
+def writer_alive(path: Path, pid: int) -> bool:
+    """Whether ``pid``, the writer a temporary's name gives, is another process that still runs
+    and can have written ``path``: not one that started after ``path``'s inode last changed (a
+    later process given the dead writer's pid). The inode's change time, not the modification
+    time, which an unpacked archive or a copy sets to the past; two seconds' margin for the
+    clocks' resolution. Where a start time is unknown, a live pid keeps its temporaries."""
+    if pid == os.getpid() or not process_running(pid):
+        return False
+    started = process_started_at(pid)
+    try:
+        changed = path.lstat().st_ctime
+    except OSError:
+        return True
+    return started is None or changed >= started - 2.0
+
+
+def process_started_at(pid: int) -> float | None:
+    """When process ``pid`` started, in seconds since the epoch (Linux, to the second); None
+    where this platform or the process cannot say."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text(encoding="ascii").rsplit(")", 1)[-1].split()
+        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text(encoding="ascii").splitlines()
+                    if line.startswith("btime "))
+        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22 of stat: start, in clock ticks
+    except (OSError, ValueError, IndexError, StopIteration, AttributeError):
+        return None
 
 
 def remove_path(path: Path) -> bool:

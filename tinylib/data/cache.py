@@ -235,7 +235,7 @@ def _remove_stale_temporaries(parent: Path) -> None:
 def _writer_alive(tmp: Path) -> bool:
     """Whether the process a temporary's name ends in (its pid) is another that still runs."""
     pid = tmp.name.rsplit("-", 1)[-1]
-    return pid.isdigit() and int(pid) != os.getpid() and files.process_running(int(pid))
+    return pid.isdigit() and files.writer_alive(tmp, int(pid))
 
 
 # --- preparing ---------------------------------------------------------------------------------
