@@ -318,7 +318,7 @@ def test_a_run_on_another_batch_is_a_row_of_its_own_in_the_table_and_the_story(t
 
     figure = plots.results_table_plot(results.comparison_rows(tmp_path, models=("model2",)))
     labels = [tick.get_text() for tick in figure.axes[0].get_xticklabels()]
-    assert labels[2] == "model2\n(this book, batch 32, so far)"
+    assert labels[2] == "model2\n(this book,\nbatch 32, so far)"
     plt.close(figure)
 
 

@@ -536,7 +536,8 @@ def results_table_plot(rows, ax=None, figsize=None):
         for i in sorted(set(range(len(rows))) - set(present)):
             ax.text(positions[i] + offset, 0.02, "not yet run", rotation=90, ha="center",
                     va="bottom", fontsize=7, color="grey")
-    ax.set_xticks(positions, [f"{row['model']}\n({row.get('source', '?')}"
+    # A long source ('this book, batch 32') over two lines, so that neighbouring labels do not meet.
+    ax.set_xticks(positions, [f"{row['model']}\n(" + row.get("source", "?").replace(", ", ",\n")
                               + (", so far)" if row.get("unfinished") else ")") for row in rows], fontsize=8)
     ax.set_ylim(0, 1.05)
     ax.yaxis.set_major_formatter(PercentFormatter(1.0))
