@@ -404,6 +404,11 @@ def test_resnet_stem_keeps_64x64_and_the_last_stage_sees_8x8(name):
     assert not any(isinstance(layer, keras.layers.MaxPooling2D) for layer in model.layers)
     last_block = [layer for layer in model.layers if layer.name.endswith("_out")][-1]
     assert last_block.name.startswith("stage4") and last_block.output.shape[1:] == (8, 8, FINAL_CHANNELS[name])
+    # What chapter 13 prints: each stage halves the side and doubles the channels (stage 1: 64 wide, x4 in a bottleneck).
+    channels = FINAL_CHANNELS[name] // 8
+    assert models.stage_shapes(model) == {f"stage{i}": (64 // 2 ** (i - 1), 64 // 2 ** (i - 1), channels * 2 ** (i - 1))
+                                          for i in range(1, 5)}
+    assert models.stage_shapes(models.build_model("model4", num_classes=5, compile=False)) == {}
 
 
 def test_resnet_width_scales_channels_and_blocks_start_as_identity():

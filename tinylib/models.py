@@ -36,6 +36,7 @@ __all__ = [
     "PretrainedWeightsUnavailable",
     "resolve_pretrained",
     "build_model",
+    "stage_shapes",
     "list_models",
     "make_optimizer",
     "normalize_name",
@@ -266,6 +267,17 @@ def resnet(x, num_classes, depth=18, width=64, dropout=0.0, bn_momentum=0.9,
     if dropout:
         x = layers.Dropout(dropout, name="dropout")(x)
     return layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions")(x)
+
+
+def stage_shapes(model) -> dict[str, tuple[int, ...]]:
+    """{'stage1': (64, 64, 64), ...}: the map each stage of one of tinylib's ResNets hands on
+    (its last block's output, height x width x channels), for a chapter to show where the
+    resolution goes; {} for a model without such stages."""
+    shapes = {}
+    for layer in model.layers:
+        if re.fullmatch(r"stage\d+_block\d+_out", layer.name):
+            shapes[layer.name.split("_")[0]] = tuple(int(d) for d in layer.output.shape[1:])
+    return shapes
 
 
 def resnet18(x, num_classes, **options):
