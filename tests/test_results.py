@@ -147,6 +147,17 @@ def test_the_full_scale_table_lists_the_expected_runs_in_order_and_says_which_ar
     assert table.loc["model5", "best val top-1"] == "not yet run" and table.loc["model5", "record"] == ""
 
 
+def test_the_steps_table_reads_runs_on_two_batches_by_epochs_and_by_steps(tmp_path):
+    short = {"val_accuracy": [0.10, 0.20, 0.30, 0.40]}
+    _record(tmp_path, "large.json", history={"val_accuracy": [0.05, 0.15]})
+    large = json.loads((tmp_path / "large.json").read_text())
+    table = results.steps_table({32: short, 128: large}, train_images=1_000, epochs=3)
+    assert list(table.index) == [(32, 1), (32, 2), (32, 3), (128, 1), (128, 2)]  # first epochs; a shorter run as it is
+    assert table.loc[(32, 3), "steps so far"] == 96 and table.loc[(128, 2), "steps so far"] == 16  # ceil(1000 / 128)
+    assert table.loc[(128, 1), "steps an epoch"] == 8 and table.loc[(32, 2), "val top-1"] == "20.0%"
+    assert len(results.steps_table({32: short}, train_images=1_000)) == 4  # every epoch without epochs=
+
+
 def test_the_gap_table_sets_each_variant_beside_the_reference_at_the_same_epoch():
     from types import SimpleNamespace
 

@@ -676,6 +676,25 @@ def gap_table(runs: dict, *, images: int, confidence: float = 0.95):
     return table
 
 
+def steps_table(runs: dict, *, train_images: int, epochs: int | None = None):
+    """Validation top-1 epoch by epoch beside the optimizer steps each run had taken by then, a
+    row per run and epoch: runs on different batches (``runs`` maps the batch to a ``Run``, a
+    record or a history) read both ways, by epochs (what a record counts) and by steps (what
+    moved the weights). ``epochs`` keeps each run's first ones."""
+    import pandas as pd
+
+    from tinylib.batches import steps_per_epoch
+
+    rows = []
+    for batch, run in runs.items():
+        steps = steps_per_epoch(train_images, int(batch))
+        for epoch, accuracy in enumerate(history_of(run)["val_accuracy"][:epochs], start=1):
+            rows.append({"batch": int(batch), "epoch": epoch, "steps an epoch": steps,
+                         "steps so far": epoch * steps, "val top-1": f"{accuracy:.1%}"})
+    return pd.DataFrame(rows, columns=["batch", "epoch", "steps an epoch", "steps so far", "val top-1"]).set_index(
+        ["batch", "epoch"])
+
+
 def accuracy_changes(accuracies: dict, *, against: str = "previous", confidence: float = 0.95) -> list:
     """``(label, change, within noise?)`` for every row after the first.
 
