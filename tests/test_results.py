@@ -145,6 +145,11 @@ def test_the_full_scale_table_lists_the_expected_runs_in_order_and_says_which_ar
     assert table.loc["model5-finetune-128px-all", "record"] == "m5-all.json"
     assert table.loc["model5-finetune-128px-all", "parameters"] == 23_000_000  # a count, not a float
     assert table.loc["model5", "best val top-1"] == "not yet run" and table.loc["model5", "record"] == ""
+    _record(tmp_path, "m5.json", model="model5", best_val_top1=0.5, weights="imagenet")  # no top-5, no parameters
+    every = results.full_scale_table(["model5-finetune-128px-all", "model5", "model5"], tmp_path)  # a key twice
+    assert list(every.index) == ["model5-finetune-128px-all", "model5"]
+    assert every.loc["model5", "best val top-1"] == "50.0%" and every.loc["model5", "best val top-5"] == ""
+    assert not every.isna().any().any()
 
 
 def test_the_steps_table_reads_runs_on_two_batches_by_epochs_and_by_steps(tmp_path):
@@ -317,13 +322,26 @@ def test_a_run_on_another_batch_is_a_row_of_its_own_in_the_table_and_the_story(t
     story = results.comparison_story("model1", "model2", tmp_path)
     assert "Model 1 is ahead of Model 2, beyond noise (21.94% against 19.72%" in story
     assert story.endswith(" On batches of 32 instead of its profile's 128, Model 2 reached 23.00%, "
-                          "within noise of Model 1's 21.94% (`m2-b32.json`).")
+                          "within noise of Model 1's 21.94% at its profile's batch of 128 (`m2-b32.json`).")
     _record(tmp_path, "m2-b32.json", model="model2", best_val_top1=0.2600, batch_size=32, profile_batch_size=128,
             epochs_run=5, epochs=100, finished=False)
     story = results.comparison_story("model2", "model1", tmp_path)  # either order
     assert ("Model 2 reached 26.00% in the 5 of 100 epochs trained so far, above, beyond noise, "
             "Model 1's 21.94%") in story
     assert results.comparison_rows(tmp_path, models=("model2",))[2]["unfinished"]
+    # Model 1 on batch 32 too: the two batch-32 runs are set against each other, once.
+    _record(tmp_path, "m1-b32.json", model="model1", best_val_top1=0.2100, batch_size=32, profile_batch_size=128)
+    story = results.comparison_story("model1", "model2", tmp_path)
+    assert story.count("On batches of 32") == 1
+    assert ("On batches of 32 instead of its profile's 128, Model 1 reached 21.00%, below, beyond noise, "
+            "Model 2's 26.00% on the same batch (`m1-b32.json`).") in story
+    # Another precision than the profile's run is named, in the sentence and in the row.
+    _record(tmp_path, "m1-b32.json", model="model1", best_val_top1=0.2100, batch_size=32, profile_batch_size=128,
+            dtype_policy="mixed_bfloat16")
+    story = results.comparison_story("model1", "model2", tmp_path)
+    assert ("On batches of 32 instead of its profile's 128 in mixed_bfloat16 (its profile's run: float32), Model 1 "
+            "reached 21.00%") in story and "on the same batch, in float32" in story
+    assert results.comparison_rows(tmp_path, models=("model1",))[2]["source"] == "this book, batch 32, mixed_bfloat16"
     plt = pytest.importorskip("matplotlib.pyplot")
     from tinylib import plots
 

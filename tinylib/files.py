@@ -134,12 +134,17 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     return removed
 
 
+STARTED_MARGIN_SECONDS = 300.0  # see writer_alive
+
+
 def writer_alive(path: Path, pid: int) -> bool:
     """Whether ``pid``, the writer a temporary's name gives, is another process that still runs
     and can have written ``path``: not one that started after ``path``'s inode last changed (a
     later process given the dead writer's pid). The inode's change time, not the modification
-    time, which an unpacked archive or a copy sets to the past; two seconds' margin for the
-    clocks' resolution. Where a start time is unknown, a live pid keeps its temporaries."""
+    time, which an unpacked archive or a copy sets to the past; five minutes' margin for the
+    clocks' resolution and for a wall clock stepped since (the start is rebuilt from the boot
+    time, which moves with it): a stale temporary kept is cheap, a live writer's deleted is not.
+    Where a start time is unknown, a live pid keeps its temporaries."""
     if pid == os.getpid() or not process_running(pid):
         return False
     started = process_started_at(pid)
@@ -147,14 +152,14 @@ def writer_alive(path: Path, pid: int) -> bool:
         changed = path.lstat().st_ctime
     except OSError:
         return True
-    return started is None or changed >= started - 2.0
+    return started is None or changed >= started - STARTED_MARGIN_SECONDS
 
 
 def process_started_at(pid: int) -> float | None:
     """When process ``pid`` started, in seconds since the epoch (Linux, to the second); None
     where this platform or the process cannot say."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text(encoding="ascii").rsplit(")", 1)[-1].split()
+        fields = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[-1].split()
         boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text(encoding="ascii").splitlines()
                     if line.startswith("btime "))
         return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22 of stat: start, in clock ticks
@@ -183,8 +188,8 @@ def process_running(pid: int) -> bool:
     except (PermissionError, OSError):
         return True  # it exists, another user's (or this platform cannot say: keep its files)
     try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-            return stat.read().rsplit(")", 1)[-1].split()[0] != "Z"
+        with open(f"/proc/{pid}/stat", "rb") as stat:  # bytes: a process's name can be any
+            return stat.read().rsplit(b")", 1)[-1].split()[0] != b"Z"
     except OSError:
         return True
 

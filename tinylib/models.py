@@ -270,9 +270,9 @@ def resnet(x, num_classes, depth=18, width=64, dropout=0.0, bn_momentum=0.9,
 
 
 def stage_shapes(model) -> dict[str, tuple[int, ...]]:
-    """{'stage1': (64, 64, 64), ...}: the map each stage of one of tinylib's ResNets hands on
-    (its last block's output, height x width x channels), for a chapter to show where the
-    resolution goes; {} for a model without such stages."""
+    """{'stage1': (64, 64, 64), ...}: the map each stage of tinylib's ResNet-18, -34 or -50 hands
+    on (its last block's output, height x width x channels), for a chapter to show where the
+    resolution goes; {} for a model without such stages (ResNet-9's are named otherwise)."""
     shapes = {}
     for layer in model.layers:
         if re.fullmatch(r"stage\d+_block\d+_out", layer.name):

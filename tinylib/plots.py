@@ -512,7 +512,8 @@ def guesses(evaluation, images, n: int = 12, cols: int = 6, seed: int = 0, figsi
 def results_table_plot(rows, ax=None, figsize=None):
     """Train and val accuracy per model, side by side, for the results chapter.
 
-    ``rows`` are dicts with 'model', 'source' ('study' or 'this book'),
+    ``rows`` are dicts with 'model', 'source' ('study', 'this book', or 'this book, batch 32' for a
+    run on another batch),
     'train' and 'val' (accuracies in [0, 1], or None), and optionally 'val_interval'
     (low, high), drawn as an error bar.  A None is drawn as no
     bar with a 'not yet run' note: a missing result never looks like a zero; a row

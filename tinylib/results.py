@@ -198,7 +198,9 @@ def comparison_rows(folder: Path | str | None = None, models=None) -> list[dict]
 
     This book's row holds None (shown as "not yet run") where no full-scale record exists,
     ``unfinished`` where its run has epochs left, and the 95% interval of its validation accuracy (``val_interval``) where one does; the
-    study's rows have none. ``models`` keeps only those models (default: all five).
+    study's rows have none. A run of the model the study's way on another batch than its
+    profile's follows as a row of its own ('this book, batch 32', with its precision where that
+    differs from the profile's run's too). ``models`` keeps only those models (default: all five).
     """
     records = full_scale_records(folder)
     rows = []
@@ -206,10 +208,19 @@ def comparison_rows(folder: Path | str | None = None, models=None) -> list[dict]
         if models is not None and model not in models:
             continue
         rows.append({"model": model, "source": "study", "train": study["train"], "val": study["val"]})
-        rows.append(_book_row(model, "this book", records.get(model)))
-        rows += [_book_row(model, f"this book, batch {batch}", record)
+        profile_run = records.get(model)
+        rows.append(_book_row(model, "this book", profile_run))
+        rows += [_book_row(model, f"this book, batch {batch}{_other_precision(record, profile_run, ', ')}", record)
                  for batch, record in other_batch_records(model, records=records).items()]
     return rows
+
+
+def _other_precision(record: dict, reference: dict | None, lead: str) -> str:
+    """``lead`` and the record's precision where it differs from ``reference``'s ('' where it
+    does not, or without a reference): a row or sentence never puts a precision's doing on the batch."""
+    if reference is None or record_precision(record) == record_precision(reference):
+        return ""
+    return f"{lead}{record_precision(record)}"
 
 
 def _book_row(model: str, source: str, record: dict | None) -> dict:
@@ -420,7 +431,8 @@ def full_scale_story(model: str, folder: Path | str | None = None) -> str:
 
 
 def comparison_story(first: str, second: str, folder: Path | str | None = None) -> str:
-    """One sentence: how two models' full-scale runs in this book compare, and how the study's did."""
+    """How two models' full-scale runs in this book compare, and how the study's did; then a
+    sentence for each run of either on another batch than its profile's (``_other_batches_against``)."""
     records = full_scale_records(folder)
     a, b = records.get(first), records.get(second)
     name_a, name_b = model_title(first), model_title(second)
@@ -450,20 +462,30 @@ def comparison_story(first: str, second: str, folder: Path | str | None = None) 
 
 def _other_batches_against(pair, records: dict[str, dict]) -> str:
     """Sentences setting each model's runs on other batches than its profile's against the
-    other model's profile run (chapter 12: does the order hold at Keras' default batch?)."""
+    other model's run on the same batch where there is one, else its profile's run (chapter
+    12: does the order hold at Keras' default batch?), with the precision where it differs."""
     (first, a), (second, b) = pair
-    sentences = []
+    sentences, compared = [], set()
     for (model, own), (other_model, other) in (((first, a), (second, b)), ((second, b), (first, a))):
+        others = other_batch_records(other_model, records=records)
         for batch, record in other_batch_records(model, records=records).items():
-            _, _, n = _interval(record)
-            _, _, other_n = _interval(other)
+            if batch in compared:  # both models on this batch: already set against each other
+                continue
+            against = others.get(batch)
+            if against is not None:
+                compared.add(batch)
             end, run, planned = run_end(record)
             so_far = f" in the {run} of {planned} epochs trained so far" if end == "unfinished" else ""
+            precision = _other_precision(record, own, " in ")
+            precision += f" (its profile's run: {record_precision(own)})" if precision else ""
+            where = (f"on the same batch{_other_precision(against, record, ', in ')}" if against is not None
+                     else f"at its profile's batch of {profile_batch(other)}")
+            against = against if against is not None else other
             sentences.append(
-                f"On batches of {batch} instead of its profile's {profile_batch(own)}, {model_title(model)} reached "
-                f"{pct(record['best_val_top1'])}{so_far}, "
-                f"{against_phrase(record['best_val_top1'], n, other['best_val_top1'], other_n)} "
-                f"{model_title(other_model)}'s {pct(other['best_val_top1'])} (`{record['record_file']}`).")
+                f"On batches of {batch} instead of its profile's {profile_batch(record)}{precision}, "
+                f"{model_title(model)} reached {pct(record['best_val_top1'])}{so_far}, "
+                f"{against_phrase(record['best_val_top1'], val_images(record), against['best_val_top1'], val_images(against))} "
+                f"{model_title(other_model)}'s {pct(against['best_val_top1'])} {where} (`{record['record_file']}`).")
     return "".join(f" {text}" for text in sentences)
 
 
@@ -635,7 +657,7 @@ CHANGES_AGAINST = ("previous", "first")  # each row's change: from the row above
 
 def accuracies_of(records) -> dict:
     """{label: (best validation top-1, validation images)} of records, ``Run``s or run folders."""
-    return {label: (r["best_val_top1"], r["dataset"]["val_images"]) for label, r in _records(records).items()}
+    return {label: (r["best_val_top1"], val_images(r)) for label, r in _records(records).items()}
 
 
 def history_of(source) -> dict:
@@ -769,12 +791,12 @@ def runs_table(records, *, changes: str | None = None, confidence: float = 0.95)
     (``accuracy_changes``).
     """
     records = _records(records)
-    columns = {label: {"weights": r.get("weights", "random"), "parameters": r["parameters"],
+    columns = {label: {"weights": r.get("weights", "random"), "parameters": r.get("parameters"),
                        "epochs": epochs_text(r)} for label, r in records.items()}
     table = accuracy_table(accuracies_of(records), changes=changes, confidence=confidence, name="best val top-1",
                            columns=columns)
     for label, r in records.items():
-        table.loc[label, "best val top-5"] = f"{r['best_val_top5']:.1%}"
+        table.loc[label, "best val top-5"] = "" if r.get("best_val_top5") is None else f"{r['best_val_top5']:.1%}"
         train = at_best_epoch(r)["train"]  # beside the best val top-1: the same epoch's
         table.loc[label, "train top-1 (best epoch)"] = "" if train is None else f"{train:.1%}"
         table.loc[label, "train images/s"] = r.get("train_images_per_second")
@@ -788,14 +810,14 @@ def full_scale_table(keys, folder: Path | str | None = None, *, confidence: floa
     chapter lists what it expects at full scale before any of it is measured."""
     import pandas as pd
 
-    records = full_scale_records(folder)
+    records, keys = full_scale_records(folder), list(dict.fromkeys(keys))
     found = {key: records[key] for key in keys if key in records}
     table = (runs_table(found, confidence=confidence) if found else pd.DataFrame(columns=["best val top-1"])).astype(object)
     table["record"] = pd.Series({key: record["record_file"] for key, record in found.items()}, dtype=object)
-    table = table.reindex(list(keys))
+    table = table.reindex(keys)
     table.loc[[key for key in keys if key not in found], "best val top-1"] = NOT_YET_RUN
     table.index.name = "full-scale run"
-    return table.fillna("")
+    return table.where(table.notna(), "")
 
 
 def precision_check(model: str = "model2", policy: str = "mixed_bfloat16",
