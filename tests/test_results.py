@@ -78,7 +78,7 @@ def test_full_scale_report_says_how_far_a_run_got(tmp_path):
     assert "the study (slides):    train 37.52%, val 38.61%" in report
     assert "val 40.00%, top-5 70.00%" in report
     assert "12 of 30 epochs (unfinished" in report and "42 minutes" in report and "480 train images/s" in report
-    assert "12 of 30 epochs (unfinished: the run was stopped and can resume) in 42 min" in \
+    assert "12 of 30 epochs (unfinished: stopped before its end; it resumes where its run folder is kept) in 42 min" in \
         results.comparison_table(tmp_path)
     _record(tmp_path, "m4.json", best_val_top5=0.7, epochs=30, epochs_run=17, finished=True, stopped_early=True)
     assert "stopped early after 17 of 30 epochs" in results.full_scale_report("model4", tmp_path)
@@ -442,8 +442,8 @@ def test_the_budget_figures_hours_are_the_records_own_else_the_books_default(tmp
 
 def test_an_unfinished_run_on_a_time_budget_counts_its_epochs_against_the_budget_not_the_cap():
     budget = {"model": "resnet9", "epochs_run": 5, "epochs": 40, "finished": False, "time_budget": {"hours": 3.0}}
-    assert results.epochs_text(budget) == ("5 epochs so far of a 3-hour budget (at most 40; unfinished: the run "
-                                           "was stopped and can resume)")
+    assert results.epochs_text(budget) == ("5 epochs so far of a 3-hour budget (at most 40; unfinished: stopped "
+                                           "before its end; it resumes where its run folder is kept)")
     assert results.epochs_text({**budget, "time_budget": None}).startswith("5 of 40 epochs (unfinished")
     assert results.epochs_text({**budget, "finished": True, "epochs_run": 12}) == "12 epochs"
 

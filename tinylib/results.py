@@ -278,9 +278,10 @@ def epochs_text(record: dict) -> str:
     hours = (record.get("time_budget") or {}).get("hours")
     if end == "unfinished" and hours:
         return (f"{run} epoch{'s' * (run != 1)} so far of a {hours:g}-hour budget (at most {planned}; "
-                "unfinished: the run was stopped and can resume)")
+                "unfinished: stopped before its end; it resumes where its run folder is kept)")
     return {"stopped early": f"stopped early after {run} of {planned} epochs", "finished": f"{run} epochs",
-            "unfinished": f"{run} of {planned} epochs (unfinished: the run was stopped and can resume)"}[end]
+            "unfinished": f"{run} of {planned} epochs (unfinished: stopped before its end; it resumes where its run "
+                          "folder is kept)"}[end]
 
 
 def full_scale_report(model: str, folder: Path | str | None = None) -> str:
@@ -371,7 +372,8 @@ def _how_it_ended(record: dict) -> str:
     end, run, planned = run_end(record)
     return {"stopped early": f"early stopping ended it after epoch {run} of the {planned} allowed",
             "finished": f"it ran all {run} of its planned epochs",
-            "unfinished": f"it is unfinished: {run} of {planned} epochs so far, and it resumes where it stopped"}[end]
+            "unfinished": f"it is unfinished: {run} of {planned} epochs so far (the same command resumes it on a "
+                          "machine that kept its run folder)"}[end]
 
 
 def full_scale_story(model: str, folder: Path | str | None = None) -> str:
