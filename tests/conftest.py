@@ -6,6 +6,7 @@ import io
 import math
 import os
 import shutil
+import time
 import zipfile
 from pathlib import Path
 
@@ -163,6 +164,47 @@ def pytest_collection_modifyitems(config, items):
     """
     items.sort(key=lambda item: (item.get_closest_marker("site") is not None,  # stable: order kept otherwise
                                  item.get_closest_marker("slow") is None))
+
+
+# --- where CI's minutes go ----------------------------------------------------------------
+# CI must stay under 20 minutes. The time of `make test` is that of its busiest worker, so
+# each worker reports its tests' time and when it finished, and the summary prints them: the
+# worker that ends last is the one whose tests to shorten.
+_BUSY = {"seconds": 0.0, "tests": 0}
+_WORKERS: dict[str, dict] = {}
+
+
+def pytest_runtest_logreport(report):
+    _BUSY["seconds"] += report.duration
+    _BUSY["tests"] += report.when == "call"
+
+
+def pytest_sessionstart(session):
+    session.config._tinylib_started = time.time()
+
+
+def pytest_sessionfinish(session):
+    output = getattr(session.config, "workeroutput", None)  # set on a pytest-xdist worker
+    if output is not None:
+        output["tinylib_busy"] = {**_BUSY, "finished": time.time()}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    busy = getattr(node, "workeroutput", {}).get("tinylib_busy")
+    if busy:
+        _WORKERS[node.gateway.id] = busy
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    started = getattr(config, "_tinylib_started", None)
+    if not _WORKERS or started is None:
+        return
+    terminalreporter.section("time per worker")
+    for worker, busy in sorted(_WORKERS.items(), key=lambda item: item[1]["finished"]):
+        terminalreporter.write_line(
+            f"{worker}: {busy['tests']} tests, {busy['seconds']:.0f} s in them, "
+            f"finished {busy['finished'] - started:.0f} s after the start")
 
 
 @pytest.fixture(autouse=True)

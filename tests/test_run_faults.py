@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import TRAIN_PER_CLASS, WNIDS
 
 from tinylib import files, runs
 
@@ -939,11 +940,14 @@ def test_a_kill_at_every_change_resumes_to_the_same_run_on_jax(forks, tmp_path, 
     variables) its own way, and the other end of a run: without early stopping the run ends
     with its last epoch's weights, and that epoch's checkpoint becomes the final one under a
     second name (a hard link), not a second write. (The TensorFlow sweep above ends with
-    early stopping's restore, which writes the final weights.) Two epochs: a third would
-    repeat the second's changes, which the TensorFlow sweep kills at already."""
+    early stopping's restore, which writes the final weights.) Two epochs of two batches: a
+    third epoch would repeat the second's changes, and a third batch would add a mid-epoch
+    checkpoint replacing another, which the TensorFlow sweep kills at already; each change
+    left out is two fewer runs of one of CI's longest tests."""
     pytest.importorskip("jax")
     monkeypatch.setenv("KERAS_BACKEND", "jax")  # _drive passes it to the children
-    assert kill_at_every_change(forks, tmp_path, epochs=2, EVERY=0) > 10
+    two_batches = TRAIN_PER_CLASS * len(WNIDS) // 2
+    assert kill_at_every_change(forks, tmp_path, epochs=2, EVERY=0, BATCH=two_batches) > 10
 
 
 def test_a_final_checkpoint_is_written_only_where_the_end_changed_the_weights(tmp_path, smoke, monkeypatch):
