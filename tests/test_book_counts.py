@@ -1,4 +1,4 @@
-"""The parameter counts the chapters' prose states, checked against the models tinylib builds.
+"""The parameter counts (and a few layer widths) the chapters' prose states, checked against the models tinylib builds.
 
 A count in a sentence ("about 140 million parameters") is a fact about the code, not a
 result: it is typed where the story needs it, and this test keeps it true. Each claim is
@@ -36,6 +36,11 @@ def layer(model, name):
     return model.get_layer(name).count_params()
 
 
+def units(model, name) -> int:
+    """The width of a layer's output: a dense layer's units, a flattened vector's values."""
+    return int(model.get_layer(name).output.shape[-1])
+
+
 def trained(layer_or_model) -> int:
     return sum(int(np.prod(weight.shape)) for weight in layer_or_model.trainable_weights)
 
@@ -59,6 +64,12 @@ CLAIMS = [
     ("06_model1", "almost four million weights in the dense layer",
      # "same" padding flattens 16x16x64 values instead of Model 1's 14x14x64
      lambda m: 3.5e6 < (16 * 16 * 64 - m["model1"].get_layer("flatten").output.shape[-1]) * 1024 < 4e6),
+    ("07_model2", "its dense layer has half the units (512 against 1,024)",
+     lambda m: units(m["model2"], "fc1") == 512 and units(m["model1"], "fc1") == 1024),
+    ("07_model2", "With 512 units instead of 1,024",
+     lambda m: units(m["model2"], "fc1") == 512 and units(m["model1"], "fc1") == 1024),
+    ("07_model2", "the flattened vector from 12,544 values to 4,608",
+     lambda m: units(m["model1"], "flatten") == 12_544 and units(m["model2"], "flatten") == 4_608),
     ("07_model2", "about 2.4 million parameters instead of 12.8 million",
      lambda m: about(layer(m["model2"], "fc1"), "2.4") and about(layer(m["model1"], "fc1"), "12.8")),
     ("08_model3", "about 140 million parameters", lambda m: about(m["model3"].count_params(), "140")),

@@ -161,6 +161,12 @@ def test_the_steps_table_reads_runs_on_two_batches_by_epochs_and_by_steps(tmp_pa
     assert table.loc[(32, 3), "steps so far"] == 96 and table.loc[(128, 2), "steps so far"] == 16  # ceil(1000 / 128)
     assert table.loc[(128, 1), "steps an epoch"] == 8 and table.loc[(32, 2), "val top-1"] == "20.0%"
     assert len(results.steps_table({32: short}, train_images=1_000)) == 4  # every epoch without epochs=
+    # A record counts its steps from its own training-set size; a bare history needs one given.
+    _record(tmp_path, "large.json", history={"val_accuracy": [0.05, 0.15]}, dataset={"train_images": 2_000})
+    large = json.loads((tmp_path / "large.json").read_text())
+    assert results.steps_table({128: large}, train_images=1_000).loc[(128, 1), "steps an epoch"] == 16
+    with pytest.raises(ValueError, match="train_images="):
+        results.steps_table({32: short})
 
 
 def test_the_gap_table_sets_each_variant_beside_the_reference_at_the_same_epoch():
@@ -304,6 +310,15 @@ def test_the_comparison_story_says_which_order_and_whether_it_is_the_studys(tmp_
     assert story.endswith(" Model 3's run is unfinished (9 of 30 epochs so far).")
 
 
+def test_a_key_names_a_batch_only_for_its_own_model_and_a_number():
+    assert results.key_batch("model2-batch32", "model2") == 32
+    assert results.key_batch("model2-batch32", "model1") is None
+    assert results.key_batch("model2-batch32-seed1", "model2") is None
+    assert results.key_batch("resnet18-modern-batch256", "resnet18") is None
+    assert results.key_batch("model2", "model2") is None
+    assert results.the_studys_way({"model": "model2", "batch_size": 32, "profile_batch_size": 128})
+
+
 def test_a_run_on_another_batch_is_a_row_of_its_own_in_the_table_and_the_story(tmp_path):
     """Model 2 at Keras' default batch of 32 shows beside its profile's run (batch 128), never in
     its place, and chapter 12's comparison says where it stands against the other model."""
@@ -342,6 +357,16 @@ def test_a_run_on_another_batch_is_a_row_of_its_own_in_the_table_and_the_story(t
     assert ("On batches of 32 instead of its profile's 128 in mixed_bfloat16 (its profile's run: float32), Model 1 "
             "reached 21.00%") in story and "on the same batch, in float32" in story
     assert results.comparison_rows(tmp_path, models=("model1",))[2]["source"] == "this book, batch 32, mixed_bfloat16"
+    # Without Model 1's profile run its batch-32 run is still set against Model 2's, and says so.
+    (tmp_path / "m1.json").unlink()
+    story = results.comparison_story("model1", "model2", tmp_path)
+    assert story.startswith("This book has no full-scale run of Model 1 at the profile's batch yet, so it compares "
+                            "Model 1 with Model 2 on other batches only. On batches of 32 instead of its profile's "
+                            "128, Model 1 reached 21.00%"), story
+    assert "Model 2's 26.00% on the same batch, in float32" in story
+    (tmp_path / "m1-b32.json").unlink()  # nothing of Model 1 left: nothing to set Model 2's runs against
+    assert results.comparison_story("model1", "model2", tmp_path) == (
+        "This book cannot compare Model 1 with Model 2 at full scale yet: Model 1 is not yet measured.")
     plt = pytest.importorskip("matplotlib.pyplot")
     from tinylib import plots
 

@@ -272,7 +272,7 @@ def _batch_candidates(model: str, folder=None) -> tuple[dict | None, list[dict]]
                     and (record.get("history") or {}).get("val_accuracy"))
 
     found = [r for r in results.every_full_scale_record(folder)
-             if results.record_key(r) in (model, f"{model}-batch{r.get('batch_size')}") and placeable(r)]
+             if results.the_studys_way(r, model) and placeable(r)]
     reference = next((r for r in found if results.record_key(r) == model), found[0] if found else None)
     return reference, found
 

@@ -124,10 +124,22 @@ def profile_batch(record: dict) -> int | None:
 def study_figures(record: dict) -> dict:
     """The study's train and validation accuracy for a record of one of its models trained
     its way, at the profile's batch or another ({} for anything else)."""
+    return STUDY_RESULTS.get(record.get("model"), {}) if the_studys_way(record) else {}
+
+
+def key_batch(key: str, model: str) -> int | None:
+    """The batch of a record key that names ``model`` trained the study's way on a batch
+    other than its profile's ('model2-batch32': 32); None for any other key."""
+    head, _, batch = key.rpartition("-batch")
+    return int(batch) if head == model and batch.isdigit() else None
+
+
+def the_studys_way(record: dict, model: str | None = None) -> bool:
+    """Whether the record is ``model`` (by default its own) trained the study's way, at its
+    profile's batch or another: its key is the model's, or the model's with its own batch."""
+    model = model or record.get("model")
     key = record_key(record)
-    if key == record.get("model") or key == f"{record.get('model')}-batch{record.get('batch_size')}":
-        return STUDY_RESULTS.get(record.get("model"), {})
-    return {}
+    return key == model or key_batch(key, model) == record.get("batch_size")
 
 
 def record_paths(folder: Path | str | None = None) -> list[Path]:
@@ -241,9 +253,7 @@ def other_batch_records(model: str, folder: Path | str | None = None,
     rule out), smallest batch first: rows of their own beside the profile's run, never in its
     place. ``records`` (``full_scale_records``'s) saves reading the folder again."""
     records = full_scale_records(folder) if records is None else records
-    prefix = f"{model}-batch"
-    found = {int(key[len(prefix):]): record for key, record in records.items()
-             if key.startswith(prefix) and key[len(prefix):].isdigit()}
+    found = {batch: record for key, record in records.items() if (batch := key_batch(key, model)) is not None}
     return dict(sorted(found.items()))
 
 
@@ -440,6 +450,10 @@ def comparison_story(first: str, second: str, folder: Path | str | None = None) 
     name_a, name_b = model_title(first), model_title(second)
     if a is None or b is None:
         missing = " and ".join(model_title(m) for m, r in ((first, a), (second, b)) if r is None)
+        on_other_batches = _other_batches_against(((first, a), (second, b)), records)
+        if on_other_batches:
+            return (f"This book has no full-scale run of {missing} at the profile's batch yet, so it "
+                    f"compares {name_a} with {name_b} on other batches only.{on_other_batches}")
         return f"This book cannot compare {name_a} with {name_b} at full scale yet: {missing} is not yet measured."
     low_a, high_a, n_a = _interval(a)
     _, _, n_b = _interval(b)
@@ -464,31 +478,40 @@ def comparison_story(first: str, second: str, folder: Path | str | None = None) 
 
 def _other_batches_against(pair, records: dict[str, dict]) -> str:
     """Sentences setting each model's runs on other batches than its profile's against the
-    other model's run on the same batch where there is one, else its profile's run (chapter
-    12: does the order hold at Keras' default batch?), with the precision where it differs."""
-    (first, a), (second, b) = pair
-    sentences, compared = [], set()
-    for (model, own), (other_model, other) in (((first, a), (second, b)), ((second, b), (first, a))):
-        others = other_batch_records(other_model, records=records)
-        for batch, record in other_batch_records(model, records=records).items():
-            if batch in compared:  # both models on this batch: already set against each other
-                continue
-            against = others.get(batch)
+    other model's run on the same batch where there is one (once, in the first model's
+    sentence), else its profile's run (chapter 12: does the order hold at Keras' default
+    batch?), with the precision where it differs. A profile run missing from ``pair`` (None)
+    leaves out what would be set against it."""
+    profile_runs = dict(pair)
+    batch_runs = {model: other_batch_records(model, records=records) for model in profile_runs}
+    (first, _), (second, _) = pair
+    sentences = []
+    for model, other_model in ((first, second), (second, first)):
+        for batch, record in batch_runs[model].items():
+            same_batch = batch_runs[other_model].get(batch)
+            if same_batch is not None and model == second:
+                continue  # said in the first model's sentence
+            against = same_batch if same_batch is not None else profile_runs[other_model]
             if against is not None:
-                compared.add(batch)
-            end, run, planned = run_end(record)
-            so_far = f" in the {run} of {planned} epochs trained so far" if end == "unfinished" else ""
-            precision = _other_precision(record, own, " in ")
-            precision += f" (its profile's run: {record_precision(own)})" if precision else ""
-            where = (f"on the same batch{_other_precision(against, record, ', in ')}" if against is not None
-                     else f"at its profile's batch of {profile_batch(other)}")
-            against = against if against is not None else other
-            sentences.append(
-                f"On batches of {batch} instead of its profile's {profile_batch(record)}{precision}, "
-                f"{model_title(model)} reached {pct(record['best_val_top1'])}{so_far}, "
-                f"{against_phrase(record['best_val_top1'], val_images(record), against['best_val_top1'], val_images(against))} "
-                f"{model_title(other_model)}'s {pct(against['best_val_top1'])} {where} (`{record['record_file']}`).")
+                sentences.append(_batch_sentence(model, batch, record, profile_runs[model], other_model,
+                                                 against, same_batch is not None))
     return "".join(f" {text}" for text in sentences)
+
+
+def _batch_sentence(model: str, batch: int, record: dict, own: dict | None, other_model: str,
+                    against: dict, same_batch: bool) -> str:
+    """``model``'s run on ``batch`` (``record``) set against ``against``, ``other_model``'s run on
+    the same batch or at its profile's; ``own`` is the model's profile run, for its precision."""
+    end, run, planned = run_end(record)
+    so_far = f" in the {run} of {planned} epochs trained so far" if end == "unfinished" else ""
+    precision = _other_precision(record, own, " in ")
+    precision += f" (its profile's run: {record_precision(own)})" if precision else ""
+    where = (f"on the same batch{_other_precision(against, record, ', in ')}" if same_batch
+             else f"at its profile's batch of {profile_batch(against)}")
+    return (f"On batches of {batch} instead of its profile's {profile_batch(record)}{precision}, "
+            f"{model_title(model)} reached {pct(record['best_val_top1'])}{so_far}, "
+            f"{against_phrase(record['best_val_top1'], val_images(record), against['best_val_top1'], val_images(against))} "
+            f"{model_title(other_model)}'s {pct(against['best_val_top1'])} {where} (`{record['record_file']}`).")
 
 
 BUDGET_COMMAND = f"python -m tinylib train {AFTERNOON_MODEL} --recipe {AFTERNOON_RECIPE} --profile full --hours {AFTERNOON_HOURS:g}"
@@ -700,23 +723,37 @@ def gap_table(runs: dict, *, images: int, confidence: float = 0.95):
     return table
 
 
-def steps_table(runs: dict, *, train_images: int, epochs: int | None = None):
+def steps_table(runs: dict, *, train_images: int | None = None, epochs: int | None = None):
     """Validation top-1 epoch by epoch beside the optimizer steps each run had taken by then, a
     row per run and epoch: runs on different batches (``runs`` maps the batch to a ``Run``, a
     record or a history) read both ways, by epochs (what a record counts) and by steps (what
-    moved the weights). ``epochs`` keeps each run's first ones."""
+    moved the weights). A run or record counts its steps from its own training-set size;
+    ``train_images`` is for a bare history. ``epochs`` keeps each run's first ones."""
     import pandas as pd
 
     from tinylib.batches import steps_per_epoch
 
     rows = []
     for batch, run in runs.items():
-        steps = steps_per_epoch(train_images, int(batch))
+        images = _train_images_of(run) or train_images
+        if not images:
+            raise ValueError(f"the run on batch {batch} is a history without its training-set size: "
+                             f"pass train_images= (len(ds.train)), or the run or its record")
+        steps = steps_per_epoch(int(images), int(batch))
         for epoch, accuracy in enumerate(history_of(run)["val_accuracy"][:epochs], start=1):
             rows.append({"batch": int(batch), "epoch": epoch, "steps an epoch": steps,
                          "steps so far": epoch * steps, "val top-1": f"{accuracy:.1%}"})
     return pd.DataFrame(rows, columns=["batch", "epoch", "steps an epoch", "steps so far", "val top-1"]).set_index(
         ["batch", "epoch"])
+
+
+def _train_images_of(run) -> int | None:
+    """The training-set size a ``Run`` or a record says it trained on; None for a history."""
+    from collections.abc import Mapping
+
+    record = getattr(run, "record", run)
+    dataset = record.get("dataset") if isinstance(record, Mapping) else None
+    return dataset.get("train_images") if isinstance(dataset, Mapping) else None
 
 
 def accuracy_changes(accuracies: dict, *, against: str = "previous", confidence: float = 0.95) -> list:
