@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -84,7 +85,14 @@ def time_training(model, images, labels, batch, steps, warmup):
     clock = _StepClock()
     model.steps_per_execution = SETTINGS.get("steps_per_execution") or environment.steps_per_execution()
     if SETTINGS.get("jit_compile"):
-        model.jit_compile = True
+        with warnings.catch_warnings():  # Keras warns where the model refuses; the error below says why
+            warnings.simplefilter("ignore")
+            model.jit_compile = True
+        if not model.jit_compile:  # timed without XLA, it would be labelled with it
+            refusing = sorted({layer.name for layer in model._flatten_layers() if not layer.supports_jit})
+            why = (f"{', '.join(refusing)} run TensorFlow's fused image transform, which XLA has no kernel for"
+                   if refusing else "Keras refuses it (op determinism is on, or this is a Mac's GPU)")
+            raise ValueError(f"XLA cannot compile this model's step here: {why}")
     train.build_optimizer(model)  # as a run does: the step is traced once
     # Batches reach the model as in a run: gathered from uint8 arrays by tinylib.batches.
     model.fit(ShuffledBatches(images[:n], labels[:n], batch, seed=0), epochs=1, verbose=0, callbacks=[clock])

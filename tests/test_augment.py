@@ -3,6 +3,7 @@
 Run once per backend: KERAS_BACKEND=tensorflow and KERAS_BACKEND=jax.
 """
 
+import contextlib
 import math
 
 import keras
@@ -575,3 +576,26 @@ def test_where_xla_compiles_the_step_the_layers_resample_by_gathers_with_the_sam
     assert calls == []
     assert not RandomAffineAugment(fill_mode="constant").supports_jit
     assert not augment.RandomResizedCrop(interpolation="nearest").supports_jit
+
+
+def test_a_model_compiled_with_xla_over_the_fused_transform_trains_without_it(monkeypatch):
+    """Where XLA does not compile the step by itself (a CPU) the layers keep TensorFlow's fused
+    image transform, which XLA has no kernel for: each says so, and a model compiled with
+    ``jit_compile=True`` trains without XLA, with Keras' warning, instead of failing in its
+    first step (it did: 'Detected at node .../ImageProjectiveTransformV3'). On JAX nothing
+    is fused, and the step compiles."""
+    monkeypatch.setattr(augment, "_xla_may_compile", lambda: False)
+    fused = keras.backend.backend() == "tensorflow"
+    for make in (lambda: augment.augmentation(seed=0), lambda: augment.RandomResizedCrop(seed=0),
+                 lambda: RandomAffineAugment(seed=0)):
+        layer = make()
+        assert all(inner.supports_jit for inner in layer._flatten_layers()) != fused, layer.name
+    assert RandomAffineAugment(rotation=0, shift=0, shear=0, zoom=0, flip=False).supports_jit  # brightness alone
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.GlobalAveragePooling2D()(augment.augmentation(seed=0)(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(x))
+    with pytest.warns(UserWarning, match="jit_compile") if fused else contextlib.nullcontext():
+        model.compile("sgd", "categorical_crossentropy", jit_compile=True)
+    assert model.jit_compile != fused
+    history = model.fit(smooth_images(n=4), np.eye(2)[[0, 1, 0, 1]], batch_size=2, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])

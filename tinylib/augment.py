@@ -220,8 +220,8 @@ class RandomAffineAugment(TrainingOnlyAugmentation):
             raise ValueError(f"zoom must be in [0, 1), got {zoom}")
         if self.brightness is not None and len(self.brightness) != 2:
             raise ValueError(f"brightness must be (low, high), got {brightness}")
-        if self._has_geometry and _xla_may_compile() and not _gathers_serve(interpolation, fill_mode):
-            self.supports_jit = False  # the fused transform only, which XLA cannot compile
+        if self._has_geometry and _affine_is_fused(interpolation, fill_mode):
+            self.supports_jit = False  # XLA cannot compile the fused transform: Keras trains without it
 
     @property
     def _has_geometry(self):
@@ -310,8 +310,8 @@ class RandomResizedCrop(TrainingOnlyAugmentation):
             raise ValueError(f"ratio must be (low, high) with 0 < low <= high, got {ratio}")
         self.flip = bool(flip)
         self.interpolation = interpolation
-        if _xla_may_compile() and not _gathers_serve(interpolation, "nearest"):
-            self.supports_jit = False  # the fused transform only, which XLA cannot compile
+        if _affine_is_fused(interpolation, "nearest"):
+            self.supports_jit = False  # XLA cannot compile the fused transform: Keras trains without it
 
     ATTEMPTS = 10  # torchvision's
 
@@ -496,6 +496,14 @@ def _gathers_serve(interpolation: str, fill_mode: str) -> bool:
     return interpolation == "bilinear" and fill_mode == "nearest"
 
 
+def _affine_is_fused(interpolation: str, fill_mode: str) -> bool:
+    """Whether :func:`_affine_transform` runs TensorFlow's fused image transform, which XLA
+    cannot compile: a layer that runs it says so (``supports_jit``), and a model compiled with
+    ``jit_compile=True`` (on a CPU, where tinylib keeps the fused kernel for its speed)
+    then trains without XLA, with Keras' warning, instead of failing in its first step."""
+    return keras.backend.backend() == "tensorflow" and not (_xla_may_compile() and _gathers_serve(interpolation, fill_mode))
+
+
 def _affine_transform(images, transform, interpolation="bilinear", fill_mode="nearest"):
     """Keras' ``affine_transform`` of a batch, or the same resample by gathers where XLA
     may compile the step (:func:`_xla_may_compile`)."""
@@ -511,10 +519,15 @@ def _resample(images, transform, fill_mode="nearest", cval=0.0):
     same rule: coordinates clamped to the edge pixels) where XLA will not compile the step;
     elsewhere, and for the modes whose boundary rules Keras does not share with scipy,
     :func:`_resample_like_scipy`."""
-    if fill_mode == "nearest" and keras.backend.backend() == "tensorflow" and not _xla_may_compile():
+    if _resample_is_fused(fill_mode):
         return ops.image.affine_transform(images, ops.cast(transform, "float32"), interpolation="bilinear",
                                           fill_mode="nearest", data_format="channels_last")
     return _resample_like_scipy(images, transform, fill_mode=fill_mode, cval=cval)
+
+
+def _resample_is_fused(fill_mode: str) -> bool:
+    """Whether :func:`_resample` runs TensorFlow's fused image transform (see :func:`_affine_is_fused`)."""
+    return fill_mode == "nearest" and keras.backend.backend() == "tensorflow" and not _xla_may_compile()
 
 
 def _resample_like_scipy(images, transform, fill_mode="nearest", cval=0.0):
@@ -673,6 +686,8 @@ class ImageDataGeneratorAugment(TrainingOnlyAugmentation):
         self.fill_mode = fill_mode
         self.cval = float(cval)
         self.interpolation = interpolation
+        if _resample_is_fused(fill_mode):
+            self.supports_jit = False  # XLA cannot compile the fused transform: Keras trains without it
 
     def _shift(self, spec, batch, size):
         """One shift per image, in pixels, drawn as IDG's get_random_transform does."""
