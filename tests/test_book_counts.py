@@ -41,6 +41,12 @@ def units(model, name) -> int:
     return int(model.get_layer(name).output.shape[-1])
 
 
+def biases(model, suffix) -> int:
+    """The bias values of the layers whose names end with ``suffix`` ('_conv', '_dense')."""
+    return sum(int(np.prod(weight.shape)) for lay in model.layers if lay.name.endswith(suffix)
+               for weight in lay.weights if weight.path.endswith("bias"))
+
+
 def trained(layer_or_model) -> int:
     return sum(int(np.prod(weight.shape)) for weight in layer_or_model.trainable_weights)
 
@@ -64,6 +70,10 @@ CLAIMS = [
     ("06_model1", "almost four million weights in the dense layer",
      # "same" padding flattens 16x16x64 values instead of Model 1's 14x14x64
      lambda m: 3.5e6 < (16 * 16 * 64 - m["model1"].get_layer("flatten").output.shape[-1]) * 1024 < 4e6),
+    ("06_model1", "16{,}778{,}240$ parameters, 3,932,160 more than with",
+     lambda m: (16 * 16 * 64 + 1) * 1024 == 16_778_240 and 16_778_240 - layer(m["model1"], "fc1") == 3_932_160),
+    ("08_model3", "in the two hidden dense layers, 6,272 in all",
+     lambda m: biases(m["model3"], "_conv") == 1_152 and biases(m["model3"], "_dense") == 5_120),
     ("07_model2", "its dense layer has half the units (512 against 1,024)",
      lambda m: units(m["model2"], "fc1") == 512 and units(m["model1"], "fc1") == 1024),
     ("07_model2", "With 512 units instead of 1,024",
