@@ -1,4 +1,4 @@
-"""The parameter counts (and a few layer widths) the chapters' prose states, checked against the models tinylib builds.
+"""The parameter counts, layer widths and layer tables the chapters state, checked against the models tinylib builds.
 
 A count in a sentence ("about 140 million parameters") is a fact about the code, not a
 result: it is typed where the story needs it, and this test keeps it true. Each claim is
@@ -138,3 +138,39 @@ def test_every_stated_count_is_registered():
         COUNT.search(sentence) and re.search(r"parameter|weight|\bhold|\bsit\b", sentence)))
     assert not unchecked, ("a count stated in the prose and checked by no claim (add it to CLAIMS):\n"
                            + "\n".join(unchecked))
+
+
+# The layer tables of chapters 6-9 (the study's tables, as the chapters print them): every
+# parameter count and output shape typed there is the model's.
+LAYER_TABLES = {"06_model1": "model1", "07_model2": "model2", "08_model3": "model3", "09_model4": "model4"}
+NUMBER = re.compile(r"\d[\d,]*(?:×\d+)*")
+
+
+def layer_table(chapter: str) -> list[dict]:
+    """The rows of the chapter's first Markdown table with a 'parameters' column, as dicts."""
+    cells = json.loads((BOOK / f"{chapter}.ipynb").read_text(encoding="utf-8"))["cells"]
+    for cell in cells:
+        lines = "".join(cell["source"]).splitlines()
+        header = next((i for i, line in enumerate(lines) if line.startswith("|") and "| parameters |" in line), None)
+        if cell["cell_type"] != "markdown" or header is None:
+            continue
+        names = [name.strip() for name in lines[header].strip("|").split("|")]
+        rows = []
+        for line in lines[header + 2:]:
+            if not line.startswith("|"):
+                break
+            rows.append(dict(zip(names, (value.strip() for value in line.strip().strip("|").split("|")), strict=True)))
+        return rows
+    raise AssertionError(f"{chapter} has no table with a 'parameters' column")
+
+
+@pytest.mark.parametrize("chapter, name", LAYER_TABLES.items())
+def test_a_chapters_layer_table_is_the_models(built, chapter, name):
+    rows = layer_table(chapter)
+    model = built[name]
+    stated = sorted(int(n.replace(",", "")) for row in rows for n in NUMBER.findall(row["parameters"]))
+    counts = sorted(lay.count_params() for lay in model.layers if lay.count_params())
+    assert [n for n in stated if n] == counts, f"{chapter}'s table against {name}'s layers"
+    shapes = {"×".join(str(d) for d in lay.output.shape[1:]) for lay in model.layers}
+    typed = [n.replace(",", "") for row in rows for n in NUMBER.findall(row["output"])]
+    assert typed and not [shape for shape in typed if shape not in shapes], (chapter, sorted(shapes))
