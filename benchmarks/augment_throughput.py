@@ -1,11 +1,12 @@
-"""Augmentation throughput: tinylib's IDG layer vs the study's ImageDataGenerator pipelines.
+"""Augmentation throughput: tinylib's IDG layer vs ImageDataGenerator's own pipelines.
 
 The same augmentation three ways, with the study's values
 (``tinylib.augment.STUDY_AUGMENTATION``: rotation 20, shifts 0.2, shear 0.2
 degrees, zoom 0.2, flips, brightness 0.8-1.2, nearest fill) and ``rescale=1/255``:
 
-* ``ImageDataGenerator.flow_from_directory``: the study's real pipeline, which
-  reads and decodes the JPEGs every epoch (here N training JPEGs, linked into a
+* ``ImageDataGenerator.flow_from_directory``: the generator's pipeline for a folder
+  of JPEGs (the slides do not name the study's loader), which reads and decodes them
+  every epoch (here N training JPEGs, linked into a
   temporary folder with one subfolder per class);
 * ``ImageDataGenerator.flow``: the same generator over the decoded uint8 images
   in memory (augmentation alone);
@@ -92,7 +93,7 @@ def image_folder(n, folder):
 
 
 def directory_pipeline(folder, batch):
-    """The study's real pipeline: ``flow_from_directory`` (reads and decodes the JPEGs)."""
+    """``flow_from_directory``: the generator reading and decoding the JPEGs of a folder."""
     flow = study_generator().flow_from_directory(str(folder), target_size=(64, 64), batch_size=batch,
                                                  class_mode="sparse", shuffle=False, seed=0)
     return lambda _: next(flow)[0]
@@ -130,13 +131,13 @@ def main(argv=None):
         print(f"augmentation: {STUDY_AUGMENTATION}")
         head = model_head()
         pipelines = {
-            "IDG.flow_from_directory (study)": directory_pipeline(Path(tmp), args.batch),
+            "IDG.flow_from_directory": directory_pipeline(Path(tmp), args.batch),
             "IDG.flow (in memory)": generator_flow(images, args.batch),
             "tinylib layer, eager": layer_eager(head),
             "tinylib layer, compiled": layer_compiled(head),
         }
         results = best_rates(pipelines, images, args.batch, args.rounds)
-    directory, flow = results["IDG.flow_from_directory (study)"], results["IDG.flow (in memory)"]
+    directory, flow = results["IDG.flow_from_directory"], results["IDG.flow (in memory)"]
     for name, rate in results.items():
         ratios = (f"   {rate / directory:6.1f}x flow_from_directory   {rate / flow:6.1f}x flow"
                   if name.startswith("tinylib") else "")

@@ -28,6 +28,7 @@ with random weights (speed does not depend on them either); the ResNets at full 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import warnings
@@ -67,7 +68,7 @@ class _StepClock(keras.callbacks.Callback):
         self.ends.append((batch, time.perf_counter()))
 
 
-SETTINGS = {}  # --jit-compile and --steps-per-execution, for time_training
+SETTINGS = {}  # --steps-per-execution, for time_training
 
 
 def fresh_session():
@@ -84,7 +85,7 @@ def time_training(model, images, labels, batch, steps, warmup):
     n = batch * (steps + warmup)
     clock = _StepClock()
     model.steps_per_execution = SETTINGS.get("steps_per_execution") or environment.steps_per_execution()
-    if SETTINGS.get("jit_compile"):
+    if environment.jit_compile() is True:  # --jit-compile, or TINYLIB_JIT_COMPILE=1
         with warnings.catch_warnings():  # Keras warns where the model refuses; the error below says why
             warnings.simplefilter("ignore")
             model.jit_compile = True
@@ -294,7 +295,9 @@ def main(argv=None):
         parser.error("--save-layers compares float32 with mixed bfloat16 in one run: "
                      "--precision float32,mixed_bfloat16")
 
-    SETTINGS.update(jit_compile=args.jit_compile, steps_per_execution=args.steps_per_execution)
+    SETTINGS.update(steps_per_execution=args.steps_per_execution)
+    if args.jit_compile:  # before any model is built: the augmentation then resamples by gathers, which XLA compiles
+        os.environ[environment.JIT_ENV] = "1"
     batch, steps = args.batch, args.steps
     rng = np.random.default_rng(0)
     n = batch * (steps + args.warmup)

@@ -170,23 +170,32 @@ def pytest_collection_modifyitems(config, items):
 # CI must stay under 20 minutes. The time of `make test` is that of its busiest worker, so
 # each worker reports its tests' time and when it finished, and the summary prints them: the
 # worker that ends last is the one whose tests to shorten.
-_BUSY = {"seconds": 0.0, "tests": 0}
+_STARTED = pytest.StashKey[float]()
 _WORKERS: dict[str, dict] = {}
 
 
-def pytest_runtest_logreport(report):
-    _BUSY["seconds"] += report.duration
-    _BUSY["tests"] += report.when == "call"
+class _BusyClock:
+    """Sums every test's setup, call and teardown on this process. A plugin of its own: a
+    conftest's report hook hears only the tests under its folder, not the chapters'."""
+
+    def __init__(self):
+        self.seconds, self.tests = 0.0, 0
+
+    def pytest_runtest_logreport(self, report):
+        self.seconds += report.duration
+        self.tests += report.when == "call" or (report.when == "setup" and report.skipped)
 
 
-def pytest_sessionstart(session):
-    session.config._tinylib_started = time.time()
+def pytest_configure(config):
+    config.stash[_STARTED] = time.time()
+    config.pluginmanager.register(_BusyClock(), "tinylib-busy-clock")
 
 
 def pytest_sessionfinish(session):
     output = getattr(session.config, "workeroutput", None)  # set on a pytest-xdist worker
-    if output is not None:
-        output["tinylib_busy"] = {**_BUSY, "finished": time.time()}
+    clock = session.config.pluginmanager.get_plugin("tinylib-busy-clock")
+    if output is not None and clock is not None:
+        output["tinylib_busy"] = {"seconds": clock.seconds, "tests": clock.tests, "finished": time.time()}
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -197,9 +206,9 @@ def pytest_testnodedown(node, error):
 
 
 def pytest_terminal_summary(terminalreporter, config):
-    started = getattr(config, "_tinylib_started", None)
-    if not _WORKERS or started is None:
+    if not _WORKERS:
         return
+    started = config.stash[_STARTED]
     terminalreporter.section("time per worker")
     for worker, busy in sorted(_WORKERS.items(), key=lambda item: item[1]["finished"]):
         terminalreporter.write_line(

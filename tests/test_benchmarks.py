@@ -168,7 +168,8 @@ def test_run_speed_reads_each_runs_record_and_compares_it_with_the_first_variant
     assert rows["old"][1:4] == ["600", "1.00", "50%"]
     assert rows["new"][1:3] == ["1,260", "2.10"]
     with pytest.raises(SystemExit):
-        module.main(["--only", "xla"])  # the training command has no --jit-compile
+        module.main(["--only", "no-such-variant"])
+    assert all(module.runnable(v) for v in module.VARIANTS)  # XLA too: an environment setting, as the others
 
 
 def test_first_step_prints_the_first_batchs_seconds_both_ways_for_each_model(capsys):

@@ -316,7 +316,11 @@ def test_a_key_names_a_batch_only_for_its_own_model_and_a_number():
     assert results.key_batch("model2-batch32-seed1", "model2") is None
     assert results.key_batch("resnet18-modern-batch256", "resnet18") is None
     assert results.key_batch("model2", "model2") is None
+    assert results.key_batch("model2-batch²", "model2") is None  # a digit, but not a number int() reads
     assert results.the_studys_way({"model": "model2", "batch_size": 32, "profile_batch_size": 128})
+    # Another optimizer is not the study's way, with or without a batch in the record.
+    assert not results.the_studys_way({"model": "model2", "optimizer": "SGD", "learning_rate": 1e-4})
+    assert results.study_figures({"model": "model2", "optimizer": "SGD", "learning_rate": 1e-4}) == {}
 
 
 def test_a_run_on_another_batch_is_a_row_of_its_own_in_the_table_and_the_story(tmp_path):
@@ -360,9 +364,8 @@ def test_a_run_on_another_batch_is_a_row_of_its_own_in_the_table_and_the_story(t
     # Without Model 1's profile run its batch-32 run is still set against Model 2's, and says so.
     (tmp_path / "m1.json").unlink()
     story = results.comparison_story("model1", "model2", tmp_path)
-    assert story.startswith("This book has no full-scale run of Model 1 at the profile's batch yet, so it compares "
-                            "Model 1 with Model 2 on other batches only. On batches of 32 instead of its profile's "
-                            "128, Model 1 reached 21.00%"), story
+    assert story.startswith("This book has no full-scale run of Model 1 at its profile's batch yet; on other "
+                            "batches: On batches of 32 instead of its profile's 128, Model 1 reached 21.00%"), story
     assert "Model 2's 26.00% on the same batch, in float32" in story
     (tmp_path / "m1-b32.json").unlink()  # nothing of Model 1 left: nothing to set Model 2's runs against
     assert results.comparison_story("model1", "model2", tmp_path) == (

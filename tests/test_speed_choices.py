@@ -269,3 +269,42 @@ def test_a_cpu_run_trains_its_default_steps_a_call_and_resumes_with_another(tiny
     monkeypatch.setenv(environment.STEPS_ENV, "1")
     resumed = _train_smoke(ds, tmp_path, epochs=2)
     assert resumed.record["epochs_run"] == 2 and resumed.record["steps_per_execution"] == 1
+
+
+def test_xla_is_keras_own_choice_unless_set_and_the_augmentation_follows_it(monkeypatch):
+    """``TINYLIB_JIT_COMPILE`` (for side-by-side timings) overrides Keras' 'auto' both ways, and
+    the augmentation resamples by gathers exactly where XLA will compile the step."""
+    from tinylib import augment
+
+    monkeypatch.delenv(environment.JIT_ENV, raising=False)
+    assert environment.jit_compile() == "auto"
+    tensorflow = keras.backend.backend() == "tensorflow"  # JAX has no fused transform to avoid
+    for gpu in (False, True):
+        monkeypatch.setattr(environment, "gpu_available", lambda gpu=gpu: gpu)
+        assert augment._xla_may_compile() == (tensorflow and gpu)
+        monkeypatch.setenv(environment.JIT_ENV, "1")
+        assert environment.jit_compile() is True and augment._xla_may_compile() == tensorflow
+        monkeypatch.setenv(environment.JIT_ENV, "0")
+        assert environment.jit_compile() is False and not augment._xla_may_compile()
+        monkeypatch.delenv(environment.JIT_ENV)
+    monkeypatch.setenv(environment.JIT_ENV, "yes please")
+    with pytest.raises(ValueError, match="give 1 or 0"):
+        environment.jit_compile()
+
+
+@pytest.mark.slow
+def test_a_run_asked_for_xla_trains_with_it_and_its_record_says_so(tiny_env, synthetic, monkeypatch, tmp_path,
+                                                                   policy):
+    """On a CPU, TensorFlow's step is compiled with XLA only where asked: the augmentation then
+    resamples by gathers (XLA has no kernel for the fused transform it takes otherwise)."""
+    from tinylib import data
+
+    monkeypatch.setenv("TINYLIB_DATA", str(synthetic))
+    monkeypatch.setenv(environment.JIT_ENV, "1")
+    ds = data.load()
+    environment.configure_precision("float32")
+    run = _train_smoke(ds, tmp_path, epochs=1)
+    assert run.model.jit_compile is True and run.record["speed"]["jit_compile"] is True
+    assert np.isfinite(run.record["history"]["loss"]).all()
+    monkeypatch.delenv(environment.JIT_ENV)
+    assert "jit_compile" not in environment.speed_settings()  # Keras' own choice: nothing to say

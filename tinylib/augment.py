@@ -480,14 +480,16 @@ def _scipy_coordinate(coordinate, size, fill_mode):
 def _xla_may_compile() -> bool:
     """Whether Keras may compile the training step with XLA where XLA has no kernel for
     TensorFlow's fused image transform (``ImageProjectiveTransformV3``): TensorFlow with a
-    GPU, where ``jit_compile="auto"`` turns XLA on (on a CPU it never does). Keras' own
+    GPU, where ``jit_compile="auto"`` turns XLA on (on a CPU it never does), or wherever
+    ``environment.jit_compile()`` asks for XLA (``TINYLIB_JIT_COMPILE=1``). Keras' own
     random image layers opt out of XLA for this op; these layers take the gathers of
     :func:`_resample_like_scipy` there, which XLA compiles, or opt out where they cannot."""
     if keras.backend.backend() != "tensorflow":
         return False
     from tinylib import environment
 
-    return environment.gpu_available()
+    asked = environment.jit_compile()
+    return environment.gpu_available() if asked == "auto" else bool(asked)
 
 
 def _gathers_serve(interpolation: str, fill_mode: str) -> bool:

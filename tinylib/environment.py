@@ -93,6 +93,25 @@ def steps_per_execution() -> int:
     return GPU_STEPS_PER_EXECUTION if gpu_available() else CPU_STEPS_PER_EXECUTION
 
 
+JIT_ENV = "TINYLIB_JIT_COMPILE"
+
+
+def jit_compile() -> bool | str:
+    """Whether Keras compiles the training step with XLA: ``TINYLIB_JIT_COMPILE`` (1 or 0)
+    where set, for side-by-side timings (``benchmarks/speed_choices.py``, variant 'xla');
+    else Keras' own 'auto': XLA under JAX and on a GPU, never on a CPU under TensorFlow, whose
+    oneDNN kernels and tinylib's fused ones run outside XLA. The augmentation follows it
+    (``augment._xla_may_compile``): a step XLA compiles resamples by gathers."""
+    setting = os.environ.get(JIT_ENV, "").strip().lower()
+    if not setting:
+        return "auto"
+    if setting in ("1", "true"):
+        return True
+    if setting in ("0", "false"):
+        return False
+    raise ValueError(f"{JIT_ENV}={setting!r}: give 1 or 0 (or unset it for Keras' own choice)")
+
+
 def device_count() -> int:
     """How many devices the distribution in force (if any) spreads each batch over."""
     distribution = keras.distribution.distribution()
@@ -317,6 +336,8 @@ def speed_settings(flags=None) -> dict:
         "cpu_bfloat16": cpu_has_bfloat16(flags),
         "steps_per_execution": steps_per_execution(),
     }
+    if jit_compile() != "auto":  # set for a timing: the record says so
+        settings["jit_compile"] = jit_compile()
     if backend == "tensorflow":
         from tinylib import batchnorm, fused_adam
 

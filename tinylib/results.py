@@ -131,7 +131,7 @@ def key_batch(key: str, model: str) -> int | None:
     """The batch of a record key that names ``model`` trained the study's way on a batch
     other than its profile's ('model2-batch32': 32); None for any other key."""
     head, _, batch = key.rpartition("-batch")
-    return int(batch) if head == model and batch.isdigit() else None
+    return int(batch) if head == model and batch.isdecimal() and batch.isascii() else None
 
 
 def the_studys_way(record: dict, model: str | None = None) -> bool:
@@ -139,7 +139,8 @@ def the_studys_way(record: dict, model: str | None = None) -> bool:
     profile's batch or another: its key is the model's, or the model's with its own batch."""
     model = model or record.get("model")
     key = record_key(record)
-    return key == model or key_batch(key, model) == record.get("batch_size")
+    batch = key_batch(key, model)
+    return key == model or (batch is not None and batch == record.get("batch_size"))
 
 
 def record_paths(folder: Path | str | None = None) -> list[Path]:
@@ -452,8 +453,8 @@ def comparison_story(first: str, second: str, folder: Path | str | None = None) 
         missing = " and ".join(model_title(m) for m, r in ((first, a), (second, b)) if r is None)
         on_other_batches = _other_batches_against(((first, a), (second, b)), records)
         if on_other_batches:
-            return (f"This book has no full-scale run of {missing} at the profile's batch yet, so it "
-                    f"compares {name_a} with {name_b} on other batches only.{on_other_batches}")
+            theirs = "their profiles' batches" if a is None and b is None else "its profile's batch"
+            return f"This book has no full-scale run of {missing} at {theirs} yet; on other batches:{on_other_batches}"
         return f"This book cannot compare {name_a} with {name_b} at full scale yet: {missing} is not yet measured."
     low_a, high_a, n_a = _interval(a)
     _, _, n_b = _interval(b)

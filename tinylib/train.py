@@ -159,6 +159,8 @@ def fit(model: keras.Model, data, profile: Profile | str | None = None, *, name:
     callbacks = tuple(callbacks)
 
     model.steps_per_execution = int(steps_per_execution or environment.steps_per_execution())
+    if environment.jit_compile() != "auto":  # TINYLIB_JIT_COMPILE, for a timing
+        model.jit_compile = environment.jit_compile()  # Keras warns where the model cannot
     record = new_record(model, data, profile, epochs, batch_size, callbacks)
     study_callbacks = make_callbacks(callbacks)
     record["callback_settings"] = callback_settings(callbacks, study_callbacks)
@@ -281,6 +283,8 @@ def _speed(model: keras.Model) -> dict:
 
     settings = environment.speed_settings()
     settings["steps_per_execution"] = model.steps_per_execution  # this run's, where it was given
+    if "jit_compile" in settings:  # asked for: what the model did (Keras refuses XLA where a layer cannot)
+        settings["jit_compile"] = bool(model.jit_compile)
     arithmetic = environment.compute_dtype(model.dtype_policy.name)
     settings["train_gflop_per_image"] = float(f"{flops.training_flops(model) / 1e9:.4g}")
     settings["matmul_peak_dtype"] = arithmetic
