@@ -33,12 +33,14 @@ Reading the results
     ``stats``           Wilson intervals; is a difference within noise?
     ``results``         the study's table and this book's run records, as DataFrames
     ``diagnose``        why a full-scale row stands where it does against the study, from its curves
+    ``optimizer_runs``  what the optimizer comparison's runs did: how far each moved its weights
     ``plots``           the book's figures
     ``gradcam``         which pixels a prediction rests on
     ``chapter_costs``   what running each chapter costs, from measured builds
     ``throughput``      each model's measured training rate, saved by the benchmark
     ``layer_times``     each layer's time in float32 and bfloat16: where a faster arithmetic pays
 Plumbing
+    ``status``          where a session stands before it trains: profile, backend, device, data, runs
     ``files``           atomic writes, folder locks, readable OS errors
     ``processes``       child processes that die with tinylib
     ``startup``         Keras started quietly, on a backend that is installed
