@@ -503,7 +503,8 @@ def _affine_is_fused(interpolation: str, fill_mode: str) -> bool:
     cannot compile: a layer that runs it says so (``supports_jit``), and a model compiled with
     ``jit_compile=True`` (on a CPU, where tinylib keeps the fused kernel for its speed)
     then trains without XLA, with Keras' warning, instead of failing in its first step."""
-    return keras.backend.backend() == "tensorflow" and not (_xla_may_compile() and _gathers_serve(interpolation, fill_mode))
+    gathers = _xla_may_compile() and _gathers_serve(interpolation, fill_mode)  # _affine_transform's own test
+    return keras.backend.backend() == "tensorflow" and not gathers
 
 
 def _affine_transform(images, transform, interpolation="bilinear", fill_mode="nearest"):
