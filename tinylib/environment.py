@@ -336,8 +336,9 @@ def speed_settings(flags=None) -> dict:
         "cpu_bfloat16": cpu_has_bfloat16(flags),
         "steps_per_execution": steps_per_execution(),
     }
-    if jit_compile() != "auto":  # set for a timing: the record says so
-        settings["jit_compile"] = jit_compile()
+    jit = jit_compile()
+    if jit != "auto":  # set for a timing: the record says so
+        settings["jit_compile"] = jit
     if backend == "tensorflow":
         from tinylib import batchnorm, fused_adam
 

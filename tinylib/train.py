@@ -159,8 +159,9 @@ def fit(model: keras.Model, data, profile: Profile | str | None = None, *, name:
     callbacks = tuple(callbacks)
 
     model.steps_per_execution = int(steps_per_execution or environment.steps_per_execution())
-    if environment.jit_compile() != "auto":  # TINYLIB_JIT_COMPILE, for a timing
-        model.jit_compile = environment.jit_compile()  # Keras warns where the model cannot
+    jit = environment.jit_compile()
+    if jit != "auto":  # TINYLIB_JIT_COMPILE, for a timing
+        model.jit_compile = jit  # Keras warns where the model cannot
     record = new_record(model, data, profile, epochs, batch_size, callbacks)
     study_callbacks = make_callbacks(callbacks)
     record["callback_settings"] = callback_settings(callbacks, study_callbacks)
