@@ -421,7 +421,7 @@ def _batch_not_yet_measured(model: str, title: str, runs: dict[int, dict]) -> st
 
 def _where_both_ended(model: str, small: int, a: dict, large: int, b: dict, n: int) -> list[str]:
     """With both runs at their end, how their bests stand to each other and to the study's
-    figure: whether the batch, a setting the slides leave open, accounts for the gap."""
+    figure: whether the batch, a setting the slides leave open, closes the gap."""
     if "unfinished" in (results.run_end(a)[0], results.run_end(b)[0]):
         return []
     best_a, best_b = float(a["best_val_top1"]), float(b["best_val_top1"])
@@ -434,8 +434,9 @@ def _where_both_ended(model: str, small: int, a: dict, large: int, b: dict, n: i
                for batch, best in ((small, best_a), (large, best_b))}
     verdicts = set(standings.values())
     if verdicts == {"below"}:
-        said.append(f"Both are below, beyond noise, the study's {pct(study)}: the batch does not account for "
-                    "that gap, at the study's learning rate.")
+        said.append(f"Both are below, beyond noise, the study's {pct(study)}: at the study's learning rate the "
+                    f"batch alone does not close that gap (batch {small} ends {_points(study - best_a)} points "
+                    f"short of it, batch {large} {_points(study - best_b)}).")
     elif "below" not in verdicts:
         said.append(f"Neither is below, beyond noise, the study's {pct(study)}.")
     else:
