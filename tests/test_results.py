@@ -476,6 +476,22 @@ def test_an_unfinished_run_on_a_time_budget_counts_its_epochs_against_the_budget
     assert results.epochs_text({**budget, "finished": True, "epochs_run": 12}) == "12 epochs"
 
 
+def test_a_run_whose_plan_was_raised_says_from_what_beside_how_it_ended():
+    raised = {"model": "model4", "epochs_run": 31, "epochs": 60, "finished": False,
+              "epochs_changed": [{"at_epoch": 30, "from": 30, "to": 60}]}
+    assert results.epochs_text(raised) == ("31 of 60 epochs (planned 30, raised to 60 after epoch 30; unfinished: "
+                                           "stopped before its end; it resumes where its run folder is kept)")
+    assert results.epochs_text({**raised, "epochs_run": 60, "finished": True}) == (
+        "60 epochs (planned 30, raised to 60 after epoch 30)")
+    twice = {**raised, "epochs": 100, "epochs_run": 44, "stopped_early": True,
+             "epochs_changed": raised["epochs_changed"] + [{"at_epoch": 40, "from": 60, "to": 100}]}
+    assert results.epochs_text(twice) == ("stopped early after 44 of 100 epochs (planned 30, raised to 60 after "
+                                          "epoch 30, raised to 100 after epoch 40)")
+    cut = {**raised, "epochs": 20, "epochs_run": 20, "finished": True,
+           "epochs_changed": [{"at_epoch": 10, "from": 30, "to": 20}]}  # runs.epochs_change allows fewer, not below done
+    assert results.epochs_text(cut) == "20 epochs (planned 30, cut to 20 after epoch 10)"
+
+
 def test_training_rate_is_the_records_measured_gflops_and_device(tmp_path):
     assert results.training_rate("model4", tmp_path) is None  # no record
     _record(tmp_path, "model4-full.json")

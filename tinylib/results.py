@@ -284,15 +284,30 @@ def run_end(record: dict) -> tuple[str, int, int]:
 
 def epochs_text(record: dict) -> str:
     """'30 epochs', 'stopped early after 17 of 30 epochs', or '12 of 30 epochs (unfinished)';
-    a run on a time budget, whose epochs are a cap: '5 epochs so far of a 3-hour budget'."""
+    a run on a time budget, whose epochs are a cap: '5 epochs so far of a 3-hour budget'. A run
+    whose plan was raised on the way says from what, so that a reader can tell its epochs from
+    the profile's: '31 of 60 epochs (planned 30, raised to 60 after epoch 30; unfinished)'."""
     end, run, planned = run_end(record)
     hours = (record.get("time_budget") or {}).get("hours")
+    unfinished = "unfinished: stopped before its end; it resumes where its run folder is kept"
     if end == "unfinished" and hours:
         return (f"{run} epoch{'s' * (run != 1)} so far of a {hours:g}-hour budget (at most {planned}; "
-                "unfinished: stopped before its end; it resumes where its run folder is kept)")
-    return {"stopped early": f"stopped early after {run} of {planned} epochs", "finished": f"{run} epochs",
-            "unfinished": f"{run} of {planned} epochs (unfinished: stopped before its end; it resumes where its run "
-                          "folder is kept)"}[end]
+                f"{unfinished})")
+    said = [_plan_changes(record)] + [unfinished] * (end == "unfinished")
+    aside = "; ".join(part for part in said if part)
+    text = {"stopped early": f"stopped early after {run} of {planned} epochs", "finished": f"{run} epochs",
+            "unfinished": f"{run} of {planned} epochs"}[end]
+    return f"{text} ({aside})" if aside else text
+
+
+def _plan_changes(record: dict) -> str:
+    """'planned 30, raised to 60 after epoch 30' from a record's ``epochs_changed``, or ''."""
+    changes = record.get("epochs_changed") or []
+    if not changes:
+        return ""
+    steps = ", ".join(f"{'raised' if change['to'] > change['from'] else 'cut'} to {change['to']} after epoch "
+                      f"{change['at_epoch']}" for change in changes)
+    return f"planned {changes[0]['from']}, {steps}"
 
 
 def full_scale_report(model: str, folder: Path | str | None = None) -> str:
