@@ -290,6 +290,20 @@ def test_with_both_runs_ended_the_batch_story_says_whether_the_batch_accounts_fo
     assert "Both runs have ended" not in diagnose.batch_story("model2", tmp_path)  # one still under way
 
 
+def test_runs_of_different_planned_lengths_are_weighed_at_their_ends_with_the_lengths_named(tmp_path):
+    """A run whose plan was raised (``--epochs 60`` on a 30-epoch run) ends later than the
+    other: its end weighs the batch and the length together, and the story says so."""
+    _at_batch(tmp_path, "model4-batch32.json", 32, [0.25, 0.30, 0.3243], model="model4", epochs=60,
+              epochs_changed=[{"at_epoch": 2, "from": 30, "to": 60}])
+    _at_batch(tmp_path, "model4.json", 128, [0.25, 0.2902], model="model4", epochs=30)
+    story = diagnose.batch_story("model4", tmp_path)
+    assert ("Both runs have ended, batch 32 planned for 60 epochs and batch 128 for 30, so their ends weigh the batch "
+            "and the run's length together: at its best, batch 32 is above, beyond noise, batch 128.") in story
+    assert ("at the study's learning rate neither the batch nor the longer run closes that gap "
+            "(batch 32 ends 6.18 points short of it, batch 128 9.59)") in story
+    assert "planned 30, raised to 60 after epoch 2" in story  # the run's own line says where its plan changed
+
+
 def test_a_record_at_another_batch_and_another_precision_is_set_aside_with_the_reason(tmp_path):
     _at_batch(tmp_path, "large.json", 128, [0.1, 0.2], dtype_policy="mixed_bfloat16")
     _at_batch(tmp_path, "small.json", 32, [0.1, 0.15], dtype_policy="float32")

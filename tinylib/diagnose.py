@@ -425,8 +425,11 @@ def _where_both_ended(model: str, small: int, a: dict, large: int, b: dict, n: i
     if "unfinished" in (results.run_end(a)[0], results.run_end(b)[0]):
         return []
     best_a, best_b = float(a["best_val_top1"]), float(b["best_val_top1"])
-    said = [f"Both runs have ended: at its best, batch {small} is {results.against_phrase(best_a, n, best_b, n)} "
-            f"batch {large}."]
+    same_plan = a.get("epochs") == b.get("epochs")  # a plan raised on the way (epochs_changed) differs
+    lengths = "" if same_plan else (f", batch {small} planned for {a.get('epochs')} epochs and batch {large} for "
+                                    f"{b.get('epochs')}, so their ends weigh the batch and the run's length together")
+    said = [f"Both runs have ended{lengths}: at its best, batch {small} is "
+            f"{results.against_phrase(best_a, n, best_b, n)} batch {large}."]
     study = results.STUDY_RESULTS.get(model, {}).get("val")
     if study is None:
         return said
@@ -434,9 +437,10 @@ def _where_both_ended(model: str, small: int, a: dict, large: int, b: dict, n: i
                for batch, best in ((small, best_a), (large, best_b))}
     verdicts = set(standings.values())
     if verdicts == {"below"}:
-        said.append(f"Both are below, beyond noise, the study's {pct(study)}: at the study's learning rate the "
-                    f"batch alone does not close that gap (batch {small} ends {_points(study - best_a)} points "
-                    f"short of it, batch {large} {_points(study - best_b)}).")
+        neither = "the batch alone does not close" if same_plan else "neither the batch nor the longer run closes"
+        said.append(f"Both are below, beyond noise, the study's {pct(study)}: at the study's learning rate "
+                    f"{neither} that gap (batch {small} ends {_points(study - best_a)} points short of it, "
+                    f"batch {large} {_points(study - best_b)}).")
     elif "below" not in verdicts:
         said.append(f"Neither is below, beyond noise, the study's {pct(study)}.")
     else:
