@@ -69,8 +69,10 @@ def clean_environment() -> dict:
 
 
 def measure(variant: str, models: str, steps: int, peak_size: int) -> dict:
-    """{model: (images/s with augmentation, % of the float32 peak)} of one variant, read from
-    the ``throughput.json`` that ``model_throughput.py --save`` writes."""
+    """{model: (images/s with augmentation, % of the float32 peak, that peak in GFLOP/s)} of one
+    variant, read from the ``throughput.json`` that ``model_throughput.py --save`` writes. Each
+    variant measures the peak in its own process: where it moved between variants, the machine's
+    speed did, and the table shows it."""
     _, arguments, environment = VARIANTS[variant]
     with tempfile.TemporaryDirectory(prefix="speed-choices-") as folder:
         command = [sys.executable, str(HERE / "model_throughput.py"), "--models", models, "--steps", str(steps),
@@ -85,7 +87,7 @@ def measure(variant: str, models: str, steps: int, peak_size: int) -> dict:
     rows = {}
     for model, figures in (saved.get("models") or {}).items():
         rate = figures["images_per_second"]
-        rows[model] = (rate, round(100 * rate * figures["train_gflop_per_image"] / peak) if peak else 0)
+        rows[model] = (rate, round(100 * rate * figures["train_gflop_per_image"] / peak) if peak else 0, peak or 0)
     if not rows:
         tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
         return {"error": tail[0][:200]}
@@ -129,8 +131,9 @@ def main(argv=None):
     models = args.models.split(",")
     results = fastest_of_rounds(
         variants, args.rounds, lambda variant: measure(variant, args.models, args.steps, args.peak_size),
-        lambda kept, row: {m: max(kept.get(m, (0, 0)), row.get(m, (0, 0))) for m in {*kept, *row}})
+        lambda kept, row: {m: max(kept.get(m, (0, 0, 0)), row.get(m, (0, 0, 0))) for m in {*kept, *row}})
     head = f"{'variant':12s}" + "".join(f"{m + ' img/s':>15s}{'x old':>7s}{'% f32 peak':>11s}" for m in models)
+    head += f"{'f32 peak GFLOP/s':>18s}"  # each variant's own: a drift of the machine shows here
     print(head)
     old = results.get("old", {})
     for variant in variants:
@@ -140,10 +143,11 @@ def main(argv=None):
             continue
         cells = ""
         for m in models:
-            rate, percent = row.get(m, (float("nan"), 0))
+            rate, percent, _ = row.get(m, (float("nan"), 0, 0))
             ratio = rate / old[m][0] if m in old else float("nan")
             cells += f"{rate:15,.0f}{ratio:7.2f}{percent:10d}%"
-        print(f"{variant:12s}{cells}")
+        peak = max(figures[2] for figures in row.values())
+        print(f"{variant:12s}{cells}{peak:18,.0f}")
     for variant in variants:
         print(f"  {variant}: {VARIANTS[variant][0]}")
 

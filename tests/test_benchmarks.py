@@ -98,7 +98,7 @@ def test_model_throughput_times_each_layer_in_both_precisions_in_one_run(tmp_pat
 
 def test_speed_choices_reads_each_variants_measurement_and_compares_it_with_the_old_defaults(monkeypatch, capsys):
     module = load("speed_choices")
-    rates = {"old": 700, "new": 1400}
+    rates, peaks = {"old": 700, "new": 1400}, {"old": 210.0, "new": 240.0}
 
     def fake_run(command, env, **kwargs):
         variant = "new" if "auto" in command else "old"
@@ -109,15 +109,15 @@ def test_speed_choices_reads_each_variants_measurement_and_compares_it_with_the_
         assert env.get("TINYLIB_STEPS_PER_EXECUTION") == ("1" if variant == "old" else None)
         folder = Path(command[command.index("--save") + 1])
         (folder / "throughput.json").write_text(json.dumps({
-            "matmul_peak_gflops_per_second": {"float32": 210.0, "bfloat16": 384.0},
+            "matmul_peak_gflops_per_second": {"float32": peaks[variant], "bfloat16": 384.0},
             "models": {"model2": {"images_per_second": rates[variant], "train_gflop_per_image": 0.192}}}))
         return subprocess.CompletedProcess(command, 0, "", "")
 
     monkeypatch.setattr(module.subprocess, "run", fake_run)
     module.main(["--models", "model2", "--only", "old,new", "--rounds", "1"])
     table = capsys.readouterr().out.splitlines()
-    assert table[1].split() == ["old", "700", "1.00", "64%"]
-    assert table[2].split() == ["new", "1,400", "2.00", "128%"]
+    assert table[1].split() == ["old", "700", "1.00", "64%", "210"]  # each variant's own peak, last
+    assert table[2].split() == ["new", "1,400", "2.00", "112%", "240"]
     with pytest.raises(SystemExit):
         module.main(["--only", "old,turbo"])
 
