@@ -17,6 +17,11 @@ PYTEST_ARGS ?=
 # uv (from PyPI, into the venv) resolves and installs the same versions as pip, with
 # parallel downloads: the venv is ready in about half of pip's time. uv reads its own
 # settings (UV_INDEX_URL, ...), not pip.conf: INSTALLER=pip installs with pip alone.
+# --compile-bytecode: uv, unlike pip, leaves the packages without their .pyc files, and
+# where PYTHONDONTWRITEBYTECODE is set (this project's CI machines) Python then compiles
+# Keras, TensorFlow and JAX again in every process it starts: a notebook's kernel, a
+# test's child. With them compiled at install (about 45 s of one core, once),
+# tests/test_startup.py took 57 s instead of 105 s on a 2-core Intel machine.
 INSTALLER ?= uv
 # Three pytest-xdist workers on two cores: the chapters (nbval, then the site built from
 # them) on one, the library's tests on the other two (tests/conftest.py groups them); the
@@ -50,7 +55,7 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 ifeq ($(INSTALLER),uv)
 	$(BIN)/python -m pip install -q "uv>=0.5,<1"
-	$(BIN)/python -m uv pip install --python $(BIN)/python -e ".[$(EXTRAS)]"
+	$(BIN)/python -m uv pip install --python $(BIN)/python --compile-bytecode -e ".[$(EXTRAS)]"
 else
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install -e ".[$(EXTRAS)]"

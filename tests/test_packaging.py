@@ -208,6 +208,14 @@ def test_the_default_commands_install_tensorflow():
     assert 'pip install -e ".[tensorflow,book,test]"' in (ROOT / "README.md").read_text(encoding="utf-8")
 
 
+def test_the_venv_is_installed_with_its_bytecode():
+    """uv leaves out the .pyc files pip writes; where PYTHONDONTWRITEBYTECODE is set, every
+    process the tests and the book start would compile Keras and TensorFlow again."""
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    uv_install = next(line for line in makefile.splitlines() if "-m uv pip install" in line and "-e" in line)
+    assert "--compile-bytecode" in uv_install, uv_install
+
+
 def test_make_tests_two_workers_keep_each_chapter_and_the_site_on_one_worker():
     """`make test` runs pytest-xdist: a chapter's cells share one kernel in order, and the
     site test builds from the chapters its own worker ran; the other tests spread out."""
