@@ -490,6 +490,13 @@ def test_a_run_whose_plan_was_raised_says_from_what_beside_how_it_ended():
     cut = {**raised, "epochs": 20, "epochs_run": 20, "finished": True,
            "epochs_changed": [{"at_epoch": 10, "from": 30, "to": 20}]}  # runs.epochs_change allows fewer, not below done
     assert results.epochs_text(cut) == "20 epochs (planned 30, cut to 20 after epoch 10)"
+    # The summary table's cell: the same facts, short.
+    assert results.epochs_cell(raised) == "31 (planned 30, raised to 60 after epoch 30; unfinished)"
+    assert results.epochs_cell(twice) == (
+        "44 (planned 30, raised to 60 after epoch 30, raised to 100 after epoch 40; stopped early)")
+    assert results.epochs_cell({"epochs_run": 30, "epochs": 30, "finished": True}) == "30"
+    assert results.epochs_cell({"epochs_run": 28, "epochs": 100, "finished": True, "stopped_early": True}) == (
+        "28 (stopped early)")
 
 
 def test_training_rate_is_the_records_measured_gflops_and_device(tmp_path):

@@ -304,7 +304,7 @@ def publish(run_path: Path, results: Path) -> str:
 
 def summary_rows(results: Path) -> list[dict]:
     """One row per run record in ``results``, with the study's numbers beside them."""
-    from tinylib.results import at_best_epoch, record_key, record_paths, run_end, study_figures
+    from tinylib.results import at_best_epoch, epochs_cell, record_key, record_paths, run_end, study_figures
 
     rows = []
     for path in record_paths(results):
@@ -320,7 +320,8 @@ def summary_rows(results: Path) -> list[dict]:
         study = study_figures(record)
         rows.append({
             "run": key, "record": path.name, "profile": record.get("profile"), "epochs": record.get("epochs_run"),
-            "finished": run_end(record)[0] != "unfinished", "batch_size": record.get("batch_size"),
+            "finished": run_end(record)[0] != "unfinished", "epochs_told": epochs_cell(record),
+            "batch_size": record.get("batch_size"),
             "best_val_top1": record.get("best_val_top1"), "best_val_top5": record.get("best_val_top5"),
             "train_top1_at_best": at_best_epoch(record)["train"],  # the best val top-1's epoch
             "images_per_second": record.get("train_images_per_second"),
@@ -348,9 +349,8 @@ def write_summary(results: Path) -> tuple[Path, Path]:
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         study = f"{pct(row['study_val_top1'])} / {pct(row['study_train_top1'])}" if row["study_val_top1"] else ""
-        epochs = f"{row['epochs']}" + ("" if row["finished"] else " (unfinished)")
         speed = f"{row['images_per_second']:,.0f}" if row["images_per_second"] else ""
-        lines.append(f"| {row['run']} | {row['profile']} | {epochs} | {row['batch_size'] or ''} | "
+        lines.append(f"| {row['run']} | {row['profile']} | {row['epochs_told']} | {row['batch_size'] or ''} | "
                      f"{pct(row['best_val_top1'])} | {pct(row['best_val_top5'])} | "
                      f"{pct(row['train_top1_at_best'])} | {study} | {speed} | {row['minutes']} | "
                      f"{row['device']} | {row['weights']} |")

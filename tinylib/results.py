@@ -300,6 +300,15 @@ def epochs_text(record: dict) -> str:
     return f"{text} ({aside})" if aside else text
 
 
+def epochs_cell(record: dict) -> str:
+    """A table cell's short form of :func:`epochs_text`: '30', '28 (stopped early)', '13
+    (unfinished)', '33 (planned 30, raised to 60 after epoch 30; unfinished)'."""
+    end, run, _ = run_end(record)
+    said = [_plan_changes(record)] + [end] * (end != "finished")
+    aside = "; ".join(part for part in said if part)
+    return f"{run} ({aside})" if aside else f"{run}"
+
+
 def _plan_changes(record: dict) -> str:
     """'planned 30, raised to 60 after epoch 30' from a record's ``epochs_changed``, or ''."""
     changes = record.get("epochs_changed") or []
