@@ -142,3 +142,41 @@ def test_a_checkpoint_of_keras_batchnorm_loads(tmp_path):
     new = build(batchnorm.BatchNormalization)
     new.load_weights(path)
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(new.get_layer("bn").moving_variance), 7.0)
+
+
+def test_recalibration_averages_each_layers_statistics_over_the_images_as_they_are():
+    """The moving statistics become the average of the batch statistics of the images,
+    unaugmented and unmixed; nothing else changes, a frozen layer keeps its statistics and
+    the layers keep their momentum."""
+    from tinylib.augment import augmentation
+    from tinylib.mixing import MixUpCutMix
+
+    keras.utils.set_random_seed(0)
+    inner_in = keras.Input((6, 6, 4))
+    inner = keras.Model(inner_in, batchnorm.BatchNormalization(name="inner_bn")(inner_in), name="backbone")
+    images_in = keras.Input((8, 8, 3))
+    x = keras.layers.Rescaling(1 / 255)(images_in)
+    x = augmentation(name="augmentation", seed=1)(x)
+    x = MixUpCutMix(mixup=0.2, cutmix=1.0, seed=2)(x)
+    x = keras.layers.Conv2D(4, 3, name="conv")(x)
+    x = batchnorm.BatchNormalization(name="bn", momentum=0.9)(x)
+    x = inner(x)
+    frozen = batchnorm.BatchNormalization(name="frozen")
+    frozen.trainable = False
+    x = frozen(x)
+    model = keras.Model(images_in, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(x)))
+    images = np.random.default_rng(0).integers(0, 256, (250, 8, 8, 3)).astype("uint8")
+    before = {w.path: keras.ops.convert_to_numpy(w) for w in model.weights}
+
+    assert batchnorm.recalibrate(model, images, batch_size=100) == 3  # 100, 100, 50
+
+    conv = keras.Model(images_in, model.get_layer("conv").output)  # inference: no augmentation, no mixing
+    batches = [np.asarray(conv(images[i:i + 100].astype("float32"))) for i in (0, 100, 200)]
+    bn = model.get_layer("bn")
+    np.testing.assert_allclose(bn.moving_mean, np.mean([b.mean((0, 1, 2)) for b in batches], 0), atol=1e-4)
+    np.testing.assert_allclose(bn.moving_variance, np.mean([b.var((0, 1, 2)) for b in batches], 0), rtol=1e-3)
+    assert bn.momentum == 0.9 and model.get_layer("backbone").get_layer("inner_bn").momentum == 0.99
+    after = {w.path: keras.ops.convert_to_numpy(w) for w in model.weights}
+    changed = {path for path, value in before.items() if not np.array_equal(value, after[path])}
+    assert changed == {"bn/moving_mean", "bn/moving_variance",  # the nested model's too; not the frozen one's
+                       "inner_bn/moving_mean", "inner_bn/moving_variance"}, changed

@@ -305,3 +305,31 @@ def test_flips_average_each_image_with_its_mirror_image():
     both = ev.predict_probabilities(model, images, flips=True)
     np.testing.assert_allclose(both, (plain + mirrored) / 2, rtol=1e-6)
     assert both[0].argmax() == 0 and both[1].argmax() == 1 and plain[1].argmax() != 1
+
+
+def test_evaluate_recalibrated_scores_again_after_re_estimating_batchnorm(trained_run, tmp_path, capsys):
+    """`evaluate --recalibrate-bn N`: both scores, and the second's file says over what it was
+    re-estimated; a model without BatchNorm (Model 2) says there is nothing to do."""
+    import argparse
+
+    from tinylib import cli, models
+
+    run, dataset = trained_run
+    args = argparse.Namespace(recalibrate_bn=10_000, split="val")  # more than the train split holds
+    as_trained = ev.evaluate(run.model, dataset.val, dataset.class_names)
+    cli._evaluate_recalibrated(run.model, dataset, dataset.val, args, tmp_path, as_trained)
+    assert "no trainable BatchNorm layer" in capsys.readouterr().out
+    assert not list(tmp_path.iterdir())
+
+    keras.utils.set_random_seed(0)
+    model = models.build_model("model4", num_classes=dataset.num_classes, weights=None)
+    as_trained = ev.evaluate(model, dataset.val, dataset.class_names)
+    cli._evaluate_recalibrated(model, dataset, dataset.val, args, tmp_path, as_trained)
+    out = capsys.readouterr().out
+    count = len(dataset.train)
+    assert f"over {count:,} training images" in out and f"{as_trained.top1:.2%} with the statistics training left" in out
+    saved = json.loads((tmp_path / "evaluation-val-bn-recalibrated.json").read_text())
+    assert saved["batchnorm_recalibrated"] == {"train_images": count, "seed": 0, "top1_as_trained": as_trained.top1,
+                                              "top5_as_trained": as_trained.top5}
+    assert saved["top1"] == ev.evaluate(model, dataset.val, dataset.class_names).top1
+    assert not np.allclose(keras.ops.convert_to_numpy(model.get_layer("block1_bn").moving_variance), 1.0)
