@@ -314,15 +314,12 @@ def _evaluate(args) -> int:
 
 def _evaluate_recalibrated(model, dataset, split, args, run: Path, as_trained) -> None:
     """The same scoring after BatchNorm's statistics are re-estimated over training images,
-    unaugmented (tinylib.batchnorm.recalibrate); the run's checkpoints are left as they are."""
+    unaugmented (tinylib.recalibration); the run's checkpoints are left as they are."""
     import time
 
-    import numpy as np
-
-    from tinylib import batchnorm, evaluate, progress
+    from tinylib import progress, recalibration, runs
 
     count = min(args.recalibrate_bn, len(dataset.train))
-    chosen = np.sort(np.random.default_rng(0).permutation(len(dataset.train))[:count])
     print(f"Re-estimating BatchNorm's statistics over {count:,} training images, unaugmented...", flush=True)
     start, reported = time.time(), [0]
 
@@ -332,17 +329,21 @@ def _evaluate_recalibrated(model, dataset, split, args, run: Path, as_trained) -
         progress.report(f"re-estimating: {done:,}/{total:,} images ({done / max(time.time() - start, 1e-9):,.0f}/s)",
                         done >= total, due)
 
-    if not batchnorm.recalibrate(model, dataset.train.images[chosen], progress=report):
+    figures = recalibration.evaluate_recalibrated(model, dataset, args.split, count, progress=report,
+                                                  as_trained=as_trained)
+    if not figures:
         print("the model has no trainable BatchNorm layer: nothing to re-estimate")
         return
-    result = evaluate.evaluate(model, split, dataset.class_names)
-    print(result.summary())
-    print(f"{args.split} top-1: {as_trained.top1:.2%} with the statistics training left, {result.top1:.2%} "
+    print(figures["evaluation"].summary())
+    print(f"{args.split} top-1: {as_trained.top1:.2%} with the statistics training left, {figures['top1']:.2%} "
           f"re-estimated over {count:,} training images")
-    payload = {**result.to_dict(), "batchnorm_recalibrated": {
-        "train_images": count, "seed": 0, "top1_as_trained": as_trained.top1, "top5_as_trained": as_trained.top5}}
-    out = files.write_json(run / f"evaluation-{args.split}-bn-recalibrated.json", payload)
-    print(f"written: {out}")
+    payload = {**figures["evaluation"].to_dict(), "batchnorm_recalibrated": {
+        "train_images": count, "seed": figures["seed"], "top1_as_trained": as_trained.top1,
+        "top5_as_trained": as_trained.top5}}
+    print(f"written: {files.write_json(run / f'evaluation-{args.split}-bn-recalibrated.json', payload)}")
+    if getattr(args, "results", None):
+        published = recalibration.publish(figures, runs.load_run(run), runs.read_state(run), run.name, args.results)
+        print(f"published: {published}")
 
 
 def _run_folder(given: str) -> Path:
@@ -524,6 +525,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recalibrate-bn", type=int, default=0, metavar="N",
                    help="then score again after re-estimating BatchNorm's statistics over N training images, "
                         "unaugmented (e.g. 20000; the checkpoints are not changed)")
+    p.add_argument("--results", help="with --recalibrate-bn: also write both scores, with the run and its "
+                                     "epoch, to DIR/evaluations/ (book/results is the book's)")
     p.set_defaults(func=_evaluate)
     return parser
 
