@@ -20,8 +20,9 @@ PYTEST_ARGS ?=
 # --compile-bytecode: uv, unlike pip, leaves the packages without their .pyc files, and
 # where PYTHONDONTWRITEBYTECODE is set (this project's CI machines) Python then compiles
 # Keras, TensorFlow and JAX again in every process it starts: a notebook's kernel, a
-# test's child. With them compiled at install (about 45 s of one core, once),
-# tests/test_startup.py took 57 s instead of 105 s on a 2-core Intel machine.
+# test's child. Compiling them at install costs under a minute of one core, once; on a
+# 2-core Intel machine, tests/test_startup.py took 57 s with them and 105 s without (one
+# run each, pytest's own timing).
 INSTALLER ?= uv
 # Three pytest-xdist workers on two cores: the chapters (nbval, then the site built from
 # them) on one, the library's tests on the other two (tests/conftest.py groups them); the

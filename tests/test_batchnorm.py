@@ -146,8 +146,8 @@ def test_a_checkpoint_of_keras_batchnorm_loads(tmp_path):
 
 def test_recalibration_averages_each_layers_statistics_over_the_images_as_they_are():
     """The moving statistics become the average of the batch statistics of the images,
-    unaugmented and unmixed; nothing else changes, a frozen layer keeps its statistics and
-    the layers keep their momentum."""
+    unaugmented, unmixed and without dropout, each batch weighed by its images; nothing
+    else changes, a frozen layer keeps its statistics and the layers keep their momentum."""
     from tinylib.augment import augmentation
     from tinylib.mixing import MixUpCutMix
 
@@ -159,24 +159,44 @@ def test_recalibration_averages_each_layers_statistics_over_the_images_as_they_a
     x = augmentation(name="augmentation", seed=1)(x)
     x = MixUpCutMix(mixup=0.2, cutmix=1.0, seed=2)(x)
     x = keras.layers.Conv2D(4, 3, name="conv")(x)
+    x = keras.layers.Dropout(0.5, name="dropout")(x)
     x = batchnorm.BatchNormalization(name="bn", momentum=0.9)(x)
     x = inner(x)
     frozen = batchnorm.BatchNormalization(name="frozen")
     frozen.trainable = False
     x = frozen(x)
     model = keras.Model(images_in, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(x)))
+    model.compile("adam", "categorical_crossentropy")  # as evaluate.load_trained_model's: no variable is added
     images = np.random.default_rng(0).integers(0, 256, (250, 8, 8, 3)).astype("uint8")
     before = {w.path: keras.ops.convert_to_numpy(w) for w in model.weights}
 
     assert batchnorm.recalibrate(model, images, batch_size=100) == 3  # 100, 100, 50
 
-    conv = keras.Model(images_in, model.get_layer("conv").output)  # inference: no augmentation, no mixing
+    conv = keras.Model(images_in, model.get_layer("conv").output)  # inference: no augmentation, mixing, dropout
     batches = [np.asarray(conv(images[i:i + 100].astype("float32"))) for i in (0, 100, 200)]
+    weights = [100, 100, 50]
     bn = model.get_layer("bn")
-    np.testing.assert_allclose(bn.moving_mean, np.mean([b.mean((0, 1, 2)) for b in batches], 0), atol=1e-4)
-    np.testing.assert_allclose(bn.moving_variance, np.mean([b.var((0, 1, 2)) for b in batches], 0), rtol=1e-3)
+    np.testing.assert_allclose(bn.moving_mean, np.average([b.mean((0, 1, 2)) for b in batches], 0, weights),
+                               atol=1e-4)
+    np.testing.assert_allclose(bn.moving_variance, np.average([b.var((0, 1, 2)) for b in batches], 0, weights),
+                               rtol=1e-3)
     assert bn.momentum == 0.9 and model.get_layer("backbone").get_layer("inner_bn").momentum == 0.99
+    assert model.get_layer("dropout").rate == 0.5 and not model.get_layer("augmentation").paused
     after = {w.path: keras.ops.convert_to_numpy(w) for w in model.weights}
+    assert set(after) == set(before)
     changed = {path for path, value in before.items() if not np.array_equal(value, after[path])}
     assert changed == {"bn/moving_mean", "bn/moving_variance",  # the nested model's too; not the frozen one's
                        "inner_bn/moving_mean", "inner_bn/moving_variance"}, changed
+
+
+def test_recalibration_refuses_no_images_and_gives_the_momentum_back_after_a_failure():
+    inputs = keras.Input((4, 4, 3))
+    model = keras.Model(inputs, batchnorm.BatchNormalization(name="bn")(inputs))
+    with pytest.raises(ValueError, match="at least one image"):
+        batchnorm.recalibrate(model, np.zeros((0, 4, 4, 3), "uint8"))
+    with pytest.raises(Exception):
+        batchnorm.recalibrate(model, np.zeros((2, 5, 5, 3), "uint8"))  # not the model's shape
+    assert model.get_layer("bn").momentum == 0.99
+    noisy = keras.Model(inputs, keras.layers.GaussianNoise(0.1)(batchnorm.BatchNormalization()(inputs)))
+    with pytest.raises(ValueError, match="cannot pause layer"):
+        batchnorm.recalibrate(noisy, np.zeros((2, 4, 4, 3), "uint8"))

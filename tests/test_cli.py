@@ -331,6 +331,11 @@ def test_evaluate_names_what_it_takes_when_given_a_record_file_or_an_unknown_run
     err = capsys.readouterr().err
     assert "no run folder" in err and "model1-smoke-tensorflow" in err  # the runs there, named
     assert cli._run_folder("model1-smoke-tensorflow") == tmp_path / "runs" / "model1-smoke-tensorflow"
+    # --results publishes the re-estimate: alone it is refused, before any model is loaded.
+    assert cli.main(["evaluate", "model1-smoke-tensorflow", "--results", str(tmp_path / "results")]) == 2
+    assert "give both" in capsys.readouterr().err and not (tmp_path / "results").exists()
+    with pytest.raises(SystemExit):
+        cli.main(["evaluate", "model1-smoke-tensorflow", "--recalibrate-bn", "0"])
 
 
 def test_reproduce_only_takes_names_in_any_case_and_refuses_an_empty_list():

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 
-from tinylib import recalibration, results
+import pytest
+
+from tinylib import recalibration, results, stats
 
 
-def _figures(before=0.3087, after=0.4075, split="val"):
+def _figures(before=0.3087, after=0.4075, only_before=300, only_after=1288, split="val"):
     return {"split": split, "images_scored": 10_000, "train_images": 20_000, "seed": 0,
-            "top1_as_trained": before, "top5_as_trained": 0.57, "top1": after, "top5": 0.66, "evaluation": object()}
+            "top1_as_trained": before, "top5_as_trained": 0.57, "top1": after, "top5": 0.66,
+            "right_only_as_trained": only_before, "right_only_recalibrated": only_after,
+            "mcnemar_p": stats.mcnemar_p(only_before, only_after), "evaluation": object()}
 
 
 RECORD = {"model": "model4", "profile": "full", "batch_size": 32, "backend": "tensorflow", "device": "CPU: x86_64",
@@ -34,12 +38,24 @@ def test_the_story_weighs_both_scores_against_each_other_and_the_study(tmp_path)
     assert "--recalibrate-bn 20000" in recalibration.story("model4", tmp_path)
     recalibration.publish(_figures(), RECORD, {"epochs_done": 34}, "model4-full-tensorflow-batch32", tmp_path)
     story = recalibration.story("model4", tmp_path)
-    assert "after epoch 34 of its 60 planned" in story and "batches of the next" not in story
+    assert "(model4-batch32, batch 32), after epoch 34 of its 60 planned," in story and "of the next" not in story
     assert "30.87% on the 10,000 validation images with the statistics its training left" in story
     assert "40.75% once they are re-estimated over 20,000 training images" in story
-    assert "(above, beyond noise, the first, with the same weights)" in story
+    assert "1,288 images are right only after the re-estimate and 300 only before it, a change beyond noise" in story
     assert "As trained it is below, beyond noise, the study's 38.61%; re-estimated, above, beyond noise, it." in story
-    recalibration.publish(_figures(0.3087, 0.3110), RECORD, {"epochs_done": 34}, "model4-full-tensorflow-batch32",
-                          tmp_path)  # replaced, not added
-    assert "(within noise of the first" in recalibration.story("model4", tmp_path)
+    recalibration.publish(_figures(0.3087, 0.3110, 400, 423), RECORD, {"epochs_done": 34},
+                          "model4-full-tensorflow-batch32", tmp_path)  # replaced, not added
+    assert "a change not shown beyond noise" in recalibration.story("model4", tmp_path)
     assert len(recalibration.published("model4", tmp_path)) == 1
+    other = {**RECORD, "optimizer": "SGD"}  # not the study's model trained the study's way: no study sentence
+    recalibration.publish(_figures(), other, {"epochs_done": 34}, "model4-full-tensorflow-batch32-sgd", tmp_path)
+    assert recalibration.story("model4", tmp_path).count("the study's 38.61%") == 1
+
+
+def test_mcnemars_exact_test_matches_the_binomial_tail():
+    assert stats.mcnemar_p(0, 0) == 1.0 and stats.mcnemar_p(3, 3) == 1.0
+    assert stats.mcnemar_p(0, 5) == stats.mcnemar_p(5, 0) == 2 / 32  # both ends of Binomial(5, 1/2)
+    assert stats.mcnemar_p(1, 9) == pytest.approx(2 * 11 / 1024)
+    assert stats.mcnemar_p(300, 1288) < 1e-100
+    with pytest.raises(ValueError):
+        stats.mcnemar_p(-1, 2)

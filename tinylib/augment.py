@@ -151,6 +151,8 @@ class TrainingOnlyAugmentation(keras.layers.Layer):
     """What this module's layers share: they augment only with ``training=True``,
     draw their parameters from one seeded generator, and keep the image shape."""
 
+    paused = False  # True: a training call leaves the images as they are (batchnorm.recalibrate)
+
     def __init__(self, seed=None, **kwargs):
         # Pixels are moved and blended in float32 whatever the model computes in, so the
         # augmentation gives IDG's numbers under any policy (the first convolution casts).
@@ -163,7 +165,7 @@ class TrainingOnlyAugmentation(keras.layers.Layer):
         return keras.random.uniform((batch,), minval=low, maxval=high, seed=self.seed_generator)
 
     def call(self, inputs, training=False):
-        if not training:
+        if not training or self.paused:
             return inputs
         images = ops.cast(inputs, self.compute_dtype)
         return self.augment(images, ops.shape(images)[0], images.shape[1], images.shape[2])

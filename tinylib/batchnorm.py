@@ -17,6 +17,7 @@ renormalisation. Everything else, JAX included, is Keras' computation.
 
 from __future__ import annotations
 
+import contextlib
 
 import keras
 
@@ -76,65 +77,66 @@ def fuse(model: keras.Model) -> keras.Model:
     return fused
 
 
+
 def recalibrate(model: keras.Model, images, batch_size: int = 256, progress=None) -> int:
     """Re-estimate every trainable BatchNorm layer's moving mean and variance over ``images``
-    as they are, without the model's augmentation or MixUp: returns the batches used.
+    as they are, without the model's augmentation, MixUp or dropout: returns the batches used.
 
     Training updates those statistics on the *augmented* images (and, at momentum 0.99,
     over about the last hundred batches), while validation feeds clean images: the layers
     then normalise with statistics of images unlike the ones they see. This replaces them
     with the average of the batch statistics of ``images`` (training images, unaugmented:
-    no validation image is used), the "precise BatchNorm" of Wu and Johnson (2021). Only
-    the moving statistics change; frozen layers (``trainable=False``, as in a fine-tuned
-    backbone) keep theirs. ``images`` are what the model takes (uint8 or floats, 0-255).
+    no validation image is used), each batch weighed by its images: the "precise
+    BatchNorm" of Wu and Johnson (2021). No trained weight changes; frozen layers
+    (``trainable=False``, as in a fine-tuned backbone) keep their statistics. ``images``
+    are what the model takes (uint8 or floats, 0-255).
     """
-    layers = [layer for layer in _all_layers(model)
+    if len(images) == 0:
+        raise ValueError("recalibrate needs at least one image to re-estimate the statistics over")
+    layers = [layer for layer in model._flatten_layers(include_self=False)
               if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable]
     if not layers:
         return 0
-    plain = _without_training_only_layers(model)
     momenta = [layer.momentum for layer in layers]
-    batches = 0
+    seen = batches = 0
     try:
-        for start in range(0, len(images), batch_size):
-            batches += 1
-            for layer in layers:
-                layer.momentum = 1.0 - 1.0 / batches  # the running average of every batch so far
-            batch = keras.ops.convert_to_tensor(images[start:start + batch_size], dtype="float32")
-            plain(batch, training=True)
-            if progress is not None:
-                progress(min(start + batch_size, len(images)), len(images))
+        with _training_only_layers_paused(model):
+            for start in range(0, len(images), batch_size):
+                batch = keras.ops.convert_to_tensor(images[start:start + batch_size], dtype="float32")
+                count = int(batch.shape[0])
+                seen, batches = seen + count, batches + 1
+                for layer in layers:
+                    layer.momentum = 1.0 - count / seen  # the average over every image so far
+                model(batch, training=True)
+                if progress is not None:
+                    progress(seen, len(images))
     finally:
         for layer, momentum in zip(layers, momenta):
             layer.momentum = momentum
     return batches
 
 
-def _all_layers(model: keras.Model) -> list:
-    """Every layer of ``model``, those of the models nested in it included (ResNet50's backbone)."""
-    found = []
-    for layer in model.layers:
-        found.append(layer)
-        if isinstance(layer, keras.Model):
-            found.extend(_all_layers(layer))
-    return found
-
-
-def _without_training_only_layers(model: keras.Model) -> keras.Model:
-    """``model`` sharing every layer (and so every variable) of its own, with the layers that
-    act only in training (augmentation, MixUp/CutMix) left out: a training-mode call then
-    normalises the images as they are."""
+@contextlib.contextmanager
+def _training_only_layers_paused(model: keras.Model):
+    """Inside: a training-mode call of ``model`` leaves the images as they are (tinylib's
+    augmentation and MixUp/CutMix paused, dropout at rate 0), so BatchNorm sees them so."""
     from tinylib.augment import TrainingOnlyAugmentation
     from tinylib.mixing import MixUpCutMix
 
-    if not any(isinstance(layer, (TrainingOnlyAugmentation, MixUpCutMix)) for layer in model.layers):
-        return model
-    if not isinstance(model, keras.Model) or not hasattr(model, "inputs") or model.inputs is None:
-        raise ValueError("recalibrate needs a functional model to leave its augmentation out of")
-
-    def shared(layer):
-        if isinstance(layer, (TrainingOnlyAugmentation, MixUpCutMix)):
-            return keras.layers.Identity(name=layer.name)
-        return layer
-
-    return keras.models.clone_model(model, clone_function=shared)
+    changed = []
+    try:
+        for layer in model._flatten_layers(include_self=False):
+            if isinstance(layer, (TrainingOnlyAugmentation, MixUpCutMix)):
+                changed.append((layer, "paused", layer.paused))
+                layer.paused = True
+            elif isinstance(layer, keras.layers.Dropout):
+                changed.append((layer, "rate", layer.rate))
+                layer.rate = 0.0
+            elif type(layer).__name__.startswith(("Random", "Gaussian", "AlphaDropout")):
+                raise ValueError(f"recalibrate cannot pause layer {layer.name!r} ({type(layer).__name__}), which "
+                                 "acts only in training: give it the model without it (evaluate.load_trained_model "
+                                 "builds a run's model without its augmentation)")
+        yield
+    finally:
+        for layer, name, value in changed:
+            setattr(layer, name, value)

@@ -293,6 +293,8 @@ def _evaluate(args) -> int:
     from tinylib import data, evaluate, runs
     from tinylib.profiles import get_profile
 
+    if args.results and not args.recalibrate_bn:
+        raise ValueError("--results publishes what --recalibrate-bn N measures: give both (N: e.g. 20000)")
     run = _run_folder(args.run)
     record = runs.load_run(run)
     model = evaluate.load_trained_model(run)  # before the data: a damaged checkpoint fails fast
@@ -323,11 +325,10 @@ def _evaluate_recalibrated(model, dataset, split, args, run: Path, as_trained) -
     print(f"Re-estimating BatchNorm's statistics over {count:,} training images, unaugmented...", flush=True)
     start, reported = time.time(), [0]
 
-    def report(done: int, total: int) -> None:  # in a log, a line every 10%
-        due = done * 10 // total != reported[0] * 10 // total
+    def report(done: int, total: int) -> None:  # in a log, a line every tenth of the images
+        progress.report_count("BatchNorm's statistics", done, total, start, done - reported[0],
+                              every=max(total // 10, 1), action="re-estimating")
         reported[0] = done
-        progress.report(f"re-estimating: {done:,}/{total:,} images ({done / max(time.time() - start, 1e-9):,.0f}/s)",
-                        done >= total, due)
 
     figures = recalibration.evaluate_recalibrated(model, dataset, args.split, count, progress=report,
                                                   as_trained=as_trained)
@@ -336,12 +337,13 @@ def _evaluate_recalibrated(model, dataset, split, args, run: Path, as_trained) -
         return
     print(figures["evaluation"].summary())
     print(f"{args.split} top-1: {as_trained.top1:.2%} with the statistics training left, {figures['top1']:.2%} "
-          f"re-estimated over {count:,} training images")
+          f"re-estimated over {figures['train_images']:,} training images ({figures['right_only_recalibrated']:,} "
+          f"images right only after, {figures['right_only_as_trained']:,} only before; McNemar's p = "
+          f"{figures['mcnemar_p']:.2g})")
     payload = {**figures["evaluation"].to_dict(), "batchnorm_recalibrated": {
-        "train_images": count, "seed": figures["seed"], "top1_as_trained": as_trained.top1,
-        "top5_as_trained": as_trained.top5}}
+        key: value for key, value in figures.items() if key != "evaluation"}}
     print(f"written: {files.write_json(run / f'evaluation-{args.split}-bn-recalibrated.json', payload)}")
-    if getattr(args, "results", None):
+    if args.results:
         published = recalibration.publish(figures, runs.load_run(run), runs.read_state(run), run.name, args.results)
         print(f"published: {published}")
 
@@ -522,7 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         "per-class accuracy and the most confused classes.")
     p.add_argument("run", help="the run folder printed by `train`")
     p.add_argument("--split", default="val", choices=["val", "train"], help="default val")
-    p.add_argument("--recalibrate-bn", type=int, default=0, metavar="N",
+    p.add_argument("--recalibrate-bn", type=_positive_int, default=0, metavar="N",
                    help="then score again after re-estimating BatchNorm's statistics over N training images, "
                         "unaugmented (e.g. 20000; the checkpoints are not changed)")
     p.add_argument("--results", help="with --recalibrate-bn: also write both scores, with the run and its "

@@ -47,6 +47,8 @@ class MixUpCutMix(keras.layers.Layer):
     Computes in float32 whatever the global precision policy.
     """
 
+    paused = False  # True: a training call leaves the images as they are (batchnorm.recalibrate)
+
     def __init__(self, mixup=0.0, cutmix=0.0, cutmix_probability=0.5, seed=None, **kwargs):
         kwargs.setdefault("name", "mixing")
         kwargs.setdefault("dtype", "float32")
@@ -65,7 +67,7 @@ class MixUpCutMix(keras.layers.Layer):
         self.share = self.add_weight(shape=(), initializer="ones", trainable=False, name="share")
 
     def call(self, images, training=False):
-        if not training:
+        if not training or self.paused:
             return images
         partners = ops.flip(images, axis=0)
         if self.mixup:

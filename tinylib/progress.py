@@ -64,11 +64,13 @@ def report_bytes(label: str, done: int, total: int | None, start: float, step: i
     report(f"{text} {done / elapsed / 2**20:5.1f} MiB/s", False, due)
 
 
-def report_count(label: str, done: int, total: int, start: float, step: int = 0) -> None:
-    """Decoding progress; in a log or a notebook, a line every 20,000 images is enough."""
+def report_count(label: str, done: int, total: int, start: float, step: int = 0, every: int = 20000,
+                 action: str = "decoding") -> None:
+    """Progress over images (decoding, by default); in a log or a notebook, a line every
+    ``every`` images is enough."""
     rate = done / max(time.time() - start, 1e-9)
-    due = done // 20000 != (done - step) // 20000
-    report(f"decoding {label}: {done:,}/{total:,} images ({rate:,.0f}/s)", done >= total, due)
+    due = done // every != (done - step) // every
+    report(f"{action} {label}: {done:,}/{total:,} images ({rate:,.0f}/s)", done >= total, due)
 
 
 def _define_progress_log():

@@ -5,9 +5,10 @@ on, and those are *augmented* (shifted, zoomed, sheared, their borders filled wi
 nearest pixels, their brightness changed); validation feeds the images as they are. The
 layers then normalise clean images with the statistics of augmented ones.
 :func:`tinylib.batchnorm.recalibrate` re-estimates the statistics over training images
-without augmentation; nothing else of the model changes, and no validation image is
-used. The difference between the two scores is how much of a run's validation accuracy
-the statistics cost, which the run's own curves cannot show.
+without augmentation; no trained weight changes, and no validation image is used. Where
+the two scores differ beyond noise (both are of the same images: McNemar's paired test),
+the difference is what the statistics cost the run's validation accuracy, which the
+run's own curves cannot show.
 
 ``python -m tinylib evaluate RUN --recalibrate-bn 20000 --results book/results`` writes
 the evaluation under ``book/results/evaluations/``; :func:`story` tells it in a chapter.
@@ -15,13 +16,14 @@ the evaluation under ``book/results/evaluations/``; :func:`story` tells it in a 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from tinylib import files
-from tinylib.results import NOT_YET_MEASURED, STUDY_RESULTS, against_phrase, default_results_dir, model_title, pct
+from tinylib.results import (NOT_YET_MEASURED, STUDY_RESULTS, against_phrase, default_results_dir, model_title,
+                             pct, record_key, the_studys_way)
+from tinylib.stats import mcnemar_p
 
 EVALUATIONS = "evaluations"  # a subfolder: the record readers glob the results folder's own *.json
 SUFFIX = "-bn-recalibrated.json"
@@ -46,9 +48,14 @@ def evaluate_recalibrated(model, dataset, split: str = "val", images: int = 20_0
     if not batchnorm.recalibrate(model, dataset.train.images[chosen], progress=progress):
         return {}
     again = evaluate.evaluate(model, target, dataset.class_names)
+    right_before = as_trained.predictions == as_trained.labels
+    right_after = again.predictions == again.labels
+    only_before, only_after = int(np.sum(right_before & ~right_after)), int(np.sum(right_after & ~right_before))
     return {"split": split, "images_scored": len(target), "train_images": count, "seed": SEED,
             "top1_as_trained": as_trained.top1, "top5_as_trained": as_trained.top5,
-            "top1": again.top1, "top5": again.top5, "evaluation": again}
+            "top1": again.top1, "top5": again.top5,
+            "right_only_as_trained": only_before, "right_only_recalibrated": only_after,
+            "mcnemar_p": mcnemar_p(only_before, only_after), "evaluation": again}
 
 
 def publish(figures: dict, record: dict, state: dict | None, run_name: str, results: Path | str) -> Path:
@@ -58,12 +65,13 @@ def publish(figures: dict, record: dict, state: dict | None, run_name: str, resu
     partial = state.get("partial") or {}
     payload = {key: value for key, value in figures.items() if key != "evaluation"}
     payload.update({
-        "run": run_name, "model": record.get("model"), "profile": record.get("profile"),
+        "run": run_name, "key": record_key(record), "studys_way": the_studys_way(record),
+        "model": record.get("model"), "profile": record.get("profile"),
         "batch_size": record.get("batch_size"), "backend": record.get("backend"), "device": record.get("device"),
         "dtype_policy": record.get("dtype_policy"), "epochs_planned": record.get("epochs"),
         "epochs_done": state.get("epochs_done", record.get("epochs_run")),
         "batches_into_next_epoch": partial.get("batches", 0),
-        "val_top1_recorded": (record.get("history", {}).get("val_accuracy") or [None])[-1]
+        "val_top1_recorded": ((record.get("history") or {}).get("val_accuracy") or [None])[-1]
         if figures.get("split") == "val" else None,
     })
     path = Path(results) / EVALUATIONS / f"{run_name}-{figures['split']}{SUFFIX}"
@@ -76,10 +84,7 @@ def published(model: str, folder: Path | str | None = None) -> list[dict]:
     file-name order."""
     found = []
     for path in sorted((Path(folder or default_results_dir()) / EVALUATIONS).glob(f"*-val{SUFFIX}")):
-        try:
-            payload = json.loads(path.read_text(encoding="utf-8"))
-        except ValueError:
-            continue
+        payload = files.read_json_object(path)
         if payload.get("model") == model and payload.get("profile") == "full":
             found.append(payload)
     return found
@@ -103,12 +108,17 @@ def _sentence(title: str, e: dict, study: float | None) -> str:
     where = f"after epoch {e['epochs_done']}"
     if e.get("batches_into_next_epoch"):
         where += f" and {e['batches_into_next_epoch']:,} batches of the next"
+    if e.get("epochs_planned"):
+        where += f" of its {e['epochs_planned']} planned"
     n, before, after = e["images_scored"], e["top1_as_trained"], e["top1"]
-    text = (f"{title} at batch {e['batch_size']}, {where} of its {e['epochs_planned']} planned, scores "
-            f"{pct(before)} on the {n:,} validation images with the statistics its training left, and "
-            f"{pct(after)} once they are re-estimated over {e['train_images']:,} training images as they are, "
-            f"unaugmented ({against_phrase(after, n, before, n)} the first, with the same weights).")
-    if study is not None:
+    p = e["mcnemar_p"]
+    verdict = "a change beyond noise" if p < 0.05 else "a change not shown beyond noise"
+    text = (f"{title} ({e['key']}, batch {e['batch_size']}), {where}, scores {pct(before)} on the {n:,} "
+            f"validation images with the statistics its training left, and {pct(after)} once they are "
+            f"re-estimated over {e['train_images']:,} training images as they are, unaugmented: with the same "
+            f"trained weights, {e['right_only_recalibrated']:,} images are right only after the re-estimate and "
+            f"{e['right_only_as_trained']:,} only before it, {verdict} (McNemar's exact test, p = {p:.2g}).")
+    if study is not None and e.get("studys_way"):
         text += (f" As trained it is {against_phrase(before, n, study, n)} the study's {pct(study)}; re-estimated, "
                  f"{against_phrase(after, n, study, n)} it.")
     return text

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from statistics import NormalDist
 
-__all__ = ["accuracy_interval", "within_noise"]
+__all__ = ["accuracy_interval", "mcnemar_p", "within_noise"]
 
 
 def accuracy_interval(correct, n, confidence=0.95) -> tuple[float, float]:
@@ -72,3 +72,22 @@ def within_noise(acc_a, n_a, acc_b, n_b, confidence=0.95) -> bool:
     low_a, high_a = accuracy_interval(round(acc_a * n_a), n_a, confidence)
     low_b, high_b = accuracy_interval(round(acc_b * n_b), n_b, confidence)
     return low_a <= high_b and low_b <= high_a
+
+
+def mcnemar_p(only_a: int, only_b: int) -> float:
+    """McNemar's exact two-sided p-value for two scorings of the *same* images: ``only_a``
+    images right only in the first, ``only_b`` right only in the second.
+
+    The images both get right, or both wrong, say nothing about which scoring is better;
+    under "no difference" each of the others is equally likely to fall either way, so the
+    smaller count is a binomial tail at one half. Where every image's prediction is kept
+    (a model scored twice), this is the paired test ``within_noise`` cannot make.
+    """
+    only_a, only_b = int(only_a), int(only_b)
+    if only_a < 0 or only_b < 0:
+        raise ValueError(f"counts of images must be >= 0, got {only_a} and {only_b}")
+    n = only_a + only_b
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(only_a, only_b) + 1))
+    return min(1.0, 2 * tail / 2 ** n)
