@@ -77,7 +77,6 @@ def fuse(model: keras.Model) -> keras.Model:
     return fused
 
 
-
 def recalibrate(model: keras.Model, images, batch_size: int = 256, progress=None) -> int:
     """Re-estimate every trainable BatchNorm layer's moving mean and variance over ``images``
     as they are, without the model's augmentation, MixUp or dropout: returns the batches used.

@@ -106,10 +106,10 @@ def story(model: str, folder: Path | str | None = None) -> str:
 
 def _sentence(title: str, e: dict, study: float | None) -> str:
     where = f"after epoch {e['epochs_done']}"
-    if e.get("batches_into_next_epoch"):
-        where += f" and {e['batches_into_next_epoch']:,} batches of the next"
     if e.get("epochs_planned"):
         where += f" of its {e['epochs_planned']} planned"
+    if e.get("batches_into_next_epoch"):
+        where += f" and {e['batches_into_next_epoch']:,} batches of the next"
     n, before, after = e["images_scored"], e["top1_as_trained"], e["top1"]
     p = e["mcnemar_p"]
     verdict = "a change beyond noise" if p < 0.05 else "a change not shown beyond noise"
