@@ -246,3 +246,29 @@ def test_profile_step_names_each_kernels_row_from_its_scopes():
     for scope in ("adam_3", "adam_3_1"):
         assert layer_of(f"StatefulPartitionedCall/{scope}/Sqrt:Sqrt", "model2", "adam_3") == "optimizer update"
     assert layer_of("StatefulPartitionedCall/adam/Sqrt:Sqrt", "model2", "adam_3") != "optimizer update"
+
+
+def test_bn_statistics_re_estimates_over_each_family_of_the_runs_augmentation(synthetic, tiny_env, monkeypatch):
+    from tinylib import augment, data, models, runs
+
+    module = load("bn_statistics")
+    recorded = runs._augmentation_config(keras.Sequential([augment.augmentation()]))
+    found = module.variants(recorded)
+    assert found["none (the images as they are)"] is None
+    assert found["flip only"]["horizontal_flip"] and found["flip only"]["rotation_range"] == 0
+    assert found["brightness only"]["brightness_range"] == recorded["brightness_range"]
+    assert found["geometry only"]["zoom_range"] == recorded["zoom_range"] and not found["geometry only"]["horizontal_flip"]
+    assert found["all, at half the ranges"]["rotation_range"] == recorded["rotation_range"] / 2
+    assert found["all, at half the ranges"]["zoom_range"] == [0.9, 1.1]  # the study's 0.8-1.2, halved about 1
+    assert found["all (as the run trained)"] == {k: v for k, v in recorded.items() if k not in ("layer", "seed")}
+
+    monkeypatch.setenv("TINYLIB_DATA", str(synthetic))
+    dataset = data.load()
+    keras.utils.set_random_seed(0)
+    model = models.build_model("model4", num_classes=dataset.num_classes, weights=None)
+    lines = []
+    scores = module.measure(model, dataset, recorded, 8, report=lines.append)
+    assert list(scores) == ["the statistics training left", *found] and len(lines) == len(scores)
+    assert all(0.0 <= score <= 1.0 for score in scores.values())
+    with pytest.raises(ValueError, match="ImageDataGeneratorAugment"):
+        module.variants({"layer": "RandomResizedCrop"})

@@ -1,0 +1,115 @@
+"""Which part of the augmentation moves BatchNorm's statistics, measured on a trained run.
+
+A run trained on augmented images keeps BatchNorm statistics of augmented images and is
+scored on clean ones (``tinylib.recalibration``). This scores one run's checkpoint on its
+validation images with the statistics re-estimated over the same training images passed
+through each variant of the augmentation the run trained with: none, one family of
+transforms at a time (the flip; the brightness; the geometry: rotation, shifts, shear and
+zoom, with their fill), the whole at half its ranges, and the whole. The further a
+variant's statistics sit from the clean images', the lower its score: the rows say which
+transforms the evaluation's statistics suffer from, and how that grows with the ranges,
+which the study's slides do not give. The first row keeps the statistics training left.
+
+    python benchmarks/bn_statistics.py RUN_DIR --images 20000
+
+Needs the run's dataset (``TINYLIB_DATA``/``TINYLIB_HOME`` as it trained) and a run
+trained with ``ImageDataGeneratorAugment`` (the study's models). Changes no file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from tinylib.processes import sigterm_as_exit
+
+GEOMETRY = ("rotation_range", "width_shift_range", "height_shift_range", "shear_range", "zoom_range")
+
+
+def variants(augmentation: dict) -> dict[str, dict | None]:
+    """{name: the ImageDataGeneratorAugment settings to re-estimate over (None: the images
+    as they are)} from a record's ``augmentation``: the transforms the run trained with, one
+    family at a time, then all of them at half and at full range."""
+    if augmentation.get("layer") != "ImageDataGeneratorAugment":
+        raise ValueError(f"the run trained with {augmentation.get('layer')!r}: this measures the study's "
+                         "ImageDataGeneratorAugment")
+    settings = {key: value for key, value in augmentation.items() if key not in ("layer", "seed")}
+    off = {"rotation_range": 0.0, "width_shift_range": 0.0, "height_shift_range": 0.0, "shear_range": 0.0,
+           "zoom_range": [1.0, 1.0], "horizontal_flip": False, "brightness_range": None}
+    keep = {key: settings[key] for key in ("fill_mode", "cval", "interpolation") if key in settings}
+
+    def only(*names):
+        return {**off, **keep, **{name: settings[name] for name in names if name in settings}}
+
+    half = dict(settings)
+    for key in ("rotation_range", "width_shift_range", "height_shift_range", "shear_range"):
+        half[key] = settings.get(key, 0.0) / 2
+    for key in ("zoom_range", "brightness_range"):
+        if settings.get(key) is not None:
+            low, high = settings[key]
+            half[key] = [1 - (1 - low) / 2, 1 + (high - 1) / 2]
+    return {"none (the images as they are)": None, "flip only": only("horizontal_flip"),
+            "brightness only": only("brightness_range"), "geometry only": only(*GEOMETRY),
+            "all, at half the ranges": half, "all (as the run trained)": settings}
+
+
+def augmented(images: np.ndarray, settings: dict | None, seed: int = 0, batch: int = 500) -> np.ndarray:
+    """``images`` (0-255) through an ImageDataGeneratorAugment with ``settings``, back on 0-255."""
+    if settings is None:
+        return images
+    import keras
+
+    from tinylib.augment import ImageDataGeneratorAugment
+
+    layer = ImageDataGeneratorAugment(seed=seed, **settings)
+    return np.concatenate([keras.ops.convert_to_numpy(
+        layer(images[i:i + batch].astype("float32") / 255.0, training=True)) * 255.0
+        for i in range(0, len(images), batch)])
+
+
+def measure(model, dataset, augmentation: dict, count: int, report=print) -> dict[str, float]:
+    """{variant: validation top-1} with the statistics re-estimated over ``count`` training
+    images through each variant; first, the statistics the model came with."""
+    from tinylib import batchnorm, evaluate
+    from tinylib.recalibration import SEED
+
+    def top1() -> float:
+        return evaluate.evaluate(model, dataset.val, dataset.class_names).top1
+
+    scores = {"the statistics training left": top1()}
+    report(f"{'the statistics training left':32s} {scores['the statistics training left']:7.2%}")
+    chosen = np.sort(np.random.default_rng(SEED).permutation(len(dataset.train))[:count])
+    images = dataset.train.images[chosen]
+    for name, settings in variants(augmentation).items():
+        start = time.time()
+        batchnorm.recalibrate(model, augmented(images, settings))
+        scores[name] = top1()
+        report(f"{name:32s} {scores[name]:7.2%}   ({time.time() - start:.0f} s)")
+    return scores
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", help="a run folder (`train` prints it)")
+    parser.add_argument("--images", type=int, default=20_000, help="training images to re-estimate over")
+    args = parser.parse_args(argv)
+    from tinylib import data, evaluate, runs
+    from tinylib.profiles import get_profile
+
+    record = runs.load_run(args.run)
+    state = runs.read_state(args.run) or {}
+    model = evaluate.load_trained_model(args.run)
+    dataset = data.load().subset(**get_profile(record["profile"]).subset_kwargs())
+    count = min(args.images, len(dataset.train))
+    print(f"{record['model']}, {args.run}: after epoch {state.get('epochs_done', record.get('epochs_run'))}"
+          f"{' and ' + str(state['partial']['batches']) + ' batches' if state.get('partial') else ''}; "
+          f"validation top-1 on {len(dataset.val):,} images, the statistics re-estimated over {count:,} "
+          "training images through:", flush=True)
+    measure(model, dataset, record["augmentation"], count, report=lambda line: print(line, flush=True))
+
+
+if __name__ == "__main__":
+    with sigterm_as_exit():
+        main()
