@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -98,12 +99,13 @@ def main(argv=None) -> None:
     from tinylib import data, evaluate, runs
     from tinylib.profiles import get_profile
 
-    record = runs.load_run(args.run)
-    state = runs.read_state(args.run) or {}
-    model = evaluate.load_trained_model(args.run)
+    run = Path(args.run)
+    record = runs.load_run(run)
+    state = runs.read_state(run) or {}
+    model = evaluate.load_trained_model(run)
     dataset = data.load().subset(**get_profile(record["profile"]).subset_kwargs())
     count = min(args.images, len(dataset.train))
-    print(f"{record['model']}, {args.run}: after epoch {state.get('epochs_done', record.get('epochs_run'))}"
+    print(f"{record['model']}, {run}: after epoch {state.get('epochs_done', record.get('epochs_run'))}"
           f"{' and ' + str(state['partial']['batches']) + ' batches' if state.get('partial') else ''}; "
           f"validation top-1 on {len(dataset.val):,} images, the statistics re-estimated over {count:,} "
           "training images through:", flush=True)
