@@ -44,16 +44,22 @@ def variants(augmentation: dict) -> dict[str, dict | None]:
     def only(*names):
         return {**off, **keep, **{name: settings[name] for name in names if name in settings}}
 
-    half = dict(settings)
-    for key in ("rotation_range", "width_shift_range", "height_shift_range", "shear_range"):
-        half[key] = settings.get(key, 0.0) / 2
-    for key in ("zoom_range", "brightness_range"):
-        if settings.get(key) is not None:
-            low, high = settings[key]
-            half[key] = [1 - (1 - low) / 2, 1 + (high - 1) / 2]
+    def scaled(fraction):
+        ranges = dict(settings)
+        for key in ("rotation_range", "width_shift_range", "height_shift_range", "shear_range"):
+            ranges[key] = settings.get(key, 0.0) * fraction
+        for key in ("zoom_range", "brightness_range"):
+            if settings.get(key) is not None:
+                low, high = settings[key]
+                ranges[key] = [1 - (1 - low) * fraction, 1 + (high - 1) * fraction]
+        return ranges
+
+    # A tenth of the ranges moves pixels by fractions of one: what is left is mostly the
+    # bilinear resampling itself, which blurs an image wherever it is not moved by whole pixels.
     return {"none (the images as they are)": None, "flip only": only("horizontal_flip"),
             "brightness only": only("brightness_range"), "geometry only": only(*GEOMETRY),
-            "all, at half the ranges": half, "all (as the run trained)": settings}
+            "all, at a tenth of the ranges": scaled(0.1), "all, at half the ranges": scaled(0.5),
+            "all (as the run trained)": settings}
 
 
 def augmented(images: np.ndarray, settings: dict | None, seed: int = 0, batch: int = 500) -> np.ndarray:
@@ -70,9 +76,10 @@ def augmented(images: np.ndarray, settings: dict | None, seed: int = 0, batch: i
         for i in range(0, len(images), batch)])
 
 
-def measure(model, dataset, augmentation: dict, count: int, report=print) -> dict[str, float]:
+def measure(model, dataset, augmentation: dict, count: int, report=print, only=None) -> dict[str, float]:
     """{variant: validation top-1} with the statistics re-estimated over ``count`` training
-    images through each variant; first, the statistics the model came with."""
+    images through each variant (those whose names start with one of ``only``, if given);
+    first, the statistics the model came with."""
     from tinylib import batchnorm, evaluate
     from tinylib.recalibration import SEED
 
@@ -84,6 +91,8 @@ def measure(model, dataset, augmentation: dict, count: int, report=print) -> dic
     chosen = np.sort(np.random.default_rng(SEED).permutation(len(dataset.train))[:count])
     images = dataset.train.images[chosen]
     for name, settings in variants(augmentation).items():
+        if only and not name.startswith(tuple(only)):
+            continue
         start = time.time()
         batchnorm.recalibrate(model, augmented(images, settings))
         scores[name] = top1()
@@ -95,6 +104,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", help="a run folder (`train` prints it)")
     parser.add_argument("--images", type=int, default=20_000, help="training images to re-estimate over")
+    parser.add_argument("--only", help="the variants whose names start so, comma-separated ('geometry,all')")
     args = parser.parse_args(argv)
     from tinylib import data, evaluate, runs
     from tinylib.profiles import get_profile
@@ -109,7 +119,8 @@ def main(argv=None) -> None:
           f"{' and ' + str(state['partial']['batches']) + ' batches' if state.get('partial') else ''}; "
           f"validation top-1 on {len(dataset.val):,} images, the statistics re-estimated over {count:,} "
           "training images through:", flush=True)
-    measure(model, dataset, record["augmentation"], count, report=lambda line: print(line, flush=True))
+    only = [name.strip() for name in args.only.split(",")] if args.only else None
+    measure(model, dataset, record["augmentation"], count, report=lambda line: print(line, flush=True), only=only)
 
 
 if __name__ == "__main__":

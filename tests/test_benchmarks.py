@@ -260,6 +260,7 @@ def test_bn_statistics_re_estimates_over_each_family_of_the_runs_augmentation(sy
     assert found["geometry only"]["zoom_range"] == recorded["zoom_range"] and not found["geometry only"]["horizontal_flip"]
     assert found["all, at half the ranges"]["rotation_range"] == recorded["rotation_range"] / 2
     assert found["all, at half the ranges"]["zoom_range"] == [0.9, 1.1]  # the study's 0.8-1.2, halved about 1
+    assert found["all, at a tenth of the ranges"]["brightness_range"] == pytest.approx([0.98, 1.02])
     assert found["all (as the run trained)"] == {k: v for k, v in recorded.items() if k not in ("layer", "seed")}
 
     monkeypatch.setenv("TINYLIB_DATA", str(synthetic))
@@ -270,5 +271,7 @@ def test_bn_statistics_re_estimates_over_each_family_of_the_runs_augmentation(sy
     scores = module.measure(model, dataset, recorded, 8, report=lines.append)
     assert list(scores) == ["the statistics training left", *found] and len(lines) == len(scores)
     assert all(0.0 <= score <= 1.0 for score in scores.values())
+    assert list(module.measure(model, dataset, recorded, 8, report=lines.append, only=["geometry", "flip"])) == [
+        "the statistics training left", "flip only", "geometry only"]
     with pytest.raises(ValueError, match="ImageDataGeneratorAugment"):
         module.variants({"layer": "RandomResizedCrop"})
