@@ -29,10 +29,11 @@ from tinylib.processes import sigterm_as_exit
 GEOMETRY = ("rotation_range", "width_shift_range", "height_shift_range", "shear_range", "zoom_range")
 
 
-def variants(augmentation: dict) -> dict[str, dict | None]:
+def variants(augmentation: dict, size: int = 64) -> dict[str, dict | None]:
     """{name: the ImageDataGeneratorAugment settings to re-estimate over (None: the images
     as they are)} from a record's ``augmentation``: the transforms the run trained with, one
-    family at a time, then all of them at half and at full range."""
+    family at a time, the shifts in whole pixels of ``size``-pixel images (moved as far, not
+    blurred), then all of them at a tenth, half and full range."""
     if augmentation.get("layer") != "ImageDataGeneratorAugment":
         raise ValueError(f"the run trained with {augmentation.get('layer')!r}: this measures the study's "
                          "ImageDataGeneratorAugment")
@@ -56,8 +57,13 @@ def variants(augmentation: dict) -> dict[str, dict | None]:
 
     # A tenth of the ranges moves pixels by fractions of one: what is left is mostly the
     # bilinear resampling itself, which blurs an image wherever it is not moved by whole pixels.
+    # IDG takes an int shift as whole pixels (0 to n-1, either way): bilinear resampling then
+    # copies pixels, and the images move about as far without being blurred.
+    whole = {**only(), **{key: max(1, round(abs(float(settings.get(key) or 0.0)) * size))
+                          for key in ("width_shift_range", "height_shift_range")}}
     return {"none (the images as they are)": None, "flip only": only("horizontal_flip"),
             "brightness only": only("brightness_range"), "geometry only": only(*GEOMETRY),
+            "whole-pixel shifts only": whole,
             "all, at a tenth of the ranges": scaled(0.1), "all, at half the ranges": scaled(0.5),
             "all (as the run trained)": settings}
 
@@ -90,7 +96,7 @@ def measure(model, dataset, augmentation: dict, count: int, report=print, only=N
     report(f"{'the statistics training left':32s} {scores['the statistics training left']:7.2%}")
     chosen = np.sort(np.random.default_rng(SEED).permutation(len(dataset.train))[:count])
     images = dataset.train.images[chosen]
-    for name, settings in variants(augmentation).items():
+    for name, settings in variants(augmentation, size=dataset.train.images.shape[1]).items():
         if only and not name.startswith(tuple(only)):
             continue
         start = time.time()

@@ -261,6 +261,8 @@ def test_bn_statistics_re_estimates_over_each_family_of_the_runs_augmentation(sy
     assert found["all, at half the ranges"]["rotation_range"] == recorded["rotation_range"] / 2
     assert found["all, at half the ranges"]["zoom_range"] == [0.9, 1.1]  # the study's 0.8-1.2, halved about 1
     assert found["all, at a tenth of the ranges"]["brightness_range"] == pytest.approx([0.98, 1.02])
+    whole = found["whole-pixel shifts only"]  # 0.2 of 64 pixels, as IDG's int: whole pixels
+    assert whole["width_shift_range"] == whole["height_shift_range"] == 13 and whole["rotation_range"] == 0
     assert found["all (as the run trained)"] == {k: v for k, v in recorded.items() if k not in ("layer", "seed")}
 
     monkeypatch.setenv("TINYLIB_DATA", str(synthetic))
