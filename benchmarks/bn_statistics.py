@@ -11,9 +11,11 @@ transforms the evaluation's statistics suffer from, and how that grows with the 
 which the study's slides do not give. The first row keeps the statistics training left.
 
     python benchmarks/bn_statistics.py RUN_DIR --images 20000
+    python benchmarks/bn_statistics.py RUN_DIR --save book/results   # chapter 9's figure
 
 Needs the run's dataset (``TINYLIB_DATA``/``TINYLIB_HOME`` as it trained) and a run
-trained with ``ImageDataGeneratorAugment`` (the study's models). Changes no file.
+trained with ``ImageDataGeneratorAugment`` (the study's models). Changes nothing in the run
+folder; ``--save`` writes the scores where chapter 9 reads them.
 """
 
 from __future__ import annotations
@@ -111,6 +113,8 @@ def main(argv=None) -> None:
     parser.add_argument("run", help="a run folder (`train` prints it)")
     parser.add_argument("--images", type=int, default=20_000, help="training images to re-estimate over")
     parser.add_argument("--only", help="the variants whose names start so, comma-separated ('geometry,all')")
+    parser.add_argument("--save", metavar="DIR", help="write the scores to DIR/evaluations/<run>-bn-statistics.json "
+                                                      "(book/results: chapter 9's figure)")
     args = parser.parse_args(argv)
     from tinylib import data, evaluate, runs
     from tinylib.profiles import get_profile
@@ -126,7 +130,14 @@ def main(argv=None) -> None:
           f"validation top-1 on {len(dataset.val):,} images, the statistics re-estimated over {count:,} "
           "training images through:", flush=True)
     only = [name.strip() for name in args.only.split(",")] if args.only else None
-    measure(model, dataset, record["augmentation"], count, report=lambda line: print(line, flush=True), only=only)
+    scores = measure(model, dataset, record["augmentation"], count, report=lambda line: print(line, flush=True),
+                     only=only)
+    if args.save:
+        from tinylib import recalibration
+
+        saved = recalibration.publish_augmentation_scores(scores, count, len(dataset.val), record, state, run.name,
+                                                          args.save)
+        print(f"saved: {saved}")
 
 
 if __name__ == "__main__":

@@ -63,3 +63,25 @@ def test_mcnemars_exact_test_matches_the_binomial_tail():
     assert stats.mcnemar_p(300, 1288) < 1e-100
     with pytest.raises(ValueError):
         stats.mcnemar_p(-1, 2)
+
+
+def test_the_augmentation_scores_are_published_beside_the_run_and_drawn_one_bar_each(tmp_path, capsys):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    assert recalibration.show_augmentation_scores("model4", tmp_path) is None
+    assert "not yet measured" in capsys.readouterr().out
+    scores = {"the statistics training left": 0.3375, "none (the images as they are)": 0.4138,
+              "geometry only": 0.3237}
+    path = recalibration.publish_augmentation_scores(scores, 20_000, 10_000, RECORD, {"epochs_done": 37},
+                                                     "model4-full-tensorflow-batch32", tmp_path)
+    assert path == tmp_path / "evaluations" / "model4-full-tensorflow-batch32-bn-statistics.json"
+    saved = json.loads(path.read_text())
+    assert saved["scores"] == scores and saved["epochs_done"] == 37 and saved["key"] == "model4-batch32"
+    assert recalibration.published("model4", tmp_path) == []  # not a re-estimated evaluation
+    fig = recalibration.show_augmentation_scores("model4", tmp_path)
+    ax = fig.axes[0]
+    assert [label.get_text() for label in ax.get_yticklabels()] == list(scores)  # top to bottom
+    assert list(ax.get_yticks()) == sorted(ax.get_yticks(), reverse=True)
+    assert sorted(round(bar.get_width(), 4) for bar in ax.patches) == sorted(scores.values())
+    assert "after epoch 37" in ax.get_title() and "38.61%" in ax.get_legend().get_texts()[0].get_text()

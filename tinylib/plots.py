@@ -361,6 +361,29 @@ def accuracy_against_hours(records, metric: str = "val_accuracy", references: Ma
     return ax.figure
 
 
+def scores_by_variant(scores: Mapping[str, float], title: str, references: Mapping | None = None, ax=None,
+                      figsize=None):
+    """One horizontal bar per variant (top to bottom in ``scores``' order), its accuracy
+    written at its end, and reference levels as dotted lines."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=figsize or (8.0, 0.45 * len(scores) + 1.6))
+    names, values = list(scores), [scores[name] for name in scores]
+    positions = np.arange(len(names))[::-1]
+    ax.barh(positions, values, color=[f"C{0 if i else 1}" for i in range(len(names))])
+    ax.set_yticks(positions, names)
+    for position, value in zip(positions, values):
+        ax.text(value, position, f" {value:.2%}", va="center", fontsize=8)
+    for label, level in (references or {}).items():
+        ax.axvline(level, color="grey", linestyle=":", label=f"{label} ({level:.2%})")
+    if references:
+        ax.legend(loc="lower right", fontsize=8)
+    ax.xaxis.set_major_formatter(PercentFormatter(1.0))
+    ax.set_xlim(0, max(values + [v for v in (references or {}).values()]) * 1.15)
+    ax.set_title(title, fontsize=9)
+    ax.figure.tight_layout()
+    return ax.figure
+
+
 def layer_times_by_precision(entry: dict, ax=None, figsize=None):
     """Each layer's milliseconds in a training step (forward and backward, timed alone), one
     bar per precision, in the network's order: the layers that multiply matrices shrink with

@@ -27,6 +27,7 @@ from tinylib.stats import mcnemar_p
 
 EVALUATIONS = "evaluations"  # a subfolder: the record readers glob the results folder's own *.json
 SUFFIX = "-bn-recalibrated.json"
+AUGMENTATION_SUFFIX = "-bn-statistics.json"  # benchmarks/bn_statistics.py --save
 SEED = 0  # which training images: the same ones for every run
 
 
@@ -61,33 +62,67 @@ def evaluate_recalibrated(model, dataset, split: str = "val", images: int = 20_0
 def publish(figures: dict, record: dict, state: dict | None, run_name: str, results: Path | str) -> Path:
     """Write the figures with what identifies the run and its checkpoint (epochs done, and the
     batch of a mid-epoch one) to ``results/evaluations/<run>-<split>-bn-recalibrated.json``."""
-    state = state or {}
-    partial = state.get("partial") or {}
     payload = {key: value for key, value in figures.items() if key != "evaluation"}
-    payload.update({
-        "run": run_name, "key": record_key(record), "studys_way": the_studys_way(record),
-        "model": record.get("model"), "profile": record.get("profile"),
-        "batch_size": record.get("batch_size"), "backend": record.get("backend"), "device": record.get("device"),
-        "dtype_policy": record.get("dtype_policy"), "epochs_planned": record.get("epochs"),
-        "epochs_done": state.get("epochs_done", record.get("epochs_run")),
-        "batches_into_next_epoch": partial.get("batches", 0),
-        "val_top1_recorded": ((record.get("history") or {}).get("val_accuracy") or [None])[-1]
-        if figures.get("split") == "val" else None,
-    })
-    path = Path(results) / EVALUATIONS / f"{run_name}-{figures['split']}{SUFFIX}"
+    payload.update(_checkpoint_identity(record, state, run_name))
+    payload["val_top1_recorded"] = ((record.get("history") or {}).get("val_accuracy") or [None])[-1] \
+        if figures.get("split") == "val" else None
+    return _write(Path(results) / EVALUATIONS / f"{run_name}-{figures['split']}{SUFFIX}", payload)
+
+
+def publish_augmentation_scores(scores: dict, train_images: int, images_scored: int, record: dict,
+                                state: dict | None, run_name: str, results: Path | str) -> Path:
+    """``benchmarks/bn_statistics.py --save``: the validation top-1 with the statistics
+    re-estimated through each part of the augmentation, to
+    ``results/evaluations/<run>-bn-statistics.json``."""
+    payload = {"scores": scores, "train_images": train_images, "images_scored": images_scored, "seed": SEED,
+               **_checkpoint_identity(record, state, run_name)}
+    return _write(Path(results) / EVALUATIONS / f"{run_name}{AUGMENTATION_SUFFIX}", payload)
+
+
+def _checkpoint_identity(record: dict, state: dict | None, run_name: str) -> dict:
+    """What a published evaluation says of the run and its checkpoint."""
+    state = state or {}
+    return {"run": run_name, "key": record_key(record), "studys_way": the_studys_way(record),
+            "model": record.get("model"), "profile": record.get("profile"),
+            "batch_size": record.get("batch_size"), "backend": record.get("backend"), "device": record.get("device"),
+            "dtype_policy": record.get("dtype_policy"), "epochs_planned": record.get("epochs"),
+            "epochs_done": state.get("epochs_done", record.get("epochs_run")),
+            "batches_into_next_epoch": (state.get("partial") or {}).get("batches", 0)}
+
+
+def _write(path: Path, payload: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     return files.write_json(path, payload)
 
 
-def published(model: str, folder: Path | str | None = None) -> list[dict]:
-    """The published full-scale evaluations of ``model``'s runs on the validation images, in
-    file-name order."""
+def published(model: str, folder: Path | str | None = None, suffix: str = f"-val{SUFFIX}") -> list[dict]:
+    """The published full-scale evaluations of ``model``'s runs on the validation images (or,
+    with ``suffix=AUGMENTATION_SUFFIX``, its augmentation scores), in file-name order."""
     found = []
-    for path in sorted((Path(folder or default_results_dir()) / EVALUATIONS).glob(f"*-val{SUFFIX}")):
+    for path in sorted((Path(folder or default_results_dir()) / EVALUATIONS).glob(f"*{suffix}")):
         payload = files.read_json_object(path)
         if payload.get("model") == model and payload.get("profile") == "full":
             found.append(payload)
     return found
+
+
+def show_augmentation_scores(model: str, folder: Path | str | None = None):
+    """Chapter 9's figure: the published scores with the statistics re-estimated through each
+    part of the augmentation, one bar each, or a line saying what to run."""
+    from tinylib import plots
+
+    measured = published(model, folder, AUGMENTATION_SUFFIX)
+    if not measured:
+        print(f"which part of the augmentation moves the statistics: {NOT_YET_MEASURED} "
+              "(python benchmarks/bn_statistics.py RUN_DIR --save book/results)")
+        return None
+    e = measured[-1]
+    where = f"after epoch {e['epochs_done']}" + (f" and {e['batches_into_next_epoch']:,} batches"
+                                                 if e.get("batches_into_next_epoch") else "")
+    title = (f"{model_title(model)} ({e['key']}), {where}: validation top-1 on {e['images_scored']:,} images,\n"
+             f"BatchNorm's statistics re-estimated over {e['train_images']:,} training images through")
+    study = STUDY_RESULTS.get(model, {}).get("val") if e.get("studys_way") else None
+    return plots.scores_by_variant(e["scores"], title, references={"the study": study} if study else None)
 
 
 def story(model: str, folder: Path | str | None = None) -> str:
