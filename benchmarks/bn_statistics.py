@@ -5,10 +5,11 @@ scored on clean ones (``tinylib.recalibration``). This scores one run's checkpoi
 validation images with the statistics re-estimated over the same training images passed
 through each variant of the augmentation the run trained with: none, one family of
 transforms at a time (the flip; the brightness; the geometry: rotation, shifts, shear and
-zoom, with their fill), the whole at half its ranges, and the whole. The further a
-variant's statistics sit from the clean images', the lower its score: the rows say which
-transforms the evaluation's statistics suffer from, and how that grows with the ranges,
-which the study's slides do not give. The first row keeps the statistics training left.
+zoom, with their fill), the shifts in whole pixels (moved as far, not interpolated), and
+the whole at a tenth, half and full range. The further a variant's statistics sit from the
+clean images', the lower its score: the rows say which transforms the evaluation's
+statistics suffer from, and how that grows with the ranges, which the study's slides do
+not give. The first row keeps the statistics training left.
 
     python benchmarks/bn_statistics.py RUN_DIR --images 20000
     python benchmarks/bn_statistics.py RUN_DIR --save book/results   # chapter 9's figure
@@ -21,6 +22,7 @@ folder; ``--save`` writes the scores where chapter 9 reads them.
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from pathlib import Path
 
@@ -31,15 +33,20 @@ from tinylib.processes import sigterm_as_exit
 GEOMETRY = ("rotation_range", "width_shift_range", "height_shift_range", "shear_range", "zoom_range")
 
 
-def variants(augmentation: dict, size: int = 64) -> dict[str, dict | None]:
+def variants(augmentation: dict | None, size: int = 64) -> dict[str, dict | None]:
     """{name: the ImageDataGeneratorAugment settings to re-estimate over (None: the images
     as they are)} from a record's ``augmentation``: the transforms the run trained with, one
-    family at a time, the shifts in whole pixels of ``size``-pixel images (moved as far, not
-    blurred), then all of them at a tenth, half and full range."""
-    if augmentation.get("layer") != "ImageDataGeneratorAugment":
-        raise ValueError(f"the run trained with {augmentation.get('layer')!r}: this measures the study's "
+    family at a time, its shifts in whole pixels of ``size``-pixel images (moved as far, not
+    interpolated), then all of them at a tenth, half and full range. A family the run did
+    not train with has no row (it would repeat the first)."""
+    layer = (augmentation or {}).get("layer", "RandomAffineAugment" if augmentation else None)
+    if layer != "ImageDataGeneratorAugment":
+        raise ValueError(f"the run trained with {layer or 'no augmentation'}: this measures the study's "
                          "ImageDataGeneratorAugment")
     settings = {key: value for key, value in augmentation.items() if key not in ("layer", "seed")}
+    zoom = settings.get("zoom_range", 0.0)
+    if isinstance(zoom, (int, float)):  # IDG's z means [1 - z, 1 + z]
+        settings["zoom_range"] = [1.0 - zoom, 1.0 + zoom]
     off = {"rotation_range": 0.0, "width_shift_range": 0.0, "height_shift_range": 0.0, "shear_range": 0.0,
            "zoom_range": [1.0, 1.0], "horizontal_flip": False, "brightness_range": None}
     keep = {key: settings[key] for key in ("fill_mode", "cval", "interpolation") if key in settings}
@@ -49,25 +56,55 @@ def variants(augmentation: dict, size: int = 64) -> dict[str, dict | None]:
 
     def scaled(fraction):
         ranges = dict(settings)
-        for key in ("rotation_range", "width_shift_range", "height_shift_range", "shear_range"):
+        for key in ("rotation_range", "shear_range"):
             ranges[key] = settings.get(key, 0.0) * fraction
+        for key in ("width_shift_range", "height_shift_range"):
+            ranges[key] = _scaled_shift(settings.get(key, 0.0), fraction, size)
         for key in ("zoom_range", "brightness_range"):
             if settings.get(key) is not None:
                 low, high = settings[key]
                 ranges[key] = [1 - (1 - low) * fraction, 1 + (high - 1) * fraction]
         return ranges
 
-    # A tenth of the ranges moves pixels by fractions of one: what is left is mostly the
-    # bilinear resampling itself, which blurs an image wherever it is not moved by whole pixels.
-    # IDG takes an int shift as whole pixels (0 to n-1, either way): bilinear resampling then
-    # copies pixels, and the images move about as far without being blurred.
-    whole = {**only(), **{key: max(1, round(abs(float(settings.get(key) or 0.0)) * size))
-                          for key in ("width_shift_range", "height_shift_range")}}
-    return {"none (the images as they are)": None, "flip only": only("horizontal_flip"),
-            "brightness only": only("brightness_range"), "geometry only": only(*GEOMETRY),
-            "whole-pixel shifts only": whole,
-            "all, at a tenth of the ranges": scaled(0.1), "all, at half the ranges": scaled(0.5),
-            "all (as the run trained)": settings}
+    found = {"none (the images as they are)": None}
+    if settings.get("horizontal_flip"):
+        found["flip only"] = only("horizontal_flip")
+    if settings.get("brightness_range") is not None:
+        found["brightness only"] = only("brightness_range")
+    found["geometry only"] = only(*GEOMETRY)
+    # IDG takes an int shift as whole pixels (0 to n-1, either way): the resampling then copies
+    # pixels, and the images move about as far without being interpolated.
+    whole = {key: _whole_pixels(settings.get(key, 0.0), size) for key in ("width_shift_range", "height_shift_range")}
+    if any(whole.values()):
+        found["whole-pixel shifts only"] = {**only(), **whole}
+    # A tenth of the ranges moves an image by little more than a pixel: what is left is mostly
+    # the interpolation between pixels, which every rotation, zoom, shear or fractional shift does.
+    found.update({"all, at a tenth of the ranges": scaled(0.1), "all, at half the ranges": scaled(0.5),
+                  "all (as the run trained)": settings})
+    return found
+
+
+def _whole_pixels(shift, size: int) -> int:
+    """An IDG shift range as whole pixels reaching as far: a fraction of ``size`` (float < 1) or
+    pixels (float >= 1) to the int n whose shifts run 0 to n-1; an int as it is; 0 for a list or none."""
+    if isinstance(shift, bool) or not isinstance(shift, (int, float)) or not shift:
+        return 0
+    if isinstance(shift, int):
+        return abs(shift)
+    pixels = abs(shift) * size if abs(shift) < 1 else abs(shift)
+    return math.floor(pixels) + 1
+
+
+def _scaled_shift(shift, fraction: float, size: int):
+    """``fraction`` of an IDG shift range, in its own unit: a fraction of the image stays one, an
+    int stays whole pixels (at least 1), pixels below one become a fraction; a list is kept."""
+    if isinstance(shift, bool) or not isinstance(shift, (int, float)):
+        return shift
+    if isinstance(shift, int):
+        return max(1, round(shift * fraction)) if shift else 0
+    if abs(shift) < 1:
+        return shift * fraction
+    return shift * fraction if abs(shift * fraction) >= 1 else shift * fraction / size
 
 
 def augmented(images: np.ndarray, settings: dict | None, seed: int = 0, batch: int = 500) -> np.ndarray:
@@ -108,14 +145,23 @@ def measure(model, dataset, augmentation: dict, count: int, report=print, only=N
     return scores
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", help="a run folder (`train` prints it)")
-    parser.add_argument("--images", type=int, default=20_000, help="training images to re-estimate over")
+    parser.add_argument("--images", type=_positive_int, default=20_000, help="training images to re-estimate over")
     parser.add_argument("--only", help="the variants whose names start so, comma-separated ('geometry,all')")
     parser.add_argument("--save", metavar="DIR", help="write the scores to DIR/evaluations/<run>-bn-statistics.json "
                                                       "(book/results: chapter 9's figure)")
     args = parser.parse_args(argv)
+    if args.only and args.save:
+        parser.error("--save publishes every variant: leave out --only")
     from tinylib import data, evaluate, runs
     from tinylib.profiles import get_profile
 

@@ -249,7 +249,9 @@ def test_profile_step_names_each_kernels_row_from_its_scopes():
 
 
 def test_bn_statistics_re_estimates_over_each_family_of_the_runs_augmentation(synthetic, tiny_env, monkeypatch):
-    from tinylib import augment, data, models, runs
+    import numpy as np
+
+    from tinylib import augment, data, models, recalibration, runs
 
     module = load("bn_statistics")
     recorded = runs._augmentation_config(keras.Sequential([augment.augmentation()]))
@@ -259,11 +261,31 @@ def test_bn_statistics_re_estimates_over_each_family_of_the_runs_augmentation(sy
     assert found["brightness only"]["brightness_range"] == recorded["brightness_range"]
     assert found["geometry only"]["zoom_range"] == recorded["zoom_range"] and not found["geometry only"]["horizontal_flip"]
     assert found["all, at half the ranges"]["rotation_range"] == recorded["rotation_range"] / 2
-    assert found["all, at half the ranges"]["zoom_range"] == [0.9, 1.1]  # the study's 0.8-1.2, halved about 1
+    assert found["all, at half the ranges"]["zoom_range"] == pytest.approx([0.9, 1.1])  # 0.8-1.2, halved about 1
     assert found["all, at a tenth of the ranges"]["brightness_range"] == pytest.approx([0.98, 1.02])
-    whole = found["whole-pixel shifts only"]  # 0.2 of 64 pixels, as IDG's int: whole pixels
+    whole = found["whole-pixel shifts only"]  # up to 12.8 of 64 pixels, as IDG's int 13: 0 to 12 whole pixels
     assert whole["width_shift_range"] == whole["height_shift_range"] == 13 and whole["rotation_range"] == 0
     assert found["all (as the run trained)"] == {k: v for k, v in recorded.items() if k not in ("layer", "seed")}
+    # Shifts in pixels keep their unit; a float zoom is IDG's [1 - z, 1 + z]; families not trained have no row.
+    other = module.variants({"layer": "ImageDataGeneratorAugment", "width_shift_range": 5, "height_shift_range": 3.0,
+                             "zoom_range": 0.1, "brightness_range": None, "horizontal_flip": False})
+    assert "flip only" not in other and "brightness only" not in other
+    assert other["whole-pixel shifts only"]["width_shift_range"] == 5 and other["whole-pixel shifts only"][
+        "height_shift_range"] == 4
+    assert other["all, at a tenth of the ranges"]["width_shift_range"] == 1  # whole pixels still
+    assert other["all, at a tenth of the ranges"]["height_shift_range"] == pytest.approx(0.3 / 64)  # a fraction now
+    assert other["geometry only"]["zoom_range"] == pytest.approx([0.9, 1.1])
+    assert "whole-pixel shifts only" not in module.variants({"layer": "ImageDataGeneratorAugment", "rotation_range": 5})
+    for untrained in (None, {"layer": "RandomResizedCrop"}):
+        with pytest.raises(ValueError, match="ImageDataGeneratorAugment"):
+            module.variants(untrained)
+
+    # The premise of the whole-pixel row: its images are pixels copied, a tenth of the ranges interpolates.
+    images = np.random.default_rng(0).integers(0, 256, (6, 64, 64, 3)).astype("uint8")
+    copied = module.augmented(images, whole, seed=1)
+    assert np.allclose(copied, np.round(copied), atol=1e-3) and not np.array_equal(copied, images)
+    assert set(np.unique(np.round(copied)).astype(int)) <= set(np.unique(images))
+    assert not np.allclose(module.augmented(images, found["all, at a tenth of the ranges"], seed=1), copied)
 
     monkeypatch.setenv("TINYLIB_DATA", str(synthetic))
     dataset = data.load()
@@ -272,8 +294,7 @@ def test_bn_statistics_re_estimates_over_each_family_of_the_runs_augmentation(sy
     lines = []
     scores = module.measure(model, dataset, recorded, 8, report=lines.append)
     assert list(scores) == ["the statistics training left", *found] and len(lines) == len(scores)
-    assert all(0.0 <= score <= 1.0 for score in scores.values())
+    # Its clean row is the re-estimate `evaluate --recalibrate-bn` publishes, over the same images.
+    assert scores["none (the images as they are)"] == recalibration.evaluate_recalibrated(model, dataset, images=8)["top1"]
     assert list(module.measure(model, dataset, recorded, 8, report=lines.append, only=["geometry", "flip"])) == [
         "the statistics training left", "flip only", "geometry only"]
-    with pytest.raises(ValueError, match="ImageDataGeneratorAugment"):
-        module.variants({"layer": "RandomResizedCrop"})

@@ -42,7 +42,6 @@ def test_the_story_weighs_both_scores_against_each_other_and_the_study(tmp_path)
     recalibration.publish(_figures(), RECORD, {"epochs_done": 34, "partial": {"batches": 940}},
                           "model4-full-tensorflow-batch32", tmp_path)  # a checkpoint inside an epoch
     assert "after epoch 34 of its 60 planned and 940 batches of the next, scores" in recalibration.story("model4", tmp_path)
-    recalibration.publish(_figures(), RECORD, {"epochs_done": 34}, "model4-full-tensorflow-batch32", tmp_path)
     assert "30.87% on the 10,000 validation images with the statistics its training left" in story
     assert "40.75% once they are re-estimated over 20,000 training images" in story
     assert "1,288 images are right only after the re-estimate and 300 only before it, a change beyond noise" in story

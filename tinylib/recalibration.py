@@ -108,7 +108,8 @@ def published(model: str, folder: Path | str | None = None, suffix: str = f"-val
 
 def show_augmentation_scores(model: str, folder: Path | str | None = None):
     """Chapter 9's figure: the published scores with the statistics re-estimated through each
-    part of the augmentation, one bar each, or a line saying what to run."""
+    part of the augmentation, one bar each (of the last file in name order, where several runs
+    of ``model`` have one), or a line saying what to run."""
     from tinylib import plots
 
     measured = published(model, folder, AUGMENTATION_SUFFIX)
@@ -119,8 +120,9 @@ def show_augmentation_scores(model: str, folder: Path | str | None = None):
     e = measured[-1]
     where = f"after epoch {e['epochs_done']}" + (f" and {e['batches_into_next_epoch']:,} batches"
                                                  if e.get("batches_into_next_epoch") else "")
-    title = (f"{model_title(model)} ({e['key']}), {where}: validation top-1 on {e['images_scored']:,} images,\n"
-             f"BatchNorm's statistics re-estimated over {e['train_images']:,} training images through")
+    title = (f"{model_title(model)} ({e['key']}), {where}: validation top-1 on {e['images_scored']:,} images, with\n"
+             f"BatchNorm's statistics as training left them (first bar), then re-estimated over\n"
+             f"{e['train_images']:,} training images passed through each part of the augmentation")
     study = STUDY_RESULTS.get(model, {}).get("val") if e.get("studys_way") else None
     return plots.scores_by_variant(e["scores"], title, references={"the study": study} if study else None)
 
