@@ -126,15 +126,14 @@ def measure(model, dataset, augmentation: dict, count: int, report=print, only=N
     images through each variant (those whose names start with one of ``only``, if given);
     first, the statistics the model came with."""
     from tinylib import batchnorm, evaluate
-    from tinylib.recalibration import SEED
+    from tinylib.recalibration import training_images
 
     def top1() -> float:
         return evaluate.evaluate(model, dataset.val, dataset.class_names).top1
 
     scores = {"the statistics training left": top1()}
     report(f"{'the statistics training left':32s} {scores['the statistics training left']:7.2%}")
-    chosen = np.sort(np.random.default_rng(SEED).permutation(len(dataset.train))[:count])
-    images = dataset.train.images[chosen]
+    images = training_images(dataset, count)
     for name, settings in variants(augmentation, size=dataset.train.images.shape[1]).items():
         if only and not name.startswith(tuple(only)):
             continue

@@ -44,9 +44,9 @@ def evaluate_recalibrated(model, dataset, split: str = "val", images: int = 20_0
     target = getattr(dataset, split)
     if as_trained is None:  # the caller's own scoring of the model as it is, if it has one
         as_trained = evaluate.evaluate(model, target, dataset.class_names)
-    count = min(int(images), len(dataset.train))
-    chosen = np.sort(np.random.default_rng(SEED).permutation(len(dataset.train))[:count])
-    if not batchnorm.recalibrate(model, dataset.train.images[chosen], progress=progress):
+    chosen = training_images(dataset, images)
+    count = len(chosen)
+    if not batchnorm.recalibrate(model, chosen, progress=progress):
         return {}
     again = evaluate.evaluate(model, target, dataset.class_names)
     right_before = as_trained.predictions == as_trained.labels
@@ -57,6 +57,13 @@ def evaluate_recalibrated(model, dataset, split: str = "val", images: int = 20_0
             "top1": again.top1, "top5": again.top5,
             "right_only_as_trained": only_before, "right_only_recalibrated": only_after,
             "mcnemar_p": mcnemar_p(only_before, only_after), "evaluation": again}
+
+
+def training_images(dataset, count: int) -> np.ndarray:
+    """The ``count`` training images (at most the split's own) every re-estimate uses: drawn
+    with :data:`SEED`, in the split's order."""
+    count = min(int(count), len(dataset.train))
+    return dataset.train.images[np.sort(np.random.default_rng(SEED).permutation(len(dataset.train))[:count])]
 
 
 def publish(figures: dict, record: dict, state: dict | None, run_name: str, results: Path | str) -> Path:
