@@ -251,7 +251,7 @@ def test_profile_step_names_each_kernels_row_from_its_scopes():
 def test_bn_statistics_re_estimates_over_each_family_of_the_runs_augmentation(synthetic, tiny_env, monkeypatch):
     import numpy as np
 
-    from tinylib import augment, data, models, recalibration, runs
+    from tinylib import augment, data, evaluate, models, recalibration, runs
 
     module = load("bn_statistics")
     recorded = runs._augmentation_config(keras.Sequential([augment.augmentation()]))
@@ -298,3 +298,17 @@ def test_bn_statistics_re_estimates_over_each_family_of_the_runs_augmentation(sy
     assert scores["none (the images as they are)"] == recalibration.evaluate_recalibrated(model, dataset, images=8)["top1"]
     assert list(module.measure(model, dataset, recorded, 8, report=lines.append, only=["geometry", "flip"])) == [
         "the statistics training left", "flip only", "geometry only"]
+
+    # The validation images through the run's whole augmentation, scored as the model is: an
+    # augmentation at zero ranges leaves them as they are, and so the plain score.
+    still = {"layer": "ImageDataGeneratorAugment", "rotation_range": 0.0, "width_shift_range": 0.0,
+             "height_shift_range": 0.0, "shear_range": 0.0, "zoom_range": 0.0, "horizontal_flip": False,
+             "brightness_range": None, "fill_mode": "nearest"}
+    plain = evaluate.evaluate(model, dataset.val, dataset.class_names).top1
+    assert module.augmented_validation(model, dataset, still) == plain
+    seen = []
+    real = module.augmented
+    monkeypatch.setattr(module, "augmented", lambda images, settings, seed=0: seen.append((settings, seed)) or real(
+        images, settings, seed=seed))
+    assert 0 <= module.augmented_validation(model, dataset, recorded) <= 1
+    assert seen == [(found["all (as the run trained)"], 0)]

@@ -72,11 +72,16 @@ def test_the_augmentation_scores_are_published_beside_the_run_and_drawn_one_bar_
     assert "not yet measured" in capsys.readouterr().out
     scores = {"the statistics training left": 0.3375, "none (the images as they are)": 0.4138,
               "geometry only": 0.3237}
+    settings = {"none (the images as they are)": None, "geometry only": {"rotation_range": 20.0},
+                "all, at half the ranges": {"rotation_range": 10.0}}  # a variant not scored is left out
     path = recalibration.publish_augmentation_scores(scores, 20_000, 10_000, RECORD, {"epochs_done": 37},
-                                                     "model4-full-tensorflow-batch32", tmp_path)
+                                                     "model4-full-tensorflow-batch32", tmp_path, settings=settings,
+                                                     validation_augmented=0.3012)
     assert path == tmp_path / "evaluations" / "model4-full-tensorflow-batch32-bn-statistics.json"
     saved = json.loads(path.read_text())
     assert saved["scores"] == scores and saved["epochs_done"] == 37 and saved["key"] == "model4-batch32"
+    assert saved["settings"] == {"none (the images as they are)": None, "geometry only": {"rotation_range": 20.0}}
+    assert saved["validation_augmented_top1"] == 0.3012
     assert recalibration.published("model4", tmp_path) == []  # not a re-estimated evaluation
     fig = recalibration.show_augmentation_scores("model4", tmp_path)
     ax = fig.axes[0]

@@ -77,12 +77,18 @@ def publish(figures: dict, record: dict, state: dict | None, run_name: str, resu
 
 
 def publish_augmentation_scores(scores: dict, train_images: int, images_scored: int, record: dict,
-                                state: dict | None, run_name: str, results: Path | str) -> Path:
+                                state: dict | None, run_name: str, results: Path | str, settings: dict | None = None,
+                                validation_augmented: float | None = None) -> Path:
     """``benchmarks/bn_statistics.py --save``: the validation top-1 with the statistics
-    re-estimated through each part of the augmentation, to
-    ``results/evaluations/<run>-bn-statistics.json``."""
+    re-estimated through each part of the augmentation (and each variant's augmentation
+    settings, where given), with the score of the validation images augmented as in training
+    where measured, to ``results/evaluations/<run>-bn-statistics.json``."""
     payload = {"scores": scores, "train_images": train_images, "images_scored": images_scored, "seed": SEED,
                **_checkpoint_identity(record, state, run_name)}
+    if settings is not None:
+        payload["settings"] = {name: settings.get(name) for name in scores if name in settings}
+    if validation_augmented is not None:
+        payload["validation_augmented_top1"] = validation_augmented
     return _write(Path(results) / EVALUATIONS / f"{run_name}{AUGMENTATION_SUFFIX}", payload)
 
 
