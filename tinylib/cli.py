@@ -340,8 +340,7 @@ def _evaluate_recalibrated(model, dataset, split, args, run: Path, as_trained) -
           f"re-estimated over {figures['train_images']:,} training images ({figures['right_only_recalibrated']:,} "
           f"images right only after, {figures['right_only_as_trained']:,} only before; McNemar's p = "
           f"{figures['mcnemar_p']:.2g})")
-    payload = {**figures["evaluation"].to_dict(), "batchnorm_recalibrated": {
-        key: value for key, value in figures.items() if key != "evaluation"}}
+    payload = {**figures["evaluation"].to_dict(), "batchnorm_recalibrated": recalibration.figures_only(figures)}
     print(f"written: {files.write_json(run / f'evaluation-{args.split}-bn-recalibrated.json', payload)}")
     if args.results:
         published = recalibration.publish(figures, runs.load_run(run), runs.read_state(run), run.name, args.results)

@@ -59,6 +59,12 @@ def evaluate_recalibrated(model, dataset, split: str = "val", images: int = 20_0
             "mcnemar_p": mcnemar_p(only_before, only_after), "evaluation": again}
 
 
+def figures_only(figures: dict) -> dict:
+    """:func:`evaluate_recalibrated`'s figures without its ``evaluation`` (the re-estimated
+    model's own :class:`~tinylib.evaluate.Evaluation`): what a JSON file holds of them."""
+    return {key: value for key, value in figures.items() if key != "evaluation"}
+
+
 def training_images(dataset, count: int) -> np.ndarray:
     """The ``count`` training images (at most the split's own) every re-estimate uses: drawn
     with :data:`SEED`, in the split's order."""
@@ -69,7 +75,7 @@ def training_images(dataset, count: int) -> np.ndarray:
 def publish(figures: dict, record: dict, state: dict | None, run_name: str, results: Path | str) -> Path:
     """Write the figures with what identifies the run and its checkpoint (epochs done, and the
     batch of a mid-epoch one) to ``results/evaluations/<run>-<split>-bn-recalibrated.json``."""
-    payload = {key: value for key, value in figures.items() if key != "evaluation"}
+    payload = figures_only(figures)
     payload.update(_checkpoint_identity(record, state, run_name))
     payload["val_top1_recorded"] = ((record.get("history") or {}).get("val_accuracy") or [None])[-1] \
         if figures.get("split") == "val" else None
