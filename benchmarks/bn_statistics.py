@@ -122,9 +122,11 @@ def augmented(images: np.ndarray, settings: dict | None, seed: int = 0, batch: i
     from tinylib.augment import ImageDataGeneratorAugment
 
     layer = ImageDataGeneratorAugment(seed=seed, **settings)
-    return np.concatenate([keras.ops.convert_to_numpy(
-        layer(images[i:i + batch].astype("float32") / 255.0, training=True)) * 255.0
-        for i in range(0, len(images), batch)])
+    out = np.empty(images.shape, "float32")  # one copy of the images in float32 (20,000: about 1 GB), not two
+    for i in range(0, len(images), batch):
+        out[i:i + batch] = keras.ops.convert_to_numpy(
+            layer(images[i:i + batch].astype("float32") / 255.0, training=True)) * 255.0
+    return out
 
 
 def augmented_validation(model, dataset, augmentation: dict, seed: int = 0) -> float:
@@ -139,12 +141,29 @@ def augmented_validation(model, dataset, augmentation: dict, seed: int = 0) -> f
     return evaluate.evaluate(model, dataclasses.replace(dataset.val, images=images), dataset.class_names).top1
 
 
-def measure(model, dataset, augmentation: dict, count: int, report=print, only=None) -> dict[str, float]:
+def plan(augmentation: dict | None, size: int = 64, run_batch: int | None = None) -> dict[str, tuple]:
+    """{name: (augmentation settings, the re-estimate's batch size)}: :func:`variants`, in
+    batches of ``recalibration.BATCH_SIZE``; with ``run_batch`` (the batch the run trained
+    with, where it is not that), the whole augmentation once more in batches of that size."""
+    from tinylib.recalibration import BATCH_SIZE
+
+    chosen = {name: (settings, BATCH_SIZE) for name, settings in variants(augmentation, size).items()}
+    if run_batch and run_batch != BATCH_SIZE:
+        whole = chosen["all (as the run trained)"][0]
+        chosen[f"all (as the run trained), in its batches of {run_batch}"] = (whole, run_batch)
+    return chosen
+
+
+def measure(model, dataset, augmentation: dict, count: int, report=print, only=None,
+            run_batch: int | None = None) -> dict[str, float]:
     """{variant: validation top-1} with the statistics re-estimated over ``count`` training
     images through each variant (those whose names start with one of ``only``, if given);
-    first, the statistics the model came with."""
+    first, the statistics the model came with. With ``run_batch`` (the batch the run trained
+    with, where it is not the re-estimate's), a last variant re-estimates through the whole
+    augmentation in batches of that size: between it and the first row, only the averaging
+    differs (training's moving average over the last batches, against every image's)."""
     from tinylib import batchnorm, evaluate
-    from tinylib.recalibration import training_images
+    from tinylib.recalibration import progress_lines, training_images
 
     def top1() -> float:
         return evaluate.evaluate(model, dataset.val, dataset.class_names).top1
@@ -152,11 +171,12 @@ def measure(model, dataset, augmentation: dict, count: int, report=print, only=N
     scores = {"the statistics training left": top1()}
     report(f"{'the statistics training left':32s} {scores['the statistics training left']:7.2%}")
     images = training_images(dataset, count)
-    for name, settings in variants(augmentation, size=dataset.train.images.shape[1]).items():
+    for name, (settings, batch_size) in plan(augmentation, dataset.train.images.shape[1], run_batch).items():
         if only and not name.startswith(tuple(only)):
             continue
         start = time.time()
-        batchnorm.recalibrate(model, augmented(images, settings))
+        batchnorm.recalibrate(model, augmented(images, settings), batch_size=batch_size,
+                              progress=progress_lines(name))
         scores[name] = top1()
         report(f"{name:32s} {scores[name]:7.2%}   ({time.time() - start:.0f} s)")
     return scores
@@ -184,26 +204,30 @@ def main(argv=None) -> None:
 
     run = Path(args.run)
     record = runs.load_run(run)
+    if args.save:
+        from tinylib import recalibration
+
+        recalibration.check_publishable(record, run.name)
     state = runs.read_state(run) or {}
     model = evaluate.load_trained_model(run)
     dataset = data.load().subset(**get_profile(record["profile"]).subset_kwargs())
+    runs.check_same_classes(record, dataset, run.name)
     count = min(args.images, len(dataset.train))
     print(f"{record['model']}, {run}: after epoch {state.get('epochs_done', record.get('epochs_run'))}"
           f"{' and ' + str(state['partial']['batches']) + ' batches' if state.get('partial') else ''}; "
           f"validation top-1 on {len(dataset.val):,} images, the statistics re-estimated over {count:,} "
           "training images through:", flush=True)
     only = [name.strip() for name in args.only.split(",")] if args.only else None
+    print("the validation images passed once through the run's augmentation...", flush=True)
     turned = augmented_validation(model, dataset, record["augmentation"])
-    print(f"{'(the validation images augmented as in training, the statistics training left)'}: {turned:.2%}",
-          flush=True)
+    print(f"the validation images augmented as in training, the statistics training left: {turned:.2%}", flush=True)
     scores = measure(model, dataset, record["augmentation"], count, report=lambda line: print(line, flush=True),
-                     only=only)
+                     only=only, run_batch=record.get("batch_size"))
     if args.save:
-        from tinylib import recalibration
-
+        settings = {name: {"augmentation": augmentation, "batch_size": batch_size} for name, (augmentation, batch_size)
+                    in plan(record["augmentation"], dataset.train.images.shape[1], record.get("batch_size")).items()}
         saved = recalibration.publish_augmentation_scores(scores, count, len(dataset.val), record, state, run.name,
-                                                          args.save, settings=variants(record["augmentation"], size=dataset.val.images.shape[1]),
-                                                          validation_augmented=turned)
+                                                          args.save, settings=settings, validation_augmented=turned)
         print(f"saved: {saved}")
 
 

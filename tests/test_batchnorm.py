@@ -170,11 +170,12 @@ def test_recalibration_averages_each_layers_statistics_over_the_images_as_they_a
     images = np.random.default_rng(0).integers(0, 256, (250, 8, 8, 3)).astype("uint8")
     before = {w.path: keras.ops.convert_to_numpy(w) for w in model.weights}
 
-    assert batchnorm.recalibrate(model, images, batch_size=100) == 3  # 100, 100, 50
+    assert batchnorm.recalibrate(model, images, batch_size=100) == 3  # 83, 84, 83: none left with a few
 
     conv = keras.Model(images_in, model.get_layer("conv").output)  # inference: no augmentation, mixing, dropout
-    batches = [np.asarray(conv(images[i:i + 100].astype("float32"))) for i in (0, 100, 200)]
-    weights = [100, 100, 50]
+    edges = (0, 83, 167, 250)
+    batches = [np.asarray(conv(images[a:b].astype("float32"))) for a, b in zip(edges[:-1], edges[1:])]
+    weights = [83, 84, 83]
     bn = model.get_layer("bn")
     np.testing.assert_allclose(bn.moving_mean, np.average([b.mean((0, 1, 2)) for b in batches], 0, weights),
                                atol=1e-4)
@@ -189,14 +190,43 @@ def test_recalibration_averages_each_layers_statistics_over_the_images_as_they_a
                        "inner_bn/moving_mean", "inner_bn/moving_variance"}, changed
 
 
-def test_recalibration_refuses_no_images_and_gives_the_momentum_back_after_a_failure():
+def test_recalibration_refuses_too_few_images_and_gives_everything_back_after_a_failure():
+    """Interrupted after a batch (a Ctrl-C in a notebook), the model keeps the statistics,
+    momentum, paused flags and dropout rates it came with; layers it cannot pause are refused."""
+    from tinylib.augment import augmentation
+
     inputs = keras.Input((4, 4, 3))
     model = keras.Model(inputs, batchnorm.BatchNormalization(name="bn")(inputs))
-    with pytest.raises(ValueError, match="at least one image"):
-        batchnorm.recalibrate(model, np.zeros((0, 4, 4, 3), "uint8"))
+    for few in (0, 1):
+        with pytest.raises(ValueError, match="at least two images"):
+            batchnorm.recalibrate(model, np.zeros((few, 4, 4, 3), "uint8"))
+    with pytest.raises(ValueError, match="batch_size"):
+        batchnorm.recalibrate(model, np.zeros((4, 4, 4, 3), "uint8"), batch_size=1)
     with pytest.raises(Exception):
         batchnorm.recalibrate(model, np.zeros((2, 5, 5, 3), "uint8"))  # not the model's shape
     assert model.get_layer("bn").momentum == 0.99
-    noisy = keras.Model(inputs, keras.layers.GaussianNoise(0.1)(batchnorm.BatchNormalization()(inputs)))
-    with pytest.raises(ValueError, match="cannot pause layer"):
-        batchnorm.recalibrate(noisy, np.zeros((2, 4, 4, 3), "uint8"))
+
+    x = augmentation(name="augmentation", seed=1)(keras.layers.Rescaling(1 / 255)(inputs))
+    x = keras.layers.Dropout(0.5, name="dropout")(batchnorm.BatchNormalization(name="bn", momentum=0.9)(x))
+    model = keras.Model(inputs, x)
+    before = [keras.ops.convert_to_numpy(w) for w in model.weights]
+    mean_before = keras.ops.convert_to_numpy(model.get_layer("bn").moving_mean)
+
+    def interrupt(done, total):
+        assert model.get_layer("augmentation").paused and model.get_layer("dropout").rate == 0
+        raise KeyboardInterrupt
+
+    images = np.random.default_rng(0).integers(0, 256, (40, 4, 4, 3)).astype("uint8")
+    with pytest.raises(KeyboardInterrupt):
+        batchnorm.recalibrate(model, images, batch_size=10, progress=interrupt)
+    for was, now in zip(before, model.weights):
+        np.testing.assert_array_equal(was, keras.ops.convert_to_numpy(now))
+    assert model.get_layer("bn").momentum == 0.9 and model.get_layer("dropout").rate == 0.5
+    assert not model.get_layer("augmentation").paused
+    batchnorm.recalibrate(model, images, batch_size=10)  # and the same call, let run, does change them
+    assert not np.allclose(mean_before, keras.ops.convert_to_numpy(model.get_layer("bn").moving_mean))
+
+    for unpausable in (keras.layers.GaussianNoise(0.1), keras.layers.MixUp(), keras.layers.Solarization()):
+        noisy = keras.Model(inputs, unpausable(batchnorm.BatchNormalization()(inputs)))
+        with pytest.raises(ValueError, match="cannot pause layer"):
+            batchnorm.recalibrate(noisy, np.zeros((2, 4, 4, 3), "uint8"))

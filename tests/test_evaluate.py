@@ -316,6 +316,7 @@ def test_evaluate_recalibrated_scores_again_after_re_estimating_batchnorm(traine
 
     run, dataset = trained_run
     args = argparse.Namespace(recalibrate_bn=10_000, split="val", results=None)  # more than the split holds
+    assert len(dataset.train) < 10_000
     as_trained = ev.evaluate(run.model, dataset.val, dataset.class_names)
     cli._evaluate_recalibrated(run.model, dataset, dataset.val, args, tmp_path, as_trained)
     assert "no trainable BatchNorm layer" in capsys.readouterr().out
@@ -325,22 +326,26 @@ def test_evaluate_recalibrated_scores_again_after_re_estimating_batchnorm(traine
     model = models.build_model("model4", num_classes=dataset.num_classes, weights=None,
                                augmentation=augment.augmentation(seed=0))  # left out while re-estimating
     as_trained = ev.evaluate(model, dataset.val, dataset.class_names)
+    count = len(dataset.train) - 3  # a draw, not the whole split
+    args.recalibrate_bn = count
     cli._evaluate_recalibrated(model, dataset, dataset.val, args, tmp_path, as_trained)
     out = capsys.readouterr().out
-    count = len(dataset.train)
     assert f"over {count:,} training images" in out and f"{as_trained.top1:.2%} with the statistics training left" in out
     saved = json.loads((tmp_path / "evaluation-val-bn-recalibrated.json").read_text())["batchnorm_recalibrated"]
     again = ev.evaluate(model, dataset.val, dataset.class_names)
     assert saved["top1"] == again.top1 and saved["train_images"] == count and saved["top1_as_trained"] == as_trained.top1
     right_before, right_after = as_trained.predictions == as_trained.labels, again.predictions == again.labels
     assert saved["right_only_recalibrated"] - saved["right_only_as_trained"] == right_after.sum() - right_before.sum()
+    assert saved["right_only_recalibrated"] == (right_after & ~right_before).sum()
     assert saved["mcnemar_p"] == stats.mcnemar_p(saved["right_only_as_trained"], saved["right_only_recalibrated"])
     # The statistics of the unaugmented training images, exactly: block 1's BatchNorm sees the
     # first convolution of the rescaled images, whatever the augmentation layer would draw.
     first = keras.Model(model.inputs, model.get_layer("block1_conv").output)
-    chosen = np.sort(np.random.default_rng(0).permutation(count))
-    activations = [np.asarray(first(dataset.train.images[chosen][i:i + 256].astype("float32")))
-                   for i in range(0, count, 256)]
+    chosen = np.sort(np.random.default_rng(0).permutation(len(dataset.train))[:count])
+    splits = -(-count // 256)  # near-equal batches of at most 256
+    edges = [round(i * count / splits) for i in range(splits + 1)]
+    activations = [np.asarray(first(dataset.train.images[chosen][a:b].astype("float32")))
+                   for a, b in zip(edges[:-1], edges[1:])]
     expected = np.average([a.mean((0, 1, 2)) for a in activations], 0, [len(a) for a in activations])
     np.testing.assert_allclose(keras.ops.convert_to_numpy(model.get_layer("block1_bn").moving_mean), expected,
                                rtol=1e-3, atol=1e-3)

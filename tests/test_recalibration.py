@@ -45,6 +45,7 @@ def test_the_story_weighs_both_scores_against_each_other_and_the_study(tmp_path)
     assert "30.87% on the 10,000 validation images with the statistics its training left" in story
     assert "40.75% once they are re-estimated over 20,000 training images" in story
     assert "1,288 images are right only after the re-estimate and 300 only before it, a change beyond noise" in story
+    assert f"(McNemar's exact test, p = {stats.mcnemar_p(300, 1288):.2g})." in story
     assert "As trained it is below, beyond noise, the study's 38.61%; re-estimated, above, beyond noise, it." in story
     recalibration.publish(_figures(0.3087, 0.3110, 400, 423), RECORD, {"epochs_done": 34},
                           "model4-full-tensorflow-batch32", tmp_path)  # replaced, not added
@@ -62,6 +63,15 @@ def test_mcnemars_exact_test_matches_the_binomial_tail():
     assert stats.mcnemar_p(300, 1288) < 1e-100
     with pytest.raises(ValueError):
         stats.mcnemar_p(-1, 2)
+    # Printed, a p below the floats' range is "< 1e-300", not "= 0" (the exact tail underflows).
+    assert stats.p_text(0.031) == "p = 0.031" and stats.p_text(7.4e-198) == "p = 7.4e-198"
+    assert stats.mcnemar_p(0, 5000) == 0.0 and stats.p_text(stats.mcnemar_p(0, 5000)) == "p < 1e-300"
+
+
+def test_only_full_scale_evaluations_are_published_where_the_book_reads_them():
+    recalibration.check_publishable(RECORD, "model4-full-tensorflow-batch32")
+    with pytest.raises(ValueError, match="'smoke'-profile run: the book publishes evaluations of full-scale runs"):
+        recalibration.check_publishable({**RECORD, "profile": "smoke"}, "model4-smoke-tensorflow")
 
 
 def test_the_augmentation_scores_are_published_beside_the_run_and_drawn_one_bar_each(tmp_path, capsys):
@@ -89,3 +99,7 @@ def test_the_augmentation_scores_are_published_beside_the_run_and_drawn_one_bar_
     assert list(ax.get_yticks()) == sorted(ax.get_yticks(), reverse=True)
     assert sorted(round(bar.get_width(), 4) for bar in ax.patches) == sorted(scores.values())
     assert "after epoch 37" in ax.get_title() and "38.61%" in ax.get_legend().get_texts()[0].get_text()
+    assert "scores 30.12% on its 10,000 validation images passed once through the run's own augmentation, against " \
+           "33.75% on the same images as they are" in recalibration.augmented_validation_story("model4", tmp_path)
+    assert "not yet measured" in recalibration.augmented_validation_story("model3", tmp_path)
+

@@ -81,38 +81,56 @@ def recalibrate(model: keras.Model, images, batch_size: int = 256, progress=None
     """Re-estimate every trainable BatchNorm layer's moving mean and variance over ``images``
     as they are, without the model's augmentation, MixUp or dropout: returns the batches used.
 
-    Training updates those statistics on the *augmented* images (and, at momentum 0.99,
-    over about the last hundred batches), while validation feeds clean images: the layers
+    Training updates those statistics on the *augmented* images (and, at momentum m, over
+    about the last 1 / (1 - m) batches), while validation feeds clean images: the layers
     then normalise with statistics of images unlike the ones they see. This replaces them
     with the average of the batch statistics of ``images`` (training images, unaugmented:
     no validation image is used), each batch weighed by its images: the "precise
-    BatchNorm" of Wu and Johnson (2021). No trained weight changes; frozen layers
-    (``trainable=False``, as in a fine-tuned backbone) keep their statistics. ``images``
-    are what the model takes (uint8 or floats, 0-255).
+    BatchNorm" of Wu and Johnson (2021). Like training's moving average, it averages each
+    batch's own variance, which leaves out how the batches' means vary: the larger the
+    batch, the nearer the images' whole variance. The images are split into batches of
+    near-equal size (at most ``batch_size``), so no batch is left with a few images.
+    No trained weight changes; frozen layers (``trainable=False``, as in a fine-tuned
+    backbone) keep their statistics; interrupted, the model gets its statistics back.
+    ``images`` are what the model takes (uint8 or floats, 0-255).
     """
-    if len(images) == 0:
-        raise ValueError("recalibrate needs at least one image to re-estimate the statistics over")
+    if len(images) < 2:
+        raise ValueError(f"recalibrate needs at least two images to re-estimate a variance over, got {len(images)}")
+    if batch_size < 2:
+        raise ValueError(f"batch_size must be at least 2 (a batch of one image has no variance), got {batch_size}")
     layers = [layer for layer in model._flatten_layers(include_self=False)
               if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable]
     if not layers:
         return 0
     momenta = [layer.momentum for layer in layers]
-    seen = batches = 0
+    statistics = [(variable, keras.ops.convert_to_numpy(variable))
+                  for layer in layers for variable in (layer.moving_mean, layer.moving_variance)]
+    splits = -(-len(images) // batch_size)
+    edges = [round(i * len(images) / splits) for i in range(splits + 1)]
+    seen = 0
     try:
         with _training_only_layers_paused(model):
-            for start in range(0, len(images), batch_size):
-                batch = keras.ops.convert_to_tensor(images[start:start + batch_size], dtype="float32")
-                count = int(batch.shape[0])
-                seen, batches = seen + count, batches + 1
+            for start, stop in zip(edges[:-1], edges[1:]):
+                batch = keras.ops.convert_to_tensor(images[start:stop], dtype="float32")
+                seen += stop - start
                 for layer in layers:
-                    layer.momentum = 1.0 - count / seen  # the average over every image so far
+                    layer.momentum = 1.0 - (stop - start) / seen  # the average over every image so far
                 model(batch, training=True)
                 if progress is not None:
                     progress(seen, len(images))
+    except BaseException:
+        for variable, value in statistics:  # no half-averaged statistics left behind
+            variable.assign(value)
+        raise
     finally:
         for layer, momentum in zip(layers, momenta):
             layer.momentum = momentum
-    return batches
+    return splits
+
+
+# Keras' own layers that act only in training and have no pause: recalibrate refuses them.
+_UNPAUSABLE_PREFIXES = ("Random", "Gaussian", "AlphaDropout")
+_UNPAUSABLE_NAMES = frozenset({"MixUp", "CutMix", "RandAugment", "AugMix", "Solarization"})
 
 
 @contextlib.contextmanager
@@ -131,7 +149,7 @@ def _training_only_layers_paused(model: keras.Model):
             elif isinstance(layer, keras.layers.Dropout):
                 changed.append((layer, "rate", layer.rate))
                 layer.rate = 0.0
-            elif type(layer).__name__.startswith(("Random", "Gaussian", "AlphaDropout")):
+            elif type(layer).__name__.startswith(_UNPAUSABLE_PREFIXES) or type(layer).__name__ in _UNPAUSABLE_NAMES:
                 raise ValueError(f"recalibrate cannot pause layer {layer.name!r} ({type(layer).__name__}), which "
                                  "acts only in training: give it the model without it (evaluate.load_trained_model "
                                  "builds a run's model without its augmentation)")

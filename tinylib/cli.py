@@ -290,19 +290,18 @@ def _publish(run, results: str | None, fresh: bool = False) -> int:
 
 
 def _evaluate(args) -> int:
-    from tinylib import data, evaluate, runs
+    from tinylib import data, evaluate, recalibration, runs
     from tinylib.profiles import get_profile
 
     if args.results and not args.recalibrate_bn:
         raise ValueError("--results publishes what --recalibrate-bn N measures: give both (N: e.g. 20000)")
     run = _run_folder(args.run)
     record = runs.load_run(run)
+    if args.results:
+        recalibration.check_publishable(record, run.name)
     model = evaluate.load_trained_model(run)  # before the data: a damaged checkpoint fails fast
     dataset = data.load().subset(**get_profile(record["profile"]).subset_kwargs())
-    if list(dataset.wnids) != record["dataset"]["wnids"]:
-        raise ValueError(f"the data found now ({(data.read_manifest() or {}).get('source', '?')}) gives other "
-                         f"classes than {run.name} trained on: point TINYLIB_DATA (and TINYLIB_HOME) at the "
-                         "dataset it trained on")
+    runs.check_same_classes(record, dataset, run.name)
     split = getattr(dataset, args.split)
     print(f"Scoring {run.name} on {len(split):,} {args.split} images...", flush=True)
     result = evaluate.evaluate(model, split, dataset.class_names)
@@ -317,29 +316,19 @@ def _evaluate(args) -> int:
 def _evaluate_recalibrated(model, dataset, split, args, run: Path, as_trained) -> None:
     """The same scoring after BatchNorm's statistics are re-estimated over training images,
     unaugmented (tinylib.recalibration); the run's checkpoints are left as they are."""
-    import time
-
-    from tinylib import progress, recalibration, runs
+    from tinylib import recalibration, runs, stats
 
     count = min(args.recalibrate_bn, len(dataset.train))
     print(f"Re-estimating BatchNorm's statistics over {count:,} training images, unaugmented...", flush=True)
-    start, reported = time.time(), [0]
-
-    def report(done: int, total: int) -> None:  # in a log, a line every tenth of the images
-        progress.report_count("BatchNorm's statistics", done, total, start, done - reported[0],
-                              every=max(total // 10, 1), action="re-estimating")
-        reported[0] = done
-
-    figures = recalibration.evaluate_recalibrated(model, dataset, args.split, count, progress=report,
-                                                  as_trained=as_trained)
+    figures = recalibration.evaluate_recalibrated(model, dataset, args.split, count, as_trained=as_trained)
     if not figures:
         print("the model has no trainable BatchNorm layer: nothing to re-estimate")
         return
     print(figures["evaluation"].summary())
     print(f"{args.split} top-1: {as_trained.top1:.2%} with the statistics training left, {figures['top1']:.2%} "
           f"re-estimated over {figures['train_images']:,} training images ({figures['right_only_recalibrated']:,} "
-          f"images right only after, {figures['right_only_as_trained']:,} only before; McNemar's p = "
-          f"{figures['mcnemar_p']:.2g})")
+          f"images right only after, {figures['right_only_as_trained']:,} only before; McNemar's "
+          f"{stats.p_text(figures['mcnemar_p'])})")
     payload = {**figures["evaluation"].to_dict(), "batchnorm_recalibrated": recalibration.figures_only(figures)}
     print(f"written: {files.write_json(run / f'evaluation-{args.split}-bn-recalibrated.json', payload)}")
     if args.results:

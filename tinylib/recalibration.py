@@ -23,18 +23,21 @@ import numpy as np
 from tinylib import files
 from tinylib.results import (NOT_YET_MEASURED, STUDY_RESULTS, against_phrase, default_results_dir, model_title,
                              pct, record_key, the_studys_way)
-from tinylib.stats import mcnemar_p
+from tinylib.stats import mcnemar_p, p_text
 
 EVALUATIONS = "evaluations"  # a subfolder: the record readers glob the results folder's own *.json
 SUFFIX = "-bn-recalibrated.json"
 AUGMENTATION_SUFFIX = "-bn-statistics.json"  # benchmarks/bn_statistics.py --save
 SEED = 0  # which training images: the same ones for every run
+BATCH_SIZE = 256  # the re-estimate's batches (batchnorm.recalibrate's default)
 
 
-def evaluate_recalibrated(model, dataset, split: str = "val", images: int = 20_000, progress=None,
-                          as_trained=None) -> dict:
+def evaluate_recalibrated(model, dataset, split: str = "val", images: int = 20_000, progress=True,
+                          as_trained=None, batch_size: int = BATCH_SIZE) -> dict:
     """Score ``model`` on ``dataset``'s ``split`` as it is, then again after re-estimating its
-    BatchNorm statistics over ``images`` training images (drawn with :data:`SEED`, unaugmented).
+    BatchNorm statistics over ``images`` training images (drawn with :data:`SEED`, unaugmented)
+    in batches of up to ``batch_size``, with a progress line every tenth of them (``progress``:
+    True, or a callable of (done, total), or None for none).
 
     Returns the second score's figures beside the first's, or {} for a model with no
     trainable BatchNorm layer. The model keeps the re-estimated statistics.
@@ -46,17 +49,45 @@ def evaluate_recalibrated(model, dataset, split: str = "val", images: int = 20_0
         as_trained = evaluate.evaluate(model, target, dataset.class_names)
     chosen = training_images(dataset, images)
     count = len(chosen)
-    if not batchnorm.recalibrate(model, chosen, progress=progress):
+    if progress is True:
+        progress = progress_lines()
+    if not batchnorm.recalibrate(model, chosen, batch_size=batch_size, progress=progress):
         return {}
     again = evaluate.evaluate(model, target, dataset.class_names)
     right_before = as_trained.predictions == as_trained.labels
     right_after = again.predictions == again.labels
     only_before, only_after = int(np.sum(right_before & ~right_after)), int(np.sum(right_after & ~right_before))
     return {"split": split, "images_scored": len(target), "train_images": count, "seed": SEED,
+            "batch_size": batch_size,
             "top1_as_trained": as_trained.top1, "top5_as_trained": as_trained.top5,
             "top1": again.top1, "top5": again.top5,
             "right_only_as_trained": only_before, "right_only_recalibrated": only_after,
             "mcnemar_p": mcnemar_p(only_before, only_after), "evaluation": again}
+
+
+def progress_lines(label: str = "BatchNorm's statistics"):
+    """A progress callable for :func:`tinylib.batchnorm.recalibrate`: a line every tenth of the
+    images, with the rate (in a log or a notebook, that is enough)."""
+    import time
+
+    from tinylib import progress
+
+    start, reported = time.time(), [0]
+
+    def report(done: int, total: int) -> None:
+        progress.report_count(label, done, total, start, done - reported[0], every=max(total // 10, 1),
+                              action="re-estimating")
+        reported[0] = done
+
+    return report
+
+
+def check_publishable(record: dict, run_name: str) -> None:
+    """Refuse to publish an evaluation of a run the book does not read: the chapters read
+    full-scale runs' alone (:func:`published`), and any other would sit there unread."""
+    if record.get("profile") != "full":
+        raise ValueError(f"{run_name} is a {record.get('profile')!r}-profile run: the book publishes evaluations "
+                         "of full-scale runs only (leave out --results/--save to measure it)")
 
 
 def figures_only(figures: dict) -> dict:
@@ -146,6 +177,23 @@ def show_augmentation_scores(model: str, folder: Path | str | None = None):
     return plots.scores_by_variant(e["scores"], title, references={"the study": study} if study else None)
 
 
+def augmented_validation_story(model: str, folder: Path | str | None = None) -> str:
+    """A chapter's sentence: the run's validation images passed once through its own
+    augmentation, scored with the statistics training left (``bn_statistics.py --save``), beside
+    the same images as they are; or that it is not yet measured."""
+    measured = [e for e in published(model, folder, AUGMENTATION_SUFFIX) if "validation_augmented_top1" in e]
+    if not measured:
+        return (f"**Validation images augmented as in training:** {model_title(model)}: {NOT_YET_MEASURED} "
+                "(`python benchmarks/bn_statistics.py RUN_DIR --save book/results` on a full-scale run folder).")
+    e = measured[-1]
+    turned, plain = e["validation_augmented_top1"], e["scores"]["the statistics training left"]
+    return (f"**Validation images augmented as in training:** with the statistics its training left, "
+            f"{model_title(model)} ({e['key']}) after epoch {e['epochs_done']} scores {pct(turned)} on its "
+            f"{e['images_scored']:,} validation images passed once through the run's own augmentation, against "
+            f"{pct(plain)} on the same images as they are: what the run would report had its validation "
+            "batches come from a generator that augments, as training's does.")
+
+
 def story(model: str, folder: Path | str | None = None) -> str:
     """A chapter's paragraph: each run's validation top-1 with the statistics training left,
     and re-estimated, against the study's figure; or what to run where none is published."""
@@ -173,7 +221,7 @@ def _sentence(title: str, e: dict, study: float | None) -> str:
             f"validation images with the statistics its training left, and {pct(after)} once they are "
             f"re-estimated over {e['train_images']:,} training images as they are, unaugmented: with the same "
             f"trained weights, {e['right_only_recalibrated']:,} images are right only after the re-estimate and "
-            f"{e['right_only_as_trained']:,} only before it, {verdict} (McNemar's exact test, p = {p:.2g}).")
+            f"{e['right_only_as_trained']:,} only before it, {verdict} (McNemar's exact test, {p_text(p)}).")
     if study is not None and e.get("studys_way"):
         text += (f" As trained it is {against_phrase(before, n, study, n)} the study's {pct(study)}; re-estimated, "
                  f"{against_phrase(after, n, study, n)} it.")

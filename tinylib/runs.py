@@ -225,6 +225,17 @@ class Run:
         return record
 
 
+def check_same_classes(record: dict, dataset, run_name: str) -> None:
+    """Refuse to score a run on data with other classes than it trained on (another copy of
+    the dataset, another profile's subset): its scores would be wrong without a word."""
+    if list(dataset.wnids) != (record.get("dataset") or {}).get("wnids"):
+        from tinylib import data
+
+        raise ValueError(f"the data found now ({(data.read_manifest() or {}).get('source', '?')}) gives other "
+                         f"classes than {run_name} trained on: point TINYLIB_DATA (and TINYLIB_HOME) at the "
+                         "dataset it trained on")
+
+
 def read_state(path: Path) -> dict | None:
     try:
         return json.loads((path / STATE_FILE).read_text(encoding="utf-8"))

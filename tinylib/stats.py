@@ -74,6 +74,12 @@ def within_noise(acc_a, n_a, acc_b, n_b, confidence=0.95) -> bool:
     return low_a <= high_b and low_b <= high_a
 
 
+def p_text(p: float) -> str:
+    """"p = 0.031", as a sentence prints a p-value: two significant digits, and one below the
+    floats' range (an exact p that underflows to 0) as "p < 1e-300", never "p = 0"."""
+    return f"p = {p:.2g}" if p >= 1e-300 else "p < 1e-300"
+
+
 def mcnemar_p(only_a: int, only_b: int) -> float:
     """McNemar's exact two-sided p-value for two scorings of the *same* images: ``only_a``
     images right only in the first, ``only_b`` right only in the second.
