@@ -453,6 +453,29 @@ def test_the_budget_story_reads_the_run_or_says_not_yet_measured(tmp_path):
     assert "(2 cores) in float32, with no pretrained weights" in text
 
 
+def test_the_budget_story_names_this_books_own_model5_record_so_far_where_there_is_one(tmp_path):
+    assert "Model 5" not in results.budget_story(folder=tmp_path)  # no record of it: the study's figure alone
+    _record(tmp_path, "model5-full-tensorflow.json", model="model5", best_val_top1=0.5362, epochs_run=25, epochs=30,
+            finished=False, weights="imagenet", dataset={"val_images": 10_000})
+    text = results.budget_story(folder=tmp_path)  # no budget run yet: the study's mark, then the book's own
+    assert "not yet measured" in text and "43.14%" in text
+    assert ("This book's own full-scale run of the study's Model 5, from ImageNet weights, reached 53.62% "
+            "validation top-1 in the 25 of 30 epochs trained so far (its run is unfinished; "
+            "`model5-full-tensorflow.json`).") in text
+    _record(tmp_path, "resnet9-full-tensorflow-fast.json", model="resnet9", best_val_top1=0.4920, epochs_run=9,
+            recipe={"name": "fast"}, dataset={"val_images": 10_000}, wall_seconds=7147.6, finished=True,
+            ended_by="time budget", time_budget={"hours": 2.2})
+    text = results.budget_story(folder=tmp_path)
+    assert "above, beyond noise, the study's best, 43.14%" in text
+    assert text.endswith("(its run is unfinished; `model5-full-tensorflow.json`): the `resnet9` run is below it, "
+                         "beyond noise.")
+    _record(tmp_path, "model5-full-tensorflow.json", model="model5", best_val_top1=0.50, epochs_run=30, epochs=30,
+            finished=True, weights="imagenet", dataset={"val_images": 10_000})
+    text = results.budget_story(folder=tmp_path)
+    assert "reached 50.00% validation top-1 in 30 epochs (`model5-full-tensorflow.json`): the `resnet9` run is " \
+           "within noise of it." in text and "so far" not in text
+
+
 def test_the_budget_figures_hours_are_the_records_own_else_the_books_default(tmp_path):
     from tinylib.budget import AFTERNOON_HOURS
 

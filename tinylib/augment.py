@@ -371,8 +371,8 @@ class RandomResizedCrop(TrainingOnlyAugmentation):
 
 # The study's augmentation settings, in ImageDataGenerator's own names and units.
 # The slides name the transforms (rescale, shear, zoom, flip (this book: horizontal), rotation,
-# shift, brightness, fill_mode='nearest') but give no ranges.  These are the common
-# ImageDataGenerator recipe of the Keras documentation and tutorials (rotation 20,
+# shift, brightness, fill_mode='nearest') but give no ranges.  These are values in the
+# style of common Keras ImageDataGenerator tutorials, chosen by this book (rotation 20,
 # shifts 0.2, zoom 0.2, flips, nearest fill; brightness 0.8-1.2), not values from
 # the slides.  shear_range=0.2 is what those tutorials write: ImageDataGenerator
 # reads it in DEGREES, so it is a shear of at most 0.2 degrees, i.e. practically

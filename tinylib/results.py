@@ -544,13 +544,17 @@ BUDGET_COMMAND = f"python -m tinylib train {AFTERNOON_MODEL} --recipe {AFTERNOON
 
 def budget_story(key: str = AFTERNOON_RUN, folder: Path | str | None = None) -> str:
     """The from-scratch run on a time budget against the study's best (Markdown), every
-    number read from its record; "not yet measured" and the command without one."""
+    number read from its record; "not yet measured" and the command without one. Where this
+    book has its own full-scale record of the study's best row (Model 5), a last sentence
+    names it too (``_own_study_best_sentence``): the study's figure is not the only mark."""
     best_study = _study_best_row()[1]["val"]
-    record = full_scale_records(folder).get(key)
+    records = full_scale_records(folder)
+    record = records.get(key)
     if record is None:
         return (f"**From scratch on a time budget:** not yet measured. `book/results/` holds no full-scale "
                 f"record of `{key}` yet; `{BUDGET_COMMAND}` makes one (then copy its `record.json` there). "
-                f"The mark to beat is the study's {pct(best_study)}, from ImageNet-pretrained weights.")
+                f"The mark to beat is the study's {pct(best_study)}, from ImageNet-pretrained weights."
+                + _own_study_best_sentence(records, None))
     low, high, n = _interval(record)
     budget_hours_given = (record.get("time_budget") or {}).get("hours")
     hours = record.get("wall_seconds", 0.0) / 3600
@@ -565,7 +569,30 @@ def budget_story(key: str = AFTERNOON_RUN, folder: Path | str | None = None) -> 
             f"recipe reached {pct(record['best_val_top1'])} validation top-1 (95% interval {low:.1%} to "
             f"{high:.1%}), {stand} the study's best, {pct(best_study)}{flips}. It trained "
             f"{record['epochs_run']} epochs in {hours:.2f} hours {budget}, every sitting counted, on {record['device']} in {record_precision(record)}, "
-            f"with no pretrained weights (`{record['record_file']}`).")
+            f"with no pretrained weights (`{record['record_file']}`)." + _own_study_best_sentence(records, record))
+
+
+def _own_study_best_sentence(records: dict[str, dict], against: dict | None) -> str:
+    """' This book's own full-scale run of Model 5 ... reached X% ...', set against ``against``
+    (the budget run's record) where there is one; '' without a record of the study's best row.
+    An unfinished run says its epochs so far."""
+    model = _study_best_row()[0]
+    own = records.get(model)
+    if own is None:
+        return ""
+    end, run, planned = run_end(own)
+    file = f"`{own['record_file']}`"
+    so_far = (f" in the {run} of {planned} epochs trained so far (its run is unfinished; {file})"
+              if end == "unfinished" else f" in {run} epochs ({file})")
+    weights = ", from ImageNet weights," if own.get("weights") == "imagenet" else ""
+    sentence = (f" This book's own full-scale run of the study's {model_title(model)}{weights} reached "
+                f"{pct(own['best_val_top1'])} validation top-1{so_far}")
+    if against is None:
+        return sentence + "."
+    stand = standing(against["best_val_top1"], val_images(against), own["best_val_top1"], val_images(own))
+    return sentence + (f": the `{against['model']}` run is "
+                       + {"within noise of": "within noise of it.", "above": "above it, beyond noise.",
+                          "below": "below it, beyond noise."}[stand])
 
 
 def _study_best_row() -> tuple[str, dict]:
