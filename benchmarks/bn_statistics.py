@@ -169,7 +169,7 @@ def measure(model, dataset, augmentation: dict, count: int, report=print, only=N
         return evaluate.evaluate(model, dataset.val, dataset.class_names).top1
 
     scores = {"the statistics training left": top1()}
-    report(f"{'the statistics training left':32s} {scores['the statistics training left']:7.2%}")
+    report(f"{'the statistics training left':47s} {scores['the statistics training left']:7.2%}")
     images = training_images(dataset, count)
     for name, (settings, batch_size) in plan(augmentation, dataset.train.images.shape[1], run_batch).items():
         if only and not name.startswith(tuple(only)):
@@ -178,7 +178,7 @@ def measure(model, dataset, augmentation: dict, count: int, report=print, only=N
         batchnorm.recalibrate(model, augmented(images, settings), batch_size=batch_size,
                               progress=progress_lines(name))
         scores[name] = top1()
-        report(f"{name:32s} {scores[name]:7.2%}   ({time.time() - start:.0f} s)")
+        report(f"{name:47s} {scores[name]:7.2%}   ({time.time() - start:.0f} s)")
     return scores
 
 
