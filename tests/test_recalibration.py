@@ -82,6 +82,9 @@ def test_the_augmentation_scores_are_published_beside_the_run_and_drawn_one_bar_
     assert "not yet measured" in capsys.readouterr().out
     scores = {"the statistics training left": 0.3375, "none (the images as they are)": 0.4138,
               "geometry only": 0.3237}
+    recalibration.publish_augmentation_scores(scores, 20_000, 10_000, RECORD, {"epochs_done": 37},
+                                              "model4-full-tensorflow-batch32", tmp_path)  # measured before it had one
+    assert "not yet measured" in recalibration.augmented_validation_story("model4", tmp_path)
     settings = {"none (the images as they are)": None, "geometry only": {"rotation_range": 20.0},
                 "all, at half the ranges": {"rotation_range": 10.0}}  # a variant not scored is left out
     path = recalibration.publish_augmentation_scores(scores, 20_000, 10_000, RECORD, {"epochs_done": 37},
