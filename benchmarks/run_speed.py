@@ -10,16 +10,28 @@ which also compiles) and its fraction of the matrix-product peak the run measure
     python benchmarks/run_speed.py                          # Model 2, old defaults vs new, 2 epochs each
     python benchmarks/run_speed.py --model model4 --profile quick --epochs 3
 
-The variants are ``speed_choices.py``'s whose only argument is the precision. Keep the
-machine quiet: the figures are ratios within this one run.
+The variants are ``speed_choices.py``'s whose only argument is the precision, and
+``code@COMMIT``: the project as that commit left it, trained with its own defaults (its
+``tinylib`` from ``git archive``, in this environment, with a data cache of its own
+prepared from ``TINYLIB_DATA``). The old defaults of ``speed_choices.py`` undo tinylib's
+speed settings on today's code; ``code@`` also undoes what no setting names (how the
+augmentation resamples, how batches reach the model), so it measures a record's code
+itself:
+
+    python benchmarks/run_speed.py --only code@c5feb44,old,new   # the code of Model 2's 594 images/s record
+
+Keep the machine quiet: the figures are ratios within this one run.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import subprocess
 import sys
+import tarfile
 import tempfile
 from pathlib import Path
 
@@ -31,22 +43,63 @@ sys.path.insert(0, str(HERE))
 from speed_choices import VARIANTS, clean_environment, fastest_of_rounds  # noqa: E402
 
 
+CODE_PREFIX = "code@"  # code@COMMIT: that commit's own code and defaults
+
+
 def runnable(variant: str) -> bool:
-    """Whether the training command can express the variant (a precision and an environment)."""
+    """Whether the training command can express the variant (a precision and an environment,
+    or another commit's code)."""
+    if variant.startswith(CODE_PREFIX):
+        return bool(variant.removeprefix(CODE_PREFIX))
     arguments = VARIANTS[variant][1]
     return len(arguments) == 2 and arguments[0] == "--precision"
 
 
+def describe(variant: str) -> str:
+    if variant.startswith(CODE_PREFIX):
+        return f"the code of commit {variant.removeprefix(CODE_PREFIX)}, with its own defaults"
+    return VARIANTS[variant][0]
+
+
+def commit_of(name: str) -> str:
+    """The full hash of ``name`` in this project's repository; a clear error if it names none."""
+    found = subprocess.run(["git", "-C", str(HERE.parent), "rev-parse", "--verify", "--quiet", f"{name}^{{commit}}"],
+                           capture_output=True, text=True)
+    if found.returncode != 0:
+        raise SystemExit(f"error: {name!r} names no commit of this repository (git log shows them)")
+    return found.stdout.strip()
+
+
+@contextlib.contextmanager
+def source_of(variant: str):
+    """(the folder to train from, extra environment): this project for a variant of settings; for
+    ``code@COMMIT`` that commit's files in a scratch folder (``python -m tinylib`` imports the
+    ``tinylib`` of its working folder first), with a ``TINYLIB_HOME`` of its own, so that
+    code whose data cache differs from today's neither reads nor rewrites this one."""
+    if not variant.startswith(CODE_PREFIX):
+        yield HERE.parent, {}
+        return
+    archive = subprocess.run(["git", "-C", str(HERE.parent), "archive", "--format=tar",
+                              commit_of(variant.removeprefix(CODE_PREFIX))], capture_output=True, check=True).stdout
+    with tempfile.TemporaryDirectory(prefix="run-speed-code-") as folder:
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(folder, filter="data")
+        home = Path(folder) / "tinylib-home"
+        home.mkdir()
+        yield Path(folder), {"TINYLIB_HOME": str(home)}
+
+
 def train_once(variant: str, model: str, profile: str, epochs: int) -> dict:
     """The record of one throwaway run of ``model`` in ``variant``, or {"error": ...}."""
-    _, arguments, environment = VARIANTS[variant]
-    with tempfile.TemporaryDirectory(prefix="run-speed-") as folder:
+    arguments, environment = ([], {}) if variant.startswith(CODE_PREFIX) else VARIANTS[variant][1:]
+    name = "speed-" + variant.replace("@", "-")
+    with tempfile.TemporaryDirectory(prefix="run-speed-") as folder, source_of(variant) as (code, home):
         command = [sys.executable, "-m", "tinylib", "train", model, "--profile", profile, "--epochs", str(epochs),
-                   "--runs", folder, "--name", f"speed-{variant}", "--fresh", *arguments]
-        env = {**clean_environment(), "TF_CPP_MIN_LOG_LEVEL": "3", **environment}
-        result = subprocess.run(command, env=env, capture_output=True, text=True, cwd=HERE.parent,
+                   "--runs", folder, "--name", name, "--fresh", *arguments]
+        env = {**clean_environment(), "TF_CPP_MIN_LOG_LEVEL": "3", **home, **environment}
+        result = subprocess.run(command, env=env, capture_output=True, text=True, cwd=code,
                                 preexec_fn=tied_to_this_process)  # a killed benchmark stops its run
-        record_file = Path(folder) / f"speed-{variant}" / "record.json"
+        record_file = Path(folder) / name / "record.json"
         if result.returncode != 0 or not record_file.is_file():
             tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
             return {"error": tail[0][:200]}
@@ -59,32 +112,40 @@ def main(argv=None):
     parser.add_argument("--profile", default="full")
     parser.add_argument("--epochs", type=int, default=2, help="epochs per run (the first also compiles)")
     choices = [v for v in VARIANTS if runnable(v)]
-    parser.add_argument("--only", default="old,new", help="variants, comma-separated: " + ", ".join(choices))
+    parser.add_argument("--only", default="old,new", help="variants, comma-separated: " + ", ".join(choices)
+                        + ", code@COMMIT")
     parser.add_argument("--rounds", type=int, default=1, help="runs per variant, in turn; each keeps its fastest")
     args = parser.parse_args(argv)
     variants = [v for v in args.only.split(",") if v]
-    unknown = [v for v in variants if v not in choices]
+    unknown = [v for v in variants if v not in choices and not (v.startswith(CODE_PREFIX) and runnable(v))]
     if unknown:
         parser.error(f"unknown or not runnable variants {unknown}; choose from {', '.join(choices)}")
     if args.epochs < 2:
         parser.error("--epochs must be at least 2: the first epoch also compiles, and is not counted")
+    for variant in variants:
+        if variant.startswith(CODE_PREFIX):
+            commit_of(variant.removeprefix(CODE_PREFIX))  # before any run: a typo costs no hour
     best = fastest_of_rounds(
         variants, args.rounds, lambda variant: train_once(variant, args.model, args.profile, args.epochs),
-        lambda kept, record: max(kept, record, key=lambda r: r["train_images_per_second"]))
+        lambda kept, record: max(kept, record, key=lambda r: r["train_images_per_second"]), describe)
     base = best.get(variants[0], {}).get("train_images_per_second")
     print(f"{args.model}, {args.profile} profile, {args.epochs} epochs per run; images/s of the median epoch "
           "after the first, from each run's record")
-    print(f"{'variant':14s} {'img/s':>8s} {'x ' + variants[0]:>8s} {'% of peak':>10s}  computed in, peak")
+    width, against = max(14, *map(len, variants)), "x " + variants[0]
+    print(f"{'variant':{width}s} {'img/s':>8s} {against:>8s} {'% of peak':>10s}  computed in, peak")
     for variant in variants:
         record = best[variant]
         if "error" in record:
-            print(f"{variant:14s} failed: {record['error']}")
+            print(f"{variant:{width}s} failed: {record['error']}")
             continue
-        rate, speed = record["train_images_per_second"], record.get("speed") or {}
-        ratio = f"{rate / base:.2f}" if base else "-"
-        print(f"{variant:14s} {rate:>8,.0f} {ratio:>8s} {speed.get('fraction_of_matmul_peak', 0):>10.0%}  "
-              f"{record['dtype_policy']}, {speed.get('matmul_peak_dtype')} peak "
-              f"{speed.get('matmul_peak_gflops_per_second', 0):,.0f} GFLOP/s")
+        rate, speed = record["train_images_per_second"], record.get("speed")
+        ratio = f"{rate / base:>{len(against)}.2f}" if base else "-"
+        if speed:
+            peak = (f"{speed.get('fraction_of_matmul_peak', 0):>10.0%}  {record['dtype_policy']}, "
+                    f"{speed.get('matmul_peak_dtype')} peak {speed.get('matmul_peak_gflops_per_second', 0):,.0f} GFLOP/s")
+        else:  # a record of code older than the peak's measurement
+            peak = f"{'-':>10s}  {record['dtype_policy']}, no peak in its record"
+        print(f"{variant:{width}s} {rate:>8,.0f} {ratio:>8s} {peak}")
     print(f"on {next(iter(best.values())).get('device', '?')}")
 
 

@@ -94,7 +94,7 @@ def measure(variant: str, models: str, steps: int, peak_size: int) -> dict:
     return rows
 
 
-def fastest_of_rounds(variants, rounds: int, measure, faster) -> dict:
+def fastest_of_rounds(variants, rounds: int, measure, faster, describe=lambda variant: VARIANTS[variant][0]) -> dict:
     """Measure every variant ``rounds`` times, in turn, and keep each one's fastest.
 
     Interleaving spreads a drift of the machine's speed over all the variants.
@@ -104,7 +104,7 @@ def fastest_of_rounds(variants, rounds: int, measure, faster) -> dict:
     best: dict = {}
     for round_ in range(1, rounds + 1):
         for variant in variants:
-            print(f"... round {round_}, {variant}: {VARIANTS[variant][0]}", file=sys.stderr, flush=True)
+            print(f"... round {round_}, {variant}: {describe(variant)}", file=sys.stderr, flush=True)
             result = measure(variant)
             kept = best.get(variant)
             if kept is None or "error" in kept:

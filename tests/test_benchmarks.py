@@ -172,6 +172,44 @@ def test_run_speed_reads_each_runs_record_and_compares_it_with_the_first_variant
     assert all(module.runnable(v) for v in module.VARIANTS)  # XLA too: an environment setting, as the others
 
 
+def test_run_speed_trains_a_commits_own_code_from_its_files_with_a_data_cache_of_its_own(monkeypatch, capsys):
+    """``code@COMMIT`` measures what no setting can undo: the commit's own tinylib trains,
+    from a scratch copy of its files, with its own TINYLIB_HOME (its cache may differ)."""
+    module = load("run_speed")
+    real_run = subprocess.run
+    seen = {}
+
+    def fake_run(command, **kwargs):
+        if command[0] == "git":
+            return real_run(command, **kwargs)
+        name = command[command.index("--name") + 1]
+        code, home = Path(kwargs["cwd"]), kwargs["env"].get("TINYLIB_HOME")
+        seen[name] = (code, home, (code / "tinylib" / "train.py").is_file())
+        run = Path(command[command.index("--runs") + 1]) / name
+        run.mkdir()
+        record = {"train_images_per_second": 500.0 if name == "speed-code-HEAD" else 1000.0,
+                  "dtype_policy": "float32", "device": "CPU: test"}
+        if name != "speed-code-HEAD":
+            record["speed"] = {"fraction_of_matmul_peak": 0.5, "matmul_peak_dtype": "float32",
+                               "matmul_peak_gflops_per_second": 220.0}
+        (run / "record.json").write_text(json.dumps(record))
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(module.subprocess, "run", fake_run)
+    monkeypatch.setenv("TINYLIB_HOME", "/the/shells/home")
+    module.main(["--only", "code@HEAD,new"])
+    out = capsys.readouterr().out
+    code, home, has_tinylib = seen["speed-code-HEAD"]
+    assert has_tinylib and code != module.HERE.parent and not code.exists()  # a scratch copy, removed after
+    assert home and home.startswith(str(code)) and home != "/the/shells/home"
+    assert seen["speed-new"][:2] == (module.HERE.parent, "/the/shells/home")
+    rows = {line.split()[0]: line.split() for line in out.splitlines()}
+    assert rows["code@HEAD"][1:3] == ["500", "1.00"] and "no peak in its record" in out
+    assert rows["new"][1:3] == ["1,000", "2.00"]
+    with pytest.raises(SystemExit, match="names no commit"):
+        module.main(["--only", "code@no-such-commit-here,new"])
+
+
 def test_first_step_prints_the_first_batchs_seconds_both_ways_for_each_model(capsys):
     module = load("first_step")
     best = module.main(["--models", "model1", "--batch", "4", "--rounds", "1"])
