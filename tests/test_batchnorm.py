@@ -230,3 +230,33 @@ def test_recalibration_refuses_too_few_images_and_gives_everything_back_after_a_
         noisy = keras.Model(inputs, unpausable(batchnorm.BatchNormalization()(inputs)))
         with pytest.raises(ValueError, match="cannot pause layer"):
             batchnorm.recalibrate(noisy, np.zeros((2, 4, 4, 3), "uint8"))
+
+
+@pytest.mark.skipif(not TENSORFLOW, reason="the fused kernel is TensorFlow's")
+def test_training_with_the_fused_batchnorm_learns_what_keras_batchnorm_learns(monkeypatch):
+    """A speed setting only: a few steps of Model 4's training (BatchNorm after every layer
+    but the last), the same data and seed, end at the same weights, moving statistics and
+    losses both ways, to float noise. Not the biases of the layers BatchNorm follows: their
+    gradient is zero but for rounding (BatchNorm subtracts the batch's mean, bias and all),
+    and Adam divides a gradient by its own size, so they move by rounding noise made the
+    size of the learning rate, without changing what the network computes."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (48, 32, 32, 3)).astype("uint8")
+    y = np.eye(5, dtype="float32")[rng.integers(0, 5, 48)]
+    ends = []
+    for setting in ("1", "0"):
+        monkeypatch.setenv(batchnorm.FUSED_ENV, setting)
+        keras.utils.set_random_seed(0)
+        model = models.build_model("model4", num_classes=5, input_shape=(32, 32, 3), learning_rate=1e-3)
+        history = model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0).history
+        before_norm = {layer.bias.path for layer, after in zip(model.layers, model.layers[1:])
+                       if isinstance(after, keras.layers.BatchNormalization) and getattr(layer, "bias", None) is not None}
+        ends.append((history["loss"], {w.path: keras.ops.convert_to_numpy(w) for w in model.weights
+                                       if w.path not in before_norm}))
+    (loss_fused, fused), (loss_keras, own) = ends
+    assert len(before_norm) == 4  # the three convolutions' and the dense layer's
+    assert fused.keys() == own.keys() and any("moving_variance" in name for name in fused)
+    np.testing.assert_allclose(loss_fused, loss_keras, rtol=1e-4)
+    for name in fused:  # a moving mean averages its input, the noisy biases too
+        atol = 1e-3 if name.endswith("moving_mean") else 1e-4
+        np.testing.assert_allclose(fused[name], own[name], rtol=1e-3, atol=atol, err_msg=name)

@@ -120,6 +120,7 @@ def test_the_settings_state_what_this_machines_cpu_gives(policy, monkeypatch, tm
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(f"processor\t: 0\nmodel name\t: a CPU\nflags\t\t: {flags}\n\n")
     monkeypatch.setattr(environment, "CPU_FLAGS_FILE", cpuinfo)
+    monkeypatch.setattr(environment, "gpu_available", lambda: False)  # a GPU would choose its own
     monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)  # oneDNN's default: on
     settings = environment.speed_settings()
     assert settings["cpu_bfloat16"] is bfloat16
@@ -308,3 +309,32 @@ def test_a_run_asked_for_xla_trains_with_it_and_its_record_says_so(tiny_env, syn
     assert np.isfinite(run.record["history"]["loss"]).all()
     monkeypatch.delenv(environment.JIT_ENV)
     assert "jit_compile" not in environment.speed_settings()  # Keras' own choice: nothing to say
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="JAX always compiles with XLA")
+def test_a_step_compiled_with_xla_learns_what_the_step_without_it_learns(monkeypatch):
+    """A speed setting only: XLA (``TINYLIB_JIT_COMPILE=1``) changes how the step runs, not what
+    it computes. XLA's kernels draw other random numbers from the same seeds than TensorFlow's
+    own (the augmentation's parameters, dropout's masks: another sample of the same training),
+    so the random parts are left out here: a few steps of Model 2 without dropout or
+    augmentation end at the same weights and losses both ways, to float noise. The
+    augmentation's two resamples, given the same parameters, are compared in test_augment."""
+    from tinylib import models
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (48, 32, 32, 3)).astype("uint8")
+    y = np.eye(5, dtype="float32")[rng.integers(0, 5, 48)]
+    ends = []
+    for setting in ("1", "0"):
+        monkeypatch.setenv(environment.JIT_ENV, setting)
+        keras.utils.set_random_seed(0)
+        model = models.build_model("model2", num_classes=5, input_shape=(32, 32, 3), learning_rate=1e-3,
+                                   dropout=0.0)
+        model.jit_compile = environment.jit_compile()  # as train.fit sets it
+        history = model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0).history
+        ends.append((model.jit_compile, history["loss"], [keras.ops.convert_to_numpy(w) for w in model.weights]))
+    (xla, loss_xla, with_xla), (plain, loss_plain, without) = ends
+    assert xla is True and plain is False
+    np.testing.assert_allclose(loss_xla, loss_plain, rtol=1e-4)
+    for a, b in zip(with_xla, without):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
