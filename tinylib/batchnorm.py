@@ -21,6 +21,8 @@ import contextlib
 
 import keras
 
+from tinylib.recalibration import BATCH_SIZE
+
 FUSED_ENV = "TINYLIB_FUSED_BATCHNORM"
 
 
@@ -77,7 +79,7 @@ def fuse(model: keras.Model) -> keras.Model:
     return fused
 
 
-def recalibrate(model: keras.Model, images, batch_size: int = 256, progress=None) -> int:
+def recalibrate(model: keras.Model, images, batch_size: int = BATCH_SIZE, progress=None) -> int:
     """Re-estimate every trainable BatchNorm layer's moving mean and variance over ``images``
     as they are, without the model's augmentation, MixUp or dropout: returns the batches used.
 

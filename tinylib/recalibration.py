@@ -29,7 +29,7 @@ EVALUATIONS = "evaluations"  # a subfolder: the record readers glob the results 
 SUFFIX = "-bn-recalibrated.json"
 AUGMENTATION_SUFFIX = "-bn-statistics.json"  # benchmarks/bn_statistics.py --save
 SEED = 0  # which training images: the same ones for every run
-BATCH_SIZE = 256  # the re-estimate's batches (batchnorm.recalibrate's default)
+BATCH_SIZE = 256  # the re-estimate's batches, at most (batchnorm.recalibrate's default too)
 
 
 def evaluate_recalibrated(model, dataset, split: str = "val", images: int = 20_000, progress=True,
