@@ -29,6 +29,7 @@ import argparse
 import contextlib
 import io
 import json
+import os
 import subprocess
 import sys
 import tarfile
@@ -71,39 +72,44 @@ def commit_of(name: str) -> str:
 
 
 @contextlib.contextmanager
-def source_of(variant: str):
-    """(the folder to train from, extra environment): this project for a variant of settings; for
-    ``code@COMMIT`` that commit's files in a scratch folder (``python -m tinylib`` imports the
-    ``tinylib`` of its working folder first), with a ``TINYLIB_HOME`` of its own, so that
-    code whose data cache differs from today's neither reads nor rewrites this one."""
-    if not variant.startswith(CODE_PREFIX):
-        yield HERE.parent, {}
-        return
-    archive = subprocess.run(["git", "-C", str(HERE.parent), "archive", "--format=tar",
-                              commit_of(variant.removeprefix(CODE_PREFIX))], capture_output=True, check=True).stdout
+def commit_files(commit: str):
+    """(a scratch folder holding ``commit``'s files, the environment that trains with them): its
+    ``tinylib`` first on the path (``PYTHONPATH``, not only the working folder, which
+    ``PYTHONSAFEPATH`` would leave out, and before the editable install of today's), and a
+    ``TINYLIB_HOME`` of its own, so that code whose data cache differs from today's neither
+    reads nor rewrites this one. One folder serves every round of the variant."""
+    archive = subprocess.run(["git", "-C", str(HERE.parent), "archive", "--format=tar", commit],
+                             capture_output=True, check=True).stdout
     with tempfile.TemporaryDirectory(prefix="run-speed-code-") as folder:
         with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-            tar.extractall(folder, filter="data")
+            # the "data" filter where this Python has it (3.11.4, 3.10.12): a commit's own files, nothing outside
+            tar.extractall(folder, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
         home = Path(folder) / "tinylib-home"
         home.mkdir()
-        yield Path(folder), {"TINYLIB_HOME": str(home)}
+        yield Path(folder), {"PYTHONPATH": folder, "TINYLIB_HOME": str(home)}
 
 
-def train_once(variant: str, model: str, profile: str, epochs: int) -> dict:
-    """The record of one throwaway run of ``model`` in ``variant``, or {"error": ...}."""
+def train_once(variant: str, model: str, profile: str, epochs: int, source=None) -> dict:
+    """The record of one throwaway run of ``model`` in ``variant``, or {"error": ...}; ``source``:
+    (folder, environment) of another commit's code (:func:`commit_files`), else this project's."""
+    code, settings = source or (HERE.parent, {})
     arguments, environment = ([], {}) if variant.startswith(CODE_PREFIX) else VARIANTS[variant][1:]
-    name = "speed-" + variant.replace("@", "-")
-    with tempfile.TemporaryDirectory(prefix="run-speed-") as folder, source_of(variant) as (code, home):
+    name = "speed-" + "".join(c if c.isalnum() or c in "-_." else "-" for c in variant)
+    with tempfile.TemporaryDirectory(prefix="run-speed-") as folder:
         command = [sys.executable, "-m", "tinylib", "train", model, "--profile", profile, "--epochs", str(epochs),
                    "--runs", folder, "--name", name, "--fresh", *arguments]
-        env = {**clean_environment(), "TF_CPP_MIN_LOG_LEVEL": "3", **home, **environment}
+        env = {key: value for key, value in clean_environment().items() if key != "PYTHONSAFEPATH"}
+        env = {**env, "TF_CPP_MIN_LOG_LEVEL": "3", **settings, **environment}
         result = subprocess.run(command, env=env, capture_output=True, text=True, cwd=code,
                                 preexec_fn=tied_to_this_process)  # a killed benchmark stops its run
         record_file = Path(folder) / name / "record.json"
         if result.returncode != 0 or not record_file.is_file():
             tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
             return {"error": tail[0][:200]}
-        return json.loads(record_file.read_text(encoding="utf-8"))
+        record = json.loads(record_file.read_text(encoding="utf-8"))
+        if "train_images_per_second" not in record:  # a commit older than the rate in its records
+            return {"error": "its record gives no train_images_per_second"}
+        return record
 
 
 def main(argv=None):
@@ -117,35 +123,43 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=1, help="runs per variant, in turn; each keeps its fastest")
     args = parser.parse_args(argv)
     variants = [v for v in args.only.split(",") if v]
+    if not variants:
+        parser.error("--only names no variant")
     unknown = [v for v in variants if v not in choices and not (v.startswith(CODE_PREFIX) and runnable(v))]
     if unknown:
-        parser.error(f"unknown or not runnable variants {unknown}; choose from {', '.join(choices)}")
+        parser.error(f"unknown or not runnable variants {unknown}; choose from {', '.join(choices)}, code@COMMIT")
     if args.epochs < 2:
         parser.error("--epochs must be at least 2: the first epoch also compiles, and is not counted")
-    for variant in variants:
-        if variant.startswith(CODE_PREFIX):
-            commit_of(variant.removeprefix(CODE_PREFIX))  # before any run: a typo costs no hour
-    best = fastest_of_rounds(
-        variants, args.rounds, lambda variant: train_once(variant, args.model, args.profile, args.epochs),
-        lambda kept, record: max(kept, record, key=lambda r: r["train_images_per_second"]), describe)
+    # each commit named once, before any run (a typo costs no hour), and the same code in every round
+    commits = {v: commit_of(v.removeprefix(CODE_PREFIX)) for v in variants if v.startswith(CODE_PREFIX)}
+    if commits and not os.environ.get("TINYLIB_DATA"):
+        parser.error("code@COMMIT prepares that code's own data cache: set TINYLIB_DATA to the dataset")
+    with contextlib.ExitStack() as stack:
+        sources = {v: stack.enter_context(commit_files(commit)) for v, commit in commits.items()}
+        best = fastest_of_rounds(
+            variants, args.rounds,
+            lambda variant: train_once(variant, args.model, args.profile, args.epochs, sources.get(variant)),
+            lambda kept, record: max(kept, record, key=lambda r: r["train_images_per_second"]),
+            lambda variant: describe(variant) + (f" ({commits[variant][:12]})" if variant in commits else ""))
     base = best.get(variants[0], {}).get("train_images_per_second")
     print(f"{args.model}, {args.profile} profile, {args.epochs} epochs per run; images/s of the median epoch "
           "after the first, from each run's record")
     width, against = max(14, *map(len, variants)), "x " + variants[0]
-    print(f"{'variant':{width}s} {'img/s':>8s} {against:>8s} {'% of peak':>10s}  computed in, peak")
+    column = max(8, len(against))
+    print(f"{'variant':{width}s} {'img/s':>8s} {against:>{column}s} {'% of peak':>10s}  computed in, peak")
     for variant in variants:
         record = best[variant]
         if "error" in record:
             print(f"{variant:{width}s} failed: {record['error']}")
             continue
         rate, speed = record["train_images_per_second"], record.get("speed")
-        ratio = f"{rate / base:>{len(against)}.2f}" if base else "-"
+        ratio = f"{rate / base:>{column}.2f}" if base else f"{'-':>{column}s}"
         if speed:
-            peak = (f"{speed.get('fraction_of_matmul_peak', 0):>10.0%}  {record['dtype_policy']}, "
+            peak = (f"{speed.get('fraction_of_matmul_peak', 0):>10.0%}  {record.get('dtype_policy', '?')}, "
                     f"{speed.get('matmul_peak_dtype')} peak {speed.get('matmul_peak_gflops_per_second', 0):,.0f} GFLOP/s")
         else:  # a record of code older than the peak's measurement
-            peak = f"{'-':>10s}  {record['dtype_policy']}, no peak in its record"
-        print(f"{variant:{width}s} {rate:>8,.0f} {ratio:>8s} {peak}")
+            peak = f"{'-':>10s}  {record.get('dtype_policy', '?')}, no peak in its record"
+        print(f"{variant:{width}s} {rate:>8,.0f} {ratio} {peak}")
     print(f"on {next(iter(best.values())).get('device', '?')}")
 
 

@@ -240,6 +240,8 @@ def test_training_with_the_fused_batchnorm_learns_what_keras_batchnorm_learns(mo
     gradient is zero but for rounding (BatchNorm subtracts the batch's mean, bias and all),
     and Adam divides a gradient by its own size, so they move by rounding noise made the
     size of the learning rate, without changing what the network computes."""
+    if environment.gpu_available():
+        pytest.skip("a GPU multiplies in TF32 and compiles with XLA by default: not float32's noise")
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (48, 32, 32, 3)).astype("uint8")
     y = np.eye(5, dtype="float32")[rng.integers(0, 5, 48)]

@@ -177,14 +177,16 @@ def test_run_speed_trains_a_commits_own_code_from_its_files_with_a_data_cache_of
     from a scratch copy of its files, with its own TINYLIB_HOME (its cache may differ)."""
     module = load("run_speed")
     real_run = subprocess.run
-    seen = {}
+    seen, folders = {}, []
 
     def fake_run(command, **kwargs):
         if command[0] == "git":
             return real_run(command, **kwargs)
         name = command[command.index("--name") + 1]
-        code, home = Path(kwargs["cwd"]), kwargs["env"].get("TINYLIB_HOME")
-        seen[name] = (code, home, (code / "tinylib" / "train.py").is_file())
+        code, env = Path(kwargs["cwd"]), kwargs["env"]
+        seen[name] = (code, env.get("TINYLIB_HOME"), (code / "tinylib" / "train.py").is_file(),
+                      env.get("PYTHONPATH"), env.get("PYTHONSAFEPATH"))
+        folders.append((name, code))
         run = Path(command[command.index("--runs") + 1]) / name
         run.mkdir()
         record = {"train_images_per_second": 500.0 if name == "speed-code-HEAD" else 1000.0,
@@ -197,10 +199,18 @@ def test_run_speed_trains_a_commits_own_code_from_its_files_with_a_data_cache_of
 
     monkeypatch.setattr(module.subprocess, "run", fake_run)
     monkeypatch.setenv("TINYLIB_HOME", "/the/shells/home")
-    module.main(["--only", "code@HEAD,new"])
+    monkeypatch.setenv("PYTHONSAFEPATH", "1")  # would leave the working folder off the path
+    monkeypatch.delenv("TINYLIB_DATA", raising=False)
+    with pytest.raises(SystemExit):  # that code prepares its own cache: from where?
+        module.main(["--only", "code@HEAD,new"])
+    assert "set TINYLIB_DATA" in capsys.readouterr().err and not seen
+    monkeypatch.setenv("TINYLIB_DATA", "/the/dataset")
+    module.main(["--only", "code@HEAD,new", "--rounds", "2"])
     out = capsys.readouterr().out
-    code, home, has_tinylib = seen["speed-code-HEAD"]
+    code, home, has_tinylib, path, safe_path = seen["speed-code-HEAD"]
     assert has_tinylib and code != module.HERE.parent and not code.exists()  # a scratch copy, removed after
+    assert path == str(code) and safe_path is None  # its tinylib first, whatever the shell says
+    assert [c for n, c in folders if n == "speed-code-HEAD"] == [code, code]  # one copy for both rounds
     assert home and home.startswith(str(code)) and home != "/the/shells/home"
     assert seen["speed-new"][:2] == (module.HERE.parent, "/the/shells/home")
     rows = {line.split()[0]: line.split() for line in out.splitlines()}

@@ -21,7 +21,7 @@ import contextlib
 
 import keras
 
-from tinylib.recalibration import BATCH_SIZE
+from tinylib.recalibration import BATCH_SIZE  # recalibration imports no model module: no cycle
 
 FUSED_ENV = "TINYLIB_FUSED_BATCHNORM"
 
