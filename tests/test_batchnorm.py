@@ -242,20 +242,14 @@ def test_training_with_the_fused_batchnorm_learns_what_keras_batchnorm_learns(mo
     size of the learning rate, without changing what the network computes."""
     if environment.gpu_available():
         pytest.skip("a GPU multiplies in TF32 and compiles with XLA by default: not float32's noise")
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, (48, 32, 32, 3)).astype("uint8")
-    y = np.eye(5, dtype="float32")[rng.integers(0, 5, 48)]
-    ends = []
-    for setting in ("1", "0"):
-        monkeypatch.setenv(batchnorm.FUSED_ENV, setting)
-        keras.utils.set_random_seed(0)
-        model = models.build_model("model4", num_classes=5, input_shape=(32, 32, 3), learning_rate=1e-3)
-        history = model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0).history
-        before_norm = {layer.bias.path for layer, after in zip(model.layers, model.layers[1:])
-                       if isinstance(after, keras.layers.BatchNormalization) and getattr(layer, "bias", None) is not None}
-        ends.append((history["loss"], {w.path: keras.ops.convert_to_numpy(w) for w in model.weights
-                                       if w.path not in before_norm}))
-    (loss_fused, fused), (loss_keras, own) = ends
+    from speed_settings import train_each_way, weights_of
+
+    (fused_model, loss_fused), (own_model, loss_keras) = train_each_way(
+        monkeypatch, batchnorm.FUSED_ENV, ("1", "0"),
+        lambda: models.build_model("model4", num_classes=5, input_shape=(32, 32, 3), learning_rate=1e-3))
+    before_norm = {layer.bias.path for layer, after in zip(fused_model.layers, fused_model.layers[1:])
+                   if isinstance(after, keras.layers.BatchNormalization) and getattr(layer, "bias", None) is not None}
+    fused, own = weights_of(fused_model, before_norm), weights_of(own_model, before_norm)
     assert len(before_norm) == 4  # the three convolutions' and the dense layer's
     assert fused.keys() == own.keys() and any("moving_variance" in name for name in fused)
     np.testing.assert_allclose(loss_fused, loss_keras, rtol=1e-4)

@@ -173,18 +173,13 @@ def test_training_with_the_fused_update_learns_what_keras_update_learns(monkeypa
     """A speed setting only: a few steps of a study model's training, the same data and
     seed, end at the same weights and loss both ways (to float noise), one step a compiled
     call or a CPU's default of four (the last call short)."""
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, (48, 32, 32, 3)).astype("uint8")
-    y = np.eye(5, dtype="float32")[rng.integers(0, 5, 48)]
-    ends = []
-    for setting in ("1", "0"):
-        monkeypatch.setenv(fused_adam.FUSED_ENV, setting)
-        keras.utils.set_random_seed(0)
-        model = models.build_model("model2", num_classes=5, input_shape=(32, 32, 3), learning_rate=1e-3)
-        model.steps_per_execution = steps_per_call
-        history = model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0).history
-        ends.append((history["loss"], [keras.ops.convert_to_numpy(w) for w in model.trainable_weights]))
-    (loss_fused, fused), (loss_keras, own) = ends
+    from speed_settings import train_each_way, weights_of
+
+    (fused_model, loss_fused), (own_model, loss_keras) = train_each_way(
+        monkeypatch, fused_adam.FUSED_ENV, ("1", "0"),
+        lambda: models.build_model("model2", num_classes=5, input_shape=(32, 32, 3), learning_rate=1e-3),
+        steps_per_call=steps_per_call)
     np.testing.assert_allclose(loss_fused, loss_keras, rtol=1e-4)
-    for a, b in zip(fused, own):
-        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+    fused, own = weights_of(fused_model), weights_of(own_model)
+    for name in fused:
+        np.testing.assert_allclose(fused[name], own[name], rtol=1e-3, atol=1e-5, err_msg=name)

@@ -323,20 +323,16 @@ def test_a_step_compiled_with_xla_learns_what_the_step_without_it_learns(monkeyp
 
     if environment.gpu_available():
         pytest.skip("a GPU multiplies in TF32 by default: not float32's noise")
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, (48, 32, 32, 3)).astype("uint8")
-    y = np.eye(5, dtype="float32")[rng.integers(0, 5, 48)]
-    ends = []
-    for setting in ("1", "0"):
-        monkeypatch.setenv(environment.JIT_ENV, setting)
-        keras.utils.set_random_seed(0)
-        model = models.build_model("model2", num_classes=5, input_shape=(32, 32, 3), learning_rate=1e-3,
-                                   dropout=0.0)
+    from speed_settings import train_each_way, weights_of
+
+    def build():
+        model = models.build_model("model2", num_classes=5, input_shape=(32, 32, 3), learning_rate=1e-3, dropout=0.0)
         model.jit_compile = environment.jit_compile()  # as train.fit sets it
-        history = model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0).history
-        ends.append((model.jit_compile, history["loss"], [keras.ops.convert_to_numpy(w) for w in model.weights]))
-    (xla, loss_xla, with_xla), (plain, loss_plain, without) = ends
-    assert xla is True and plain is False
+        return model
+
+    (xla, loss_xla), (plain, loss_plain) = train_each_way(monkeypatch, environment.JIT_ENV, ("1", "0"), build)
+    assert xla.jit_compile is True and plain.jit_compile is False
     np.testing.assert_allclose(loss_xla, loss_plain, rtol=1e-4)
-    for a, b in zip(with_xla, without):
-        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+    with_xla, without = weights_of(xla), weights_of(plain)
+    for name in with_xla:
+        np.testing.assert_allclose(with_xla[name], without[name], rtol=1e-3, atol=1e-5, err_msg=name)
