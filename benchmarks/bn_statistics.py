@@ -155,20 +155,21 @@ def plan(augmentation: dict | None, size: int = 64, run_batch: int | None = None
 
 
 def measure(model, dataset, augmentation: dict, count: int, report=print, only=None,
-            run_batch: int | None = None) -> dict[str, float]:
+            run_batch: int | None = None, as_trained: float | None = None) -> dict[str, float]:
     """{variant: validation top-1} with the statistics re-estimated over ``count`` training
     images through each variant (those whose names start with one of ``only``, if given);
     first, the statistics the model came with. With ``run_batch`` (the batch the run trained
     with, where it is not the re-estimate's), a last variant re-estimates through the whole
     augmentation in batches of that size: between it and the first row, only the averaging
-    differs (training's moving average over the last batches, against every image's)."""
+    differs (training's moving average over the last batches, against every image's).
+    ``as_trained``: the first row, where the caller has scored it already."""
     from tinylib import batchnorm, evaluate
     from tinylib.recalibration import progress_lines, training_images
 
     def top1() -> float:
         return evaluate.evaluate(model, dataset.val, dataset.class_names).top1
 
-    scores = {"the statistics training left": top1()}
+    scores = {"the statistics training left": top1() if as_trained is None else as_trained}
     report(f"{'the statistics training left':47s} {scores['the statistics training left']:7.2%}")
     images = training_images(dataset, count)
     for name, (settings, batch_size) in plan(augmentation, dataset.train.images.shape[1], run_batch).items():
@@ -199,14 +200,12 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.only and args.save:
         parser.error("--save publishes every variant: leave out --only")
-    from tinylib import data, evaluate, runs
+    from tinylib import data, evaluate, recalibration, runs
     from tinylib.profiles import get_profile
 
     run = Path(args.run)
     record = runs.load_run(run)
     if args.save:
-        from tinylib import recalibration
-
         recalibration.check_publishable(record, run.name)
     state = runs.read_state(run) or {}
     model = evaluate.load_trained_model(run)
@@ -218,11 +217,18 @@ def main(argv=None) -> None:
           f"validation top-1 on {len(dataset.val):,} images, the statistics re-estimated over {count:,} "
           "training images through:", flush=True)
     only = [name.strip() for name in args.only.split(",")] if args.only else None
+    as_trained = evaluate.evaluate(model, dataset.val, dataset.class_names).top1
+    recorded = recalibration.recorded_score(record, state)
+    if recorded:  # these are the run's weights and images: the check a saved figure needs
+        line, same = recalibration.against_record(as_trained, recorded)
+        if not same and args.save:
+            raise SystemExit(f"error: {line}; nothing is saved")
+        print(line if same else f"warning: {line}", flush=True)
     print("the validation images passed once through the run's augmentation...", flush=True)
     turned = augmented_validation(model, dataset, record["augmentation"])
     print(f"the validation images augmented as in training, the statistics training left: {turned:.2%}", flush=True)
     scores = measure(model, dataset, record["augmentation"], count, report=lambda line: print(line, flush=True),
-                     only=only, run_batch=record.get("batch_size"))
+                     only=only, run_batch=record.get("batch_size"), as_trained=as_trained)
     if args.save:
         settings = {name: {"augmentation": augmentation, "batch_size": batch_size} for name, (augmentation, batch_size)
                     in plan(record["augmentation"], dataset.train.images.shape[1], record.get("batch_size")).items()}

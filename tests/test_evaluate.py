@@ -307,6 +307,55 @@ def test_flips_average_each_image_with_its_mirror_image():
     assert both[0].argmax() == 0 and both[1].argmax() == 1 and plain[1].argmax() != 1
 
 
+def test_a_checkpoint_rescored_gives_the_figure_its_run_recorded(trained_run):
+    """The premise of `evaluate`'s check before it publishes: the run's checkpoint, loaded
+    again, scores on the validation images what its run recorded for that epoch."""
+    from tinylib import recalibration, runs
+
+    run, dataset = trained_run
+    recorded = recalibration.recorded_score(runs.load_run(run.path), runs.read_state(run.path))
+    assert recorded is not None and recorded[0] == 1
+    top1 = ev.evaluate(load_quietly(run.path), dataset.val, dataset.class_names).top1
+    assert abs(top1 - recorded[1]) < 1e-6 and recalibration.against_record(top1, recorded)[1]
+
+
+def test_evaluate_publishes_nothing_for_a_checkpoint_that_scores_other_than_its_run_recorded(
+        trained_run, synthetic_master, tmp_path, monkeypatch, capsys):
+    """`evaluate --results`: weights or images that are not the run's (here, its record says
+    another figure) are refused before the minutes of re-estimating; without it, a warning."""
+    import shutil
+
+    from tinylib import cli
+
+    run, _ = trained_run
+    folder = shutil.copytree(run.path, tmp_path / "model2-full-tensorflow")
+    record = json.loads((folder / "record.json").read_text())
+    record["profile"] = "full"  # publishable; the full profile is the whole synthetic dataset it trained on
+    record["history"]["val_accuracy"][0] += 0.2
+    (folder / "record.json").write_text(json.dumps(record))
+    monkeypatch.setenv("TINYLIB_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("TINYLIB_DATA", str(synthetic_master))
+    results_dir = tmp_path / "results"
+    assert cli.main(["evaluate", str(folder), "--recalibrate-bn", "10", "--results", str(results_dir)]) == 2
+    captured = capsys.readouterr()
+    assert "(epoch 1)" in captured.err and "not the weights or the images" in captured.err
+    assert "nothing is published" in captured.err and "Re-estimating" not in captured.out
+    assert not results_dir.exists()
+    from test_benchmarks import load  # the benchmark that saves chapter 9's bars checks the same
+
+    with pytest.raises(SystemExit, match="not the weights or the images.*nothing is saved"):
+        load("bn_statistics").main([str(folder), "--images", "10", "--save", str(results_dir)])
+    assert not results_dir.exists()
+    assert cli.main(["evaluate", str(folder)]) == 0
+    assert "warning: the checkpoint (epoch 1)" in capsys.readouterr().out
+    record["history"]["val_accuracy"][0] -= 0.2
+    (folder / "record.json").write_text(json.dumps(record))
+    assert cli.main(["evaluate", str(folder), "--recalibrate-bn", "10", "--results", str(results_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "the checkpoint (epoch 1) scores" in out and "warning" not in out
+    assert "no trainable BatchNorm layer" in out  # Model 2: nothing to re-estimate, so nothing to publish
+
+
 def test_evaluate_recalibrated_scores_again_after_re_estimating_batchnorm(trained_run, tmp_path, capsys):
     """`evaluate --recalibrate-bn N`: both scores, and the second's file says over what it was
     re-estimated; a model without BatchNorm (Model 2) says there is nothing to do."""

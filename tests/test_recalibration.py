@@ -27,10 +27,34 @@ def test_a_published_evaluation_names_its_run_and_checkpoint_and_stays_out_of_th
     assert path == tmp_path / "evaluations" / "model4-full-tensorflow-batch32-val-bn-recalibrated.json"
     saved = json.loads(path.read_text())
     assert "evaluation" not in saved and saved["top1"] == 0.4075 and saved["epochs_done"] == 33
-    assert saved["batches_into_next_epoch"] == 940 and saved["val_top1_recorded"] == 0.3087
+    assert saved["batches_into_next_epoch"] == 940
+    assert saved["val_top1_recorded"] is None  # a checkpoint inside epoch 34: no validation of its own weights
     assert recalibration.published("model4", tmp_path) == [saved]
     assert recalibration.published("model3", tmp_path) == []
     assert results.every_full_scale_record(tmp_path) == []  # the book's record readers do not see it
+
+
+def test_the_figure_a_run_recorded_for_its_checkpoints_weights():
+    """The epoch a run folder's checkpoint holds: the last one done, early stopping's best one
+    once it has put those back, none for a checkpoint inside an epoch."""
+    history = {"val_accuracy": [0.10, 0.25, 0.31, 0.29]}
+    running = {"epochs_run": 4, "history": history, "callbacks": ["early_stopping"]}
+    assert recalibration.recorded_score(running, {"epochs_done": 4, "checkpoint": "checkpoint-epoch-004.weights.h5",
+                                                  "best_weights": "best-epoch-003.npz"}) == (4, 0.29)
+    finished = {**running, "finished": True}
+    final = {"epochs_done": 4, "checkpoint": "final.weights.h5", "best_weights": "best-epoch-003.npz"}
+    assert recalibration.recorded_score(finished, final) == (3, 0.31)
+    assert recalibration.recorded_score({**finished, "callbacks": []}, final) == (4, 0.29)
+    assert recalibration.recorded_score(finished, {**final, "best_weights": "best-weights.npz"}) is None
+    assert recalibration.recorded_score(running, {"epochs_done": 4, "partial": {"batches": 10}}) is None
+    assert recalibration.recorded_score(running, {"epochs_done": 5}) is None
+    assert recalibration.recorded_score({"epochs_run": 2, "history": history}, None) == (2, 0.25)
+    assert recalibration.recorded_score({"epochs_run": 2}, None) is None
+
+    line, same = recalibration.against_record(0.3054, (3, 0.31))
+    assert same and line == "the checkpoint (epoch 3) scores 30.54%; the run recorded 31.00% at that epoch"
+    line, same = recalibration.against_record(0.2950, (3, 0.31))
+    assert not same and "not the weights or the images the run validated with" in line
 
 
 def test_the_story_weighs_both_scores_against_each_other_and_the_study(tmp_path):

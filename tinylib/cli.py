@@ -306,6 +306,12 @@ def _evaluate(args) -> int:
     print(f"Scoring {run.name} on {len(split):,} {args.split} images...", flush=True)
     result = evaluate.evaluate(model, split, dataset.class_names)
     print(result.summary())
+    recorded = recalibration.recorded_score(record, runs.read_state(run)) if args.split == "val" else None
+    if recorded:  # the check a published evaluation needs: these are the run's weights and images
+        line, same = recalibration.against_record(result.top1, recorded)
+        if not same and args.results:
+            raise ValueError(f"{line}; nothing is published")
+        print(line if same else f"warning: {line}", flush=True)
     out = files.write_json(run / f"evaluation-{args.split}.json", result.to_dict())
     print(f"written: {out}")
     if args.recalibrate_bn:
@@ -516,7 +522,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="then score again after re-estimating BatchNorm's statistics over N training images, "
                         "unaugmented (e.g. 20000; the checkpoints are not changed)")
     p.add_argument("--results", help="with --recalibrate-bn: also write both scores, with the run and its "
-                                     "epoch, to DIR/evaluations/ (book/results is the book's)")
+                                     "epoch, to DIR/evaluations/ (book/results is the book's); refused where the "
+                                     "checkpoint scores other than its run recorded for its epoch")
     p.set_defaults(func=_evaluate)
     return parser
 

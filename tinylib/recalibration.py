@@ -30,6 +30,7 @@ SUFFIX = "-bn-recalibrated.json"
 AUGMENTATION_SUFFIX = "-bn-statistics.json"  # benchmarks/bn_statistics.py --save
 SEED = 0  # which training images: the same ones for every run
 BATCH_SIZE = 256  # the re-estimate's batches, at most (batchnorm.recalibrate's default too)
+AS_RECORDED = 0.01  # a checkpoint rescored may differ from its run's own figure by float noise, not by a point
 
 
 def evaluate_recalibrated(model, dataset, split: str = "val", images: int = 20_000, progress=True,
@@ -96,6 +97,46 @@ def figures_only(figures: dict) -> dict:
     return {key: value for key, value in figures.items() if key != "evaluation"}
 
 
+def recorded_score(record: dict, state: dict | None) -> tuple[int, float] | None:
+    """The epoch whose weights a run folder's current checkpoint holds, and the validation
+    top-1 the run recorded at that epoch's end; None where that cannot be told (a checkpoint
+    inside an epoch, an epoch the history lacks, best weights kept under the old unnamed file).
+
+    A finished run with early stopping ends on its best epoch's weights, not its last
+    (``restore_best_weights``): its state names them (``best-epoch-NNN.npz``)."""
+    import re
+
+    from tinylib.runs import FINAL_CHECKPOINT
+
+    state = state or {}
+    if state.get("partial"):
+        return None
+    epoch = state.get("epochs_done", record.get("epochs_run"))
+    if state.get("checkpoint") == FINAL_CHECKPOINT and "early_stopping" in (record.get("callbacks") or []) \
+            and state.get("best_weights"):
+        named = re.fullmatch(r"best-epoch-(\d+)\.npz", str(state["best_weights"]))
+        if not named:
+            return None
+        epoch = int(named.group(1))
+    history = (record.get("history") or {}).get("val_accuracy") or []
+    if not isinstance(epoch, int) or not 1 <= epoch <= len(history) or history[epoch - 1] is None:
+        return None
+    return epoch, float(history[epoch - 1])
+
+
+def against_record(top1: float, recorded: tuple[int, float]) -> tuple[str, bool]:
+    """A line comparing a checkpoint's validation top-1 with what its run recorded for its
+    epoch (:func:`recorded_score`), and whether the two agree to within :data:`AS_RECORDED`:
+    where they do not, the weights or the images are not the run's."""
+    epoch, figure = recorded
+    same = abs(top1 - figure) <= AS_RECORDED
+    line = f"the checkpoint (epoch {epoch}) scores {top1:.2%}; the run recorded {figure:.2%} at that epoch"
+    if not same:
+        line += (": these are not the weights or the images the run validated with (a run folder's files "
+                 "from another run, or the data prepared again from another copy?)")
+    return line, same
+
+
 def training_images(dataset, count: int) -> np.ndarray:
     """The ``count`` training images (at most the split's own) every re-estimate uses: drawn
     with :data:`SEED`, in the split's order."""
@@ -105,11 +146,13 @@ def training_images(dataset, count: int) -> np.ndarray:
 
 def publish(figures: dict, record: dict, state: dict | None, run_name: str, results: Path | str) -> Path:
     """Write the figures with what identifies the run and its checkpoint (epochs done, and the
-    batch of a mid-epoch one) to ``results/evaluations/<run>-<split>-bn-recalibrated.json``."""
+    batch of a mid-epoch one) to ``results/evaluations/<run>-<split>-bn-recalibrated.json``,
+    with the validation top-1 the run recorded for the checkpoint's epoch where it can be told."""
     payload = figures_only(figures)
     payload.update(_checkpoint_identity(record, state, run_name))
-    payload["val_top1_recorded"] = ((record.get("history") or {}).get("val_accuracy") or [None])[-1] \
-        if figures.get("split") == "val" else None
+    recorded = recorded_score(record, state) if figures.get("split") == "val" else None
+    payload["val_top1_recorded"], payload["val_top1_recorded_epoch"] = (recorded[1], recorded[0]) if recorded \
+        else (None, None)
     return _write(Path(results) / EVALUATIONS / f"{run_name}-{figures['split']}{SUFFIX}", payload)
 
 
