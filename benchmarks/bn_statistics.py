@@ -207,8 +207,8 @@ def main(argv=None) -> None:
     record = runs.load_run(run)
     if args.save:
         recalibration.check_publishable(record, run.name)
-    state = runs.read_state(run) or {}
-    model = evaluate.load_trained_model(run)
+    model, checked = recalibration.loaded_with_state(run, evaluate.load_trained_model)
+    state = checked or runs.read_state(run) or {}
     dataset = data.load().subset(**get_profile(record["profile"]).subset_kwargs())
     runs.check_same_classes(record, dataset, run.name)
     count = min(args.images, len(dataset.train))
@@ -218,12 +218,11 @@ def main(argv=None) -> None:
           "training images through:", flush=True)
     only = [name.strip() for name in args.only.split(",")] if args.only else None
     as_trained = evaluate.evaluate(model, dataset.val, dataset.class_names).top1
-    recorded = recalibration.recorded_score(record, state)
-    if recorded:  # these are the run's weights and images: the check a saved figure needs
-        line, same = recalibration.against_record(as_trained, recorded)
-        if not same and args.save:
-            raise SystemExit(f"error: {line}; nothing is saved")
-        print(line if same else f"warning: {line}", flush=True)
+    try:  # these are the run's weights and images: the check a saved figure needs
+        print(recalibration.check_against_record(as_trained, len(dataset.val), record, checked, bool(args.save)),
+              flush=True)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
     print("the validation images passed once through the run's augmentation...", flush=True)
     turned = augmented_validation(model, dataset, record["augmentation"])
     print(f"the validation images augmented as in training, the statistics training left: {turned:.2%}", flush=True)

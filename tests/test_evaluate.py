@@ -314,9 +314,9 @@ def test_a_checkpoint_rescored_gives_the_figure_its_run_recorded(trained_run):
 
     run, dataset = trained_run
     recorded = recalibration.recorded_score(runs.load_run(run.path), runs.read_state(run.path))
-    assert recorded is not None and recorded[0] == 1
+    assert recorded == (1, run.record["history"]["val_accuracy"][0], False)
     top1 = ev.evaluate(load_quietly(run.path), dataset.val, dataset.class_names).top1
-    assert abs(top1 - recorded[1]) < 1e-6 and recalibration.against_record(top1, recorded)[1]
+    assert abs(top1 - recorded.top1) < 1e-6 and recalibration.against_record(top1, recorded, len(dataset.val))[1]
 
 
 def test_evaluate_publishes_nothing_for_a_checkpoint_that_scores_other_than_its_run_recorded(
@@ -329,10 +329,15 @@ def test_evaluate_publishes_nothing_for_a_checkpoint_that_scores_other_than_its_
 
     run, _ = trained_run
     folder = shutil.copytree(run.path, tmp_path / "model2-full-tensorflow")
-    record = json.loads((folder / "record.json").read_text())
-    record["profile"] = "full"  # publishable; the full profile is the whole synthetic dataset it trained on
-    record["history"]["val_accuracy"][0] += 0.2
-    (folder / "record.json").write_text(json.dumps(record))
+
+    def record_another_figure(by: float) -> None:  # in both files that hold the history
+        for name in ("record.json", "state.json"):
+            kept = json.loads((folder / name).read_text())
+            kept["profile"] = "full"  # publishable; the full profile is the whole synthetic dataset it trained on
+            kept["history"]["val_accuracy"][0] += by
+            (folder / name).write_text(json.dumps(kept))
+
+    record_another_figure(0.2)
     monkeypatch.setenv("TINYLIB_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("TINYLIB_DATA", str(synthetic_master))
     results_dir = tmp_path / "results"
@@ -343,13 +348,27 @@ def test_evaluate_publishes_nothing_for_a_checkpoint_that_scores_other_than_its_
     assert not results_dir.exists()
     from test_benchmarks import load  # the benchmark that saves chapter 9's bars checks the same
 
-    with pytest.raises(SystemExit, match="not the weights or the images.*nothing is saved"):
+    with pytest.raises(SystemExit, match="not the weights or the images.*nothing is published"):
         load("bn_statistics").main([str(folder), "--images", "10", "--save", str(results_dir)])
     assert not results_dir.exists()
     assert cli.main(["evaluate", str(folder)]) == 0
     assert "warning: the checkpoint (epoch 1)" in capsys.readouterr().out
-    record["history"]["val_accuracy"][0] -= 0.2
-    (folder / "record.json").write_text(json.dumps(record))
+    record_another_figure(-0.2)
+    # A run being trained writes another checkpoint while this one loads: not checked, not published.
+    real_load = ev.load_trained_model
+
+    def load_while_training(path):
+        model = real_load(path)
+        state = json.loads((folder / "state.json").read_text())
+        (folder / "state.json").write_text(json.dumps({**state, "partial": {"epoch": 1, "batches": 2}}))
+        return model
+
+    original_state = (folder / "state.json").read_text()
+    monkeypatch.setattr(ev, "load_trained_model", load_while_training)
+    assert cli.main(["evaluate", str(folder), "--recalibrate-bn", "10", "--results", str(results_dir)]) == 2
+    assert "while this one was loaded" in capsys.readouterr().err and not results_dir.exists()
+    monkeypatch.setattr(ev, "load_trained_model", real_load)
+    (folder / "state.json").write_text(original_state)
     assert cli.main(["evaluate", str(folder), "--recalibrate-bn", "10", "--results", str(results_dir)]) == 0
     out = capsys.readouterr().out
     assert "the checkpoint (epoch 1) scores" in out and "warning" not in out

@@ -36,25 +36,46 @@ def test_a_published_evaluation_names_its_run_and_checkpoint_and_stays_out_of_th
 
 def test_the_figure_a_run_recorded_for_its_checkpoints_weights():
     """The epoch a run folder's checkpoint holds: the last one done, early stopping's best one
-    once it has put those back, none for a checkpoint inside an epoch."""
+    once the run's end has put those back, none for a checkpoint inside an epoch."""
     history = {"val_accuracy": [0.10, 0.25, 0.31, 0.29]}
-    running = {"epochs_run": 4, "history": history, "callbacks": ["early_stopping"]}
-    assert recalibration.recorded_score(running, {"epochs_done": 4, "checkpoint": "checkpoint-epoch-004.weights.h5",
-                                                  "best_weights": "best-epoch-003.npz"}) == (4, 0.29)
-    finished = {**running, "finished": True}
-    final = {"epochs_done": 4, "checkpoint": "final.weights.h5", "best_weights": "best-epoch-003.npz"}
-    assert recalibration.recorded_score(finished, final) == (3, 0.31)
-    assert recalibration.recorded_score({**finished, "callbacks": []}, final) == (4, 0.29)
-    assert recalibration.recorded_score(finished, {**final, "best_weights": "best-weights.npz"}) is None
-    assert recalibration.recorded_score(running, {"epochs_done": 4, "partial": {"batches": 10}}) is None
-    assert recalibration.recorded_score(running, {"epochs_done": 5}) is None
-    assert recalibration.recorded_score({"epochs_run": 2, "history": history}, None) == (2, 0.25)
-    assert recalibration.recorded_score({"epochs_run": 2}, None) is None
+    record = {"epochs_run": 4, "history": history, "callbacks": ["early_stopping"]}
+    running = {"epochs_done": 4, "checkpoint": "checkpoint-epoch-004.weights.h5", "best_weights": "best-epoch-003.npz",
+               "history": history}
+    assert recalibration.recorded_score(record, running) == (4, 0.29, False)
+    final = {**running, "checkpoint": "final.weights.h5"}
+    assert recalibration.recorded_score(record, final) == (3, 0.31, True)
+    assert recalibration.recorded_score(record, final).label() == "epoch 3, early stopping's best by validation loss"
+    assert recalibration.recorded_score({**record, "callbacks": []}, final) == (4, 0.29, False)
+    # A state from before the best weights were named by epoch: early stopping's own best_epoch (0-based).
+    older = {**final, "best_weights": "best-weights.npz",
+             "callbacks": {"0": {"wait": 1, "best": 2.9, "best_epoch": 1, "stopped_epoch": 0},
+                           "1": {"wait": 0, "best": 2.9, "cooldown_counter": 0}}}
+    assert recalibration.recorded_score(record, older) == (2, 0.25, True)
+    assert recalibration.recorded_score(record, {**older, "callbacks": {}}) is None
+    assert recalibration.recorded_score(record, {**running, "partial": {"batches": 10}}) is None
+    assert recalibration.recorded_score(record, {**running, "epochs_done": 5}) is None
+    assert recalibration.recorded_score(record, None) is None  # no state: no checkpoint
+    # The state's history goes with its epochs_done; a record written a moment later may lag.
+    lagging = {**record, "history": {"val_accuracy": history["val_accuracy"][:3]}}
+    assert recalibration.recorded_score(lagging, running) == (4, 0.29, False)
+    assert recalibration.recorded_score(lagging, {**running, "history": {}}) is None
 
-    line, same = recalibration.against_record(0.3054, (3, 0.31))
+    line, same = recalibration.against_record(0.3054, recalibration.Recorded(3, 0.31, False), 10_000)
     assert same and line == "the checkpoint (epoch 3) scores 30.54%; the run recorded 31.00% at that epoch"
-    line, same = recalibration.against_record(0.2950, (3, 0.31))
-    assert not same and "not the weights or the images the run validated with" in line
+    line, same = recalibration.against_record(0.2950, recalibration.Recorded(3, 0.31, False), 10_000)
+    assert not same and "probably not the weights or the images the run validated with" in line
+    assert recalibration.against_record(0.2500, recalibration.Recorded(1, 0.30, False), 20)[1]  # one image of 20
+    assert not recalibration.against_record(0.2000, recalibration.Recorded(1, 0.30, False), 20)[1]  # two
+
+    checked = recalibration.check_against_record
+    with pytest.raises(ValueError, match="nothing is published"):
+        checked(0.3054, 10_000, record, running, publishing=True)  # epoch 4 recorded 29%, not 30.54%
+    assert checked(0.2954, 10_000, record, running, publishing=True).startswith("the checkpoint (epoch 4) scores")
+    assert checked(0.10, 10_000, record, running, publishing=False).startswith("warning: ")
+    assert "inside an epoch" in checked(0.10, 10_000, record, {**running, "partial": {"batches": 3}}, True)
+    with pytest.raises(ValueError, match="another checkpoint while this one was loaded"):
+        checked(0.2954, 10_000, record, None, publishing=True)
+    assert "not checked" in checked(0.2954, 10_000, record, None, publishing=False)
 
 
 def test_the_story_weighs_both_scores_against_each_other_and_the_study(tmp_path):

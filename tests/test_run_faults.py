@@ -877,6 +877,11 @@ def test_early_stopping_restores_the_best_weights_only_when_the_run_ends(tmp_pat
     best = int(np.argmin(val_loss))
     for final, kept in zip(model.get_weights(), snapshots["end"][best]):  # the end restores the best epoch's
         np.testing.assert_array_equal(final, kept)
+    # What a published evaluation checks the final checkpoint against: that best epoch's figure.
+    from tinylib import recalibration, runs
+
+    recorded = recalibration.recorded_score(runs.load_run(run.path), runs.read_state(run.path))
+    assert recorded == (best + 1, run.record["history"]["val_accuracy"][best], True)
 
 
 # --- a kill at every change a run makes to its folder ------------------------------------------

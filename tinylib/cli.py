@@ -299,27 +299,25 @@ def _evaluate(args) -> int:
     record = runs.load_run(run)
     if args.results:
         recalibration.check_publishable(record, run.name)
-    model = evaluate.load_trained_model(run)  # before the data: a damaged checkpoint fails fast
+    # Before the data: a damaged checkpoint fails fast. The state that named it: what it is checked against.
+    model, state = recalibration.loaded_with_state(run, evaluate.load_trained_model)
     dataset = data.load().subset(**get_profile(record["profile"]).subset_kwargs())
     runs.check_same_classes(record, dataset, run.name)
     split = getattr(dataset, args.split)
     print(f"Scoring {run.name} on {len(split):,} {args.split} images...", flush=True)
     result = evaluate.evaluate(model, split, dataset.class_names)
     print(result.summary())
-    recorded = recalibration.recorded_score(record, runs.read_state(run)) if args.split == "val" else None
-    if recorded:  # the check a published evaluation needs: these are the run's weights and images
-        line, same = recalibration.against_record(result.top1, recorded)
-        if not same and args.results:
-            raise ValueError(f"{line}; nothing is published")
-        print(line if same else f"warning: {line}", flush=True)
+    if args.split == "val":  # the check a published evaluation needs: these are the run's weights and images
+        print(recalibration.check_against_record(result.top1, len(split), record, state, bool(args.results)),
+              flush=True)
     out = files.write_json(run / f"evaluation-{args.split}.json", result.to_dict())
     print(f"written: {out}")
     if args.recalibrate_bn:
-        _evaluate_recalibrated(model, dataset, split, args, run, result)
+        _evaluate_recalibrated(model, dataset, split, args, run, result, state)
     return 0
 
 
-def _evaluate_recalibrated(model, dataset, split, args, run: Path, as_trained) -> None:
+def _evaluate_recalibrated(model, dataset, split, args, run: Path, as_trained, state: dict | None = None) -> None:
     """The same scoring after BatchNorm's statistics are re-estimated over training images,
     unaugmented (tinylib.recalibration); the run's checkpoints are left as they are."""
     from tinylib import recalibration, runs, stats
@@ -338,7 +336,7 @@ def _evaluate_recalibrated(model, dataset, split, args, run: Path, as_trained) -
     payload = {**figures["evaluation"].to_dict(), "batchnorm_recalibrated": recalibration.figures_only(figures)}
     print(f"written: {files.write_json(run / f'evaluation-{args.split}-bn-recalibrated.json', payload)}")
     if args.results:
-        published = recalibration.publish(figures, runs.load_run(run), runs.read_state(run), run.name, args.results)
+        published = recalibration.publish(figures, runs.load_run(run), state, run.name, args.results)
         print(f"published: {published}")
 
 

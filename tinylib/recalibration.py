@@ -17,6 +17,7 @@ the evaluation under ``book/results/evaluations/``; :func:`story` tells it in a 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -97,44 +98,95 @@ def figures_only(figures: dict) -> dict:
     return {key: value for key, value in figures.items() if key != "evaluation"}
 
 
-def recorded_score(record: dict, state: dict | None) -> tuple[int, float] | None:
-    """The epoch whose weights a run folder's current checkpoint holds, and the validation
-    top-1 the run recorded at that epoch's end; None where that cannot be told (a checkpoint
-    inside an epoch, an epoch the history lacks, best weights kept under the old unnamed file).
+class Recorded(NamedTuple):
+    """What a run recorded for the weights its checkpoint holds (:func:`recorded_score`)."""
+
+    epoch: int  # 1-based
+    top1: float  # the validation top-1 at that epoch's end
+    best: bool  # early stopping's best epoch, put back at the run's end (not its last)
+
+    def label(self) -> str:
+        return f"epoch {self.epoch}" + (", early stopping's best by validation loss" if self.best else "")
+
+
+def recorded_score(record: dict, state: dict | None) -> Recorded | None:
+    """The epoch whose weights a run folder's checkpoint holds (``state``, its ``state.json``),
+    with the validation top-1 the run recorded at that epoch's end; None where that cannot be
+    told (no checkpoint, one inside an epoch, an epoch the history lacks).
 
     A finished run with early stopping ends on its best epoch's weights, not its last
-    (``restore_best_weights``): its state names them (``best-epoch-NNN.npz``)."""
-    import re
-
+    (``restore_best_weights``): its state names them (``best-epoch-NNN.npz``) or, in a state
+    from before they were named, keeps early stopping's own ``best_epoch``."""
     from tinylib.runs import FINAL_CHECKPOINT
 
-    state = state or {}
-    if state.get("partial"):
+    if not state or state.get("partial") or not isinstance(state.get("epochs_done"), int):
         return None
-    epoch = state.get("epochs_done", record.get("epochs_run"))
-    if state.get("checkpoint") == FINAL_CHECKPOINT and "early_stopping" in (record.get("callbacks") or []) \
-            and state.get("best_weights"):
-        named = re.fullmatch(r"best-epoch-(\d+)\.npz", str(state["best_weights"]))
-        if not named:
-            return None
-        epoch = int(named.group(1))
-    history = (record.get("history") or {}).get("val_accuracy") or []
+    epoch, best = state["epochs_done"], False
+    if state.get("checkpoint") == FINAL_CHECKPOINT and "early_stopping" in (record.get("callbacks") or []):
+        epoch, best = _best_epoch(state), True
+    # The state's history is written with its epochs_done; the record's follows it (a kill between: one short).
+    history = (state.get("history") or record.get("history") or {}).get("val_accuracy") or []
     if not isinstance(epoch, int) or not 1 <= epoch <= len(history) or history[epoch - 1] is None:
         return None
-    return epoch, float(history[epoch - 1])
+    return Recorded(epoch, float(history[epoch - 1]), best)
 
 
-def against_record(top1: float, recorded: tuple[int, float]) -> tuple[str, bool]:
-    """A line comparing a checkpoint's validation top-1 with what its run recorded for its
-    epoch (:func:`recorded_score`), and whether the two agree to within :data:`AS_RECORDED`:
-    where they do not, the weights or the images are not the run's."""
-    epoch, figure = recorded
-    same = abs(top1 - figure) <= AS_RECORDED
-    line = f"the checkpoint (epoch {epoch}) scores {top1:.2%}; the run recorded {figure:.2%} at that epoch"
+def _best_epoch(state: dict) -> int | None:
+    """Early stopping's best epoch (1-based) in a run's state, or None where it names none."""
+    import re
+
+    named = re.fullmatch(r"best-epoch-(\d+)\.npz", str(state.get("best_weights")))
+    if named:
+        return int(named.group(1))
+    for kept in (state.get("callbacks") or {}).values():  # EarlyStopping's is the one with a stopped_epoch
+        if isinstance(kept, dict) and "stopped_epoch" in kept and isinstance(kept.get("best_epoch"), int):
+            return kept["best_epoch"] + 1
+    return None
+
+
+def against_record(top1: float, recorded: Recorded, images: int) -> tuple[str, bool]:
+    """A line comparing a checkpoint's validation top-1 (over ``images`` images) with what its
+    run recorded for that epoch (:func:`recorded_score`), and whether the two agree to within
+    float noise (:data:`AS_RECORDED`, or one image of a small split): where they do not, the
+    weights or the images are probably not those the run validated with."""
+    tolerance = max(AS_RECORDED, 1 / max(images, 1))
+    same = abs(top1 - recorded.top1) <= tolerance + 1e-9
+    line = (f"the checkpoint ({recorded.label()}) scores {top1:.2%}; the run recorded {recorded.top1:.2%} "
+            "at that epoch")
     if not same:
-        line += (": these are not the weights or the images the run validated with (a run folder's files "
-                 "from another run, or the data prepared again from another copy?)")
+        line += (f": further apart than float noise ({tolerance:.1%}), so probably not the weights or the images "
+                 "the run validated with (a checkpoint from another run's folder? the data prepared from another "
+                 "copy? TINYLIB_DATA and TINYLIB_HOME as when it trained)")
     return line, same
+
+
+def loaded_with_state(run: Path, load):
+    """``load(run)``, and the run's state that named the loaded checkpoint: None where the run
+    wrote another meanwhile (it is being trained), so no figure is checked against the wrong one."""
+    from tinylib.runs import read_state
+
+    before = read_state(run)
+    loaded = load(run)
+    return loaded, before if read_state(run) == before else None
+
+
+def check_against_record(top1: float, images: int, record: dict, state: dict | None, publishing: bool) -> str:
+    """The line that says whether a checkpoint's validation top-1 is what its run recorded for
+    it (``state``: :func:`loaded_with_state`'s); ValueError where ``publishing`` would put an
+    evaluation in the book of weights or images that are probably not the run's, or of a
+    checkpoint the run replaced while it was loaded."""
+    if state is None:
+        if publishing:
+            raise ValueError("the run wrote another checkpoint while this one was loaded (is it being trained?): "
+                             "nothing is published; publish between its checkpoints, or once it stops")
+        return "not checked against the run's record: the run wrote another checkpoint while this one was loaded"
+    recorded = recorded_score(record, state)
+    if recorded is None:
+        return "no figure of the run's to check this checkpoint against (a checkpoint inside an epoch)"
+    line, same = against_record(top1, recorded, images)
+    if not same and publishing:
+        raise ValueError(f"{line}; nothing is published")
+    return line if same else f"warning: {line}"
 
 
 def training_images(dataset, count: int) -> np.ndarray:
@@ -151,8 +203,8 @@ def publish(figures: dict, record: dict, state: dict | None, run_name: str, resu
     payload = figures_only(figures)
     payload.update(_checkpoint_identity(record, state, run_name))
     recorded = recorded_score(record, state) if figures.get("split") == "val" else None
-    payload["val_top1_recorded"], payload["val_top1_recorded_epoch"] = (recorded[1], recorded[0]) if recorded \
-        else (None, None)
+    payload["val_top1_recorded"], payload["val_top1_recorded_epoch"] = (recorded.top1, recorded.epoch) \
+        if recorded else (None, None)
     return _write(Path(results) / EVALUATIONS / f"{run_name}-{figures['split']}{SUFFIX}", payload)
 
 
