@@ -182,7 +182,8 @@ def check_against_record(top1: float, images: int, record: dict, state: dict | N
         return "not checked against the run's record: the run wrote another checkpoint while this one was loaded"
     recorded = recorded_score(record, state)
     if recorded is None:
-        return "no figure of the run's to check this checkpoint against (a checkpoint inside an epoch)"
+        return ("no figure of the run's to check this checkpoint against (a checkpoint inside an epoch, or an "
+                "epoch its history lacks)")
     line, same = against_record(top1, recorded, images)
     if not same and publishing:
         raise ValueError(f"{line}; nothing is published")
