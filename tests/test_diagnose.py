@@ -335,8 +335,9 @@ def test_runs_that_waited_differently_before_stopping_early_are_compared_and_the
 
 
 def test_a_precision_the_books_check_found_within_noise_does_not_set_a_run_aside(tmp_path):
-    """Model 4's batch-128 record trained in mixed bfloat16, its batch-32 run in float32 (a CPU
-    without bfloat16): chapter 13's check, not a guess, says whether they can be compared."""
+    """Two runs of one model in two precisions (as Model 4's batch-128 run in mixed bfloat16 and
+    its first batch-32 run in float32, on a CPU without bfloat16): chapter 13's check, not a guess,
+    says whether they can be compared."""
     _at_batch(tmp_path, "large.json", 128, [0.10, 0.20], model="model4", dtype_policy="mixed_bfloat16")
     _at_batch(tmp_path, "small.json", 32, [0.12, 0.15], model="model4", dtype_policy="float32")
     # The check: Model 2 in mixed bfloat16 against its float32 record, over the same 2 epochs.

@@ -83,7 +83,8 @@ def test_the_story_weighs_both_scores_against_each_other_and_the_study(tmp_path)
     assert "--recalibrate-bn 20000" in recalibration.story("model4", tmp_path)
     recalibration.publish(_figures(), RECORD, {"epochs_done": 34}, "model4-full-tensorflow-batch32", tmp_path)
     story = recalibration.story("model4", tmp_path)
-    assert "(model4-batch32, batch 32), after epoch 34 of its 60 planned," in story and "of the next" not in story
+    assert "(model4-batch32, batch 32, float32), after epoch 34 of its 60 planned," in story and "of the next" not in story
+    assert story.endswith(" No record of this run is published beside it (`model4-full-tensorflow-batch32.json`).")
     recalibration.publish(_figures(), RECORD, {"epochs_done": 34, "partial": {"batches": 940}},
                           "model4-full-tensorflow-batch32", tmp_path)  # a checkpoint inside an epoch
     assert "after epoch 34 of its 60 planned and 940 batches of the next, scores" in recalibration.story("model4", tmp_path)
@@ -99,6 +100,41 @@ def test_the_story_weighs_both_scores_against_each_other_and_the_study(tmp_path)
     other = {**RECORD, "optimizer": "SGD"}  # not the study's model trained the study's way: no study sentence
     recalibration.publish(_figures(), other, {"epochs_done": 34}, "model4-full-tensorflow-batch32-sgd", tmp_path)
     assert recalibration.story("model4", tmp_path).count("the study's 38.61%") == 1
+
+
+def test_an_evaluation_says_where_its_weights_are_not_those_of_the_record_beside_it(tmp_path, capsys):
+    """A record replaced after its evaluation was published (another run, or the same run at
+    another epoch): the chapter's sentences say so, beside the figures they still give."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    name = "model4-full-tensorflow-batch32"
+    history = {"val_accuracy": [0.20 + 0.001 * k for k in range(34)]}
+    beside = {**RECORD, "epochs_run": 34, "history": history}
+    (tmp_path / f"{name}.json").write_text(json.dumps(beside))
+    recalibration.publish(_figures(), beside, {"epochs_done": 34, "history": history}, name, tmp_path)
+    (e,) = recalibration.published("model4", tmp_path)
+    assert e["val_top1_recorded"] == history["val_accuracy"][33] and e["val_top1_recorded_epoch"] == 34
+    assert recalibration.beside_its_record(e, tmp_path) == ""  # its own record: nothing to say
+    assert "not those of the run's published record" not in recalibration.story("model4", tmp_path)
+    cases = [  # the record published in its place, and what the sentence says
+        ({**beside, "dtype_policy": "mixed_bfloat16"}, "they trained in float32, the record's run in mixed_bfloat16"),
+        ({**beside, "epochs_run": 30, "history": {"val_accuracy": history["val_accuracy"][:30]}},
+         "they are of epoch 34, beyond the record's 30"),
+        ({**beside, "history": {"val_accuracy": [0.1] * 34}}, "their run recorded 23.30% at epoch 34, the record 10.00%"),
+    ]
+    for record, reason in cases:
+        (tmp_path / f"{name}.json").write_text(json.dumps(record))
+        expected = f" These weights are not those of the run's published record (`{name}.json`): {reason}."
+        assert recalibration.beside_its_record(e, tmp_path) == expected
+        assert recalibration.story("model4", tmp_path).endswith(expected)
+    recalibration.publish_augmentation_scores({"the statistics training left": 0.30}, 20_000, 10_000, beside,
+                                              {"epochs_done": 34}, name, tmp_path, validation_augmented=0.31)
+    assert recalibration.augmented_validation_story("model4", tmp_path).endswith(expected)
+    recalibration.show_augmentation_scores("model4", tmp_path)
+    assert expected.strip() in capsys.readouterr().out
+    (tmp_path / f"{name}.json").unlink()
+    assert "No record of this run is published beside it" in recalibration.beside_its_record(e, tmp_path)
 
 
 def test_mcnemars_exact_test_matches_the_binomial_tail():

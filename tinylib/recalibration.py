@@ -200,12 +200,10 @@ def training_images(dataset, count: int) -> np.ndarray:
 def publish(figures: dict, record: dict, state: dict | None, run_name: str, results: Path | str) -> Path:
     """Write the figures with what identifies the run and its checkpoint (epochs done, and the
     batch of a mid-epoch one) to ``results/evaluations/<run>-<split>-bn-recalibrated.json``,
-    with the validation top-1 the run recorded for the checkpoint's epoch where it can be told."""
+    with the validation top-1 the run recorded for the checkpoint's epoch where it can be told
+    (:func:`_checkpoint_identity`)."""
     payload = figures_only(figures)
     payload.update(_checkpoint_identity(record, state, run_name))
-    recorded = recorded_score(record, state) if figures.get("split") == "val" else None
-    payload["val_top1_recorded"], payload["val_top1_recorded_epoch"] = (recorded.top1, recorded.epoch) \
-        if recorded else (None, None)
     return _write(Path(results) / EVALUATIONS / f"{run_name}-{figures['split']}{SUFFIX}", payload)
 
 
@@ -227,13 +225,17 @@ def publish_augmentation_scores(scores: dict, train_images: int, images_scored: 
 
 def _checkpoint_identity(record: dict, state: dict | None, run_name: str) -> dict:
     """What a published evaluation says of the run and its checkpoint."""
+    recorded = recorded_score(record, state)
     state = state or {}
     return {"run": run_name, "key": record_key(record), "studys_way": the_studys_way(record),
             "model": record.get("model"), "profile": record.get("profile"),
             "batch_size": record.get("batch_size"), "backend": record.get("backend"), "device": record.get("device"),
             "dtype_policy": record.get("dtype_policy"), "epochs_planned": record.get("epochs"),
             "epochs_done": state.get("epochs_done", record.get("epochs_run")),
-            "batches_into_next_epoch": (state.get("partial") or {}).get("batches", 0)}
+            "batches_into_next_epoch": (state.get("partial") or {}).get("batches", 0),
+            # What the run recorded for these weights: the figure that tells them from another run's.
+            "val_top1_recorded": recorded.top1 if recorded else None,
+            "val_top1_recorded_epoch": recorded.epoch if recorded else None}
 
 
 def _write(path: Path, payload: dict) -> Path:
@@ -250,6 +252,33 @@ def published(model: str, folder: Path | str | None = None, suffix: str = f"-val
         if payload.get("model") == model and payload.get("profile") == "full":
             found.append(payload)
     return found
+
+
+def beside_its_record(e: dict, folder: Path | str | None = None) -> str:
+    """A sentence where a published evaluation ``e`` is not of the weights whose record the
+    book shows for its run (``<run>.json`` beside it): a record replaced by another run, or
+    by the same run at another epoch; "" where nothing says so. A chapter then cannot set an
+    evaluation of one run's weights beside another run's curves without saying so."""
+    name = f"{e.get('run')}.json"
+    path = Path(folder or default_results_dir()) / name
+    if not path.is_file():
+        return f" No record of this run is published beside it (`{name}`)."
+    record = files.read_json_object(path)
+    reasons = []
+    if e.get("dtype_policy") and record.get("dtype_policy") and e["dtype_policy"] != record["dtype_policy"]:
+        reasons.append(f"they trained in {e['dtype_policy']}, the record's run in {record['dtype_policy']}")
+    done, run = e.get("epochs_done"), int(record.get("epochs_run") or 0)
+    if isinstance(done, int) and done > run:
+        reasons.append(f"they are of epoch {done}, beyond the record's {run}")
+    epoch = e.get("val_top1_recorded_epoch") or (done if not e.get("batches_into_next_epoch") else None)
+    history = (record.get("history") or {}).get("val_accuracy") or []
+    if e.get("val_top1_recorded") is not None and isinstance(epoch, int) and 1 <= epoch <= len(history) \
+            and abs(history[epoch - 1] - e["val_top1_recorded"]) > 1e-6:
+        reasons.append(f"their run recorded {pct(e['val_top1_recorded'])} at epoch {epoch}, the record "
+                       f"{pct(history[epoch - 1])}")
+    if not reasons:
+        return ""
+    return f" These weights are not those of the run's published record (`{name}`): {'; '.join(reasons)}."
 
 
 def show_augmentation_scores(model: str, folder: Path | str | None = None):
@@ -270,7 +299,11 @@ def show_augmentation_scores(model: str, folder: Path | str | None = None):
              f"BatchNorm's statistics as training left them (first bar), then re-estimated over\n"
              f"{e['train_images']:,} training images passed through each part of the augmentation")
     study = STUDY_RESULTS.get(model, {}).get("val") if e.get("studys_way") else None
-    return plots.scores_by_variant(e["scores"], title, references={"the study": study} if study else None)
+    figure = plots.scores_by_variant(e["scores"], title, references={"the study": study} if study else None)
+    caveat = beside_its_record(e, folder)
+    if caveat:
+        print(caveat.strip())
+    return figure
 
 
 def augmented_validation_story(model: str, folder: Path | str | None = None) -> str:
@@ -287,7 +320,7 @@ def augmented_validation_story(model: str, folder: Path | str | None = None) -> 
             f"{model_title(model)} ({e['key']}) after epoch {e['epochs_done']} scores {pct(turned)} on its "
             f"{e['images_scored']:,} validation images passed once through the run's own augmentation, against "
             f"{pct(plain)} on the same images as they are: what the run would report had its validation "
-            "batches come from a generator that augments, as training's does.")
+            "batches come from a generator that augments, as training's does." + beside_its_record(e, folder))
 
 
 def story(model: str, folder: Path | str | None = None) -> str:
@@ -300,7 +333,7 @@ def story(model: str, folder: Path | str | None = None) -> str:
                 f"{NOT_YET_MEASURED} (`python -m tinylib evaluate RUN --recalibrate-bn 20000 --results "
                 f"book/results` on a full-scale run folder).")
     study = STUDY_RESULTS.get(model, {}).get("val")
-    sentences = [_sentence(title, e, study) for e in evaluations]
+    sentences = [_sentence(title, e, study) + beside_its_record(e, folder) for e in evaluations]
     return "**BatchNorm's statistics:** " + " ".join(sentences)
 
 
@@ -313,7 +346,8 @@ def _sentence(title: str, e: dict, study: float | None) -> str:
     n, before, after = e["images_scored"], e["top1_as_trained"], e["top1"]
     p = e["mcnemar_p"]
     verdict = "a change beyond noise" if p < 0.05 else "a change not shown beyond noise"
-    text = (f"{title} ({e['key']}, batch {e['batch_size']}), {where}, scores {pct(before)} on the {n:,} "
+    precision = f", {e['dtype_policy']}" if e.get("dtype_policy") else ""
+    text = (f"{title} ({e['key']}, batch {e['batch_size']}{precision}), {where}, scores {pct(before)} on the {n:,} "
             f"validation images with the statistics its training left, and {pct(after)} once they are "
             f"re-estimated over {e['train_images']:,} training images as they are, unaugmented: with the same "
             f"trained weights, {e['right_only_recalibrated']:,} images are right only after the re-estimate and "

@@ -526,9 +526,16 @@ def _other_batches_against(pair, records: dict[str, dict]) -> str:
 def _batch_sentence(model: str, batch: int, record: dict, own: dict | None, other_model: str,
                     against: dict, same_batch: bool) -> str:
     """``model``'s run on ``batch`` (``record``) set against ``against``, ``other_model``'s run on
-    the same batch or at its profile's; ``own`` is the model's profile run, for its precision."""
+    the same batch or at its profile's; ``own`` is the model's profile run, for its precision.
+    Where the two ran other numbers of epochs, each one's is said: the batch is not all that differs."""
     end, run, planned = run_end(record)
     so_far = f" in the {run} of {planned} epochs trained so far" if end == "unfinished" else ""
+    their_end, their_run, _ = run_end(against)
+    if their_run != run:
+        so_far = so_far or f" in {run} epochs"
+        their_epochs = f" in {their_run} epochs" + (" so far" if their_end == "unfinished" else "")
+    else:
+        their_epochs = ""
     precision = _other_precision(record, own, " in ")
     precision += f" (its profile's run: {record_precision(own)})" if precision else ""
     where = (f"on the same batch{_other_precision(against, record, ', in ')}" if same_batch
@@ -536,7 +543,8 @@ def _batch_sentence(model: str, batch: int, record: dict, own: dict | None, othe
     return (f"On batches of {batch} instead of its profile's {profile_batch(record)}{precision}, "
             f"{model_title(model)} reached {pct(record['best_val_top1'])}{so_far}, "
             f"{against_phrase(record['best_val_top1'], val_images(record), against['best_val_top1'], val_images(against))} "
-            f"{model_title(other_model)}'s {pct(against['best_val_top1'])} {where} (`{record['record_file']}`).")
+            f"{model_title(other_model)}'s {pct(against['best_val_top1'])} {where}{their_epochs} "
+            f"(`{record['record_file']}`).")
 
 
 BUDGET_COMMAND = f"python -m tinylib train {AFTERNOON_MODEL} --recipe {AFTERNOON_RECIPE} --profile full --hours {AFTERNOON_HOURS:g}"
