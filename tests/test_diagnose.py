@@ -352,6 +352,10 @@ def test_a_precision_the_books_check_found_within_noise_does_not_set_a_run_aside
     assert "set aside" not in story
     assert list(diagnose.batch_curves("model4", tmp_path)) == ["batch 32 (float32)", "batch 128 (mixed_bfloat16)"]
     assert list(diagnose.batch_curves("model2", tmp_path)) == ["batch 128"]  # one arithmetic: the batch alone
+    _at_batch(tmp_path, "small.json", 32, [0.12, 0.15], model="model4", dtype_policy="float32", epochs=60,
+              finished=False)
+    assert list(diagnose.batch_curves("model4", tmp_path)) == ["batch 32 (float32), so far",
+                                                               "batch 128 (mixed_bfloat16)"]
     # A check that found the two arithmetics apart sets the run aside again.
     _at_batch(tmp_path, "check.json", 128, [0.101, 0.20], dtype_policy="mixed_bfloat16", comparison="precision")
     assert list(diagnose.by_batch("model4", tmp_path)) == [128]

@@ -380,10 +380,12 @@ def by_batch(model: str, folder=None) -> dict[int, dict]:
 
 def batch_curves(model: str, folder=None) -> dict[str, dict]:
     """``by_batch``'s records labelled for a figure (``plots.curves_by_steps``): 'batch 32', and
-    the arithmetic too where the runs differ in it ('batch 32 (float32)')."""
+    the arithmetic too where the runs differ in it ('batch 32 (float32)'); an unfinished run's
+    label says so, for a line that stops short of the others ('batch 32, so far')."""
     runs = by_batch(model, folder)
     policies = {record.get("dtype_policy") for record in runs.values()}
-    return {f"batch {batch}" + (f" ({record.get('dtype_policy')})" if len(policies) > 1 else ""): record
+    return {f"batch {batch}" + (f" ({record.get('dtype_policy')})" if len(policies) > 1 else "")
+            + (", so far" if results.run_end(record)[0] == "unfinished" else ""): record
             for batch, record in runs.items()}
 
 
