@@ -232,3 +232,30 @@ def test_the_candidates_table_gives_each_networks_work_and_the_epochs_it_fits():
     other = budget.candidates_table(candidates[1:], 200.0, train_images=50_000, hours=2)
     assert other.loc["resnet9", "epochs in 2 h"] == budget.first_plan(work, 200.0, 50_000, 2 * 3600, cap=1000)
     assert other.loc["resnet9", "epochs in 2 h"] > table.loc["resnet9", "epochs in 3 h"]  # 2/3 the time, 1/2 the images
+
+
+@pytest.mark.slow
+def test_a_budget_spent_before_a_sitting_trains_still_ends_on_early_stoppings_best_weights(
+        tmp_path, tiny_env, synthetic, monkeypatch, clock, capsys):
+    """A sitting that finds its time budget spent before any epoch fits nothing, so Keras'
+    early stopping holds no best weights in memory: the run's end puts them back from disk,
+    as a run that ends in one sitting does."""
+    monkeypatch.setenv("TINYLIB_DATA", str(synthetic))
+    ds = data.load()
+    with monkeypatch.context() as patch:  # the first sitting: two epochs, then its deadline
+        patch.setattr(train, "_would_overrun", lambda run, deadline: run.epochs_done >= 2)
+        first = _budget_run(ds, tmp_path, deadline=time.monotonic() + 3600, callbacks=["early_stopping"])
+    assert first.out_of_time and first.epochs_done == 2
+    state = json.loads((first.path / "state.json").read_text())
+    best = first.path / state["best_weights"]
+    # Best weights unlike the last epoch's (whichever epoch was best): only a restore gives them.
+    with np.load(best) as arrays:
+        kept = [arrays[f"arr_{i}"] * 0.5 for i in range(len(arrays.files))]
+    np.savez(best, *kept)
+    monkeypatch.setattr(budget, "replan", lambda model, budget_, history, spent, done, steps: done)  # spent
+    capsys.readouterr()
+    resumed = _budget_run(ds, tmp_path, hours=None, callbacks=["early_stopping"])
+    assert "the time budget of 0.1 h is spent after 2 epochs" in capsys.readouterr().out
+    assert resumed.record["finished"] and resumed.record["ended_by"] == "time budget"
+    for final, wanted in zip(resumed.model.get_weights(), kept, strict=True):
+        np.testing.assert_array_equal(final, wanted)

@@ -411,6 +411,7 @@ def _train(run: Run, model, data, seed, epochs, batch_size, study_callbacks, ext
     budget = run.record.get("time_budget")
     steps = steps_per_epoch(len(data.train), batch_size)
     first = run.partial["epoch"] if run.partial else run.epochs_done
+    fitted = False  # whether this invocation fit at all: Keras' callbacks then hold the run's state in memory
     run.started = time.perf_counter()
     try:
         with processes.sigterm_as_exit():
@@ -435,6 +436,7 @@ def _train(run: Run, model, data, seed, epochs, batch_size, study_callbacks, ext
                 checkpointer.offset = start
                 for line in progress:
                     line.offset = start
+                fitted = True
                 try:
                     model.fit(
                         # shuffle=False: the batches come in their own (seed, epoch) order; Keras would
@@ -467,9 +469,10 @@ def _train(run: Run, model, data, seed, epochs, batch_size, study_callbacks, ext
     run.record["stopped_early"] = bool(stopped and run.epochs_done < epochs)
 
     def end():
-        # Resumed after early stopping had ended the run, or with no epoch left to train (the
-        # held callbacks never began): early stopping's end, from the best weights on disk.
-        if run.stopped or first >= epochs:
+        # Resumed after early stopping had ended the run, with no epoch left to train, or with a
+        # time budget spent before any (the held callbacks never began, and hold no best
+        # weights): early stopping's end, from the best weights on disk.
+        if run.stopped or first >= epochs or not fitted:
             _restore_best_weights(run)
         else:
             for held in run_end:  # the run's end, once: early stopping puts its best epoch's weights back
