@@ -118,23 +118,32 @@ def test_an_evaluation_says_where_its_weights_are_not_those_of_the_record_beside
     assert e["val_top1_recorded"] == history["val_accuracy"][33] and e["val_top1_recorded_epoch"] == 34
     assert recalibration.beside_its_record(e, tmp_path) == ""  # its own record: nothing to say
     assert "not those of the run's published record" not in recalibration.story("model4", tmp_path)
+    another = f" These figures are of another run of this name than the record beside them (`{name}.json`): "
     cases = [  # the record published in its place, and what the sentence says
-        ({**beside, "dtype_policy": "mixed_bfloat16"}, "they trained in float32, the record's run in mixed_bfloat16"),
-        ({**beside, "epochs_run": 30, "history": {"val_accuracy": history["val_accuracy"][:30]}},
-         "they are of epoch 34, beyond the record's 30"),
+        ({**beside, "dtype_policy": "mixed_bfloat16"}, another + "trained in float32, the record's run in mixed_bfloat16."),
         ({**beside, "history": {"val_accuracy": [0.1] * 34}},
-         "their run recorded 23.30% at epoch 34, the record 10.00%"),
+         another + "their run's validation top-1 at epoch 34 was 23.30%, the record's 10.00%."),
+        # The same run, its record published at epoch 30 (before its plan was raised, say): a later epoch.
+        ({**beside, "epochs": 30, "epochs_run": 30, "history": {"val_accuracy": history["val_accuracy"][:30]}},
+         f" These figures are of epoch 34, beyond the 30 epochs of the record beside them (`{name}.json`)."),
     ]
-    for record, reason in cases:
+    for record, expected in cases:
         (tmp_path / f"{name}.json").write_text(json.dumps(record))
-        expected = f" These weights are not those of the run's published record (`{name}.json`): {reason}."
         assert recalibration.beside_its_record(e, tmp_path) == expected
         assert recalibration.story("model4", tmp_path).endswith(expected)
+    # A file from before the recorded figure kept its epoch: its own score with the statistics
+    # training left stands for it, to float noise.
+    (tmp_path / f"{name}.json").write_text(json.dumps(beside))
+    older = {k: v for k, v in e.items() if k not in ("val_top1_recorded", "val_top1_recorded_epoch")}
+    assert recalibration.beside_its_record({**older, "top1_as_trained": 0.2375}, tmp_path) == ""  # 23.30%, noise
+    assert "at epoch 34 was 30.87%" in recalibration.beside_its_record(older, tmp_path)
     recalibration.publish_augmentation_scores({"the statistics training left": 0.30}, 20_000, 10_000, beside,
                                               {"epochs_done": 34}, name, tmp_path, validation_augmented=0.31)
+    record, expected = cases[-1]
+    (tmp_path / f"{name}.json").write_text(json.dumps(record))
     assert recalibration.augmented_validation_story("model4", tmp_path).endswith(expected)
-    recalibration.show_augmentation_scores("model4", tmp_path)
-    assert expected.strip() in capsys.readouterr().out
+    title = recalibration.show_augmentation_scores("model4", tmp_path).axes[0].get_title()
+    assert "These figures are of epoch 34, beyond the 30 epochs of the record beside them" in title
     (tmp_path / f"{name}.json").unlink()
     assert "No record of this run is published beside it" in recalibration.beside_its_record(e, tmp_path)
 

@@ -354,6 +354,10 @@ def test_a_run_on_another_batch_is_a_row_of_its_own_in_the_table_and_the_story(t
     assert story.count("On batches of 32") == 1
     assert ("On batches of 32 instead of its profile's 128, Model 1 reached 21.00% in 30 epochs, below, beyond "
             "noise, Model 2's 26.00% on the same batch in 5 epochs so far (`m1-b32.json`).") in story  # epochs differ
+    _record(tmp_path, "m1-b32.json", model="model1", best_val_top1=0.2100, batch_size=32, profile_batch_size=128,
+            epochs_run=1, epochs=30, stopped_early=True)
+    assert ("Model 1 reached 21.00% in 1 epoch (stopped early), below, beyond noise, Model 2's 26.00% on the same "
+            "batch in 5 epochs so far") in results.comparison_story("model1", "model2", tmp_path)
     # Another precision than the profile's run is named, in the sentence and in the row.
     _record(tmp_path, "m1-b32.json", model="model1", best_val_top1=0.2100, batch_size=32, profile_batch_size=128,
             dtype_policy="mixed_bfloat16")

@@ -16,6 +16,7 @@ the evaluation under ``book/results/evaluations/``; :func:`story` tells it in a 
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import NamedTuple
 
@@ -254,31 +255,54 @@ def published(model: str, folder: Path | str | None = None, suffix: str = f"-val
     return found
 
 
-def beside_its_record(e: dict, folder: Path | str | None = None) -> str:
-    """A sentence where a published evaluation ``e`` is not of the weights whose record the
-    book shows for its run (``<run>.json`` beside it): a record replaced by another run, or
-    by the same run at another epoch; "" where nothing says so. A chapter then cannot set an
-    evaluation of one run's weights beside another run's curves without saying so."""
-    name = f"{e.get('run')}.json"
-    path = Path(folder or default_results_dir()) / name
+def against_its_record(e: dict, folder: Path | str | None = None) -> tuple[str, list[str]]:
+    """How a published evaluation ``e`` stands to the record the book shows for its run
+    (``<run>.json`` beside it): ('', []) where nothing tells them apart; ('missing', []) where
+    there is no such record; ('another', reasons) where the weights are of another run of the
+    same name (another precision, or another figure recorded at the same epoch); ('later', [its
+    epoch, the record's epochs]) where they are of an epoch beyond the record's last."""
+    path = Path(folder or default_results_dir()) / f"{e.get('run')}.json"
     if not path.is_file():
-        return f" No record of this run is published beside it (`{name}`)."
+        return "missing", []
     record = files.read_json_object(path)
     reasons = []
     if e.get("dtype_policy") and record.get("dtype_policy") and e["dtype_policy"] != record["dtype_policy"]:
-        reasons.append(f"they trained in {e['dtype_policy']}, the record's run in {record['dtype_policy']}")
+        reasons.append(f"trained in {e['dtype_policy']}, the record's run in {record['dtype_policy']}")
+    # Not the epochs planned: a record published before its run's plan was raised plans fewer.
     done, run = e.get("epochs_done"), int(record.get("epochs_run") or 0)
-    if isinstance(done, int) and done > run:
-        reasons.append(f"they are of epoch {done}, beyond the record's {run}")
-    epoch = e.get("val_top1_recorded_epoch") or (done if not e.get("batches_into_next_epoch") else None)
     history = (record.get("history") or {}).get("val_accuracy") or []
-    if e.get("val_top1_recorded") is not None and isinstance(epoch, int) and 1 <= epoch <= len(history) \
-            and abs(history[epoch - 1] - e["val_top1_recorded"]) > 1e-6:
-        reasons.append(f"their run recorded {pct(e['val_top1_recorded'])} at epoch {epoch}, the record "
+    recorded, epoch, noise = e.get("val_top1_recorded"), e.get("val_top1_recorded_epoch"), 1e-6
+    if epoch is None and not e.get("batches_into_next_epoch"):  # a file from before the epoch was kept:
+        # its own score with the statistics training left is the run's figure at that epoch, to float noise
+        recorded = e.get("top1_as_trained", (e.get("scores") or {}).get("the statistics training left"))
+        epoch, noise = done, AS_RECORDED
+        if e.get("images_scored") != (record.get("dataset") or {}).get("val_images", e.get("images_scored")):
+            recorded = None
+    if recorded is not None and isinstance(epoch, int) and 1 <= epoch <= len(history) \
+            and abs(history[epoch - 1] - recorded) > noise + 1e-9:
+        reasons.append(f"their run's validation top-1 at epoch {epoch} was {pct(recorded)}, the record's "
                        f"{pct(history[epoch - 1])}")
-    if not reasons:
-        return ""
-    return f" These weights are not those of the run's published record (`{name}`): {'; '.join(reasons)}."
+    if reasons:
+        return "another", reasons
+    if isinstance(done, int) and done > run:
+        return "later", [str(done), str(run)]
+    return "", []
+
+
+def beside_its_record(e: dict, folder: Path | str | None = None) -> str:
+    """A sentence where a published evaluation ``e`` is not of the weights whose record the
+    book shows for its run (:func:`against_its_record`); "" where nothing tells them apart. A
+    chapter then cannot set one run's evaluation beside another's record without saying so."""
+    kind, reasons = against_its_record(e, folder)
+    name = f"`{e.get('run')}.json`"
+    if kind == "missing":
+        return f" No record of this run is published beside it ({name})."
+    if kind == "another":
+        return (f" These figures are of another run of this name than the record beside them ({name}): "
+                f"{'; '.join(reasons)}.")
+    if kind == "later":
+        return f" These figures are of epoch {reasons[0]}, beyond the {reasons[1]} epochs of the record beside them ({name})."
+    return ""
 
 
 def show_augmentation_scores(model: str, folder: Path | str | None = None):
@@ -298,12 +322,11 @@ def show_augmentation_scores(model: str, folder: Path | str | None = None):
     title = (f"{model_title(model)} ({e['key']}), {where}: validation top-1 on {e['images_scored']:,} images, with\n"
              f"BatchNorm's statistics as training left them (first bar), then re-estimated over\n"
              f"{e['train_images']:,} training images passed through each part of the augmentation")
+    caveat = beside_its_record(e, folder).strip()
+    if caveat:  # in the figure's own title: a line printed above it would read as the cell's
+        title += "\n" + textwrap.fill(caveat.replace("`", ""), 90, break_on_hyphens=False)
     study = STUDY_RESULTS.get(model, {}).get("val") if e.get("studys_way") else None
-    figure = plots.scores_by_variant(e["scores"], title, references={"the study": study} if study else None)
-    caveat = beside_its_record(e, folder)
-    if caveat:
-        print(caveat.strip())
-    return figure
+    return plots.scores_by_variant(e["scores"], title, references={"the study": study} if study else None)
 
 
 def augmented_validation_story(model: str, folder: Path | str | None = None) -> str:

@@ -531,11 +531,14 @@ def _batch_sentence(model: str, batch: int, record: dict, own: dict | None, othe
     end, run, planned = run_end(record)
     so_far = f" in the {run} of {planned} epochs trained so far" if end == "unfinished" else ""
     their_end, their_run, _ = run_end(against)
-    if their_run != run:
-        so_far = so_far or f" in {run} epochs"
-        their_epochs = f" in {their_run} epochs" + (" so far" if their_end == "unfinished" else "")
-    else:
-        their_epochs = ""
+
+    def epochs(count: int, ended: str) -> str:
+        return (f" in {count} epoch{'s' * (count != 1)}"
+                + {"unfinished": " so far", "stopped early": " (stopped early)"}.get(ended, ""))
+
+    their_epochs = epochs(their_run, their_end) if their_run != run or their_end == "unfinished" else ""
+    if their_run != run and not so_far:
+        so_far = epochs(run, end)
     precision = _other_precision(record, own, " in ")
     precision += f" (its profile's run: {record_precision(own)})" if precision else ""
     where = (f"on the same batch{_other_precision(against, record, ', in ')}" if same_batch

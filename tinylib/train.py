@@ -469,10 +469,10 @@ def _train(run: Run, model, data, seed, epochs, batch_size, study_callbacks, ext
     run.record["stopped_early"] = bool(stopped and run.epochs_done < epochs)
 
     def end():
-        # Resumed after early stopping had ended the run, with no epoch left to train, or with a
-        # time budget spent before any (the held callbacks never began, and hold no best
-        # weights): early stopping's end, from the best weights on disk.
-        if run.stopped or first >= epochs or not fitted:
+        # Nothing fit in this invocation (resumed after early stopping had ended the run, with no
+        # epoch left to train, or with a time budget spent before any): the held callbacks never
+        # began and hold no best weights, so early stopping's end comes from those on disk.
+        if not fitted:
             _restore_best_weights(run)
         else:
             for held in run_end:  # the run's end, once: early stopping puts its best epoch's weights back
